@@ -1,0 +1,342 @@
+"""The state contract shared by every recurrence and backend (``docs/semantics.md``).
+
+Time runs over ``t = 0 .. L-1``; ``S_t`` is the state after token ``t`` was consumed and
+``S_{-1}`` the initial state.  Every op takes the same instrumentation arguments:
+
+* ``initial_state`` ``[B, *S]`` or None (zeros, or the op's own neutral state);
+* ``output_final_state``: return ``S_{L-1}``;
+* ``emit_at`` ``[B, P]`` or ``[P]`` integer positions, ``-1`` for an unused slot: returns
+  ``states[b, p] = S_{emit_at[b, p]}`` (as later tokens see it, i.e. after any injection);
+* ``inject_at`` ``[B, Q]`` or ``[Q]``, ``inject_value`` broadcastable to ``[B, Q, *S]``,
+  ``inject_mode`` ``"add"`` (``S_t += scale * value``) or ``"set"`` (``S_t = value``), and
+  ``inject_scale`` broadcastable to ``[B, Q]`` (add mode only).  Injection at ``t`` happens
+  after ``y_t`` was computed, so ``y_{t+1}`` is the first output it can change.
+
+This module validates those arguments once (:class:`Instrumentation`) and applies them to
+a state as a reference recurrence walks through time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+
+INJECT_MODES = ("add", "set")
+
+
+class ScanOutput(NamedTuple):
+    """What every recurrence returns.
+
+    Attributes:
+        y: the op's output, in the input dtype and the op's own layout.
+        final_state: ``[B, *S]`` state after the last token, or None unless
+            ``output_final_state=True``.
+        states: ``[B, P, *S]`` emitted states in the caller's slot order (zeros in unused
+            slots), or None when nothing was asked for with ``emit_at``.
+    """
+
+    y: torch.Tensor
+    final_state: torch.Tensor | None
+    states: torch.Tensor | None
+
+
+def shape_str(dims: Sequence[object]) -> str:
+    """``("B", "L", 4)`` -> ``"[B, L, 4]"``."""
+    return "[" + ", ".join(str(d) for d in dims) + "]"
+
+
+def check_tensor(
+    name: str,
+    value: object,
+    shape: Sequence[int | None],
+    names: Sequence[str],
+    *,
+    device: torch.device | None = None,
+    floating: bool = True,
+) -> torch.Tensor:
+    """Check that ``value`` is a tensor of ``shape`` (None matches any size) on ``device``.
+
+    ``names`` spells the expected shape for the message, e.g. ``("B", "L", "H", "K")``.
+    Raises TypeError for a non-tensor or a wrong dtype class, ValueError for a wrong shape
+    or device; every message names the argument and the expected shape.
+    """
+    expected = shape_str(
+        f"{n}={s}" if s is not None and not str(n).isdigit() else n for n, s in zip(names, shape)
+    )
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {expected}, got {type(value).__name__}")
+    if floating and not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor of shape {expected}, got {value.dtype}")
+    if value.dim() != len(shape) or any(
+        want is not None and got != want for got, want in zip(value.shape, shape)
+    ):
+        raise ValueError(f"{name} must have shape {expected}, got {shape_str(value.shape)}")
+    if device is not None and value.device != device:
+        raise ValueError(f"{name} must be on {device} like the other inputs, got {value.device}")
+    return value
+
+
+def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
+    """float64 when any input is float64 (the exact oracle), float32 otherwise."""
+    if any(t is not None and t.dtype == torch.float64 for t in tensors):
+        return torch.float64
+    return torch.float32
+
+
+def _positions(
+    name: str, value: object, batch: int, length: int, device: torch.device
+) -> torch.Tensor:
+    """Validate ``emit_at`` / ``inject_at``: integer ``[B, P]`` or ``[P]`` in ``[0, L)`` or -1."""
+    expected = f"[B={batch}, P] or [P]"
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be an integer torch.Tensor of shape {expected}, got {type(value).__name__}")
+    if value.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise TypeError(f"{name} must be an integer tensor (torch.long) of shape {expected}, got {value.dtype}")
+    if value.device != device:
+        raise ValueError(f"{name} must be on {device} like the other inputs, got {value.device}")
+    if value.dim() == 1:
+        value = value.expand(batch, -1)
+    if value.dim() != 2 or value.shape[0] != batch:
+        raise ValueError(f"{name} must have shape {expected}, got {shape_str(value.shape)}")
+    value = value.long()
+    bad = (value < -1) | (value >= length)
+    if bool(bad.any()):
+        row, slot = (int(i) for i in bad.nonzero()[0])
+        raise ValueError(
+            f"{name}[{row}, {slot}] = {int(value[row, slot])} is out of range: positions must be "
+            f"in [0, L={length}) or -1 for an unused slot"
+        )
+    ordered = value.sort(dim=1).values
+    dup = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)
+    if bool(dup.any()):
+        row, slot = (int(i) for i in dup.nonzero()[0])
+        raise ValueError(
+            f"{name} row {row} names position {int(ordered[row, slot + 1])} twice; each position "
+            f"may appear once per row"
+        )
+    return value
+
+
+class Instrumentation:
+    """Validated instrumentation arguments of one call, applied step by step.
+
+    Args:
+        batch, length: ``B`` and ``L`` of the call.
+        state_shape: ``S``, the per-row state shape (e.g. ``(H, K, V)``).
+        device: device of the inputs; positions and values must live there.
+        dtype: the compute dtype of the state (float32, or float64 for the oracle).
+        initial_state, output_final_state, emit_at, inject_at, inject_value, inject_mode,
+        inject_scale: the contract arguments, as passed by the caller.
+        default_initial: the op's neutral ``[*S]`` state (zeros when None).
+    """
+
+    def __init__(
+        self,
+        *,
+        batch: int,
+        length: int,
+        state_shape: Sequence[int],
+        device: torch.device,
+        dtype: torch.dtype,
+        initial_state: torch.Tensor | None = None,
+        output_final_state: bool = False,
+        emit_at: torch.Tensor | None = None,
+        inject_at: torch.Tensor | None = None,
+        inject_value: torch.Tensor | None = None,
+        inject_mode: str = "add",
+        inject_scale: torch.Tensor | float | None = None,
+        default_initial: torch.Tensor | None = None,
+    ) -> None:
+        self.batch, self.length = batch, length
+        self.state_shape = tuple(state_shape)
+        self.device, self.dtype = device, dtype
+        full = (batch, *self.state_shape)
+        dims = ("B", *(f"S{i}" for i in range(len(self.state_shape))))
+
+        if not isinstance(output_final_state, bool):
+            raise TypeError(f"output_final_state must be a bool, got {type(output_final_state).__name__}")
+        self.output_final_state = output_final_state
+
+        if initial_state is None:
+            base = default_initial if default_initial is not None else torch.zeros(self.state_shape)
+            self.initial = base.to(device=device, dtype=dtype).expand(full).clone()
+        else:
+            check_tensor("initial_state", initial_state, full, dims, device=device)
+            self.initial = initial_state.to(dtype).clone()
+
+        self.emit_at = None if emit_at is None else _positions("emit_at", emit_at, batch, length, device)
+        self.inject_at = (
+            None if inject_at is None else _positions("inject_at", inject_at, batch, length, device)
+        )
+        self._check_injection(inject_value, inject_mode, inject_scale)
+        self._inject_times = set(self.inject_positions())
+        self._emit_times = set(self.emit_positions())
+
+    def _check_injection(
+        self,
+        inject_value: torch.Tensor | None,
+        inject_mode: str,
+        inject_scale: torch.Tensor | float | None,
+    ) -> None:
+        if inject_mode not in INJECT_MODES:
+            raise ValueError(f"inject_mode must be one of {INJECT_MODES}, got {inject_mode!r}")
+        self.inject_mode = inject_mode
+        if self.inject_at is None:
+            if inject_value is not None or inject_scale is not None:
+                raise ValueError("inject_value / inject_scale were given without inject_at")
+            self.inject_value = self.inject_scale = None
+            return
+        queries = self.inject_at.shape[1]
+        target = (self.batch, queries, *self.state_shape)
+        if inject_value is None:
+            raise ValueError(f"inject_at needs inject_value broadcastable to {shape_str(('B', 'Q', *self.state_shape))}")
+        if not isinstance(inject_value, torch.Tensor) or not inject_value.is_floating_point():
+            raise TypeError(
+                f"inject_value must be a floating-point tensor broadcastable to {shape_str(target)}, "
+                f"got {getattr(inject_value, 'dtype', type(inject_value).__name__)}"
+            )
+        if inject_value.device != self.device:
+            raise ValueError(f"inject_value must be on {self.device} like the other inputs, got {inject_value.device}")
+        try:
+            self.inject_value = torch.broadcast_to(inject_value, target).to(self.dtype)
+        except RuntimeError:
+            raise ValueError(
+                f"inject_value of shape {shape_str(inject_value.shape)} is not broadcastable to "
+                f"[B, Q, *S] = {shape_str(target)}"
+            ) from None
+        if inject_scale is None:
+            self.inject_scale = None
+            return
+        if inject_mode == "set":
+            raise ValueError("inject_scale applies to inject_mode='add' only; 'set' writes inject_value as is")
+        if isinstance(inject_scale, (int, float)):
+            inject_scale = torch.tensor(float(inject_scale), device=self.device)
+        if not isinstance(inject_scale, torch.Tensor) or not inject_scale.is_floating_point():
+            raise TypeError("inject_scale must be a float or a floating-point tensor of shape [B] or [B, Q]")
+        if inject_scale.device != self.device:
+            raise ValueError(f"inject_scale must be on {self.device} like the other inputs, got {inject_scale.device}")
+        if inject_scale.dim() == 1:  # one multiplier per row: a sweep in one launch
+            inject_scale = inject_scale[:, None]
+        try:
+            self.inject_scale = torch.broadcast_to(inject_scale, (self.batch, queries)).to(self.dtype)
+        except RuntimeError:
+            raise ValueError(
+                f"inject_scale of shape {shape_str(inject_scale.shape)} must be a scalar, a [B={self.batch}] "
+                f"vector (one multiplier per row) or broadcastable to [B, Q] = {shape_str((self.batch, queries))}"
+            ) from None
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def injects(self) -> bool:
+        return self.inject_at is not None
+
+    @property
+    def emits(self) -> bool:
+        return self.emit_at is not None
+
+    def inject_positions(self) -> list[int]:
+        """Sorted distinct timesteps at which some row injects."""
+        return self._distinct(self.inject_at)
+
+    def emit_positions(self) -> list[int]:
+        """Sorted distinct timesteps at which some row emits."""
+        return self._distinct(self.emit_at)
+
+    @staticmethod
+    def _distinct(positions: torch.Tensor | None) -> list[int]:
+        if positions is None:
+            return []
+        return [int(t) for t in positions.unique().tolist() if t >= 0]
+
+    # ------------------------------------------------------------------ actions
+    def new_states(self) -> torch.Tensor | None:
+        """Zero ``[B, P, *S]`` buffer for the emitted states, or None."""
+        if self.emit_at is None:
+            return None
+        return torch.zeros(
+            self.batch, self.emit_at.shape[1], *self.state_shape, device=self.device, dtype=self.dtype
+        )
+
+    def inject(self, state: torch.Tensor, t: int) -> torch.Tensor:
+        """Apply the injections at timestep ``t`` to ``state`` ``[B, *S]``."""
+        if self.inject_at is None:
+            return state
+        hit = self.inject_at == t  # [B, Q]; at most one True per row
+        if not bool(hit.any()):
+            return state
+        extra = (1,) * len(self.state_shape)
+        weights = hit.to(self.dtype)
+        if self.inject_mode == "add":
+            if self.inject_scale is not None:
+                weights = weights * self.inject_scale
+            return state + (weights.view(*weights.shape, *extra) * self.inject_value).sum(1)
+        value = (weights.view(*weights.shape, *extra) * self.inject_value).sum(1)
+        return torch.where(hit.any(1).view(-1, *extra), value, state)
+
+    def emit(self, states: torch.Tensor | None, span: torch.Tensor, start: int) -> None:
+        """Record emissions from ``span`` ``[B, n, *S]``, the states at ``start .. start+n-1``."""
+        if states is None:
+            return
+        offset = self.emit_at - start  # [B, P]
+        hit = (offset >= 0) & (offset < span.shape[1])
+        if not bool(hit.any()):
+            return
+        index = offset.clamp(0, span.shape[1] - 1)
+        gathered = span.gather(1, index.view(*index.shape, *(1,) * len(self.state_shape)).expand(
+            *index.shape, *self.state_shape))
+        extra = (1,) * len(self.state_shape)
+        states.copy_(torch.where(hit.view(*hit.shape, *extra), gathered, states))
+
+    def run_steps(self, step) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """Walk ``t = 0 .. L-1`` with ``step(state, t) -> (S_t, y_t)``; inject and emit after each.
+
+        Returns the outputs ``[y_0, ..., y_{L-1}]``, the final state and the emitted states.
+        """
+        states, state, ys = self.new_states(), self.initial, []
+        for t in range(self.length):
+            state, y_t = step(state, t)
+            if t in self._inject_times:
+                state = self.inject(state, t)
+            if t in self._emit_times:
+                self.emit(states, state[:, None], t)
+            ys.append(y_t)
+        return ys, state, states
+
+    def run_segments(
+        self, segments: Sequence[tuple[int, int]], piece
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """Walk the ``[start, end)`` pieces with ``piece(state, start, end, want_states)``.
+
+        ``piece`` returns ``(y [B, n, ...], S_{end-1}, span)`` where ``span`` ``[B, n, *S]``
+        holds every state of the piece when ``want_states`` is true (else None).  Injections
+        act on the piece's last state (pieces end right after each injection timestep).
+        Returns the output pieces, the final state and the emitted states.
+        """
+        states, state, ys = self.new_states(), self.initial, []
+        for start, end in segments:
+            want = any(start <= t < end for t in self._emit_times)
+            y, state, span = piece(state, start, end, want)
+            if end - 1 in self._inject_times:
+                state = self.inject(state, end - 1)
+            if want:
+                span[:, -1] = state
+                self.emit(states, span, start)
+            ys.append(y)
+        return ys, state, states
+
+    def segments(self, chunk_size: int, extra_boundaries: Sequence[int] = ()) -> list[tuple[int, int]]:
+        """Split ``0 .. L`` into ``[start, end)`` pieces of at most ``chunk_size`` tokens.
+
+        A piece also ends right after every injection timestep (so injections act on a
+        piece's final state) and before every position in ``extra_boundaries``.
+        """
+        cuts = set(range(0, self.length, chunk_size)) | {t + 1 for t in self.inject_positions()}
+        cuts |= set(extra_boundaries)
+        cuts = sorted(c for c in cuts if 0 <= c < self.length) + [self.length]
+        return list(zip(cuts[:-1], cuts[1:]))
+
+    def output(self, y: torch.Tensor, final: torch.Tensor, states: torch.Tensor | None) -> ScanOutput:
+        """Package the result, dropping the final state unless it was asked for."""
+        return ScanOutput(y, final if self.output_final_state else None, states)

@@ -1,0 +1,82 @@
+"""RWKV-4 WKV in the numerically stable (num, den, max) form: the pure-torch definition.
+
+Per channel ``c``, with log-decay ``w <= 0`` (checkpoints store ``time_decay`` with
+``w = -exp(time_decay)``) and bonus ``u`` (``time_first``), the true state is a numerator
+``N = aa * exp(pp)`` and a denominator ``M = bb * exp(pp)``; statetap carries and exposes the
+scaled triple ``S = (aa, bb, pp)``, exactly what transformers' RWKV cache and the CUDA kernels
+store.  Per token::
+
+    q = max(pp, u + k_t);   y_t = (e^{pp-q} aa + e^{u+k_t-q} v_t) / (e^{pp-q} bb + e^{u+k_t-q})
+    q = max(pp + w, k_t);   aa <- e^{pp+w-q} aa + e^{k_t-q} v_t;   bb <- e^{pp+w-q} bb + e^{k_t-q};   pp <- q
+
+``y_t`` reads the state *before* token ``t`` (plus the bonus).  The state ``S`` is ``[3, C]``:
+row 0 ``aa``, row 1 ``bb``, row 2 ``pp``.  Emission returns the triple; ``inject_mode="add"``
+adds to the triple elementwise and ``"set"`` replaces it, i.e. both act on the stored
+representation, like editing the model's own cache.  To act on the true numerator and
+denominator instead, build the triple yourself: ``(N / exp(p), M / exp(p), p)`` for any ``p``
+represents the same state.  The default initial state is ``(0, 0, -1e38)``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._contract import Instrumentation, ScanOutput, check_tensor, compute_dtype
+
+EMPTY_MAX = -1e38  # pp of the empty state, as transformers and the CUDA kernel use
+
+
+def wkv4(
+    w, u, k, v, *, initial_state=None, output_final_state=False, emit_at=None, inject_at=None,
+    inject_value=None, inject_mode="add", inject_scale=None,
+) -> ScanOutput:
+    """RWKV-4 WKV with state emission and injection (reference, sequential).
+
+    Args:
+        w: ``[C]`` log-decay per channel (``<= 0``).
+        u: ``[C]`` bonus for the current token (``time_first``).
+        k, v: ``[B, L, C]`` key and value.
+        initial_state, output_final_state, emit_at, inject_at, inject_value, inject_mode,
+        inject_scale: the instrumentation arguments (``docs/semantics.md``); the state
+            ``S`` is ``[3, C]`` = ``(aa, bb, pp)``.
+
+    Returns:
+        ``ScanOutput(y [B, L, C] in v.dtype, final_state [B, 3, C], states [B, P, 3, C])``.
+
+    Example:
+        >>> k, v = torch.randn(2, 6, 8), torch.randn(2, 6, 8)
+        >>> out = wkv4(-torch.rand(8), torch.randn(8), k, v, output_final_state=True)
+        >>> out.final_state.shape
+        torch.Size([2, 3, 8])
+    """
+    check_tensor("k", k, (None, None, None), ("B", "L", "C"))
+    batch, length, channels = k.shape
+    device = k.device
+    check_tensor("v", v, (batch, length, channels), ("B", "L", "C"), device=device)
+    check_tensor("w", w, (channels,), ("C",), device=device)
+    check_tensor("u", u, (channels,), ("C",), device=device)
+    dtype = compute_dtype(w, u, k, v)
+    empty = torch.zeros(3, channels, dtype=dtype)
+    empty[2] = EMPTY_MAX
+    instr = Instrumentation(
+        batch=batch, length=length, state_shape=(3, channels), device=device, dtype=dtype,
+        initial_state=initial_state, output_final_state=output_final_state, emit_at=emit_at,
+        inject_at=inject_at, inject_value=inject_value, inject_mode=inject_mode,
+        inject_scale=inject_scale, default_initial=empty,
+    )
+    w, u, k, v = (t.to(dtype) for t in (w, u, k, v))
+
+    def step(state: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        aa, bb, pp = state.unbind(1)
+        bonus = u + k[:, t]
+        top = torch.maximum(pp, bonus)
+        old, new = torch.exp(pp - top), torch.exp(bonus - top)
+        y = (old * aa + new * v[:, t]) / (old * bb + new)
+        decayed = pp + w
+        top = torch.maximum(decayed, k[:, t])
+        old, new = torch.exp(decayed - top), torch.exp(k[:, t] - top)
+        state = torch.stack((old * aa + new * v[:, t], old * bb + new, top), dim=1)
+        return state, y[:, None]
+
+    ys, final, states = instr.run_steps(step)
+    return instr.output(torch.cat(ys, 1).to(v.dtype), final, states)
