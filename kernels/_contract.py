@@ -212,7 +212,7 @@ class Instrumentation:
         if inject_mode == "set":
             raise ValueError("inject_scale applies to inject_mode='add' only; 'set' writes inject_value as is")
         if isinstance(inject_scale, (int, float)):
-            inject_scale = torch.tensor(float(inject_scale), device=self.device)
+            inject_scale = torch.tensor(float(inject_scale), device=self.device, dtype=self.dtype)
         if not isinstance(inject_scale, torch.Tensor) or not inject_scale.is_floating_point():
             raise TypeError("inject_scale must be a float or a floating-point tensor of shape [B] or [B, Q]")
         if inject_scale.device != self.device:

@@ -64,6 +64,7 @@ def wkv4(
         inject_at=inject_at, inject_value=inject_value, inject_mode=inject_mode,
         inject_scale=inject_scale, default_initial=empty,
     )
+    out_dtype = v.dtype
     w, u, k, v = (t.to(dtype) for t in (w, u, k, v))
 
     def step(state: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,4 +80,4 @@ def wkv4(
         return state, y[:, None]
 
     ys, final, states = instr.run_steps(step)
-    return instr.output(torch.cat(ys, 1).to(v.dtype), final, states)
+    return instr.output(torch.cat(ys, 1).to(out_dtype), final, states)
