@@ -1,0 +1,21 @@
+# Two commands for a fresh machine:
+#   make test   -- create .venv if needed, then run the test suite (Triton kernels under the
+#                  CPU interpreter, TRITON_INTERPRET=1)
+#   make demo   -- create .venv if needed, then self-check every op's state contract
+# `make venv` alone (re)installs when setup.py, pyproject.toml, scripts/bootstrap.sh or csrc/
+# sources changed; otherwise it returns at once. Extra pytest arguments: make test ARGS="-k wkv6".
+
+PY := .venv/bin/python
+ARGS ?=
+
+.PHONY: venv test demo
+
+venv:
+	@bash scripts/bootstrap.sh
+
+# pytest exits 5 when it ran no test; make propagates that as a failure.
+test: venv
+	TRITON_INTERPRET=1 $(PY) -m pytest -n 2 tests $(ARGS)
+
+demo: venv
+	.venv/bin/statetap check

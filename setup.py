@@ -1,0 +1,159 @@
+"""Build script for statetap.
+
+Everything installs under the one import name ``statetap``:
+
+    statetap/  -> statetap
+    kernels/   -> statetap.kernels   (and every sub-package: kernels/wkv6 -> statetap.kernels.wkv6)
+    interp/    -> statetap.interp
+
+Nothing named ``kernels`` or ``interp`` is installed at top level (``kernels`` is a real PyPI
+package that transformers imports).
+
+The C++ extension ``statetap._C`` is built from ``csrc/*.cpp`` only when those sources exist and a
+C++ compiler is on PATH; ``csrc/*.cu`` join it (as a CUDAExtension) only when the installed torch
+is a CUDA build and a CUDA toolkit is found.  With no sources, no extension is built and torch is
+not even imported here.
+
+Install with ``pip install --no-build-isolation -e ".[dev]"`` (torch must already be installed:
+a build-isolated environment would pull a multi-GB CUDA torch, or none at all).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+# folder in the repository -> dotted package name it installs as
+PACKAGE_ROOTS = {
+    "statetap": "statetap",
+    "kernels": "statetap.kernels",
+    "interp": "statetap.interp",
+}
+
+
+def _packages() -> tuple[list[str], dict[str, str]]:
+    packages: list[str] = []
+    package_dir: dict[str, str] = {}
+    for folder, name in PACKAGE_ROOTS.items():
+        package_dir[name] = folder
+        packages.append(name)
+        subpackages = sorted(find_packages(os.path.join(ROOT, folder)))
+        packages.extend(f"{name}.{sub}" for sub in subpackages)
+    return packages, package_dir
+
+
+def _has_cxx() -> bool:
+    cxx = os.environ.get("CXX")
+    candidates = [cxx.split()[0]] if cxx else ["c++", "g++", "clang++"]
+    return any(shutil.which(c) for c in candidates)
+
+
+def _rel_sources(pattern: str) -> list[str]:
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "csrc", pattern)))
+
+
+def _cuda_include_dirs() -> list[str]:
+    """Header folders of the pip-installed CUDA libraries (nvidia/*/include), if any."""
+    dirs: list[str] = []
+    for entry in sys.path:
+        nvidia = os.path.join(entry, "nvidia")
+        if os.path.isdir(nvidia):
+            dirs.extend(sorted(glob.glob(os.path.join(nvidia, "*", "include"))))
+    return dirs
+
+
+def _extensions() -> tuple[list, dict]:
+    cpp = _rel_sources("*.cpp")
+    cu = _rel_sources("*.cu")
+    if not cpp or not _has_cxx():
+        if cpp:
+            print("statetap: no C++ compiler found; skipping statetap._C", file=sys.stderr)
+        return [], {}
+
+    import torch  # only needed when there is something to compile
+    from torch.utils import cpp_extension
+
+    cxx_flags = ["-O3", "-fopenmp"]
+    link_flags = ["-fopenmp"]
+    use_cuda = bool(cu) and torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+    if use_cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        ext = cpp_extension.CUDAExtension(
+            "statetap._C",
+            cpp + cu,
+            include_dirs=_cuda_include_dirs(),
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
+            extra_link_args=link_flags,
+        )
+    else:
+        if cu:
+            print(
+                "statetap: torch has no CUDA or CUDA_HOME is unset; building CPU sources only",
+                file=sys.stderr,
+            )
+        ext = cpp_extension.CppExtension(
+            "statetap._C",
+            cpp,
+            extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=link_flags,
+        )
+    return [ext], {"build_ext": cpp_extension.BuildExtension}
+
+
+def _version() -> str:
+    with open(os.path.join(ROOT, "statetap", "__init__.py"), encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("__version__"):
+                return line.split("=", 1)[1].strip().strip("\"'")
+    raise RuntimeError("statetap/__init__.py defines no __version__")
+
+
+def _long_description() -> str:
+    path = os.path.join(ROOT, "README.md")
+    if not os.path.exists(path):
+        return ""
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+packages, package_dir = _packages()
+ext_modules, cmdclass = _extensions()
+
+setup(
+    name="statetap",
+    version=_version(),
+    description="Instrumented recurrence kernels (emit/inject recurrent state) for Mamba and RWKV",
+    long_description=_long_description(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=packages,
+    package_dir=package_dir,
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+    install_requires=[
+        "torch>=2.4",
+        'triton>=3.0; platform_system == "Linux"',
+        "transformers>=5.0,<6",
+        "numpy",
+        "safetensors",
+        "tqdm",
+    ],
+    extras_require={
+        "dev": ["pytest", "pytest-benchmark", "pytest-xdist", "hypothesis", "ruff"],
+        "mamba": ["mamba-ssm"],
+        "fla": ["flash-linear-attention"],
+    },
+    entry_points={"console_scripts": ["statetap = statetap.cli:main"]},
+    zip_safe=False,
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Operating System :: POSIX :: Linux",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
