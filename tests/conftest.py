@@ -1,0 +1,26 @@
+"""Test-suite set-up shared by every test module.
+
+Triton kernels run under the CPU interpreter unless the environment says otherwise. The flag must
+be set before any kernel module is imported (``@triton.jit`` reads it when it decorates), so it
+comes first. On a GPU machine run ``TRITON_INTERPRET=0 pytest -m gpu`` to test the compiled kernels.
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip tests marked ``gpu`` when no CUDA device is available."""
+    if not any(item.get_closest_marker("gpu") for item in items):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)
