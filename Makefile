@@ -13,9 +13,10 @@ ARGS ?=
 venv:
 	@bash scripts/bootstrap.sh
 
-# pytest exits 5 when it ran no test; make propagates that as a failure.
+# pytest exits 5 when it ran no test; make propagates that as a failure. PYTHONSAFEPATH keeps the
+# repository root off sys.path, so ./kernels never passes for the top-level `kernels` package.
 test: venv
-	TRITON_INTERPRET=1 $(PY) -m pytest -n 2 tests $(ARGS)
+	PYTHONSAFEPATH=1 TRITON_INTERPRET=1 $(PY) -m pytest -n 2 tests $(ARGS)
 
 demo: venv
 	.venv/bin/statetap check

@@ -490,12 +490,14 @@ def _compile_in_child(
     specs: Sequence[KernelSpec], targets: Sequence[int], ptxas: str | None
 ) -> list[KernelStats]:
     buf = io.BytesIO()
-    # First the parent's sys.path (so kernel modules and test files import by the same names),
-    # then the jobs; jit functions travel as (module, file, qualname) references.
-    pickle.dump(list(sys.path), buf)
+    # First the parent's sys.path, made absolute (so kernel modules and test files import by the
+    # same names), then the jobs; jit functions travel as (module, file, qualname) references.
+    pickle.dump([os.path.abspath(p) for p in sys.path], buf)
     jobs = [{f.name: getattr(s, f.name) for f in dataclasses.fields(KernelSpec)} for s in specs]
     _Pickler(buf).dump((jobs, list(targets), ptxas))
-    env = dict(os.environ, TRITON_INTERPRET="0")
+    # PYTHONSAFEPATH and a neutral cwd: nothing of the script's folder (kernels/) or the cwd on
+    # sys.path before the parent's path replaces it.
+    env = dict(os.environ, TRITON_INTERPRET="0", PYTHONSAFEPATH="1")
     with tempfile.TemporaryDirectory(prefix="statetap-aot-") as tmp:
         out = os.path.join(tmp, "out.pkl")
         proc = subprocess.run(
@@ -503,6 +505,7 @@ def _compile_in_child(
             input=buf.getvalue(),
             capture_output=True,
             env=env,
+            cwd=tmp,
         )
         if proc.returncode != 0:
             raise RuntimeError(

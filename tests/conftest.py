@@ -6,8 +6,15 @@ comes first. On a GPU machine run ``TRITON_INTERPRET=0 pytest -m gpu`` to test t
 """
 
 import os
+import sys
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# `python -m pytest` from the repository root puts the root on sys.path, where our `kernels/` and
+# `interp/` folders would pass for top-level packages (transformers imports any `kernels` it
+# finds). The package is installed as `statetap`, so the root itself is never needed.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _ROOT]
 
 import pytest  # noqa: E402
 
