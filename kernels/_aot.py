@@ -340,22 +340,23 @@ def _arg_names(fn: Any) -> list[str]:
 def _normalise(spec: KernelSpec) -> tuple[dict[str, str], dict[str, Any], dict]:
     """Signature in argument order with constexprs, constexpr values, alignment attrs."""
     names = _arg_names(spec.fn)
+    kname = _raw_function(spec.fn).__name__
     sig = dict(spec.signature)
     constexprs = dict(spec.constexprs)
     unknown = sorted((set(sig) | set(constexprs)) - set(names))
     if unknown:
-        raise ValueError(f"{spec.fn.__name__}: unknown arguments {unknown}; it takes {names}")
+        raise ValueError(f"{kname}: unknown arguments {unknown}; it takes {names}")
     for name in constexprs:
         if sig.setdefault(name, "constexpr") != "constexpr":
             raise ValueError(
-                f"{spec.fn.__name__}: {name!r} is given a constexpr value but typed {sig[name]!r}"
+                f"{kname}: {name!r} is given a constexpr value but typed {sig[name]!r}"
             )
     missing = [n for n in names if n not in sig]
     if missing:
-        raise ValueError(f"{spec.fn.__name__}: signature lacks arguments {missing}")
+        raise ValueError(f"{kname}: signature lacks arguments {missing}")
     no_value = [n for n in names if sig[n] == "constexpr" and n not in constexprs]
     if no_value:
-        raise ValueError(f"{spec.fn.__name__}: constexpr arguments without a value: {no_value}")
+        raise ValueError(f"{kname}: constexpr arguments without a value: {no_value}")
     signature = {n: sig[n] for n in names}
 
     aligned = (
@@ -365,7 +366,7 @@ def _normalise(spec: KernelSpec) -> tuple[dict[str, str], dict[str, Any], dict]:
     )
     bad = [n for n in aligned if signature.get(n, "constexpr") == "constexpr"]
     if bad:
-        raise ValueError(f"{spec.fn.__name__}: cannot mark {bad} as aligned (not runtime args)")
+        raise ValueError(f"{kname}: cannot mark {bad} as aligned (not runtime args)")
     try:
         from triton.backends.compiler import BaseBackend
 
