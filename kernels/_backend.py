@@ -51,4 +51,5 @@ def dispatching(op: str, implementations: Mapping[str, Callable]) -> Callable:
         return implementations[choose_backend(op, device, implementations)](*args, **kwargs)
 
     public.__name__ = public.__qualname__ = op
+    public.implementations = implementations
     return public

@@ -151,6 +151,7 @@ class Instrumentation:
     ) -> None:
         self.batch, self.length = batch, length
         self.state_shape = tuple(state_shape)
+        self._state_ones = (1,) * len(self.state_shape)  # broadcasts [B] or [B, P] over S
         self.device, self.dtype = device, dtype
         full = (batch, *self.state_shape)
         dims = ("B", *(f"S{i}" for i in range(len(self.state_shape))))
@@ -228,14 +229,6 @@ class Instrumentation:
             ) from None
 
     # ------------------------------------------------------------------ queries
-    @property
-    def injects(self) -> bool:
-        return self.inject_at is not None
-
-    @property
-    def emits(self) -> bool:
-        return self.emit_at is not None
-
     def inject_positions(self) -> list[int]:
         """Sorted distinct timesteps at which some row injects."""
         return self._distinct(self.inject_at)
@@ -261,19 +254,15 @@ class Instrumentation:
 
     def inject(self, state: torch.Tensor, t: int) -> torch.Tensor:
         """Apply the injections at timestep ``t`` to ``state`` ``[B, *S]``."""
-        if self.inject_at is None:
-            return state
         hit = self.inject_at == t  # [B, Q]; at most one True per row
-        if not bool(hit.any()):
-            return state
-        extra = (1,) * len(self.state_shape)
-        weights = hit.to(self.dtype)
+        rows = torch.arange(self.batch, device=self.device)
+        slot = hit.to(torch.uint8).argmax(1)  # the slot that names t, where one does
+        value = self.inject_value[rows, slot]  # [B, *S]
         if self.inject_mode == "add":
             if self.inject_scale is not None:
-                weights = weights * self.inject_scale
-            return state + (weights.view(*weights.shape, *extra) * self.inject_value).sum(1)
-        value = (weights.view(*weights.shape, *extra) * self.inject_value).sum(1)
-        return torch.where(hit.any(1).view(-1, *extra), value, state)
+                value = self.inject_scale[rows, slot].view(-1, *self._state_ones) * value
+            value = state + value
+        return torch.where(hit.any(1).view(-1, *self._state_ones), value, state)
 
     def emit(self, states: torch.Tensor | None, span: torch.Tensor, start: int) -> None:
         """Record emissions from ``span`` ``[B, n, *S]``, the states at ``start .. start+n-1``."""
@@ -284,10 +273,10 @@ class Instrumentation:
         if not bool(hit.any()):
             return
         index = offset.clamp(0, span.shape[1] - 1)
-        gathered = span.gather(1, index.view(*index.shape, *(1,) * len(self.state_shape)).expand(
-            *index.shape, *self.state_shape))
-        extra = (1,) * len(self.state_shape)
-        states.copy_(torch.where(hit.view(*hit.shape, *extra), gathered, states))
+        gathered = span.gather(
+            1, index.view(*index.shape, *self._state_ones).expand(*index.shape, *self.state_shape)
+        )
+        states.copy_(torch.where(hit.view(*hit.shape, *self._state_ones), gathered, states))
 
     def run_steps(self, step) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
         """Walk ``t = 0 .. L-1`` with ``step(state, t) -> (S_t, y_t)``; inject and emit after each.

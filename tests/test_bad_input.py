@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from op_cases import CASES, OP_FORMS
+from statetap.kernels.examples import CASES, OP_FORMS
 
 each_op_form = pytest.mark.parametrize("op,form", OP_FORMS, ids=[f"{o}-{f}" for o, f in OP_FORMS])
 L = 6

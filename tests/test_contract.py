@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from op_cases import CASES, CHUNKED_OPS, OP_FORMS, rel_error
+from statetap.kernels.examples import CASES, CHUNKED_OPS, OP_FORMS, rel_error
 
 TIGHT = 1e-12
 each_op_form = pytest.mark.parametrize("op,form", OP_FORMS, ids=[f"{o}-{f}" for o, f in OP_FORMS])
@@ -165,3 +165,18 @@ def test_chunked_equals_sequential(op, chunk, length):
         close(ref.y, out.y, 1e-10)
         close(ref.final_state, out.final_state, 1e-10)
         close(ref.states, out.states, 1e-10)
+
+
+@each_op_form
+@pytest.mark.parametrize("mode", ["add", "set"])
+def test_unused_injection_slots_are_ignored_whatever_they_hold(op, form, mode):
+    case = CASES[op]
+    inputs = case.make(2, L, torch.float64)
+    state_shape = case.call(form, inputs, output_final_state=True).final_state.shape[1:]
+    value = torch.randn(2, 2, *state_shape, dtype=torch.float64)
+    value[:, 1] = float("nan")  # slot 1 is unused in both rows
+    out = case.call(form, inputs, inject_at=torch.tensor([[3, -1], [6, -1]]), inject_value=value,
+                    inject_mode=mode, output_final_state=True)
+    alone = case.call(form, inputs, inject_at=torch.tensor([[3], [6]]), inject_value=value[:, :1],
+                      inject_mode=mode, output_final_state=True)
+    assert torch.equal(out.y, alone.y) and torch.equal(out.final_state, alone.final_state)

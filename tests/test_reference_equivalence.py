@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from op_cases import rel_error
+from statetap.kernels.examples import rel_error
 from statetap import kernels
 from statetap.kernels.ssd.reference import ssd_chunked, ssd_sequential
 from statetap.kernels.wkv5.reference import wkv5_chunked, wkv5_sequential
