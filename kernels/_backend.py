@@ -24,7 +24,9 @@ def choose_backend(op: str, device: torch.device, available: Mapping[str, Callab
     forced = os.environ.get(BACKEND_ENV, "").strip()
     if forced:
         if forced not in BACKENDS:
-            raise ValueError(f"{BACKEND_ENV}={forced!r} is not a backend; expected one of {BACKENDS}")
+            raise ValueError(
+                f"{BACKEND_ENV}={forced!r} is not a backend; expected one of {BACKENDS}"
+            )
         if forced not in available:
             raise RuntimeError(
                 f"{BACKEND_ENV}={forced!r}, but {op} has no {forced} implementation "
@@ -44,9 +46,7 @@ def dispatching(op: str, implementations: Mapping[str, Callable]) -> Callable:
 
     @functools.wraps(reference)
     def public(*args, **kwargs):
-        first = next(
-            (a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None
-        )
+        first = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
         device = first.device if first is not None else torch.device("cpu")
         return implementations[choose_backend(op, device, implementations)](*args, **kwargs)
 

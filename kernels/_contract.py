@@ -66,16 +66,26 @@ def check_tensor(
         f"{n}={s}" if s is not None and not str(n).isdigit() else n for n, s in zip(names, shape)
     )
     if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape {expected}, got {type(value).__name__}")
+        raise TypeError(
+            f"{name} must be a torch.Tensor of shape {expected}, got {type(value).__name__}"
+        )
     if floating and not value.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor of shape {expected}, got {value.dtype}")
+        raise TypeError(
+            f"{name} must be a floating-point tensor of shape {expected}, got {value.dtype}"
+        )
     if value.dim() != len(shape) or any(
         want is not None and got != want for got, want in zip(value.shape, shape)
     ):
         raise ValueError(f"{name} must have shape {expected}, got {shape_str(value.shape)}")
-    if device is not None and value.device != device:
-        raise ValueError(f"{name} must be on {device} like the other inputs, got {value.device}")
+    if device is not None:
+        check_device(name, value, device)
     return value
+
+
+def check_device(name: str, value: torch.Tensor, device: torch.device) -> None:
+    """Raise ValueError unless ``value`` lives on ``device`` (where the other inputs are)."""
+    if value.device != device:
+        raise ValueError(f"{name} must be on {device} like the other inputs, got {value.device}")
 
 
 def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
@@ -91,11 +101,15 @@ def _positions(
     """Validate ``emit_at`` / ``inject_at``: integer ``[B, P]`` or ``[P]`` in ``[0, L)`` or -1."""
     expected = f"[B={batch}, P] or [P]"
     if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be an integer torch.Tensor of shape {expected}, got {type(value).__name__}")
+        raise TypeError(
+            f"{name} must be an integer torch.Tensor of shape {expected}, "
+            f"got {type(value).__name__}"
+        )
     if value.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-        raise TypeError(f"{name} must be an integer tensor (torch.long) of shape {expected}, got {value.dtype}")
-    if value.device != device:
-        raise ValueError(f"{name} must be on {device} like the other inputs, got {value.device}")
+        raise TypeError(
+            f"{name} must be an integer tensor (torch.long) of shape {expected}, got {value.dtype}"
+        )
+    check_device(name, value, device)
     if value.dim() == 1:
         value = value.expand(batch, -1)
     if value.dim() != 2 or value.shape[0] != batch:
@@ -157,7 +171,9 @@ class Instrumentation:
         dims = ("B", *(f"S{i}" for i in range(len(self.state_shape))))
 
         if not isinstance(output_final_state, bool):
-            raise TypeError(f"output_final_state must be a bool, got {type(output_final_state).__name__}")
+            raise TypeError(
+                f"output_final_state must be a bool, got {type(output_final_state).__name__}"
+            )
         self.output_final_state = output_final_state
 
         if initial_state is None:
@@ -167,7 +183,9 @@ class Instrumentation:
             check_tensor("initial_state", initial_state, full, dims, device=device)
             self.initial = initial_state.to(dtype).clone()
 
-        self.emit_at = None if emit_at is None else _positions("emit_at", emit_at, batch, length, device)
+        self.emit_at = (
+            None if emit_at is None else _positions("emit_at", emit_at, batch, length, device)
+        )
         self.inject_at = (
             None if inject_at is None else _positions("inject_at", inject_at, batch, length, device)
         )
@@ -192,14 +210,17 @@ class Instrumentation:
         queries = self.inject_at.shape[1]
         target = (self.batch, queries, *self.state_shape)
         if inject_value is None:
-            raise ValueError(f"inject_at needs inject_value broadcastable to {shape_str(('B', 'Q', *self.state_shape))}")
+            raise ValueError(
+                "inject_at needs inject_value broadcastable to "
+                f"{shape_str(('B', 'Q', *self.state_shape))}"
+            )
         if not isinstance(inject_value, torch.Tensor) or not inject_value.is_floating_point():
             raise TypeError(
-                f"inject_value must be a floating-point tensor broadcastable to {shape_str(target)}, "
+                "inject_value must be a floating-point tensor broadcastable to "
+                f"{shape_str(target)}, "
                 f"got {getattr(inject_value, 'dtype', type(inject_value).__name__)}"
             )
-        if inject_value.device != self.device:
-            raise ValueError(f"inject_value must be on {self.device} like the other inputs, got {inject_value.device}")
+        check_device("inject_value", inject_value, self.device)
         try:
             self.inject_value = torch.broadcast_to(inject_value, target).to(self.dtype)
         except RuntimeError:
@@ -211,21 +232,27 @@ class Instrumentation:
             self.inject_scale = None
             return
         if inject_mode == "set":
-            raise ValueError("inject_scale applies to inject_mode='add' only; 'set' writes inject_value as is")
+            raise ValueError(
+                "inject_scale applies to inject_mode='add' only; 'set' writes inject_value as is"
+            )
         if isinstance(inject_scale, (int, float)):
             inject_scale = torch.tensor(float(inject_scale), device=self.device, dtype=self.dtype)
         if not isinstance(inject_scale, torch.Tensor) or not inject_scale.is_floating_point():
-            raise TypeError("inject_scale must be a float or a floating-point tensor of shape [B] or [B, Q]")
-        if inject_scale.device != self.device:
-            raise ValueError(f"inject_scale must be on {self.device} like the other inputs, got {inject_scale.device}")
+            raise TypeError(
+                "inject_scale must be a float or a floating-point tensor of shape [B] or [B, Q]"
+            )
+        check_device("inject_scale", inject_scale, self.device)
         if inject_scale.dim() == 1:  # one multiplier per row: a sweep in one launch
             inject_scale = inject_scale[:, None]
         try:
-            self.inject_scale = torch.broadcast_to(inject_scale, (self.batch, queries)).to(self.dtype)
+            self.inject_scale = torch.broadcast_to(inject_scale, (self.batch, queries)).to(
+                self.dtype
+            )
         except RuntimeError:
             raise ValueError(
-                f"inject_scale of shape {shape_str(inject_scale.shape)} must be a scalar, a [B={self.batch}] "
-                f"vector (one multiplier per row) or broadcastable to [B, Q] = {shape_str((self.batch, queries))}"
+                f"inject_scale of shape {shape_str(inject_scale.shape)} must be a scalar, "
+                f"a [B={self.batch}] vector (one multiplier per row) or broadcastable to "
+                f"[B, Q] = {shape_str((self.batch, queries))}"
             ) from None
 
     # ------------------------------------------------------------------ queries
@@ -249,7 +276,11 @@ class Instrumentation:
         if self.emit_at is None:
             return None
         return torch.zeros(
-            self.batch, self.emit_at.shape[1], *self.state_shape, device=self.device, dtype=self.dtype
+            self.batch,
+            self.emit_at.shape[1],
+            *self.state_shape,
+            device=self.device,
+            dtype=self.dtype,
         )
 
     def inject(self, state: torch.Tensor, t: int) -> torch.Tensor:
@@ -315,7 +346,9 @@ class Instrumentation:
             ys.append(y)
         return ys, state, states
 
-    def segments(self, chunk_size: int, extra_boundaries: Sequence[int] = ()) -> list[tuple[int, int]]:
+    def segments(
+        self, chunk_size: int, extra_boundaries: Sequence[int] = ()
+    ) -> list[tuple[int, int]]:
         """Split ``0 .. L`` into ``[start, end)`` pieces of at most ``chunk_size`` tokens.
 
         A piece also ends right after every injection timestep (so injections act on a
@@ -326,6 +359,8 @@ class Instrumentation:
         cuts = sorted(c for c in cuts if 0 <= c < self.length) + [self.length]
         return list(zip(cuts[:-1], cuts[1:]))
 
-    def output(self, y: torch.Tensor, final: torch.Tensor, states: torch.Tensor | None) -> ScanOutput:
+    def output(
+        self, y: torch.Tensor, final: torch.Tensor, states: torch.Tensor | None
+    ) -> ScanOutput:
         """Package the result, dropping the final state unless it was asked for."""
         return ScanOutput(y, final if self.output_final_state else None, states)

@@ -17,14 +17,14 @@ import torch.nn.functional as F
 from .selective_scan import selective_scan as public_selective_scan
 from .selective_scan.reference import selective_scan
 from .ssd import ssd as public_ssd
-from .wkv4 import wkv4 as public_wkv4
-from .wkv5 import wkv5 as public_wkv5
-from .wkv6 import wkv6 as public_wkv6
-from .wkv7 import wkv7 as public_wkv7
 from .ssd.reference import ssd_chunked, ssd_sequential
+from .wkv4 import wkv4 as public_wkv4
 from .wkv4.reference import wkv4
+from .wkv5 import wkv5 as public_wkv5
 from .wkv5.reference import wkv5_chunked, wkv5_sequential
+from .wkv6 import wkv6 as public_wkv6
 from .wkv6.reference import wkv6_chunked, wkv6_sequential
+from .wkv7 import wkv7 as public_wkv7
 from .wkv7.reference import wkv7_chunked, wkv7_sequential
 
 
@@ -102,8 +102,11 @@ def _wkv4(B, L, f, C=7):
 
 
 def _rkv(B, L, f, H, K, V):
-    return dict(r=torch.randn(B, L, H, K, **f), k=torch.randn(B, L, H, K, **f),
-                v=torch.randn(B, L, H, V, **f))
+    return dict(
+        r=torch.randn(B, L, H, K, **f),
+        k=torch.randn(B, L, H, K, **f),
+        v=torch.randn(B, L, H, V, **f),
+    )
 
 
 def _wkv5(B, L, f, H=2, K=4, V=3):
@@ -122,7 +125,9 @@ def _wkv7(B, L, f, H=2, K=4, V=3):
     kappa = F.normalize(torch.randn(B, L, H, K, **f), dim=-1)
     rate = torch.sigmoid(torch.randn(B, L, H, K, **f))
     return _rkv(B, L, f, H, K, V) | dict(
-        w=-0.6065306597126334 * torch.sigmoid(torch.randn(B, L, H, K, **f)), a=-kappa, b=kappa * rate
+        w=-0.6065306597126334 * torch.sigmoid(torch.randn(B, L, H, K, **f)),
+        a=-kappa,
+        b=kappa * rate,
     )
 
 
@@ -131,17 +136,43 @@ _RWKV_TIME = dict(r=1, k=1, v=1)
 CASES = {
     case.name: case
     for case in (
-        OpCase("selective_scan", public_selective_scan, {"sequential": selective_scan},
-               _selective_scan, dict(u=2, delta=2, B=3, C=3, z=2), y_time_axis=2),
-        OpCase("ssd", public_ssd, {"sequential": ssd_sequential, "chunked": ssd_chunked}, _ssd,
-               dict(x=1, dt=1, B=1, C=1, z=1)),
+        OpCase(
+            "selective_scan",
+            public_selective_scan,
+            {"sequential": selective_scan},
+            _selective_scan,
+            dict(u=2, delta=2, B=3, C=3, z=2),
+            y_time_axis=2,
+        ),
+        OpCase(
+            "ssd",
+            public_ssd,
+            {"sequential": ssd_sequential, "chunked": ssd_chunked},
+            _ssd,
+            dict(x=1, dt=1, B=1, C=1, z=1),
+        ),
         OpCase("wkv4", public_wkv4, {"sequential": wkv4}, _wkv4, dict(k=1, v=1)),
-        OpCase("wkv5", public_wkv5, {"sequential": wkv5_sequential, "chunked": wkv5_chunked},
-               _wkv5, _RWKV_TIME),
-        OpCase("wkv6", public_wkv6, {"sequential": wkv6_sequential, "chunked": wkv6_chunked},
-               _wkv6, _RWKV_TIME | dict(w=1)),
-        OpCase("wkv7", public_wkv7, {"sequential": wkv7_sequential, "chunked": wkv7_chunked},
-               _wkv7, _RWKV_TIME | dict(w=1, a=1, b=1)),
+        OpCase(
+            "wkv5",
+            public_wkv5,
+            {"sequential": wkv5_sequential, "chunked": wkv5_chunked},
+            _wkv5,
+            _RWKV_TIME,
+        ),
+        OpCase(
+            "wkv6",
+            public_wkv6,
+            {"sequential": wkv6_sequential, "chunked": wkv6_chunked},
+            _wkv6,
+            _RWKV_TIME | dict(w=1),
+        ),
+        OpCase(
+            "wkv7",
+            public_wkv7,
+            {"sequential": wkv7_sequential, "chunked": wkv7_chunked},
+            _wkv7,
+            _RWKV_TIME | dict(w=1, a=1, b=1),
+        ),
     )
 }
 

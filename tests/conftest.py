@@ -31,3 +31,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("gpu"):
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def fresh_seed() -> int:
+    """Seed torch afresh for every test (torch's default seed is fixed), so each run draws new
+    random inputs; the seed is printed and shows up with a failure. Reproduce a failure with
+    ``STATETAP_TEST_SEED=<seed>``."""
+    import torch
+
+    seed = int(os.environ.get("STATETAP_TEST_SEED") or int.from_bytes(os.urandom(4), "little"))
+    torch.manual_seed(seed)
+    print(f"STATETAP_TEST_SEED={seed}")
+    return seed

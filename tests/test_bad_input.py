@@ -82,7 +82,9 @@ def test_bad_injection_arguments(op, form):
     with _raises(ValueError, "inject_mode", "('add', 'set')", "'mul'"):
         case.call(form, inputs, inject_at=at, inject_value=value, inject_mode="mul")
     with _raises(ValueError, "inject_scale", "'add' only"):
-        case.call(form, inputs, inject_at=at, inject_value=value, inject_mode="set", inject_scale=2.0)
+        case.call(
+            form, inputs, inject_at=at, inject_value=value, inject_mode="set", inject_scale=2.0
+        )
     with _raises(ValueError, "inject_scale", "[B=2]", "[B, Q]"):
         case.call(form, inputs, inject_at=at, inject_value=value, inject_scale=torch.ones(3))
     with _raises(ValueError, "without inject_at"):

@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from statetap.kernels.examples import rel_error
 from statetap import kernels
+from statetap.kernels.examples import rel_error
 from statetap.kernels.ssd.reference import ssd_chunked, ssd_sequential
 from statetap.kernels.wkv5.reference import wkv5_chunked, wkv5_sequential
 from statetap.kernels.wkv6.reference import wkv6_chunked, wkv6_sequential
@@ -42,7 +42,9 @@ def test_selective_scan_matches_transformers(length, extras):
     B, C = torch.randn(batch, state, length), torch.randn(batch, state, length)
     opts = dict(delta_softplus=True)
     if extras:
-        opts |= dict(D=torch.randn(dim), z=torch.randn(batch, dim, length), delta_bias=torch.randn(dim))
+        opts |= dict(
+            D=torch.randn(dim), z=torch.randn(batch, dim, length), delta_bias=torch.randn(dim)
+        )
     theirs, their_state = mamba_selective_scan(u, delta, A, B, C, return_last_state=True, **opts)
     ours = kernels.selective_scan(u, delta, A, B, C, output_final_state=True, **opts)
     assert_close(theirs, ours.y)
@@ -61,9 +63,12 @@ def test_selective_scan_shared_and_grouped_B_C():
     # One channel at a time: with G = 1 and B constant in time, channel d sees its own row.
     for d in range(dim):
         single = kernels.selective_scan(
-            u[:, d : d + 1], delta[:, d : d + 1], A[d : d + 1],
+            u[:, d : d + 1],
+            delta[:, d : d + 1],
+            A[d : d + 1],
             shared[d].view(1, 1, state, 1).expand(batch, 1, state, length),
-            per_channel[:, d : d + 1], output_final_state=True,
+            per_channel[:, d : d + 1],
+            output_final_state=True,
         )
         assert_close(single.y[:, 0], out.y[:, d])
         assert_close(single.final_state[:, 0], out.final_state[:, d])
@@ -79,8 +84,13 @@ def test_ssd_matches_transformers(form, length, chunk):
     x, dt = torch.randn(batch, length, heads, head_dim), torch.randn(batch, length, heads)
     A = -torch.exp(torch.randn(heads))
     B, C = torch.randn(batch, length, groups, state), torch.randn(batch, length, groups, state)
-    opts = dict(D=torch.randn(heads), dt_bias=torch.randn(heads), dt_softplus=True,
-                dt_limit=(0.05, 2.0), initial_states=torch.randn(batch, heads, head_dim, state))
+    opts = dict(
+        D=torch.randn(heads),
+        dt_bias=torch.randn(heads),
+        dt_softplus=True,
+        dt_limit=(0.05, 2.0),
+        initial_states=torch.randn(batch, heads, head_dim, state),
+    )
     theirs, their_state = mamba2_chunk_scan(x, dt, A, B, C, chunk, return_final_states=True, **opts)
     ours = form(x, dt, A, B, C, chunk, output_final_state=True, **opts)
     assert_close(theirs, ours.y)
@@ -96,12 +106,24 @@ def test_ssd_seq_idx_resets_between_packed_sequences():
     B, C = torch.randn(batch, total, 1, state), torch.randn(batch, total, 1, state)
     seq_idx = torch.repeat_interleave(torch.arange(2), torch.tensor(lengths)).expand(batch, -1)
     for form in (ssd_sequential, ssd_chunked):
-        packed = form(x, dt, A, B, C, 4, seq_idx=seq_idx, dt_softplus=True,
-                      emit_at=torch.tensor([lengths[0] - 1]), output_final_state=True)
-        first = form(x[:, :5], dt[:, :5], A, B[:, :5], C[:, :5], 4, dt_softplus=True,
-                     output_final_state=True)
-        second = form(x[:, 5:], dt[:, 5:], A, B[:, 5:], C[:, 5:], 4, dt_softplus=True,
-                      output_final_state=True)
+        packed = form(
+            x,
+            dt,
+            A,
+            B,
+            C,
+            4,
+            seq_idx=seq_idx,
+            dt_softplus=True,
+            emit_at=torch.tensor([lengths[0] - 1]),
+            output_final_state=True,
+        )
+        first = form(
+            x[:, :5], dt[:, :5], A, B[:, :5], C[:, :5], 4, dt_softplus=True, output_final_state=True
+        )
+        second = form(
+            x[:, 5:], dt[:, 5:], A, B[:, 5:], C[:, 5:], 4, dt_softplus=True, output_final_state=True
+        )
         assert_close(torch.cat([first.y, second.y], 1), packed.y)
         assert_close(first.final_state, packed.states[:, 0])  # end of the first sequence
         assert_close(second.final_state, packed.final_state)
@@ -118,14 +140,25 @@ def test_wkv4_matches_transformers(length, with_state):
     key, value = torch.randn(batch, length, channels), torch.randn(batch, length, channels)
     state = None
     if with_state:
-        state = [torch.randn(batch, channels), torch.rand(batch, channels) + 0.1,
-                 torch.randn(batch, channels)]
+        state = [
+            torch.randn(batch, channels),
+            torch.rand(batch, channels) + 0.1,
+            torch.randn(batch, channels),
+        ]
     theirs, their_state = rwkv_linear_attention_cpu(
-        time_decay, time_first, key, value, state=None if state is None else [s.clone() for s in state],
+        time_decay,
+        time_first,
+        key,
+        value,
+        state=None if state is None else [s.clone() for s in state],
         return_state=True,
     )
     ours = kernels.wkv4(
-        -torch.exp(time_decay), time_first, key, value, output_final_state=True,
+        -torch.exp(time_decay),
+        time_first,
+        key,
+        value,
+        output_final_state=True,
         initial_state=None if state is None else torch.stack(state, 1),
     )
     assert_close(theirs, ours.y)
@@ -150,14 +183,17 @@ def wkv6_cuda_loop(r, k, v, w_raw, u, state_vk):
 
 def wkv7_cuda_loop(r, w_decay, k, v, a, b, state_vk):
     """Per head, ``s[i, j]`` (i: value, j: key), as the RWKV-7 CUDA kernel:
-    ``sa_i = sum_j a_j s_ij``; ``s_ij = s_ij w_j + sa_i b_j + k_j v_i``; ``y_i = sum_j s_ij r_j``."""
+    ``sa_i = sum_j a_j s_ij``; ``s_ij = s_ij w_j + sa_i b_j + k_j v_i``;
+    ``y_i = sum_j s_ij r_j``."""
     batch, length, heads, _ = r.shape
     s = state_vk.clone()
     out = torch.zeros(batch, length, heads, v.shape[-1])
     for t in range(length):
         for i in range(v.shape[-1]):
             sa = (a[:, t] * s[:, :, i, :]).sum(-1, keepdim=True)  # [B, H, 1]
-            s[:, :, i, :] = s[:, :, i, :] * w_decay[:, t] + sa * b[:, t] + k[:, t] * v[:, t, :, i, None]
+            s[:, :, i, :] = (
+                s[:, :, i, :] * w_decay[:, t] + sa * b[:, t] + k[:, t] * v[:, t, :, i, None]
+            )
             out[:, t, :, i] = (s[:, :, i, :] * r[:, t]).sum(-1)
     return out, s
 
@@ -175,8 +211,16 @@ def test_wkv6_matches_cuda_equations(batch, length, size, form):
     state_vk = torch.randn(batch, heads, size, size)
     theirs, their_state = wkv6_cuda_loop(r, k, v, w_raw, u, state_vk)
     fn = wkv6_sequential if form == "sequential" else wkv6_chunked
-    ours = fn(r, k, v, -torch.exp(w_raw), u, scale=1.0, initial_state=state_vk.transpose(-1, -2),
-              output_final_state=True)
+    ours = fn(
+        r,
+        k,
+        v,
+        -torch.exp(w_raw),
+        u,
+        scale=1.0,
+        initial_state=state_vk.transpose(-1, -2),
+        output_final_state=True,
+    )
     assert_close(theirs, ours.y)
     assert_close(their_state.transpose(-1, -2), ours.final_state)
 
@@ -187,7 +231,12 @@ def test_wkv5_matches_cuda_equations(form):
     r, k, v = (torch.randn(batch, length, heads, size) for _ in range(3))
     time_decay, u = torch.randn(heads, size), torch.randn(heads, size)
     theirs, their_state = wkv6_cuda_loop(
-        r, k, v, time_decay.expand(batch, length, heads, size), u, torch.zeros(batch, heads, size, size)
+        r,
+        k,
+        v,
+        time_decay.expand(batch, length, heads, size),
+        u,
+        torch.zeros(batch, heads, size, size),
     )
     fn = wkv5_sequential if form == "sequential" else wkv5_chunked
     ours = fn(r, k, v, -torch.exp(time_decay), u, scale=1.0, output_final_state=True)
@@ -207,8 +256,16 @@ def test_wkv7_matches_cuda_equations(batch, length, size, form):
     state_vk = torch.randn(batch, heads, size, size)
     theirs, their_state = wkv7_cuda_loop(r, w_decay, k, v, a, b, state_vk)
     fn = wkv7_sequential if form == "sequential" else wkv7_chunked
-    ours = fn(r, torch.log(w_decay), k, v, a, b, initial_state=state_vk.transpose(-1, -2),
-              output_final_state=True)
+    ours = fn(
+        r,
+        torch.log(w_decay),
+        k,
+        v,
+        a,
+        b,
+        initial_state=state_vk.transpose(-1, -2),
+        output_final_state=True,
+    )
     assert_close(theirs, ours.y)
     assert_close(their_state.transpose(-1, -2), ours.final_state)
 

@@ -1,4 +1,4 @@
-"""``selective_scan``: the public op, dispatched by device (see ``reference.py`` for the definition)."""
+"""``selective_scan``: the public op, dispatched by device (``reference.py`` defines it)."""
 
 from .._backend import dispatching
 from .reference import selective_scan as selective_scan_reference

@@ -18,13 +18,15 @@ import torch.nn.functional as F
 from .._contract import Instrumentation, ScanOutput, check_tensor, compute_dtype
 
 
-def _group_expand(name: str, value: torch.Tensor, batch: int, dim: int, length: int) -> torch.Tensor:
+def _group_expand(name: str, value, batch: int, dim: int, length: int, state_size: int, device):
     """B or C as ``[B, D, N, L]`` (per token) or ``[D, N]`` (shared), from any accepted layout."""
-    if value.dim() == 2:
-        return check_tensor(name, value, (dim, None), ("D", "N"))
-    if value.dim() == 3:
+    if isinstance(value, torch.Tensor) and value.dim() == 2:
+        return check_tensor(name, value, (dim, state_size), ("D", "N"), device=device)
+    if isinstance(value, torch.Tensor) and value.dim() == 3:
         value = value[:, None]
-    check_tensor(name, value, (batch, None, None, length), ("B", "G", "N", "L"))
+    check_tensor(
+        name, value, (batch, None, state_size, length), ("B", "G", "N", "L"), device=device
+    )
     groups = value.shape[1]
     if dim % groups:
         raise ValueError(f"{name} has G={groups} groups, which must divide D={dim}")
@@ -83,13 +85,8 @@ def selective_scan(
     check_tensor("delta", delta, (batch, dim, length), ("B", "D", "L"), device=device)
     check_tensor("A", A, (dim, None), ("D", "N"), device=device)
     state_size = A.shape[1]
-    B = _group_expand("B", B, batch, dim, length)
-    C = _group_expand("C", C, batch, dim, length)
-    for name, value in (("B", B), ("C", C)):
-        if value.device != device:
-            raise ValueError(f"{name} must be on {device} like the other inputs, got {value.device}")
-        if value.shape[-2 if value.dim() == 4 else -1] != state_size:
-            raise ValueError(f"{name} must have N={state_size} states like A, got {tuple(value.shape)}")
+    B = _group_expand("B", B, batch, dim, length, state_size, device)
+    C = _group_expand("C", C, batch, dim, length, state_size, device)
     if D is not None:
         check_tensor("D", D, (dim,), ("D",), device=device)
     if z is not None:
@@ -99,9 +96,17 @@ def selective_scan(
 
     dtype = compute_dtype(u, delta, A, B, C)
     instr = Instrumentation(
-        batch=batch, length=length, state_shape=(dim, state_size), device=device, dtype=dtype,
-        initial_state=initial_state, output_final_state=output_final_state, emit_at=emit_at,
-        inject_at=inject_at, inject_value=inject_value, inject_mode=inject_mode,
+        batch=batch,
+        length=length,
+        state_shape=(dim, state_size),
+        device=device,
+        dtype=dtype,
+        initial_state=initial_state,
+        output_final_state=output_final_state,
+        emit_at=emit_at,
+        inject_at=inject_at,
+        inject_value=inject_value,
+        inject_mode=inject_mode,
         inject_scale=inject_scale,
     )
 

@@ -39,8 +39,22 @@ class _Inputs:
     instr: Instrumentation
 
 
-def _prepare(x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, seq_idx, initial_state,
-             initial_states, instrumentation) -> _Inputs:
+def _prepare(
+    x,
+    dt,
+    A,
+    B,
+    C,
+    D,
+    z,
+    dt_bias,
+    dt_softplus,
+    dt_limit,
+    seq_idx,
+    initial_state,
+    initial_states,
+    instrumentation,
+) -> _Inputs:
     check_tensor("x", x, (None, None, None, None), ("B", "L", "H", "P"))
     batch, length, heads, head_dim = x.shape
     device = x.device
@@ -55,8 +69,13 @@ def _prepare(x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, seq_idx, init
         check_tensor("dt_bias", dt_bias, (heads,), ("H",), device=device)
     if D is not None:
         per_channel = getattr(D, "dim", lambda: 1)() == 2  # [H, P] rather than [H]
-        check_tensor("D", D, (heads, head_dim) if per_channel else (heads,),
-                     ("H", "P") if per_channel else ("H",), device=device)
+        check_tensor(
+            "D",
+            D,
+            (heads, head_dim) if per_channel else (heads,),
+            ("H", "P") if per_channel else ("H",),
+            device=device,
+        )
     if z is not None:
         check_tensor("z", z, (batch, length, heads, head_dim), ("B", "L", "H", "P"), device=device)
     if not (isinstance(dt_limit, tuple) and len(dt_limit) == 2 and dt_limit[0] <= dt_limit[1]):
@@ -69,14 +88,21 @@ def _prepare(x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, seq_idx, init
     if seq_idx is not None:
         check_tensor("seq_idx", seq_idx, (batch, length), ("B", "L"), device=device, floating=False)
         if seq_idx.is_floating_point() or seq_idx.dtype == torch.bool:
-            raise TypeError(f"seq_idx must be an integer tensor of shape [B, L], got {seq_idx.dtype}")
+            raise TypeError(
+                f"seq_idx must be an integer tensor of shape [B, L], got {seq_idx.dtype}"
+            )
         reset = torch.zeros(batch, length, dtype=torch.bool, device=device)
         reset[:, 1:] = seq_idx[:, 1:] != seq_idx[:, :-1]
 
     dtype = compute_dtype(x, dt, A, B, C)
     instr = Instrumentation(
-        batch=batch, length=length, state_shape=(heads, head_dim, state_size), device=device,
-        dtype=dtype, initial_state=initial_state, **instrumentation,
+        batch=batch,
+        length=length,
+        state_shape=(heads, head_dim, state_size),
+        device=device,
+        dtype=dtype,
+        initial_state=initial_state,
+        **instrumentation,
     )
     dt = dt.to(dtype)
     if dt_bias is not None:
@@ -108,17 +134,52 @@ def _finish(inputs: _Inputs, ys, final, states, x, D, z) -> ScanOutput:
 
 
 def ssd_sequential(
-    x, dt, A, B, C, chunk_size=None, D=None, z=None, dt_bias=None, initial_states=None,
-    seq_idx=None, dt_softplus=False, dt_limit=(0.0, math.inf), *, initial_state=None,
-    output_final_state=False, emit_at=None, inject_at=None, inject_value=None,
-    inject_mode="add", inject_scale=None,
+    x,
+    dt,
+    A,
+    B,
+    C,
+    chunk_size=None,
+    D=None,
+    z=None,
+    dt_bias=None,
+    initial_states=None,
+    seq_idx=None,
+    dt_softplus=False,
+    dt_limit=(0.0, math.inf),
+    *,
+    initial_state=None,
+    output_final_state=False,
+    emit_at=None,
+    inject_at=None,
+    inject_value=None,
+    inject_mode="add",
+    inject_scale=None,
 ) -> ScanOutput:
     """Mamba-2 SSD, one token at a time: the definition.  Same arguments as :func:`ssd_chunked`
     (``chunk_size`` is accepted for signature parity and ignored)."""
     inputs = _prepare(
-        x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, seq_idx, initial_state, initial_states,
-        dict(output_final_state=output_final_state, emit_at=emit_at, inject_at=inject_at,
-             inject_value=inject_value, inject_mode=inject_mode, inject_scale=inject_scale),
+        x,
+        dt,
+        A,
+        B,
+        C,
+        D,
+        z,
+        dt_bias,
+        dt_softplus,
+        dt_limit,
+        seq_idx,
+        initial_state,
+        initial_states,
+        dict(
+            output_final_state=output_final_state,
+            emit_at=emit_at,
+            inject_at=inject_at,
+            inject_value=inject_value,
+            inject_mode=inject_mode,
+            inject_scale=inject_scale,
+        ),
     )
 
     def step(state: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,10 +194,27 @@ def ssd_sequential(
 
 
 def ssd_chunked(
-    x, dt, A, B, C, chunk_size=256, D=None, z=None, dt_bias=None, initial_states=None,
-    seq_idx=None, dt_softplus=False, dt_limit=(0.0, math.inf), *, initial_state=None,
-    output_final_state=False, emit_at=None, inject_at=None, inject_value=None,
-    inject_mode="add", inject_scale=None,
+    x,
+    dt,
+    A,
+    B,
+    C,
+    chunk_size=256,
+    D=None,
+    z=None,
+    dt_bias=None,
+    initial_states=None,
+    seq_idx=None,
+    dt_softplus=False,
+    dt_limit=(0.0, math.inf),
+    *,
+    initial_state=None,
+    output_final_state=False,
+    emit_at=None,
+    inject_at=None,
+    inject_value=None,
+    inject_mode="add",
+    inject_scale=None,
 ) -> ScanOutput:
     """Mamba-2 SSD with state emission and injection, in chunked form (reference).
 
@@ -157,7 +235,8 @@ def ssd_chunked(
             ``S`` is ``[H, P, N]``.
 
     Returns:
-        ``ScanOutput(y [B, L, H, P] in x.dtype, final_state [B, H, P, N], states [B, P', H, P, N])``.
+        ``ScanOutput(y [B, L, H, P] in x.dtype, final_state [B, H, P, N],
+        states [B, P', H, P, N])`` (``P'`` emission slots).
 
     Example:
         >>> x, dt = torch.randn(1, 10, 4, 8), torch.randn(1, 10, 4)
@@ -170,9 +249,27 @@ def ssd_chunked(
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     inputs = _prepare(
-        x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, seq_idx, initial_state, initial_states,
-        dict(output_final_state=output_final_state, emit_at=emit_at, inject_at=inject_at,
-             inject_value=inject_value, inject_mode=inject_mode, inject_scale=inject_scale),
+        x,
+        dt,
+        A,
+        B,
+        C,
+        D,
+        z,
+        dt_bias,
+        dt_softplus,
+        dt_limit,
+        seq_idx,
+        initial_state,
+        initial_states,
+        dict(
+            output_final_state=output_final_state,
+            emit_at=emit_at,
+            inject_at=inject_at,
+            inject_value=inject_value,
+            inject_mode=inject_mode,
+            inject_scale=inject_scale,
+        ),
     )
     instr = inputs.instr
     starts = []

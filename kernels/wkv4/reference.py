@@ -7,7 +7,8 @@ scaled triple ``S = (aa, bb, pp)``, exactly what transformers' RWKV cache and th
 store.  Per token::
 
     q = max(pp, u + k_t);   y_t = (e^{pp-q} aa + e^{u+k_t-q} v_t) / (e^{pp-q} bb + e^{u+k_t-q})
-    q = max(pp + w, k_t);   aa <- e^{pp+w-q} aa + e^{k_t-q} v_t;   bb <- e^{pp+w-q} bb + e^{k_t-q};   pp <- q
+    q = max(pp + w, k_t);   aa <- e^{pp+w-q} aa + e^{k_t-q} v_t
+                            bb <- e^{pp+w-q} bb + e^{k_t-q};   pp <- q
 
 ``y_t`` reads the state *before* token ``t`` (plus the bonus).  The state ``S`` is ``[3, C]``:
 row 0 ``aa``, row 1 ``bb``, row 2 ``pp``.  Emission returns the triple; ``inject_mode="add"``
@@ -27,8 +28,18 @@ EMPTY_MAX = -1e38  # pp of the empty state, as transformers and the CUDA kernel 
 
 
 def wkv4(
-    w, u, k, v, *, initial_state=None, output_final_state=False, emit_at=None, inject_at=None,
-    inject_value=None, inject_mode="add", inject_scale=None,
+    w,
+    u,
+    k,
+    v,
+    *,
+    initial_state=None,
+    output_final_state=False,
+    emit_at=None,
+    inject_at=None,
+    inject_value=None,
+    inject_mode="add",
+    inject_scale=None,
 ) -> ScanOutput:
     """RWKV-4 WKV with state emission and injection (reference, sequential).
 
@@ -59,10 +70,19 @@ def wkv4(
     empty = torch.zeros(3, channels, dtype=dtype)
     empty[2] = EMPTY_MAX
     instr = Instrumentation(
-        batch=batch, length=length, state_shape=(3, channels), device=device, dtype=dtype,
-        initial_state=initial_state, output_final_state=output_final_state, emit_at=emit_at,
-        inject_at=inject_at, inject_value=inject_value, inject_mode=inject_mode,
-        inject_scale=inject_scale, default_initial=empty,
+        batch=batch,
+        length=length,
+        state_shape=(3, channels),
+        device=device,
+        dtype=dtype,
+        initial_state=initial_state,
+        output_final_state=output_final_state,
+        emit_at=emit_at,
+        inject_at=inject_at,
+        inject_value=inject_value,
+        inject_mode=inject_mode,
+        inject_scale=inject_scale,
+        default_initial=empty,
     )
     out_dtype = v.dtype
     w, u, k, v = (t.to(dtype) for t in (w, u, k, v))

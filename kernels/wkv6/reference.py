@@ -50,22 +50,50 @@ def _prepare(r, k, v, w, u, scale, instrumentation) -> _Inputs:
         raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
     dtype = compute_dtype(r, k, v, w, u)
     instr = Instrumentation(
-        batch=batch, length=length, state_shape=(heads, key_dim, v.shape[-1]), device=device,
-        dtype=dtype, **instrumentation,
+        batch=batch,
+        length=length,
+        state_shape=(heads, key_dim, v.shape[-1]),
+        device=device,
+        dtype=dtype,
+        **instrumentation,
     )
     return _Inputs(r.to(dtype) * scale, k.to(dtype), v.to(dtype), w.to(dtype), u.to(dtype), instr)
 
 
 def wkv6_sequential(
-    r, k, v, w, u, scale=None, *, initial_state=None, output_final_state=False, emit_at=None,
-    inject_at=None, inject_value=None, inject_mode="add", inject_scale=None,
+    r,
+    k,
+    v,
+    w,
+    u,
+    scale=None,
+    *,
+    initial_state=None,
+    output_final_state=False,
+    emit_at=None,
+    inject_at=None,
+    inject_value=None,
+    inject_mode="add",
+    inject_scale=None,
 ) -> ScanOutput:
     """RWKV-6 WKV one token at a time: the definition.  Arguments as :func:`wkv6_chunked`."""
-    inputs = _prepare(r, k, v, w, u, scale, dict(
-        initial_state=initial_state, output_final_state=output_final_state, emit_at=emit_at,
-        inject_at=inject_at, inject_value=inject_value, inject_mode=inject_mode,
-        inject_scale=inject_scale,
-    ))
+    inputs = _prepare(
+        r,
+        k,
+        v,
+        w,
+        u,
+        scale,
+        dict(
+            initial_state=initial_state,
+            output_final_state=output_final_state,
+            emit_at=emit_at,
+            inject_at=inject_at,
+            inject_value=inject_value,
+            inject_mode=inject_mode,
+            inject_scale=inject_scale,
+        ),
+    )
 
     def step(state: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         kv = inputs.k[:, t, :, :, None] * inputs.v[:, t, :, None, :]  # [B, H, K, V]
@@ -78,8 +106,21 @@ def wkv6_sequential(
 
 
 def wkv6_chunked(
-    r, k, v, w, u, scale=None, *, chunk_size=64, initial_state=None, output_final_state=False,
-    emit_at=None, inject_at=None, inject_value=None, inject_mode="add", inject_scale=None,
+    r,
+    k,
+    v,
+    w,
+    u,
+    scale=None,
+    *,
+    chunk_size=64,
+    initial_state=None,
+    output_final_state=False,
+    emit_at=None,
+    inject_at=None,
+    inject_value=None,
+    inject_mode="add",
+    inject_scale=None,
 ) -> ScanOutput:
     """RWKV-6 WKV with state emission and injection, in chunked form (reference).
 
@@ -107,11 +148,23 @@ def wkv6_chunked(
     """
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    inputs = _prepare(r, k, v, w, u, scale, dict(
-        initial_state=initial_state, output_final_state=output_final_state, emit_at=emit_at,
-        inject_at=inject_at, inject_value=inject_value, inject_mode=inject_mode,
-        inject_scale=inject_scale,
-    ))
+    inputs = _prepare(
+        r,
+        k,
+        v,
+        w,
+        u,
+        scale,
+        dict(
+            initial_state=initial_state,
+            output_final_state=output_final_state,
+            emit_at=emit_at,
+            inject_at=inject_at,
+            inject_value=inject_value,
+            inject_mode=inject_mode,
+            inject_scale=inject_scale,
+        ),
+    )
 
     def piece(state, start, end, want_states):
         rc, kc, vc, wc = (t[:, start:end] for t in (inputs.r, inputs.k, inputs.v, inputs.w))

@@ -51,23 +51,53 @@ def _prepare(r, w, k, v, a, b, scale, instrumentation) -> _Inputs:
         raise TypeError(f"scale must be a float, got {type(scale).__name__}")
     dtype = compute_dtype(r, w, k, v, a, b)
     instr = Instrumentation(
-        batch=batch, length=length, state_shape=(heads, key_dim, v.shape[-1]), device=device,
-        dtype=dtype, **instrumentation,
+        batch=batch,
+        length=length,
+        state_shape=(heads, key_dim, v.shape[-1]),
+        device=device,
+        dtype=dtype,
+        **instrumentation,
     )
     w, k, v, a, b = (t.to(dtype) for t in (w, k, v, a, b))
     return _Inputs(r.to(dtype) * scale, w, k, v, a, b, instr)
 
 
 def wkv7_sequential(
-    r, w, k, v, a, b, scale=1.0, *, initial_state=None, output_final_state=False, emit_at=None,
-    inject_at=None, inject_value=None, inject_mode="add", inject_scale=None,
+    r,
+    w,
+    k,
+    v,
+    a,
+    b,
+    scale=1.0,
+    *,
+    initial_state=None,
+    output_final_state=False,
+    emit_at=None,
+    inject_at=None,
+    inject_value=None,
+    inject_mode="add",
+    inject_scale=None,
 ) -> ScanOutput:
     """RWKV-7 WKV one token at a time: the definition.  Arguments as :func:`wkv7_chunked`."""
-    x = _prepare(r, w, k, v, a, b, scale, dict(
-        initial_state=initial_state, output_final_state=output_final_state, emit_at=emit_at,
-        inject_at=inject_at, inject_value=inject_value, inject_mode=inject_mode,
-        inject_scale=inject_scale,
-    ))
+    x = _prepare(
+        r,
+        w,
+        k,
+        v,
+        a,
+        b,
+        scale,
+        dict(
+            initial_state=initial_state,
+            output_final_state=output_final_state,
+            emit_at=emit_at,
+            inject_at=inject_at,
+            inject_value=inject_value,
+            inject_mode=inject_mode,
+            inject_scale=inject_scale,
+        ),
+    )
 
     def step(state: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         removed = torch.einsum("bhk,bhkv->bhv", x.a[:, t], state)  # a_t^T S_{t-1}
@@ -83,8 +113,22 @@ def wkv7_sequential(
 
 
 def wkv7_chunked(
-    r, w, k, v, a, b, scale=1.0, *, chunk_size=16, initial_state=None, output_final_state=False,
-    emit_at=None, inject_at=None, inject_value=None, inject_mode="add", inject_scale=None,
+    r,
+    w,
+    k,
+    v,
+    a,
+    b,
+    scale=1.0,
+    *,
+    chunk_size=16,
+    initial_state=None,
+    output_final_state=False,
+    emit_at=None,
+    inject_at=None,
+    inject_value=None,
+    inject_mode="add",
+    inject_scale=None,
 ) -> ScanOutput:
     """RWKV-7 WKV with state emission and injection, in chunked form (reference).
 
@@ -111,11 +155,24 @@ def wkv7_chunked(
     """
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    x = _prepare(r, w, k, v, a, b, scale, dict(
-        initial_state=initial_state, output_final_state=output_final_state, emit_at=emit_at,
-        inject_at=inject_at, inject_value=inject_value, inject_mode=inject_mode,
-        inject_scale=inject_scale,
-    ))
+    x = _prepare(
+        r,
+        w,
+        k,
+        v,
+        a,
+        b,
+        scale,
+        dict(
+            initial_state=initial_state,
+            output_final_state=output_final_state,
+            emit_at=emit_at,
+            inject_at=inject_at,
+            inject_value=inject_value,
+            inject_mode=inject_mode,
+            inject_scale=inject_scale,
+        ),
+    )
 
     def piece(state, start, end, want_states):
         rc, wc, kc, vc, ac, bc = (t[:, start:end] for t in (x.r, x.w, x.k, x.v, x.a, x.b))

@@ -1,0 +1,47 @@
+"""The examples in docstrings and in the README run and show what they claim."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import pkgutil
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import statetap.kernels
+
+MODULES = sorted(
+    info.name
+    for info in pkgutil.walk_packages(statetap.kernels.__path__, "statetap.kernels.")
+    if not info.name.rsplit(".", 1)[-1].startswith("_")
+)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, extraglobs={"torch": torch}, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
+    if name.endswith(".reference"):  # every definition carries a runnable example
+        assert result.attempted > 0
+
+
+def test_readme_example_shapes():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    code = re.search(r"## Example\n\n```python\n(.*?)```", readme, re.S).group(1)
+    namespace: dict = {}
+    exec(code, namespace)
+    out = namespace["out"]
+    # The shapes the README's comments promise.
+    for line in code.splitlines():
+        match = re.match(r"(out\.\w+)\s+# \[([\d, ]+)\]", line)
+        if match:
+            shape = tuple(int(d) for d in match.group(2).split(","))
+            assert tuple(eval(match.group(1), namespace).shape) == shape, line
+    assert out.states.dtype == torch.float32
+    # Row 1 has multiplier 0: its state at the last token is the unsteered one.
+    plain = namespace["wkv6"](*(namespace[n] for n in "rkvwu"), scale=1.0, output_final_state=True)
+    torch.testing.assert_close(out.final_state[1], plain.final_state[1], rtol=1e-5, atol=1e-5)
