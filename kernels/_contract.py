@@ -270,6 +270,23 @@ class Instrumentation:
             return []
         return [int(t) for t in positions.unique().tolist() if t >= 0]
 
+    @staticmethod
+    def schedule(positions: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row time order of ``emit_at`` / ``inject_at`` for a kernel walking forward in time.
+
+        Args:
+            positions: validated ``[B, P]`` positions, ``-1`` for unused slots.
+            length: ``L``; unused slots become ``L``, a time the kernel never reaches.
+
+        Returns:
+            ``(times, slots)``, both int32 ``[B, P]`` and contiguous: ``times[b]`` ascending,
+            ``slots[b, i]`` the caller's slot of ``times[b, i]``.  A kernel keeps one cursor
+            per row and acts when ``t == times[b, cursor]``.
+        """
+        times = torch.where(positions < 0, length, positions)
+        times, slots = times.sort(dim=1, stable=True)
+        return times.to(torch.int32).contiguous(), slots.to(torch.int32).contiguous()
+
     # ------------------------------------------------------------------ actions
     def new_states(self) -> torch.Tensor | None:
         """Zero ``[B, P, *S]`` buffer for the emitted states, or None."""

@@ -229,3 +229,15 @@ def test_unused_injection_slots_are_ignored_whatever_they_hold(op, form, mode):
         output_final_state=True,
     )
     assert torch.equal(out.y, alone.y) and torch.equal(out.final_state, alone.final_state)
+
+
+def test_schedule_orders_each_row_in_time():
+    from statetap.kernels._contract import Instrumentation
+
+    positions = torch.tensor([[7, -1, 0, 3], [-1, -1, 2, 9]])
+    times, slots = Instrumentation.schedule(positions, length=10)
+    assert times.dtype == slots.dtype == torch.int32
+    assert times.tolist() == [[0, 3, 7, 10], [2, 9, 10, 10]]
+    for row in range(2):  # each scheduled time points back at the slot that asked for it
+        for time, slot in zip(times[row].tolist(), slots[row].tolist()):
+            assert time == (10 if positions[row, slot] < 0 else positions[row, slot])
