@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Callable, Mapping
 
 import torch
@@ -41,15 +42,32 @@ def choose_backend(op: str, device: torch.device, available: Mapping[str, Callab
 
 def dispatching(op: str, implementations: Mapping[str, Callable]) -> Callable:
     """Public function for ``op`` with the torch implementation's signature and docstring,
-    routing each call by the device of its first tensor argument."""
+    routing each call by the device of its first tensor argument.
+
+    The fused backends are forward-only: when autograd needs a gradient of any input, the call
+    runs the differentiable torch reference instead and warns once per op.
+    """
     reference = implementations["torch"]
 
     @functools.wraps(reference)
     def public(*args, **kwargs):
-        first = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
-        device = first.device if first is not None else torch.device("cpu")
-        return implementations[choose_backend(op, device, implementations)](*args, **kwargs)
+        tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+        device = tensors[0].device if tensors else torch.device("cpu")
+        backend = choose_backend(op, device, implementations)
+        if backend != "torch" and torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            _warn_backward_fallback(op, backend)
+            backend = "torch"
+        return implementations[backend](*args, **kwargs)
 
     public.__name__ = public.__qualname__ = op
     public.implementations = implementations
     return public
+
+
+@functools.cache
+def _warn_backward_fallback(op: str, backend: str) -> None:
+    warnings.warn(
+        f"statetap: {op}'s {backend} kernel is forward-only; an input requires a gradient, so "
+        f"this call (and later ones like it) runs the pure-torch reference instead",
+        stacklevel=3,
+    )

@@ -280,3 +280,25 @@ def test_public_ops_dispatch_to_the_reference_on_cpu(monkeypatch):
     monkeypatch.setenv("STATETAP_BACKEND", "gpu")
     with pytest.raises(ValueError, match="STATETAP_BACKEND='gpu' is not a backend"):
         kernels.wkv6(r, k, v, w, u)
+
+
+def test_fused_backends_fall_back_to_the_reference_for_gradients(monkeypatch):
+    from statetap.kernels._backend import dispatching
+
+    calls = []
+
+    def fused(*args, **kwargs):
+        calls.append("fused")
+        return wkv6_chunked(*args, **kwargs)
+
+    op = dispatching("wkv6_probe", {"torch": wkv6_chunked, "cpu": fused})
+    r, k, v = (torch.randn(1, 5, 2, 4) for _ in range(3))
+    w, u = F.logsigmoid(torch.randn(1, 5, 2, 4)), torch.randn(2, 4)
+    op(r, k, v, w, u)
+    assert calls == ["fused"]
+    r.requires_grad_(True)
+    with pytest.warns(UserWarning, match="wkv6_probe's cpu kernel is forward-only"):
+        out = op(r, k, v, w, u)
+    assert calls == ["fused"]  # the reference ran, and it is differentiable
+    out.y.sum().backward()
+    assert r.grad is not None and r.grad.abs().sum() > 0
