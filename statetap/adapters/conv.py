@@ -1,0 +1,98 @@
+"""The Mamba / Mamba-2 convolution window as a state site (``"conv"``).
+
+The causal depthwise convolution of width ``K`` before the scan keeps, as transformers' cache
+does, a window of the last ``K`` pre-convolution inputs: after token ``t`` the window is
+``x[t-K+1 .. t]`` (zeros before the sequence start), ``[C, K]`` per row.  Emitting at ``t``
+returns that window (after any injection at ``t``); injecting at ``t`` edits it, which
+changes the convolution output of tokens ``t+1 .. t+K-1`` — the ones that still read it —
+exactly as editing the cache between token ``t`` and ``t+1`` would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from statetap.plan import Pass
+
+
+def conv_with_window_ops(
+    pass_: Pass, original: Callable, write_cache: Callable[[int, torch.Tensor], None]
+) -> Callable:
+    """A drop-in for transformers' ``causal_conv1d_fn`` that carries out the pass's ``"conv"``
+    work for the running layer, calling ``original`` for the convolution itself.
+
+    ``write_cache(layer, window)`` stores the final ``[B, C, K]`` window in the model's cache
+    when an injection changed it.
+    """
+
+    def conv(hidden_states, weight, bias=None, activation=None, **kwargs):
+        ops = pass_.at("conv")
+        if ops is None:
+            return original(hidden_states, weight, bias=bias, activation=activation, **kwargs)
+        width = weight.shape[-1]
+        # The input may carry padding or a previous window before this pass's tokens.
+        first = hidden_states.shape[-1] - pass_.length
+        padded = torch.nn.functional.pad(hidden_states, (width, 0))  # index i -> i + width
+        out = original(hidden_states, weight, bias=bias, activation=activation, **kwargs)
+        injection = ops.injection
+        times = set() if ops.emit_at is None else set(ops.emit_at.unique().tolist())
+        if injection is not None:
+            times |= set(injection.positions.unique().tolist())
+        windows = None
+        if ops.emit_at is not None:
+            windows = padded.new_zeros(
+                *ops.emit_at.shape, padded.shape[1], width, dtype=torch.float32
+            )
+        rows = torch.arange(padded.shape[0], device=padded.device)
+        for t in sorted(times):
+            end = first + t + width  # padded index of token t
+            if injection is not None:
+                hit = injection.positions == t  # [B, Q]
+                if bool(hit.any()):
+                    _inject_window(padded, hit, injection, end, width)
+                    out = _recompute(
+                        original, padded, out, hit.any(1), end, width, weight, bias, activation
+                    )
+            if windows is not None:
+                wanted = ops.emit_at == t  # [B, P]
+                if bool(wanted.any()):
+                    window = padded[:, :, end - width + 1 : end + 1]  # [B, C, K]
+                    windows[wanted] = window[rows[:, None].expand_as(wanted)[wanted]].to(
+                        windows.dtype
+                    )
+        if windows is not None:
+            pass_.store("conv", pass_.layer, windows)
+        if injection is not None:
+            write_cache(pass_.layer, padded[:, :, -width:])
+        return out
+
+    return conv
+
+
+def _inject_window(padded, hit, injection, end, width) -> None:
+    """Edit, in place, the window ending at padded index ``end`` for the rows in ``hit``."""
+    rows, slots = hit.nonzero(as_tuple=True)
+    window = padded[rows, :, end - width + 1 : end + 1]  # [n, C, K]
+    value = injection.value[rows, slots].to(padded.dtype)
+    if injection.mode == "set":
+        window = value
+    else:
+        scale = 1.0 if injection.scale is None else injection.scale[rows, slots].view(-1, 1, 1)
+        window = window + scale * value
+    padded[rows, :, end - width + 1 : end + 1] = window.to(padded.dtype)
+
+
+def _recompute(original, padded, out, rows_hit, end, width, weight, bias, activation):
+    """Outputs of the ``width - 1`` tokens after padded index ``end`` from the edited input."""
+    first_out = end - width + 1  # output index of the token after the edited window
+    last_out = min(first_out + width - 1, out.shape[-1])
+    if first_out >= last_out:
+        return out
+    # Output at index s reads padded[s+1 .. s+width]; give the convolution exactly that span.
+    span = padded[rows_hit][:, :, first_out + 1 : last_out + width]
+    fresh = original(span, weight, bias=bias, activation=activation)[:, :, width - 1 :]
+    out = out.clone()
+    out[rows_hit, :, first_out:last_out] = fresh.to(out.dtype)
+    return out

@@ -1,0 +1,186 @@
+"""Adapters for transformers' Mamba, FalconMamba and Mamba-2 causal LMs.
+
+Each mixer calls module-level functions of its modeling file for the convolution
+(``causal_conv1d_fn``) and the scan (``mamba_selective_scan`` / ``mamba2_chunk_scan``).
+During a pass those names point at statetap's: the scan runs through
+:func:`statetap.kernels.selective_scan` / :func:`statetap.kernels.ssd` with the layer's
+emission and injection, and the convolution window becomes the ``"conv"`` site
+(:mod:`statetap.adapters.conv`).  The models' own code is not copied or forked.
+
+State sites: ``"ssm"`` (Mamba ``[D, N]``, Mamba-2 ``[H, P, N]``, float32) and ``"conv"``
+(``[C, K]``: the last ``K`` pre-convolution inputs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+
+import torch
+
+from statetap import kernels
+from statetap.adapters.base import Adapter, patched
+from statetap.adapters.conv import conv_with_window_ops
+from statetap.plan import Pass
+
+
+class _MambaFamily(Adapter):
+    state_sites = ("ssm", "conv")
+    modeling_module: str = ""  # the transformers module whose functions the mixers call
+    scan_name: str = ""  # the scan function's name in that module
+
+    @property
+    def blocks(self):
+        return self.model.backbone.layers
+
+    @property
+    def final_norm(self):
+        return self.model.backbone.norm_f
+
+    def mixer(self, layer: int):
+        return self.blocks[layer].mixer
+
+    def site_shape(self, site: str) -> tuple[int, ...]:
+        mixer = self.mixer(0)
+        if site == "conv":
+            return (mixer.conv1d.weight.shape[0], mixer.conv_kernel_size)
+        if site == "ssm":
+            return self.ssm_shape(mixer)
+        return super().site_shape(site)
+
+    def ssm_shape(self, mixer) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def output_cache(self, output):
+        return output.cache_params
+
+    def cached_state(self, cache, site: str, layer: int) -> torch.Tensor:
+        if site == "conv":
+            return cache.layers[layer].conv_states[0]
+        if site == "ssm":
+            return cache.layers[layer].recurrent_states[0]
+        raise ValueError(f"{type(self.model).__name__} has no state site {site!r}")
+
+    def instrument_state(self, pass_: Pass, stack: contextlib.ExitStack) -> None:
+        module = importlib.import_module(self.modeling_module)
+
+        def write_conv_cache(layer: int, window: torch.Tensor) -> None:
+            if pass_.cache is not None:
+                self.cached_state(pass_.cache, "conv", layer).copy_(window)
+
+        conv = conv_with_window_ops(pass_, module.causal_conv1d_fn, write_conv_cache)
+        stack.enter_context(patched(module, "causal_conv1d_fn", conv))
+        stack.enter_context(patched(module, self.scan_name, self.scan(pass_)))
+
+    def scan(self, pass_: Pass):
+        raise NotImplementedError
+
+    @staticmethod
+    def _instrumentation(pass_: Pass) -> dict:
+        """The ``"ssm"`` work of the running layer as kernel arguments."""
+        ops = pass_.at("ssm")
+        return {} if ops is None else ops.kernel_arguments()
+
+    @staticmethod
+    def _store(pass_: Pass, out) -> None:
+        if out.states is not None:
+            pass_.store("ssm", pass_.layer, pass_.at("ssm").expand_states(out.states))
+
+
+class MambaAdapter(_MambaFamily):
+    """transformers ``MambaForCausalLM``: ssm state ``[D, N]`` (D = intermediate size)."""
+
+    model_classes = ("MambaForCausalLM",)
+    modeling_module = "transformers.models.mamba.modeling_mamba"
+    scan_name = "mamba_selective_scan"
+
+    def ssm_shape(self, mixer) -> tuple[int, ...]:
+        return (mixer.intermediate_size, mixer.ssm_state_size)
+
+    def scan(self, pass_: Pass):
+        def selective_scan(
+            hidden_states,
+            dt,
+            A,
+            B,
+            C,
+            D=None,
+            z=None,
+            delta_bias=None,
+            delta_softplus=False,
+            return_last_state=False,
+            **_,
+        ):
+            out = kernels.selective_scan(
+                hidden_states,
+                dt,
+                A,
+                B,
+                C,
+                D=D,
+                z=z,
+                delta_bias=delta_bias,
+                delta_softplus=delta_softplus,
+                output_final_state=return_last_state,
+                **self._instrumentation(pass_),
+            )
+            self._store(pass_, out)
+            return (out.y, out.final_state) if return_last_state else out.y
+
+        return selective_scan
+
+
+class FalconMambaAdapter(MambaAdapter):
+    """transformers ``FalconMambaForCausalLM`` (Mamba-1 with RMS-normalised B, C, dt)."""
+
+    model_classes = ("FalconMambaForCausalLM",)
+    modeling_module = "transformers.models.falcon_mamba.modeling_falcon_mamba"
+
+
+class Mamba2Adapter(_MambaFamily):
+    """transformers ``Mamba2ForCausalLM``: ssm state ``[H, P, N]``."""
+
+    model_classes = ("Mamba2ForCausalLM",)
+    modeling_module = "transformers.models.mamba2.modeling_mamba2"
+    scan_name = "mamba2_chunk_scan"
+
+    def ssm_shape(self, mixer) -> tuple[int, ...]:
+        return (mixer.num_heads, mixer.head_dim, mixer.ssm_state_size)
+
+    def scan(self, pass_: Pass):
+        def chunk_scan(
+            hidden_states,
+            dt,
+            A,
+            B,
+            C,
+            chunk_size,
+            D=None,
+            z=None,
+            dt_bias=None,
+            initial_states=None,
+            dt_softplus=False,
+            dt_limit=(0.0, float("inf")),
+            return_final_states=False,
+            **_,
+        ):
+            out = kernels.ssd(
+                hidden_states,
+                dt,
+                A,
+                B,
+                C,
+                chunk_size,
+                D=D,
+                z=z,
+                dt_bias=dt_bias,
+                initial_states=initial_states,
+                dt_softplus=dt_softplus,
+                dt_limit=tuple(dt_limit),
+                output_final_state=return_final_states,
+                **self._instrumentation(pass_),
+            )
+            self._store(pass_, out)
+            return (out.y, out.final_state) if return_final_states else out.y
+
+        return chunk_scan

@@ -1,0 +1,146 @@
+"""Adapter for transformers' ``RwkvForCausalLM`` (RWKV-4).
+
+The attention calls the module-level ``rwkv_linear_attention``; during a pass it runs
+:func:`statetap.kernels.wkv4` with the layer's emission and injection.  State sites:
+
+* ``"wkv"`` ``[3, C]``: the ``(aa, bb, pp)`` triple (``docs/semantics.md``);
+* ``"att_shift"`` / ``"ffn_shift"`` ``[H]``: the token-shift vectors of the attention and the
+  feed-forward, i.e. the (layer-normed) input of token ``t`` that token ``t+1`` mixes in.
+  Injecting at ``t`` changes what token ``t+1`` sees, as editing the cache would.
+
+transformers keeps these as ``state[2..4]`` (wkv), ``state[1]`` (attention shift) and
+``state[0]`` (feed-forward shift), each ``[B, C, n_layers]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+
+import torch
+
+from statetap import kernels
+from statetap.adapters.base import Adapter, gather_positions, hooked, patched
+from statetap.plan import Pass
+
+_MODELING = "transformers.models.rwkv.modeling_rwkv"
+_CACHE_INDEX = {"ffn_shift": 0, "att_shift": 1}
+
+
+class RwkvAdapter(Adapter):
+    """transformers ``RwkvForCausalLM``."""
+
+    model_classes = ("RwkvForCausalLM",)
+    state_sites = ("wkv", "att_shift", "ffn_shift")
+
+    @property
+    def blocks(self):
+        return self.model.rwkv.blocks
+
+    @property
+    def final_norm(self):
+        return self.model.rwkv.ln_out
+
+    def mixer(self, layer: int):
+        return self.blocks[layer].attention
+
+    def site_shape(self, site: str) -> tuple[int, ...]:
+        if site == "wkv":
+            return (3, self.mixer(0).attention_hidden_size)
+        if site in _CACHE_INDEX:
+            return (self.hidden_size,)
+        return super().site_shape(site)
+
+    def mixer_output(self, output):
+        return output[0]
+
+    def with_mixer_output(self, output, tensor):
+        return (tensor, *output[1:])
+
+    def output_cache(self, output):
+        return output.state
+
+    def cached_state(self, cache, site: str, layer: int) -> torch.Tensor:
+        if site == "wkv":
+            return torch.stack([cache[i][:, :, layer] for i in (2, 3, 4)], dim=1)
+        if site in _CACHE_INDEX:
+            return cache[_CACHE_INDEX[site]][:, :, layer]
+        raise ValueError(f"RwkvForCausalLM has no state site {site!r}")
+
+    def instrument_state(self, pass_: Pass, stack: contextlib.ExitStack) -> None:
+        module = importlib.import_module(_MODELING)
+        stack.enter_context(patched(module, "rwkv_linear_attention", self._attention(pass_)))
+        handles = []
+        for layer in range(self.n_layers):
+            block = self.blocks[layer]
+            for site, part in (("att_shift", block.attention), ("ffn_shift", block.feed_forward)):
+                ops = pass_.at(site, layer)
+                if ops is None:
+                    continue
+                edited: dict[str, torch.Tensor] = {}
+                handles.append(
+                    part.register_forward_pre_hook(self._shift_input(pass_, site, layer, edited))
+                )
+                handles.append(part.time_shift.register_forward_hook(self._shifted(edited)))
+                handles.append(part.register_forward_hook(self._shift_cache(site, layer, edited)))
+        stack.enter_context(hooked(handles))
+
+    @staticmethod
+    def _attention(pass_: Pass):
+        def rwkv_linear_attention(
+            time_decay, time_first, key, value, state=None, return_state=False
+        ):
+            ops = pass_.at("wkv")
+            arguments = {} if ops is None else ops.kernel_arguments()
+            out = kernels.wkv4(
+                -torch.exp(time_decay.float()),
+                time_first,
+                key,
+                value,
+                initial_state=None if state is None else torch.stack(state, dim=1).float(),
+                output_final_state=return_state or state is not None,
+                **arguments,
+            )
+            if out.states is not None:
+                pass_.store("wkv", pass_.layer, ops.expand_states(out.states))
+            final = None if out.final_state is None else list(out.final_state.unbind(1))
+            return out.y, final
+
+        return rwkv_linear_attention
+
+    @staticmethod
+    def _shift_input(pass_: Pass, site: str, layer: int, edited: dict):
+        """Record the token-shift sequence (the part's input), edited by the injection."""
+        ops = pass_.at(site, layer)
+
+        def hook(module, args):
+            sequence = args[0]
+            if ops.injection is not None:
+                sequence = ops.injection.apply(sequence)
+            edited["sequence"] = sequence
+            if ops.emit_at is not None:
+                pass_.store(site, layer, gather_positions(sequence, ops.emit_at).float())
+            return None
+
+        return hook
+
+    @staticmethod
+    def _shifted(edited: dict):
+        """Token t+1 mixes in the (edited) input of token t."""
+
+        def hook(module, args, output):
+            return torch.cat([output[:, :1], edited["sequence"][:, :-1].to(output.dtype)], dim=1)
+
+        return hook
+
+    @staticmethod
+    def _shift_cache(site: str, layer: int, edited: dict):
+        """The cache keeps the shift after the last token: the edited one."""
+
+        def hook(module, args, output):
+            state = output[1]
+            if state is not None:
+                state[_CACHE_INDEX[site]][:, :, layer] = edited["sequence"][:, -1]
+            return output
+
+        return hook

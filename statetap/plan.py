@@ -1,0 +1,104 @@
+"""What one instrumented forward pass does at each (site, layer), resolved to padded indices.
+
+:class:`SiteOps` is the per-(site, layer) work of a pass: where to emit, what to inject.
+:class:`Pass` holds them, collects the results, and tells the adapter's hooks which layer is
+running.  Users never build these: :mod:`statetap.tap` does, from ``Emit`` / ``Inject``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Injection:
+    """One injection at a site: padded ``positions`` ``[B, Q]``, ``value`` ``[B, Q, *shape]``,
+    ``mode`` ``"add"`` / ``"set"`` and an optional ``scale`` ``[B, Q]`` (add only)."""
+
+    positions: torch.Tensor
+    value: torch.Tensor
+    mode: str = "add"
+    scale: torch.Tensor | None = None
+
+    def kernel_arguments(self) -> dict:
+        """The injection as a ``statetap.kernels`` op takes it."""
+        return dict(
+            inject_at=self.positions,
+            inject_value=self.value,
+            inject_mode=self.mode,
+            inject_scale=self.scale,
+        )
+
+    def apply(self, tensor: torch.Tensor, time_axis: int = 1) -> torch.Tensor:
+        """``tensor`` ``[B, .., L, ..]`` with the injection applied along ``time_axis``
+        (a new tensor; the input is not modified)."""
+        out = tensor.clone()
+        rows = torch.arange(tensor.shape[0], device=tensor.device)
+        moved = out.movedim(time_axis, 1)  # a view: writes land in ``out``
+        for q in range(self.positions.shape[1]):
+            at = self.positions[:, q]
+            value = self.value[:, q].to(tensor.dtype)
+            if self.mode == "set":
+                moved[rows, at] = value
+            else:
+                scale = (
+                    1.0
+                    if self.scale is None
+                    else self.scale[:, q].view(-1, *[1] * (value.dim() - 1))
+                )
+                moved[rows, at] = moved[rows, at] + (scale * value).to(tensor.dtype)
+        return out
+
+
+@dataclass
+class SiteOps:
+    """Work at one (site, layer): emission positions ``[B, P]`` and at most one injection.
+
+    Emission positions may repeat within a row (``[t, -1]`` where ``t`` is the last token);
+    the kernels take each position once, so :meth:`kernel_arguments` hands them the first
+    occurrence and :meth:`expand_states` copies it to the repeats.
+    """
+
+    emit_at: torch.Tensor | None = None
+    injection: Injection | None = None
+
+    def _first_slots(self) -> torch.Tensor:
+        """``[B, P]``: for each slot, the first slot of its row naming the same position."""
+        same = self.emit_at[:, :, None] == self.emit_at[:, None, :]
+        return same.to(torch.uint8).argmax(-1)
+
+    def kernel_arguments(self) -> dict:
+        """The work as a ``statetap.kernels`` op takes it."""
+        arguments = {} if self.injection is None else self.injection.kernel_arguments()
+        if self.emit_at is not None:
+            first = self._first_slots()
+            slots = torch.arange(first.shape[1], device=first.device)
+            arguments["emit_at"] = torch.where(first == slots, self.emit_at, -1)
+        return arguments
+
+    def expand_states(self, states: torch.Tensor) -> torch.Tensor:
+        """Kernel-emitted ``[B, P, *S]`` states with repeated positions filled in."""
+        first = self._first_slots()
+        index = first.view(*first.shape, *[1] * (states.dim() - 2)).expand_as(states)
+        return states.gather(1, index)
+
+
+@dataclass
+class Pass:
+    """State of one instrumented forward pass."""
+
+    batch: int
+    length: int
+    ops: dict[tuple[str, int], SiteOps] = field(default_factory=dict)
+    results: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
+    layer: int | None = None  # the layer whose mixer is running
+    cache: object = None  # the model's cache object during the pass, if any
+
+    def at(self, site: str, layer: int | None = None) -> SiteOps | None:
+        """The work at ``site`` of ``layer`` (default: the running layer), or None."""
+        return self.ops.get((site, self.layer if layer is None else layer))
+
+    def store(self, site: str, layer: int, value: torch.Tensor) -> None:
+        self.results[(site, layer)] = value

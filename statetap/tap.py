@@ -1,0 +1,247 @@
+"""Attach statetap to a model: emit and inject at any site, layer and position in one pass.
+
+Example:
+    >>> import torch, statetap
+    >>> from transformers import MambaConfig, MambaForCausalLM
+    >>> model = MambaForCausalLM(MambaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
+    ...                                      state_size=4)).eval()
+    >>> tap = statetap.attach(model)
+    >>> ids = torch.randint(0, 64, (3, 10))
+    >>> steer = torch.randn(32)
+    >>> result = tap.run(
+    ...     ids,
+    ...     emit=[statetap.Emit("residual", layers=1),
+    ...           statetap.Emit("state", layers=0, positions=[2, -1])],
+    ...     inject=[statetap.Inject("residual", layer=0, value=steer, positions=-2,
+    ...                             scale=torch.tensor([0.0, 1.0, 4.0]))],
+    ... )
+    >>> result["residual", 1].shape, result["ssm", 0].shape, result["conv", 0].shape
+    (torch.Size([3, 1, 32]), torch.Size([3, 2, 64, 4]), torch.Size([3, 2, 64, 4]))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from statetap.adapters import Adapter, adapter_for
+from statetap.plan import Injection, Pass, SiteOps
+from statetap.positions import PositionSpec, resolve_positions
+
+STATE_GROUP = "state"  # every recurrent-state component of the architecture
+
+
+@dataclass(frozen=True)
+class Emit:
+    """Return ``site`` at ``positions`` of each of ``layers``.
+
+    Attributes:
+        site: ``"residual"``, ``"mixer"``, a state component (``tap.adapter.state_sites``) or
+            ``"state"`` for all of them.
+        layers: an int, a sequence of ints (negative counts from the last layer) or ``"all"``.
+        positions: see :mod:`statetap.positions`; default the last real token of each row.
+    """
+
+    site: str
+    layers: int | Sequence[int] | str = "all"
+    positions: PositionSpec = "last"
+
+
+@dataclass(frozen=True)
+class Inject:
+    """Change ``site`` of ``layer`` after the tokens at ``positions``.
+
+    Attributes:
+        site: ``"residual"``, ``"mixer"`` or one state component.
+        layer: the layer (negative counts from the last).
+        value: ``[*shape]`` (every row and position), ``[Q, *shape]`` or ``[B, Q, *shape]``
+            where ``shape`` is the site's per-token shape (``tap.site_shape(site)``).
+        positions: see :mod:`statetap.positions`; default the last real token.
+        mode: ``"add"`` (``x += scale * value``) or ``"set"`` (``x = value``).
+        scale: multiplier for ``add``: a float or a ``[B]`` tensor (one per row: a sweep).
+    """
+
+    site: str
+    layer: int
+    value: torch.Tensor
+    positions: PositionSpec = "last"
+    mode: str = "add"
+    scale: float | torch.Tensor | None = None
+
+
+@dataclass
+class TapResult:
+    """Logits, the emitted tensors keyed by ``(site, layer)``, and the model's own output.
+
+    Emitted tensors are ``[B, P, *shape]`` on the model's device: state components in
+    float32, the residual and mixer sites in the model's dtype.
+    """
+
+    logits: torch.Tensor
+    activations: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
+    output: object = None
+
+    def __getitem__(self, key: tuple[str, int]) -> torch.Tensor:
+        if key not in self.activations:
+            raise KeyError(f"nothing was emitted at {key}; emitted: {sorted(self.activations)}")
+        return self.activations[key]
+
+
+def attach(model: nn.Module) -> Tap:
+    """A :class:`Tap` on ``model`` (one of ``statetap.adapters.ADAPTERS``)."""
+    return Tap(model)
+
+
+class Tap:
+    """Instrumented forward passes of one model."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.adapter: Adapter = adapter_for(model)
+
+    def site_shape(self, site: str) -> tuple[int, ...]:
+        """Per-token shape of ``site``."""
+        self._check_site(site, allow_group=False)
+        return self.adapter.site_shape(site)
+
+    def run(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        emit: Sequence[Emit] = (),
+        inject: Sequence[Inject] = (),
+        **model_kwargs,
+    ) -> TapResult:
+        """One forward pass of ``input_ids`` ``[B, L]`` with the given emissions and injections.
+
+        The pass starts from the empty state.  ``model_kwargs`` go to the model (for example
+        ``use_cache=True`` to get its cache back in ``result.output``).
+        """
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+            raise ValueError(
+                f"input_ids must be a [B, L] tensor, got {getattr(input_ids, 'shape', input_ids)!r}"
+            )
+        batch, length = input_ids.shape
+        pass_ = Pass(batch=batch, length=length)
+        for request in emit:
+            self._plan_emission(pass_, request, attention_mask)
+        for request in inject:
+            self._plan_injection(pass_, request, attention_mask)
+        with self.adapter.instrument(pass_):
+            output = self.model(input_ids, attention_mask=attention_mask, **model_kwargs)
+        missing = [
+            key
+            for key, ops in pass_.ops.items()
+            if ops.emit_at is not None and key not in pass_.results
+        ]
+        if missing:
+            raise RuntimeError(
+                f"the model never reached {missing} during the pass; nothing was emitted there"
+            )
+        return TapResult(logits=output.logits, activations=pass_.results, output=output)
+
+    # ------------------------------------------------------------------ planning
+    def _check_site(self, site: str, allow_group: bool) -> None:
+        names = self.adapter.sites + ((STATE_GROUP,) if allow_group else ())
+        if site not in names:
+            raise ValueError(
+                f"{type(self.model).__name__} has no site {site!r}; "
+                f"its sites are {', '.join(names)}"
+            )
+
+    def _layer(self, layer: object) -> int:
+        n = self.adapter.n_layers
+        if not isinstance(layer, int) or isinstance(layer, bool):
+            raise TypeError(f"a layer must be an int, got {layer!r}")
+        if not -n <= layer < n:
+            raise ValueError(f"layer {layer} is out of range for a model with {n} layers")
+        return layer % n
+
+    def _positions(self, spec, batch, length, mask, site, name) -> torch.Tensor:
+        if isinstance(spec, str) and spec == "all" and site not in ("residual", "mixer"):
+            raise ValueError(
+                "positions='all' is for the residual and mixer sites; "
+                f"{site!r} takes explicit positions"
+            )
+        return resolve_positions(spec, batch, length, mask, name=name)
+
+    def _plan_emission(self, pass_: Pass, request: Emit, mask) -> None:
+        if not isinstance(request, Emit):
+            raise TypeError(f"emit takes statetap.Emit requests, got {type(request).__name__}")
+        self._check_site(request.site, allow_group=True)
+        sites = self.adapter.state_sites if request.site == STATE_GROUP else (request.site,)
+        layers = request.layers
+        if layers == "all":
+            layers = range(self.adapter.n_layers)
+        elif isinstance(layers, int):
+            layers = [layers]
+        name = f"Emit({request.site!r}).positions"
+        positions = self._positions(
+            request.positions, pass_.batch, pass_.length, mask, request.site, name
+        )
+        for site in sites:
+            for layer in (self._layer(layer) for layer in layers):
+                ops = pass_.ops.setdefault((site, layer), SiteOps())
+                if ops.emit_at is not None:
+                    raise ValueError(
+                        f"({site!r}, layer {layer}) is emitted by two requests; "
+                        "merge their positions"
+                    )
+                ops.emit_at = positions.to(self.device)
+
+    def _plan_injection(self, pass_: Pass, request: Inject, mask) -> None:
+        if not isinstance(request, Inject):
+            raise TypeError(f"inject takes statetap.Inject requests, got {type(request).__name__}")
+        self._check_site(request.site, allow_group=False)
+        layer = self._layer(request.layer)
+        name = f"Inject({request.site!r}).positions"
+        positions = self._positions(
+            request.positions, pass_.batch, pass_.length, mask, request.site, name
+        )
+        ordered = positions.sort(1).values
+        if bool((ordered[:, 1:] == ordered[:, :-1]).any()):
+            raise ValueError(f"{name} names the same token twice in one row: {request.positions!r}")
+        batch, queries = positions.shape
+        shape = self.adapter.site_shape(request.site)
+        target = (batch, queries, *shape)
+        value = request.value
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            raise TypeError(
+                f"Inject({request.site!r}).value must be a floating-point tensor "
+                f"of shape {list(shape)}"
+            )
+        try:
+            value = torch.broadcast_to(value.to(self.device, torch.float32), target)
+        except RuntimeError:
+            raise ValueError(
+                f"Inject({request.site!r}).value of shape {list(request.value.shape)} does not "
+                f"fit the site: expected {list(shape)}, [Q, {', '.join(map(str, shape))}] "
+                f"or [B, Q, ...] with B={batch}, Q={queries}"
+            ) from None
+        if request.mode not in ("add", "set"):
+            raise ValueError(f"Inject.mode must be 'add' or 'set', got {request.mode!r}")
+        scale = request.scale
+        if scale is not None:
+            if request.mode == "set":
+                raise ValueError("Inject.scale applies to mode='add' only")
+            scale = torch.as_tensor(scale, dtype=torch.float32, device=self.device)
+            if scale.dim() == 1 and scale.shape[0] == batch:
+                scale = scale[:, None]
+            elif scale.dim() != 0:
+                raise ValueError(
+                    f"Inject.scale must be a float or a [B={batch}] tensor, got {list(scale.shape)}"
+                )
+            scale = scale.expand(batch, queries).contiguous()
+        ops = pass_.ops.setdefault((request.site, layer), SiteOps())
+        if ops.injection is not None:
+            raise ValueError(
+                f"({request.site!r}, layer {layer}) has two injections; merge them into one"
+            )
+        ops.injection = Injection(positions.to(self.device), value, request.mode, scale)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device

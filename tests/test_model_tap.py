@@ -1,0 +1,277 @@
+"""The model layer against the models it instruments (tiny models from configs, fixed seeds).
+
+Each identity compares a statetap pass with what the plain transformers model computes:
+logits with nothing requested, residuals against ``output_hidden_states``, states against
+the model's own cache, state injection against editing that cache between two tokens (the
+paper's procedure), residual and mixer injection against a forward hook.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    FalconMambaConfig,
+    FalconMambaForCausalLM,
+    Mamba2Config,
+    Mamba2ForCausalLM,
+    MambaConfig,
+    MambaForCausalLM,
+    RwkvConfig,
+    RwkvForCausalLM,
+)
+
+import statetap
+from statetap.kernels.examples import rel_error
+
+VOCAB, LENGTH = 97, 11
+
+
+def _build(name: str):
+    torch.manual_seed(1234)
+    if name == "mamba":
+        config = MambaConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            state_size=8,
+            num_hidden_layers=3,
+            expand=2,
+            conv_kernel=4,
+        )
+        return MambaForCausalLM(config).eval()
+    if name == "falcon_mamba":
+        config = FalconMambaConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            state_size=8,
+            num_hidden_layers=3,
+            expand=2,
+            conv_kernel=4,
+        )
+        return FalconMambaForCausalLM(config).eval()
+    if name == "mamba2":
+        config = Mamba2Config(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            state_size=8,
+            num_hidden_layers=3,
+            expand=2,
+            head_dim=8,
+            num_heads=8,
+            n_groups=2,
+            chunk_size=4,
+        )
+        return Mamba2ForCausalLM(config).eval()
+    config = RwkvConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=3,
+        attention_hidden_size=32,
+        intermediate_size=64,
+        rescale_every=2,
+    )
+    model = RwkvForCausalLM(config).eval()
+    with torch.no_grad():  # give the decays and bonuses some spread
+        for block in model.rwkv.blocks:
+            block.attention.time_decay.normal_(0.0, 1.0)
+            block.attention.time_first.normal_(0.0, 1.0)
+    return model
+
+
+MODELS = ["mamba", "falcon_mamba", "mamba2", "rwkv"]
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def model(request):
+    return _build(request.param)
+
+
+def _ids(batch: int = 3) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (batch, LENGTH))
+
+
+def _left_padded(batch: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = _ids(batch)
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0  # row 1 has 3 pads on the left
+    mask[2, :1] = 0
+    return ids, mask
+
+
+def _close(reference: torch.Tensor, value: torch.Tensor, tol: float = 1e-6) -> None:
+    assert reference.shape == value.shape, (reference.shape, value.shape)
+    assert rel_error(reference, value) <= tol, rel_error(reference, value)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "left-padded"])
+def test_nothing_requested_reproduces_the_logits(model, padded):
+    ids, mask = _left_padded() if padded else (_ids(), None)
+    plain = model(ids, attention_mask=mask).logits
+    result = statetap.attach(model).run(ids, attention_mask=mask)
+    _close(plain, result.logits)
+
+
+@torch.no_grad()
+def test_residual_equals_output_hidden_states(model):
+    ids, mask = _left_padded()
+    tap = statetap.attach(model)
+    plain = model(ids, attention_mask=mask, output_hidden_states=True)
+    result = tap.run(ids, attention_mask=mask, emit=[statetap.Emit("residual", positions="all")])
+    for layer in range(tap.adapter.n_layers):
+        _close(
+            plain.hidden_states[tap.adapter.hidden_states_index(layer)], result["residual", layer]
+        )
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("t", [0, 4, LENGTH - 1])
+def test_emitted_state_equals_the_models_cache_after_the_prefix(model, t):
+    tap = statetap.attach(model)
+    ids = _ids()
+    result = tap.run(ids, emit=[statetap.Emit("state", positions=[t, -1])], use_cache=True)
+    prefix_cache = _prefix_cache(model, tap, ids[:, : t + 1])
+    final_cache = tap.adapter.output_cache(result.output)
+    for site in tap.adapter.state_sites:
+        for layer in range(tap.adapter.n_layers):
+            emitted = result[site, layer]
+            assert emitted.dtype == torch.float32
+            _close(tap.adapter.cached_state(prefix_cache, site, layer).float(), emitted[:, 0])
+            _close(tap.adapter.cached_state(final_cache, site, layer).float(), emitted[:, 1])
+
+
+def _prefix_cache(model, tap, prefix):
+    """The model's own cache after ``prefix``.
+
+    transformers' RWKV mis-broadcasts a one-token forward with a state when B > 1 (its
+    token shift reads a ``[B, C]`` state against ``[B, 1, C]`` inputs), so one-token prefixes
+    run row by row there.
+    """
+    if isinstance(model, RwkvForCausalLM) and prefix.shape[1] == 1:
+        rows = [model(prefix[b : b + 1], use_cache=True).state for b in range(prefix.shape[0])]
+        return [torch.cat(parts) for parts in zip(*rows)]
+    return tap.adapter.output_cache(model(prefix, use_cache=True))
+
+
+def _continue_from(model, tap, cache, ids, start):
+    """Logits of ``ids[:, start:]`` fed after ``cache``.
+
+    Mamba goes one token at a time (transformers' Mamba-1 ignores the recurrent state when it
+    continues with several tokens); RWKV takes the rest in one forward (see _prefix_cache).
+    """
+    if isinstance(model, RwkvForCausalLM):
+        return model(ids[:, start:], state=cache, use_cache=True).logits
+    logits = []
+    for t in range(start, ids.shape[1]):
+        out = model(ids[:, t : t + 1], cache_params=cache, use_cache=True)
+        cache = tap.adapter.output_cache(out)
+        logits.append(out.logits)
+    return torch.cat(logits, 1)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("mode", ["add", "set"])
+def test_state_injection_equals_editing_the_cache_between_two_tokens(model, mode):
+    tap = statetap.attach(model)
+    ids = _ids()
+    t, layer = 5, 1
+    for site in tap.adapter.state_sites:
+        shape = tap.site_shape(site)
+        value = torch.randn(*shape)
+        if site == "wkv" and mode == "set":  # a valid triple: positive denominator, finite max
+            value[1] = value[1].abs() + 0.5
+        scale = torch.tensor([0.5, -1.0, 2.0]) if mode == "add" else None
+        injected = tap.run(
+            ids, inject=[statetap.Inject(site, layer, value, positions=t, mode=mode, scale=scale)]
+        )
+        # The paper's procedure: prefill to t, edit the model's own cache, feed the rest.
+        prefix = model(ids[:, : t + 1], use_cache=True)
+        cache = tap.adapter.output_cache(prefix)
+        state = tap.adapter.cached_state(cache, site, layer)
+        edited = (
+            value.expand_as(state)
+            if mode == "set"
+            else state + scale.view(-1, *[1] * len(shape)) * value
+        )
+        _write_state(tap, cache, site, layer, edited)
+        rest = _continue_from(model, tap, cache, ids, t + 1)
+        _close(prefix.logits, injected.logits[:, : t + 1])
+        _close(rest, injected.logits[:, t + 1 :], 1e-5)
+        assert rel_error(model(ids).logits[:, t + 1 :], injected.logits[:, t + 1 :]) > 1e-4
+
+
+def _write_state(tap, cache, site, layer, value):
+    if site == "wkv":  # RWKV keeps the triple in three tensors
+        for i, part in zip((2, 3, 4), value.unbind(1)):
+            cache[i][:, :, layer] = part
+    else:
+        tap.adapter.cached_state(cache, site, layer).copy_(value)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("site", ["residual", "mixer"])
+def test_residual_and_mixer_injection_equal_a_forward_hook(model, site):
+    tap = statetap.attach(model)
+    ids, layer, t = _ids(), 1, 6
+    value = torch.randn(tap.site_shape(site))
+
+    def add_at_t(tensor):
+        tensor = tensor.clone()
+        tensor[:, t] += 3.0 * value
+        return tensor
+
+    if site == "residual":
+        handle = tap.adapter.blocks[layer + 1].register_forward_pre_hook(
+            lambda module, args: (add_at_t(args[0]), *args[1:])
+        )
+    else:
+        handle = tap.adapter.mixer(layer).register_forward_hook(
+            lambda module, args, out: tap.adapter.with_mixer_output(
+                out, add_at_t(tap.adapter.mixer_output(out))
+            )
+        )
+    try:
+        hooked = model(ids).logits
+    finally:
+        handle.remove()
+    result = tap.run(ids, inject=[statetap.Inject(site, layer, value, positions=t, scale=3.0)])
+    _close(hooked, result.logits)
+    _close(model(ids).logits[:, :t], result.logits[:, :t])
+
+
+@torch.no_grad()
+def test_negative_positions_count_from_each_rows_last_real_token(model):
+    ids, mask = _left_padded()
+    tap = statetap.attach(model)
+    result = tap.run(
+        ids, attention_mask=mask, emit=[statetap.Emit("residual", 0, positions=[0, -1])]
+    )
+    everything = tap.run(
+        ids, attention_mask=mask, emit=[statetap.Emit("residual", 0, positions="all")]
+    )
+    first_real = mask.argmax(1)
+    for row in range(3):
+        _close(everything["residual", 0][row, first_real[row]], result["residual", 0][row, 0])
+        _close(everything["residual", 0][row, -1], result["residual", 0][row, 1])
+
+
+def test_errors_name_what_was_wrong():
+    model = _build("mamba")
+    tap = statetap.attach(model)
+    ids = _ids()
+    with pytest.raises(ValueError, match="layer 3 is out of range for a model with 3 layers"):
+        tap.run(ids, emit=[statetap.Emit("residual", 3)])
+    with pytest.raises(
+        ValueError, match="has no site 'wkv'; its sites are residual, mixer, ssm, conv"
+    ):
+        tap.run(ids, emit=[statetap.Emit("wkv", 0)])
+    with pytest.raises(ValueError, match=r"outside row 0, which has 11 real tokens"):
+        tap.run(ids, emit=[statetap.Emit("ssm", 0, positions=11)])
+    with pytest.raises(ValueError, match=r"does not fit the site: expected \[64, 8\]"):
+        tap.run(ids, inject=[statetap.Inject("ssm", 0, torch.zeros(64, 7))])
+    with pytest.raises(ValueError, match="positions='all' is for the residual and mixer sites"):
+        tap.run(ids, emit=[statetap.Emit("ssm", 0, positions="all")])
+    with pytest.raises(
+        TypeError, match="no adapter for Linear; supported model classes: .*MambaForCausalLM"
+    ):
+        statetap.attach(torch.nn.Linear(2, 2))
