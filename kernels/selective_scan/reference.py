@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from .._contract import Instrumentation, ScanOutput, check_tensor, compute_dtype
 
 
-def _group_expand(name: str, value, batch: int, dim: int, length: int, state_size: int, device):
-    """B or C as ``[B, D, N, L]`` (per token) or ``[D, N]`` (shared), from any accepted layout."""
+def check_bc(name: str, value, batch: int, dim: int, length: int, state_size: int, device):
+    """Validate B or C: ``[D, N]`` (shared over time) is returned as is; per-token ``[B, N, L]``
+    or grouped ``[B, G, N, L]`` is returned as ``[B, G, N, L]`` (a view, groups not expanded)."""
     if isinstance(value, torch.Tensor) and value.dim() == 2:
         return check_tensor(name, value, (dim, state_size), ("D", "N"), device=device)
     if isinstance(value, torch.Tensor) and value.dim() == 3:
@@ -30,7 +31,44 @@ def _group_expand(name: str, value, batch: int, dim: int, length: int, state_siz
     groups = value.shape[1]
     if dim % groups:
         raise ValueError(f"{name} has G={groups} groups, which must divide D={dim}")
-    return value.repeat_interleave(dim // groups, dim=1)
+    return value
+
+
+def validate(u, delta, A, B, C, D, z, delta_bias, instrumentation: dict):
+    """Check every argument of :func:`selective_scan` (shapes, devices, dtypes, positions).
+
+    Returns ``(B, C, instr)``: B and C as :func:`check_bc` gives them and the
+    :class:`Instrumentation` of the call (compute dtype float32, or float64 for float64 inputs).
+    Shared by every backend, so that all raise the same errors.
+    """
+    check_tensor("u", u, (None, None, None), ("B", "D", "L"))
+    batch, dim, length = u.shape
+    device = u.device
+    check_tensor("delta", delta, (batch, dim, length), ("B", "D", "L"), device=device)
+    check_tensor("A", A, (dim, None), ("D", "N"), device=device)
+    state_size = A.shape[1]
+    B = check_bc("B", B, batch, dim, length, state_size, device)
+    C = check_bc("C", C, batch, dim, length, state_size, device)
+    if D is not None:
+        check_tensor("D", D, (dim,), ("D",), device=device)
+    if z is not None:
+        check_tensor("z", z, (batch, dim, length), ("B", "D", "L"), device=device)
+    if delta_bias is not None:
+        check_tensor("delta_bias", delta_bias, (dim,), ("D",), device=device)
+    instr = Instrumentation(
+        batch=batch,
+        length=length,
+        state_shape=(dim, state_size),
+        device=device,
+        dtype=compute_dtype(u, delta, A, B, C),
+        **instrumentation,
+    )
+    return B, C, instr
+
+
+def _expand_groups(value: torch.Tensor, dim: int) -> torch.Tensor:
+    """``[B, G, N, L]`` -> ``[B, D, N, L]`` (channel ``d`` reads group ``d // (D / G)``)."""
+    return value if value.dim() == 2 else value.repeat_interleave(dim // value.shape[1], dim=1)
 
 
 def selective_scan(
@@ -79,36 +117,27 @@ def selective_scan(
         >>> out.states.shape, torch.equal(out.states[:, 1], out.final_state)
         (torch.Size([2, 2, 8, 4]), True)
     """
-    check_tensor("u", u, (None, None, None), ("B", "D", "L"))
-    batch, dim, length = u.shape
-    device = u.device
-    check_tensor("delta", delta, (batch, dim, length), ("B", "D", "L"), device=device)
-    check_tensor("A", A, (dim, None), ("D", "N"), device=device)
-    state_size = A.shape[1]
-    B = _group_expand("B", B, batch, dim, length, state_size, device)
-    C = _group_expand("C", C, batch, dim, length, state_size, device)
-    if D is not None:
-        check_tensor("D", D, (dim,), ("D",), device=device)
-    if z is not None:
-        check_tensor("z", z, (batch, dim, length), ("B", "D", "L"), device=device)
-    if delta_bias is not None:
-        check_tensor("delta_bias", delta_bias, (dim,), ("D",), device=device)
-
-    dtype = compute_dtype(u, delta, A, B, C)
-    instr = Instrumentation(
-        batch=batch,
-        length=length,
-        state_shape=(dim, state_size),
-        device=device,
-        dtype=dtype,
-        initial_state=initial_state,
-        output_final_state=output_final_state,
-        emit_at=emit_at,
-        inject_at=inject_at,
-        inject_value=inject_value,
-        inject_mode=inject_mode,
-        inject_scale=inject_scale,
+    B, C, instr = validate(
+        u,
+        delta,
+        A,
+        B,
+        C,
+        D,
+        z,
+        delta_bias,
+        dict(
+            initial_state=initial_state,
+            output_final_state=output_final_state,
+            emit_at=emit_at,
+            inject_at=inject_at,
+            inject_value=inject_value,
+            inject_mode=inject_mode,
+            inject_scale=inject_scale,
+        ),
     )
+    dim, dtype = u.shape[1], instr.dtype
+    B, C = _expand_groups(B, dim), _expand_groups(C, dim)
 
     dt = delta.to(dtype)
     if delta_bias is not None:

@@ -39,22 +39,15 @@ class _Inputs:
     instr: Instrumentation
 
 
-def _prepare(
-    x,
-    dt,
-    A,
-    B,
-    C,
-    D,
-    z,
-    dt_bias,
-    dt_softplus,
-    dt_limit,
-    seq_idx,
-    initial_state,
-    initial_states,
-    instrumentation,
-) -> _Inputs:
+def validate(
+    x, dt, A, B, C, D, z, dt_bias, dt_limit, seq_idx, initial_state, initial_states, instrumentation
+) -> tuple[Instrumentation, torch.Tensor | None]:
+    """Check every argument of :func:`ssd_chunked` (shapes, devices, dtypes, positions).
+
+    Returns ``(instr, reset)``: the :class:`Instrumentation` of the call (compute dtype float32,
+    or float64 for float64 inputs) and ``reset`` ``[B, L]`` bool (state zeroed before token
+    ``t``; from ``seq_idx``) or None.  Shared by every backend, so that all raise the same errors.
+    """
     check_tensor("x", x, (None, None, None, None), ("B", "L", "H", "P"))
     batch, length, heads, head_dim = x.shape
     device = x.device
@@ -104,6 +97,41 @@ def _prepare(
         initial_state=initial_state,
         **instrumentation,
     )
+    return instr, reset
+
+
+def _prepare(
+    x,
+    dt,
+    A,
+    B,
+    C,
+    D,
+    z,
+    dt_bias,
+    dt_softplus,
+    dt_limit,
+    seq_idx,
+    initial_state,
+    initial_states,
+    instrumentation,
+) -> _Inputs:
+    instr, reset = validate(
+        x,
+        dt,
+        A,
+        B,
+        C,
+        D,
+        z,
+        dt_bias,
+        dt_limit,
+        seq_idx,
+        initial_state,
+        initial_states,
+        instrumentation,
+    )
+    dtype, heads, groups = instr.dtype, x.shape[2], B.shape[2]
     dt = dt.to(dtype)
     if dt_bias is not None:
         dt = dt + dt_bias.to(dtype)

@@ -1,0 +1,155 @@
+"""The Mamba-1 selective-scan Triton kernels against the float64 reference.
+
+Runs the kernels under the Triton interpreter on CPU tensors (or compiled, on CUDA, with
+``TRITON_INTERPRET=0``); outputs start as NaN, so every element must be written.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _triton_mamba import as_double, as_dtype, assert_outputs_close, poisoned  # noqa: F401
+
+from statetap.kernels.examples import CASES
+from statetap.kernels.selective_scan import _triton
+from statetap.kernels.selective_scan.reference import selective_scan
+from statetap.kernels.selective_scan.scan import selective_scan_triton
+
+DEVICE = "cpu" if _triton.INTERPRETING else "cuda"
+pytestmark = pytest.mark.usefixtures("poisoned")
+if not _triton.INTERPRETING and not torch.cuda.is_available():
+    pytestmark = [pytestmark, pytest.mark.skip(reason="needs CUDA or TRITON_INTERPRET=1")]
+
+
+def make(batch, length, dtype=torch.float32, bc="grouped", **sizes):
+    """Random inputs on DEVICE; ``bc``: "grouped" ``[B, G, N, L]``, "token" ``[B, N, L]``,
+    "shared" ``[D, N]``."""
+    inputs = CASES["selective_scan"].make(batch, length, torch.float32, **sizes)
+    if bc == "token":
+        inputs["B"], inputs["C"] = inputs["B"][:, 0], inputs["C"][:, 1 % inputs["C"].shape[1]]
+    elif bc == "shared":
+        dim, n = inputs["A"].shape
+        inputs["B"], inputs["C"] = torch.randn(dim, n), torch.randn(dim, n)
+    inputs = {k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    return as_dtype(inputs, dtype)
+
+
+def check(inputs, dtype=torch.float32, **instrumentation):
+    """Run the kernel and the float64 reference on the same inputs and compare."""
+    out = selective_scan_triton(**inputs, **instrumentation)
+    oracle = selective_scan(**as_double(inputs), **as_double(instrumentation))
+    assert_outputs_close(oracle, out, dtype)
+    return out
+
+
+@pytest.mark.parametrize(
+    "batch,dim,n,groups,length,bc",
+    [
+        (2, 10, 5, 2, 13, "grouped"),  # two groups inside one channel block
+        (1, 7, 16, 1, 1, "token"),  # L = 1
+        (3, 12, 3, 1, 9, "shared"),
+        (2, 80, 64, 4, 5, "grouped"),  # two channel blocks, aligned to the groups
+    ],
+    ids=lambda v: str(v),
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_forward_matches_reference(batch, dim, n, groups, length, bc, dtype):
+    inputs = make(batch, length, dtype, bc, D=dim, N=n, G=groups)
+    check(inputs, dtype, output_final_state=True)
+
+
+@pytest.mark.parametrize("optional", ["none", "D", "z", "bias"])
+def test_optional_inputs(optional):
+    inputs = make(2, 7, D=9, N=4, G=1)
+    for name in ("D", "z", "delta_bias"):
+        if not name.startswith(optional):
+            inputs[name] = None
+    inputs["delta_softplus"] = optional != "none"
+    if optional == "none":  # dt = delta itself: keep it positive, so the state decays
+        inputs["delta"] = inputs["delta"].abs()
+    check(inputs)
+
+
+def test_emit_inject_add_with_initial_state():
+    length, dim, n = 21, 11, 6
+    inputs = make(2, length, D=dim, N=n, G=1)
+    check(
+        inputs,
+        initial_state=torch.randn(2, dim, n, device=DEVICE),
+        output_final_state=True,
+        # t = 0, L-1, an unused slot, positions out of slot order, rows that differ
+        emit_at=torch.tensor([[0, length - 1, -1, 7, 6], [5, -1, 0, 20, 12]], device=DEVICE),
+        inject_at=torch.tensor([[6, 0, -1], [5, 19, 12]], device=DEVICE),
+        inject_value=torch.randn(2, 3, dim, n, device=DEVICE),
+    )
+
+
+@pytest.mark.parametrize("scale", ["scalar", "sweep", "per-slot"])
+def test_inject_scale(scale):
+    length, dim, n = 9, 6, 5
+    inputs = make(3, length, D=dim, N=n, G=2)
+    value = {
+        "scalar": -1.5,
+        "sweep": torch.tensor([0.0, 1.0, 4.0], device=DEVICE),  # one multiplier per row
+        "per-slot": torch.randn(3, 2, device=DEVICE),
+    }[scale]
+    check(
+        inputs,
+        output_final_state=True,
+        emit_at=torch.tensor([3, 4, length - 1], device=DEVICE),
+        inject_at=torch.tensor([3, 6], device=DEVICE),
+        inject_value=torch.randn(dim, n, device=DEVICE),  # broadcast over rows and slots
+        inject_scale=value,
+    )
+
+
+def test_inject_set_fp16():
+    length, dim, n = 12, 8, 4
+    inputs = make(2, length, torch.float16, D=dim, N=n, G=1)
+    check(
+        inputs,
+        torch.float16,
+        output_final_state=True,
+        emit_at=torch.tensor([[2, 3, 11], [0, 4, -1]], device=DEVICE),
+        inject_at=torch.tensor([[3, 0], [-1, 11]], device=DEVICE),
+        inject_value=torch.randn(2, 2, dim, n, device=DEVICE),
+        inject_mode="set",
+    )
+
+
+def test_empty_instrumentation_is_bit_identical():
+    inputs = make(2, 8, D=6, N=3, G=2)
+    plain = selective_scan_triton(**inputs, output_final_state=True)
+    empty = selective_scan_triton(
+        **inputs,
+        output_final_state=True,
+        emit_at=torch.full((2, 2), -1, device=DEVICE),
+        inject_at=torch.empty(2, 0, dtype=torch.long, device=DEVICE),
+        inject_value=torch.randn(6, 3, device=DEVICE),
+    )
+    unused = selective_scan_triton(
+        **inputs,
+        output_final_state=True,
+        inject_at=torch.tensor([-1], device=DEVICE),
+        inject_value=torch.randn(6, 3, device=DEVICE),
+        inject_scale=3.0,
+    )
+    for other in (empty, unused):
+        assert torch.equal(plain.y, other.y)
+        assert torch.equal(plain.final_state, other.final_state)
+    assert torch.equal(empty.states, torch.zeros(2, 2, 6, 3, device=DEVICE))
+
+
+def test_validation_is_the_reference_one():
+    inputs = make(1, 5, D=4, N=3, G=1)
+    with pytest.raises(ValueError, match=r"emit_at\[0, 0\] = 5 is out of range"):
+        selective_scan_triton(**inputs, emit_at=torch.tensor([5], device=DEVICE))
+    with pytest.raises(ValueError, match="A must have shape"):
+        selective_scan_triton(**{**inputs, "A": inputs["A"][:, :2].T})
+
+
+def test_refuses_cpu_tensors_without_the_interpreter(monkeypatch):
+    monkeypatch.setattr(_triton, "INTERPRETING", False)
+    inputs = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in make(1, 3).items()}
+    with pytest.raises(ValueError, match="needs CUDA tensors"):
+        selective_scan_triton(**inputs)
