@@ -1,7 +1,8 @@
 # Two commands for a fresh machine:
 #   make test   -- create .venv if needed, then run the test suite (Triton kernels under the
 #                  CPU interpreter, TRITON_INTERPRET=1)
-#   make demo   -- create .venv if needed, then self-check every op's state contract
+#   make demo   -- create .venv if needed, then run the main job (statetap extract) on the embedded
+#                  default model and texts into runs/demo, and check every op on this machine
 # `make venv` alone (re)installs when setup.py, pyproject.toml, scripts/bootstrap.sh or csrc/
 # sources changed; otherwise it returns at once. Extra pytest arguments: make test ARGS="-k wkv6".
 
@@ -19,4 +20,6 @@ test: venv
 	PYTHONSAFEPATH=1 TRITON_INTERPRET=1 $(PY) -m pytest -n 2 tests $(ARGS)
 
 demo: venv
+	rm -rf runs/demo
+	.venv/bin/statetap extract --out runs/demo
 	.venv/bin/statetap check

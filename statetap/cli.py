@@ -25,6 +25,42 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _extract(args: argparse.Namespace) -> int:
+    from statetap.defaults import DEFAULT_MODEL, default_model, default_texts, load_model
+    from statetap.extract import ExtractConfig, extract
+
+    if args.model:
+        model, tokenizer = load_model(args.model)
+    else:
+        model, tokenizer = default_model()
+    if args.device:
+        model.to(args.device)
+    if args.text_file:
+        with open(args.text_file, encoding="utf-8") as handle:
+            texts = [line.rstrip("\n") for line in handle if line.strip()]
+    else:
+        texts = default_texts(args.limit or 256)
+    if args.limit:
+        texts = texts[: args.limit]
+    config = ExtractConfig(
+        out=args.out,
+        sites=args.sites,
+        layers=args.layers,
+        positions=args.positions,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        shard_rows=args.shard_rows,
+        dtype=args.dtype,
+    )
+    manifest = extract(model, tokenizer, texts, config, args.model or DEFAULT_MODEL)
+    rows = sum(shard["rows"][1] - shard["rows"][0] for shard in manifest.shards)
+    print(
+        f"wrote {rows} rows in {len(manifest.shards)} shard(s) to {config.out}: sites "
+        f"{', '.join(manifest.sites)} at layers {manifest.layers}, positions {manifest.positions}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from statetap.kernels import OPS
 
@@ -42,6 +78,40 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--ops", nargs="+", choices=OPS, help="subset of ops (default: all)")
     check.add_argument("--seed", type=int, help="random seed (default: fresh inputs)")
     check.set_defaults(run=_check)
+
+    extract = commands.add_parser(
+        "extract",
+        help="write residuals and recurrent states over a text file to safetensors shards",
+        description="Run a model over texts (one per line) and write the residual stream and "
+        "recurrent states at the chosen sites, layers and positions as safetensors shards with "
+        "a JSON manifest. With no --model and no --text-file it runs the embedded default.",
+    )
+    extract.add_argument("--model", help="transformers model folder or hub id (default: embedded)")
+    extract.add_argument("--text-file", help="UTF-8 file, one text per line (default: embedded)")
+    extract.add_argument("--out", required=True, help="output folder (must not hold a manifest)")
+    extract.add_argument(
+        "--sites",
+        nargs="+",
+        default=["residual", "state"],
+        help="sites: residual, mixer, a state component, or state (default: residual state)",
+    )
+    extract.add_argument("--layers", nargs="+", type=int, help="layers (default: all)")
+    extract.add_argument(
+        "--positions",
+        nargs="+",
+        type=int,
+        default=[-1],
+        help="token positions per text, negative from the end (default: -1)",
+    )
+    extract.add_argument("--batch-size", type=int, default=16)
+    extract.add_argument(
+        "--max-length", type=int, default=256, help="truncate texts to this many tokens"
+    )
+    extract.add_argument("--shard-rows", type=int, default=1024, help="texts per shard")
+    extract.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    extract.add_argument("--device", help="torch device for the model (default: where it loads)")
+    extract.add_argument("--limit", type=int, help="use only the first N texts")
+    extract.set_defaults(run=_extract)
     return parser
 
 

@@ -1,0 +1,51 @@
+"""The embedded defaults of the main job: a model and texts every machine has.
+
+Until the model zoo lands, the default model is a small Mamba built from a config with a
+fixed seed (random weights: it shows the machinery, not real behaviour) with transformers'
+byte-level ``ByT5Tokenizer``, which needs no files.  The default texts are the paragraphs of
+``pydoc_data.topics``, which every CPython install carries.
+"""
+
+from __future__ import annotations
+
+import torch
+
+DEFAULT_MODEL = "statetap-default-mamba"
+
+
+def default_model() -> tuple[torch.nn.Module, object]:
+    """A small ``MambaForCausalLM`` (seeded) and a byte-level tokenizer."""
+    from transformers import ByT5Tokenizer, MambaConfig, MambaForCausalLM
+
+    tokenizer = ByT5Tokenizer()
+    config = MambaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        state_size=16,
+        num_hidden_layers=4,
+        expand=2,
+        conv_kernel=4,
+    )
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(0)
+    try:
+        model = MambaForCausalLM(config).eval()
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return model, tokenizer
+
+
+def default_texts(limit: int = 256) -> list[str]:
+    """Up to ``limit`` non-empty paragraphs of the Python documentation topics."""
+    from pydoc_data.topics import topics
+
+    paragraphs = (p.strip() for text in topics.values() for p in text.split("\n\n"))
+    return [p for p in paragraphs if len(p) > 40][:limit]
+
+
+def load_model(name: str) -> tuple[torch.nn.Module, object]:
+    """A causal LM and its tokenizer from a local folder or a hub id (``from_pretrained``)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(name).eval()
+    return model, AutoTokenizer.from_pretrained(name)
