@@ -27,6 +27,29 @@ from .._contract import Instrumentation, ScanOutput, check_tensor, compute_dtype
 EMPTY_MAX = -1e38  # pp of the empty state, as transformers and the CUDA kernel use
 
 
+def validate(w, u, k, v, instrumentation) -> Instrumentation:
+    """Check the inputs' shapes and devices; return the validated :class:`Instrumentation`
+    (compute dtype, empty state ``(0, 0, EMPTY_MAX)``).  Shared by every backend."""
+    check_tensor("k", k, (None, None, None), ("B", "L", "C"))
+    batch, length, channels = k.shape
+    device = k.device
+    check_tensor("v", v, (batch, length, channels), ("B", "L", "C"), device=device)
+    check_tensor("w", w, (channels,), ("C",), device=device)
+    check_tensor("u", u, (channels,), ("C",), device=device)
+    dtype = compute_dtype(w, u, k, v)
+    empty = torch.zeros(3, channels, dtype=dtype)
+    empty[2] = EMPTY_MAX
+    return Instrumentation(
+        batch=batch,
+        length=length,
+        state_shape=(3, channels),
+        device=device,
+        dtype=dtype,
+        default_initial=empty,
+        **instrumentation,
+    )
+
+
 def wkv4(
     w,
     u,
@@ -60,30 +83,22 @@ def wkv4(
         >>> out.final_state.shape
         torch.Size([2, 3, 8])
     """
-    check_tensor("k", k, (None, None, None), ("B", "L", "C"))
-    batch, length, channels = k.shape
-    device = k.device
-    check_tensor("v", v, (batch, length, channels), ("B", "L", "C"), device=device)
-    check_tensor("w", w, (channels,), ("C",), device=device)
-    check_tensor("u", u, (channels,), ("C",), device=device)
-    dtype = compute_dtype(w, u, k, v)
-    empty = torch.zeros(3, channels, dtype=dtype)
-    empty[2] = EMPTY_MAX
-    instr = Instrumentation(
-        batch=batch,
-        length=length,
-        state_shape=(3, channels),
-        device=device,
-        dtype=dtype,
-        initial_state=initial_state,
-        output_final_state=output_final_state,
-        emit_at=emit_at,
-        inject_at=inject_at,
-        inject_value=inject_value,
-        inject_mode=inject_mode,
-        inject_scale=inject_scale,
-        default_initial=empty,
+    instr = validate(
+        w,
+        u,
+        k,
+        v,
+        dict(
+            initial_state=initial_state,
+            output_final_state=output_final_state,
+            emit_at=emit_at,
+            inject_at=inject_at,
+            inject_value=inject_value,
+            inject_mode=inject_mode,
+            inject_scale=inject_scale,
+        ),
     )
+    dtype = instr.dtype
     out_dtype = v.dtype
     w, u, k, v = (t.to(dtype) for t in (w, u, k, v))
 

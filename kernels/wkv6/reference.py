@@ -36,7 +36,9 @@ class _Inputs:
     instr: Instrumentation
 
 
-def _prepare(r, k, v, w, u, scale, instrumentation) -> _Inputs:
+def validate(r, k, v, w, u, scale, instrumentation) -> tuple[float, Instrumentation]:
+    """Check the inputs' shapes and devices; return ``scale`` (default applied) and the
+    validated :class:`Instrumentation` in the compute dtype.  Shared by every backend."""
     check_tensor("r", r, (None, None, None, None), ("B", "L", "H", "K"))
     batch, length, heads, key_dim = r.shape
     device = r.device
@@ -57,6 +59,12 @@ def _prepare(r, k, v, w, u, scale, instrumentation) -> _Inputs:
         dtype=dtype,
         **instrumentation,
     )
+    return float(scale), instr
+
+
+def _prepare(r, k, v, w, u, scale, instrumentation) -> _Inputs:
+    scale, instr = validate(r, k, v, w, u, scale, instrumentation)
+    dtype = instr.dtype
     return _Inputs(r.to(dtype) * scale, k.to(dtype), v.to(dtype), w.to(dtype), u.to(dtype), instr)
 
 

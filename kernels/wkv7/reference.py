@@ -40,7 +40,9 @@ class _Inputs:
     instr: Instrumentation
 
 
-def _prepare(r, w, k, v, a, b, scale, instrumentation) -> _Inputs:
+def validate(r, w, k, v, a, b, scale, instrumentation) -> tuple[float, Instrumentation]:
+    """Check the inputs' shapes and devices; return ``scale`` and the validated
+    :class:`Instrumentation` in the compute dtype.  Shared by every backend."""
     check_tensor("r", r, (None, None, None, None), ("B", "L", "H", "K"))
     batch, length, heads, key_dim = r.shape
     device = r.device
@@ -58,6 +60,12 @@ def _prepare(r, w, k, v, a, b, scale, instrumentation) -> _Inputs:
         dtype=dtype,
         **instrumentation,
     )
+    return float(scale), instr
+
+
+def _prepare(r, w, k, v, a, b, scale, instrumentation) -> _Inputs:
+    scale, instr = validate(r, w, k, v, a, b, scale, instrumentation)
+    dtype = instr.dtype
     w, k, v, a, b = (t.to(dtype) for t in (w, k, v, a, b))
     return _Inputs(r.to(dtype) * scale, w, k, v, a, b, instr)
 

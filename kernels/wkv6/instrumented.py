@@ -1,0 +1,360 @@
+"""Emission and injection inside the Triton WKV kernels (RWKV-4/5/6/7): launch side and kernel side.
+
+Launch side: :class:`KernelInstrumentation` turns a validated :class:`Instrumentation` into the
+tensors a kernel walks through time: per row, the sorted emission and injection times with a
+sentinel ``L`` at the end (so a cursor never runs off the row), the caller's slot of each time,
+the zeroed ``states`` buffer, the injected values (any strides: a broadcast steering vector is
+never copied ``B`` times) and the scales, plus the ``tl.constexpr`` flags that select the
+kernel's specialisation.  With nothing requested the flags are all False and the kernel is the
+plain one.
+
+Kernel side: :func:`emit_tile` and :func:`inject_tile` act on one tile of the state when the
+step ``t`` is the row's next scheduled time, and advance the row's cursor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from .._contract import Instrumentation, ScanOutput
+
+
+@dataclass
+class KernelInstrumentation:
+    """The tensors and flags an instrumented kernel launch needs (all on the inputs' device).
+
+    Attributes:
+        initial: ``[B, *S]`` float32 contiguous, or None (the kernel starts from its empty state).
+        final: ``[B, *S]`` float32 buffer for ``S_{L-1}``, or None.
+        states: ``[B, P, *S]`` float32 zeros for the emitted states, or None.
+        emit_times, emit_slots: ``[B, P + 1]`` int32; row ``b`` ascending, sentinel ``L`` last.
+        inject_times, inject_slots: ``[B, Q + 1]`` int32, the same for injections.
+        inject_value: ``[B, Q, *S]`` float32 view (strides may be 0), or None.
+        inject_scale: ``[B, Q]`` float32 contiguous, or None.
+    """
+
+    instr: Instrumentation
+    initial: torch.Tensor | None
+    final: torch.Tensor | None
+    states: torch.Tensor | None
+    emit_times: torch.Tensor
+    emit_slots: torch.Tensor
+    inject_times: torch.Tensor
+    inject_slots: torch.Tensor
+    inject_value: torch.Tensor | None
+    inject_scale: torch.Tensor | None
+
+    @classmethod
+    def build(
+        cls, instr: Instrumentation, initial_given: bool, state: torch.Tensor | None = None
+    ) -> KernelInstrumentation:
+        """From a validated ``instr`` (float32).  ``initial_given``: the caller passed
+        ``initial_state`` (else the kernel builds the empty state itself).  ``state``: a
+        float32 contiguous ``[B, *S]`` tensor to read the initial state from and write the
+        final state to, in place (the decode steps)."""
+        batch, device = instr.batch, instr.device
+        if state is not None:
+            initial, final = state, state
+        else:
+            initial = instr.initial.contiguous() if initial_given else None
+            final = (
+                torch.empty(batch, *instr.state_shape, device=device, dtype=torch.float32)
+                if instr.output_final_state
+                else None
+            )
+        emit_times, emit_slots = cls._schedule(instr.emit_at, instr)
+        inject_times, inject_slots = cls._schedule(instr.inject_at, instr)
+        scale = instr.inject_scale
+        return cls(
+            instr=instr,
+            initial=initial,
+            final=final,
+            states=instr.new_states(),
+            emit_times=emit_times,
+            emit_slots=emit_slots,
+            inject_times=inject_times,
+            inject_slots=inject_slots,
+            inject_value=instr.inject_value,
+            inject_scale=None if scale is None else scale.contiguous(),
+        )
+
+    @staticmethod
+    def _schedule(
+        positions: torch.Tensor | None, instr: Instrumentation
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        sentinel = torch.full((instr.batch, 1), instr.length, device=instr.device)
+        if positions is None:
+            positions = sentinel[:, :0]
+        times, slots = Instrumentation.schedule(positions, instr.length)
+        times = torch.cat([times, sentinel.to(torch.int32)], 1).contiguous()
+        slots = torch.cat([slots, torch.zeros_like(sentinel, dtype=torch.int32)], 1).contiguous()
+        return times, slots
+
+    @property
+    def emit_count(self) -> int:
+        """``P``: emission slots per row."""
+        return self.emit_times.shape[1] - 1
+
+    @property
+    def inject_count(self) -> int:
+        """``Q``: injection slots per row."""
+        return self.inject_times.shape[1] - 1
+
+    def value_strides(self) -> tuple[int, ...]:
+        """Strides of ``inject_value`` ``[B, Q, *S]`` in elements (zeros when none)."""
+        if self.inject_value is None:
+            return (0,) * (2 + len(self.instr.state_shape))
+        return tuple(self.inject_value.stride())
+
+    def pointers(self, fallback: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Kernel pointer arguments, in order: initial, final, emit_times, emit_slots, states,
+        inject_times, inject_slots, inject_value, inject_scale (``fallback`` where unused)."""
+        return tuple(
+            fallback if t is None else t
+            for t in (
+                self.initial,
+                self.final,
+                self.emit_times,
+                self.emit_slots,
+                self.states,
+                self.inject_times,
+                self.inject_slots,
+                self.inject_value,
+                self.inject_scale,
+            )
+        )
+
+    def flags(self) -> dict[str, bool]:
+        """The constexpr specialisation of this launch."""
+        return dict(
+            HAS_INITIAL=self.initial is not None,
+            STORE_FINAL=self.final is not None,
+            HAS_EMIT=self.states is not None,
+            HAS_INJECT=self.inject_value is not None,
+            INJECT_SET=self.instr.inject_mode == "set" and self.inject_value is not None,
+            HAS_SCALE=self.inject_scale is not None,
+        )
+
+    def output(self, y: torch.Tensor) -> ScanOutput:
+        """``ScanOutput(y, final, states)`` as the contract returns it."""
+        final = self.final if self.instr.output_final_state else None
+        return ScanOutput(y, final, self.states)
+
+
+def block_size(n: int, least: int = 16) -> int:
+    """The power-of-two tile that covers ``n`` (at least ``least``, which ``tl.dot`` needs)."""
+    return max(least, triton.next_power_of_2(n))
+
+
+@triton.jit
+def emit_tile(
+    S,  # the state tile, any shape
+    t,
+    cursor,
+    next_t,
+    times_ptr,  # this row's [P + 1] int32 times
+    slots_ptr,  # this row's [P + 1] int32 slots
+    states_ptr,  # this row's (and tile's) base in states [B, P, *S]
+    slot_stride,  # elements per slot: prod(S)
+    offsets,  # the tile's offsets within one slot
+    mask,
+):
+    """At ``t == next_t``: store ``S`` into the row's slot and advance the cursor."""
+    if t == next_t:
+        slot = tl.load(slots_ptr + cursor).to(tl.int64)
+        tl.store(states_ptr + slot * slot_stride + offsets, S, mask=mask)
+        cursor += 1
+        next_t = tl.load(times_ptr + cursor)
+    return cursor, next_t
+
+
+@triton.jit
+def injected_value(
+    slot,
+    value_ptr,  # this row's (and tile's) base in inject_value [B, Q, *S]
+    value_slot_stride,
+    scale_ptr,  # this row's [Q] scales
+    offsets,
+    mask,
+    HAS_SCALE: tl.constexpr,
+):
+    """The value ``slot`` injects into this tile (times its scale), float32."""
+    value = tl.load(value_ptr + slot * value_slot_stride + offsets, mask=mask, other=0.0)
+    value = value.to(tl.float32)
+    if HAS_SCALE:
+        value = value * tl.load(scale_ptr + slot)
+    return value
+
+
+@triton.jit
+def inject_tile(
+    S,
+    t,
+    cursor,
+    next_t,
+    times_ptr,
+    slots_ptr,
+    value_ptr,
+    value_slot_stride,
+    scale_ptr,
+    offsets,
+    mask,
+    INJECT_SET: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+):
+    """At ``t == next_t``: ``S += scale * value`` (or ``S = value``), advance the cursor."""
+    if t == next_t:
+        slot = tl.load(slots_ptr + cursor).to(tl.int64)
+        value = injected_value(
+            slot, value_ptr, value_slot_stride, scale_ptr, offsets, mask, HAS_SCALE
+        )
+        if INJECT_SET:
+            S = value
+        else:
+            S = S + value
+        cursor += 1
+        next_t = tl.load(times_ptr + cursor)
+    return S, cursor, next_t
+
+
+@triton.jit
+def row_schedule(times_ptr, slots_ptr, i_b, count):
+    """This row's ``[count + 1]`` times and slots, and its first scheduled time."""
+    times_ptr += i_b * (count + 1)
+    slots_ptr += i_b * (count + 1)
+    return times_ptr, slots_ptr, tl.load(times_ptr)
+
+
+@triton.jit
+def open_matrix_row(
+    s0_ptr,  # [B, H, K, V] fp32
+    emit_t_ptr,
+    emit_s_ptr,
+    states_ptr,  # [B, P, H, K, V] fp32
+    inj_t_ptr,
+    inj_s_ptr,
+    inj_v_ptr,  # [B, Q, H, K, V] strided
+    inj_scale_ptr,  # [B, Q]
+    L,
+    H,
+    K,
+    V,
+    P,
+    Q,
+    iv_sb,
+    iv_sh,
+    iv_sk,
+    iv_sv,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    HAS_INITIAL: tl.constexpr,
+    HAS_EMIT: tl.constexpr,
+    HAS_INJECT: tl.constexpr,
+):
+    """Start a program of a ``[K, V]``-state kernel (grid ``(V blocks, B * H)``): its indices,
+    masks, initial state tile ``[BK, BV]`` and both schedules positioned on its row."""
+    i_v = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    o_kv = o_k[:, None] * V + o_v[None, :]
+    state_off = i_bh.to(tl.int64) * K * V
+    if HAS_INITIAL:
+        S = tl.load(s0_ptr + state_off + o_kv, mask=m_kv, other=0.0).to(tl.float32)
+    else:
+        S = tl.zeros([BK, BV], dtype=tl.float32)
+    zero = i_v * 0  # int32 scalars for the loop-carried cursors
+    e_cur = zero
+    e_next = zero + L
+    if HAS_EMIT:
+        emit_t_ptr, emit_s_ptr, e_next = row_schedule(emit_t_ptr, emit_s_ptr, i_b, P)
+        states_ptr += i_b.to(tl.int64) * P * H * K * V + i_h * K * V
+    i_cur = zero
+    i_next = zero + L
+    if HAS_INJECT:
+        inj_t_ptr, inj_s_ptr, i_next = row_schedule(inj_t_ptr, inj_s_ptr, i_b, Q)
+        inj_v_ptr += i_b.to(tl.int64) * iv_sb + i_h * iv_sh
+        inj_scale_ptr += i_b * Q
+    o_val = o_k[:, None] * iv_sk + o_v[None, :] * iv_sv
+    return (
+        i_b,
+        i_h,
+        o_k,
+        o_v,
+        m_k,
+        m_v,
+        m_kv,
+        o_kv,
+        state_off,
+        S,
+        emit_t_ptr,
+        emit_s_ptr,
+        states_ptr,
+        e_cur,
+        e_next,
+        inj_t_ptr,
+        inj_s_ptr,
+        inj_v_ptr,
+        inj_scale_ptr,
+        o_val,
+        i_cur,
+        i_next,
+    )
+
+
+@triton.jit
+def end_of_step(
+    S,
+    t,
+    e_cur,
+    e_next,
+    i_cur,
+    i_next,
+    emit_t_ptr,
+    emit_s_ptr,
+    states_ptr,
+    inj_t_ptr,
+    inj_s_ptr,
+    inj_v_ptr,
+    inj_scale_ptr,
+    iv_sq,
+    slot_stride,
+    o_kv,
+    o_val,
+    m_kv,
+    HAS_EMIT: tl.constexpr,
+    HAS_INJECT: tl.constexpr,
+    INJECT_SET: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+):
+    """Steps 4 and 5 of the contract at the end of step ``t``: inject, then emit."""
+    if HAS_INJECT:
+        S, i_cur, i_next = inject_tile(
+            S,
+            t,
+            i_cur,
+            i_next,
+            inj_t_ptr,
+            inj_s_ptr,
+            inj_v_ptr,
+            iv_sq,
+            inj_scale_ptr,
+            o_val,
+            m_kv,
+            INJECT_SET,
+            HAS_SCALE,
+        )
+    if HAS_EMIT:
+        e_cur, e_next = emit_tile(
+            S, t, e_cur, e_next, emit_t_ptr, emit_s_ptr, states_ptr, slot_stride, o_kv, m_kv
+        )
+    return S, e_cur, e_next, i_cur, i_next

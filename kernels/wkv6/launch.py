@@ -1,0 +1,140 @@
+"""RWKV-5/6 WKV on Triton: the public forward, its validation and the choice of kernel.
+
+``wkv6_triton`` validates exactly as the reference does (:func:`.reference.validate`), prepares
+a :class:`Launch` (inputs made contiguous where needed, output allocated, instrumentation
+scheduled) and runs the chunked kernel for prefill (``L > 64``, as flash-linear-attention
+switches) or the recurrent one for short sequences.  Forward only; float64 inputs (the exact
+oracle) run the reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .._contract import ScanOutput
+from .chunk import MAX_KEY_DIM, launch_chunked
+from .fused_recurrent import launch_recurrent
+from .instrumented import KernelInstrumentation
+from .reference import validate, wkv6_chunked
+
+#: Sequences longer than this run the chunked kernel; shorter ones the recurrent kernel.
+RECURRENT_MAX_LENGTH = 64
+FORMS = ("auto", "recurrent", "chunked")
+
+
+@dataclass
+class Launch:
+    """Everything a WKV-5/6 kernel launch reads and writes.
+
+    ``r, k`` ``[B, L, H, K]``, ``v`` ``[B, L, H, V]`` contiguous; ``w`` with strides
+    ``(w_strides[0], w_strides[1], K, 1)`` (zeros over batch and time for RWKV-5's static
+    decay); ``u`` ``[H, K]``; ``y`` ``[B, L, H, V]`` in ``v.dtype`` (uninitialised).
+    """
+
+    r: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    w: torch.Tensor
+    w_strides: tuple[int, int]
+    u: torch.Tensor
+    scale: float
+    y: torch.Tensor
+    instr: KernelInstrumentation
+
+    def output(self) -> ScanOutput:
+        return self.instr.output(self.y)
+
+    def kernel_args(self) -> tuple:
+        """The positional arguments of ``wkv6_recurrent_kernel`` / ``wkv6_chunk_kernel``."""
+        batch, length, heads, key_dim = self.r.shape
+        return (
+            self.r,
+            self.k,
+            self.v,
+            self.w,
+            self.u,
+            self.y,
+            *self.instr.pointers(self.y),
+            self.scale,
+            length,
+            heads,
+            key_dim,
+            self.v.shape[-1],
+            self.instr.emit_count,
+            self.instr.inject_count,
+            *self.w_strides,
+            *self.instr.value_strides(),
+        )
+
+
+def prepare(r, k, v, w, u, scale, instrumentation: dict, state=None) -> Launch:
+    """Validate (as the reference) and lay out one launch.  ``w`` may be a broadcast view
+    ``[B, L, H, K]`` of a ``[H, K]`` decay.  ``state``: decode in place (see ``step.py``)."""
+    scale, instr = validate(r, k, v, w, u, scale, instrumentation)
+    key_dim = r.shape[-1]
+    if w.stride(-1) != 1 or w.stride(-2) != key_dim:
+        w = w.contiguous()
+    r, k, v, u = (t.contiguous() for t in (r, k, v, u))
+    return Launch(
+        r=r,
+        k=k,
+        v=v,
+        w=w,
+        w_strides=(w.stride(0), w.stride(1)),
+        u=u,
+        scale=scale,
+        y=torch.empty(v.shape, device=v.device, dtype=v.dtype),
+        instr=KernelInstrumentation.build(
+            instr, instrumentation.get("initial_state") is not None, state
+        ),
+    )
+
+
+def run(launch: Launch, form: str = "auto") -> ScanOutput:
+    """Run the kernel ``form`` names (``"auto"``: by length) and return the result."""
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+    if form == "auto":
+        long = launch.r.shape[1] > RECURRENT_MAX_LENGTH
+        form = "chunked" if long and launch.r.shape[-1] <= MAX_KEY_DIM else "recurrent"
+    (launch_chunked if form == "chunked" else launch_recurrent)(launch)
+    return launch.output()
+
+
+def is_exact_oracle(*tensors: torch.Tensor) -> bool:
+    """float64 inputs: the caller wants the exact definition, which the reference computes."""
+    return any(isinstance(t, torch.Tensor) and t.dtype == torch.float64 for t in tensors)
+
+
+def wkv6_triton(r, k, v, w, u, scale=None, *, form="auto", **instrumentation) -> ScanOutput:
+    """RWKV-6 WKV forward on Triton, with state emission and injection fused in.
+
+    Args:
+        r, k: ``[B, L, H, K]`` receptance and key (fp32, fp16 or bf16).
+        v: ``[B, L, H, V]`` value.
+        w: ``[B, L, H, K]`` log-decay (``<= 0``).
+        u: ``[H, K]`` bonus.
+        scale: multiplies ``r``; default ``K ** -0.5`` (RWKV-6 models use 1.0).
+        form: ``"auto"`` (chunked when ``L > 64`` and ``K <= 64``, else recurrent),
+            ``"recurrent"`` or ``"chunked"``.
+        initial_state, output_final_state, emit_at, inject_at, inject_value, inject_mode,
+        inject_scale: the instrumentation arguments of ``docs/semantics.md``; the state ``S``
+            is ``[H, K, V]``, carried and emitted in float32.
+
+    Returns:
+        ``ScanOutput(y [B, L, H, V] in v.dtype, final_state [B, H, K, V] | None,
+        states [B, P, H, K, V] | None)``.
+
+    Example (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``):
+        >>> r, k, v = (torch.randn(1, 20, 1, 16) for _ in range(3))
+        >>> w = torch.nn.functional.logsigmoid(torch.randn(1, 20, 1, 16))
+        >>> out = wkv6_triton(r, k, v, w, torch.randn(1, 16), form="chunked",
+        ...                   emit_at=torch.tensor([0, 15, 19]))
+        >>> out.states.shape
+        torch.Size([1, 3, 1, 16, 16])
+    """
+    if is_exact_oracle(r, k, v, w, u):
+        return wkv6_chunked(r, k, v, w, u, scale, **instrumentation)
+    return run(prepare(r, k, v, w, u, scale, instrumentation), form)
