@@ -10,9 +10,10 @@ import inspect
 import triton.language as tl
 
 from statetap.kernels import _aot
-from statetap.kernels.selective_scan import scan
+from statetap.kernels.selective_scan import scan, step
 
-FLOAT_INPUTS = ("u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "y_ptr")
+FLOAT_INPUTS = ("u_ptr", "delta_ptr", "x_ptr", "dt_ptr", "B_ptr", "C_ptr", "z_ptr", "y_ptr")
+FLOAT_SCALARS = ("dt_low", "dt_high")
 INT_POINTERS = ("emit_t_ptr", "emit_s_ptr", "inj_t_ptr", "inj_s_ptr")
 
 
@@ -30,6 +31,8 @@ def signature(kernel, dtype: str) -> dict[str, str]:
             types[name] = "*i32"
         elif name.endswith("_ptr"):
             types[name] = "*fp32"
+        elif name in FLOAT_SCALARS:
+            types[name] = "fp32"
         else:
             types[name] = "i32"
     return types
@@ -76,8 +79,37 @@ def scan_specs() -> list[_aot.KernelSpec]:
     return specs
 
 
+def step_specs() -> list[_aot.KernelSpec]:
+    """Decode steps: Mamba-2.8B (one head of P = 5120 rows, N = 16) and Mamba-2 2.7B
+    (P = 64, N = 128, dt_limit clamp)."""
+    specs = []
+    for p, n, label in ((5120, 16, "mamba1 N16"), (64, 128, "mamba2 N128")):
+        block_p, block_n, warps = step.block_sizes(p, n, interpreter=False)
+        model = dict(
+            HAS_D=True,
+            HAS_Z=True,
+            HAS_BIAS=True,
+            SOFTPLUS=True,
+            HAS_LIMIT=n == 128,
+            BLOCK_P=block_p,
+            BLOCK_N=block_n,
+        )
+        for name, flags in (("plain", PLAIN), ("emit", EMIT), ("inject add", ADD), ("set", SET)):
+            specs.append(
+                _aot.KernelSpec(
+                    step._state_update_kernel,
+                    signature(step._state_update_kernel, "bf16"),
+                    {**model, **flags},
+                    num_warps=warps,
+                    num_stages=1,
+                    label=f"{label} {name} BLOCK_P={block_p}",
+                )
+            )
+    return specs
+
+
 def test_mamba_kernels_compile_for_sm80_sm90_without_spills():
-    specs = scan_specs()
+    specs = scan_specs() + step_specs()
     stats = _aot.compile_specs(specs, targets=(80, 90))
     print("\n" + _aot.format_table(stats))
     assert len(stats) == 2 * len(specs)

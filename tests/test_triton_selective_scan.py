@@ -8,12 +8,22 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _triton_mamba import as_double, as_dtype, assert_outputs_close, poisoned  # noqa: F401
+from _triton_mamba import (  # noqa: F401
+    as_double,
+    as_dtype,
+    assert_close,
+    assert_outputs_close,
+    poisoned,
+)
 
 from statetap.kernels.examples import CASES
 from statetap.kernels.selective_scan import _triton
 from statetap.kernels.selective_scan.reference import selective_scan
 from statetap.kernels.selective_scan.scan import selective_scan_triton
+from statetap.kernels.selective_scan.step import (
+    selective_scan_step_reference,
+    selective_scan_step_triton,
+)
 
 DEVICE = "cpu" if _triton.INTERPRETING else "cuda"
 pytestmark = pytest.mark.usefixtures("poisoned")
@@ -153,3 +163,64 @@ def test_refuses_cpu_tensors_without_the_interpreter(monkeypatch):
     inputs = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in make(1, 3).items()}
     with pytest.raises(ValueError, match="needs CUDA tensors"):
         selective_scan_triton(**inputs)
+
+
+# ------------------------------------------------------------------ decode step
+
+
+def step_inputs(batch, dim, n, groups, dtype=torch.float32):
+    """One token of :func:`make`'s inputs as step arguments, and a random fp32 state."""
+    inputs = make(batch, 1, dtype, "grouped" if groups else "token", D=dim, N=n, G=groups or 1)
+    step = {k: v[..., 0] if k in ("u", "delta", "z", "B", "C") else v for k, v in inputs.items()}
+    return step, torch.randn(batch, dim, n, device=DEVICE)
+
+
+@pytest.mark.parametrize(
+    "batch,dim,n,groups,dtype",
+    [
+        (3, 10, 5, 2, torch.float32),
+        (2, 7, 16, 0, torch.float32),  # B, C as [B, N]
+        (1, 40, 64, 4, torch.float16),
+    ],
+    ids=str,
+)
+@pytest.mark.parametrize("inject", ["none", "add", "add-scale", "set"])
+def test_step_matches_sequence_reference(batch, dim, n, groups, dtype, inject):
+    step, state = step_inputs(batch, dim, n, groups, dtype)
+    kwargs = {}
+    if inject != "none":
+        kwargs = dict(
+            inject_value=torch.randn(batch, 1, n, device=DEVICE),  # broadcast over D
+            inject_mode=inject.split("-")[0],
+            inject_scale=torch.randn(batch, device=DEVICE) if inject == "add-scale" else None,
+        )
+    oracle = selective_scan_step_reference(state.double(), **as_double(step), **kwargs, emit=True)
+    before = state.clone()
+    out = selective_scan_step_triton(state, **step, **kwargs, emit=True)
+    assert_close(oracle.y, out.y, dtype, "y")
+    assert_close(oracle.state, state, dtype, "state (in place)")
+    assert torch.equal(out.state, state)
+    assert not torch.equal(before, state)
+
+
+def test_step_emit_into_buffer_and_no_emit():
+    step, state = step_inputs(2, 6, 4, 1)
+    buffer = torch.full((2, 6, 4), float("nan"), device=DEVICE)
+    twin = state.clone()
+    out = selective_scan_step_triton(state, **step, emit=buffer)
+    assert out.state is buffer and torch.equal(buffer, state)
+    plain = selective_scan_step_triton(twin, **step)
+    assert plain.state is None
+    assert torch.equal(plain.y, out.y) and torch.equal(twin, state)
+
+
+def test_step_bad_input():
+    step, state = step_inputs(2, 6, 4, 1)
+    with pytest.raises(ValueError, match="not broadcastable to the state"):
+        selective_scan_step_triton(state, **step, inject_value=torch.randn(3, 6, 4))
+    with pytest.raises(ValueError, match="u must have shape"):
+        selective_scan_step_triton(state, **{**step, "u": step["u"][:1]})
+    with pytest.raises(ValueError, match="applies to inject_mode='add' only"):
+        selective_scan_step_triton(
+            state, **step, inject_value=state, inject_mode="set", inject_scale=2.0
+        )

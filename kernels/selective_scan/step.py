@@ -1,0 +1,442 @@
+"""Decode step of the Mamba recurrences (one token, state updated in place), Triton and reference.
+
+One kernel serves Mamba-1 and Mamba-2 (as mamba-ssm's ``selective_state_update`` does): the
+state is seen as ``[B, H, P, N]`` with per-``(h, p)`` ``dt`` and ``A [H, P, N]`` given by strides
+(Mamba-2 broadcasts them over ``P`` and ``N`` with stride 0; Mamba-1's ``D`` channels are
+``H = G`` groups of ``P = D / G``).  One program per (block of ``BLOCK_P`` rows, batch row, head)
+loads its ``[BLOCK_P, N]`` state tile, updates it, stores ``y`` from the post-update state, then
+injects (``HAS_INJECT``: ``S += scale * value`` or ``S = value``), writes the state back and, with
+``HAS_EMIT``, a float32 copy of it.  No autotune: the kernel updates its input in place.
+
+:func:`selective_scan_step` is the public Mamba-1 step (dispatched by device); the SSD step
+(``kernels/ssd/step.py``) launches the same kernel through :func:`launch_state_update`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from .._backend import dispatching
+from .._contract import check_tensor
+from . import _triton
+from ._triton import softplus
+from .reference import selective_scan
+
+
+class StepOutput(NamedTuple):
+    """What a decode step returns.
+
+    Attributes:
+        y: the token's output, in the input dtype (``[B, D]`` or ``[B, H, P]``).
+        state: float32 copy of the post-step state (after any injection) when ``emit`` was
+            asked for, else None.  The state argument itself is updated in place either way.
+    """
+
+    y: torch.Tensor
+    state: torch.Tensor | None
+
+
+@triton.jit
+def _state_update_kernel(
+    state_ptr,  # [B, H, P, N], read and written in place
+    s_b,
+    s_h,
+    s_p,
+    s_n,
+    x_ptr,  # [B, H, P]
+    x_b,
+    x_h,
+    x_p,
+    dt_ptr,  # [B, H, P]
+    dt_b,
+    dt_h,
+    dt_p,
+    A_ptr,  # [H, P, N]
+    a_h,
+    a_p,
+    a_n,
+    B_ptr,  # [B, G, N]
+    b_b,
+    b_g,
+    b_n,
+    C_ptr,  # [B, G, N]
+    c_b,
+    c_g,
+    c_n,
+    D_ptr,  # [H, P]
+    d_h,
+    d_p,
+    bias_ptr,  # [H, P]
+    bias_h,
+    bias_p,
+    z_ptr,  # [B, H, P]
+    z_b,
+    z_h,
+    z_p,
+    y_ptr,  # [B, H, P] contiguous
+    emit_ptr,  # [B, H, P, N] fp32 contiguous
+    inj_v_ptr,  # [B, H, P, N] fp32, strided
+    v_b,
+    v_h,
+    v_p,
+    v_n,
+    inj_scale_ptr,  # [B] fp32
+    sc_b,
+    H,
+    P,
+    N,
+    heads_per_group,
+    dt_low,
+    dt_high,
+    HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    HAS_LIMIT: tl.constexpr,
+    HAS_EMIT: tl.constexpr,
+    HAS_INJECT: tl.constexpr,
+    INJECT_SET: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    pid_p = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    h = tl.program_id(2).to(tl.int64)
+    g = h // heads_per_group
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_p = offs_p < P
+    mask = mask_p[:, None] & (offs_n < N)[None, :]
+
+    x = tl.load(x_ptr + b * x_b + h * x_h + offs_p * x_p, mask=mask_p, other=0.0).to(tl.float32)
+    dt = tl.load(dt_ptr + b * dt_b + h * dt_h + offs_p * dt_p, mask=mask_p, other=0.0)
+    dt = dt.to(tl.float32)
+    if HAS_BIAS:
+        dt += tl.load(bias_ptr + h * bias_h + offs_p * bias_p, mask=mask_p, other=0.0)
+    if SOFTPLUS:
+        dt = softplus(dt)
+    if HAS_LIMIT:
+        dt = tl.minimum(tl.maximum(dt, dt_low), dt_high)
+    a_off = h * a_h + offs_p[:, None] * a_p + offs_n[None, :] * a_n
+    A = tl.load(A_ptr + a_off, mask=mask, other=0.0)
+    Bv = tl.load(B_ptr + b * b_b + g * b_g + offs_n * b_n, mask=offs_n < N, other=0.0)
+    Cv = tl.load(C_ptr + b * c_b + g * c_g + offs_n * c_n, mask=offs_n < N, other=0.0)
+    s_off = b * s_b + h * s_h + offs_p[:, None] * s_p + offs_n[None, :] * s_n
+    state = tl.load(state_ptr + s_off, mask=mask, other=0.0).to(tl.float32)
+
+    state = tl.exp(dt[:, None] * A) * state + (dt * x)[:, None] * Bv.to(tl.float32)[None, :]
+    y = tl.sum(state * Cv.to(tl.float32)[None, :], axis=1)
+    if HAS_D:
+        y += tl.load(D_ptr + h * d_h + offs_p * d_p, mask=mask_p, other=0.0) * x
+    if HAS_Z:
+        z = tl.load(z_ptr + b * z_b + h * z_h + offs_p * z_p, mask=mask_p, other=0.0)
+        z = z.to(tl.float32)
+        y *= z * tl.sigmoid(z)
+    tl.store(y_ptr + (b * H + h) * P + offs_p, y.to(y_ptr.dtype.element_ty), mask=mask_p)
+
+    if HAS_INJECT:
+        v_off = b * v_b + h * v_h + offs_p[:, None] * v_p + offs_n[None, :] * v_n
+        value = tl.load(inj_v_ptr + v_off, mask=mask, other=0.0)
+        if INJECT_SET:
+            state = value
+        elif HAS_SCALE:
+            state += tl.load(inj_scale_ptr + b * sc_b) * value
+        else:
+            state += value
+    kept = state.to(state_ptr.dtype.element_ty)
+    tl.store(state_ptr + s_off, kept, mask=mask)
+    if HAS_EMIT:
+        e_off = ((b * H + h) * P + offs_p[:, None]) * N + offs_n[None, :]
+        tl.store(emit_ptr + e_off, kept.to(tl.float32), mask=mask)
+
+
+def block_sizes(
+    head_dim: int, state_size: int, interpreter: bool = _triton.INTERPRETING
+) -> tuple[int, int, int]:
+    """``(BLOCK_P, BLOCK_N, num_warps)``: about 1024 state elements per program (8 per thread)
+    on a GPU, the whole head under the interpreter."""
+    block_n = triton.next_power_of_2(state_size)
+    per_program = 1 << 16 if interpreter else 1024
+    block_p = max(1, min(triton.next_power_of_2(head_dim), per_program // block_n))
+    return block_p, block_n, 4
+
+
+def check_step_injection(inject_value, inject_mode, inject_scale, state: torch.Tensor):
+    """Validate a step's injection: ``inject_value`` broadcastable to the state ``[B, *S]``,
+    ``inject_mode`` "add"/"set", ``inject_scale`` a float or ``[B]`` (add only).
+
+    Returns ``(value, scale)`` as float32 views ``[B, *S]`` and ``[B]`` (scale None if absent).
+    """
+    if inject_mode not in ("add", "set"):
+        raise ValueError(f"inject_mode must be 'add' or 'set', got {inject_mode!r}")
+    if inject_value is None:
+        if inject_scale is not None:
+            raise ValueError("inject_scale was given without inject_value")
+        return None, None
+    batch = state.shape[0]
+    if not isinstance(inject_value, torch.Tensor) or not inject_value.is_floating_point():
+        raise TypeError(
+            f"inject_value must be a floating-point tensor broadcastable to the state "
+            f"{list(state.shape)}, got {getattr(inject_value, 'dtype', type(inject_value))}"
+        )
+    try:
+        value = torch.broadcast_to(inject_value, state.shape).to(torch.float32)
+    except RuntimeError:
+        raise ValueError(
+            f"inject_value of shape {list(inject_value.shape)} is not broadcastable to the state "
+            f"{list(state.shape)}"
+        ) from None
+    if inject_scale is None:
+        return value, None
+    if inject_mode == "set":
+        raise ValueError("inject_scale applies to inject_mode='add' only")
+    if isinstance(inject_scale, (int, float)):
+        inject_scale = torch.tensor(float(inject_scale), device=state.device)
+    if not isinstance(inject_scale, torch.Tensor) or inject_scale.dim() > 1:
+        raise TypeError(f"inject_scale must be a float or a [B={batch}] tensor")
+    try:
+        scale = torch.broadcast_to(inject_scale, (batch,)).to(torch.float32)
+    except RuntimeError:
+        raise ValueError(
+            f"inject_scale must be a float or a [B={batch}] tensor, got {list(inject_scale.shape)}"
+        ) from None
+    return value, scale
+
+
+def emit_buffer(emit, state: torch.Tensor) -> torch.Tensor | None:
+    """The float32 ``[B, *S]`` buffer the emitted state goes to (``emit`` True, or a buffer)."""
+    if emit is False or emit is None:
+        return None
+    if emit is True:
+        return _triton.empty(tuple(state.shape), torch.float32, state.device)
+    check_tensor("emit", emit, tuple(state.shape), ("B", *("S",) * (state.dim() - 1)))
+    if emit.dtype != torch.float32 or not emit.is_contiguous() or emit.device != state.device:
+        raise ValueError("emit buffer must be a contiguous float32 tensor on the state's device")
+    return emit
+
+
+def launch_state_update(
+    state4, x3, dt3, A3, B3, C3, D2, z3, bias2, dt_softplus, dt_limit, value4, scale1, set_, emit4
+) -> torch.Tensor:
+    """Launch the step kernel on the generic views (state ``[B, H, P, N]``, ``x/dt/z [B, H, P]``,
+    ``A [H, P, N]``, ``B/C [B, G, N]``, ``D/bias [H, P]``, value ``[B, H, P, N]``, scale ``[B]``,
+    emit ``[B, H, P, N]``); returns ``y [B, H, P]`` contiguous in ``x``'s dtype."""
+    batch, heads, head_dim, n = state4.shape
+    y = _triton.empty((batch, heads, head_dim), x3.dtype, x3.device)
+    spare = _triton.dummy(x3.device)
+    block_p, block_n, warps = block_sizes(head_dim, n)
+    limited = tuple(dt_limit) != (0.0, math.inf)
+
+    def strides(t, rank):
+        return t.stride() if t is not None else (0,) * rank
+
+    grid = (triton.cdiv(head_dim, block_p), batch, heads)
+    _state_update_kernel[grid](
+        state4,
+        *state4.stride(),
+        x3,
+        *x3.stride(),
+        dt3,
+        *dt3.stride(),
+        A3,
+        *A3.stride(),
+        B3,
+        *B3.stride(),
+        C3,
+        *C3.stride(),
+        spare if D2 is None else D2,
+        *strides(D2, 2),
+        spare if bias2 is None else bias2,
+        *strides(bias2, 2),
+        spare if z3 is None else z3,
+        *strides(z3, 3),
+        y,
+        spare if emit4 is None else emit4,
+        spare if value4 is None else value4,
+        *strides(value4, 4),
+        spare if scale1 is None else scale1,
+        *strides(scale1, 1),
+        heads,
+        head_dim,
+        n,
+        heads // B3.shape[1],
+        float(dt_limit[0]),
+        float(min(dt_limit[1], 3.0e38)),
+        HAS_D=D2 is not None,
+        HAS_Z=z3 is not None,
+        HAS_BIAS=bias2 is not None,
+        SOFTPLUS=bool(dt_softplus),
+        HAS_LIMIT=limited,
+        HAS_EMIT=emit4 is not None,
+        HAS_INJECT=value4 is not None,
+        INJECT_SET=value4 is not None and set_,
+        HAS_SCALE=scale1 is not None,
+        BLOCK_P=block_p,
+        BLOCK_N=block_n,
+        num_warps=warps,
+        num_stages=1,
+    )
+    return y
+
+
+def _check_step(state, u, delta, A, B, C, D, z, delta_bias):
+    check_tensor("state", state, (None, None, None), ("B", "D", "N"))
+    batch, dim, n = state.shape
+    device = state.device
+    check_tensor("u", u, (batch, dim), ("B", "D"), device=device)
+    check_tensor("delta", delta, (batch, dim), ("B", "D"), device=device)
+    check_tensor("A", A, (dim, n), ("D", "N"), device=device)
+    for name, value in (("B", B), ("C", C)):
+        if isinstance(value, torch.Tensor) and value.dim() == 2:
+            check_tensor(name, value, (batch, n), ("B", "N"), device=device)
+        else:
+            check_tensor(name, value, (batch, None, n), ("B", "G", "N"), device=device)
+            if dim % value.shape[1]:
+                raise ValueError(f"{name} has G={value.shape[1]} groups, which must divide D={dim}")
+    for name, value, shape in (("D", D, (dim,)), ("delta_bias", delta_bias, (dim,))):
+        if value is not None:
+            check_tensor(name, value, shape, ("D",), device=device)
+    if z is not None:
+        check_tensor("z", z, (batch, dim), ("B", "D"), device=device)
+
+
+def selective_scan_step_triton(
+    state: torch.Tensor,
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    *,
+    inject_value: torch.Tensor | None = None,
+    inject_mode: str = "add",
+    inject_scale: torch.Tensor | float | None = None,
+    emit: bool | torch.Tensor = False,
+) -> StepOutput:
+    """Mamba-1 decode step in Triton; same arguments and result as :func:`selective_scan_step`."""
+    _check_step(state, u, delta, A, B, C, D, z, delta_bias)
+    value, scale = check_step_injection(inject_value, inject_mode, inject_scale, state)
+    _triton.check_launchable(state.device, "selective_scan_step")
+    batch, dim, n = state.shape
+    B = B if B.dim() == 3 else B[:, None]
+    C = C if C.dim() == 3 else C[:, None]
+    groups = math.lcm(B.shape[1], C.shape[1])
+    B = B.repeat_interleave(groups // B.shape[1], 1) if B.shape[1] != groups else B
+    C = C.repeat_interleave(groups // C.shape[1], 1) if C.shape[1] != groups else C
+    heads, rows = groups, dim // groups  # channel d = head d // rows, row d % rows
+
+    def split(t, axis):  # [.., D, ..] -> [.., G, D/G, ..] without a copy
+        return None if t is None else t.unflatten(axis, (heads, rows))
+
+    out = emit_buffer(emit, state)
+    f32 = torch.float32
+    y = launch_state_update(
+        state.view(batch, heads, rows, n),
+        split(u, 1),
+        split(delta, 1),
+        split(A.to(f32), 0),
+        B,
+        C,
+        split(None if D is None else D.to(f32), 0),
+        split(z, 1),
+        split(None if delta_bias is None else delta_bias.to(f32), 0),
+        delta_softplus,
+        (0.0, math.inf),
+        split(value, 1),
+        scale,
+        inject_mode == "set",
+        None if out is None else out.view(batch, heads, rows, n),
+    )
+    return StepOutput(y.view(batch, dim), out)
+
+
+def selective_scan_step_reference(
+    state: torch.Tensor,
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    *,
+    inject_value: torch.Tensor | None = None,
+    inject_mode: str = "add",
+    inject_scale: torch.Tensor | float | None = None,
+    emit: bool | torch.Tensor = False,
+) -> StepOutput:
+    """Mamba-1 decode step: one token, ``state`` updated in place (mamba-ssm's
+    ``selective_state_update`` plus the state contract).
+
+    It is the sequence op :func:`selective_scan` with ``L = 1`` and ``initial_state=state``: the
+    state is updated, ``y`` is read from the updated state, then the injection (if any) changes
+    the state, which is written back into ``state`` and, with ``emit``, returned.
+
+    Args:
+        state: ``[B, D, N]`` (float32; float16/bfloat16 are rounded on every write), in place.
+        u, delta: ``[B, D]``; A: ``[D, N]``; B, C: ``[B, N]`` or grouped ``[B, G, N]``.
+        D: ``[D]``; z: ``[B, D]``; delta_bias: ``[D]``; delta_softplus: False.
+        inject_value: broadcastable to ``[B, D, N]``, applied after ``y`` (None: no injection).
+        inject_mode: ``"add"`` (``S += scale * value``) or ``"set"`` (``S = value``).
+        inject_scale: float or ``[B]`` (add only; None means 1).
+        emit: True returns a float32 copy of the new state; a contiguous float32 ``[B, D, N]``
+            tensor receives it instead (and is returned).
+
+    Returns:
+        ``StepOutput(y [B, D] in u.dtype, state [B, D, N] float32 or None)``.
+
+    Example:
+        >>> state = torch.zeros(2, 8, 4)
+        >>> u, delta, A = torch.randn(2, 8), torch.rand(2, 8), -torch.rand(8, 4)
+        >>> B, C = torch.randn(2, 4), torch.randn(2, 4)
+        >>> out = selective_scan_step(state, u, delta, A, B, C, emit=True)
+        >>> out.y.shape, torch.equal(out.state, state)
+        (torch.Size([2, 8]), True)
+    """
+    _check_step(state, u, delta, A, B, C, D, z, delta_bias)
+    value, scale = check_step_injection(inject_value, inject_mode, inject_scale, state)
+    inject = {}
+    if value is not None:
+        inject = dict(
+            inject_at=torch.zeros(state.shape[0], 1, dtype=torch.long, device=state.device),
+            inject_value=value[:, None],
+            inject_mode=inject_mode,
+            inject_scale=None if scale is None else scale[:, None],
+        )
+    out = selective_scan(
+        u[..., None],
+        delta[..., None],
+        A,
+        B[..., None],
+        C[..., None],
+        D,
+        None if z is None else z[..., None],
+        delta_bias,
+        delta_softplus,
+        initial_state=state,
+        output_final_state=True,
+        **inject,
+    )
+    state.copy_(out.final_state)
+    target = emit_buffer(emit, state)
+    if target is not None:
+        target.copy_(state)
+    return StepOutput(out.y[..., 0], target)
+
+
+selective_scan_step = dispatching(
+    "selective_scan_step",
+    {"torch": selective_scan_step_reference, "triton": selective_scan_step_triton},
+)
