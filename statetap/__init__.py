@@ -9,6 +9,7 @@ See ``docs/semantics.md`` for the state contract.
 
 __version__ = "0.1.0"
 
+from statetap.state import RecurrentState
 from statetap.tap import Emit, Inject, Tap, TapResult, attach
 
-__all__ = ["Emit", "Inject", "Tap", "TapResult", "__version__", "attach"]
+__all__ = ["Emit", "Inject", "RecurrentState", "Tap", "TapResult", "__version__", "attach"]

@@ -95,6 +95,7 @@ class Pass:
     results: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
     layer: int | None = None  # the layer whose mixer is running
     cache: object = None  # the model's cache object during the pass, if any
+    layer_state: object = None  # the running layer's recurrent state before the pass (adapter's)
 
     def at(self, site: str, layer: int | None = None) -> SiteOps | None:
         """The work at ``site`` of ``layer`` (default: the running layer), or None."""

@@ -30,6 +30,7 @@ from torch import nn
 from statetap.adapters import Adapter, adapter_for
 from statetap.plan import Injection, Pass, SiteOps
 from statetap.positions import PositionSpec, resolve_positions
+from statetap.state import RecurrentState
 
 STATE_GROUP = "state"  # every recurrent-state component of the architecture
 
@@ -83,6 +84,7 @@ class TapResult:
     logits: torch.Tensor
     activations: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
     output: object = None
+    state: RecurrentState | None = None  # after the last token, with ``keep_state=True``
 
     def __getitem__(self, key: tuple[str, int]) -> torch.Tensor:
         if key not in self.activations:
@@ -113,23 +115,42 @@ class Tap:
         attention_mask: torch.Tensor | None = None,
         emit: Sequence[Emit] = (),
         inject: Sequence[Inject] = (),
+        state: RecurrentState | None = None,
+        keep_state: bool = False,
         **model_kwargs,
     ) -> TapResult:
         """One forward pass of ``input_ids`` ``[B, L]`` with the given emissions and injections.
 
-        The pass starts from the empty state.  ``model_kwargs`` go to the model (for example
-        ``use_cache=True`` to get its cache back in ``result.output``).
+        Args:
+            input_ids, attention_mask: the batch; positions count each row's real tokens.
+            emit, inject: :class:`Emit` / :class:`Inject` requests.
+            state: continue from this snapshot (it is not modified: the pass runs on a copy);
+                positions then count the new tokens.  Default: the empty state.
+            keep_state: return the state after the last token as ``result.state`` (every
+                row's last token must be real: pad on the left).
+            model_kwargs: passed to the model.
         """
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
             raise ValueError(
                 f"input_ids must be a [B, L] tensor, got {getattr(input_ids, 'shape', input_ids)!r}"
             )
         batch, length = input_ids.shape
+        self.adapter.check_run(batch, length, continues=state is not None)
         pass_ = Pass(batch=batch, length=length)
         for request in emit:
             self._plan_emission(pass_, request, attention_mask)
         for request in inject:
             self._plan_injection(pass_, request, attention_mask)
+        if state is not None:
+            if not isinstance(state, RecurrentState) or state.adapter.model is not self.model:
+                raise TypeError("state must be a RecurrentState taken from this model's Tap")
+            if state.batch != batch:
+                raise ValueError(f"state has {state.batch} rows but input_ids has {batch}")
+            model_kwargs |= self.adapter.cache_kwargs(state.clone().cache)
+        elif keep_state:
+            model_kwargs["use_cache"] = True
+        if keep_state and attention_mask is not None and not bool(attention_mask[:, -1].all()):
+            raise ValueError("keep_state needs every row's last token to be real: pad on the left")
         with self.adapter.instrument(pass_):
             output = self.model(input_ids, attention_mask=attention_mask, **model_kwargs)
         missing = [
@@ -141,7 +162,11 @@ class Tap:
             raise RuntimeError(
                 f"the model never reached {missing} during the pass; nothing was emitted there"
             )
-        return TapResult(logits=output.logits, activations=pass_.results, output=output)
+        result = TapResult(logits=output.logits, activations=pass_.results, output=output)
+        if keep_state:
+            cache = self.adapter.output_cache(output)
+            result.state = RecurrentState(self.adapter, cache, output.logits[:, -1])
+        return result
 
     # ------------------------------------------------------------------ planning
     def _check_site(self, site: str, allow_group: bool) -> None:

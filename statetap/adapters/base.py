@@ -112,8 +112,23 @@ class Adapter:
         """The cache object in what the model's forward returned (None without one)."""
         raise NotImplementedError
 
+    def check_run(self, batch: int, length: int, continues: bool) -> None:
+        """Refuse a pass the model itself would get wrong (``continues``: from a state)."""
+
+    def cache_kwargs(self, cache: object) -> dict:
+        """Keyword arguments that make the model's forward continue from ``cache``."""
+        raise NotImplementedError
+
+    def select_rows(self, cache: object, rows: torch.Tensor) -> object:
+        """A new cache holding rows ``rows`` ``[B']`` of ``cache`` (``cache`` is untouched)."""
+        raise NotImplementedError
+
     def cached_state(self, cache: object, site: str, layer: int) -> torch.Tensor:
         """``site`` of ``layer`` as the model's own cache holds it, ``[B, *shape]``."""
+        raise NotImplementedError
+
+    def write_state(self, cache: object, site: str, layer: int, value: torch.Tensor) -> None:
+        """Overwrite ``site`` of ``layer`` in ``cache`` with ``value`` ``[B, *shape]``."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ one pass
@@ -144,11 +159,13 @@ class Adapter:
         """Route the recurrence (and the side states) through statetap for ``pass_``."""
         raise NotImplementedError
 
-    @staticmethod
-    def _enter_layer(pass_: Pass, layer: int):
+    def enter_layer(self, pass_: Pass, layer: int, kwargs: dict) -> None:
+        """Called as ``layer``'s mixer starts, with the mixer's keyword arguments."""
+        pass_.layer = layer
+
+    def _enter_layer(self, pass_: Pass, layer: int):
         def hook(module, args, kwargs):
-            pass_.layer = layer
-            pass_.cache = kwargs.get("cache_params", pass_.cache)
+            self.enter_layer(pass_, layer, kwargs)
             return None
 
         return hook

@@ -20,55 +20,78 @@ from statetap.plan import Pass
 def conv_with_window_ops(
     pass_: Pass, original: Callable, write_cache: Callable[[int, torch.Tensor], None]
 ) -> Callable:
-    """A drop-in for transformers' ``causal_conv1d_fn`` that carries out the pass's ``"conv"``
-    work for the running layer, calling ``original`` for the convolution itself.
+    """A drop-in for transformers' ``causal_conv1d_fn`` (prefill) that carries out the pass's
+    ``"conv"`` work for the running layer, calling ``original`` for the convolution itself.
 
     ``write_cache(layer, window)`` stores the final ``[B, C, K]`` window in the model's cache
     when an injection changed it.
     """
 
     def conv(hidden_states, weight, bias=None, activation=None, **kwargs):
-        ops = pass_.at("conv")
-        if ops is None:
+        if pass_.at("conv") is None:
             return original(hidden_states, weight, bias=bias, activation=activation, **kwargs)
-        width = weight.shape[-1]
-        # The input may carry padding or a previous window before this pass's tokens.
-        first = hidden_states.shape[-1] - pass_.length
-        padded = torch.nn.functional.pad(hidden_states, (width, 0))  # index i -> i + width
-        out = original(hidden_states, weight, bias=bias, activation=activation, **kwargs)
-        injection = ops.injection
-        times = set() if ops.emit_at is None else set(ops.emit_at.unique().tolist())
-        if injection is not None:
-            times |= set(injection.positions.unique().tolist())
-        windows = None
-        if ops.emit_at is not None:
-            windows = padded.new_zeros(
-                *ops.emit_at.shape, padded.shape[1], width, dtype=torch.float32
-            )
-        rows = torch.arange(padded.shape[0], device=padded.device)
-        for t in sorted(times):
-            end = first + t + width  # padded index of token t
-            if injection is not None:
-                hit = injection.positions == t  # [B, Q]
-                if bool(hit.any()):
-                    _inject_window(padded, hit, injection, end, width)
-                    out = _recompute(
-                        original, padded, out, hit.any(1), end, width, weight, bias, activation
-                    )
-            if windows is not None:
-                wanted = ops.emit_at == t  # [B, P]
-                if bool(wanted.any()):
-                    window = padded[:, :, end - width + 1 : end + 1]  # [B, C, K]
-                    windows[wanted] = window[rows[:, None].expand_as(wanted)[wanted]].to(
-                        windows.dtype
-                    )
-        if windows is not None:
-            pass_.store("conv", pass_.layer, windows)
-        if injection is not None:
-            write_cache(pass_.layer, padded[:, :, -width:])
+        out, window = _window_pass(pass_, original, hidden_states, weight, bias, activation)
+        if pass_.at("conv").injection is not None:
+            write_cache(pass_.layer, window)
         return out
 
     return conv
+
+
+def conv_update_with_window_ops(
+    pass_: Pass, original_update: Callable, original: Callable
+) -> Callable:
+    """A drop-in for transformers' ``causal_conv1d_update`` (decode: ``x`` ``[B, C, L]`` after
+    the window ``conv_state`` ``[B, C, K]``, updated in place) with the pass's ``"conv"`` work;
+    ``original`` is the prefill convolution it reuses."""
+
+    def update(hidden_states, conv_state, weight, bias=None, activation=None, **kwargs):
+        if pass_.at("conv") is None:
+            return original_update(
+                hidden_states, conv_state, weight, bias=bias, activation=activation
+            )
+        full = torch.cat([conv_state, hidden_states.to(conv_state.dtype)], dim=-1)
+        out, window = _window_pass(pass_, original, full, weight, bias, activation)
+        conv_state.copy_(window)
+        return out[..., -hidden_states.shape[-1] :].to(hidden_states.dtype)
+
+    return update
+
+
+def _window_pass(pass_: Pass, original, hidden_states, weight, bias, activation):
+    """Convolve ``hidden_states`` ``[B, C, L']`` (this pass's tokens last) with the running
+    layer's window emissions and injections.  Returns the output and the final window."""
+    ops = pass_.at("conv")
+    width = weight.shape[-1]
+    # The input may carry padding or a previous window before this pass's tokens.
+    first = hidden_states.shape[-1] - pass_.length
+    padded = torch.nn.functional.pad(hidden_states, (width, 0))  # index i -> i + width
+    out = original(hidden_states, weight, bias=bias, activation=activation)
+    injection = ops.injection
+    times = set() if ops.emit_at is None else set(ops.emit_at.unique().tolist())
+    if injection is not None:
+        times |= set(injection.positions.unique().tolist())
+    windows = None
+    if ops.emit_at is not None:
+        windows = padded.new_zeros(*ops.emit_at.shape, padded.shape[1], width, dtype=torch.float32)
+    rows = torch.arange(padded.shape[0], device=padded.device)
+    for t in sorted(times):
+        end = first + t + width  # padded index of token t
+        if injection is not None:
+            hit = injection.positions == t  # [B, Q]
+            if bool(hit.any()):
+                _inject_window(padded, hit, injection, end, width)
+                out = _recompute(
+                    original, padded, out, hit.any(1), end, width, weight, bias, activation
+                )
+        if windows is not None:
+            wanted = ops.emit_at == t  # [B, P]
+            if bool(wanted.any()):
+                window = padded[:, :, end - width + 1 : end + 1]  # [B, C, K]
+                windows[wanted] = window[rows[:, None].expand_as(wanted)[wanted]].to(windows.dtype)
+    if windows is not None:
+        pass_.store("conv", pass_.layer, windows)
+    return out, padded[:, :, -width:]
 
 
 def _inject_window(padded, hit, injection, end, width) -> None:

@@ -14,20 +14,22 @@ State sites: ``"ssm"`` (Mamba ``[D, N]``, Mamba-2 ``[H, P, N]``, float32) and ``
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
 
 import torch
 
 from statetap import kernels
 from statetap.adapters.base import Adapter, patched
-from statetap.adapters.conv import conv_with_window_ops
+from statetap.adapters.conv import conv_update_with_window_ops, conv_with_window_ops
 from statetap.plan import Pass
 
 
 class _MambaFamily(Adapter):
     state_sites = ("ssm", "conv")
     modeling_module: str = ""  # the transformers module whose functions the mixers call
-    scan_name: str = ""  # the scan function's name in that module
+    scan_name: str = ""  # its prefill scan
+    step_name: str = ""  # its one-token state update (decode)
 
     @property
     def blocks(self):
@@ -54,6 +56,19 @@ class _MambaFamily(Adapter):
     def output_cache(self, output):
         return output.cache_params
 
+    def cache_kwargs(self, cache) -> dict:
+        return {"cache_params": cache, "use_cache": True}
+
+    def select_rows(self, cache, rows: torch.Tensor):
+        for layer in cache.layers:  # deepcopy refuses tensors with autograd history
+            for states in (layer.conv_states, layer.recurrent_states):  # {state index: tensor}
+                for key, tensor in states.items():
+                    if isinstance(tensor, torch.Tensor):
+                        states[key] = tensor.detach()
+        selected = copy.deepcopy(cache)
+        selected.reorder_cache(rows)
+        return selected
+
     def cached_state(self, cache, site: str, layer: int) -> torch.Tensor:
         if site == "conv":
             return cache.layers[layer].conv_states[0]
@@ -61,16 +76,37 @@ class _MambaFamily(Adapter):
             return cache.layers[layer].recurrent_states[0]
         raise ValueError(f"{type(self.model).__name__} has no state site {site!r}")
 
+    def write_state(self, cache, site: str, layer: int, value: torch.Tensor) -> None:
+        state = self.cached_state(cache, site, layer)
+        state.copy_(value.to(state.dtype))
+
+    def enter_layer(self, pass_: Pass, layer: int, kwargs: dict) -> None:
+        super().enter_layer(pass_, layer, kwargs)
+        cache = pass_.cache = kwargs.get("cache_params")
+        # The state before this pass, read before the mixer updates the cache.
+        pass_.layer_state = None if cache is None else cache.get_recurrent_state(layer, state_idx=0)
+
     def instrument_state(self, pass_: Pass, stack: contextlib.ExitStack) -> None:
         module = importlib.import_module(self.modeling_module)
 
         def write_conv_cache(layer: int, window: torch.Tensor) -> None:
             if pass_.cache is not None:
-                self.cached_state(pass_.cache, "conv", layer).copy_(window)
+                self.write_state(pass_.cache, "conv", layer, window)
 
-        conv = conv_with_window_ops(pass_, module.causal_conv1d_fn, write_conv_cache)
-        stack.enter_context(patched(module, "causal_conv1d_fn", conv))
-        stack.enter_context(patched(module, self.scan_name, self.scan(pass_)))
+        conv = module.causal_conv1d_fn
+        replacements = {
+            "causal_conv1d_fn": conv_with_window_ops(pass_, conv, write_conv_cache),
+            "causal_conv1d_update": conv_update_with_window_ops(
+                pass_, module.causal_conv1d_update, conv
+            ),
+            self.scan_name: self.scan(pass_),
+            self.step_name: self.step(pass_),
+        }
+        for name, replacement in replacements.items():
+            stack.enter_context(patched(module, name, replacement))
+
+    def step(self, pass_: Pass):
+        raise NotImplementedError
 
     def scan(self, pass_: Pass):
         raise NotImplementedError
@@ -93,6 +129,7 @@ class MambaAdapter(_MambaFamily):
     model_classes = ("MambaForCausalLM",)
     modeling_module = "transformers.models.mamba.modeling_mamba"
     scan_name = "mamba_selective_scan"
+    step_name = "mamba_selective_state_update"
 
     def ssm_shape(self, mixer) -> tuple[int, ...]:
         return (mixer.intermediate_size, mixer.ssm_state_size)
@@ -111,6 +148,9 @@ class MambaAdapter(_MambaFamily):
             return_last_state=False,
             **_,
         ):
+            # transformers' own scan has no initial state: it starts every prefill from zero,
+            # even after a cache. statetap continues from the cached state.
+            initial = pass_.layer_state
             out = kernels.selective_scan(
                 hidden_states,
                 dt,
@@ -122,12 +162,37 @@ class MambaAdapter(_MambaFamily):
                 delta_bias=delta_bias,
                 delta_softplus=delta_softplus,
                 output_final_state=return_last_state,
+                initial_state=None if initial is None else initial.float(),
                 **self._instrumentation(pass_),
             )
             self._store(pass_, out)
             return (out.y, out.final_state) if return_last_state else out.y
 
         return selective_scan
+
+    def step(self, pass_: Pass):
+        def state_update(
+            state, hidden_states, dt, A, B, C, D=None, dt_bias=None, dt_softplus=False, z=None, **_
+        ):
+            out = kernels.selective_scan(
+                hidden_states[..., None],
+                dt[..., None],
+                A,
+                B[..., None],
+                C[..., None],
+                D=D,
+                z=None if z is None else z[..., None],
+                delta_bias=dt_bias,
+                delta_softplus=dt_softplus,
+                initial_state=state.float(),
+                output_final_state=True,
+                **self._instrumentation(pass_),
+            )
+            self._store(pass_, out)
+            state.copy_(out.final_state.to(state.dtype))
+            return out.y[..., 0].to(hidden_states.dtype)
+
+        return state_update
 
 
 class FalconMambaAdapter(MambaAdapter):
@@ -143,6 +208,7 @@ class Mamba2Adapter(_MambaFamily):
     model_classes = ("Mamba2ForCausalLM",)
     modeling_module = "transformers.models.mamba2.modeling_mamba2"
     scan_name = "mamba2_chunk_scan"
+    step_name = "mamba2_selective_state_update"
 
     def ssm_shape(self, mixer) -> tuple[int, ...]:
         return (mixer.num_heads, mixer.head_dim, mixer.ssm_state_size)
@@ -184,3 +250,29 @@ class Mamba2Adapter(_MambaFamily):
             return (out.y, out.final_state) if return_final_states else out.y
 
         return chunk_scan
+
+    def step(self, pass_: Pass):
+        def state_update(
+            state, hidden_states, dt, A, B, C, D=None, dt_bias=None, dt_softplus=False, z=None, **_
+        ):
+            # transformers expands the per-head A, dt, dt_bias and D over the head dimension.
+            out = kernels.ssd(
+                hidden_states[:, None],
+                dt[:, None, :, 0],
+                A[:, 0, 0],
+                B[:, None],
+                C[:, None],
+                1,
+                D=D,
+                z=None if z is None else z[:, None],
+                dt_bias=None if dt_bias is None else dt_bias[:, 0],
+                dt_softplus=dt_softplus,
+                initial_state=state.float(),
+                output_final_state=True,
+                **self._instrumentation(pass_),
+            )
+            self._store(pass_, out)
+            state.copy_(out.final_state.to(state.dtype))
+            return out.y[:, 0].to(hidden_states.dtype)
+
+        return state_update

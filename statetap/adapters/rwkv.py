@@ -60,6 +60,30 @@ class RwkvAdapter(Adapter):
     def output_cache(self, output):
         return output.state
 
+    def check_run(self, batch: int, length: int, continues: bool) -> None:
+        if continues and length == 1 and batch > 1:
+            # RwkvSelfAttention reads the [B, C] token-shift state against [B, 1, C] inputs
+            # and broadcasts to [B, B, C]: wrong logits, silently.
+            raise ValueError(
+                "transformers' RWKV gets one-token steps from a state wrong when B > 1 (its token "
+                "shift broadcasts across rows); continue with two or more tokens, or one row"
+            )
+
+    def cache_kwargs(self, cache) -> dict:
+        return {"state": cache, "use_cache": True}
+
+    def select_rows(self, cache, rows: torch.Tensor):
+        return [part.index_select(0, rows.to(part.device)) for part in cache]
+
+    def write_state(self, cache, site: str, layer: int, value: torch.Tensor) -> None:
+        if site == "wkv":
+            for index, part in zip((2, 3, 4), value.unbind(1)):
+                cache[index][:, :, layer] = part.to(cache[index].dtype)
+        elif site in _CACHE_INDEX:
+            cache[_CACHE_INDEX[site]][:, :, layer] = value.to(cache[_CACHE_INDEX[site]].dtype)
+        else:
+            raise ValueError(f"RwkvForCausalLM has no state site {site!r}")
+
     def cached_state(self, cache, site: str, layer: int) -> torch.Tensor:
         if site == "wkv":
             return torch.stack([cache[i][:, :, layer] for i in (2, 3, 4)], dim=1)
