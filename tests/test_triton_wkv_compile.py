@@ -4,6 +4,8 @@ register spills.  One child compile for the whole module; ``-s`` prints the reso
 from __future__ import annotations
 
 from statetap.kernels import _aot
+from statetap.kernels.wkv4.fused_recurrent import BLOCK_C, wkv4_recurrent_kernel
+from statetap.kernels.wkv4.reference import EMPTY_MAX
 from statetap.kernels.wkv6.chunk import (
     CHUNK,
     PRECISION,
@@ -12,6 +14,7 @@ from statetap.kernels.wkv6.chunk import (
     wkv6_chunk_kernel,
 )
 from statetap.kernels.wkv6.fused_recurrent import recurrent_blocks, wkv6_recurrent_kernel
+from statetap.kernels.wkv7.fused_recurrent import wkv7_recurrent_kernel
 
 INSTRUMENT_POINTERS = ("s0_ptr", "sT_ptr", "states_ptr", "inj_v_ptr", "inj_scale_ptr")
 SCHEDULES = ("emit_t_ptr", "emit_s_ptr", "inj_t_ptr", "inj_s_ptr")
@@ -56,8 +59,34 @@ def wkv6_specs():
     return specs
 
 
+WKV7_SIG = dict(
+    inputs=("r_ptr", "w_ptr", "k_ptr", "v_ptr", "a_ptr", "b_ptr", "y_ptr"),
+    ints=("L", "H", "K", "V", "P", "Q", *VALUE_STRIDES),
+)
+WKV4_SIG = dict(
+    inputs=("w_ptr", "u_ptr", "k_ptr", "v_ptr", "y_ptr"),
+    ints=("L", "C", "P", "Q", "iv_sb", "iv_sq", "iv_sr", "iv_sc"),
+)
+
+
+def wkv7_wkv4_specs():
+    """RWKV-7 recurrent at K = 64 and 128; RWKV-4: plain, add (fp32), set (bf16)."""
+    specs = []
+    for flags, dtype in ((PLAIN, "fp32"), (ADD, "fp32"), (SET, "bf16")):
+        sig = signature(dtype=dtype, **WKV7_SIG)
+        for key_dim in (64, 128):
+            bk, bv, warps = recurrent_blocks(key_dim, key_dim)
+            constexprs = dict(flags, BK=bk, BV=bv)
+            specs.append(_aot.KernelSpec(wkv7_recurrent_kernel, sig, constexprs, num_warps=warps))
+        sig = signature(dtype=dtype, **WKV4_SIG)
+        sig.pop("scale")
+        constexprs = dict(flags, BC=BLOCK_C, EMPTY=EMPTY_MAX)
+        specs.append(_aot.KernelSpec(wkv4_recurrent_kernel, sig, constexprs, num_warps=4))
+    return specs
+
+
 def test_rwkv_kernels_compile_without_spills():
-    specs = wkv6_specs()
+    specs = wkv6_specs() + wkv7_wkv4_specs()
     stats = _aot.compile_specs(specs, targets=(80, 90))
     print("\n" + _aot.format_table(stats))
     assert len(stats) == 2 * len(specs)

@@ -1,8 +1,22 @@
-"""``wkv4``: the public op, dispatched by device (see ``reference.py`` for the definition)."""
+"""``wkv4``: the public op, dispatched by device (see ``reference.py`` for the definition).
+
+``triton`` (CUDA tensors): :func:`~.fused_recurrent.wkv4_triton`; ``wkv4_step`` is the
+one-token decode step (state in place).
+"""
 
 from .._backend import dispatching
+from .fused_recurrent import wkv4_triton
 from .reference import wkv4 as wkv4_reference
+from .step import wkv4_step_reference, wkv4_step_triton
 
-wkv4 = dispatching("wkv4", {"torch": wkv4_reference})
+wkv4 = dispatching("wkv4", {"torch": wkv4_reference, "triton": wkv4_triton})
+wkv4_step = dispatching("wkv4_step", {"torch": wkv4_step_reference, "triton": wkv4_step_triton})
 
-__all__ = ["wkv4", "wkv4_reference"]
+__all__ = [
+    "wkv4",
+    "wkv4_reference",
+    "wkv4_step",
+    "wkv4_step_reference",
+    "wkv4_step_triton",
+    "wkv4_triton",
+]

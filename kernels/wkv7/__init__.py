@@ -1,8 +1,23 @@
-"""``wkv7``: the public op, dispatched by device (see ``reference.py`` for the definitions)."""
+"""``wkv7``: the public op, dispatched by device (see ``reference.py`` for the definitions).
+
+``triton`` (CUDA tensors): :func:`~.fused_recurrent.wkv7_triton` (recurrent; no chunked RWKV-7
+kernel yet); ``wkv7_step`` is the one-token decode step (state in place).
+"""
 
 from .._backend import dispatching
+from .fused_recurrent import wkv7_triton
 from .reference import wkv7_chunked, wkv7_sequential
+from .step import wkv7_step_reference, wkv7_step_triton
 
-wkv7 = dispatching("wkv7", {"torch": wkv7_chunked})
+wkv7 = dispatching("wkv7", {"torch": wkv7_chunked, "triton": wkv7_triton})
+wkv7_step = dispatching("wkv7_step", {"torch": wkv7_step_reference, "triton": wkv7_step_triton})
 
-__all__ = ["wkv7", "wkv7_chunked", "wkv7_sequential"]
+__all__ = [
+    "wkv7",
+    "wkv7_chunked",
+    "wkv7_sequential",
+    "wkv7_step",
+    "wkv7_step_reference",
+    "wkv7_step_triton",
+    "wkv7_triton",
+]

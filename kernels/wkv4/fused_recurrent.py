@@ -1,0 +1,207 @@
+"""RWKV-4 WKV, recurrent Triton forward in the stable ``(aa, bb, pp)`` form, with fused emit/inject.
+
+One program per ``(channel block, batch row)`` carries the three fp32 vectors of the state
+``S = (aa, bb, pp)`` ``[3, BC]`` in registers through ``t = 0 .. L-1`` (reference.py has the
+update).  Emission stores the triple as carried; ``add`` adds to it elementwise and ``set``
+replaces it (docs/semantics.md), after ``y_t``.  Also the decode step (``L = 1``, in place).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .._contract import ScanOutput
+from ..wkv6.instrumented import KernelInstrumentation, emit_tile, inject_tile, row_schedule
+from ..wkv6.launch import is_exact_oracle
+from .reference import EMPTY_MAX, validate, wkv4
+
+BLOCK_C = 128  # channels per program: one per thread at 4 warps
+
+
+@triton.jit
+def _inject_triple(
+    aa, bb, pp, t, cur, nxt, t_ptr, s_ptr, v_ptr, sq, scale_ptr, o_c, sr, m, SET, SCALE
+):
+    """Injection into each row of the triple (row offsets ``0, sr, 2 sr`` in the value)."""
+    aa, _, _ = inject_tile(aa, t, cur, nxt, t_ptr, s_ptr, v_ptr, sq, scale_ptr, o_c, m, SET, SCALE)
+    bb, _, _ = inject_tile(
+        bb, t, cur, nxt, t_ptr, s_ptr, v_ptr + sr, sq, scale_ptr, o_c, m, SET, SCALE
+    )
+    pp, cur, nxt = inject_tile(
+        pp, t, cur, nxt, t_ptr, s_ptr, v_ptr + 2 * sr, sq, scale_ptr, o_c, m, SET, SCALE
+    )
+    return aa, bb, pp, cur, nxt
+
+
+@triton.jit
+def _emit_triple(aa, bb, pp, t, cur, nxt, t_ptr, s_ptr, states_ptr, C, o_c, m):
+    """Emission of the triple into ``states[b, slot]`` ``[3, C]``."""
+    emit_tile(aa, t, cur, nxt, t_ptr, s_ptr, states_ptr, 3 * C, o_c, m)
+    emit_tile(bb, t, cur, nxt, t_ptr, s_ptr, states_ptr + C, 3 * C, o_c, m)
+    return emit_tile(pp, t, cur, nxt, t_ptr, s_ptr, states_ptr + 2 * C, 3 * C, o_c, m)
+
+
+@triton.jit
+def wkv4_recurrent_kernel(
+    w_ptr,  # [C] log-decay
+    u_ptr,  # [C]
+    k_ptr,  # [B, L, C]
+    v_ptr,  # [B, L, C]
+    y_ptr,  # [B, L, C]
+    s0_ptr,  # [B, 3, C] fp32
+    sT_ptr,  # [B, 3, C] fp32 (may be s0_ptr: in place)
+    emit_t_ptr,  # [B, P + 1] int32
+    emit_s_ptr,  # [B, P + 1] int32
+    states_ptr,  # [B, P, 3, C] fp32
+    inj_t_ptr,  # [B, Q + 1] int32
+    inj_s_ptr,  # [B, Q + 1] int32
+    inj_v_ptr,  # [B, Q, 3, C] strided
+    inj_scale_ptr,  # [B, Q] fp32
+    L,
+    C,
+    P,
+    Q,
+    iv_sb,
+    iv_sq,
+    iv_sr,
+    iv_sc,
+    BC: tl.constexpr,
+    EMPTY: tl.constexpr,
+    HAS_INITIAL: tl.constexpr,
+    STORE_FINAL: tl.constexpr,
+    HAS_EMIT: tl.constexpr,
+    HAS_INJECT: tl.constexpr,
+    INJECT_SET: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+):
+    i_c = tl.program_id(0)
+    i_b = tl.program_id(1)
+    o_c = i_c * BC + tl.arange(0, BC)
+    m = o_c < C
+    w = tl.load(w_ptr + o_c, mask=m, other=0.0).to(tl.float32)
+    u = tl.load(u_ptr + o_c, mask=m, other=0.0).to(tl.float32)
+    state_off = i_b.to(tl.int64) * 3 * C
+    if HAS_INITIAL:
+        aa = tl.load(s0_ptr + state_off + o_c, mask=m, other=0.0)
+        bb = tl.load(s0_ptr + state_off + C + o_c, mask=m, other=0.0)
+        pp = tl.load(s0_ptr + state_off + 2 * C + o_c, mask=m, other=0.0)
+    else:
+        aa = tl.zeros([BC], dtype=tl.float32)
+        bb = tl.zeros([BC], dtype=tl.float32)
+        pp = tl.full([BC], EMPTY, dtype=tl.float32)
+
+    zero = i_c * 0
+    e_cur = zero
+    e_next = zero + L
+    if HAS_EMIT:
+        emit_t_ptr, emit_s_ptr, e_next = row_schedule(emit_t_ptr, emit_s_ptr, i_b, P)
+        states_ptr += i_b.to(tl.int64) * P * 3 * C
+    i_cur = zero
+    i_next = zero + L
+    if HAS_INJECT:
+        inj_t_ptr, inj_s_ptr, i_next = row_schedule(inj_t_ptr, inj_s_ptr, i_b, Q)
+        inj_v_ptr += i_b.to(tl.int64) * iv_sb
+        inj_scale_ptr += i_b * Q
+
+    p = i_b.to(tl.int64) * L * C + o_c  # k, v, y at (b, t = 0)
+    for t in range(L):
+        kt = tl.load(k_ptr + p, mask=m, other=0.0).to(tl.float32)
+        vt = tl.load(v_ptr + p, mask=m, other=0.0).to(tl.float32)
+        bonus = u + kt
+        top = tl.maximum(pp, bonus)
+        old = tl.exp(pp - top)
+        new = tl.exp(bonus - top)
+        y = (old * aa + new * vt) / (old * bb + new)
+        tl.store(y_ptr + p, y.to(y_ptr.dtype.element_ty), mask=m)
+        decayed = pp + w
+        top = tl.maximum(decayed, kt)
+        old = tl.exp(decayed - top)
+        new = tl.exp(kt - top)
+        aa = old * aa + new * vt
+        bb = old * bb + new
+        pp = top
+        if HAS_INJECT:
+            aa, bb, pp, i_cur, i_next = _inject_triple(
+                aa,
+                bb,
+                pp,
+                t,
+                i_cur,
+                i_next,
+                inj_t_ptr,
+                inj_s_ptr,
+                inj_v_ptr,
+                iv_sq,
+                inj_scale_ptr,
+                o_c * iv_sc,
+                iv_sr,
+                m,
+                INJECT_SET,
+                HAS_SCALE,
+            )
+        if HAS_EMIT:
+            e_cur, e_next = _emit_triple(
+                aa, bb, pp, t, e_cur, e_next, emit_t_ptr, emit_s_ptr, states_ptr, C, o_c, m
+            )
+        p += C
+
+    if STORE_FINAL:
+        tl.store(sT_ptr + state_off + o_c, aa, mask=m)
+        tl.store(sT_ptr + state_off + C + o_c, bb, mask=m)
+        tl.store(sT_ptr + state_off + 2 * C + o_c, pp, mask=m)
+
+
+def run_wkv4(w, u, k, v, instrumentation: dict, state=None, y=None) -> ScanOutput:
+    """Validate as the reference does, launch :func:`wkv4_recurrent_kernel`, return the result.
+    ``state``: ``[B, 3, C]`` float32 read and written in place (the decode step).  ``y``: a
+    preallocated ``[B, L, C]`` output (default: allocated here)."""
+    given = instrumentation.get("initial_state") is not None
+    instr = KernelInstrumentation.build(validate(w, u, k, v, instrumentation), given, state)
+    w, u, k, v = (t.contiguous() for t in (w, u, k, v))
+    y = torch.empty(v.shape, device=v.device, dtype=v.dtype) if y is None else y
+    batch, length, channels = k.shape
+    wkv4_recurrent_kernel[(triton.cdiv(channels, BLOCK_C), batch)](
+        w,
+        u,
+        k,
+        v,
+        y,
+        *instr.pointers(y),
+        length,
+        channels,
+        instr.emit_count,
+        instr.inject_count,
+        *instr.value_strides(),
+        BC=BLOCK_C,
+        EMPTY=EMPTY_MAX,
+        num_warps=4,
+        **instr.flags(),
+    )
+    return instr.output(y)
+
+
+def wkv4_triton(w, u, k, v, **instrumentation) -> ScanOutput:
+    """RWKV-4 WKV forward on Triton, with state emission and injection fused in.
+
+    Args:
+        w: ``[C]`` log-decay (``<= 0``); u: ``[C]`` bonus (``time_first``).
+        k, v: ``[B, L, C]``.
+        initial_state, output_final_state, emit_at, inject_at, inject_value, inject_mode,
+        inject_scale: the instrumentation arguments of ``docs/semantics.md``; the state ``S``
+            is ``[3, C]`` = ``(aa, bb, pp)``, float32; the empty state is ``(0, 0, -1e38)``.
+
+    Returns:
+        ``ScanOutput(y [B, L, C] in v.dtype, final_state [B, 3, C] | None,
+        states [B, P, 3, C] | None)``.
+
+    Example (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``):
+        >>> k, v = torch.randn(2, 6, 8), torch.randn(2, 6, 8)
+        >>> out = wkv4_triton(-torch.rand(8), torch.randn(8), k, v, output_final_state=True)
+        >>> out.final_state.shape
+        torch.Size([2, 3, 8])
+    """
+    if is_exact_oracle(w, u, k, v):
+        return wkv4(w, u, k, v, **instrumentation)
+    return run_wkv4(w, u, k, v, instrumentation)
