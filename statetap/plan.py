@@ -33,21 +33,19 @@ class Injection:
 
     def apply(self, tensor: torch.Tensor, time_axis: int = 1) -> torch.Tensor:
         """``tensor`` ``[B, .., L, ..]`` with the injection applied along ``time_axis``
-        (a new tensor; the input is not modified)."""
+        (a new tensor; the input is not modified).  Slots holding ``-1`` do nothing."""
         out = tensor.clone()
-        rows = torch.arange(tensor.shape[0], device=tensor.device)
         moved = out.movedim(time_axis, 1)  # a view: writes land in ``out``
         for q in range(self.positions.shape[1]):
-            at = self.positions[:, q]
-            value = self.value[:, q].to(tensor.dtype)
+            rows = (self.positions[:, q] >= 0).nonzero().flatten()
+            at = self.positions[rows, q]
+            value = self.value[rows, q].to(tensor.dtype)
             if self.mode == "set":
                 moved[rows, at] = value
             else:
-                scale = (
-                    1.0
-                    if self.scale is None
-                    else self.scale[:, q].view(-1, *[1] * (value.dim() - 1))
-                )
+                scale = 1.0 if self.scale is None else self.scale[rows, q]
+                if self.scale is not None:
+                    scale = scale.view(-1, *[1] * (value.dim() - 1))
                 moved[rows, at] = moved[rows, at] + (scale * value).to(tensor.dtype)
         return out
 

@@ -25,9 +25,13 @@ COMMON_SITES = ("residual", "mixer")
 
 
 def gather_positions(sequence: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """``sequence`` ``[B, L, ...]`` at ``positions`` ``[B, P]`` -> ``[B, P, ...]``."""
+    """``sequence`` ``[B, L, ...]`` at ``positions`` ``[B, P]`` -> ``[B, P, ...]``; slots
+    holding ``-1`` (nothing at this call) come back as zeros."""
+    positions = positions.to(sequence.device)
     rows = torch.arange(sequence.shape[0], device=sequence.device)[:, None]
-    return sequence[rows, positions.to(sequence.device)]
+    gathered = sequence[rows, positions.clamp_min(0)]
+    unused = (positions < 0).view(*positions.shape, *[1] * (sequence.dim() - 2))
+    return gathered.masked_fill(unused, 0)
 
 
 @contextlib.contextmanager
@@ -133,23 +137,20 @@ class Adapter:
 
     # ------------------------------------------------------------------ one pass
     def instrument(self, pass_: Pass) -> contextlib.ExitStack:
-        """Hooks and patches that carry out ``pass_``; remove them by closing the stack."""
+        """Hooks and patches that carry out ``pass_``; remove them by closing the stack.
+
+        The hooks read ``pass_.ops`` when they run, so one installation serves a sequence of
+        forward calls (generation) whose work changes from call to call.
+        """
         stack = contextlib.ExitStack()
         handles = []
         for layer in range(self.n_layers):
             following = self.blocks[layer + 1] if layer + 1 < self.n_layers else self.final_norm
-            if pass_.at("residual", layer) is not None:
-                handles.append(
-                    following.register_forward_pre_hook(self._residual_hook(pass_, layer))
-                )
-            if pass_.at("mixer", layer) is not None:
-                handles.append(
-                    self.mixer(layer).register_forward_hook(self._mixer_hook(pass_, layer))
-                )
+            mixer = self.mixer(layer)
+            handles.append(following.register_forward_pre_hook(self._residual_hook(pass_, layer)))
+            handles.append(mixer.register_forward_hook(self._mixer_hook(pass_, layer)))
             handles.append(
-                self.mixer(layer).register_forward_pre_hook(
-                    self._enter_layer(pass_, layer), with_kwargs=True
-                )
+                mixer.register_forward_pre_hook(self._enter_layer(pass_, layer), with_kwargs=True)
             )
         stack.enter_context(hooked(handles))
         self.instrument_state(pass_, stack)
@@ -172,9 +173,10 @@ class Adapter:
 
     @staticmethod
     def _residual_hook(pass_: Pass, layer: int):
-        ops = pass_.at("residual", layer)
-
         def hook(module, args):
+            ops = pass_.at("residual", layer)
+            if ops is None:
+                return None
             hidden = args[0]
             if ops.injection is not None:
                 hidden = ops.injection.apply(hidden)
@@ -185,9 +187,10 @@ class Adapter:
         return hook
 
     def _mixer_hook(self, pass_: Pass, layer: int):
-        ops = pass_.at("mixer", layer)
-
         def hook(module, args, output):
+            ops = pass_.at("mixer", layer)
+            if ops is None:
+                return None
             tensor = self.mixer_output(output)
             if ops.injection is not None:
                 tensor = ops.injection.apply(tensor)

@@ -71,6 +71,7 @@ def _window_pass(pass_: Pass, original, hidden_states, weight, bias, activation)
     times = set() if ops.emit_at is None else set(ops.emit_at.unique().tolist())
     if injection is not None:
         times |= set(injection.positions.unique().tolist())
+    times.discard(-1)  # an unused slot
     windows = None
     if ops.emit_at is not None:
         windows = padded.new_zeros(*ops.emit_at.shape, padded.shape[1], width, dtype=torch.float32)

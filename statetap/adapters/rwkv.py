@@ -98,10 +98,7 @@ class RwkvAdapter(Adapter):
         for layer in range(self.n_layers):
             block = self.blocks[layer]
             for site, part in (("att_shift", block.attention), ("ffn_shift", block.feed_forward)):
-                ops = pass_.at(site, layer)
-                if ops is None:
-                    continue
-                edited: dict[str, torch.Tensor] = {}
+                edited: dict[str, torch.Tensor] = {}  # this call's token-shift sequence, if any
                 handles.append(
                     part.register_forward_pre_hook(self._shift_input(pass_, site, layer, edited))
                 )
@@ -135,9 +132,12 @@ class RwkvAdapter(Adapter):
     @staticmethod
     def _shift_input(pass_: Pass, site: str, layer: int, edited: dict):
         """Record the token-shift sequence (the part's input), edited by the injection."""
-        ops = pass_.at(site, layer)
 
         def hook(module, args):
+            edited.clear()
+            ops = pass_.at(site, layer)
+            if ops is None:
+                return None
             sequence = args[0]
             if ops.injection is not None:
                 sequence = ops.injection.apply(sequence)
@@ -153,6 +153,8 @@ class RwkvAdapter(Adapter):
         """Token t+1 mixes in the (edited) input of token t."""
 
         def hook(module, args, output):
+            if "sequence" not in edited:
+                return None
             return torch.cat([output[:, :1], edited["sequence"][:, :-1].to(output.dtype)], dim=1)
 
         return hook
@@ -163,7 +165,7 @@ class RwkvAdapter(Adapter):
 
         def hook(module, args, output):
             state = output[1]
-            if state is not None:
+            if "sequence" in edited and state is not None:
                 state[_CACHE_INDEX[site]][:, :, layer] = edited["sequence"][:, -1]
             return output
 
