@@ -39,10 +39,37 @@ def resolve_positions(
         ValueError: a position outside some row's text, a mask of the wrong shape, an
             unknown string; TypeError: a spec of another type.
     """
-    device = attention_mask.device if attention_mask is not None else torch.device("cpu")
+    real = real_tokens(batch, length, attention_mask)
+    if isinstance(spec, str) and spec == "all":
+        return torch.arange(length, device=real.device).expand(batch, length)
+    text = text_indices(spec, real.sum(1), name)
+    return padded_indices(text, real)
+
+
+def real_tokens(batch: int, length: int, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """``[B, L]`` bool: which tokens are real (all of them without a mask)."""
+    if attention_mask is None:
+        return torch.ones(batch, length, dtype=torch.bool)
+    if attention_mask.shape != (batch, length):
+        raise ValueError(
+            f"attention_mask must have shape [B={batch}, L={length}], "
+            f"got {list(attention_mask.shape)}"
+        )
+    return attention_mask.bool()
+
+
+def text_indices(
+    spec: PositionSpec, counts: torch.Tensor, name: str = "positions", beyond: bool = False
+) -> torch.Tensor:
+    """``[B, P]`` indices among each row's real tokens (``0`` the first).
+
+    Args:
+        spec: the positions (not ``"all"``).
+        counts: ``[B]`` real tokens per row; negative positions count back from them.
+        beyond: allow positions at or past ``counts`` (tokens that generation will add).
+    """
+    batch = counts.shape[0]
     if isinstance(spec, str):
-        if spec == "all":
-            return torch.arange(length, device=device).expand(batch, length)
         if spec != "last":
             raise ValueError(
                 f"{name} must be an int, a list of ints, a tensor, 'last' or 'all'; got {spec!r}"
@@ -65,24 +92,14 @@ def resolve_positions(
         )
     if spec.is_floating_point() or spec.dtype == torch.bool:
         raise TypeError(f"{name} must be an integer tensor [P] or [B, P], got {spec.dtype}")
-    spec = spec.to(device=device, dtype=torch.long)
+    spec = spec.to(device=counts.device, dtype=torch.long)
     if spec.dim() == 1:
         spec = spec.expand(batch, -1)
     if spec.dim() != 2 or spec.shape[0] != batch:
         raise ValueError(f"{name} must have shape [P] or [B={batch}, P], got {list(spec.shape)}")
-
-    if attention_mask is None:
-        real = torch.ones(batch, length, dtype=torch.bool, device=device)
-    else:
-        if attention_mask.shape != (batch, length):
-            raise ValueError(
-                f"attention_mask must have shape [B={batch}, L={length}], "
-                f"got {list(attention_mask.shape)}"
-            )
-        real = attention_mask.bool()
-    counts = real.sum(1, keepdim=True)  # [B, 1] real tokens per row
-    text = torch.where(spec < 0, spec + counts, spec)  # index among each row's real tokens
-    bad = (text < 0) | (text >= counts)
+    counts = counts[:, None]
+    text = torch.where(spec < 0, spec + counts, spec)
+    bad = (text < 0) if beyond else (text < 0) | (text >= counts)
     if bool(bad.any()):
         row, slot = (int(i) for i in bad.nonzero()[0])
         n = int(counts[row])
@@ -90,7 +107,12 @@ def resolve_positions(
             f"{name}[{row}, {slot}] = {int(spec[row, slot])} is outside row {row}, which has "
             f"{n} real tokens (positions -{n} .. {n - 1})"
         )
-    # The k-th real token of a row sits at the index where the running count of real tokens
-    # first reaches k + 1.
+    return text
+
+
+def padded_indices(text: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Padded index ``[B, P]`` of each row's ``text``-th real token; ``-1`` past the last one."""
+    # The k-th real token of a row sits where the running count of real tokens first reaches k+1.
     running = real.long().cumsum(1)  # [B, L]
-    return torch.searchsorted(running, text + 1)
+    index = torch.searchsorted(running, (text + 1).contiguous())
+    return torch.where(text < running[:, -1:], index, -1)

@@ -137,10 +137,21 @@ class Tap:
         batch, length = input_ids.shape
         self.adapter.check_run(batch, length, continues=state is not None)
         pass_ = Pass(batch=batch, length=length)
-        for request in emit:
-            self._plan_emission(pass_, request, attention_mask)
-        for request in inject:
-            self._plan_injection(pass_, request, attention_mask)
+
+        def positions_of(request: Emit | Inject, name: str) -> torch.Tensor:
+            spec = request.positions
+            if (
+                isinstance(spec, str)
+                and spec == "all"
+                and request.site not in ("residual", "mixer")
+            ):
+                raise ValueError(
+                    "positions='all' is for the residual and mixer sites; "
+                    f"{request.site!r} takes explicit positions"
+                )
+            return resolve_positions(spec, batch, length, attention_mask, name=name)
+
+        self.plan(pass_, emit, inject, positions_of)
         if state is not None:
             if not isinstance(state, RecurrentState) or state.adapter.model is not self.model:
                 raise TypeError("state must be a RecurrentState taken from this model's Tap")
@@ -185,15 +196,18 @@ class Tap:
             raise ValueError(f"layer {layer} is out of range for a model with {n} layers")
         return layer % n
 
-    def _positions(self, spec, batch, length, mask, site, name) -> torch.Tensor:
-        if isinstance(spec, str) and spec == "all" and site not in ("residual", "mixer"):
-            raise ValueError(
-                "positions='all' is for the residual and mixer sites; "
-                f"{site!r} takes explicit positions"
-            )
-        return resolve_positions(spec, batch, length, mask, name=name)
+    def plan(
+        self, pass_: Pass, emit: Sequence[Emit], inject: Sequence[Inject], positions_of
+    ) -> None:
+        """Fill ``pass_.ops`` from the requests; ``positions_of(request, name)`` gives each
+        request's padded positions ``[B, P]`` in this pass (``-1``: not in this pass)."""
+        for request in emit:
+            self._plan_emission(pass_, request, positions_of)
+        for request in inject:
+            self._plan_injection(pass_, request, positions_of)
 
-    def _plan_emission(self, pass_: Pass, request: Emit, mask) -> None:
+    def emission_keys(self, request: Emit) -> list[tuple[str, int]]:
+        """The ``(site, layer)`` pairs an :class:`Emit` request covers (checked)."""
         if not isinstance(request, Emit):
             raise TypeError(f"emit takes statetap.Emit requests, got {type(request).__name__}")
         self._check_site(request.site, allow_group=True)
@@ -203,31 +217,28 @@ class Tap:
             layers = range(self.adapter.n_layers)
         elif isinstance(layers, int):
             layers = [layers]
-        name = f"Emit({request.site!r}).positions"
-        positions = self._positions(
-            request.positions, pass_.batch, pass_.length, mask, request.site, name
-        )
-        for site in sites:
-            for layer in (self._layer(layer) for layer in layers):
-                ops = pass_.ops.setdefault((site, layer), SiteOps())
-                if ops.emit_at is not None:
-                    raise ValueError(
-                        f"({site!r}, layer {layer}) is emitted by two requests; "
-                        "merge their positions"
-                    )
-                ops.emit_at = positions.to(self.device)
+        return [(site, self._layer(layer)) for site in sites for layer in layers]
 
-    def _plan_injection(self, pass_: Pass, request: Inject, mask) -> None:
+    def _plan_emission(self, pass_: Pass, request: Emit, positions_of) -> None:
+        keys = self.emission_keys(request)
+        positions = positions_of(request, f"Emit({request.site!r}).positions")
+        for site, layer in keys:
+            ops = pass_.ops.setdefault((site, layer), SiteOps())
+            if ops.emit_at is not None:
+                raise ValueError(
+                    f"({site!r}, layer {layer}) is emitted by two requests; merge their positions"
+                )
+            ops.emit_at = positions.to(self.device)
+
+    def _plan_injection(self, pass_: Pass, request: Inject, positions_of) -> None:
         if not isinstance(request, Inject):
             raise TypeError(f"inject takes statetap.Inject requests, got {type(request).__name__}")
         self._check_site(request.site, allow_group=False)
         layer = self._layer(request.layer)
         name = f"Inject({request.site!r}).positions"
-        positions = self._positions(
-            request.positions, pass_.batch, pass_.length, mask, request.site, name
-        )
+        positions = positions_of(request, name)
         ordered = positions.sort(1).values
-        if bool((ordered[:, 1:] == ordered[:, :-1]).any()):
+        if bool(((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)).any()):
             raise ValueError(f"{name} names the same token twice in one row: {request.positions!r}")
         batch, queries = positions.shape
         shape = self.adapter.site_shape(request.site)
@@ -266,6 +277,12 @@ class Tap:
                 f"({request.site!r}, layer {layer}) has two injections; merge them into one"
             )
         ops.injection = Injection(positions.to(self.device), value, request.mode, scale)
+
+    def generate(self, input_ids, attention_mask=None, emit=(), inject=(), **generate_kwargs):
+        """``model.generate`` with emissions and injections: see :mod:`statetap.generate`."""
+        from statetap.generate import generate
+
+        return generate(self, input_ids, attention_mask, emit, inject, **generate_kwargs)
 
     @property
     def device(self) -> torch.device:

@@ -328,3 +328,51 @@ def test_state_errors():
             attention_mask=torch.tensor([[1] * LENGTH, [1] * (LENGTH - 1) + [0]]),
             keep_state=True,
         )
+
+
+@torch.no_grad()
+def test_steered_generate_equals_a_manual_step_by_step_loop(model):
+    tap = statetap.attach(model)
+    batch = 1 if isinstance(model, RwkvForCausalLM) else 2  # see check_run
+    prompt, new = _ids(batch)[:, :6], 4
+    site = tap.adapter.state_sites[0]
+    state_value = 0.3 * torch.randn(tap.site_shape(site))
+    residual_value = torch.randn(tap.site_shape("residual"))
+    requests = [
+        statetap.Inject(site, 1, state_value, positions=-1, scale=2.0),  # last prompt token
+        statetap.Inject("residual", 0, residual_value, positions="new"),  # every fed-back token
+    ]
+    options = dict(
+        max_new_tokens=new,
+        do_sample=False,
+        pad_token_id=0,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
+    generated = tap.generate(
+        prompt, inject=requests, emit=[statetap.Emit(site, 2, positions="new")], **options
+    )
+    # The same by hand: prefill with the prompt injection, then one step per new token.
+    step = tap.run(prompt, keep_state=True, inject=requests[:1])
+    tokens, emitted = [], []
+    for k in range(new):
+        tokens.append(step.logits[:, -1].argmax(-1))
+        if k == new - 1:
+            break
+        feed = statetap.Inject("residual", 0, residual_value, positions=0)
+        step = tap.run(
+            tokens[-1][:, None],
+            state=step.state,
+            keep_state=True,
+            inject=[feed],
+            emit=[statetap.Emit(site, 2, positions=0)],
+        )
+        emitted.append(step[site, 2])
+    assert torch.equal(generated.sequences, torch.cat([prompt, torch.stack(tokens, 1)], 1))
+    _close(torch.cat(emitted, 1), generated[site, 2], 1e-5)
+    plain = model.generate(prompt, **options)
+    # The first new token reads the prompt's last output, before any injection acts; every
+    # later one is steered.
+    _close(plain.scores[0], generated.output.scores[0])
+    for k in range(1, new):
+        assert rel_error(plain.scores[k], generated.output.scores[k]) > 1e-4
