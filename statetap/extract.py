@@ -151,7 +151,7 @@ def extract(
                 raise ValueError(
                     f"a text among rows {start}..{start + len(batch) - 1} has no tokens"
                 )
-            result = tap.run(ids, attention_mask=mask, emit=requests)
+            result = tap.run(ids, attention_mask=mask, emit=requests, offload=True)
             for (site, layer), tensor in result.activations.items():
                 pending.setdefault(f"{site}.{layer}", []).append(
                     tensor.to("cpu", DTYPES[config.dtype])

@@ -94,10 +94,16 @@ class Pass:
     layer: int | None = None  # the layer whose mixer is running
     cache: object = None  # the model's cache object during the pass, if any
     layer_state: object = None  # the running layer's recurrent state before the pass (adapter's)
+    offload: bool = False  # move each emitted tensor to pinned CPU memory as it is produced
 
     def at(self, site: str, layer: int | None = None) -> SiteOps | None:
         """The work at ``site`` of ``layer`` (default: the running layer), or None."""
         return self.ops.get((site, self.layer if layer is None else layer))
 
     def store(self, site: str, layer: int, value: torch.Tensor) -> None:
+        """Keep an emitted tensor; with ``offload``, start its copy to pinned CPU memory now,
+        while the later layers run (the copy is asynchronous on CUDA)."""
+        if self.offload and value.device.type == "cuda":
+            host = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
+            value = host.copy_(value, non_blocking=True)
         self.results[(site, layer)] = value

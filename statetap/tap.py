@@ -77,8 +77,9 @@ class Inject:
 class TapResult:
     """Logits, the emitted tensors keyed by ``(site, layer)``, and the model's own output.
 
-    Emitted tensors are ``[B, P, *shape]`` on the model's device: state components in
-    float32, the residual and mixer sites in the model's dtype.
+    Emitted tensors are ``[B, P, *shape]`` on the model's device (in pinned CPU memory with
+    ``offload=True``): state components in float32, the residual and mixer sites in the
+    model's dtype.
     """
 
     logits: torch.Tensor
@@ -117,6 +118,7 @@ class Tap:
         inject: Sequence[Inject] = (),
         state: RecurrentState | None = None,
         keep_state: bool = False,
+        offload: bool = False,
         **model_kwargs,
     ) -> TapResult:
         """One forward pass of ``input_ids`` ``[B, L]`` with the given emissions and injections.
@@ -128,6 +130,8 @@ class Tap:
                 positions then count the new tokens.  Default: the empty state.
             keep_state: return the state after the last token as ``result.state`` (every
                 row's last token must be real: pad on the left).
+            offload: stream each emitted tensor to pinned CPU memory as its layer finishes
+                (for large extractions on a GPU; the results are complete when ``run`` returns).
             model_kwargs: passed to the model.
         """
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
@@ -136,7 +140,7 @@ class Tap:
             )
         batch, length = input_ids.shape
         self.adapter.check_run(batch, length, continues=state is not None)
-        pass_ = Pass(batch=batch, length=length)
+        pass_ = Pass(batch=batch, length=length, offload=offload)
 
         def positions_of(request: Emit | Inject, name: str) -> torch.Tensor:
             spec = request.positions
@@ -173,6 +177,8 @@ class Tap:
             raise RuntimeError(
                 f"the model never reached {missing} during the pass; nothing was emitted there"
             )
+        if offload and torch.cuda.is_available():
+            torch.cuda.synchronize()  # the asynchronous copies to pinned memory have landed
         result = TapResult(logits=output.logits, activations=pass_.results, output=output)
         if keep_state:
             cache = self.adapter.output_cache(output)

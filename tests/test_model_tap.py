@@ -376,3 +376,18 @@ def test_steered_generate_equals_a_manual_step_by_step_loop(model):
     _close(plain.scores[0], generated.output.scores[0])
     for k in range(1, new):
         assert rel_error(plain.scores[k], generated.output.scores[k]) > 1e-4
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+def test_offload_streams_emissions_to_pinned_cpu_memory():
+    model = _build("mamba").cuda()
+    tap = statetap.attach(model)
+    ids = _ids().cuda()
+    emit = [statetap.Emit("state", positions=[2, -1]), statetap.Emit("residual", positions="all")]
+    on_device = tap.run(ids, emit=emit)
+    offloaded = tap.run(ids, emit=emit, offload=True)
+    for key, value in on_device.activations.items():
+        host = offloaded[key]
+        assert host.device.type == "cpu" and host.is_pinned()
+        assert torch.equal(value.cpu(), host)
