@@ -11,10 +11,11 @@ import triton.language as tl
 
 from statetap.kernels import _aot
 from statetap.kernels.selective_scan import scan, step
+from statetap.kernels.ssd import chunked
 
 FLOAT_INPUTS = ("u_ptr", "delta_ptr", "x_ptr", "dt_ptr", "B_ptr", "C_ptr", "z_ptr", "y_ptr")
 FLOAT_SCALARS = ("dt_low", "dt_high")
-INT_POINTERS = ("emit_t_ptr", "emit_s_ptr", "inj_t_ptr", "inj_s_ptr")
+INT_POINTERS = ("emit_t_ptr", "emit_s_ptr", "inj_t_ptr", "inj_s_ptr", "reset_t_ptr")
 
 
 def signature(kernel, dtype: str) -> dict[str, str]:
@@ -108,8 +109,46 @@ def step_specs() -> list[_aot.KernelSpec]:
     return specs
 
 
+def ssd_specs() -> list[_aot.KernelSpec]:
+    """Mamba-2 2.7B (H = 80, P = 64, N = 128, chunk 256) and N = 64, bf16 on tensor cores."""
+    plain_state = dict(HAS_INITIAL=False, STORE_FINAL=False, HAS_RESET=False)
+    full_state = dict(HAS_INITIAL=True, STORE_FINAL=True, HAS_RESET=True)
+    specs = []
+    for n in (128, 64):
+        block_t, block_p, block_n, warps = chunked.block_sizes(64, n, 256, interpreter=False)
+        model = dict(
+            HAS_D=True,
+            HAS_Z=True,
+            HAS_BIAS=True,
+            SOFTPLUS=True,
+            HAS_LIMIT=False,
+            IEEE=False,
+            DOT_DTYPE=tl.bfloat16,
+            BLOCK_T=block_t,
+            BLOCK_P=block_p,
+            BLOCK_N=block_n,
+        )
+        for name, flags, state in (
+            ("plain", PLAIN, plain_state),
+            ("emit", EMIT, plain_state),
+            ("inject add+scale, seq_idx", ADD, full_state),
+            ("inject set, seq_idx", SET, full_state),
+        ):
+            specs.append(
+                _aot.KernelSpec(
+                    chunked._ssd_fwd_kernel,
+                    signature(chunked._ssd_fwd_kernel, "bf16"),
+                    {**model, **flags, **state},
+                    num_warps=warps,
+                    num_stages=1,
+                    label=f"{name} T={block_t} P={block_p} N={block_n}",
+                )
+            )
+    return specs
+
+
 def test_mamba_kernels_compile_for_sm80_sm90_without_spills():
-    specs = scan_specs() + step_specs()
+    specs = scan_specs() + step_specs() + ssd_specs()
     stats = _aot.compile_specs(specs, targets=(80, 90))
     print("\n" + _aot.format_table(stats))
     assert len(stats) == 2 * len(specs)

@@ -1,8 +1,14 @@
-"""``ssd``: the public op, dispatched by device (see ``reference.py`` for the definitions)."""
+"""``ssd`` (Mamba-2 over a sequence) and ``ssd_step`` (one decode token, state updated in place):
+public ops dispatched by device (``reference.py`` holds the definitions).
+
+CUDA tensors run the Triton kernels (:mod:`.chunked`, :mod:`.step`), other devices the
+references; a call that needs gradients runs the reference (the kernels are forward-only).
+"""
 
 from .._backend import dispatching
+from .chunked import ssd_triton
 from .reference import ssd_chunked, ssd_sequential
 
-ssd = dispatching("ssd", {"torch": ssd_chunked})
+ssd = dispatching("ssd", {"torch": ssd_chunked, "triton": ssd_triton})
 
-__all__ = ["ssd", "ssd_chunked", "ssd_sequential"]
+__all__ = ["ssd", "ssd_chunked", "ssd_sequential", "ssd_triton"]

@@ -1,0 +1,179 @@
+"""The Mamba-2 SSD Triton kernels against the float64 sequential reference.
+
+Runs the kernels under the Triton interpreter on CPU tensors (or compiled, on CUDA, with
+``TRITON_INTERPRET=0``); outputs start as NaN, so every element must be written.  The kernel's
+time block is 16 here (``chunk_size=16``), so positions 15, 16, 17, 31, 32 are chunk edges.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from _triton_mamba import as_double, as_dtype, assert_outputs_close, poisoned  # noqa: F401
+
+from statetap.kernels.examples import CASES
+from statetap.kernels.selective_scan import _triton
+from statetap.kernels.ssd.chunked import ssd_triton
+from statetap.kernels.ssd.reference import ssd_sequential
+
+DEVICE = "cpu" if _triton.INTERPRETING else "cuda"
+CHUNK = 16
+pytestmark = pytest.mark.usefixtures("poisoned")
+if not _triton.INTERPRETING and not torch.cuda.is_available():
+    pytestmark = [pytestmark, pytest.mark.skip(reason="needs CUDA or TRITON_INTERPRET=1")]
+
+
+def make(batch, length, dtype=torch.float32, **sizes):
+    inputs = CASES["ssd"].make(batch, length, torch.float32, **sizes)
+    inputs = {k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    return as_dtype(inputs, dtype)
+
+
+def positions(rows):
+    return torch.tensor(rows, device=DEVICE)
+
+
+def check(inputs, dtype=torch.float32, **instrumentation):
+    """Run the kernel and the float64 sequential definition on the same inputs and compare."""
+    out = ssd_triton(**inputs, chunk_size=CHUNK, **instrumentation)
+    oracle = ssd_sequential(**as_double(inputs), **as_double(instrumentation))
+    assert_outputs_close(oracle, out, dtype)
+    return out
+
+
+@pytest.mark.parametrize(
+    "batch,length,heads,head_dim,groups,n",
+    [
+        (2, 1, 4, 3, 2, 5),  # L = 1
+        (1, 15, 2, 8, 1, 16),  # chunk - 1
+        (2, 16, 3, 5, 3, 7),  # chunk, a group per head
+        (1, 17, 4, 20, 2, 3),  # chunk + 1, P over 16
+        (2, 63, 2, 3, 1, 5),
+    ],
+    ids=str,
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_forward_matches_reference(batch, length, heads, head_dim, groups, n, dtype):
+    inputs = make(batch, length, dtype, H=heads, P=head_dim, G=groups, N=n)
+    check(inputs, dtype, output_final_state=True)
+
+
+@pytest.mark.parametrize("variant", ["D per head", "no D z bias", "dt_limit"])
+def test_optional_inputs(variant):
+    inputs = make(2, 20, H=2, P=4, G=1, N=6)
+    if variant == "D per head":
+        inputs["D"] = torch.randn(2, device=DEVICE)
+    elif variant == "no D z bias":
+        inputs.update(D=None, z=None, dt_bias=None)
+    else:
+        inputs["dt_limit"] = (0.05, 0.8)
+    check(inputs, output_final_state=True)
+
+
+def test_emission_at_chunk_edges_with_initial_state():
+    length = 40
+    inputs = make(2, length, H=3, P=5, G=1, N=7)
+    check(
+        inputs,
+        initial_states=torch.randn(2, 3, 5, 7, device=DEVICE),
+        output_final_state=True,
+        emit_at=positions([[0, 15, 16, 17, -1, 31, 32, length - 1], [33, 2, 17, 16, 15, 0, 1, -1]]),
+    )
+
+
+@pytest.mark.parametrize("mode", ["add", "set"])
+def test_injection_anywhere_with_emission(mode):
+    length, shape = 37, (2, 4, 3, 5)
+    inputs = make(2, length, H=4, P=3, G=2, N=5)
+    check(
+        inputs,
+        output_final_state=True,
+        # injections inside a chunk, at its last token, at 0 and at L-1; emission at the same
+        # times sees the injected state
+        emit_at=positions([[0, 15, 16, 17, 36, 9], [3, 31, 32, 8, 7, -1]]),
+        inject_at=positions([[15, 3, 36], [31, 0, 7]]),
+        inject_value=torch.randn(shape[0], 3, *shape[1:], device=DEVICE),
+        inject_mode=mode,
+    )
+
+
+@pytest.mark.parametrize("scale", ["sweep", "per-slot"])
+def test_inject_scale(scale):
+    inputs = make(3, 21, H=2, P=3, G=1, N=4)
+    value = {
+        "sweep": torch.tensor([0.0, -1.0, 3.0], device=DEVICE),
+        "per-slot": torch.randn(3, 2, device=DEVICE),
+    }[scale]
+    check(
+        inputs,
+        output_final_state=True,
+        emit_at=positions([5, 20]),
+        inject_at=positions([5, 16]),
+        inject_value=torch.randn(2, 3, 4, device=DEVICE),  # [H, P, N], broadcast
+        inject_scale=value,
+    )
+
+
+def test_seq_idx_with_injection_and_emission():
+    length = 30
+    inputs = make(2, length, H=2, P=3, G=1, N=5)
+    seq_idx = positions([[0] * 7 + [1] * 16 + [2] * 7, [0] * 16 + [1] * 14])
+    check(
+        inputs,
+        seq_idx=seq_idx,
+        initial_state=torch.randn(2, 2, 3, 5, device=DEVICE),
+        output_final_state=True,
+        emit_at=positions([[6, 7, 22, 29], [15, 16, 3, -1]]),  # the ends of sequences
+        inject_at=positions([[6, 10], [15, 20]]),  # the last token of a sequence: no effect
+        inject_value=torch.randn(2, 2, 2, 3, 5, device=DEVICE),
+        inject_mode="set",
+    )
+
+
+def test_fp16_emission_and_injection():
+    inputs = make(2, 33, torch.float16, H=2, P=16, G=1, N=16)
+    check(
+        inputs,
+        torch.float16,
+        output_final_state=True,
+        emit_at=positions([0, 16, 20, 32]),
+        inject_at=positions([[20], [4]]),
+        inject_value=torch.randn(2, 1, 2, 16, 16, device=DEVICE),
+    )
+
+
+def test_empty_instrumentation_is_bit_identical():
+    inputs = make(2, 20, H=2, P=3, G=1, N=5)
+    run = dict(chunk_size=CHUNK, output_final_state=True)
+    plain = ssd_triton(**inputs, **run)
+    empty = ssd_triton(
+        **inputs,
+        **run,
+        emit_at=positions([-1, -1]),
+        inject_at=torch.empty(0, dtype=torch.long, device=DEVICE),
+        inject_value=torch.randn(2, 3, 5, device=DEVICE),
+    )
+    unused = ssd_triton(
+        **inputs,
+        **run,
+        inject_at=positions([[-1], [-1]]),
+        inject_value=torch.randn(2, 3, 5, device=DEVICE),
+        inject_scale=2.0,
+    )
+    for other in (empty, unused):
+        assert torch.equal(plain.y, other.y)
+        assert torch.equal(plain.final_state, other.final_state)
+    assert torch.equal(empty.states, torch.zeros(2, 2, 2, 3, 5, device=DEVICE))
+
+
+def test_validation_is_the_reference_one():
+    inputs = make(1, 5, H=2, P=3, G=1, N=4)
+    with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+        ssd_triton(**inputs, chunk_size=0)
+    with pytest.raises(ValueError, match=r"inject_at\[0, 0\] = 7 is out of range"):
+        ssd_triton(**inputs, inject_at=positions([7]), inject_value=torch.zeros(1))
+    with pytest.raises(ValueError, match="dt_limit must be"):
+        ssd_triton(**inputs, dt_limit=(1.0, 0.0))
+    assert math.isinf(ssd_triton.__defaults__[-1][1])
