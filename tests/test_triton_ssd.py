@@ -11,12 +11,19 @@ import math
 
 import pytest
 import torch
-from _triton_mamba import as_double, as_dtype, assert_outputs_close, poisoned  # noqa: F401
+from _triton_mamba import (  # noqa: F401
+    as_double,
+    as_dtype,
+    assert_close,
+    assert_outputs_close,
+    poisoned,
+)
 
 from statetap.kernels.examples import CASES
 from statetap.kernels.selective_scan import _triton
 from statetap.kernels.ssd.chunked import ssd_triton
 from statetap.kernels.ssd.reference import ssd_sequential
+from statetap.kernels.ssd.step import ssd_step_reference, ssd_step_triton
 
 DEVICE = "cpu" if _triton.INTERPRETING else "cuda"
 CHUNK = 16
@@ -177,3 +184,44 @@ def test_validation_is_the_reference_one():
     with pytest.raises(ValueError, match="dt_limit must be"):
         ssd_triton(**inputs, dt_limit=(1.0, 0.0))
     assert math.isinf(ssd_triton.__defaults__[-1][1])
+
+
+# ------------------------------------------------------------------ decode step
+
+
+@pytest.mark.parametrize(
+    "heads,head_dim,groups,n,dtype",
+    [(4, 3, 2, 5, torch.float32), (2, 20, 1, 16, torch.float16)],
+    ids=str,
+)
+@pytest.mark.parametrize("inject", ["none", "add", "add-scale", "set"])
+@pytest.mark.parametrize("limit", [False, True], ids=["", "dt_limit"])
+def test_step_matches_sequence_reference(heads, head_dim, groups, n, dtype, inject, limit):
+    batch = 3
+    inputs = make(batch, 1, dtype, H=heads, P=head_dim, G=groups, N=n)
+    step = {k: v[:, 0] if k in ("x", "dt", "B", "C", "z") else v for k, v in inputs.items()}
+    if limit:
+        step["dt_limit"] = (0.1, 0.7)
+    state = torch.randn(batch, heads, head_dim, n, device=DEVICE)
+    kwargs = {}
+    if inject != "none":
+        kwargs = dict(
+            inject_value=torch.randn(batch, heads, 1, n, device=DEVICE),
+            inject_mode=inject.split("-")[0],
+            inject_scale=torch.randn(batch, device=DEVICE) if inject == "add-scale" else None,
+        )
+    oracle = ssd_step_reference(state.double(), **as_double(step), **kwargs, emit=True)
+    out = ssd_step_triton(state, **step, **kwargs, emit=True)
+    assert_close(oracle.y, out.y, dtype, "y")
+    assert_close(oracle.state, state, dtype, "state (in place)")
+    assert torch.equal(out.state, state)
+
+
+def test_step_bad_input():
+    inputs = make(2, 1, H=2, P=3, G=1, N=4)
+    step = {k: v[:, 0] if k in ("x", "dt", "B", "C", "z") else v for k, v in inputs.items()}
+    state = torch.zeros(2, 2, 3, 4, device=DEVICE)
+    with pytest.raises(ValueError, match="dt must have shape"):
+        ssd_step_triton(state, **{**step, "dt": step["dt"][:, :1]})
+    with pytest.raises(ValueError, match="emit buffer must be a contiguous float32"):
+        ssd_step_triton(state, **step, emit=torch.zeros(2, 2, 3, 4, dtype=torch.float16))

@@ -221,6 +221,27 @@ def emit_buffer(emit, state: torch.Tensor) -> torch.Tensor | None:
     return emit
 
 
+def step_via_sequence(state, inject_value, inject_mode, inject_scale, emit, run):
+    """A reference decode step through a sequence op: ``run(**instrumentation)`` runs the op on
+    the one token with ``initial_state=state`` and the step's injection at ``t = 0``.  Writes the
+    new state into ``state`` (and the emit buffer); returns ``(ScanOutput, emitted or None)``."""
+    value, scale = check_step_injection(inject_value, inject_mode, inject_scale, state)
+    inject = {}
+    if value is not None:
+        inject = dict(
+            inject_at=torch.zeros(state.shape[0], 1, dtype=torch.long, device=state.device),
+            inject_value=value[:, None],
+            inject_mode=inject_mode,
+            inject_scale=None if scale is None else scale[:, None],
+        )
+    out = run(initial_state=state, output_final_state=True, **inject)
+    state.copy_(out.final_state)
+    target = emit_buffer(emit, state)
+    if target is not None:
+        target.copy_(state)
+    return out, target
+
+
 def launch_state_update(
     state4, x3, dt3, A3, B3, C3, D2, z3, bias2, dt_softplus, dt_limit, value4, scale1, set_, emit4
 ) -> torch.Tensor:
@@ -406,34 +427,23 @@ def selective_scan_step_reference(
         (torch.Size([2, 8]), True)
     """
     _check_step(state, u, delta, A, B, C, D, z, delta_bias)
-    value, scale = check_step_injection(inject_value, inject_mode, inject_scale, state)
-    inject = {}
-    if value is not None:
-        inject = dict(
-            inject_at=torch.zeros(state.shape[0], 1, dtype=torch.long, device=state.device),
-            inject_value=value[:, None],
-            inject_mode=inject_mode,
-            inject_scale=None if scale is None else scale[:, None],
+
+    def run(**instrumentation):
+        return selective_scan(
+            u[..., None],
+            delta[..., None],
+            A,
+            B[..., None],
+            C[..., None],
+            D,
+            None if z is None else z[..., None],
+            delta_bias,
+            delta_softplus,
+            **instrumentation,
         )
-    out = selective_scan(
-        u[..., None],
-        delta[..., None],
-        A,
-        B[..., None],
-        C[..., None],
-        D,
-        None if z is None else z[..., None],
-        delta_bias,
-        delta_softplus,
-        initial_state=state,
-        output_final_state=True,
-        **inject,
-    )
-    state.copy_(out.final_state)
-    target = emit_buffer(emit, state)
-    if target is not None:
-        target.copy_(state)
-    return StepOutput(out.y[..., 0], target)
+
+    out, emitted = step_via_sequence(state, inject_value, inject_mode, inject_scale, emit, run)
+    return StepOutput(out.y[..., 0], emitted)
 
 
 selective_scan_step = dispatching(

@@ -8,7 +8,16 @@ references; a call that needs gradients runs the reference (the kernels are forw
 from .._backend import dispatching
 from .chunked import ssd_triton
 from .reference import ssd_chunked, ssd_sequential
+from .step import ssd_step, ssd_step_reference, ssd_step_triton
 
 ssd = dispatching("ssd", {"torch": ssd_chunked, "triton": ssd_triton})
 
-__all__ = ["ssd", "ssd_chunked", "ssd_sequential", "ssd_triton"]
+__all__ = [
+    "ssd",
+    "ssd_chunked",
+    "ssd_sequential",
+    "ssd_step",
+    "ssd_step_reference",
+    "ssd_step_triton",
+    "ssd_triton",
+]
