@@ -75,14 +75,7 @@ def wkv6_sequential(
     w,
     u,
     scale=None,
-    *,
-    initial_state=None,
-    output_final_state=False,
-    emit_at=None,
-    inject_at=None,
-    inject_value=None,
-    inject_mode="add",
-    inject_scale=None,
+    **instrumentation,
 ) -> ScanOutput:
     """RWKV-6 WKV one token at a time: the definition.  Arguments as :func:`wkv6_chunked`."""
     inputs = _prepare(
@@ -92,15 +85,7 @@ def wkv6_sequential(
         w,
         u,
         scale,
-        dict(
-            initial_state=initial_state,
-            output_final_state=output_final_state,
-            emit_at=emit_at,
-            inject_at=inject_at,
-            inject_value=inject_value,
-            inject_mode=inject_mode,
-            inject_scale=inject_scale,
-        ),
+        instrumentation,
     )
 
     def step(state: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,13 +107,7 @@ def wkv6_chunked(
     scale=None,
     *,
     chunk_size=64,
-    initial_state=None,
-    output_final_state=False,
-    emit_at=None,
-    inject_at=None,
-    inject_value=None,
-    inject_mode="add",
-    inject_scale=None,
+    **instrumentation,
 ) -> ScanOutput:
     """RWKV-6 WKV with state emission and injection, in chunked form (reference).
 
@@ -163,15 +142,7 @@ def wkv6_chunked(
         w,
         u,
         scale,
-        dict(
-            initial_state=initial_state,
-            output_final_state=output_final_state,
-            emit_at=emit_at,
-            inject_at=inject_at,
-            inject_value=inject_value,
-            inject_mode=inject_mode,
-            inject_scale=inject_scale,
-        ),
+        instrumentation,
     )
 
     def piece(state, start, end, want_states):

@@ -78,14 +78,7 @@ def wkv7_sequential(
     a,
     b,
     scale=1.0,
-    *,
-    initial_state=None,
-    output_final_state=False,
-    emit_at=None,
-    inject_at=None,
-    inject_value=None,
-    inject_mode="add",
-    inject_scale=None,
+    **instrumentation,
 ) -> ScanOutput:
     """RWKV-7 WKV one token at a time: the definition.  Arguments as :func:`wkv7_chunked`."""
     x = _prepare(
@@ -96,15 +89,7 @@ def wkv7_sequential(
         a,
         b,
         scale,
-        dict(
-            initial_state=initial_state,
-            output_final_state=output_final_state,
-            emit_at=emit_at,
-            inject_at=inject_at,
-            inject_value=inject_value,
-            inject_mode=inject_mode,
-            inject_scale=inject_scale,
-        ),
+        instrumentation,
     )
 
     def step(state: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,13 +115,7 @@ def wkv7_chunked(
     scale=1.0,
     *,
     chunk_size=16,
-    initial_state=None,
-    output_final_state=False,
-    emit_at=None,
-    inject_at=None,
-    inject_value=None,
-    inject_mode="add",
-    inject_scale=None,
+    **instrumentation,
 ) -> ScanOutput:
     """RWKV-7 WKV with state emission and injection, in chunked form (reference).
 
@@ -171,15 +150,7 @@ def wkv7_chunked(
         a,
         b,
         scale,
-        dict(
-            initial_state=initial_state,
-            output_final_state=output_final_state,
-            emit_at=emit_at,
-            inject_at=inject_at,
-            inject_value=inject_value,
-            inject_mode=inject_mode,
-            inject_scale=inject_scale,
-        ),
+        instrumentation,
     )
 
     def piece(state, start, end, want_states):
