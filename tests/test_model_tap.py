@@ -342,9 +342,11 @@ def test_steered_generate_equals_a_manual_step_by_step_loop(model):
         statetap.Inject(site, 1, state_value, positions=-1, scale=2.0),  # last prompt token
         statetap.Inject("residual", 0, residual_value, positions="new"),  # every fed-back token
     ]
+    # No end-of-sequence token: every row generates all `new` tokens whatever it picks.
     options = dict(
         max_new_tokens=new,
         do_sample=False,
+        eos_token_id=[],
         pad_token_id=0,
         output_scores=True,
         return_dict_in_generate=True,
