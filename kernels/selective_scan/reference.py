@@ -146,11 +146,14 @@ def selective_scan(
         dt = F.softplus(dt)
     A, B, C, x = A.to(dtype), B.to(dtype), C.to(dtype), u.to(dtype)
 
+    # Every step's decay and input term at once, [B, D, L, N]; the loop only accumulates.
+    decay = torch.exp(dt[..., None] * A[:, None, :])
+    drive = (dt * x)[..., None] * (B[:, None, :] if B.dim() == 2 else B.transpose(-1, -2))
+    C = C[:, None, :] if C.dim() == 2 else C.transpose(-1, -2)
+
     def step(state: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        b_t = B if B.dim() == 2 else B[..., t]
-        c_t = C if C.dim() == 2 else C[..., t]
-        dt_t = dt[:, :, t, None]
-        state = torch.exp(dt_t * A) * state + dt_t * b_t * x[:, :, t, None]
+        state = decay[:, :, t] * state + drive[:, :, t]
+        c_t = C[:, 0] if C.dim() == 3 else C[:, :, t]
         return state, (state * c_t).sum(-1)
 
     ys, final, states = instr.run_steps(step)
