@@ -13,7 +13,8 @@ L in {2048, 8192}; bf16 inputs, fp32 state):
   positions, emitting every 64th position, and injecting (add) at 1 % of positions;
   flash-linear-attention's ``chunk_rwkv6`` and ``fused_recurrent_rwkv6`` (when ``fla`` is
   installed: carry the fla-core wheel); the pure-torch reference (``--reference``).
-* ``wkv7`` statetap recurrent kernel (the same four variants); fla's ``chunk_rwkv7``.
+* ``wkv7`` statetap chunked and recurrent kernels (the same four variants each); fla's
+  ``chunk_rwkv7``.
 * ``wkv4`` statetap recurrent kernel (C = H * K channels).
 * ``decode``: ``wkv6_step`` / ``wkv7_step`` / ``wkv4_step`` at batch 1 and 64.
 
@@ -123,21 +124,18 @@ def fla_baselines(op: str):
 def bench_sequence(op, shape_name, batch, length, device, bandwidth, args) -> list[dict]:
     from statetap.kernels.wkv6.launch import wkv6_triton
     from statetap.kernels.wkv6.reference import wkv6_chunked
-    from statetap.kernels.wkv7.fused_recurrent import wkv7_triton
+    from statetap.kernels.wkv7.launch import wkv7_triton
     from statetap.kernels.wkv7.reference import wkv7_chunked
 
     heads, dim = SHAPES[shape_name]
     x = rwkv_inputs(op, batch, length, heads, dim, device)
     state = heads * dim * dim * 4
     base = dict(op=op, model=shape_name, B=batch, L=length, H=heads, K=dim)
-    kernels = (
-        {
-            "statetap chunked": lambda **kw: wkv6_triton(**x, scale=1.0, form="chunked", **kw),
-            "statetap recurrent": lambda **kw: wkv6_triton(**x, scale=1.0, form="recurrent", **kw),
-        }
-        if op == "wkv6"
-        else {"statetap recurrent": lambda **kw: wkv7_triton(**x, scale=1.0, **kw)}
-    )
+    fused = wkv6_triton if op == "wkv6" else wkv7_triton
+    kernels = {
+        f"statetap {form}": lambda form=form, **kw: fused(**x, scale=1.0, form=form, **kw)
+        for form in ("chunked", "recurrent")
+    }
     rows, plain_ms = [], {}
     for name, fn in kernels.items():
         for variant in VARIANTS:

@@ -1,4 +1,5 @@
-"""RWKV-7 Triton kernels (recurrent forward, decode step) against the float64 definition.
+"""RWKV-7 Triton kernels (recurrent and chunked forwards, decode step) against the float64
+definition.
 
 Under the Triton interpreter on CPU tensors, outputs poisoned with NaN before each run.
 """
@@ -8,14 +9,16 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_triton_wkv6 import TOL, assert_close, double
+from test_triton_wkv6 import TOL, assert_close, double, emit_positions
 
 from statetap.kernels.examples import rel_error
-from statetap.kernels.wkv7.fused_recurrent import prepare7
+from statetap.kernels.wkv7.chunk import CHUNK
+from statetap.kernels.wkv7.launch import prepare7, wkv7_triton
 from statetap.kernels.wkv7.reference import wkv7_sequential
 from statetap.kernels.wkv7.step import wkv7_step_triton
 
 NAMES = ("r", "w", "k", "v", "a", "b")
+FORMS = ["recurrent", "chunked"]
 
 
 def inputs_of(B, L, H, K, V, dtype=torch.float32, decay=1.0):
@@ -37,38 +40,40 @@ def reference(inputs, scale, **instrumentation):
     return wkv7_sequential(*args, scale, **{n: double(x) for n, x in instrumentation.items()})
 
 
-def poisoned_run(inputs, scale, **instrumentation):
+def poisoned_run(inputs, scale, form="auto", **instrumentation):
+    """Prepare a launch, fill every output with NaN, run ``form``, check all of it was written."""
     launch = prepare7(*(inputs[n] for n in NAMES), scale, instrumentation)
     launch.y.fill_(float("nan"))
     if launch.instr.final is not None:
         launch.instr.final.fill_(float("nan"))
-    out = launch.run()
+    out = launch.run(form)
     assert not out.y.isnan().any(), "unwritten y"
     if out.final_state is not None:
         assert not out.final_state.isnan().any(), "unwritten final state"
     return out
 
 
-CASES = [  # B, L, H, K, V, dtype, decay divisor
+CASES = [  # B, L, H, K, V, dtype, decay divisor (0.1: strong, 10: weak)
     (2, 1, 1, 16, 16, torch.float32, 1.0),
-    (1, 15, 2, 32, 32, torch.float32, 0.1),
-    (2, 17, 1, 64, 64, torch.float32, 10.0),
-    (1, 16, 1, 16, 32, torch.float16, 1.0),
-    (1, 33, 1, 64, 16, torch.float32, 1.0),
+    (1, CHUNK - 1, 2, 32, 32, torch.float32, 0.1),
+    (1, CHUNK, 1, 16, 32, torch.float16, 1.0),
+    (2, CHUNK + 1, 1, 64, 64, torch.float32, 10.0),
+    (1, 2 * CHUNK + 1, 1, 32, 16, torch.float32, 1.0),
+    (1, 4 * CHUNK - 1, 1, 64, 32, torch.float16, 0.1),
 ]
 case_ids = [f"B{c[0]}-L{c[1]}-K{c[3]}-V{c[4]}-{str(c[5])[6:]}-decay{c[6]}" for c in CASES]
 
 
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("mode", ["add", "set"])
 @pytest.mark.parametrize("case", CASES, ids=case_ids)
-def test_matches_reference(case, mode):
+def test_matches_reference(case, mode, form):
     B, L, H, K, V, dtype, decay = case
     inputs = inputs_of(B, L, H, K, V, dtype, decay)
-    emit = sorted({0, L // 2, L - 1})
     instrumentation = dict(
         initial_state=torch.randn(B, H, K, V),
         output_final_state=True,
-        emit_at=torch.tensor([emit + [-1]] * B),
+        emit_at=emit_positions(L, B),  # 0, the chunk boundaries, L-1, an unused slot
         inject_at=torch.tensor([[L // 2]] + [[-1]] * (B - 1)),
         inject_value=torch.randn(B, 1, H, K, V),
         inject_mode=mode,
@@ -76,23 +81,87 @@ def test_matches_reference(case, mode):
     if mode == "add":
         instrumentation["inject_scale"] = torch.linspace(-2.0, 2.0, B)
     ref = reference(inputs, 0.5, **instrumentation)
-    assert_close(ref, poisoned_run(inputs, 0.5, **instrumentation), dtype)
+    assert_close(ref, poisoned_run(inputs, 0.5, form, **instrumentation), dtype)
 
 
-def test_empty_instrumentation_is_bit_identical():
-    B, L, H, K = 2, 9, 2, 16
+@pytest.mark.parametrize("K", [16, 32, 64])
+def test_chunked_set_and_add_at_chunk_edges(K):
+    B, L, H, V = 2, 2 * CHUNK + 3, 1, 16
+    inputs = inputs_of(B, L, H, K, V, decay=0.1)
+    edges = dict(
+        output_final_state=True,
+        emit_at=torch.tensor([CHUNK - 1, CHUNK, L - 1]),
+        inject_at=torch.tensor([[0, CHUNK - 1, CHUNK + 4], [CHUNK, -1, L - 1]]),
+        inject_value=torch.randn(1, 3, H, K, V),  # broadcast over the batch, never copied
+    )
+    for mode in ("set", "add"):
+        ref = reference(inputs, 1.0, inject_mode=mode, **edges)
+        assert_close(ref, poisoned_run(inputs, 1.0, "chunked", inject_mode=mode, **edges))
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_inject_scale_sweep(form):
+    """One launch, one multiplier per row: 0 is the unsteered row, the rest match float64."""
+    B, L, H, K = 3, CHUNK + 4, 1, 16
     inputs = inputs_of(B, L, H, K, K)
-    plain = poisoned_run(inputs, 1.0, output_final_state=True)
+    plain = poisoned_run(inputs, 1.0, form, output_final_state=True)
+    steer = dict(
+        output_final_state=True,
+        inject_at=torch.tensor([4, CHUNK + 1]),
+        inject_value=torch.randn(H, K, K),
+        inject_scale=torch.tensor([0.0, 1.0, -3.0]),
+    )
+    out = poisoned_run(inputs, 1.0, form, **steer)
+    assert_close(reference(inputs, 1.0, **steer), out)
+    # Recurrent: bit-identical.  Chunked: the piece is cut after t anyway, so only rounding.
+    tol = 0.0 if form == "recurrent" else 1e-6
+    assert rel_error(plain.y[0], out.y[0]) <= tol
+    assert rel_error(plain.final_state[0], out.final_state[0]) <= tol
+    assert not torch.equal(plain.y[1], out.y[1]) and not torch.equal(plain.y[2], out.y[2])
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_empty_instrumentation_is_bit_identical(form):
+    B, L, H, K = 2, CHUNK + 5, 2, 16
+    inputs = inputs_of(B, L, H, K, K)
+    plain = poisoned_run(inputs, 1.0, form, output_final_state=True)
     empty = poisoned_run(
         inputs,
         1.0,
+        form,
         output_final_state=True,
-        emit_at=torch.full((B, 1), -1),
+        emit_at=torch.full((B, 2), -1),
         inject_at=torch.zeros(B, 0, dtype=torch.long),
         inject_value=torch.zeros(B, 0, H, K, K),
     )
     assert torch.equal(plain.y, empty.y) and torch.equal(plain.final_state, empty.final_state)
     assert torch.equal(empty.states, torch.zeros_like(empty.states))
+
+
+def test_chunked_equals_recurrent():
+    B, L, H, K, V = 1, 3 * CHUNK + 5, 2, 32, 16
+    inputs = inputs_of(B, L, H, K, V, decay=0.1)
+    instrumentation = dict(
+        initial_state=torch.randn(B, H, K, V),
+        output_final_state=True,
+        emit_at=torch.tensor([3, CHUNK + 7, L - 2]),
+        inject_at=torch.tensor([CHUNK + 2]),
+        inject_value=torch.randn(B, 1, H, K, V),
+    )
+    chunked = poisoned_run(inputs, 1.0, "chunked", **instrumentation)
+    assert_close(poisoned_run(inputs, 1.0, "recurrent", **instrumentation), chunked)
+
+
+def test_auto_form_by_length():
+    """``auto``: recurrent up to 64 tokens, chunked beyond (bit-identical to the named form)."""
+    H, K = 1, 16
+    for L, form in ((64, "recurrent"), (65, "chunked")):
+        inputs = inputs_of(1, L, H, K, K)
+        auto = wkv7_triton(*(inputs[n] for n in NAMES), output_final_state=True)
+        named = poisoned_run(inputs, 1.0, form, output_final_state=True)
+        assert torch.equal(auto.y, named.y) and torch.equal(auto.final_state, named.final_state)
+    with pytest.raises(ValueError, match="form"):
+        wkv7_triton(*(inputs[n] for n in NAMES), form="blocked")
 
 
 @pytest.mark.parametrize("mode", ["add", "set"])

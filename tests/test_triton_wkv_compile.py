@@ -14,6 +14,7 @@ from statetap.kernels.wkv6.chunk import (
     wkv6_chunk_kernel,
 )
 from statetap.kernels.wkv6.fused_recurrent import recurrent_blocks, wkv6_recurrent_kernel
+from statetap.kernels.wkv7 import chunk as wkv7_chunk
 from statetap.kernels.wkv7.fused_recurrent import wkv7_recurrent_kernel
 
 INSTRUMENT_POINTERS = ("s0_ptr", "sT_ptr", "states_ptr", "inj_v_ptr", "inj_scale_ptr")
@@ -70,7 +71,8 @@ WKV4_SIG = dict(
 
 
 def wkv7_wkv4_specs():
-    """RWKV-7 recurrent at K = 64 and 128; RWKV-4: plain, add (fp32), set (bf16)."""
+    """RWKV-7 recurrent at K = 64 and 128, chunked at K = 16, 32 and 64; RWKV-4: plain, add (fp32),
+    set (bf16)."""
     specs = []
     for flags, dtype in ((PLAIN, "fp32"), (ADD, "fp32"), (SET, "bf16")):
         sig = signature(dtype=dtype, **WKV7_SIG)
@@ -78,6 +80,18 @@ def wkv7_wkv4_specs():
             bk, bv, warps = recurrent_blocks(key_dim, key_dim)
             constexprs = dict(flags, BK=bk, BV=bv)
             specs.append(_aot.KernelSpec(wkv7_recurrent_kernel, sig, constexprs, num_warps=warps))
+        for key_dim in (16, 32, 64):
+            bk, bv, warps = wkv7_chunk.chunk_blocks(key_dim, key_dim)
+            constexprs = dict(flags, BK=bk, BV=bv, BT=CHUNK, PRECISION=wkv7_chunk.PRECISION)
+            specs.append(
+                _aot.KernelSpec(
+                    wkv7_chunk.wkv7_chunk_kernel,
+                    sig,
+                    constexprs,
+                    num_warps=warps,
+                    num_stages=STAGES,
+                )
+            )
         sig = signature(dtype=dtype, **WKV4_SIG)
         sig.pop("scale")
         constexprs = dict(flags, BC=BLOCK_C, EMPTY=EMPTY_MAX)

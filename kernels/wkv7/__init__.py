@@ -1,11 +1,11 @@
 """``wkv7``: the public op, dispatched by device (see ``reference.py`` for the definitions).
 
-``triton`` (CUDA tensors): :func:`~.fused_recurrent.wkv7_triton` (recurrent; no chunked RWKV-7
-kernel yet); ``wkv7_step`` is the one-token decode step (state in place).
+``triton`` (CUDA tensors): :func:`~.launch.wkv7_triton`, chunked for prefill and recurrent
+for short sequences; ``wkv7_step`` is the one-token decode step (state in place).
 """
 
 from .._backend import dispatching
-from .fused_recurrent import wkv7_triton
+from .launch import wkv7_triton
 from .reference import wkv7_chunked, wkv7_sequential
 from .step import wkv7_step_reference, wkv7_step_triton
 

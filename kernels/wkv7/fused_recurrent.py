@@ -7,23 +7,17 @@ and a block of values of the fp32 state ``S`` ``[K, BV]`` in registers::
     inject at t (S += scale * value, or S = value); emit at t (store S)
 
 ``y_t`` reads the state after the update, before the injection at ``t`` (docs/semantics.md).
-Also the decode step (``L = 1``, state in place).  No chunked RWKV-7 kernel yet: long
-sequences run this one.
+Used for short sequences and for the decode step (``L = 1``, state in place); prefill runs
+:mod:`.chunk`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import torch
 import triton
 import triton.language as tl
 
-from .._contract import ScanOutput
 from ..wkv6.fused_recurrent import recurrent_blocks
-from ..wkv6.instrumented import KernelInstrumentation, end_of_step, open_matrix_row
-from ..wkv6.launch import is_exact_oracle
-from .reference import validate, wkv7_chunked
+from ..wkv6.instrumented import end_of_step, open_matrix_row
 
 
 @triton.jit
@@ -157,77 +151,15 @@ def wkv7_recurrent_kernel(
         tl.store(sT_ptr + state_off + o_kv, S, mask=m_kv)
 
 
-@dataclass
-class Launch7:
-    """One RWKV-7 launch: contiguous inputs, ``y`` (uninitialised), the instrumentation."""
-
-    inputs: tuple[torch.Tensor, ...]  # r, w, k, v, a, b
-    scale: float
-    y: torch.Tensor
-    instr: KernelInstrumentation
-
-    def run(self) -> ScanOutput:
-        r, v = self.inputs[0], self.inputs[3]
-        batch, length, heads, key_dim = r.shape
-        bk, bv, warps = recurrent_blocks(key_dim, v.shape[-1])
-        instr = self.instr
-        wkv7_recurrent_kernel[(triton.cdiv(v.shape[-1], bv), batch * heads)](
-            *self.inputs,
-            self.y,
-            *instr.pointers(self.y),
-            self.scale,
-            length,
-            heads,
-            key_dim,
-            v.shape[-1],
-            instr.emit_count,
-            instr.inject_count,
-            *instr.value_strides(),
-            BK=bk,
-            BV=bv,
-            num_warps=warps,
-            **instr.flags(),
-        )
-        return instr.output(self.y)
-
-
-def prepare7(r, w, k, v, a, b, scale, instrumentation: dict, state=None) -> Launch7:
-    """Validate as the reference does and lay out one launch (``state``: decode in place)."""
-    scale, instr = validate(r, w, k, v, a, b, scale, instrumentation)
-    inputs = tuple(t.contiguous() for t in (r, w, k, v, a, b))
-    return Launch7(
-        inputs=inputs,
-        scale=scale,
-        y=torch.empty(v.shape, device=v.device, dtype=v.dtype),
-        instr=KernelInstrumentation.build(
-            instr, instrumentation.get("initial_state") is not None, state
-        ),
+def launch_recurrent(launch) -> None:
+    """Run :func:`wkv7_recurrent_kernel` on a prepared :class:`~.launch.Launch7`."""
+    batch, _, heads, key_dim = launch.inputs[0].shape
+    value_dim = launch.inputs[3].shape[-1]
+    bk, bv, warps = recurrent_blocks(key_dim, value_dim)
+    wkv7_recurrent_kernel[(triton.cdiv(value_dim, bv), batch * heads)](
+        *launch.kernel_args(),
+        BK=bk,
+        BV=bv,
+        num_warps=warps,
+        **launch.instr.flags(),
     )
-
-
-def wkv7_triton(r, w, k, v, a, b, scale=1.0, **instrumentation) -> ScanOutput:
-    """RWKV-7 WKV forward on Triton (recurrent), with state emission and injection fused in.
-
-    Args:
-        r, w, k, a, b: ``[B, L, H, K]`` (``w`` log-decay ``<= 0``; transition
-            ``diag(exp(w_t)) + b_t a_t^T``); v: ``[B, L, H, V]``.
-        scale: multiplies ``r`` (default 1.0, as RWKV-7 models use).
-        initial_state, output_final_state, emit_at, inject_at, inject_value, inject_mode,
-        inject_scale: the instrumentation arguments of ``docs/semantics.md``; the state ``S``
-            is ``[H, K, V]``, carried and emitted in float32.
-
-    Returns:
-        ``ScanOutput(y [B, L, H, V] in v.dtype, final_state [B, H, K, V] | None,
-        states [B, P, H, K, V] | None)``.
-
-    Example (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``):
-        >>> r, k, v = (torch.randn(1, 6, 1, 16) for _ in range(3))
-        >>> kappa = torch.nn.functional.normalize(torch.randn(1, 6, 1, 16), dim=-1)
-        >>> out = wkv7_triton(r, -0.5 * torch.rand(1, 6, 1, 16), k, v, -kappa, 0.5 * kappa,
-        ...                   emit_at=torch.tensor([5]), output_final_state=True)
-        >>> torch.allclose(out.states[:, 0], out.final_state)
-        True
-    """
-    if is_exact_oracle(r, w, k, v, a, b):
-        return wkv7_chunked(r, w, k, v, a, b, scale, **instrumentation)
-    return prepare7(r, w, k, v, a, b, scale, instrumentation).run()

@@ -8,7 +8,7 @@ from __future__ import annotations
 from .._contract import ScanOutput
 from ..wkv6.launch import is_exact_oracle
 from ..wkv6.step import check_state, one_token, reference_step
-from .fused_recurrent import prepare7
+from .launch import prepare7
 from .reference import wkv7_sequential
 
 

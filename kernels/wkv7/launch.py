@@ -1,0 +1,105 @@
+"""RWKV-7 WKV on Triton: the public forward, its validation and the choice of kernel.
+
+``wkv7_triton`` validates exactly as the reference does (:func:`.reference.validate`), prepares
+a :class:`Launch7` and runs the chunked kernel for prefill (``L > 64`` and ``K <= 64``, as for
+RWKV-6) or the recurrent one for short sequences (and the decode step).  Forward only; float64
+inputs (the exact oracle) run the reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .._contract import ScanOutput
+from ..wkv6.chunk import MAX_KEY_DIM
+from ..wkv6.instrumented import KernelInstrumentation
+from ..wkv6.launch import FORMS, RECURRENT_MAX_LENGTH, is_exact_oracle
+from .chunk import launch_chunked
+from .fused_recurrent import launch_recurrent
+from .reference import validate, wkv7_chunked
+
+
+@dataclass
+class Launch7:
+    """One RWKV-7 launch: ``inputs`` ``(r, w, k, v, a, b)`` contiguous ``[B, L, H, K|V]``,
+    ``y`` ``[B, L, H, V]`` in ``v.dtype`` (uninitialised), the instrumentation."""
+
+    inputs: tuple[torch.Tensor, ...]
+    scale: float
+    y: torch.Tensor
+    instr: KernelInstrumentation
+
+    def kernel_args(self) -> tuple:
+        """The positional arguments of ``wkv7_recurrent_kernel`` / ``wkv7_chunk_kernel``."""
+        batch, length, heads, key_dim = self.inputs[0].shape
+        return (
+            *self.inputs,
+            self.y,
+            *self.instr.pointers(self.y),
+            self.scale,
+            length,
+            heads,
+            key_dim,
+            self.inputs[3].shape[-1],
+            self.instr.emit_count,
+            self.instr.inject_count,
+            *self.instr.value_strides(),
+        )
+
+    def run(self, form: str = "auto") -> ScanOutput:
+        """Run the kernel ``form`` names (``"auto"``: by length) and return the result."""
+        if form not in FORMS:
+            raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+        length, key_dim = self.inputs[0].shape[1], self.inputs[0].shape[-1]
+        if form == "auto":
+            long = length > RECURRENT_MAX_LENGTH
+            form = "chunked" if long and key_dim <= MAX_KEY_DIM else "recurrent"
+        (launch_chunked if form == "chunked" else launch_recurrent)(self)
+        return self.instr.output(self.y)
+
+
+def prepare7(r, w, k, v, a, b, scale, instrumentation: dict, state=None) -> Launch7:
+    """Validate as the reference does and lay out one launch (``state``: decode in place)."""
+    scale, instr = validate(r, w, k, v, a, b, scale, instrumentation)
+    inputs = tuple(t.contiguous() for t in (r, w, k, v, a, b))
+    return Launch7(
+        inputs=inputs,
+        scale=scale,
+        y=torch.empty(v.shape, device=v.device, dtype=v.dtype),
+        instr=KernelInstrumentation.build(
+            instr, instrumentation.get("initial_state") is not None, state
+        ),
+    )
+
+
+def wkv7_triton(r, w, k, v, a, b, scale=1.0, *, form="auto", **instrumentation) -> ScanOutput:
+    """RWKV-7 WKV forward on Triton, with state emission and injection fused in.
+
+    Args:
+        r, w, k, a, b: ``[B, L, H, K]`` (``w`` log-decay ``<= 0``; transition
+            ``diag(exp(w_t)) + b_t a_t^T``); v: ``[B, L, H, V]``.
+        scale: multiplies ``r`` (default 1.0, as RWKV-7 models use).
+        form: ``"auto"`` (chunked when ``L > 64`` and ``K <= 64``, else recurrent),
+            ``"recurrent"`` or ``"chunked"`` (``K <= 64``).
+        initial_state, output_final_state, emit_at, inject_at, inject_value, inject_mode,
+        inject_scale: the instrumentation arguments of ``docs/semantics.md``; the state ``S``
+            is ``[H, K, V]``, carried and emitted in float32.
+
+    Returns:
+        ``ScanOutput(y [B, L, H, V] in v.dtype, final_state [B, H, K, V] | None,
+        states [B, P, H, K, V] | None)``.
+
+    Example (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``):
+        >>> r, k, v = (torch.randn(1, 20, 1, 16) for _ in range(3))
+        >>> kappa = torch.nn.functional.normalize(torch.randn(1, 20, 1, 16), dim=-1)
+        >>> out = wkv7_triton(r, -0.5 * torch.rand(1, 20, 1, 16), k, v, -kappa, 0.5 * kappa,
+        ...                   form="chunked", emit_at=torch.tensor([7, 19]),
+        ...                   output_final_state=True)
+        >>> torch.allclose(out.states[:, 1], out.final_state)
+        True
+    """
+    if is_exact_oracle(r, w, k, v, a, b):
+        return wkv7_chunked(r, w, k, v, a, b, scale, **instrumentation)
+    return prepare7(r, w, k, v, a, b, scale, instrumentation).run(form)
