@@ -267,14 +267,7 @@ def ssd_triton(
     seq_idx=None,
     dt_softplus=False,
     dt_limit=(0.0, math.inf),
-    *,
-    initial_state=None,
-    output_final_state=False,
-    emit_at=None,
-    inject_at=None,
-    inject_value=None,
-    inject_mode="add",
-    inject_scale=None,
+    **instrumentation,
 ) -> ScanOutput:
     """Mamba-2 SSD, Triton chunked forward with states emitted and injected at any timestep.
 
@@ -308,16 +301,9 @@ def ssd_triton(
     """
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    instrumentation = dict(
-        output_final_state=output_final_state,
-        emit_at=emit_at,
-        inject_at=inject_at,
-        inject_value=inject_value,
-        inject_mode=inject_mode,
-        inject_scale=inject_scale,
+    instr, reset = validate(
+        x, dt, A, B, C, D, z, dt_bias, dt_limit, seq_idx, initial_states, instrumentation
     )
-    args = (x, dt, A, B, C, D, z, dt_bias, dt_limit, seq_idx, initial_state, initial_states)
-    instr, reset = validate(*args, instrumentation)
     if instr.dtype != torch.float32:
         return ssd_chunked(
             x,
@@ -333,7 +319,6 @@ def ssd_triton(
             seq_idx,
             dt_softplus,
             dt_limit,
-            initial_state=initial_state,
             **instrumentation,
         )
     _triton.check_launchable(x.device, "ssd")
@@ -348,7 +333,7 @@ def ssd_triton(
     if reset is not None:
         marks = torch.arange(length, device=x.device).expand(batch, -1)
         reset_times, _ = Instrumentation.schedule(torch.where(reset, marks, -1), length)
-    has_initial = initial_state is not None or initial_states is not None
+    has_initial = instrumentation.get("initial_state") is not None or initial_states is not None
     if D is not None:
         D = (D[:, None].expand(heads, head_dim) if D.dim() == 1 else D).to(**f32)
     block_t, block_p, block_n, warps = block_sizes(head_dim, state_size, chunk_size)
@@ -394,7 +379,7 @@ def ssd_triton(
         SOFTPLUS=bool(dt_softplus),
         HAS_LIMIT=tuple(dt_limit) != (0.0, math.inf),
         HAS_INITIAL=has_initial,
-        STORE_FINAL=output_final_state,
+        STORE_FINAL=instr.output_final_state,
         HAS_RESET=reset is not None,
         **sched.flags(),
         IEEE=ieee,

@@ -40,7 +40,7 @@ class _Inputs:
 
 
 def validate(
-    x, dt, A, B, C, D, z, dt_bias, dt_limit, seq_idx, initial_state, initial_states, instrumentation
+    x, dt, A, B, C, D, z, dt_bias, dt_limit, seq_idx, initial_states, instrumentation
 ) -> tuple[Instrumentation, torch.Tensor | None]:
     """Check every argument of :func:`ssd_chunked` (shapes, devices, dtypes, positions).
 
@@ -74,9 +74,9 @@ def validate(
     if not (isinstance(dt_limit, tuple) and len(dt_limit) == 2 and dt_limit[0] <= dt_limit[1]):
         raise ValueError(f"dt_limit must be a (low, high) tuple with low <= high, got {dt_limit!r}")
     if initial_states is not None:
-        if initial_state is not None:
+        if instrumentation.get("initial_state") is not None:
             raise ValueError("pass initial_state or its mamba-ssm alias initial_states, not both")
-        initial_state = initial_states
+        instrumentation = {**instrumentation, "initial_state": initial_states}
     reset = None
     if seq_idx is not None:
         check_tensor("seq_idx", seq_idx, (batch, length), ("B", "L"), device=device, floating=False)
@@ -94,42 +94,16 @@ def validate(
         state_shape=(heads, head_dim, state_size),
         device=device,
         dtype=dtype,
-        initial_state=initial_state,
         **instrumentation,
     )
     return instr, reset
 
 
 def _prepare(
-    x,
-    dt,
-    A,
-    B,
-    C,
-    D,
-    z,
-    dt_bias,
-    dt_softplus,
-    dt_limit,
-    seq_idx,
-    initial_state,
-    initial_states,
-    instrumentation,
+    x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit, seq_idx, initial_states, instrumentation
 ) -> _Inputs:
     instr, reset = validate(
-        x,
-        dt,
-        A,
-        B,
-        C,
-        D,
-        z,
-        dt_bias,
-        dt_limit,
-        seq_idx,
-        initial_state,
-        initial_states,
-        instrumentation,
+        x, dt, A, B, C, D, z, dt_bias, dt_limit, seq_idx, initial_states, instrumentation
     )
     dtype, heads, groups = instr.dtype, x.shape[2], B.shape[2]
     dt = dt.to(dtype)
@@ -175,14 +149,7 @@ def ssd_sequential(
     seq_idx=None,
     dt_softplus=False,
     dt_limit=(0.0, math.inf),
-    *,
-    initial_state=None,
-    output_final_state=False,
-    emit_at=None,
-    inject_at=None,
-    inject_value=None,
-    inject_mode="add",
-    inject_scale=None,
+    **instrumentation,
 ) -> ScanOutput:
     """Mamba-2 SSD, one token at a time: the definition.  Same arguments as :func:`ssd_chunked`
     (``chunk_size`` is accepted for signature parity and ignored)."""
@@ -198,16 +165,8 @@ def ssd_sequential(
         dt_softplus,
         dt_limit,
         seq_idx,
-        initial_state,
         initial_states,
-        dict(
-            output_final_state=output_final_state,
-            emit_at=emit_at,
-            inject_at=inject_at,
-            inject_value=inject_value,
-            inject_mode=inject_mode,
-            inject_scale=inject_scale,
-        ),
+        instrumentation,
     )
 
     def step(state: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -235,14 +194,7 @@ def ssd_chunked(
     seq_idx=None,
     dt_softplus=False,
     dt_limit=(0.0, math.inf),
-    *,
-    initial_state=None,
-    output_final_state=False,
-    emit_at=None,
-    inject_at=None,
-    inject_value=None,
-    inject_mode="add",
-    inject_scale=None,
+    **instrumentation,
 ) -> ScanOutput:
     """Mamba-2 SSD with state emission and injection, in chunked form (reference).
 
@@ -288,16 +240,8 @@ def ssd_chunked(
         dt_softplus,
         dt_limit,
         seq_idx,
-        initial_state,
         initial_states,
-        dict(
-            output_final_state=output_final_state,
-            emit_at=emit_at,
-            inject_at=inject_at,
-            inject_value=inject_value,
-            inject_mode=inject_mode,
-            inject_scale=inject_scale,
-        ),
+        instrumentation,
     )
     instr = inputs.instr
     starts = []
