@@ -18,7 +18,7 @@ Example:
     ...                                      state_size=4)).eval()
     >>> tap = statetap.attach(model)
     >>> out = tap.generate(
-    ...     torch.randint(0, 64, (2, 5)), max_new_tokens=3, do_sample=False,
+    ...     torch.randint(0, 64, (2, 5)), max_new_tokens=3, min_new_tokens=3, do_sample=False,
     ...     inject=[statetap.Inject("residual", 1, torch.randn(32), positions="new", scale=2.0)],
     ...     emit=[statetap.Emit("ssm", 0, positions="new")])
     >>> out.sequences.shape, out["ssm", 0].shape  # the last generated token is never fed back

@@ -27,50 +27,36 @@ from statetap.kernels.examples import rel_error
 VOCAB, LENGTH = 97, 11
 
 
+_MAMBA = dict(hidden_size=32, state_size=8, num_hidden_layers=3, expand=2)
+# name -> (config class, model class, config arguments); all tiny, three layers
+ARCHITECTURES = {
+    "mamba": (MambaConfig, MambaForCausalLM, _MAMBA | dict(conv_kernel=4)),
+    "falcon_mamba": (FalconMambaConfig, FalconMambaForCausalLM, _MAMBA | dict(conv_kernel=4)),
+    "mamba2": (
+        Mamba2Config,
+        Mamba2ForCausalLM,
+        _MAMBA | dict(head_dim=8, num_heads=8, n_groups=2, chunk_size=4),
+    ),
+    "rwkv": (
+        RwkvConfig,
+        RwkvForCausalLM,
+        dict(
+            hidden_size=32,
+            num_hidden_layers=3,
+            attention_hidden_size=32,
+            intermediate_size=64,
+            rescale_every=2,
+        ),
+    ),
+}
+
+
 def _build(name: str):
     torch.manual_seed(1234)
-    if name == "mamba":
-        config = MambaConfig(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            state_size=8,
-            num_hidden_layers=3,
-            expand=2,
-            conv_kernel=4,
-        )
-        return MambaForCausalLM(config).eval()
-    if name == "falcon_mamba":
-        config = FalconMambaConfig(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            state_size=8,
-            num_hidden_layers=3,
-            expand=2,
-            conv_kernel=4,
-        )
-        return FalconMambaForCausalLM(config).eval()
-    if name == "mamba2":
-        config = Mamba2Config(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            state_size=8,
-            num_hidden_layers=3,
-            expand=2,
-            head_dim=8,
-            num_heads=8,
-            n_groups=2,
-            chunk_size=4,
-        )
-        return Mamba2ForCausalLM(config).eval()
-    config = RwkvConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        num_hidden_layers=3,
-        attention_hidden_size=32,
-        intermediate_size=64,
-        rescale_every=2,
-    )
-    model = RwkvForCausalLM(config).eval()
+    config_class, model_class, arguments = ARCHITECTURES[name]
+    model = model_class(config_class(vocab_size=VOCAB, **arguments)).eval()
+    if model_class is not RwkvForCausalLM:
+        return model
     with torch.no_grad():  # give the decays and bonuses some spread
         for block in model.rwkv.blocks:
             block.attention.time_decay.normal_(0.0, 1.0)
@@ -78,7 +64,7 @@ def _build(name: str):
     return model
 
 
-MODELS = ["mamba", "falcon_mamba", "mamba2", "rwkv"]
+MODELS = list(ARCHITECTURES)
 
 
 @pytest.fixture(scope="module", params=MODELS)
@@ -351,6 +337,8 @@ def test_steered_generate_equals_a_manual_step_by_step_loop(model):
         output_scores=True,
         return_dict_in_generate=True,
     )
+    # Every prompt token is real (generate would otherwise mask prompt tokens equal to the pad id).
+    options["attention_mask"] = torch.ones_like(prompt)
     generated = tap.generate(
         prompt, inject=requests, emit=[statetap.Emit(site, 2, positions="new")], **options
     )
