@@ -7,13 +7,30 @@ device of its inputs (``STATETAP_BACKEND`` forces a backend); ``*_sequential`` /
 """
 
 from ._contract import ScanOutput
-from .selective_scan import selective_scan
-from .ssd import ssd
-from .wkv4 import wkv4
+from .selective_scan import selective_scan, selective_scan_step
+from .ssd import ssd, ssd_step
+from .wkv4 import wkv4, wkv4_step
 from .wkv5 import wkv5
-from .wkv6 import wkv6
-from .wkv7 import wkv7
+from .wkv6 import wkv6, wkv6_step
+from .wkv7 import wkv7, wkv7_step
 
 OPS = ("selective_scan", "ssd", "wkv4", "wkv5", "wkv6", "wkv7")
+#: one-token decode steps, state updated in place (RWKV-5 decodes with wkv6_step)
+STEPS = ("selective_scan_step", "ssd_step", "wkv4_step", "wkv6_step", "wkv7_step")
 
-__all__ = ["OPS", "ScanOutput", "selective_scan", "ssd", "wkv4", "wkv5", "wkv6", "wkv7"]
+__all__ = [
+    "OPS",
+    "STEPS",
+    "ScanOutput",
+    "selective_scan",
+    "selective_scan_step",
+    "ssd",
+    "ssd_step",
+    "wkv4",
+    "wkv4_step",
+    "wkv5",
+    "wkv6",
+    "wkv6_step",
+    "wkv7",
+    "wkv7_step",
+]

@@ -381,3 +381,34 @@ def test_offload_streams_emissions_to_pinned_cpu_memory():
         host = offloaded[key]
         assert host.device.type == "cpu" and host.is_pinned()
         assert torch.equal(value.cpu(), host)
+
+
+@torch.no_grad()
+def test_generation_with_rows_reaching_a_position_at_different_steps(model):
+    """Left-padded prompts of different lengths reach a generated position at different steps,
+    so a one-token step sets the state of some rows only; each row equals its own run."""
+    if isinstance(model, RwkvForCausalLM):
+        pytest.skip("transformers' RWKV ignores attention_mask: padded rows differ anyway")
+    tap = statetap.attach(model)
+    ids = _ids(2)[:, :6]
+    mask = torch.ones_like(ids)
+    mask[0, 0] = 0  # row 0: five real tokens, row 1: six
+    value = 0.1 * torch.randn(tap.site_shape("ssm"))
+    request = statetap.Inject("ssm", 1, value, positions=6, mode="set")  # a generated token
+    options = dict(
+        max_new_tokens=4,
+        do_sample=False,
+        eos_token_id=[],
+        pad_token_id=0,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
+    both = tap.generate(ids, attention_mask=mask, inject=[request], **options)
+    for row in range(2):
+        alone = ids[row : row + 1, 1 - row :]  # the row without its padding
+        single = tap.generate(
+            alone, attention_mask=torch.ones_like(alone), inject=[request], **options
+        )
+        assert torch.equal(both.sequences[row, -4:], single.sequences[0, -4:])
+        for k in range(4):
+            _close(single.output.scores[k][0], both.output.scores[k][row], 1e-5)

@@ -122,6 +122,38 @@ class _MambaFamily(Adapter):
         if out.states is not None:
             pass_.store("ssm", pass_.layer, pass_.at("ssm").expand_states(out.states))
 
+    @staticmethod
+    def _step_work(pass_: Pass) -> dict | None:
+        """The running layer's ``"ssm"`` work for one token as the in-place step kernels take it:
+        one injection value per row, rows without one adding it times zero.  None when the work
+        needs the one-token sequence kernel instead (a ``set`` on some rows only)."""
+        ops = pass_.at("ssm")
+        if ops is None:
+            return {}
+        work = {"emit": ops.emit_at is not None}
+        injection = ops.injection
+        if injection is not None:
+            hit = injection.positions == 0  # [B, Q]: one token, so 0 (here) or -1 (unused)
+            rows = torch.arange(hit.shape[0], device=hit.device)
+            slot = hit.to(torch.uint8).argmax(1)
+            injecting = hit.any(1)
+            work["inject_value"] = injection.value[rows, slot]
+            work["inject_mode"] = injection.mode
+            if injection.mode == "set" and not bool(injecting.all()):
+                return None
+            if injection.mode == "add":
+                scale = 1.0 if injection.scale is None else injection.scale[rows, slot]
+                work["inject_scale"] = torch.where(injecting, scale, 0.0)
+        return work
+
+    @staticmethod
+    def _store_step(pass_: Pass, emitted: torch.Tensor | None) -> None:
+        """Put a step's emitted state ``[B, *S]`` into the slots that asked for this token."""
+        if emitted is not None:
+            emit_at = pass_.at("ssm").emit_at
+            here = (emit_at == 0).view(*emit_at.shape, *[1] * (emitted.dim() - 1))
+            pass_.store("ssm", pass_.layer, torch.where(here, emitted[:, None], 0.0))
+
 
 class MambaAdapter(_MambaFamily):
     """transformers ``MambaForCausalLM``: ssm state ``[D, N]`` (D = intermediate size)."""
@@ -174,6 +206,23 @@ class MambaAdapter(_MambaFamily):
         def state_update(
             state, hidden_states, dt, A, B, C, D=None, dt_bias=None, dt_softplus=False, z=None, **_
         ):
+            work = self._step_work(pass_)
+            if work is not None:  # the in-place decode kernel
+                out = kernels.selective_scan_step(
+                    state,
+                    hidden_states,
+                    dt,
+                    A,
+                    B,
+                    C,
+                    D=D,
+                    z=z,
+                    delta_bias=dt_bias,
+                    delta_softplus=dt_softplus,
+                    **work,
+                )
+                self._store_step(pass_, out.state)
+                return out.y
             out = kernels.selective_scan(
                 hidden_states[..., None],
                 dt[..., None],
@@ -256,16 +305,35 @@ class Mamba2Adapter(_MambaFamily):
             state, hidden_states, dt, A, B, C, D=None, dt_bias=None, dt_softplus=False, z=None, **_
         ):
             # transformers expands the per-head A, dt, dt_bias and D over the head dimension.
+            dt, A = dt[..., 0], A[:, 0, 0]
+            dt_bias = None if dt_bias is None else dt_bias[:, 0]
+            work = self._step_work(pass_)
+            if work is not None:  # the in-place decode kernel
+                out = kernels.ssd_step(
+                    state,
+                    hidden_states,
+                    dt,
+                    A,
+                    B,
+                    C,
+                    D=D,
+                    z=z,
+                    dt_bias=dt_bias,
+                    dt_softplus=dt_softplus,
+                    **work,
+                )
+                self._store_step(pass_, out.state)
+                return out.y
             out = kernels.ssd(
                 hidden_states[:, None],
-                dt[:, None, :, 0],
-                A[:, 0, 0],
+                dt[:, None],
+                A,
                 B[:, None],
                 C[:, None],
                 1,
                 D=D,
                 z=None if z is None else z[:, None],
-                dt_bias=None if dt_bias is None else dt_bias[:, 0],
+                dt_bias=dt_bias,
                 dt_softplus=dt_softplus,
                 initial_state=state.float(),
                 output_final_state=True,
