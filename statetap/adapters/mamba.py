@@ -223,7 +223,8 @@ class MambaAdapter(_MambaFamily):
                 )
                 self._store_step(pass_, out.state)
                 return out.y
-            out = kernels.selective_scan(
+            # The sequence scan over this one token (it starts from the cached state).
+            y, final = self.scan(pass_)(
                 hidden_states[..., None],
                 dt[..., None],
                 A,
@@ -233,13 +234,10 @@ class MambaAdapter(_MambaFamily):
                 z=None if z is None else z[..., None],
                 delta_bias=dt_bias,
                 delta_softplus=dt_softplus,
-                initial_state=state.float(),
-                output_final_state=True,
-                **self._instrumentation(pass_),
+                return_last_state=True,
             )
-            self._store(pass_, out)
-            state.copy_(out.final_state.to(state.dtype))
-            return out.y[..., 0].to(hidden_states.dtype)
+            state.copy_(final.to(state.dtype))
+            return y[..., 0].to(hidden_states.dtype)
 
         return state_update
 
@@ -324,7 +322,8 @@ class Mamba2Adapter(_MambaFamily):
                 )
                 self._store_step(pass_, out.state)
                 return out.y
-            out = kernels.ssd(
+            # The sequence scan over this one token, from the cached state.
+            y, final = self.scan(pass_)(
                 hidden_states[:, None],
                 dt[:, None],
                 A,
@@ -334,13 +333,11 @@ class Mamba2Adapter(_MambaFamily):
                 D=D,
                 z=None if z is None else z[:, None],
                 dt_bias=dt_bias,
+                initial_states=state.float(),
                 dt_softplus=dt_softplus,
-                initial_state=state.float(),
-                output_final_state=True,
-                **self._instrumentation(pass_),
+                return_final_states=True,
             )
-            self._store(pass_, out)
-            state.copy_(out.final_state.to(state.dtype))
-            return out.y[:, 0].to(hidden_states.dtype)
+            state.copy_(final.to(state.dtype))
+            return y[:, 0].to(hidden_states.dtype)
 
         return state_update
