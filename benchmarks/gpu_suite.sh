@@ -10,11 +10,12 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PYTHON:-python3}
+export PYTHONSAFEPATH=1  # keep the repository root off sys.path: ./kernels is not the `kernels` package
 QUICK=$([[ "${FULL:-0}" == 1 ]] && echo "" || echo "--quick")
 
 "$PY" -m pip install -q --no-deps --no-build-isolation -e .
 "$PY" -m statetap.cli check --device cuda
-TRITON_INTERPRET=0 PYTHONSAFEPATH=1 "$PY" -m pytest -q -x tests
+TRITON_INTERPRET=0 "$PY" -m pytest -q -x tests
 "$PY" benchmarks/bench_mamba.py $QUICK
 "$PY" benchmarks/bench_rwkv.py $QUICK
 if [[ -n "${OUT:-}" ]]; then
