@@ -31,6 +31,19 @@ class Injection:
             inject_scale=self.scale,
         )
 
+    def updated(
+        self, current: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor
+    ) -> torch.Tensor:
+        """``current`` ``[n, *shape]`` (the site in rows ``rows``) after the injections of slots
+        ``slots`` ``[n]``: ``value`` for ``set``, ``current + scale * value`` for ``add``."""
+        value = self.value[rows, slots].to(current.dtype)
+        if self.mode == "set":
+            return value
+        if self.scale is None:
+            return current + value
+        scale = self.scale[rows, slots].view(-1, *[1] * (value.dim() - 1))
+        return current + (scale * value).to(current.dtype)
+
     def apply(self, tensor: torch.Tensor, time_axis: int = 1) -> torch.Tensor:
         """``tensor`` ``[B, .., L, ..]`` with the injection applied along ``time_axis``
         (a new tensor; the input is not modified).  Slots holding ``-1`` do nothing."""
@@ -39,14 +52,7 @@ class Injection:
         for q in range(self.positions.shape[1]):
             rows = (self.positions[:, q] >= 0).nonzero().flatten()
             at = self.positions[rows, q]
-            value = self.value[rows, q].to(tensor.dtype)
-            if self.mode == "set":
-                moved[rows, at] = value
-            else:
-                scale = 1.0 if self.scale is None else self.scale[rows, q]
-                if self.scale is not None:
-                    scale = scale.view(-1, *[1] * (value.dim() - 1))
-                moved[rows, at] = moved[rows, at] + (scale * value).to(tensor.dtype)
+            moved[rows, at] = self.updated(moved[rows, at], rows, torch.full_like(rows, q))
         return out
 
 

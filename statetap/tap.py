@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from statetap.adapters import Adapter, adapter_for
+from statetap.adapters.base import COMMON_SITES
 from statetap.plan import Injection, Pass, SiteOps
 from statetap.positions import PositionSpec, resolve_positions
 from statetap.state import RecurrentState
@@ -144,11 +145,7 @@ class Tap:
 
         def positions_of(request: Emit | Inject, name: str) -> torch.Tensor:
             spec = request.positions
-            if (
-                isinstance(spec, str)
-                and spec == "all"
-                and request.site not in ("residual", "mixer")
-            ):
+            if isinstance(spec, str) and spec == "all" and request.site not in COMMON_SITES:
                 raise ValueError(
                     "positions='all' is for the residual and mixer sites; "
                     f"{request.site!r} takes explicit positions"

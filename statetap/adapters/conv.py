@@ -99,13 +99,7 @@ def _inject_window(padded, hit, injection, end, width) -> None:
     """Edit, in place, the window ending at padded index ``end`` for the rows in ``hit``."""
     rows, slots = hit.nonzero(as_tuple=True)
     window = padded[rows, :, end - width + 1 : end + 1]  # [n, C, K]
-    value = injection.value[rows, slots].to(padded.dtype)
-    if injection.mode == "set":
-        window = value
-    else:
-        scale = 1.0 if injection.scale is None else injection.scale[rows, slots].view(-1, 1, 1)
-        window = window + scale * value
-    padded[rows, :, end - width + 1 : end + 1] = window.to(padded.dtype)
+    padded[rows, :, end - width + 1 : end + 1] = injection.updated(window, rows, slots)
 
 
 def _recompute(original, padded, out, rows_hit, end, width, weight, bias, activation):
