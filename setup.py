@@ -145,7 +145,16 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "dev": ["pytest", "pytest-benchmark", "pytest-xdist", "hypothesis", "ruff"],
+        "dev": [
+            "pytest",
+            "pytest-benchmark",
+            "pytest-xdist",
+            "hypothesis",
+            "ruff",
+            # mamba-ssm's python package (its adapter's tests); bootstrap.sh installs it
+            "einops",
+            "packaging",
+        ],
         "mamba": ["mamba-ssm"],
         "fla": ["flash-linear-attention"],
     },

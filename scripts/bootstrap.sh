@@ -9,6 +9,7 @@
 # - Otherwise the CPU wheel torch==2.13.0 and triton==3.8.0 are installed first. Never an
 #   unpinned torch: it resolves to a multi-GB CUDA build.
 # - Then `pip install --no-build-isolation -e ".[dev]"` (builds csrc/ into statetap._C if any).
+# - On a CPU machine, mamba-ssm's python code (no CUDA build) for its adapter's tests.
 # - A stamp in the venv records a hash of setup.py, pyproject.toml, this script and csrc/
 #   sources; the install re-runs only when that hash changes. Safe to run repeatedly.
 set -euo pipefail
@@ -63,6 +64,16 @@ fi
 
 echo "bootstrap: installing statetap (editable) with the dev extras"
 "${PIP[@]}" --no-build-isolation -e ".[dev]"
+
+# mamba-ssm's python package, for its adapter's tests (tests/test_mamba_ssm.py). On a CPU machine
+# only its python code installs (no CUDA build; the tests stand in for the extension).
+MAMBA_SSM_PIN="mamba-ssm==2.3.2.post1"
+if ! has_cuda_torch "$VENV/bin/python"; then
+    echo "bootstrap: installing $MAMBA_SSM_PIN (python code only)"
+    MAMBA_FORCE_BUILD=TRUE MAMBA_SKIP_CUDA_BUILD=TRUE \
+        "${PIP[@]}" --no-deps --no-build-isolation "$MAMBA_SSM_PIN"
+    "$VENV/bin/python" -c 'import importlib.util, sys; sys.exit(not importlib.util.find_spec("mamba_ssm"))'
+fi
 
 # Fail here, not in the first test, if the install does not map the packages as intended:
 # statetap, statetap.kernels and statetap.interp come from this checkout, and no top-level

@@ -122,7 +122,7 @@ def generate(
     ]
     try:
         with tap.adapter.instrument(pass_):
-            output = tap.model.generate(input_ids, attention_mask=attention_mask, **generate_kwargs)
+            output = tap.adapter.generate(input_ids, attention_mask, **generate_kwargs)
     finally:
         for handle in handles:
             handle.remove()

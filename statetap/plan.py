@@ -100,6 +100,7 @@ class Pass:
     layer: int | None = None  # the layer whose mixer is running
     cache: object = None  # the model's cache object during the pass, if any
     layer_state: object = None  # the running layer's recurrent state before the pass (adapter's)
+    conv_window: object = None  # its convolution window, where the model overwrites it first
     offload: bool = False  # move each emitted tensor to pinned CPU memory as it is produced
 
     def at(self, site: str, layer: int | None = None) -> SiteOps | None:

@@ -153,18 +153,19 @@ class Tap:
             return resolve_positions(spec, batch, length, attention_mask, name=name)
 
         self.plan(pass_, emit, inject, positions_of)
+        cache = None
         if state is not None:
             if not isinstance(state, RecurrentState) or state.adapter.model is not self.model:
                 raise TypeError("state must be a RecurrentState taken from this model's Tap")
             if state.batch != batch:
                 raise ValueError(f"state has {state.batch} rows but input_ids has {batch}")
-            model_kwargs |= self.adapter.cache_kwargs(state.clone().cache)
-        elif keep_state:
-            model_kwargs["use_cache"] = True
+            cache = state.clone().cache
         if keep_state and attention_mask is not None and not bool(attention_mask[:, -1].all()):
             raise ValueError("keep_state needs every row's last token to be real: pad on the left")
         with self.adapter.instrument(pass_):
-            output = self.model(input_ids, attention_mask=attention_mask, **model_kwargs)
+            output, cache = self.adapter.forward(
+                input_ids, attention_mask, cache, keep_state, **model_kwargs
+            )
         missing = [
             key
             for key, ops in pass_.ops.items()
@@ -178,7 +179,6 @@ class Tap:
             torch.cuda.synchronize()  # the asynchronous copies to pinned memory have landed
         result = TapResult(logits=output.logits, activations=pass_.results, output=output)
         if keep_state:
-            cache = self.adapter.output_cache(output)
             result.state = RecurrentState(self.adapter, cache, output.logits[:, -1])
         return result
 

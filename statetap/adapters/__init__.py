@@ -10,11 +10,12 @@ from torch import nn
 
 from statetap.adapters.base import Adapter
 from statetap.adapters.mamba import FalconMambaAdapter, Mamba2Adapter, MambaAdapter
+from statetap.adapters.mamba_ssm import MambaSsmAdapter
 from statetap.adapters.rwkv import RwkvAdapter
 
 ADAPTERS: dict[str, type[Adapter]] = {
     name: adapter
-    for adapter in (MambaAdapter, FalconMambaAdapter, Mamba2Adapter, RwkvAdapter)
+    for adapter in (MambaAdapter, FalconMambaAdapter, Mamba2Adapter, MambaSsmAdapter, RwkvAdapter)
     for name in adapter.model_classes
 }
 

@@ -123,6 +123,28 @@ class Adapter:
         """Keyword arguments that make the model's forward continue from ``cache``."""
         raise NotImplementedError
 
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        cache: object,
+        keep_state: bool,
+        **kwargs,
+    ) -> tuple[object, object]:
+        """The model's forward over ``input_ids`` ``[B, L]``, continuing from ``cache`` (None:
+        from the empty state).  Returns the model's output and, with ``keep_state``, the cache
+        after the last token (else None)."""
+        if cache is not None:
+            kwargs |= self.cache_kwargs(cache)
+        elif keep_state:
+            kwargs["use_cache"] = True
+        output = self.model(input_ids, attention_mask=attention_mask, **kwargs)
+        return output, (self.output_cache(output) if keep_state else None)
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs):
+        """The model's own ``generate`` on the prompts ``input_ids`` ``[B, L]``."""
+        return self.model.generate(input_ids, attention_mask=attention_mask, **kwargs)
+
     def select_rows(self, cache: object, rows: torch.Tensor) -> object:
         """A new cache holding rows ``rows`` ``[B']`` of ``cache`` (``cache`` is untouched)."""
         raise NotImplementedError
@@ -145,9 +167,8 @@ class Adapter:
         stack = contextlib.ExitStack()
         handles = []
         for layer in range(self.n_layers):
-            following = self.blocks[layer + 1] if layer + 1 < self.n_layers else self.final_norm
             mixer = self.mixer(layer)
-            handles.append(following.register_forward_pre_hook(self._residual_hook(pass_, layer)))
+            handles.append(self.hook_residual(pass_, layer))
             handles.append(mixer.register_forward_hook(self._mixer_hook(pass_, layer)))
             handles.append(
                 mixer.register_forward_pre_hook(self._enter_layer(pass_, layer), with_kwargs=True)
@@ -155,6 +176,12 @@ class Adapter:
         stack.enter_context(hooked(handles))
         self.instrument_state(pass_, stack)
         return stack
+
+    def hook_residual(self, pass_: Pass, layer: int):
+        """Install the ``"residual"`` hook of ``layer``; returns its handle.  Here: on the input
+        of the next block (of the final norm after the last block)."""
+        following = self.blocks[layer + 1] if layer + 1 < self.n_layers else self.final_norm
+        return following.register_forward_pre_hook(self._residual_hook(pass_, layer))
 
     def instrument_state(self, pass_: Pass, stack: contextlib.ExitStack) -> None:
         """Route the recurrence (and the side states) through statetap for ``pass_``."""

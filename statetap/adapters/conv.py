@@ -17,6 +17,19 @@ import torch
 from statetap.plan import Pass
 
 
+def convolve_with_window_ops(
+    pass_: Pass, original: Callable, hidden_states, weight, bias=None, activation=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Convolve ``hidden_states`` ``[B, C, L']`` (this pass's ``L`` tokens last, after any
+    padding or previous window) with ``original``, carrying out the running layer's ``"conv"``
+    work.  Returns the output ``[B, C, L']`` and the final window ``[B, C, K]``."""
+    if pass_.at("conv") is None:
+        out = original(hidden_states, weight, bias=bias, activation=activation)
+        width = weight.shape[-1]
+        return out, torch.nn.functional.pad(hidden_states, (width, 0))[:, :, -width:]
+    return _window_pass(pass_, original, hidden_states, weight, bias, activation)
+
+
 def conv_with_window_ops(
     pass_: Pass, original: Callable, write_cache: Callable[[int, torch.Tensor], None]
 ) -> Callable:
@@ -56,6 +69,33 @@ def conv_update_with_window_ops(
         return out[..., -hidden_states.shape[-1] :].to(hidden_states.dtype)
 
     return update
+
+
+def causal_conv1d(hidden_states, weight, bias=None, activation=None) -> torch.Tensor:
+    """The causal depthwise convolution in torch: ``[B, C, L]`` with ``weight`` ``[C, K]`` ->
+    ``[B, C, L]`` (output ``t`` reads inputs ``t-K+1 .. t``, zeros before the start), then
+    SiLU when ``activation`` is ``"silu"``/``"swish"``."""
+    channels, width = weight.shape
+    out = torch.nn.functional.conv1d(
+        torch.nn.functional.pad(hidden_states, (width - 1, 0)),
+        weight[:, None].to(hidden_states.dtype),
+        None if bias is None else bias.to(hidden_states.dtype),
+        groups=channels,
+    )
+    if activation in ("silu", "swish"):
+        return torch.nn.functional.silu(out)
+    if activation is not None:
+        raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
+    return out
+
+
+def causal_conv1d_update(hidden_states, conv_state, weight, bias=None, activation=None):
+    """One decode step of :func:`causal_conv1d`: ``hidden_states`` ``[B, C, L]`` after the
+    window ``conv_state`` ``[B, C, K]`` (updated in place).  Returns ``[B, C, L]``."""
+    full = torch.cat([conv_state, hidden_states.to(conv_state.dtype)], dim=-1)
+    conv_state.copy_(full[:, :, -conv_state.shape[-1] :])
+    out = causal_conv1d(full, weight, bias, activation)
+    return out[:, :, -hidden_states.shape[-1] :].to(hidden_states.dtype)
 
 
 def _window_pass(pass_: Pass, original, hidden_states, weight, bias, activation):
