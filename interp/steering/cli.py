@@ -1,0 +1,177 @@
+"""``statetap steer``: steering vectors from an A/B dataset, and layer x multiplier sweeps.
+
+    statetap steer vectors --dataset generate/refusal.json --out runs/refusal-vectors
+    statetap steer sweep --dataset test/refusal.json --vectors runs/refusal-vectors \\
+        --modes residual state both --out runs/refusal-sweep
+
+:func:`add_steer_commands` registers the ``steer`` command on the ``statetap`` parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import statetap
+from statetap.interp.steering.dataset import LETTERS, TEMPLATES, ab_pairs, load_ab_items
+from statetap.interp.steering.modes import MODE_NAMES, steering_mode
+from statetap.interp.steering.plots import plot_layers, plot_modes
+from statetap.interp.steering.store import load_vectors, save_sweep, save_vectors
+from statetap.interp.steering.sweep import sweep
+from statetap.interp.steering.vectors import mean_difference
+
+PAPER_MULTIPLIERS = [-3.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 3.0]
+
+
+def _model_and_pairs(args: argparse.Namespace):
+    """The model's tap, its name, the dataset's contrast pairs, and where they came from."""
+    from statetap.defaults import DEFAULT_MODEL, default_model, load_model
+
+    model, tokenizer = load_model(args.model) if args.model else default_model()
+    if args.device:
+        model.to(args.device)
+    items = load_ab_items(args.dataset)[: args.limit]
+    template = TEMPLATES[args.template]
+    if args.instruction is not None:
+        template = dataclasses.replace(template, instruction=args.instruction, chat=False)
+    if args.response is not None:
+        template = dataclasses.replace(template, response=args.response)
+    pairs = ab_pairs(items, tokenizer, template, args.letters)
+    source = dict(
+        dataset=str(args.dataset),
+        template=dataclasses.asdict(template),
+        letters=args.letters,
+        limit=args.limit,
+    )
+    return statetap.attach(model), args.model or DEFAULT_MODEL, pairs, source
+
+
+def _vectors(args: argparse.Namespace) -> int:
+    tap, name, pairs, source = _model_and_pairs(args)
+    vectors = mean_difference(
+        tap,
+        *pairs.completions(),
+        layers=args.layers or "all",
+        state=not args.no_state,
+        whiten=args.whiten,
+        batch_size=args.batch_size,
+        same_length=args.same_length,
+    )
+    vectors.meta |= dict(model=name, source=source)
+    save_vectors(vectors, args.out)
+    print(
+        f"wrote vectors ({', '.join(vectors.meta['sites'])}) at layers {vectors.layers} from "
+        f"{len(pairs)} contrast pairs to {args.out}"
+    )
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    vectors = load_vectors(args.vectors)
+    tap, name, pairs, source = _model_and_pairs(args)
+    modes = [steering_mode(mode, args.last, args.state_scale) for mode in args.modes]
+    result = sweep(
+        tap,
+        pairs,
+        vectors,
+        args.multipliers,
+        layers=args.layers,
+        modes=modes,
+        batch_size=args.batch_size,
+        same_length=args.same_length,
+    )
+    result.meta |= dict(model=name, source=source, vectors_folder=str(args.vectors))
+    out = save_sweep(result, args.out)
+    behaviour = Path(args.dataset).stem
+    for mode in result.mode_names:
+        plot_layers(result, mode, out / f"layers-{mode}.png", title=f"{behaviour}: {mode}")
+    spread, effect = result.behaviour_range(), result.max_effect_over_layers()
+    plot_modes({behaviour: dict(zip(result.mode_names, spread.tolist()))}, out / "modes.png")
+    header = " ".join(f"{m:>+7g}" for m in result.multipliers)
+    print(f"unsteered p_match {100 * result.baseline_p_match.mean():.1f}%")
+    print(f"{'mode':<16} {'range pp':>8}   max effect over layers (pp) per multiplier")
+    print(f"{'':<28}{header}")
+    for i, mode in enumerate(result.mode_names):
+        row = " ".join(f"{100 * e:>+7.1f}" for e in effect[i].tolist())
+        print(f"{mode:<16} {100 * spread[i]:>8.1f}   {row}")
+    print(f"wrote {out / 'sweep.safetensors'}, sweep.json and plots to {out}")
+    return 0
+
+
+def _data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options both sub-commands share: model, dataset, prompt template, batching."""
+    parser.add_argument("--model", help="transformers model folder or hub id (default: embedded)")
+    parser.add_argument(
+        "--dataset", required=True, help="A/B dataset: .json list or .jsonl rows (Rimsky et al.)"
+    )
+    parser.add_argument(
+        "--template",
+        default="plain",
+        choices=sorted(TEMPLATES),
+        help="prompt template ending just before the answer letter (default: plain)",
+    )
+    parser.add_argument("--instruction", help="custom instruction text with a {question} field")
+    parser.add_argument("--response", help="custom start of the answer, up to the letter: '('")
+    parser.add_argument("--letters", default="A-B", choices=sorted(LETTERS), help="answer letters")
+    parser.add_argument("--layers", nargs="+", type=int, help="layers (default: all)")
+    parser.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass")
+    parser.add_argument(
+        "--same-length",
+        action="store_true",
+        help="batch only prompts of one length (models without an attention mask: mamba-ssm)",
+    )
+    parser.add_argument("--limit", type=int, help="use only the first N rows")
+    parser.add_argument("--device", help="torch device for the model (default: where it loads)")
+    parser.add_argument("--out", required=True, help="output folder")
+
+
+def add_steer_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``steer`` (sub-commands ``vectors`` and ``sweep``) on the ``statetap``
+    parser's sub-parsers; each handler is ``args.run(args) -> exit code``."""
+    steer = subparsers.add_parser(
+        "steer",
+        help="contrastive activation addition and state steering (A/B datasets)",
+        description="Steering vectors from A/B behaviour datasets, and sweeps over layers, "
+        "multipliers and modes (residual, instruction, state, both) measuring p(matching answer).",
+    )
+    commands = steer.add_subparsers(dest="steer_command", required=True)
+    vectors = commands.add_parser(
+        "vectors",
+        help="mean-difference steering vectors (residual and state) of a dataset",
+        description="Run every contrast pair (prompt + matching letter, prompt + non-matching "
+        "letter) and write, per layer, the mean difference of the residual stream at the letter "
+        "and of every recurrent-state component after it (safetensors + JSON).",
+    )
+    _data_arguments(vectors)
+    vectors.add_argument("--no-state", action="store_true", help="residual vectors only")
+    vectors.add_argument("--whiten", action="store_true", help="the 'LDA' residual vectors")
+    vectors.set_defaults(run=_vectors)
+
+    sweep_parser = commands.add_parser(
+        "sweep",
+        help="steer every layer with every multiplier in each mode; measure p(matching answer)",
+        description="Add multiplier x vector at each layer (modes: residual at the last k prompt "
+        "tokens, instruction = every token after the instruction, state = edit the state before "
+        "the last k tokens, both) and write p_match and nonsense per (mode, layer, multiplier, "
+        "prompt), the paper's summaries and plots.",
+    )
+    _data_arguments(sweep_parser)
+    sweep_parser.add_argument("--vectors", required=True, help="folder from 'steer vectors'")
+    sweep_parser.add_argument(
+        "--multipliers",
+        nargs="+",
+        type=float,
+        default=PAPER_MULTIPLIERS,
+        help="multipliers (default: the paper's -3 .. 3)",
+    )
+    sweep_parser.add_argument(
+        "--modes", nargs="+", default=["residual"], choices=MODE_NAMES, help="steering modes"
+    )
+    sweep_parser.add_argument(
+        "--last", type=int, default=1, help="steer the last k prompt tokens (default 1)"
+    )
+    sweep_parser.add_argument(
+        "--state-scale", type=float, default=1.0, help="state multiplier / residual multiplier"
+    )
+    sweep_parser.set_defaults(run=_sweep)

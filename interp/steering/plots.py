@@ -1,0 +1,59 @@
+"""The paper's steering figures, with matplotlib (no pyplot state; files written atomically).
+
+* :func:`plot_layers`: mean ``p_match`` (%) against layer, one line per multiplier, the
+  unsteered model dashed;
+* :func:`plot_modes`: "maximum behaviour % difference" bars, one group per behaviour, one bar
+  per mode (matplotlib's first colours are the paper's: residual / state / both in blue /
+  orange / green).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from statetap.extract import write_atomically
+from statetap.interp.steering.sweep import SweepResult
+
+
+def plot_layers(result: SweepResult, mode: str, path: str | Path, title: str = "") -> Path:
+    """``p_match`` against layer for each multiplier of ``mode``; written to ``path`` (the
+    format follows its suffix: ``.png``, ``.svg``, ``.pdf``)."""
+    index = result.mode_index(mode)
+    means = 100 * result.p_match[index].mean(-1)  # [layers, M]
+    figure = Figure(figsize=(7, 4), layout="constrained")
+    axes = figure.add_subplot()
+    for j, multiplier in enumerate(result.multipliers):
+        axes.plot(result.layers, means[:, j].tolist(), marker="o", label=f"{multiplier:+g}")
+    axes.axhline(100 * result.baseline_p_match.mean().item(), color="grey", ls="--", label="none")
+    axes.set(xlabel="layer", ylabel="p(answer matching behaviour) %", title=title or mode)
+    axes.legend(title="multiplier", fontsize="small")
+    return _save(figure, Path(path))
+
+
+def plot_modes(
+    ranges: Mapping[str, Mapping[str, float]], path: str | Path, title: str = ""
+) -> Path:
+    """Bars of ``ranges[behaviour][mode]`` (fractions, from ``SweepResult.behaviour_range``,
+    shown in percentage points); written to ``path``."""
+    behaviours = list(ranges)
+    modes = list(dict.fromkeys(mode for values in ranges.values() for mode in values))
+    width = 0.8 / max(len(modes), 1)
+    figure = Figure(figsize=(max(4, 1.5 * len(behaviours) + 2), 4), layout="constrained")
+    axes = figure.add_subplot()
+    for j, mode in enumerate(modes):
+        heights = [100 * ranges[b].get(mode, float("nan")) for b in behaviours]
+        offsets = [i + (j - (len(modes) - 1) / 2) * width for i in range(len(behaviours))]
+        axes.bar(offsets, heights, width, label=mode)
+    axes.set_xticks(range(len(behaviours)), behaviours)
+    axes.set(ylabel="maximum behaviour % difference", title=title)
+    axes.legend(title="steering")
+    return _save(figure, Path(path))
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, lambda temporary: figure.savefig(temporary, format=path.suffix[1:]))
+    return path

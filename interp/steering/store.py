@@ -1,0 +1,107 @@
+"""Steering vectors and sweep results on disk: safetensors beside a JSON file.
+
+A folder holds ``vectors.safetensors`` (tensors ``"{site}.{layer}"``) and ``vectors.json``, or
+``sweep.safetensors`` (``p_match``, ``nonsense`` ``[modes, layers, M, N]``,
+``baseline_p_match``, ``baseline_nonsense`` ``[N]``) and ``sweep.json`` (axes, metadata and
+the summary of :meth:`SweepResult.summary`).  Each file is written to a temporary file and
+renamed into place, tensors first; the JSON records the sha256 of its tensor file, so a
+folder whose two files do not belong together (an interrupted overwrite) is refused on load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from statetap.extract import write_atomically
+from statetap.interp.steering.modes import Mode
+from statetap.interp.steering.sweep import SweepResult
+from statetap.interp.steering.vectors import SteeringVectors
+
+VECTORS, SWEEP = "vectors", "sweep"
+SWEEP_TENSORS = ("p_match", "nonsense", "baseline_p_match", "baseline_nonsense")
+
+
+def save_vectors(vectors: SteeringVectors, folder: str | Path) -> Path:
+    """Write ``vectors`` to ``folder`` (created); returns the folder."""
+    tensors = {f"{site}.{layer}": value for (site, layer), value in vectors.vectors.items()}
+    return _save(Path(folder), VECTORS, tensors, dict(kind=VECTORS, meta=vectors.meta))
+
+
+def load_vectors(folder: str | Path) -> SteeringVectors:
+    """The vectors saved in ``folder``."""
+    tensors, record = _load(Path(folder), VECTORS)
+    vectors = {}
+    for name, value in tensors.items():
+        site, layer = name.rsplit(".", 1)
+        vectors[site, int(layer)] = value
+    return SteeringVectors(vectors, record["meta"])
+
+
+def save_sweep(result: SweepResult, folder: str | Path) -> Path:
+    """Write ``result`` to ``folder`` (created); returns the folder."""
+    tensors = {name: getattr(result, name) for name in SWEEP_TENSORS}
+    record = dict(
+        kind=SWEEP,
+        modes=[asdict(mode) for mode in result.modes],
+        layers=result.layers,
+        multipliers=result.multipliers,
+        meta=result.meta,
+        summary=result.summary(),
+    )
+    return _save(Path(folder), SWEEP, tensors, record)
+
+
+def load_sweep(folder: str | Path) -> SweepResult:
+    """The sweep saved in ``folder``."""
+    tensors, record = _load(Path(folder), SWEEP)
+    return SweepResult(
+        [Mode(**mode) for mode in record["modes"]],
+        record["layers"],
+        record["multipliers"],
+        *(tensors[name] for name in SWEEP_TENSORS),
+        meta=record["meta"],
+    )
+
+
+def _save(folder: Path, stem: str, tensors: dict[str, torch.Tensor], record: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {name: value.detach().cpu().contiguous() for name, value in tensors.items()}
+    write_atomically(folder / f"{stem}.safetensors", lambda path: save_file(tensors, path))
+    record["tensors_sha256"] = _sha256(folder / f"{stem}.safetensors")
+
+    def write(path: str) -> None:
+        with open(path, "w") as handle:
+            json.dump(record, handle, indent=2)
+
+    write_atomically(folder / f"{stem}.json", write)
+    return folder
+
+
+def _load(folder: Path, stem: str) -> tuple[dict[str, torch.Tensor], dict]:
+    tensor_file, record_file = folder / f"{stem}.safetensors", folder / f"{stem}.json"
+    for path in (tensor_file, record_file):
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist: not a saved {stem} folder")
+    record = json.loads(record_file.read_text())
+    if record.get("kind") != stem:
+        raise ValueError(f"{record_file} holds {record.get('kind')!r}, not {stem!r}")
+    if record["tensors_sha256"] != _sha256(tensor_file):
+        raise ValueError(
+            f"{tensor_file} is not the file {record_file} was written for (an interrupted "
+            f"overwrite?)"
+        )
+    return load_file(tensor_file), record
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
