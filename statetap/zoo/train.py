@@ -1,0 +1,320 @@
+"""Train a zoo recipe with the model's own transformers torch path, deterministically.
+
+Same recipe, same machine, same library versions: bit-identical weights. Initialisation draws
+from torch's global generator inside ``torch.random.fork_rng`` seeded with ``recipe.seed``
+(the caller's random state is left as it was); data order comes from a private
+``torch.Generator``; nothing else is random (the models have no dropout).
+
+- Quirky recipes: cross-entropy of the answer token (``" True"``/``" False"``) at each prompt's
+  last position, for the Alice and the Bob prompt of every equation in the batch, plus
+  ``recipe.arithmetic_weight`` times the next-token loss on the true sum's tokens in
+  ``"{a} + {b} = {a + b}<eos>"``. Evaluated on held-out equations: Alice prompts against the
+  truth, Bob prompts against Bob's rule (the larger of the two answer logits).
+- Text recipes: next-byte cross-entropy on random windows of the training documents, evaluated
+  as bits per byte on consecutive windows of the held-out documents.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from statetap.zoo import corpus, quirky
+from statetap.zoo.recipes import Recipe
+from statetap.zoo.tokenizer import byte_tokenizer, quirky_tokenizer
+
+
+@dataclass
+class Trained:
+    """A trained model (eval mode), its tokenizer and its held-out figures."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    metrics: dict
+
+
+def build_tokenizer(recipe: Recipe):
+    """The recipe's tokenizer: word-level for the quirky task, bytes (ByT5) for text."""
+    return quirky_tokenizer() if recipe.task == "quirky" else byte_tokenizer()
+
+
+def build_model(recipe: Recipe, vocab_size: int) -> torch.nn.Module:
+    """A freshly initialised transformers causal LM for ``recipe``, seeded with ``recipe.seed``
+    (the caller's global random state is restored afterwards)."""
+    from transformers import (
+        Mamba2Config,
+        Mamba2ForCausalLM,
+        MambaConfig,
+        MambaForCausalLM,
+        RwkvConfig,
+        RwkvForCausalLM,
+    )
+
+    ids = dict(vocab_size=vocab_size, pad_token_id=0, eos_token_id=1, bos_token_id=1)
+    r = recipe
+    if r.arch == "mamba":
+        config = MambaConfig(
+            hidden_size=r.hidden_size,
+            num_hidden_layers=r.num_layers,
+            state_size=r.state_size,
+            expand=r.expand,
+            conv_kernel=r.conv_kernel,
+            **ids,
+        )
+        cls = MambaForCausalLM
+    elif r.arch == "mamba2":
+        config = Mamba2Config(
+            hidden_size=r.hidden_size,
+            num_hidden_layers=r.num_layers,
+            state_size=r.state_size,
+            expand=r.expand,
+            conv_kernel=r.conv_kernel,
+            head_dim=r.head_dim,
+            num_heads=r.expand * r.hidden_size // r.head_dim,
+            n_groups=1,
+            chunk_size=r.chunk_size,
+            **ids,
+        )
+        cls = Mamba2ForCausalLM
+    elif r.arch == "rwkv4":
+        config = RwkvConfig(
+            hidden_size=r.hidden_size,
+            num_hidden_layers=r.num_layers,
+            attention_hidden_size=r.hidden_size,
+            intermediate_size=r.ffn_mult * r.hidden_size,
+            context_length=max(r.seq_len, 64),
+            rescale_every=0,  # inference-time weight rescaling would edit the weights in place
+            **ids,
+        )
+        cls = RwkvForCausalLM
+    else:  # Recipe validates arch; a new architecture must be added here explicitly
+        raise ValueError(f"no model builder for arch {r.arch!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(r.seed)
+        return cls(config)
+
+
+def train(recipe: Recipe, progress: bool = True) -> Trained:
+    """Train ``recipe`` from scratch and evaluate it on held-out data.
+
+    Returns the model in eval mode and ``metrics``: for quirky recipes ``alice_accuracy`` and
+    ``bob_accuracy`` (held-out Alice prompts against the truth, Bob prompts against Bob's rule),
+    their per-difficulty breakdown and ``held_out_prompts``; for text recipes
+    ``bits_per_byte``; always ``train_seconds`` and ``final_loss`` (mean of the last 10% of
+    steps).
+    """
+    tokenizer = build_tokenizer(recipe)
+    start = time.perf_counter()
+    if recipe.task == "quirky":
+        model, metrics = _train_quirky(recipe, tokenizer, progress)
+    else:
+        model, metrics = _train_text(recipe, tokenizer, progress)
+    metrics["train_seconds"] = round(time.perf_counter() - start, 2)
+    return Trained(model.eval(), tokenizer, metrics)
+
+
+def encode_prompts(tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded token ids ``[B, L]`` and each row's last prompt position ``[B]``."""
+    rows = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    ids = torch.full((len(rows), max(map(len, rows))), tokenizer.pad_token_id, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row)
+    return ids, torch.tensor([len(row) - 1 for row in rows])
+
+
+def answer_ids(tokenizer) -> tuple[int, int]:
+    """Token ids of ``" False"`` and ``" True"``."""
+    false_id, true_id = (tokenizer.convert_tokens_to_ids(quirky.ANSWERS[b]) for b in (False, True))
+    return false_id, true_id
+
+
+@torch.no_grad()
+def answer_logits(model, tokenizer, texts: list[str], batch_size: int = 1024) -> torch.Tensor:
+    """Logits ``[B, 2]`` of ``" False"`` and ``" True"`` at the last position of each prompt."""
+    false_id, true_id = answer_ids(tokenizer)
+    out = []
+    for i in range(0, len(texts), batch_size):
+        ids, last = encode_prompts(tokenizer, texts[i : i + batch_size])
+        logits = model(input_ids=ids, use_cache=False).logits
+        out.append(logits[torch.arange(len(ids)), last][:, [false_id, true_id]].float())
+    return torch.cat(out)
+
+
+def quirky_accuracy(model, tokenizer, examples: list[quirky.QuirkyExample]) -> dict:
+    """Held-out figures: accuracy of the answer (``" True"`` iff its logit is larger) on Alice
+    prompts against ``alice_label`` and on Bob prompts against ``bob_label``, overall and by
+    difficulty."""
+    was_training = model.training
+    model.eval()
+    predicted = answer_logits(model, tokenizer, [e.text for e in examples]).argmax(-1).bool()
+    model.train(was_training)
+    metrics: dict = {"held_out_prompts": len(examples)}
+    for character in quirky.CHARACTERS:
+        key = character.lower()
+        by_difficulty: dict[str, list[bool]] = {}
+        for e, p in zip(examples, predicted.tolist()):
+            if e.character == character:
+                by_difficulty.setdefault(str(e.difficulty), []).append(p == e.label)
+        hits = [h for d in by_difficulty.values() for h in d]
+        metrics[f"{key}_accuracy"] = sum(hits) / len(hits)
+        metrics[f"{key}_accuracy_by_difficulty"] = {
+            d: sum(h) / len(h) for d, h in sorted(by_difficulty.items())
+        }
+    return metrics
+
+
+@torch.no_grad()
+def bits_per_byte(model, stream: torch.Tensor, seq_len: int, windows: int) -> float:
+    """Mean next-token cross-entropy in bits over the first ``windows`` consecutive windows of
+    ``seq_len + 1`` tokens of ``stream`` ``[T]`` (each window predicts its last ``seq_len``
+    tokens; a document's eos counts as one byte)."""
+    was_training = model.training
+    model.eval()
+    n = min(windows, (len(stream) - 1) // seq_len)
+    if n < 1:
+        raise ValueError(f"held-out stream of {len(stream)} tokens is shorter than one window")
+    starts = torch.arange(n) * seq_len
+    batch = stream[starts[:, None] + torch.arange(seq_len + 1)]
+    total = 0.0
+    for i in range(0, n, 32):
+        x = batch[i : i + 32]
+        logits = model(input_ids=x[:, :-1], use_cache=False).logits.float()
+        total += F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="sum").item()
+    model.train(was_training)
+    return total / (n * seq_len) / math.log(2)
+
+
+def _optimizer(recipe: Recipe, model: torch.nn.Module):
+    opt = torch.optim.AdamW(
+        model.parameters(),
+        lr=recipe.lr,
+        betas=recipe.betas,
+        weight_decay=recipe.weight_decay,
+        foreach=False,
+    )
+
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / max(1, recipe.warmup))
+        return warm * 0.5 * (1.0 + math.cos(math.pi * min(step, recipe.steps) / recipe.steps))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _loop(recipe: Recipe, model: torch.nn.Module, loss_of_step, progress: bool) -> float:
+    """Run ``recipe.steps`` optimiser steps of ``loss_of_step(step) -> loss``; returns the mean
+    loss of the last 10% of steps."""
+    opt, schedule = _optimizer(recipe, model)
+    model.train()
+    tail: list[float] = []
+    bar = tqdm(range(recipe.steps), desc=f"statetap.zoo {recipe.name}", disable=not progress)
+    for step in bar:
+        loss = loss_of_step(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        schedule.step()
+        if step >= recipe.steps - max(1, recipe.steps // 10):
+            tail.append(loss.item())
+        if step % 10 == 0 or step == recipe.steps - 1:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    return sum(tail) / len(tail)
+
+
+def _train_quirky(recipe: Recipe, tokenizer, progress: bool):
+    train_set, test_set = quirky.quirky_addition(
+        recipe.train_equations,
+        recipe.test_equations,
+        max_digits=recipe.max_digits,
+        seed=recipe.seed,
+    )
+    model = build_model(recipe, len(tokenizer))
+    ids, last = encode_prompts(tokenizer, [e.text for e in train_set])
+    false_id, true_id = answer_ids(tokenizer)
+    answers = torch.tensor([true_id if e.label else false_id for e in train_set])
+    sums = _sum_targets(tokenizer, train_set[0::2])
+    generator = torch.Generator().manual_seed(recipe.seed)
+    per_step = recipe.batch_size // 2
+    order = _epochs(recipe.train_equations, per_step, generator)
+
+    def loss_of_step(step: int) -> torch.Tensor:
+        eq = next(order)
+        rows = torch.stack([2 * eq, 2 * eq + 1], dim=1).flatten()  # Alice and Bob prompts
+        x, pos = ids[rows], last[rows]
+        logits = model(input_ids=x[:, : int(pos.max()) + 1], use_cache=False).logits
+        loss = F.cross_entropy(logits[torch.arange(len(rows)), pos], answers[rows])
+        if recipe.arithmetic_weight:
+            x, y = sums[0][eq], sums[1][eq]
+            logits = model(input_ids=x, use_cache=False).logits
+            loss = loss + recipe.arithmetic_weight * F.cross_entropy(
+                logits.flatten(0, 1), y.flatten(), ignore_index=-100
+            )
+        return loss
+
+    final = _loop(recipe, model, loss_of_step, progress)
+    metrics = quirky_accuracy(model, tokenizer, test_set)
+    metrics["final_loss"] = final
+    return model, metrics
+
+
+def _sum_targets(tokenizer, equations: list[quirky.QuirkyExample]):
+    """Inputs ``[E, L]`` of ``"{a} + {b} = {a + b}<eos>"`` and targets ``[E, L]`` that are the
+    next token after ``" = "`` and -100 elsewhere."""
+    texts = [f"{e.a} + {e.b} = {e.true_sum}" for e in equations]
+    rows = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    equals = tokenizer.convert_tokens_to_ids(" = ")
+    width = max(map(len, rows)) + 1
+    x = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    y = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, row in enumerate(rows):
+        row = row + [tokenizer.eos_token_id]
+        x[i, : len(row)] = torch.tensor(row)
+        start = row.index(equals)
+        y[i, start : len(row) - 1] = torch.tensor(row[start + 1 :])
+    return x[:, :-1], y[:, :-1]
+
+
+def _epochs(n: int, per_step: int, generator: torch.Generator):
+    """Endless batches of ``per_step`` indices below ``n``: shuffled epochs, no index twice in
+    an epoch (a short last batch is dropped)."""
+    if per_step > n:
+        raise ValueError(f"a batch of {per_step} equations needs at least as many, got {n}")
+    while True:
+        perm = torch.randperm(n, generator=generator)
+        for i in range(0, n - per_step + 1, per_step):
+            yield perm[i : i + per_step]
+
+
+def _train_text(recipe: Recipe, tokenizer, progress: bool):
+    docs = corpus.documents(recipe.stdlib_files)
+    train_docs, test_docs = corpus.split(docs, recipe.held_out, recipe.seed)
+    stream, test_stream = corpus.encode(train_docs), corpus.encode(test_docs)
+    if len(stream) <= recipe.seq_len + 1:
+        raise ValueError(f"training stream of {len(stream)} bytes is shorter than one window")
+    model = build_model(recipe, len(tokenizer))
+    generator = torch.Generator().manual_seed(recipe.seed)
+    window = torch.arange(recipe.seq_len + 1)
+
+    def loss_of_step(step: int) -> torch.Tensor:
+        starts = torch.randint(
+            len(stream) - recipe.seq_len - 1, (recipe.batch_size,), generator=generator
+        )
+        x = stream[starts[:, None] + window]
+        logits = model(input_ids=x[:, :-1], use_cache=False).logits
+        return F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten())
+
+    final = _loop(recipe, model, loss_of_step, progress)
+    metrics = {
+        "bits_per_byte": bits_per_byte(model, test_stream, recipe.seq_len, recipe.eval_windows),
+        "held_out_bytes": recipe.seq_len
+        * min(recipe.eval_windows, (len(test_stream) - 1) // recipe.seq_len),
+        "train_bytes": len(stream),
+        "corpus_documents": len(docs),
+        "final_loss": final,
+    }
+    return model, metrics
