@@ -1,0 +1,575 @@
+"""``statetap.interp.steering`` against hand computations on the plain models.
+
+Tiny transformers Mamba and RWKV-4 models (built from configs, fixed seeds) with transformers'
+byte-level tokenizer; datasets are random questions drawn afresh each run.  Every comparison
+is with something computed without statetap: per-example forward passes with
+``output_hidden_states`` and the model's own cache, forward hooks on the plain model, the
+paper's "prefill, edit the cache, step the last token", softmax by hand.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import (
+    ByT5Tokenizer,
+    MambaConfig,
+    MambaForCausalLM,
+    RwkvConfig,
+    RwkvForCausalLM,
+)
+
+import statetap
+from statetap.interp.steering import (
+    TEMPLATES,
+    ContrastPairs,
+    Prompts,
+    PromptTemplate,
+    SteeringVectors,
+    ab_pairs,
+    answer_probabilities,
+    behaviour_range,
+    generate_steered,
+    load_ab_items,
+    load_sweep,
+    load_vectors,
+    max_effect_over_layers,
+    mean_difference,
+    plot_layers,
+    plot_modes,
+    save_sweep,
+    save_vectors,
+    steering_mode,
+    sweep,
+)
+from statetap.interp.steering.cli import add_steer_commands
+
+TOKENIZER = ByT5Tokenizer(extra_ids=0)  # pad 0, eos 1, unk 2, byte x -> x + 3
+VOCAB = len(TOKENIZER)
+TEMPLATE = PromptTemplate("Q: {question}", " A: (")  # the instruction ends before " A: ("
+
+
+def _build(name: str):
+    torch.manual_seed(4321)
+    if name == "mamba":
+        config = MambaConfig(
+            vocab_size=VOCAB, hidden_size=32, state_size=8, num_hidden_layers=3, conv_kernel=4
+        )
+        return MambaForCausalLM(config).eval()
+    config = RwkvConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=3,
+        attention_hidden_size=32,
+        intermediate_size=64,
+        rescale_every=2,
+    )
+    model = RwkvForCausalLM(config).eval()
+    with torch.no_grad():  # give the decays and bonuses some spread
+        for block in model.rwkv.blocks:
+            block.attention.time_decay.normal_(0.0, 1.0)
+            block.attention.time_first.normal_(0.0, 1.0)
+    return model
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and pytest -n 2 already fills both cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module", params=["mamba", "rwkv"])
+def model(request):
+    return _build(request.param)
+
+
+@pytest.fixture(scope="module")
+def mamba():
+    return _build("mamba")
+
+
+def _rows(n: int) -> list[dict]:
+    """``n`` A/B rows with random questions of different lengths, random matching letters."""
+    rows = []
+    for _ in range(n):
+        letters = "abcdefgh "
+        size = int(torch.randint(3, 12, ()))
+        question = "".join(letters[int(i)] for i in torch.randint(0, len(letters), (size,)))
+        a_matches = bool(torch.rand(()) < 0.5)
+        rows.append(
+            {
+                "question": f"{question}\n(A) yes\n(B) no",
+                "answer_matching_behavior": "(A)" if a_matches else "(B)",
+                "answer_not_matching_behavior": "(B)" if a_matches else "(A)",
+            }
+        )
+    return rows
+
+
+def _pairs(n: int) -> ContrastPairs:
+    return ab_pairs(load_ab_items(_rows(n)), TOKENIZER, TEMPLATE)
+
+
+def _random_vectors(tap, scale: float = 1.0) -> SteeringVectors:
+    """Random vectors for every site and layer.  RWKV-4's denominator ``bb`` is left alone: a
+    random edit can bring it near zero, where the output is ill-conditioned (a 1e-7 rounding
+    difference becomes 1e-4)."""
+    vectors = {}
+    for layer in range(tap.adapter.n_layers):
+        for site in ("residual", *tap.adapter.state_sites):
+            vectors[site, layer] = scale * torch.randn(tap.site_shape(site))
+            if site == "wkv":
+                vectors[site, layer][1] = 0.0
+    return SteeringVectors(vectors)
+
+
+def _hand_p(logits: torch.Tensor, yes: int, no: int) -> tuple[float, float]:
+    p = logits.double().exp() / logits.double().exp().sum()
+    return float(p[yes] / (p[yes] + p[no])), float(1 - p[yes] - p[no])
+
+
+def _own_state(model, cache, layer: int) -> dict[str, torch.Tensor]:
+    """Every state component of ``layer`` in the model's own cache (row 0), as views."""
+    if isinstance(model, RwkvForCausalLM):
+        return {
+            "wkv": torch.stack([cache[i][0, :, layer] for i in (2, 3, 4)]),
+            "att_shift": cache[1][0, :, layer],
+            "ffn_shift": cache[0][0, :, layer],
+        }
+    return {
+        "ssm": cache.layers[layer].recurrent_states[0][0],
+        "conv": cache.layers[layer].conv_states[0][0],
+    }
+
+
+def _add_to_own_state(model, cache, layer: int, deltas: dict[str, torch.Tensor]) -> None:
+    if isinstance(model, RwkvForCausalLM):
+        for index, part in zip((2, 3, 4), deltas["wkv"]):
+            cache[index][0, :, layer] += part
+        cache[1][0, :, layer] += deltas["att_shift"]
+        cache[0][0, :, layer] += deltas["ffn_shift"]
+    else:
+        cache.layers[layer].recurrent_states[0][0] += deltas["ssm"]
+        cache.layers[layer].conv_states[0][0] += deltas["conv"]
+
+
+def _close(expected, actual, atol: float = 1e-5) -> None:
+    torch.testing.assert_close(
+        torch.as_tensor(actual), torch.as_tensor(expected), rtol=0, atol=atol
+    )
+
+
+# ---------------------------------------------------------------------------------- vectors
+@torch.no_grad()
+def test_vectors_equal_a_hand_computation(model):
+    tap = statetap.attach(model)
+    pairs = _pairs(7)
+    positive, negative = pairs.completions()
+    vectors = mean_difference(tap, positive, negative, batch_size=3, progress=False)
+    hand: dict[tuple[str, int], list[torch.Tensor]] = {}
+    for sign, prompts in ((1.0, positive), (-1.0, negative)):
+        for ids in prompts.ids:
+            out = model(torch.tensor([ids]), output_hidden_states=True, use_cache=True)
+            cache = out.cache_params if isinstance(model, MambaForCausalLM) else out.state
+            for layer in range(3):
+                items = {"residual": out.hidden_states[layer][0, -1]}
+                items |= _own_state(model, cache, layer)
+                for site, value in items.items():
+                    hand.setdefault((site, layer), []).append(sign * value / len(prompts.ids))
+    assert sorted(vectors.vectors) == sorted(hand)
+    for key, parts in hand.items():
+        expected = torch.stack(parts).double().sum(0)
+        assert vectors[key].dtype == torch.float32
+        _close(expected.float(), vectors[key], atol=1e-5 * (1 + float(expected.abs().max())))
+    # metadata ties the vectors to the model and the token ids
+    assert vectors.meta["model_class"] == type(model).__name__
+    assert vectors.meta["n_positive"] == vectors.meta["n_negative"] == 7
+    other = mean_difference(tap, *_pairs(7).completions(), layers=[0], progress=False)
+    assert other.meta["dataset"] != vectors.meta["dataset"]
+
+
+@torch.no_grad()
+def test_whitened_vectors_equal_pinv_of_the_covariance_times_the_difference(mamba):
+    tap = statetap.attach(mamba)
+    positive = Prompts([torch.randint(3, VOCAB, (int(torch.randint(2, 9, ())),)) for _ in range(9)])
+    negative = Prompts([torch.randint(3, VOCAB, (int(torch.randint(2, 9, ())),)) for _ in range(8)])
+    whitened = mean_difference(
+        tap, positive, negative, layers=[1], state=False, whiten=True, batch_size=4, progress=False
+    )
+    acts = [
+        mamba(torch.tensor([ids]), output_hidden_states=True).hidden_states[1][0, -1].double()
+        for ids in positive.ids + negative.ids
+    ]
+    acts = torch.stack(acts)  # [17, 32]: fewer samples than dimensions, as in the paper
+    difference = acts[:9].mean(0) - acts[9:].mean(0)
+    centred = acts - acts.mean(0)
+    covariance = centred.T @ centred / (len(acts) - 1)
+    expected = torch.linalg.pinv(covariance, hermitian=True) @ difference
+    _close(expected.float(), whitened["residual", 1], atol=1e-4 * float(expected.abs().max()))
+    assert list(whitened.vectors) == [("residual", 1)] and whitened.meta["whitened"]
+
+
+# ---------------------------------------------------------------------------------- sweeps
+@torch.no_grad()
+def test_state_mode_equals_the_papers_procedure(model):
+    """Prefill all but the last token, add m * delta to every state component of layer l in
+    the model's own cache, step the last token: p_match at that token."""
+    tap = statetap.attach(model)
+    pairs = _pairs(5)
+    vectors = _random_vectors(tap, 0.5)
+    multipliers, layers = [-1.5, 0.7, 2.0], [0, 2]
+    result = sweep(
+        tap, pairs, vectors, multipliers, layers, modes=["state"], batch_size=4, progress=False
+    )
+    moved = 0.0
+    for row, ids in enumerate(pairs.prompts.ids):
+        yes, no = int(pairs.matching[row]), int(pairs.not_matching[row])
+        for i, layer in enumerate(layers):
+            for j, m in enumerate(multipliers):
+                prefix = model(torch.tensor([ids[:-1]]), use_cache=True)
+                last = torch.tensor([ids[-1:]])
+                if isinstance(model, RwkvForCausalLM):
+                    cache = prefix.state
+                    _add_to_own_state(
+                        model, cache, layer, {k: m * v for k, v in vectors.state(layer).items()}
+                    )
+                    logits = model(last, state=cache, use_cache=True).logits[0, -1]
+                else:
+                    cache = prefix.cache_params
+                    _add_to_own_state(
+                        model, cache, layer, {k: m * v for k, v in vectors.state(layer).items()}
+                    )
+                    logits = model(last, cache_params=cache, use_cache=True).logits[0, -1]
+                p, nonsense = _hand_p(logits, yes, no)
+                _close(p, result.p_match[0, i, j, row])
+                _close(nonsense, result.nonsense[0, i, j, row])
+                moved = max(moved, abs(p - float(result.baseline_p_match[row])))
+    assert moved > 1e-3  # the edits changed the answer
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("mode", ["residual", "residual-last2", "instruction", "both"])
+def test_residual_modes_equal_a_forward_hook_on_the_plain_model(mamba, mode):
+    """m * u added to the residual stream after block l (the next block's input) at the steered
+    positions by a hook on the plain model; "both" also edits the model's cache before the last
+    token (prefill, edit, step, the hook adding at the stepped token)."""
+    tap = statetap.attach(mamba)
+    pairs = _pairs(4)
+    vectors = _random_vectors(tap)
+    name, _, last = mode.partition("-last")
+    steering = steering_mode(name, last=int(last or 1))
+    multipliers, layers = [-2.0, 1.0], [1, 2]
+    result = sweep(
+        tap, pairs, vectors, multipliers, layers, modes=[steering], batch_size=3, progress=False
+    )
+    for row, ids in enumerate(pairs.prompts.ids):
+        n, head = len(ids), pairs.prompts.instruction[row]
+        assert bytes(t - 3 for t in ids[:head]).decode() == TOKENIZER.decode(ids).split(" A: (")[0]
+        first = head if name == "instruction" else n - steering.last
+        for i, layer in enumerate(layers):
+            following = mamba.backbone.layers[layer + 1] if layer < 2 else mamba.backbone.norm_f
+            for j, m in enumerate(multipliers):
+                u = m * vectors["residual", layer]
+                call = {"offset": 0}  # the prompt position of the current call's first token
+
+                def add(module, args, u=u, first=first, call=call):
+                    hidden = args[0].clone()
+                    hidden[:, max(first - call["offset"], 0) :] += u
+                    return (hidden, *args[1:])
+
+                handle = following.register_forward_pre_hook(add)
+                try:
+                    if name == "both":
+                        prefix = mamba(torch.tensor([ids[:-1]]), use_cache=True)
+                        deltas = {k: m * v for k, v in vectors.state(layer).items()}
+                        _add_to_own_state(mamba, prefix.cache_params, layer, deltas)
+                        call["offset"] = n - 1
+                        step = mamba(
+                            torch.tensor([ids[-1:]]),
+                            cache_params=prefix.cache_params,
+                            use_cache=True,
+                        )
+                        logits = step.logits[0, -1]
+                    else:
+                        logits = mamba(torch.tensor([ids])).logits[0, -1]
+                finally:
+                    handle.remove()
+                yes, no = int(pairs.matching[row]), int(pairs.not_matching[row])
+                p, nonsense = _hand_p(logits, yes, no)
+                _close(p, result.p_match[0, i, j, row])
+                _close(nonsense, result.nonsense[0, i, j, row])
+
+
+@torch.no_grad()
+def test_batched_sweep_equals_one_multiplier_at_a_time(model):
+    tap = statetap.attach(model)
+    pairs = _pairs(5)
+    vectors = _random_vectors(tap, 0.5)
+    multipliers = [-3.0, 0.0, 0.5, 1.5]
+    modes = ["both", "instruction", steering_mode("state", last=2, state_scale=2.0)]
+    batched = sweep(tap, pairs, vectors, multipliers, modes=modes, batch_size=7, progress=False)
+    assert batched.p_match.shape == (3, 3, 4, 5) and not batched.p_match.isnan().any()
+    for j, m in enumerate(multipliers):
+        single = sweep(tap, pairs, vectors, [m], modes=modes, batch_size=2, progress=False)
+        _close(single.p_match[:, :, 0], batched.p_match[:, :, j], atol=1e-6)
+        _close(single.nonsense[:, :, 0], batched.nonsense[:, :, j], atol=1e-6)
+        _close(single.baseline_p_match, batched.baseline_p_match, atol=1e-6)
+
+
+@torch.no_grad()
+def test_multiplier_zero_equals_the_unsteered_model(model):
+    tap = statetap.attach(model)
+    pairs = _pairs(6)
+    vectors = _random_vectors(tap)
+    modes = ["residual", "instruction", "state", "both"]
+    result = sweep(tap, pairs, vectors, [0.0, 3.0], modes=modes, batch_size=4, progress=False)
+    for row, ids in enumerate(pairs.prompts.ids):
+        logits = model(torch.tensor([ids])).logits[0, -1]
+        p, nonsense = _hand_p(logits, int(pairs.matching[row]), int(pairs.not_matching[row]))
+        _close(p, result.baseline_p_match[row])
+        _close(nonsense, result.baseline_nonsense[row])
+        _close(torch.full((4, 3), p), result.p_match[:, :, 0, row])
+        _close(torch.full((4, 3), nonsense), result.nonsense[:, :, 0, row])
+    steered = (result.p_match[:, :, 1] - result.baseline_p_match).abs().amax(-1)  # [modes, layers]
+    assert bool((steered > 1e-4).all())
+
+
+# ---------------------------------------------------------------------------------- metrics
+def test_p_match_nonsense_and_summaries_against_a_hand_computation():
+    logits = 3 * torch.randn(3, 5, 11)
+    yes = torch.randint(0, 11, (3, 5))
+    no = (yes + torch.randint(1, 11, (3, 5))) % 11
+    p_match, nonsense = answer_probabilities(logits, yes, no)
+    for a in range(3):
+        for b in range(5):
+            p, bad = _hand_p(logits[a, b], int(yes[a, b]), int(no[a, b]))
+            _close(p, p_match[a, b], 1e-6)
+            _close(bad, nonsense[a, b], 1e-6)
+    # summaries: p_match [modes=2, layers=3, M=5, N=7]
+    p = torch.rand(2, 3, 5, 7)
+    baseline = torch.rand(7)
+    multipliers = torch.tensor([-1.5, -0.5, 0.0, 0.5, 3.0])
+    effect, spread = max_effect_over_layers(p, baseline, multipliers), behaviour_range(p, baseline)
+    for mode in range(2):
+        changes = [
+            [float(p[mode, l, j].mean() - baseline.mean()) for j in range(5)] for l in range(3)
+        ]
+        for j, m in enumerate(multipliers.tolist()):
+            column = [changes[l][j] for l in range(3)]
+            _close(min(column) if m < 0 else max(column), effect[mode, j], 1e-6)
+        flat = [c for layer in changes for c in layer]
+        _close(max(max(flat), 0) - min(min(flat), 0), spread[mode], 1e-6)
+
+
+# ---------------------------------------------------------------------------------- generation
+@torch.no_grad()
+def test_steered_generation_equals_a_greedy_loop_with_a_hook(mamba):
+    """Residual mode with steer_new: m * u at the last prompt token and every generated token."""
+    tap = statetap.attach(mamba)
+    vectors = _random_vectors(tap)
+    prompts = Prompts([torch.randint(3, VOCAB, (7,)), torch.randint(3, VOCAB, (5,))])
+    layer, m, new = 1, 2.5, 4
+    out = generate_steered(
+        tap,
+        prompts,
+        vectors,
+        layer,
+        m,
+        max_new_tokens=new,
+        min_new_tokens=new,
+        do_sample=False,
+        pad_token_id=0,
+    )
+    u = vectors["residual", layer]
+    for row, ids in enumerate(prompts.ids):
+        sequence, first = list(ids), len(ids) - 1
+
+        def add(module, args, first=first):
+            hidden = args[0].clone()
+            hidden[:, first:] += m * u
+            return (hidden, *args[1:])
+
+        handle = mamba.backbone.layers[layer + 1].register_forward_pre_hook(add)
+        try:
+            for _ in range(new):
+                sequence.append(int(mamba(torch.tensor([sequence])).logits[0, -1].argmax()))
+        finally:
+            handle.remove()
+        assert out.sequences[row, -new:].tolist() == sequence[-new:]
+    plain = mamba.generate(
+        torch.tensor([list(prompts.ids[0])]), max_new_tokens=new, do_sample=False, pad_token_id=0
+    )
+    assert plain[0, -new:].tolist() != out.sequences[0, -new:].tolist() or m == 0
+
+
+# ---------------------------------------------------------------------------------- data, errors
+def test_json_jsonl_templates_and_letter_formats(tmp_path):
+    rows = _rows(5)
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    items = load_ab_items(tmp_path / "d.json")
+    assert items == load_ab_items(tmp_path / "d.jsonl") == load_ab_items(iter(rows))
+    numbered = ab_pairs(items, TOKENIZER, TEMPLATES["hermes"], letters="1-2")
+    for row, item in zip(range(5), items):
+        text = bytes(t - 3 for t in numbered.prompts.ids[row]).decode()
+        question = item.question.replace("(A)", "(1)").replace("(B)", "(2)")
+        assert text == f"\x16user\n{question}\x17\n\x16assistant\n("
+        assert numbered.prompts.instruction[row] == len(text) - 1
+        expected = {"A": ord("1") + 3, "B": ord("2") + 3}
+        assert int(numbered.matching[row]) == expected[item.matching]
+        assert int(numbered.not_matching[row]) == expected[item.not_matching]
+    chat = ByT5Tokenizer(extra_ids=0)
+    chat.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    pairs = ab_pairs(items[:1], chat, PromptTemplate(chat=True, system="be brief", response="("))
+    text = bytes(t - 3 for t in pairs.prompts.ids[0]).decode()
+    assert text == f"<system>be brief\n<user>{items[0].question}\n<assistant>("
+
+
+def test_bad_input_raises_errors_naming_the_argument(mamba):
+    with pytest.raises(ValueError, match="row 1 has no 'answer_not_matching_behavior'"):
+        load_ab_items([_rows(1)[0], {"question": "q", "answer_matching_behavior": "(A)"}])
+    with pytest.raises(ValueError, match=r"row 0: answer_matching_behavior must be '\(A\)' or"):
+        load_ab_items(
+            [
+                {
+                    "question": "q",
+                    "answer_matching_behavior": "(C)",
+                    "answer_not_matching_behavior": "(A)",
+                }
+            ]
+        )
+    with pytest.raises(ValueError, match="matching answer ' True' of row 0 is not a single token"):
+        ContrastPairs.from_texts(TOKENIZER, ["2 + 2 = 4. Alice:"], " True", " False")
+    with pytest.raises(ValueError, match="row 1: the matching and the non-matching answer are the"):
+        ContrastPairs(Prompts([[5, 6, 7], [5, 6, 8]]), torch.tensor([1, 2]), torch.tensor([3, 2]))
+    tap = statetap.attach(mamba)
+    pairs = _pairs(2)
+    vectors = _random_vectors(tap)
+    vectors.vectors["residual", 1] = torch.zeros(31)  # as from a model with another width
+    with pytest.raises(ValueError, match=r"vectors\['residual', 1\] has shape \[31\], but this"):
+        sweep(tap, pairs, vectors, [1.0], progress=False)
+    rwkv = statetap.attach(_build("rwkv"))
+    with pytest.raises(ValueError, match="vectors hold the state components"):
+        sweep(tap, pairs, _random_vectors(rwkv), [1.0], modes=["state"], progress=False)
+    with pytest.raises(ValueError, match="vectors have no 'residual' vector at layer 2"):
+        sweep(tap, pairs, SteeringVectors({("residual", 0): torch.zeros(32)}), [1.0], layers=[2])
+    with pytest.raises(TypeError, match="pairs must be ContrastPairs"):
+        sweep(tap, pairs.prompts, _random_vectors(tap), [1.0])
+    short = ContrastPairs(Prompts([[5, 6]]), torch.tensor([1]), torch.tensor([2]))
+    with pytest.raises(ValueError, match=r"prompt 0 \(2 tokens\) is too short"):
+        sweep(tap, short, _random_vectors(tap), [1.0], progress=False)
+    no_instruction = ContrastPairs(Prompts([[5, 6, 7, 8]]), torch.tensor([1]), torch.tensor([2]))
+    with pytest.raises(ValueError, match="no instruction boundary"):
+        sweep(tap, no_instruction, _random_vectors(tap), [1.0], modes=["instruction"])
+    with pytest.raises(ValueError, match="mode must be one of residual, instruction, state, both"):
+        steering_mode("states")
+
+
+# ---------------------------------------------------------------------------------- storage, CLI
+@torch.no_grad()
+def test_storage_roundtrip_plots_and_a_refused_mismatch(mamba, tmp_path):
+    tap = statetap.attach(mamba)
+    pairs = _pairs(3)
+    vectors = mean_difference(tap, *pairs.completions(), progress=False)
+    save_vectors(vectors, tmp_path / "v")
+    loaded = load_vectors(tmp_path / "v")
+    assert loaded.meta == json.loads(json.dumps(vectors.meta))
+    assert all(torch.equal(vectors[k], loaded[k]) for k in vectors.vectors)
+    result = sweep(tap, pairs, loaded, [-1.0, 1.0], modes=["residual", "state"], progress=False)
+    save_sweep(result, tmp_path / "s")
+    again = load_sweep(tmp_path / "s")
+    assert again.modes == result.modes and again.multipliers == result.multipliers
+    assert torch.equal(again.p_match, result.p_match)
+    record = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    assert (
+        record["summary"]["modes"]["state"]["behaviour_range"] == result.behaviour_range()[1].item()
+    )
+    assert record["meta"]["dataset"] == pairs.fingerprint()
+    for path in (
+        plot_layers(result, "state", tmp_path / "p" / "layers.png"),
+        plot_modes({"x": {"residual": 0.1, "state": 0.05}}, tmp_path / "p" / "modes.svg"),
+    ):
+        assert path.stat().st_size > 1000
+    # a tensor file that is not the one the JSON was written for
+    (tmp_path / "v" / "vectors.safetensors").write_bytes(
+        (tmp_path / "s" / "sweep.safetensors").read_bytes()
+    )
+    with pytest.raises(ValueError, match="is not the file"):
+        load_vectors(tmp_path / "v")
+
+
+def test_cli_vectors_then_sweep(tmp_path, capsys):
+    import argparse
+
+    model = _build("mamba")
+    model.save_pretrained(tmp_path / "model")
+    TOKENIZER.save_pretrained(tmp_path / "model")
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in _rows(5)))
+    (tmp_path / "test.json").write_text(json.dumps(_rows(3)))
+    parser = argparse.ArgumentParser(prog="statetap")
+    add_steer_commands(parser.add_subparsers(dest="command", required=True))
+    common = ["--model", str(tmp_path / "model"), "--template", "hermes", "--letters", "1-2"]
+    args = parser.parse_args(
+        [
+            "steer",
+            "vectors",
+            *common,
+            "--dataset",
+            str(tmp_path / "train.jsonl"),
+            "--layers",
+            "0",
+            "2",
+            "--out",
+            str(tmp_path / "v"),
+        ]
+    )
+    assert args.run(args) == 0
+    vectors = load_vectors(tmp_path / "v")
+    assert vectors.layers == [0, 2] and vectors.meta["source"]["letters"] == "1-2"
+    expected = mean_difference(
+        statetap.attach(model),
+        *ab_pairs(
+            load_ab_items(tmp_path / "train.jsonl"), TOKENIZER, TEMPLATES["hermes"], "1-2"
+        ).completions(),
+        layers=[0, 2],
+        progress=False,
+    )
+    for key in expected.vectors:
+        _close(expected[key], vectors[key], 1e-6)
+    args = parser.parse_args(
+        [
+            "steer",
+            "sweep",
+            *common,
+            "--dataset",
+            str(tmp_path / "test.json"),
+            "--vectors",
+            str(tmp_path / "v"),
+            "--multipliers",
+            "-1",
+            "0",
+            "2",
+            "--modes",
+            "residual",
+            "both",
+            "--out",
+            str(tmp_path / "s"),
+        ]
+    )
+    assert args.run(args) == 0
+    result = load_sweep(tmp_path / "s")
+    assert result.p_match.shape == (2, 2, 3, 3) and result.layers == [0, 2]
+    assert {p.name for p in (tmp_path / "s").iterdir()} >= {
+        "layers-residual.png",
+        "layers-both.png",
+        "modes.png",
+    }
+    assert "unsteered p_match" in capsys.readouterr().out
