@@ -516,20 +516,10 @@ def test_cli_vectors_then_sweep(tmp_path, capsys):
     (tmp_path / "test.json").write_text(json.dumps(_rows(3)))
     parser = argparse.ArgumentParser(prog="statetap")
     add_steer_commands(parser.add_subparsers(dest="command", required=True))
-    common = ["--model", str(tmp_path / "model"), "--template", "hermes", "--letters", "1-2"]
+    common = f"--model {tmp_path}/model --template hermes --letters 1-2"  # no spaces in tmp_path
     args = parser.parse_args(
-        [
-            "steer",
-            "vectors",
-            *common,
-            "--dataset",
-            str(tmp_path / "train.jsonl"),
-            "--layers",
-            "0",
-            "2",
-            "--out",
-            str(tmp_path / "v"),
-        ]
+        f"steer vectors {common} --dataset {tmp_path}/train.jsonl --layers 0 2 "
+        f"--out {tmp_path}/v".split()
     )
     assert args.run(args) == 0
     vectors = load_vectors(tmp_path / "v")
@@ -545,24 +535,8 @@ def test_cli_vectors_then_sweep(tmp_path, capsys):
     for key in expected.vectors:
         _close(expected[key], vectors[key], 1e-6)
     args = parser.parse_args(
-        [
-            "steer",
-            "sweep",
-            *common,
-            "--dataset",
-            str(tmp_path / "test.json"),
-            "--vectors",
-            str(tmp_path / "v"),
-            "--multipliers",
-            "-1",
-            "0",
-            "2",
-            "--modes",
-            "residual",
-            "both",
-            "--out",
-            str(tmp_path / "s"),
-        ]
+        f"steer sweep {common} --dataset {tmp_path}/test.json --vectors {tmp_path}/v "
+        f"--multipliers -1 0 2 --modes residual both --out {tmp_path}/s".split()
     )
     assert args.run(args) == 0
     result = load_sweep(tmp_path / "s")

@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save
 
 from statetap.extract import write_atomically
 from statetap.interp.steering.modes import Mode
@@ -71,9 +71,9 @@ def load_sweep(folder: str | Path) -> SweepResult:
 
 def _save(folder: Path, stem: str, tensors: dict[str, torch.Tensor], record: dict) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {name: value.detach().cpu().contiguous() for name, value in tensors.items()}
-    write_atomically(folder / f"{stem}.safetensors", lambda path: save_file(tensors, path))
-    record["tensors_sha256"] = _sha256(folder / f"{stem}.safetensors")
+    data = save({name: value.detach().cpu().contiguous() for name, value in tensors.items()})
+    write_atomically(folder / f"{stem}.safetensors", lambda path: Path(path).write_bytes(data))
+    record["tensors_sha256"] = hashlib.sha256(data).hexdigest()
 
     def write(path: str) -> None:
         with open(path, "w") as handle:
@@ -91,17 +91,10 @@ def _load(folder: Path, stem: str) -> tuple[dict[str, torch.Tensor], dict]:
     record = json.loads(record_file.read_text())
     if record.get("kind") != stem:
         raise ValueError(f"{record_file} holds {record.get('kind')!r}, not {stem!r}")
-    if record["tensors_sha256"] != _sha256(tensor_file):
+    data = tensor_file.read_bytes()
+    if record["tensors_sha256"] != hashlib.sha256(data).hexdigest():
         raise ValueError(
             f"{tensor_file} is not the file {record_file} was written for (an interrupted "
             f"overwrite?)"
         )
-    return load_file(tensor_file), record
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return load(data), record
