@@ -232,19 +232,14 @@ def test_state_mode_equals_the_papers_procedure(model):
         for i, layer in enumerate(layers):
             for j, m in enumerate(multipliers):
                 prefix = model(torch.tensor([ids[:-1]]), use_cache=True)
-                last = torch.tensor([ids[-1:]])
                 if isinstance(model, RwkvForCausalLM):
-                    cache = prefix.state
-                    _add_to_own_state(
-                        model, cache, layer, {k: m * v for k, v in vectors.state(layer).items()}
-                    )
-                    logits = model(last, state=cache, use_cache=True).logits[0, -1]
+                    cache, resume = prefix.state, "state"
                 else:
-                    cache = prefix.cache_params
-                    _add_to_own_state(
-                        model, cache, layer, {k: m * v for k, v in vectors.state(layer).items()}
-                    )
-                    logits = model(last, cache_params=cache, use_cache=True).logits[0, -1]
+                    cache, resume = prefix.cache_params, "cache_params"
+                deltas = {k: m * v for k, v in vectors.state(layer).items()}
+                _add_to_own_state(model, cache, layer, deltas)
+                step = model(torch.tensor([ids[-1:]]), use_cache=True, **{resume: cache})
+                logits = step.logits[0, -1]
                 p, nonsense = _hand_p(logits, yes, no)
                 _close(p, result.p_match[0, i, j, row])
                 _close(nonsense, result.nonsense[0, i, j, row])
@@ -369,7 +364,8 @@ def test_p_match_nonsense_and_summaries_against_a_hand_computation():
 # ---------------------------------------------------------------------------------- generation
 @torch.no_grad()
 def test_steered_generation_equals_a_greedy_loop_with_a_hook(mamba):
-    """Residual mode with steer_new: m * u at the last prompt token and every generated token."""
+    """Residual mode with steer_new: m * u at the last prompt token and at every generated
+    token; prompts of two lengths (left-padded in one batch), each against its own loop."""
     tap = statetap.attach(mamba)
     vectors = _random_vectors(tap)
     prompts = Prompts([torch.randint(3, VOCAB, (7,)), torch.randint(3, VOCAB, (5,))])
@@ -384,6 +380,8 @@ def test_steered_generation_equals_a_greedy_loop_with_a_hook(mamba):
         min_new_tokens=new,
         do_sample=False,
         pad_token_id=0,
+        return_dict_in_generate=True,
+        output_logits=True,
     )
     u = vectors["residual", layer]
     for row, ids in enumerate(prompts.ids):
@@ -396,15 +394,13 @@ def test_steered_generation_equals_a_greedy_loop_with_a_hook(mamba):
 
         handle = mamba.backbone.layers[layer + 1].register_forward_pre_hook(add)
         try:
-            for _ in range(new):
-                sequence.append(int(mamba(torch.tensor([sequence])).logits[0, -1].argmax()))
+            for k in range(new):
+                logits = mamba(torch.tensor([sequence])).logits[0, -1]
+                _close(logits, out.output.logits[k][row], atol=1e-4)
+                sequence.append(int(logits.argmax()))
         finally:
             handle.remove()
         assert out.sequences[row, -new:].tolist() == sequence[-new:]
-    plain = mamba.generate(
-        torch.tensor([list(prompts.ids[0])]), max_new_tokens=new, do_sample=False, pad_token_id=0
-    )
-    assert plain[0, -new:].tolist() != out.sequences[0, -new:].tolist() or m == 0
 
 
 # ---------------------------------------------------------------------------------- data, errors
