@@ -85,9 +85,6 @@ class Prompts:
         instruction = None if self.instruction is None else [self.instruction[i] for i in rows]
         return Prompts(tuple(self.ids[i] for i in rows), instruction)
 
-    def fingerprint(self) -> str:
-        return fingerprint(self.ids)
-
     @classmethod
     def from_texts(
         cls,
@@ -158,6 +155,7 @@ class ContrastPairs:
         return ContrastPairs(prompts, self.matching[index], self.not_matching[index])
 
     def fingerprint(self) -> str:
+        """sha256 of the prompts' and answers' token ids."""
         return fingerprint(self.prompts.ids, self.matching.tolist(), self.not_matching.tolist())
 
     @classmethod
