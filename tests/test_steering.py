@@ -543,3 +543,14 @@ def test_cli_vectors_then_sweep(tmp_path, capsys):
         "modes.png",
     }
     assert "unsteered p_match" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("module", ["dataset", "vectors", "sweep", "generate"])
+def test_docstring_examples(module):
+    """tests/test_docs.py walks the ``statetap/`` folder only; ``interp/`` is checked here."""
+    import doctest
+    import importlib
+
+    loaded = importlib.import_module(f"statetap.interp.steering.{module}")
+    result = doctest.testmod(loaded, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

@@ -169,10 +169,10 @@ def sweep(
             rest_ids, rest_mask = pad(
                 [prompts.ids[r][c:] for r, c in zip(rows, cuts)], device=tap.device
             )
-            for m, mode in enumerate(modes):
-                want, state_at = _targets([plans[m][r] for r in rows], cuts, rest_ids.shape[1])
+            for index, mode in enumerate(modes):
+                want, state_at = _targets([plans[index][r] for r in rows], cuts, rest_ids.shape[1])
                 jobs = torch.arange(len(rows) * len(layers) * len(scales))
-                for chunk in jobs.split(batch_size):
+                for chunk in jobs.split(batch_size):  # (layer, multiplier, prompt), prompt fastest
                     local = chunk % len(rows)
                     scale_index = chunk // len(rows) % len(scales)
                     layer_index = chunk // (len(rows) * len(scales))
@@ -185,21 +185,13 @@ def sweep(
                         state_at[local],
                         tap.device,
                     )
-                    mask = None if rest_mask is None else rest_mask[local.to(tap.device)]
-                    out = tap.run(
-                        rest_ids[local.to(tap.device)],
-                        mask,
-                        inject=requests,
-                        state=start.select(local.to(tap.device)),
-                    )
+                    logits = _continue(tap, start, rest_ids, rest_mask, local, requests)
                     chosen = torch.as_tensor(rows)[local]
                     p, bad = metrics.answer_probabilities(
-                        last_logits(out.logits, mask),
-                        pairs.matching[chosen],
-                        pairs.not_matching[chosen],
+                        logits, pairs.matching[chosen], pairs.not_matching[chosen]
                     )
-                    p_match[m, layer_index, scale_index, chosen] = p.cpu()
-                    nonsense[m, layer_index, scale_index, chosen] = bad.cpu()
+                    p_match[index, layer_index, scale_index, chosen] = p.cpu()
+                    nonsense[index, layer_index, scale_index, chosen] = bad.cpu()
                     bar.update(len(chunk))
     meta = dict(
         model=model_name(tap),
@@ -260,6 +252,22 @@ def _fork(
     for (site, layer), value in full.activations.items():
         start.edit(site, layer, value[:, 0], mode="set")
     return start, last_logits(full.logits, mask)
+
+
+def _continue(
+    tap: Tap,
+    start: RecurrentState,
+    ids: torch.Tensor,
+    mask: torch.Tensor | None,
+    local: torch.Tensor,
+    requests: list[Inject],
+) -> torch.Tensor:
+    """Rows ``local`` ``[b]`` of the continuation ``ids`` ``[B, L]`` (right-padded by ``mask``)
+    from the same rows of ``start``, with ``requests``: logits ``[b, V]`` at each last token."""
+    local = local.to(tap.device)
+    mask = None if mask is None else mask[local]
+    out = tap.run(ids[local], mask, inject=requests, state=start.select(local))
+    return last_logits(out.logits, mask)
 
 
 def _targets(
