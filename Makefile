@@ -1,8 +1,9 @@
 # Two commands for a fresh machine:
 #   make test   -- create .venv if needed, then run the test suite (Triton kernels under the
 #                  CPU interpreter, TRITON_INTERPRET=1)
-#   make demo   -- create .venv if needed, then run the main job (statetap extract) on the embedded
-#                  default model and texts into runs/demo, and check every op on this machine
+#   make demo   -- create .venv if needed, then run the main job (statetap demo: train or load the
+#                  zoo's models, extract, measure instrumentation cost) into runs/demo, and
+#                  check every op on this machine
 # `make venv` alone (re)installs when setup.py, pyproject.toml, scripts/bootstrap.sh or csrc/
 # sources changed; otherwise it returns at once. Extra pytest arguments: make test ARGS="-k wkv6".
 
@@ -20,6 +21,5 @@ test: venv
 	PYTHONSAFEPATH=1 TRITON_INTERPRET=1 $(PY) -m pytest -n 2 tests $(ARGS)
 
 demo: venv
-	rm -rf runs/demo
-	.venv/bin/statetap extract --out runs/demo
-	.venv/bin/statetap check
+	PYTHONSAFEPATH=1 .venv/bin/statetap demo --out runs/demo
+	PYTHONSAFEPATH=1 .venv/bin/statetap check

@@ -61,6 +61,23 @@ def _extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from statetap.demo import DEFAULT_MODELS, REPORT_FILES, DemoConfig, run_demo, summary_table
+
+    config = DemoConfig(
+        out=args.out,
+        models=tuple(args.models or DEFAULT_MODELS),
+        short=args.short,
+        texts=args.texts,
+        repeats=args.repeats,
+        device=args.device,
+    )
+    reports = run_demo(config)
+    print(summary_table(reports))
+    print(f"report: {', '.join(str(config.out / name) for name in REPORT_FILES)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from statetap.kernels import OPS
 
@@ -112,6 +129,27 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--device", help="torch device for the model (default: where it loads)")
     extract.add_argument("--limit", type=int, help="use only the first N texts")
     extract.set_defaults(run=_extract)
+
+    demo = commands.add_parser(
+        "demo",
+        help="the main job end to end on the zoo's models, written up as a report",
+        description="Train (on first use) or load the zoo's small recurrent LMs, extract "
+        "residuals and states from held-out texts, measure what instrumentation costs on this "
+        "device, and write a report folder (markdown, PNG plots, JSON) with a summary table.",
+    )
+    demo.add_argument("--out", default="runs/demo", help="report folder (default runs/demo)")
+    demo.add_argument(
+        "--models", nargs="+", help="zoo models (default: quirky-mamba quirky-rwkv4 text-mamba)"
+    )
+    demo.add_argument("--short", action="store_true", help="tiny recipes, seconds of training")
+    demo.add_argument("--texts", type=int, default=256, help="held-out texts per model")
+    demo.add_argument("--repeats", type=int, default=5, help="timed repeats per variant")
+    demo.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    demo.set_defaults(run=_demo)
+
+    from statetap.interp.steering.cli import add_steer_commands
+
+    add_steer_commands(commands)
     return parser
 
 

@@ -1,0 +1,44 @@
+"""``statetap demo`` on the zoo's short recipes: every report file, a table with every model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from statetap.cli import main
+from statetap.demo import REPORT_FILES, DemoConfig
+
+
+def test_short_demo_writes_every_report_file_and_a_table(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("STATETAP_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "report"
+    models = ["quirky-mamba", "quirky-rwkv4", "text-mamba"]
+    argv = ["demo", "--short", "--out", str(out), "--texts", "24", "--repeats", "2"]
+    assert main([*argv, "--models", *models]) == 0
+    printed = capsys.readouterr().out
+    for name in REPORT_FILES:
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "quality.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = printed.split("report:")[0].strip().splitlines()
+    assert len(table) == 1 + len(models)
+    for line, name in zip(table[1:], models):
+        assert line.startswith(name)
+    summary = json.loads((out / "summary.json").read_text())
+    for entry in summary["models"]:
+        assert entry["extraction"]["texts"] == 24
+        assert entry["cost"][0]["variant"] == "plain" and entry["cost"][0]["ratio"] == 1.0
+        shards = list((out / "extraction" / entry["name"]).glob("*.safetensors"))
+        assert len(shards) == entry["extraction"]["shards"] >= 1
+    report = (out / "report.md").read_text()
+    assert all(f"| {name} |" in report for name in models)
+    # A second run reuses the cache and replaces the report.
+    assert main([*argv, "--models", "quirky-mamba"]) == 0
+    assert json.loads((out / "summary.json").read_text())["models"][0]["name"] == "quirky-mamba"
+
+
+def test_demo_config_refuses_unknown_models_and_bad_counts(tmp_path):
+    with pytest.raises(ValueError, match="models must name zoo models"):
+        DemoConfig(out=tmp_path, models=("gpt2",))
+    with pytest.raises(ValueError, match="repeats must be a positive int"):
+        DemoConfig(out=tmp_path, repeats=0)
