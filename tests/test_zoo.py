@@ -163,6 +163,14 @@ def test_split_by_equation_and_seeded(fresh_seed):
     assert quirky.quirky_addition(2000, 500, max_digits=2, seed=fresh_seed + 1) != (train, test)
 
 
+def test_held_out_equations_are_not_the_rare_late_draws(fresh_seed):
+    # 7000 of the 9801 two-digit pairs: the last draws are mostly pairs of two-digit summands,
+    # so a split by draw order would give a harder held-out set
+    train, test = quirky.quirky_addition(6000, 1000, max_digits=2, seed=fresh_seed)
+    easy = [sum(e.difficulty == 1 for e in part) / len(part) for part in (train, test)]
+    assert abs(easy[0] - easy[1]) < 0.06
+
+
 def test_too_many_equations_for_the_digits_is_an_error():
     with pytest.raises(ValueError, match="distinct"):
         quirky.quirky_addition(70, 20, max_digits=1, seed=0)  # only 81 pairs exist
@@ -241,6 +249,34 @@ def test_training_is_deterministic(name):
     assert all(torch.equal(first[k], second[k]) for k in first)
     reseeded = state(zoo_train.train(dataclasses.replace(recipe, seed=1), progress=False).model)
     assert not all(torch.equal(first[k], reseeded[k]) for k in first)
+
+
+def test_mamba_trains_through_the_same_function_on_statetap_scan():
+    """Within ``training_path("mamba")`` transformers' Mamba computes the same logits and the
+    same parameter gradients as with its own scan, on a fresh random model and odd sizes."""
+    from transformers import MambaConfig, MambaForCausalLM
+
+    from statetap.zoo.training_path import training_path
+
+    config = MambaConfig(vocab_size=23, hidden_size=24, num_hidden_layers=2, state_size=5)
+    model = MambaForCausalLM(config).train()
+    ids = torch.randint(0, 23, (3, 13))
+    cotangent = torch.randn(3, 13, 23)
+
+    def logits_and_grads():
+        model.zero_grad(set_to_none=True)
+        logits = model(input_ids=ids, use_cache=False).logits
+        (logits * cotangent).sum().backward()
+        return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    own_logits, own_grads = logits_and_grads()
+    with training_path("mamba"):
+        ours_logits, ours_grads = logits_and_grads()
+    torch.testing.assert_close(ours_logits, own_logits, rtol=1e-5, atol=1e-5)
+    for name, grad in own_grads.items():
+        torch.testing.assert_close(ours_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    after_logits, _ = logits_and_grads()  # the block restored transformers' own scan
+    assert torch.equal(after_logits, own_logits)
 
 
 def test_training_leaves_the_global_random_state_alone():

@@ -150,11 +150,14 @@ def selective_scan(
     decay = torch.exp(dt[..., None] * A[:, None, :])
     drive = (dt * x)[..., None] * (B[:, None, :] if B.dim() == 2 else B.transpose(-1, -2))
     C = C[:, None, :] if C.dim() == 2 else C.transpose(-1, -2)
+    # Per-step views by unbind, not by indexing: autograd then gathers their gradients with one
+    # stack instead of a zero-filled [B, D, L, N] tensor per step (training through this scan).
+    decays, drives = decay.unbind(2), drive.unbind(2)
+    c_steps = C.unbind(2) if C.dim() == 4 else [C[:, 0]] * len(decays)
 
     def step(state: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        state = decay[:, :, t] * state + drive[:, :, t]
-        c_t = C[:, 0] if C.dim() == 3 else C[:, :, t]
-        return state, (state * c_t).sum(-1)
+        state = decays[t] * state + drives[t]
+        return state, (state * c_steps[t]).sum(-1)
 
     ys, final, states = instr.run_steps(step)
     y = torch.stack(ys, dim=-1)

@@ -150,10 +150,14 @@ def quirky_addition(
     """Train and held-out prompts: ``2 * n_train`` and ``2 * n_test`` examples.
 
     The ``n_train + n_test`` equations are distinct ``(a, b)`` pairs drawn from
-    ``random.Random(seed)``; the first ``n_train`` are the training equations. Each equation
-    gives two consecutive examples, Alice's then Bob's, with the same shown sum.
+    ``random.Random(seed)``, then shuffled by the same generator before the first ``n_train``
+    become the training equations: skipping repeats makes late draws rarer pairs (large
+    summands), and with few digits that would make the held-out set harder than the training
+    set. Each equation gives two consecutive examples, Alice's then Bob's, with the same shown
+    sum.
     """
     rng = random.Random(seed)
     drawn = equations(rng, n_train + n_test, max_digits)
+    rng.shuffle(drawn)
     prompts = [template(a, b, s, c) for a, b, s in drawn for c in CHARACTERS]
     return prompts[: 2 * n_train], prompts[2 * n_train :]

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from statetap.zoo import corpus, quirky
 from statetap.zoo.recipes import Recipe
 from statetap.zoo.tokenizer import byte_tokenizer, quirky_tokenizer
+from statetap.zoo.training_path import training_path
 
 
 @dataclass
@@ -110,10 +111,11 @@ def train(recipe: Recipe, progress: bool = True) -> Trained:
     """
     tokenizer = build_tokenizer(recipe)
     start = time.perf_counter()
-    if recipe.task == "quirky":
-        model, metrics = _train_quirky(recipe, tokenizer, progress)
-    else:
-        model, metrics = _train_text(recipe, tokenizer, progress)
+    with training_path(recipe.arch):
+        if recipe.task == "quirky":
+            model, metrics = _train_quirky(recipe, tokenizer, progress)
+        else:
+            model, metrics = _train_text(recipe, tokenizer, progress)
     metrics["train_seconds"] = round(time.perf_counter() - start, 2)
     return Trained(model.eval(), tokenizer, metrics)
 
@@ -195,7 +197,6 @@ def _optimizer(recipe: Recipe, model: torch.nn.Module):
         lr=recipe.lr,
         betas=recipe.betas,
         weight_decay=recipe.weight_decay,
-        foreach=False,
     )
 
     def factor(step: int) -> float:
