@@ -7,10 +7,13 @@ For each zoo model (trained on first use, then loaded from the cache) the demo
 2. extracts the residual stream and the recurrent state of every layer at the last token of
    held-out texts to safetensors shards (``statetap extract``'s code path);
 3. measures what instrumentation costs on the current device: the plain forward against
-   ``Tap.run`` with typical requests, side by side (:mod:`statetap.cost`).
+   ``Tap.run`` with typical requests, side by side (:mod:`statetap.cost`);
+4. steers the quirky models' Alice prompts with the Bob vector in residual, state and both
+   modes (:mod:`statetap.interp.steering.demo_section`).
 
-It writes ``report.md``, ``quality.png``, ``cost.png`` and ``summary.json`` into the output
-folder (the shards under ``extraction/<model>/``) and returns a summary table for stdout.
+It writes ``report.md``, ``quality.png``, ``cost.png``, ``steering-modes.png`` (with one
+``steering-<model>.png`` per quirky model) and ``summary.json`` into the output folder (the
+shards under ``extraction/<model>/``) and returns a summary table for stdout.
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ import torch
 from statetap import zoo
 from statetap.cost import CostRow, format_cost_table, instrumentation_cost
 from statetap.extract import ExtractConfig, extract, write_atomically
+from statetap.interp.steering import demo_section
 from statetap.zoo import corpus, quirky
 
 DEFAULT_MODELS = ("quirky-mamba", "quirky-rwkv4", "text-mamba")
-REPORT_FILES = ("report.md", "quality.png", "cost.png", "summary.json")
+REPORT_FILES = ("report.md", "quality.png", "cost.png", "steering-modes.png", "summary.json")
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ class ModelReport:
     load_seconds: float
     extraction: dict = field(default_factory=dict)
     cost: list[CostRow] = field(default_factory=list)
+    steering: list[demo_section.SteeringRow] = field(default_factory=list)
 
 
 def run_demo(config: DemoConfig) -> list[ModelReport]:
@@ -105,6 +110,10 @@ def run_demo(config: DemoConfig) -> list[ModelReport]:
         report.extraction = _extraction(model, tokenizer, texts, config.out / "extraction" / name)
         ids, mask = _batch(tokenizer, texts[: config.cost_batch], device)
         report.cost = instrumentation_cost(model, ids, mask, repeats=config.repeats)
+        if recipe.task == "quirky":
+            report.steering = demo_section.steer_quirky_model(
+                name, model, tokenizer, recipe, config.out
+            )
         reports.append(report)
     write_report(config.out, reports, device)
     return reports
@@ -189,9 +198,13 @@ def write_report(out: Path, reports: list[ModelReport], device: torch.device) ->
     """``report.md``, the two plots and ``summary.json`` in ``out``, each written atomically."""
     _plot_quality(out / "quality.png", reports)
     _plot_cost(out / "cost.png", reports)
+    steering = [row for r in reports for row in r.steering]
+    if steering:
+        demo_section.plot_shifts(steering, out / "steering-modes.png")
     summary = {
         "device": _device_name(device),
         "models": [asdict(r) for r in reports],
+        "steering": demo_section.as_dicts(steering),
     }
     write_atomically(
         out / "summary.json",
@@ -250,6 +263,9 @@ def _markdown(reports: list[ModelReport], device: torch.device) -> str:
     for r in reports:
         lines += [f"### {r.name}", "", "```", format_cost_table(r.cost), "```", ""]
     lines += ["![instrumentation cost](cost.png)", ""]
+    steering = [row for r in reports for row in r.steering]
+    if steering:
+        lines += demo_section.markdown(steering)
     return "\n".join(lines)
 
 

@@ -32,6 +32,16 @@ def test_short_demo_writes_every_report_file_and_a_table(tmp_path, monkeypatch, 
         assert len(shards) == entry["extraction"]["shards"] >= 1
     report = (out / "report.md").read_text()
     assert all(f"| {name} |" in report for name in models)
+    # The steering section: every mode of every quirky model, a shift that is rate - baseline.
+    steering = summary["steering"]
+    assert [(r["model"], r["mode"]) for r in steering] == [
+        (m, mode) for m in models[:2] for mode in ("residual", "state", "both")
+    ]
+    for row in steering:
+        assert 0.0 <= row["baseline_rate"] <= 1.0 and 0.0 <= row["rate"] <= 1.0
+        assert row["shift"] == pytest.approx(row["rate"] - row["baseline_rate"])
+        assert f"| {row['model']} | {row['mode']} | {row['layer']} |" in report
+    assert all((out / f"steering-{m}.png").stat().st_size > 0 for m in models[:2])
     # A second run reuses the cache and replaces the report.
     assert main([*argv, "--models", "quirky-mamba"]) == 0
     assert json.loads((out / "summary.json").read_text())["models"][0]["name"] == "quirky-mamba"
