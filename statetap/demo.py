@@ -212,7 +212,7 @@ def write_report(out: Path, reports: list[ModelReport], device: torch.device) ->
     )
     write_atomically(
         out / "report.md",
-        lambda path: Path(path).write_text(_markdown(reports, device), encoding="utf-8"),
+        lambda path: Path(path).write_text(_markdown(reports, steering, device), encoding="utf-8"),
     )
 
 
@@ -222,7 +222,9 @@ def _device_name(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def _markdown(reports: list[ModelReport], device: torch.device) -> str:
+def _markdown(
+    reports: list[ModelReport], steering: list[demo_section.SteeringRow], device: torch.device
+) -> str:
     lines = [
         "# statetap demo",
         "",
@@ -263,7 +265,6 @@ def _markdown(reports: list[ModelReport], device: torch.device) -> str:
     for r in reports:
         lines += [f"### {r.name}", "", "```", format_cost_table(r.cost), "```", ""]
     lines += ["![instrumentation cost](cost.png)", ""]
-    steering = [row for r in reports for row in r.steering]
     if steering:
         lines += demo_section.markdown(steering)
     return "\n".join(lines)

@@ -16,13 +16,51 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
+from collections.abc import Callable
 
 import torch
 
 from statetap import kernels
 from statetap.adapters.base import Adapter, patched
 from statetap.adapters.conv import conv_update_with_window_ops, conv_with_window_ops
+from statetap.kernels import ScanOutput
 from statetap.plan import Pass
+
+
+def transformers_selective_scan(run: Callable[..., ScanOutput]) -> Callable:
+    """A drop-in for transformers' ``mamba_selective_scan`` (``hidden_states`` ``[B, D, L]``,
+    ``dt`` ``[B, D, L]``, ``A`` ``[D, N]``, ``B``/``C`` ``[B, N, L]``) computed by ``run``, a
+    scan with :func:`statetap.kernels.selective_scan`'s signature. The drop-in returns ``y``
+    ``[B, D, L]``, with the final state ``[B, D, N]`` when ``return_last_state``."""
+
+    def selective_scan(
+        hidden_states,
+        dt,
+        A,
+        B,
+        C,
+        D=None,
+        z=None,
+        delta_bias=None,
+        delta_softplus=False,
+        return_last_state=False,
+        **_,
+    ):
+        out = run(
+            hidden_states,
+            dt,
+            A,
+            B,
+            C,
+            D=D,
+            z=z,
+            delta_bias=delta_bias,
+            delta_softplus=delta_softplus,
+            output_final_state=return_last_state,
+        )
+        return (out.y, out.final_state) if return_last_state else out.y
+
+    return selective_scan
 
 
 class _MambaFamily(Adapter):
@@ -167,40 +205,20 @@ class MambaAdapter(_MambaFamily):
         return (mixer.intermediate_size, mixer.ssm_state_size)
 
     def scan(self, pass_: Pass):
-        def selective_scan(
-            hidden_states,
-            dt,
-            A,
-            B,
-            C,
-            D=None,
-            z=None,
-            delta_bias=None,
-            delta_softplus=False,
-            return_last_state=False,
-            **_,
-        ):
+        def run(*args, **kwargs):
             # transformers' own scan has no initial state: it starts every prefill from zero,
             # even after a cache. statetap continues from the cached state.
             initial = pass_.layer_state
             out = kernels.selective_scan(
-                hidden_states,
-                dt,
-                A,
-                B,
-                C,
-                D=D,
-                z=z,
-                delta_bias=delta_bias,
-                delta_softplus=delta_softplus,
-                output_final_state=return_last_state,
+                *args,
+                **kwargs,
                 initial_state=None if initial is None else initial.float(),
                 **self._instrumentation(pass_),
             )
             self._store(pass_, out)
-            return (out.y, out.final_state) if return_last_state else out.y
+            return out
 
-        return selective_scan
+        return transformers_selective_scan(run)
 
     def step(self, pass_: Pass):
         def state_update(

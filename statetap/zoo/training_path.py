@@ -18,49 +18,17 @@ import importlib
 from collections.abc import Iterator
 
 from statetap.adapters.base import patched
-from statetap.adapters.mamba import MambaAdapter
+from statetap.adapters.mamba import MambaAdapter, transformers_selective_scan
 from statetap.kernels.selective_scan.reference import selective_scan
-
-
-def reference_scan(
-    hidden_states,
-    dt,
-    A,
-    B,
-    C,
-    D=None,
-    z=None,
-    delta_bias=None,
-    delta_softplus=False,
-    return_last_state=False,
-    **_,
-):
-    """transformers' ``mamba_selective_scan`` (``hidden_states`` ``[B, D, L]``, ``dt``
-    ``[B, D, L]``, ``A`` ``[D, N]``, ``B``/``C`` ``[B, N, L]``) computed by statetap's reference
-    scan. Returns ``y`` ``[B, D, L]``, with the final state ``[B, D, N]`` when
-    ``return_last_state``."""
-    out = selective_scan(
-        hidden_states,
-        dt,
-        A,
-        B,
-        C,
-        D=D,
-        z=z,
-        delta_bias=delta_bias,
-        delta_softplus=delta_softplus,
-        output_final_state=return_last_state,
-    )
-    return (out.y, out.final_state) if return_last_state else out.y
 
 
 @contextlib.contextmanager
 def training_path(arch: str) -> Iterator[None]:
-    """Within the block, transformers' Mamba-1 mixers scan with :func:`reference_scan`
+    """Within the block, transformers' Mamba-1 mixers scan with statetap's reference scan
     (``arch == "mamba"``); other architectures keep their own torch path."""
     if arch != "mamba":
         yield
         return
     module = importlib.import_module(MambaAdapter.modeling_module)
-    with patched(module, MambaAdapter.scan_name, reference_scan):
+    with patched(module, MambaAdapter.scan_name, transformers_selective_scan(selective_scan)):
         yield
