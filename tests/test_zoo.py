@@ -241,7 +241,7 @@ def state(model) -> dict:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("name", ["quirky-mamba", "quirky-rwkv4", "text-mamba"])
+@pytest.mark.parametrize("name", ["quirky-mamba", "quirky-rwkv4", "text-mamba", "text-rwkv4"])
 def test_training_is_deterministic(name):
     recipe = SHORT[name]
     first = state(zoo_train.train(recipe, progress=False).model)
@@ -423,7 +423,7 @@ def test_failed_build_leaves_no_entry(monkeypatch, isolated_cache):
 # ------------------------------------------------------------------- from_pretrained
 
 
-@pytest.mark.parametrize("name", ["quirky-mamba", "quirky-rwkv4", "quirky-mamba2", "text-mamba"])
+@pytest.mark.parametrize("name", sorted(RECIPES))
 def test_saved_folder_loads_with_transformers_and_reproduces_logits(name, train_calls):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -458,7 +458,7 @@ def test_unknown_recipe_name_is_a_key_error():
 
 
 def test_recipes_table():
-    assert {"quirky-mamba", "quirky-rwkv4", "quirky-mamba2", "text-mamba"} <= set(RECIPES)
+    assert {"quirky-mamba", "quirky-rwkv4", "quirky-mamba2", "text-mamba", "text-rwkv4"} <= set(RECIPES)
     assert all(name == r.name for name, r in RECIPES.items())
     with pytest.raises(ValueError, match="arch"):
         dataclasses.replace(RECIPES["quirky-mamba"], arch="lstm")

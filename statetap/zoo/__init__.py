@@ -11,8 +11,8 @@ later calls load it back in seconds. The cached folder is an ordinary
     >>> zoo.metrics("quirky-mamba")["alice_accuracy"]        # doctest: +SKIP
 
 Recipes: ``quirky-mamba``, ``quirky-rwkv4``, ``quirky-mamba2`` (Mallen et al.'s quirky
-addition: Alice answers by the truth, Bob by his sloppy sum) and ``text-mamba`` (a byte-level
-LM on the Python documentation). ``short(recipe)`` gives a tiny variant for tests.
+addition: Alice answers by the truth, Bob by his sloppy sum), ``text-mamba`` and ``text-rwkv4``
+(byte-level LMs on the Python documentation). ``short(recipe)`` gives a tiny variant for tests.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ corpus therefore depends on the Python version; the cache manifest records its s
 from __future__ import annotations
 
 import ast
+import functools
 import os
 import random
 import sysconfig
@@ -45,13 +46,18 @@ def docstrings(path: str) -> list[str]:
 
 def documents(stdlib_files: int | None = None) -> list[str]:
     """The corpus: the pydoc topics, then the docstrings of the first ``stdlib_files`` standard
-    library sources (all of them when None, none when 0)."""
+    library sources (all of them when None, none when 0). Parsed once per process."""
+    return list(_parsed_documents(stdlib_files))
+
+
+@functools.cache
+def _parsed_documents(stdlib_files: int | None) -> tuple[str, ...]:
     from pydoc_data.topics import topics
 
     docs = [topics[key] for key in sorted(topics)]
     for path in stdlib_sources()[:stdlib_files]:
         docs.extend(docstrings(path))
-    return docs
+    return tuple(docs)
 
 
 def split(docs: list[str], held_out: float, seed: int) -> tuple[list[str], list[str]]:

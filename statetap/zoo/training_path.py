@@ -8,7 +8,10 @@ at statetap's training scan instead
 (:func:`kernels.selective_scan.autograd.selective_scan_autograd`: the reference recurrence with
 a hand-written backward, linear in ``L`` and computed over one state buffer in place). Same
 parameters, same function (the tests compare its outputs and gradients with the reference
-scan's, and the model's with transformers' own scan); only the step is faster.
+scan's, and the model's with transformers' own scan); only the step is faster. The causal
+depthwise convolution before the scan becomes ``K`` shifted multiply-adds
+(:func:`causal_depthwise_conv`), whose backward is a few elementwise ops where oneDNN's
+grouped-convolution backward is the slowest op of a CPU step.
 """
 
 from __future__ import annotations
@@ -17,18 +20,48 @@ import contextlib
 import importlib
 from collections.abc import Iterator
 
+import torch
+import torch.nn.functional as F
+
 from statetap.adapters.base import patched
 from statetap.adapters.mamba import MambaAdapter, transformers_selective_scan
 from statetap.kernels.selective_scan.autograd import selective_scan_autograd
 
 
+def causal_depthwise_conv(
+    hidden_states: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+    **_,
+) -> torch.Tensor:
+    """transformers' ``causal_conv1d_fn`` as shifted sums: ``hidden_states`` ``[B, C, L]``,
+    ``weight`` ``[C, K]``, ``bias`` ``[C]``; ``out[t] = bias + sum_k weight[k] x[t - K + 1 + k]``
+    (zeros before the start), then ``activation`` (``"silu"`` or None). Returns ``[B, C, L]``."""
+    if activation not in (None, "silu", "swish"):
+        raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
+    length, width = hidden_states.shape[-1], weight.shape[-1]
+    padded = F.pad(hidden_states.to(weight.dtype), (width - 1, 0))
+    out = sum(weight[:, k, None] * padded[..., k : k + length] for k in range(width))
+    if bias is not None:
+        out = out + bias[:, None]
+    if activation is not None:
+        out = F.silu(out)
+    return out.to(hidden_states.dtype)
+
+
 @contextlib.contextmanager
 def training_path(arch: str) -> Iterator[None]:
-    """Within the block, transformers' Mamba-1 mixers scan with statetap's reference scan
-    (``arch == "mamba"``); other architectures keep their own torch path."""
+    """Within the block, transformers' Mamba-1 mixers convolve with :func:`causal_depthwise_conv`
+    and scan with statetap's training scan (``arch == "mamba"``); other architectures keep their
+    own torch path."""
     if arch != "mamba":
         yield
         return
     module = importlib.import_module(MambaAdapter.modeling_module)
-    with patched(module, MambaAdapter.scan_name, transformers_selective_scan(selective_scan_autograd)):
+    scan = transformers_selective_scan(selective_scan_autograd)
+    with (
+        patched(module, MambaAdapter.scan_name, scan),
+        patched(module, "causal_conv1d_fn", causal_depthwise_conv),
+    ):
         yield
