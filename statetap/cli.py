@@ -150,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     from statetap.interp.steering.cli import add_steer_commands
 
     add_steer_commands(commands)
+
+    from statetap.interp.lens.cli import add_lens_commands
+
+    add_lens_commands(commands)
     return parser
 
 

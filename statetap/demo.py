@@ -9,11 +9,15 @@ For each zoo model (trained on first use, then loaded from the cache) the demo
 3. measures what instrumentation costs on the current device: the plain forward against
    ``Tap.run`` with typical requests, side by side (:mod:`statetap.cost`);
 4. steers the quirky models' Alice prompts with the Bob vector in residual, state and both
-   modes (:mod:`statetap.interp.steering.demo_section`).
+   modes (:mod:`statetap.interp.steering.demo_section`);
+5. trains a tuned lens on each text model and compares it with the logit lens on held-out
+   text (:mod:`statetap.interp.lens.demo_section`).
 
 It writes ``report.md``, ``quality.png``, ``cost.png``, ``steering-modes.png`` (with one
-``steering-<model>.png`` per quirky model) and ``summary.json`` into the output folder (the
-shards under ``extraction/<model>/``) and returns a summary table for stdout.
+``steering-<model>.png`` per quirky model), ``lens-<model>.png`` and
+``lens-trajectory-<model>.png`` per text model (the lens under ``lens/<model>/``) and
+``summary.json`` into the output folder (the shards under ``extraction/<model>/``) and returns
+a summary table for stdout.
 """
 
 from __future__ import annotations
@@ -28,10 +32,12 @@ import torch
 from statetap import zoo
 from statetap.cost import CostRow, format_cost_table, instrumentation_cost
 from statetap.extract import ExtractConfig, extract, write_atomically
+from statetap.interp.lens import demo_section as lens_demo
+from statetap.interp.lens.data import zoo_corpus
 from statetap.interp.steering import demo_section
 from statetap.zoo import corpus, quirky
 
-DEFAULT_MODELS = ("quirky-mamba", "quirky-rwkv4", "text-mamba")
+DEFAULT_MODELS = ("quirky-mamba", "quirky-rwkv4", "text-mamba", "text-rwkv4")
 REPORT_FILES = ("report.md", "quality.png", "cost.png", "steering-modes.png", "summary.json")
 
 
@@ -83,6 +89,7 @@ class ModelReport:
     extraction: dict = field(default_factory=dict)
     cost: list[CostRow] = field(default_factory=list)
     steering: list[demo_section.SteeringRow] = field(default_factory=list)
+    lens: lens_demo.LensReport | None = None
 
 
 def run_demo(config: DemoConfig) -> list[ModelReport]:
@@ -113,6 +120,17 @@ def run_demo(config: DemoConfig) -> list[ModelReport]:
         if recipe.task == "quirky":
             report.steering = demo_section.steer_quirky_model(
                 name, model, tokenizer, recipe, config.out
+            )
+        else:
+            train_stream, eval_stream, bytes_per_token = zoo_corpus(recipe)
+            report.lens = lens_demo.lens_section(
+                name,
+                model,
+                tokenizer,
+                train_stream,
+                eval_stream,
+                config.out,
+                bytes_per_token=bytes_per_token,
             )
         reports.append(report)
     write_report(config.out, reports, device)
@@ -201,10 +219,12 @@ def write_report(out: Path, reports: list[ModelReport], device: torch.device) ->
     steering = [row for r in reports for row in r.steering]
     if steering:
         demo_section.plot_shifts(steering, out / "steering-modes.png")
+    lenses = [r.lens for r in reports if r.lens is not None]
     summary = {
         "device": _device_name(device),
-        "models": [asdict(r) for r in reports],
+        "models": [asdict(r, dict_factory=_without_sections) for r in reports],
         "steering": demo_section.as_dicts(steering),
+        "lens": lens_demo.as_dicts(lenses),
     }
     write_atomically(
         out / "summary.json",
@@ -212,8 +232,16 @@ def write_report(out: Path, reports: list[ModelReport], device: torch.device) ->
     )
     write_atomically(
         out / "report.md",
-        lambda path: Path(path).write_text(_markdown(reports, steering, device), encoding="utf-8"),
+        lambda path: Path(path).write_text(
+            _markdown(reports, steering, lenses, device), encoding="utf-8"
+        ),
     )
+
+
+def _without_sections(items: list[tuple[str, object]]) -> dict:
+    """``asdict`` of a :class:`ModelReport` without the steering and lens sections, which
+    ``summary.json`` lists on their own."""
+    return {key: value for key, value in items if key not in ("steering", "lens")}
 
 
 def _device_name(device: torch.device) -> str:
@@ -223,7 +251,10 @@ def _device_name(device: torch.device) -> str:
 
 
 def _markdown(
-    reports: list[ModelReport], steering: list[demo_section.SteeringRow], device: torch.device
+    reports: list[ModelReport],
+    steering: list[demo_section.SteeringRow],
+    lenses: list[lens_demo.LensReport],
+    device: torch.device,
 ) -> str:
     lines = [
         "# statetap demo",
@@ -267,6 +298,7 @@ def _markdown(
     lines += ["![instrumentation cost](cost.png)", ""]
     if steering:
         lines += demo_section.markdown(steering)
+    lines += lens_demo.markdown(lenses)
     return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
-"""``statetap demo`` on the zoo's short recipes: every report file, a table with every model."""
+"""``statetap demo`` on the zoo's short recipes: every report file, a table with every model,
+the steering and lens sections."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from statetap.demo import REPORT_FILES, DemoConfig
 def test_short_demo_writes_every_report_file_and_a_table(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("STATETAP_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "report"
-    models = ["quirky-mamba", "quirky-rwkv4", "text-mamba"]
+    models = ["quirky-mamba", "quirky-rwkv4", "text-mamba", "text-rwkv4"]
     argv = ["demo", "--short", "--out", str(out), "--texts", "24", "--repeats", "2"]
     assert main([*argv, "--models", *models]) == 0
     printed = capsys.readouterr().out
@@ -42,6 +43,21 @@ def test_short_demo_writes_every_report_file_and_a_table(tmp_path, monkeypatch, 
         assert row["shift"] == pytest.approx(row["rate"] - row["baseline_rate"])
         assert f"| {row['model']} | {row['mode']} | {row['layer']} |" in report
     assert all((out / f"steering-{m}.png").stat().st_size > 0 for m in models[:2])
+    # The lens section: tuned and logit lens at every layer of each text model, the last layer
+    # reproducing the model, a plot and a saved lens per model.
+    lens = summary["lens"]
+    for name in models[2:]:
+        rows = [r for r in lens if r["model"] == name]
+        assert {(r["lens"], r["layer"]) for r in rows} == {
+            (kind, layer) for kind in ("tuned", "logit") for layer in range(2)
+        }
+        assert all(r["final_layer_error"] <= 1e-5 for r in rows)
+        last = {r["lens"]: r["kl_nats"] for r in rows if r["layer"] == 1}
+        assert last["tuned"] == pytest.approx(0.0, abs=1e-6) and last["logit"] == last["tuned"]
+        assert (out / f"lens-{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (out / "lens" / name / "config.json").is_file()
+        assert f"### {name}" in report
+    assert all("steering" not in entry and "lens" not in entry for entry in summary["models"])
     # A second run reuses the cache and replaces the report.
     assert main([*argv, "--models", "quirky-mamba"]) == 0
     assert json.loads((out / "summary.json").read_text())["models"][0]["name"] == "quirky-mamba"

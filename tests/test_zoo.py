@@ -458,7 +458,9 @@ def test_unknown_recipe_name_is_a_key_error():
 
 
 def test_recipes_table():
-    assert {"quirky-mamba", "quirky-rwkv4", "quirky-mamba2", "text-mamba", "text-rwkv4"} <= set(RECIPES)
+    assert {"quirky-mamba", "quirky-rwkv4", "quirky-mamba2", "text-mamba", "text-rwkv4"} <= set(
+        RECIPES
+    )
     assert all(name == r.name for name, r in RECIPES.items())
     with pytest.raises(ValueError, match="arch"):
         dataclasses.replace(RECIPES["quirky-mamba"], arch="lstm")

@@ -75,6 +75,11 @@ class Adapter:
     def final_norm(self) -> nn.Module:
         raise NotImplementedError
 
+    @property
+    def unembedding(self) -> nn.Module:
+        """The output embedding: maps the final norm's output ``[..., H]`` to logits."""
+        return self.model.get_output_embeddings()
+
     def mixer(self, layer: int) -> nn.Module:
         raise NotImplementedError
 

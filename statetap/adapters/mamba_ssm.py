@@ -64,6 +64,10 @@ class MambaSsmAdapter(MambaAdapter):
     def hidden_size(self) -> int:
         return self.model.config.d_model
 
+    @property
+    def unembedding(self):
+        return self.model.lm_head  # MambaLMHeadModel has no get_output_embeddings
+
     def hidden_states_index(self, layer: int) -> int:
         raise NotImplementedError("mamba-ssm models have no output_hidden_states")
 

@@ -1,0 +1,238 @@
+"""``statetap lens``: train, evaluate and plot the tuned lens of a model.
+
+    statetap lens train --model text-mamba --recipe zoo --out runs/lens-text-mamba
+    statetap lens eval --lens runs/lens-text-mamba
+    statetap lens plot --lens runs/lens-text-mamba
+
+Every field of :class:`~statetap.interp.lens.config.TrainConfig` is a flag of ``train``
+(``--steps``, ``--tokens-per-step``, ``--lr`` ...), on top of the ``--recipe`` preset
+(``paper``: Belrose et al.'s defaults; ``zoo``: scaled to the zoo's models; ``demo``).
+``--model`` is a zoo model name (trained on first use) or a transformers folder / hub id;
+without ``--text-file`` the data is the zoo's text corpus (training documents for ``train``,
+held-out documents for ``eval``). Data parallel training on several devices:
+
+    torchrun --nproc_per_node 8 -m statetap.cli lens train --model ... --out ...
+
+:func:`add_lens_commands` registers the ``lens`` command on the ``statetap`` parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from statetap.interp.lens.config import PRESETS, TrainConfig
+from statetap.interp.lens.data import token_stream, zoo_corpus
+from statetap.interp.lens.evaluate import LensEvaluation, evaluate
+from statetap.interp.lens.lens import LogitLens, TunedLens, read_config
+from statetap.interp.lens.plots import plot_bits_per_byte, plot_trajectory
+from statetap.interp.lens.train import rank_and_world, train
+
+DEFAULT_MODEL = "text-mamba"
+DEFAULT_PROMPT = "Return the number of items in a container."
+EVALUATION = "evaluation.json"
+
+
+def _model(name: str):
+    """``(model, tokenizer, zoo recipe or None)`` for a zoo name or a transformers folder."""
+    from statetap import zoo
+    from statetap.defaults import load_model
+
+    try:
+        recipe = zoo.resolve(name)
+    except KeyError:
+        model, tokenizer = load_model(name)
+        return model, tokenizer, None
+    model, tokenizer = zoo.load(recipe)
+    return model, tokenizer, recipe
+
+
+def _data(args: argparse.Namespace, tokenizer, recipe, held_out: bool):
+    """The token stream, its bytes per token (None for the zoo's training split) and a
+    description: ``--text-file`` (one document), or the zoo corpus split (the model's own split
+    for a zoo text model)."""
+    if args.text_file:
+        text = Path(args.text_file).read_text(encoding="utf-8")
+        return (*token_stream(tokenizer, [text]), str(args.text_file))
+    byte_level = recipe is not None and recipe.task == "text"
+    train_stream, held_out_stream, bytes_per_token = zoo_corpus(
+        recipe if byte_level else None, None if byte_level else tokenizer
+    )
+    split = "held-out" if held_out else "training"
+    source = f"zoo text corpus ({recipe.name if byte_level else DEFAULT_MODEL}), {split} documents"
+    return (held_out_stream, bytes_per_token, source) if held_out else (train_stream, None, source)
+
+
+def _device(requested: str | None) -> torch.device:
+    """The device, joining the ``torchrun`` process group first when there is one (NCCL on
+    CUDA, gloo on the CPU)."""
+    device = torch.device(requested or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    return device
+
+
+def _config(args: argparse.Namespace) -> TrainConfig:
+    changes = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if getattr(args, f.name) is not None
+    }
+    return dataclasses.replace(PRESETS[args.recipe], **changes)
+
+
+def _train(args: argparse.Namespace) -> int:
+    config = _config(args)
+    device = _device(args.device)
+    model, tokenizer, recipe = _model(args.model)
+    model.to(device)
+    stream, _, source = _data(args, tokenizer, recipe, held_out=False)
+    lens = TunedLens(model, meta=dict(model=args.model, data=source, recipe=args.recipe))
+    losses = train(lens, stream, config)
+    rank, _ = rank_and_world()
+    if rank == 0:
+        lens.save(args.out)
+        print(
+            f"trained {len(lens.translators)} translator(s) of {args.model} for {config.steps} "
+            f"steps of {config.tokens_per_step} tokens (KL {losses[0]:.4f} -> {losses[-1]:.4f} "
+            f"nats); wrote {args.out}"
+        )
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+def _lens_and_model(args: argparse.Namespace):
+    record = read_config(args.lens)
+    name = args.model or record["meta"].get("model")
+    if not name:
+        raise SystemExit(f"{args.lens} does not name its model; pass --model")
+    model, tokenizer, recipe = _model(name)
+    model.to(_device(args.device))
+    return TunedLens.load(args.lens, model), tokenizer, recipe, name
+
+
+def _eval(args: argparse.Namespace) -> int:
+    lens, tokenizer, recipe, name = _lens_and_model(args)
+    stream, bytes_per_token, source = _data(args, tokenizer, recipe, held_out=True)
+    seq_len = args.seq_len or lens.meta.get("train", {}).get("seq_len", 2048)
+    evaluation = evaluate(
+        lens, stream, seq_len, args.windows, args.batch_size, bytes_per_token, progress=True
+    )
+    evaluation.meta = dict(model=name, lens=str(args.lens), data=source, seq_len=seq_len)
+    out = evaluation.save(args.out or Path(args.lens) / EVALUATION)
+    print(evaluation.markdown())
+    print(f"wrote {out}")
+    return 0 if evaluation.final_layer_ok else 1
+
+
+def _plot(args: argparse.Namespace) -> int:
+    evaluation_file = Path(args.evaluation or Path(args.lens) / EVALUATION)
+    if not evaluation_file.exists():
+        raise SystemExit(f"{evaluation_file} does not exist: run 'statetap lens eval' first")
+    out = Path(args.out or args.lens)
+    evaluation = LensEvaluation.load(evaluation_file)
+    written = [plot_bits_per_byte(evaluation, out / "bits-per-byte.png", title=args.lens)]
+    lens, tokenizer, _, _ = _lens_and_model(args)
+    ids = torch.tensor(tokenizer(args.prompt, add_special_tokens=False)["input_ids"])
+    for each in (lens, LogitLens(lens.model)):
+        path = out / f"trajectory-{each.name}.png"
+        written.append(plot_trajectory(each, ids, tokenizer, path))
+    print(f"wrote {', '.join(map(str, written))}")
+    return 0
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+
+
+def _data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--text-file", help="UTF-8 text, one document (default: the zoo's text corpus)"
+    )
+
+
+def _lens_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lens", required=True, help="folder written by 'statetap lens train'")
+    parser.add_argument("--model", help="zoo name or transformers folder (default: the lens's)")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per :class:`TrainConfig` field (``--tokens-per-step``), default None: the
+    field then comes from the ``--recipe`` preset."""
+    group = parser.add_argument_group("training (TrainConfig fields; default: the --recipe's)")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata['help']} (paper: {f.default})"
+        if isinstance(f.default, bool):
+            action = argparse.BooleanOptionalAction
+            group.add_argument(flag, action=action, default=None, help=help_text)
+        else:
+            group.add_argument(flag, type=type(f.default), default=None, help=help_text)
+
+
+def add_lens_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``lens`` (sub-commands ``train``, ``eval`` and ``plot``) on the ``statetap``
+    parser's sub-parsers; each handler is ``args.run(args) -> exit code``."""
+    lens = subparsers.add_parser(
+        "lens",
+        help="the tuned lens and the logit lens (train, evaluate, plot)",
+        description="Affine translators per layer, read through the model's own final norm and "
+        "unembedding and trained to minimise KL(p_final || p_lens) (Belrose et al.), compared "
+        "with the logit lens on held-out text.",
+    )
+    commands = lens.add_subparsers(dest="lens_command", required=True)
+    train_parser = commands.add_parser(
+        "train",
+        help="train a tuned lens (torchrun for data parallelism)",
+        description="Train one translator per layer (the last layer excepted) with the model "
+        "frozen, and write translators.safetensors and config.json to --out.",
+    )
+    train_parser.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"zoo name or transformers folder ({DEFAULT_MODEL})"
+    )
+    _data_arguments(train_parser)
+    train_parser.add_argument("--out", required=True, help="output folder")
+    train_parser.add_argument(
+        "--recipe", default="paper", choices=sorted(PRESETS), help="preset (default: paper)"
+    )
+    _common(train_parser)
+    add_config_arguments(train_parser)
+    train_parser.set_defaults(run=_train)
+
+    eval_parser = commands.add_parser(
+        "eval",
+        help="per-layer cross-entropy, KL to the final layer and entropy, tuned vs logit lens",
+        description="Score the tuned and the logit lens at every layer on held-out text (bits "
+        "per byte, nats per token, KL to the final layer, entropy), run the final-layer check "
+        "(exit code 1 when it fails) and write evaluation.json.",
+    )
+    _lens_arguments(eval_parser)
+    _data_arguments(eval_parser)
+    eval_parser.add_argument("--seq-len", type=int, help="tokens per window (default: training's)")
+    eval_parser.add_argument("--windows", type=int, help="windows scored (default: all)")
+    eval_parser.add_argument("--batch-size", type=int, default=8, help="windows per forward pass")
+    eval_parser.add_argument("--out", help="evaluation JSON file (default: LENS/evaluation.json)")
+    _common(eval_parser)
+    eval_parser.set_defaults(run=_eval)
+
+    plot_parser = commands.add_parser(
+        "plot",
+        help="bits per byte against depth; prediction trajectories of one prompt",
+        description="Write bits-per-byte.png (from 'lens eval') and trajectory-tuned.png / "
+        "trajectory-logit.png (top token per layer and position, coloured by entropy).",
+    )
+    _lens_arguments(plot_parser)
+    plot_parser.add_argument("--evaluation", help="evaluation JSON (default: LENS/evaluation.json)")
+    plot_parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="text of the trajectory")
+    plot_parser.add_argument("--out", help="folder for the PNGs (default: the lens folder)")
+    _common(plot_parser)
+    plot_parser.set_defaults(run=_plot)
