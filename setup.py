@@ -140,6 +140,7 @@ setup(
         "torch>=2.4",
         'triton>=3.0; platform_system == "Linux"',
         "transformers>=5.0,<6",
+        "concept-erasure",
         "matplotlib",
         "numpy",
         "safetensors",

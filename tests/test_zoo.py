@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from statetap import zoo
+from statetap.kernels.examples import rel_error
 from statetap.zoo import cache, corpus, quirky
 from statetap.zoo import train as zoo_train
 from statetap.zoo.recipes import RECIPES, Recipe, short
@@ -253,15 +254,25 @@ def test_training_is_deterministic(name):
     assert not all(torch.equal(first[k], reseeded[k]) for k in first)
 
 
-def test_mamba_trains_through_the_same_function_on_statetap_scan():
-    """Within ``training_path("mamba")`` transformers' Mamba computes the same logits and the
-    same parameter gradients as with its own scan, on a fresh random model and odd sizes."""
-    from transformers import MambaConfig, MambaForCausalLM
-
+@pytest.mark.parametrize("arch", ["mamba", "rwkv4"])
+def test_models_train_through_the_same_function_on_statetap_recurrences(arch):
+    """Within ``training_path(arch)`` transformers' Mamba / RWKV-4 computes the same logits and
+    the same parameter gradients as with its own torch path, on a fresh random model and odd
+    sizes."""
     from statetap.zoo.training_path import training_path
 
-    config = MambaConfig(vocab_size=23, hidden_size=24, num_hidden_layers=2, state_size=5)
-    model = MambaForCausalLM(config).train()
+    recipe = Recipe(
+        name="probe",
+        arch=arch,
+        task="text",
+        hidden_size=24,
+        num_layers=2,
+        state_size=5,
+        steps=1,
+        batch_size=1,
+        lr=1e-3,
+    )
+    model = zoo_train.build_model(recipe, vocab_size=23).train()
     ids = torch.randint(0, 23, (3, 13))
     cotangent = torch.randn(3, 13, 23)
 
@@ -272,11 +283,11 @@ def test_mamba_trains_through_the_same_function_on_statetap_scan():
         return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
     own_logits, own_grads = logits_and_grads()
-    with training_path("mamba"):
+    with training_path(arch):
         ours_logits, ours_grads = logits_and_grads()
     torch.testing.assert_close(ours_logits, own_logits, rtol=1e-5, atol=1e-5)
-    for name, grad in own_grads.items():
-        torch.testing.assert_close(ours_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    for name, grad in own_grads.items():  # float32 sums in another order: compare by norm
+        assert rel_error(grad, ours_grads[name]) <= 1e-5, name
     after_logits, _ = logits_and_grads()  # the block restored transformers' own scan
     assert torch.equal(after_logits, own_logits)
 

@@ -100,19 +100,23 @@ def wkv4(
     )
     dtype = instr.dtype
     out_dtype = v.dtype
-    w, u, k, v = (t.to(dtype) for t in (w, u, k, v))
+    w, u = w.to(dtype), u.to(dtype)
+    # Per-step views by unbind, not by indexing: autograd then gathers their gradients with one
+    # stack instead of a zero-filled [B, L, C] tensor per step (training through this op).
+    keys, values = k.to(dtype).unbind(1), v.to(dtype).unbind(1)
 
     def step(state: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         aa, bb, pp = state.unbind(1)
-        bonus = u + k[:, t]
+        key, value = keys[t], values[t]
+        bonus = u + key
         top = torch.maximum(pp, bonus)
         old, new = torch.exp(pp - top), torch.exp(bonus - top)
-        y = (old * aa + new * v[:, t]) / (old * bb + new)
+        y = (old * aa + new * value) / (old * bb + new)
         decayed = pp + w
-        top = torch.maximum(decayed, k[:, t])
-        old, new = torch.exp(decayed - top), torch.exp(k[:, t] - top)
-        state = torch.stack((old * aa + new * v[:, t], old * bb + new, top), dim=1)
-        return state, y[:, None]
+        top = torch.maximum(decayed, key)
+        old, new = torch.exp(decayed - top), torch.exp(key - top)
+        state = torch.stack((old * aa + new * value, old * bb + new, top), dim=1)
+        return state, y
 
     ys, final, states = instr.run_steps(step)
-    return instr.output(torch.cat(ys, 1).to(out_dtype), final, states)
+    return instr.output(torch.stack(ys, 1).to(out_dtype), final, states)

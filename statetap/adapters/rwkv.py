@@ -16,15 +16,59 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+from collections.abc import Callable
 
 import torch
 
 from statetap import kernels
 from statetap.adapters.base import Adapter, gather_positions, hooked, patched
+from statetap.kernels import ScanOutput
 from statetap.plan import Pass
 
-_MODELING = "transformers.models.rwkv.modeling_rwkv"
+MODELING_MODULE = "transformers.models.rwkv.modeling_rwkv"
+ATTENTION_NAME = "rwkv_linear_attention"  # the function of MODELING_MODULE the attention calls
 _CACHE_INDEX = {"ffn_shift": 0, "att_shift": 1}
+
+
+def wkv4_for_transformers(
+    run: Callable[..., ScanOutput],
+    time_decay: torch.Tensor,
+    time_first: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    state: list[torch.Tensor] | None = None,
+    return_state: bool = False,
+    **instrumentation,
+) -> ScanOutput:
+    """transformers' ``rwkv_linear_attention`` arguments (``time_decay`` ``[C]`` before
+    ``-exp``, ``time_first`` ``[C]``, ``key``/``value`` ``[B, L, C]``, ``state`` the list
+    ``[aa, bb, pp]`` of ``[B, C]``) computed by ``run``, an op with
+    :func:`statetap.kernels.wkv4`'s signature, with ``instrumentation`` passed on."""
+    return run(
+        -torch.exp(time_decay.float()),
+        time_first,
+        key,
+        value,
+        initial_state=None if state is None else torch.stack(state, dim=1).float(),
+        output_final_state=return_state or state is not None,
+        **instrumentation,
+    )
+
+
+def transformers_wkv4(run: Callable[..., ScanOutput]) -> Callable:
+    """A drop-in for transformers' ``rwkv_linear_attention`` computed by ``run`` (an op with
+    :func:`statetap.kernels.wkv4`'s signature): returns ``(output [B, L, C], state)``, the state
+    as transformers' ``[aa, bb, pp]`` list or None."""
+
+    def rwkv_linear_attention(time_decay, time_first, key, value, state=None, return_state=False):
+        out = wkv4_for_transformers(run, time_decay, time_first, key, value, state, return_state)
+        return out.y, _state_list(out)
+
+    return rwkv_linear_attention
+
+
+def _state_list(out: ScanOutput) -> list[torch.Tensor] | None:
+    return None if out.final_state is None else list(out.final_state.unbind(1))
 
 
 class RwkvAdapter(Adapter):
@@ -92,8 +136,8 @@ class RwkvAdapter(Adapter):
         raise ValueError(f"RwkvForCausalLM has no state site {site!r}")
 
     def instrument_state(self, pass_: Pass, stack: contextlib.ExitStack) -> None:
-        module = importlib.import_module(_MODELING)
-        stack.enter_context(patched(module, "rwkv_linear_attention", self._attention(pass_)))
+        module = importlib.import_module(MODELING_MODULE)
+        stack.enter_context(patched(module, ATTENTION_NAME, self._attention(pass_)))
         handles = []
         for layer in range(self.n_layers):
             block = self.blocks[layer]
@@ -113,19 +157,12 @@ class RwkvAdapter(Adapter):
         ):
             ops = pass_.at("wkv")
             arguments = {} if ops is None else ops.kernel_arguments()
-            out = kernels.wkv4(
-                -torch.exp(time_decay.float()),
-                time_first,
-                key,
-                value,
-                initial_state=None if state is None else torch.stack(state, dim=1).float(),
-                output_final_state=return_state or state is not None,
-                **arguments,
+            out = wkv4_for_transformers(
+                kernels.wkv4, time_decay, time_first, key, value, state, return_state, **arguments
             )
             if out.states is not None:
                 pass_.store("wkv", pass_.layer, ops.expand_states(out.states))
-            final = None if out.final_state is None else list(out.final_state.unbind(1))
-            return out.y, final
+            return out.y, _state_list(out)
 
         return rwkv_linear_attention
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from statetap.zoo.recipes import Recipe
 
-ZOO_FORMAT = 1
+ZOO_FORMAT = 2
 MANIFEST = "manifest.json"
 
 

@@ -1,4 +1,4 @@
-"""The torch path zoo Mamba models train through: transformers' model, statetap's scan.
+"""The torch paths zoo models train through: transformers' models, statetap's recurrences.
 
 transformers' torch fallback for the Mamba-1 selective scan indexes one timestep at a time out
 of ``[B, D, L, N]`` tensors; autograd answers every such index with a zero-filled tensor of the
@@ -12,6 +12,10 @@ scan's, and the model's with transformers' own scan); only the step is faster. T
 depthwise convolution before the scan becomes ``K`` shifted multiply-adds
 (:func:`causal_depthwise_conv`), whose backward is a few elementwise ops where oneDNN's
 grouped-convolution backward is the slowest op of a CPU step.
+
+RWKV-4's torch fallback (``rwkv_linear_attention_cpu``) has the same per-timestep indexing
+(``key[:, t]``, ``output[:, t] = ...``); zoo RWKV-4 models train through statetap's WKV
+reference (:func:`kernels.wkv4.reference.wkv4`, per-step views by ``unbind``) instead.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
+from statetap.adapters import rwkv
 from statetap.adapters.base import patched
 from statetap.adapters.mamba import MambaAdapter, transformers_selective_scan
 from statetap.kernels.selective_scan.autograd import selective_scan_autograd
+from statetap.kernels.wkv4.reference import wkv4
 
 
 def causal_depthwise_conv(
@@ -53,15 +59,19 @@ def causal_depthwise_conv(
 @contextlib.contextmanager
 def training_path(arch: str) -> Iterator[None]:
     """Within the block, transformers' Mamba-1 mixers convolve with :func:`causal_depthwise_conv`
-    and scan with statetap's training scan (``arch == "mamba"``); other architectures keep their
-    own torch path."""
-    if arch != "mamba":
-        yield
-        return
-    module = importlib.import_module(MambaAdapter.modeling_module)
-    scan = transformers_selective_scan(selective_scan_autograd)
-    with (
-        patched(module, MambaAdapter.scan_name, scan),
-        patched(module, "causal_conv1d_fn", causal_depthwise_conv),
-    ):
+    and scan with statetap's training scan (``arch == "mamba"``), and RWKV-4 attention runs
+    statetap's WKV reference (``arch == "rwkv4"``); other architectures keep their own path."""
+    if arch == "mamba":
+        module = importlib.import_module(MambaAdapter.modeling_module)
+        scan = transformers_selective_scan(selective_scan_autograd)
+        with (
+            patched(module, MambaAdapter.scan_name, scan),
+            patched(module, "causal_conv1d_fn", causal_depthwise_conv),
+        ):
+            yield
+    elif arch == "rwkv4":
+        module = importlib.import_module(rwkv.MODELING_MODULE)
+        with patched(module, rwkv.ATTENTION_NAME, rwkv.transformers_wkv4(wkv4)):
+            yield
+    else:
         yield

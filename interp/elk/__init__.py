@@ -1,0 +1,42 @@
+"""Eliciting latent knowledge (ELK): linear probes on hidden states and their evaluation.
+
+The probes of Paulo, Marshall and Belrose's ELK experiments (after Mallen et al.'s quirky
+models): supervised logistic regression, difference of means with Platt scaling and Fisher's
+LDA; unsupervised CCS and CRC-TPC on contrast pairs (CRC after LEACE erasure of the pair side);
+and a random-direction baseline (:mod:`.probes`), all scored by exact rank AUROC
+(:mod:`.metrics`).
+
+Example:
+    >>> import torch
+    >>> from statetap.interp.elk import LogisticProbe, auroc
+    >>> g = torch.Generator().manual_seed(0)
+    >>> labels = torch.rand(200, generator=g) < 0.5
+    >>> features = torch.randn(200, 8, generator=g) + 3.0 * labels[:, None]
+    >>> probe = LogisticProbe().fit(features[:100], labels[:100])
+    >>> auroc(probe.score(features[100:]), labels[100:]) > 0.95
+    True
+"""
+
+from statetap.interp.elk.metrics import auroc
+from statetap.interp.elk.probes import (
+    CcsProbe,
+    CrcProbe,
+    LdaProbe,
+    LogisticProbe,
+    MeanDiffProbe,
+    Probe,
+    RandomProbe,
+    fit_eraser,
+)
+
+__all__ = [
+    "CcsProbe",
+    "CrcProbe",
+    "LdaProbe",
+    "LogisticProbe",
+    "MeanDiffProbe",
+    "Probe",
+    "RandomProbe",
+    "auroc",
+    "fit_eraser",
+]
