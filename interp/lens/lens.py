@@ -16,20 +16,19 @@ The model is frozen and is not part of the lens's parameters or state; a lens ho
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load, save
 from torch import nn
 
 import statetap
-from statetap.extract import write_atomically
+from statetap.interp.tensor_files import read_tensors, require_files, write_pair
 
 TRANSLATORS = "translators.safetensors"
 CONFIG = "config.json"
 KIND = "statetap-tuned-lens"
+DIGEST = "translators_sha256"  # the config's key for the translators file's sha256
 
 
 class LogitLens(nn.Module):
@@ -166,7 +165,6 @@ class TunedLens(LogitLens):
         Each file goes to a temporary name and is renamed into place, tensors first; the JSON
         records the sha256 of the tensor file, so :meth:`load` refuses a mismatched pair.
         """
-        data = save({name: value.cpu().contiguous() for name, value in self.state_dict().items()})
         record = dict(
             kind=KIND,
             model_class=type(self.model).__name__,
@@ -174,15 +172,9 @@ class TunedLens(LogitLens):
             n_layers=self.n_layers,
             statetap_version=statetap.__version__,
             meta=self.meta,
-            translators_sha256=hashlib.sha256(data).hexdigest(),
         )
-        text = json.dumps(record, indent=2)  # fails before anything is written
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_atomically(folder / TRANSLATORS, lambda path: Path(path).write_bytes(data))
-        write_atomically(
-            folder / CONFIG, lambda path: Path(path).write_text(text, encoding="utf-8")
-        )
+        write_pair(folder / TRANSLATORS, folder / CONFIG, self.state_dict(), record, DIGEST)
         return folder
 
     @classmethod
@@ -195,16 +187,9 @@ class TunedLens(LogitLens):
                 or the lens does not fit ``model`` (the message names the mismatch).
         """
         folder = Path(folder)
-        for path in (folder / TRANSLATORS, folder / CONFIG):
-            if not path.exists():
-                raise FileNotFoundError(f"{path} does not exist: not a saved tuned lens")
+        require_files("tuned lens", folder / TRANSLATORS, folder / CONFIG)
         record = read_config(folder)
-        data = (folder / TRANSLATORS).read_bytes()
-        if record.get("translators_sha256") != hashlib.sha256(data).hexdigest():
-            raise ValueError(
-                f"{folder / TRANSLATORS} is not the file {folder / CONFIG} was written for "
-                f"(an interrupted overwrite?)"
-            )
+        tensors = read_tensors(folder / TRANSLATORS, folder / CONFIG, record, DIGEST)
         lens = cls(model, meta=record["meta"])
         expected = dict(
             model_class=type(model).__name__, hidden_size=lens.hidden_size, n_layers=lens.n_layers
@@ -216,7 +201,7 @@ class TunedLens(LogitLens):
             raise ValueError(
                 f"the lens in {folder} was trained on another model: {'; '.join(wrong)}"
             )
-        lens.load_state_dict({k: v.to(lens.tap.device) for k, v in load(data).items()})
+        lens.load_state_dict({k: v.to(lens.tap.device) for k, v in tensors.items()})
         return lens
 
 

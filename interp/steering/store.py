@@ -10,20 +10,19 @@ folder whose two files do not belong together (an interrupted overwrite) is refu
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from safetensors.torch import load, save
 
-from statetap.extract import write_atomically
 from statetap.interp.steering.modes import Mode
 from statetap.interp.steering.sweep import SweepResult
 from statetap.interp.steering.vectors import SteeringVectors
+from statetap.interp.tensor_files import read_tensors, require_files, write_pair
 
 VECTORS, SWEEP = "vectors", "sweep"
+DIGEST = "tensors_sha256"  # the record's key for its tensor file's sha256
 SWEEP_TENSORS = ("p_match", "nonsense", "baseline_p_match", "baseline_nonsense")
 
 
@@ -70,31 +69,15 @@ def load_sweep(folder: str | Path) -> SweepResult:
 
 
 def _save(folder: Path, stem: str, tensors: dict[str, torch.Tensor], record: dict) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    data = save({name: value.detach().cpu().contiguous() for name, value in tensors.items()})
-    write_atomically(folder / f"{stem}.safetensors", lambda path: Path(path).write_bytes(data))
-    record["tensors_sha256"] = hashlib.sha256(data).hexdigest()
-
-    def write(path: str) -> None:
-        with open(path, "w") as handle:
-            json.dump(record, handle, indent=2)
-
-    write_atomically(folder / f"{stem}.json", write)
+    tensor_file, record_file = folder / f"{stem}.safetensors", folder / f"{stem}.json"
+    write_pair(tensor_file, record_file, tensors, record, DIGEST)
     return folder
 
 
 def _load(folder: Path, stem: str) -> tuple[dict[str, torch.Tensor], dict]:
     tensor_file, record_file = folder / f"{stem}.safetensors", folder / f"{stem}.json"
-    for path in (tensor_file, record_file):
-        if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist: not a saved {stem} folder")
+    require_files(f"{stem} folder", tensor_file, record_file)
     record = json.loads(record_file.read_text())
     if record.get("kind") != stem:
         raise ValueError(f"{record_file} holds {record.get('kind')!r}, not {stem!r}")
-    data = tensor_file.read_bytes()
-    if record["tensors_sha256"] != hashlib.sha256(data).hexdigest():
-        raise ValueError(
-            f"{tensor_file} is not the file {record_file} was written for (an interrupted "
-            f"overwrite?)"
-        )
-    return load(data), record
+    return read_tensors(tensor_file, record_file, record, DIGEST), record
