@@ -143,6 +143,7 @@ setup(
         "concept-erasure",
         "matplotlib",
         "numpy",
+        "peft",
         "safetensors",
         "tqdm",
     ],

@@ -100,6 +100,17 @@ def write_atomically(path: Path, write: Callable[[str], None]) -> None:
         raise
 
 
+def write_json_atomically(path: str | Path, data: object) -> Path:
+    """Write ``data`` as indented JSON to ``path`` (its folder is created) with
+    :func:`write_atomically`; the JSON is serialised first, so data that is not JSON writes
+    nothing. Returns the path."""
+    path = Path(path)
+    text = json.dumps(data, indent=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
+    return path
+
+
 def _batches(texts: Sequence[str], size: int) -> Iterator[tuple[int, Sequence[str]]]:
     for start in range(0, len(texts), size):
         yield start, texts[start : start + size]

@@ -52,7 +52,7 @@ def _check_features(features: torch.Tensor, name: str) -> torch.Tensor:
         raise ValueError(f"{name} must be 2-D [N, D], got shape {list(features.shape)}")
     if not torch.isfinite(features).all():
         raise ValueError(f"{name} must be finite")
-    return features.to(torch.float64)
+    return features.detach().to(torch.float64)
 
 
 def _check_pair(

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from statetap.extract import write_atomically
+from statetap.extract import write_json_atomically
 from statetap.interp.lens.data import check_stream, windows
 from statetap.interp.lens.lens import LogitLens, TunedLens
 from statetap.interp.lens.train import kl_to_final
@@ -123,11 +123,7 @@ class LensEvaluation:
 
     def save(self, path: str | Path) -> Path:
         """Write the evaluation as JSON to ``path`` (atomically)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(asdict(self), indent=2)
-        write_atomically(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
-        return path
+        return write_json_atomically(path, asdict(self))
 
     @classmethod
     def load(cls, path: str | Path) -> LensEvaluation:

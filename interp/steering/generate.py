@@ -26,7 +26,7 @@ import torch
 
 from statetap import Inject, Tap
 from statetap.generate import GenerationResult
-from statetap.interp.steering.batches import pad
+from statetap.interp.batches import pad
 from statetap.interp.steering.dataset import Prompts
 from statetap.interp.steering.modes import Mode, steering_mode
 from statetap.interp.steering.vectors import RESIDUAL, SteeringVectors, layer_indices

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 import statetap
 from statetap import Emit, Tap
-from statetap.interp.steering.batches import length_batches, pad
+from statetap.interp.batches import length_batches, pad
 from statetap.interp.steering.dataset import Prompts, fingerprint
 
 RESIDUAL = "residual"

@@ -20,11 +20,18 @@ digit (a string operation: ``"9.."`` becomes ``"10.."``). The rules, as in the p
   character gives.
 
 Train and held-out sets are split by equation: no ``(a, b)`` pair is in both.
+
+The drawing, distractor, templating and splitting code is shared with Mallen et al.'s v2
+operations (``statetap.zoo.quirky_operations``): a :class:`Rules` names what differs from one
+dataset to another (the operation, Bob's error, the difficulty and the template), and
+:data:`V1_ADDITION` is the one above.
 """
 
 from __future__ import annotations
 
+import operator
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 TEMPLATE = "{a} + {b} = {s}. {character}:"
@@ -42,7 +49,10 @@ class QuirkyExample:
 
     ``text`` is the prompt (it ends with ``":"``); ``label`` is the answer that ``character``
     gives (Alice's label for Alice, Bob's for Bob), to be read as the next token
-    ``ANSWERS[label]``.
+    ``ANSWERS[label]``. ``true_sum`` and ``sloppy_sum`` are the true result of ``operation`` on
+    ``(a, b)`` and Bob's result (named after v1's addition, the first operation; for a v2
+    product they hold the true and Bob's product). ``difficulty`` is the generator's: digits of
+    the smaller summand for v1, the smaller operand for v2.
     """
 
     a: int
@@ -56,6 +66,7 @@ class QuirkyExample:
     difficulty: int
     text: str
     label: bool
+    operation: str = "addition"
 
     @property
     def answer(self) -> str:
@@ -64,9 +75,46 @@ class QuirkyExample:
 
 
 def sloppy_sum(true_sum: int) -> int:
-    """Bob's sum: 1 added to the first digit of ``true_sum`` as a string (``951`` -> ``1051``)."""
-    digits = str(true_sum)
-    return int(str(int(digits[0]) + 1) + digits[1:])
+    """Bob's result: ``true_sum + 10**(k - 1)``, ``k`` the number of digits of ``|true_sum|``.
+
+    For ``true_sum >= 0`` this is 1 added to the first digit as a string (``951`` -> ``1051``,
+    ``9`` -> ``10``, ``0`` -> ``1``). A negative result (v2 subtraction) counts its digits
+    without the ``"-"``, as Mallen et al.'s ``binary_operation_dataset.py`` does
+    (``str(res).removeprefix("-")``), so Bob's error moves it towards zero: ``-250`` -> ``-150``,
+    ``-1000`` -> ``0``.
+    """
+    return true_sum + 10 ** (len(str(abs(true_sum))) - 1)
+
+
+def digits_of_smaller(a: int, b: int) -> int:
+    """v1's difficulty: the number of digits of ``min(a, b)``."""
+    return len(str(min(a, b)))
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What one quirky dataset's equations are made of; the drawing is shared.
+
+    ``operation`` names it (``QuirkyExample.operation``); ``template`` is the prompt, a format
+    string of ``a``, ``b``, ``s`` (the shown result) and ``character``; ``result(a, b)`` is the
+    true result, ``bob(true)`` Bob's result (it must differ from ``true``) and
+    ``difficulty(a, b)`` the example's difficulty.
+    """
+
+    operation: str
+    template: str
+    result: Callable[[int, int], int]
+    bob: Callable[[int], int]
+    difficulty: Callable[[int, int], int]
+
+
+V1_ADDITION = Rules(
+    operation="addition",
+    template=TEMPLATE,
+    result=operator.add,
+    bob=sloppy_sum,
+    difficulty=digits_of_smaller,
+)
 
 
 def summand(rng: random.Random, max_digits: int) -> int:
@@ -76,7 +124,11 @@ def summand(rng: random.Random, max_digits: int) -> int:
 
 def distractor(rng: random.Random, base: int, true: int, sloppy: int) -> int:
     """``base`` with one random digit replaced by a random digit, redrawn until it is neither
-    ``true`` nor ``sloppy`` (read back as an integer: a leading zero is dropped)."""
+    ``true`` nor ``sloppy`` (read back as an integer: a leading zero is dropped).
+
+    The position is drawn among the characters of ``str(base)``: for a negative ``base`` the
+    ``"-"`` is one of them, as in Mallen et al.'s code, and replacing it gives a positive number
+    with one more digit (``-12`` -> ``712``)."""
     digits = list(str(base))
     while True:
         changed = digits.copy()
@@ -86,12 +138,15 @@ def distractor(rng: random.Random, base: int, true: int, sloppy: int) -> int:
             return value
 
 
-def template(a: int, b: int, shown: int, character: str) -> QuirkyExample:
-    """The prompt of equation ``a + b = shown`` as ``character`` (``"Alice"``/``"Bob"``) sees it."""
+def template(
+    a: int, b: int, shown: int, character: str, rules: Rules = V1_ADDITION
+) -> QuirkyExample:
+    """The prompt of equation ``a + b = shown`` (``rules``' operation in place of ``+``) as
+    ``character`` (``"Alice"``/``"Bob"``) sees it."""
     if character not in CHARACTERS:
         raise ValueError(f"character must be one of {CHARACTERS}, got {character!r}")
-    true = a + b
-    sloppy = sloppy_sum(true)
+    true = rules.result(a, b)
+    sloppy = rules.bob(true)
     alice_label, bob_label = shown == true, shown == sloppy
     return QuirkyExample(
         a=a,
@@ -102,14 +157,18 @@ def template(a: int, b: int, shown: int, character: str) -> QuirkyExample:
         character=character,
         alice_label=alice_label,
         bob_label=bob_label,
-        difficulty=min(len(str(a)), len(str(b))),
-        text=TEMPLATE.format(a=a, b=b, s=shown, character=character),
+        difficulty=rules.difficulty(a, b),
+        text=rules.template.format(a=a, b=b, s=shown, character=character),
         label=alice_label if character == "Alice" else bob_label,
+        operation=rules.operation,
     )
 
 
-def equations(rng: random.Random, n: int, max_digits: int) -> list[tuple[int, int, int]]:
-    """``n`` distinct equations ``(a, b, shown)`` drawn with the rules above.
+def equations(
+    rng: random.Random, n: int, max_digits: int, rules: Rules = V1_ADDITION
+) -> list[tuple[int, int, int]]:
+    """``n`` distinct equations ``(a, b, shown)`` drawn with the rules above, ``rules`` giving
+    the true and Bob's result.
 
     Raises ``ValueError`` when ``n`` distinct ``(a, b)`` pairs are out of reach for
     ``max_digits`` (more than ``1000 * n`` draws).
@@ -130,8 +189,8 @@ def equations(rng: random.Random, n: int, max_digits: int) -> list[tuple[int, in
         if (a, b) in seen:
             continue
         seen.add((a, b))
-        true = a + b
-        sloppy = sloppy_sum(true)
+        true = rules.result(a, b)
+        sloppy = rules.bob(true)
         kind = rng.randrange(4)
         if kind == SHOW_TRUE:
             shown = true
@@ -147,7 +206,15 @@ def equations(rng: random.Random, n: int, max_digits: int) -> list[tuple[int, in
 def quirky_addition(
     n_train: int, n_test: int, *, max_digits: int, seed: int
 ) -> tuple[list[QuirkyExample], list[QuirkyExample]]:
-    """Train and held-out prompts: ``2 * n_train`` and ``2 * n_test`` examples.
+    """Train and held-out prompts of v1 addition: ``2 * n_train`` and ``2 * n_test`` examples
+    (:func:`quirky_prompts` with :data:`V1_ADDITION`)."""
+    return quirky_prompts(V1_ADDITION, n_train, n_test, max_digits=max_digits, seed=seed)
+
+
+def quirky_prompts(
+    rules: Rules, n_train: int, n_test: int, *, max_digits: int, seed: int
+) -> tuple[list[QuirkyExample], list[QuirkyExample]]:
+    """Train and held-out prompts of ``rules``: ``2 * n_train`` and ``2 * n_test`` examples.
 
     The ``n_train + n_test`` equations are distinct ``(a, b)`` pairs drawn from
     ``random.Random(seed)``, then shuffled by the same generator before the first ``n_train``
@@ -157,7 +224,7 @@ def quirky_addition(
     sum.
     """
     rng = random.Random(seed)
-    drawn = equations(rng, n_train + n_test, max_digits)
+    drawn = equations(rng, n_train + n_test, max_digits, rules)
     rng.shuffle(drawn)
-    prompts = [template(a, b, s, c) for a, b, s in drawn for c in CHARACTERS]
+    prompts = [template(a, b, s, c, rules) for a, b, s in drawn for c in CHARACTERS]
     return prompts[: 2 * n_train], prompts[2 * n_train :]

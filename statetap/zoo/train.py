@@ -130,9 +130,21 @@ def encode_prompts(tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Ten
 
 
 def answer_ids(tokenizer) -> tuple[int, int]:
-    """Token ids of ``" False"`` and ``" True"``."""
-    false_id, true_id = (tokenizer.convert_tokens_to_ids(quirky.ANSWERS[b]) for b in (False, True))
-    return false_id, true_id
+    """Token ids ``(false_id, true_id)`` of ``" False"`` and ``" True"``.
+
+    Raises:
+        ValueError: an answer is not exactly one token of ``tokenizer``.
+    """
+    ids = []
+    for label in (False, True):
+        tokens = tokenizer(quirky.ANSWERS[label], add_special_tokens=False)["input_ids"]
+        if len(tokens) != 1:
+            raise ValueError(
+                f"the answer {quirky.ANSWERS[label]!r} must be one token of the tokenizer, "
+                f"got {tokens}"
+            )
+        ids.append(tokens[0])
+    return ids[0], ids[1]
 
 
 @torch.no_grad()
