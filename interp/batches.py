@@ -1,4 +1,4 @@
-"""Token sequences of different lengths as padded batches for ``Tap.run`` (used by steering and ELK).
+"""Token sequences of different lengths as padded batches for ``Tap.run`` (steering, ELK).
 
 Rows are sorted by length (longest first) so that a batch carries little padding, and padded
 on the right: positions count each row's real tokens, and tokens after a row's last real one

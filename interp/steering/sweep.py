@@ -35,8 +35,8 @@ from tqdm.auto import tqdm
 
 import statetap
 from statetap import Emit, Inject, RecurrentState, Tap
-from statetap.interp.steering import metrics
 from statetap.interp.batches import last_logits, length_batches, pad
+from statetap.interp.steering import metrics
 from statetap.interp.steering.dataset import ContrastPairs
 from statetap.interp.steering.modes import Mode, steering_mode
 from statetap.interp.steering.vectors import (
