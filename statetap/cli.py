@@ -154,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     from statetap.interp.lens.cli import add_lens_commands
 
     add_lens_commands(commands)
+
+    from statetap.interp.elk.cli import add_elk_commands
+
+    add_elk_commands(commands)
     return parser
 
 

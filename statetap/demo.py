@@ -11,12 +11,14 @@ For each zoo model (trained on first use, then loaded from the cache) the demo
 4. steers the quirky models' Alice prompts with the Bob vector in residual, state and both
    modes (:mod:`statetap.interp.steering.demo_section`);
 5. trains a tuned lens on each text model and compares it with the logit lens on held-out
-   text (:mod:`statetap.interp.lens.demo_section`).
+   text (:mod:`statetap.interp.lens.demo_section`);
+6. fits ELK probes on the quirky models' Alice prompts, residual stream and recurrent state
+   side by side, and scores them on Bob's (:mod:`statetap.interp.elk.demo_section`).
 
 It writes ``report.md``, ``quality.png``, ``cost.png``, ``steering-modes.png`` (with one
 ``steering-<model>.png`` per quirky model), ``lens-<model>.png`` and
-``lens-trajectory-<model>.png`` per text model (the lens under ``lens/<model>/``) and
-``summary.json`` into the output folder (the shards under ``extraction/<model>/``) and returns
+``lens-trajectory-<model>.png`` per text model (the lens under ``lens/<model>/``),
+``elk/<model>/`` (``elk.json``, ``elk-auroc.png``) per quirky model and ``summary.json`` into the output folder (the shards under ``extraction/<model>/``) and returns
 a summary table for stdout.
 """
 
@@ -32,10 +34,11 @@ import torch
 from statetap import zoo
 from statetap.cost import CostRow, format_cost_table, instrumentation_cost
 from statetap.extract import ExtractConfig, extract, write_atomically
+from statetap.interp.elk import demo_section as elk_demo
 from statetap.interp.lens import demo_section as lens_demo
 from statetap.interp.lens.data import zoo_corpus
 from statetap.interp.steering import demo_section
-from statetap.zoo import corpus, quirky
+from statetap.zoo import corpus
 
 DEFAULT_MODELS = ("quirky-mamba", "quirky-rwkv4", "text-mamba", "text-rwkv4")
 REPORT_FILES = ("report.md", "quality.png", "cost.png", "steering-modes.png", "summary.json")
@@ -90,6 +93,7 @@ class ModelReport:
     cost: list[CostRow] = field(default_factory=list)
     steering: list[demo_section.SteeringRow] = field(default_factory=list)
     lens: lens_demo.LensReport | None = None
+    elk: elk_demo.ElkReport | None = None
 
 
 def run_demo(config: DemoConfig) -> list[ModelReport]:
@@ -121,6 +125,7 @@ def run_demo(config: DemoConfig) -> list[ModelReport]:
             report.steering = demo_section.steer_quirky_model(
                 name, model, tokenizer, recipe, config.out
             )
+            report.elk = elk_demo.elk_quirky_model(name, model, tokenizer, recipe, config.out)
         else:
             train_stream, eval_stream, bytes_per_token = zoo_corpus(recipe)
             report.lens = lens_demo.lens_section(
@@ -141,12 +146,7 @@ def held_out_texts(recipe: zoo.Recipe, n: int) -> list[str]:
     """Up to ``n`` texts the recipe's model never trained on: held-out quirky prompts, or
     paragraphs of the held-out documents of the text corpus."""
     if recipe.task == "quirky":
-        _, test = quirky.quirky_addition(
-            recipe.train_equations,
-            recipe.test_equations,
-            max_digits=recipe.max_digits,
-            seed=recipe.seed,
-        )
+        _, test = zoo.quirky_split(recipe)
         return [example.text for example in test[:n]]
     _, documents = corpus.split(corpus.documents(recipe.stdlib_files), recipe.held_out, recipe.seed)
     paragraphs = (p.strip() for doc in documents for p in doc.split("\n\n"))
@@ -220,11 +220,13 @@ def write_report(out: Path, reports: list[ModelReport], device: torch.device) ->
     if steering:
         demo_section.plot_shifts(steering, out / "steering-modes.png")
     lenses = [r.lens for r in reports if r.lens is not None]
+    elk = [r.elk for r in reports if r.elk is not None]
     summary = {
         "device": _device_name(device),
         "models": [asdict(r, dict_factory=_without_sections) for r in reports],
         "steering": demo_section.as_dicts(steering),
         "lens": lens_demo.as_dicts(lenses),
+        "elk": elk_demo.as_dicts(elk),
     }
     write_atomically(
         out / "summary.json",
@@ -233,15 +235,15 @@ def write_report(out: Path, reports: list[ModelReport], device: torch.device) ->
     write_atomically(
         out / "report.md",
         lambda path: Path(path).write_text(
-            _markdown(reports, steering, lenses, device), encoding="utf-8"
+            _markdown(reports, steering, lenses, elk, device), encoding="utf-8"
         ),
     )
 
 
 def _without_sections(items: list[tuple[str, object]]) -> dict:
-    """``asdict`` of a :class:`ModelReport` without the steering and lens sections, which
+    """``asdict`` of a :class:`ModelReport` without the steering, lens and ELK sections, which
     ``summary.json`` lists on their own."""
-    return {key: value for key, value in items if key not in ("steering", "lens")}
+    return {key: value for key, value in items if key not in ("steering", "lens", "elk")}
 
 
 def _device_name(device: torch.device) -> str:
@@ -254,6 +256,7 @@ def _markdown(
     reports: list[ModelReport],
     steering: list[demo_section.SteeringRow],
     lenses: list[lens_demo.LensReport],
+    elk: list[elk_demo.ElkReport],
     device: torch.device,
 ) -> str:
     lines = [
@@ -299,6 +302,7 @@ def _markdown(
     if steering:
         lines += demo_section.markdown(steering)
     lines += lens_demo.markdown(lenses)
+    lines += elk_demo.markdown(elk)
     return "\n".join(lines)
 
 

@@ -1,5 +1,5 @@
 """``statetap demo`` on the zoo's short recipes: every report file, a table with every model,
-the steering and lens sections."""
+the steering, lens and ELK sections."""
 
 from __future__ import annotations
 
@@ -57,7 +57,23 @@ def test_short_demo_writes_every_report_file_and_a_table(tmp_path, monkeypatch, 
         assert (out / f"lens-{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert (out / "lens" / name / "config.json").is_file()
         assert f"### {name}" in report
-    assert all("steering" not in entry and "lens" not in entry for entry in summary["models"])
+    # The ELK section: per quirky model, probe and site (residual and state side by side) the
+    # best layer's AUROCs; the results and the figure on disk.
+    elk = summary["elk"]
+    for name in models[:2]:
+        rows = [r for r in elk if r["model"] == name]
+        assert {(r["probe"], r["site"]) for r in rows} == {
+            (probe, site)
+            for probe in ("lr", "lr-on-pair", "mean-diff", "crc", "random")
+            for site in ("residual", "state")
+        }
+        assert all(0.0 <= r["auroc_truth"] <= 1.0 for r in rows)
+        assert (out / "elk" / name / "elk.json").is_file()
+        assert (out / "elk" / name / "elk-auroc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## Eliciting latent knowledge" in report
+    assert all(
+        all(key not in entry for key in ("steering", "lens", "elk")) for entry in summary["models"]
+    )
     # A second run reuses the cache and replaces the report.
     assert main([*argv, "--models", "quirky-mamba"]) == 0
     assert json.loads((out / "summary.json").read_text())["models"][0]["name"] == "quirky-mamba"

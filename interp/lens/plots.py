@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
-from statetap.extract import write_atomically
+from statetap.interp.figures import save_figure
 from statetap.interp.lens.evaluate import LensEvaluation
 from statetap.interp.lens.lens import LogitLens
 
@@ -32,7 +32,7 @@ def plot_bits_per_byte(evaluation: LensEvaluation, path: str | Path, title: str 
     axes.set_xticks(layers)
     axes.set(xlabel="layer", ylabel="bits per byte (held out)", title=title)
     axes.legend()
-    return _save(figure, Path(path))
+    return save_figure(figure, path)
 
 
 def plot_trajectory(
@@ -78,7 +78,7 @@ def plot_trajectory(
         title=title or f"{lens.name} lens predictions",
     )
     figure.colorbar(image, ax=axes, label="entropy (bits)")
-    return _save(figure, Path(path))
+    return save_figure(figure, path)
 
 
 def _label(tokenizer, token: int) -> str:
@@ -87,9 +87,3 @@ def _label(tokenizer, token: int) -> str:
     text = tokenizer.decode([token])
     text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
     return text.replace(" ", "\u2423").replace("$", r"\$") or "''"  # "$" would start mathtext
-
-
-def _save(figure: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, lambda temporary: figure.savefig(temporary, format=path.suffix[1:]))
-    return path

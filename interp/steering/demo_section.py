@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import statetap
+from statetap import zoo
 from statetap.interp.steering.plots import plot_layers, plot_modes
 from statetap.interp.steering.quirky import steer_alice_to_bob
-from statetap.zoo import quirky
 
 MODES = ("residual", "state", "both")
 MULTIPLIERS = (0.5, 1.0, 2.0, 4.0, 8.0)
@@ -60,12 +60,7 @@ def steer_quirky_model(
     """
     if vector_equations < 1:
         raise ValueError(f"vector_equations must be >= 1, got {vector_equations}")
-    train, test = quirky.quirky_addition(
-        recipe.train_equations,
-        recipe.test_equations,
-        max_digits=recipe.max_digits,
-        seed=recipe.seed,
-    )
+    train, test = zoo.quirky_split(recipe)
     found = steer_alice_to_bob(
         statetap.attach(model),
         tokenizer,

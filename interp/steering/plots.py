@@ -14,7 +14,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from statetap.extract import write_atomically
+from statetap.interp.figures import save_figure
 from statetap.interp.steering.sweep import SweepResult
 
 
@@ -30,7 +30,7 @@ def plot_layers(result: SweepResult, mode: str, path: str | Path, title: str = "
     axes.axhline(100 * result.baseline_p_match.mean().item(), color="grey", ls="--", label="none")
     axes.set(xlabel="layer", ylabel="p(answer matching behaviour) %", title=title or mode)
     axes.legend(title="multiplier", fontsize="small")
-    return _save(figure, Path(path))
+    return save_figure(figure, path)
 
 
 def plot_modes(
@@ -50,10 +50,4 @@ def plot_modes(
     axes.set_xticks(range(len(behaviours)), behaviours)
     axes.set(ylabel="maximum behaviour % difference", title=title)
     axes.legend(title="steering")
-    return _save(figure, Path(path))
-
-
-def _save(figure: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, lambda temporary: figure.savefig(temporary, format=path.suffix[1:]))
-    return path
+    return save_figure(figure, path)

@@ -24,8 +24,9 @@ from pathlib import Path
 from statetap.zoo import cache
 from statetap.zoo import train as _train
 from statetap.zoo.recipes import RECIPES, Recipe, short
+from statetap.zoo.train import quirky_split
 
-__all__ = ["RECIPES", "Recipe", "load", "metrics", "path", "short"]
+__all__ = ["RECIPES", "Recipe", "load", "metrics", "path", "quirky_split", "short"]
 
 
 def resolve(name_or_recipe: str | Recipe) -> Recipe:

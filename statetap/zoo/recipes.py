@@ -49,6 +49,9 @@ class Recipe:
     train_equations: int = 0  # each gives an Alice and a Bob prompt
     test_equations: int = 0  # held-out equations (no (a, b) pair shared with training)
     arithmetic_weight: float = 0.0  # weight of the true-sum next-token loss
+    # weight of truthful grading: " True"/" False" by the truth at the ". " token, before a
+    # character is named (the knowledge a pretrained model brings to Mallen et al.'s fine-tuning)
+    truthful_weight: float = 0.0
     # text data
     seq_len: int = 128  # training window, bytes
     held_out: float = 0.05  # fraction of documents held out

@@ -239,17 +239,29 @@ def _loop(recipe: Recipe, model: torch.nn.Module, loss_of_step, progress: bool) 
     return sum(tail) / len(tail)
 
 
-def _train_quirky(recipe: Recipe, tokenizer, progress: bool):
-    train_set, test_set = quirky.quirky_addition(
+def quirky_split(recipe: Recipe) -> tuple[list[quirky.QuirkyExample], list[quirky.QuirkyExample]]:
+    """The training and held-out prompts of a quirky recipe (Alice's then Bob's prompt of
+    each equation; no equation in both)."""
+    if recipe.task != "quirky":
+        raise ValueError(f"recipe {recipe.name!r} is a {recipe.task} recipe, not a quirky one")
+    return quirky.quirky_addition(
         recipe.train_equations,
         recipe.test_equations,
         max_digits=recipe.max_digits,
         seed=recipe.seed,
     )
+
+
+def _train_quirky(recipe: Recipe, tokenizer, progress: bool):
+    train_set, test_set = quirky_split(recipe)
     model = build_model(recipe, len(tokenizer))
     ids, last = encode_prompts(tokenizer, [e.text for e in train_set])
     false_id, true_id = answer_ids(tokenizer)
     answers = torch.tensor([true_id if e.label else false_id for e in train_set])
+    truths = torch.tensor([true_id if e.alice_label else false_id for e in train_set])
+    graded = last - 2  # the ". " before the character's name
+    if not (ids[torch.arange(len(ids)), graded] == tokenizer.convert_tokens_to_ids(". ")).all():
+        raise ValueError("quirky prompts must end with '. {character}:'")
     sums = _sum_targets(tokenizer, train_set[0::2])
     generator = torch.Generator().manual_seed(recipe.seed)
     per_step = recipe.batch_size // 2
@@ -261,6 +273,9 @@ def _train_quirky(recipe: Recipe, tokenizer, progress: bool):
         x, pos = ids[rows], last[rows]
         logits = model(input_ids=x[:, : int(pos.max()) + 1], use_cache=False).logits
         loss = F.cross_entropy(logits[torch.arange(len(rows)), pos], answers[rows])
+        if recipe.truthful_weight:
+            at = logits[torch.arange(len(rows)), graded[rows]]
+            loss = loss + recipe.truthful_weight * F.cross_entropy(at, truths[rows])
         if recipe.arithmetic_weight:
             x, y = sums[0][eq], sums[1][eq]
             logits = model(input_ids=x, use_cache=False).logits

@@ -1,0 +1,270 @@
+"""ELK experiments: features against the model's own outputs, the transfer experiments on
+synthetic features with a known truth and a known "Bob output" direction, the anomaly
+detector against a hand computation, results on disk, the CLI on a short zoo model."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from transformers import MambaConfig, MambaForCausalLM, RwkvConfig, RwkvForCausalLM
+
+import statetap
+from statetap.cli import main
+from statetap.interp.elk.anomaly import MahalanobisDetector
+from statetap.interp.elk.experiments import (
+    ALL_LAYERS,
+    ElkConfig,
+    probe_split,
+    run_experiments,
+    subset_masks,
+)
+from statetap.interp.elk.features import QuirkyFeatures, quirky_features
+from statetap.interp.elk.results import RESULTS_FILE, ElkResults
+from statetap.zoo.quirky import ANSWERS, quirky_addition
+from statetap.zoo.tokenizer import quirky_tokenizer
+
+
+def fresh_generator() -> torch.Generator:
+    return torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ())))
+
+
+def pair_count_auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """AUROC by counting every (true, false) pair, ties one half."""
+    pos, neg = scores[labels], scores[~labels]
+    wins = (pos[:, None] > neg[None, :]).double() + 0.5 * (pos[:, None] == neg[None, :]).double()
+    return wins.mean().item()
+
+
+# --- features -------------------------------------------------------------------------------
+
+
+def tiny_model(arch: str):
+    torch.manual_seed(0)
+    vocab = len(quirky_tokenizer())
+    if arch == "mamba":
+        config = MambaConfig(
+            vocab_size=vocab, hidden_size=16, num_hidden_layers=2, state_size=4, expand=2
+        )
+        return MambaForCausalLM(config).eval()
+    config = RwkvConfig(vocab_size=vocab, hidden_size=16, num_hidden_layers=2, context_length=64)
+    return RwkvForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("arch", ["mamba", "rwkv"])
+def test_features_are_the_models_hidden_states_state_and_log_odds(arch):
+    tokenizer = quirky_tokenizer()
+    model = tiny_model(arch)
+    examples = quirky_addition(7, 1, max_digits=2, seed=int(torch.randint(0, 10**6, ())))[0]
+    found = quirky_features(statetap.attach(model), tokenizer, examples, batch_size=5)
+    assert len(found) == len(examples) and found.num_layers == 2
+    components = [s for s in found.sites if s not in ("residual", "state")]
+    for i, example in enumerate(examples):
+        prompt = tokenizer(example.text, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            out = model(torch.tensor([prompt]), output_hidden_states=True, use_cache=True)
+        logp = out.logits[0, -1].double().log_softmax(-1)
+        true_id, false_id = (tokenizer.convert_tokens_to_ids(ANSWERS[b]) for b in (True, False))
+        torch.testing.assert_close(found.log_odds[i], logp[true_id] - logp[false_id])
+        torch.testing.assert_close(found.prompt["residual"][i, 0], out.hidden_states[0][0, -1])
+        for answer, side in ((True, found.statement), (False, found.negation)):
+            ids = torch.tensor([prompt + [tokenizer.convert_tokens_to_ids(ANSWERS[answer])]])
+            with torch.no_grad():
+                hidden = model(ids, output_hidden_states=True).hidden_states
+            torch.testing.assert_close(side["residual"][i, 0], hidden[0][0, -1])
+        if arch == "mamba":
+            for layer in range(2):
+                ssm = out.cache_params.layers[layer].recurrent_states[0]
+                torch.testing.assert_close(found.prompt["ssm"][i, layer], ssm.flatten())
+        else:  # transformers' RWKV-4 state: [ffn_x, att_x, aa, bb, pp], each [B, C, layers]
+            for layer in range(2):
+                wkv = torch.stack([out.state[k][0, :, layer] for k in (2, 3, 4)])
+                torch.testing.assert_close(found.prompt["wkv"][i, layer], wkv.flatten())
+    concatenated = torch.cat([found.prompt[s] for s in components], dim=-1)
+    torch.testing.assert_close(found.prompt["state"], concatenated)
+
+
+def test_features_refuse_multi_token_answers_and_empty_input():
+    from transformers import ByT5Tokenizer
+
+    model = tiny_model("mamba")
+    examples = quirky_addition(2, 1, max_digits=2, seed=0)[0]
+    with pytest.raises(ValueError, match="one token"):
+        quirky_features(statetap.attach(model), ByT5Tokenizer(extra_ids=0), examples)
+    with pytest.raises(ValueError, match="at least one"):
+        quirky_features(statetap.attach(model), quirky_tokenizer(), [])
+
+
+# --- experiments on synthetic features ------------------------------------------------------
+
+
+def synthetic(g: torch.Generator, n_equations: int, bob_offset: float = 0.0):
+    """Quirky examples with features of two sites: ``"truth"`` carries the true label along
+    a direction at layer 1 (noise at layer 0); ``"output"`` carries the label the character
+    gives. The model's log-odds follow the character's label. Bob's prompts get
+    ``bob_offset`` added along the truth direction at both sites (an anomaly)."""
+    seed = int(torch.randint(0, 10**6, ()))
+    examples = quirky_addition(n_equations, 1, max_digits=3, seed=seed)[0]
+    n, d = len(examples), 6
+    truth = torch.tensor([e.alice_label for e in examples])
+    said = torch.tensor([e.label for e in examples])
+    is_bob = torch.tensor([e.character == "Bob" for e in examples])
+    direction = torch.randn(d, generator=g, dtype=torch.float64)
+    direction /= direction.norm()
+
+    def site(signal: torch.Tensor) -> torch.Tensor:
+        noise = torch.randn(n, 2, d, generator=g, dtype=torch.float64)
+        noise[:, 1] += 4.0 * signal[:, None].double() * direction
+        noise[:, :, :] += bob_offset * is_bob[:, None, None].double() * direction
+        return noise.float()
+
+    prompt = {"truth": site(truth), "output": site(said)}
+    statement = {k: v + 0.5 for k, v in prompt.items()}
+    negation = {k: v - 0.5 for k, v in prompt.items()}
+    log_odds = 5.0 * (said.double() * 2 - 1) + torch.randn(n, generator=g, dtype=torch.float64)
+    features = QuirkyFeatures(prompt, statement, negation, log_odds)
+    quantiles = torch.rand(n // 2, generator=g, dtype=torch.float64).repeat_interleave(2)
+    return examples, features, quantiles
+
+
+def test_alice_probe_on_the_truth_site_transfers_to_bob_and_the_output_site_does_not():
+    g = fresh_generator()
+    examples, features, quantiles = synthetic(g, 600)
+    config = ElkConfig(probes=("lr", "mean-diff", "random"), train_sets=("A",))
+    results = run_experiments(features, examples, quantiles, config=config, progress=False)
+    truth_row = results.best("lr", "truth", "A", "B")
+    output_row = results.best("lr", "output", "A", "B", against="bob")
+    assert truth_row["layer"] in (1, ALL_LAYERS) and truth_row["auroc_truth"] > 0.97
+    assert results.rows(probe="lr", site="truth", test="B", layer=0)[0]["auroc_truth"] < 0.65
+    assert output_row["auroc_bob"] > 0.97 and output_row["auroc_truth"] < 0.6
+    model_b = results.model_row("B")
+    assert model_b["auroc_bob"] > 0.95 and model_b["auroc_truth"] < 0.6
+    # the gap recovered, from the rows' own AUROCs (checked against pair counts below)
+    model_a = results.model_row("A")
+    expected = (truth_row["auroc_truth"] - model_b["auroc_truth"]) / (
+        model_a["auroc_truth"] - model_b["auroc_truth"]
+    )
+    assert truth_row["gap_recovered"] == pytest.approx(expected)
+    assert truth_row["gap_recovered"] > 0.9
+    # the model's AUROCs against an explicit pair count on the scored Bob prompts
+    fits = probe_split(examples, config.probe_fraction, config.seed)
+    bob = torch.tensor([e.character == "Bob" for e in examples]) & ~fits
+    truth = torch.tensor([e.alice_label for e in examples])
+    assert model_b["auroc_truth"] == pytest.approx(
+        pair_count_auroc(features.log_odds[bob], truth[bob])
+    )
+    assert model_b["n"] == int(bob.sum())
+
+
+def test_anomaly_detector_flags_bob_prompts_that_sit_off_alices_distribution():
+    g = fresh_generator()
+    examples, features, quantiles = synthetic(g, 800, bob_offset=6.0)
+    config = ElkConfig(probes=("lr",), train_sets=("A", "AE"))
+    results = run_experiments(features, examples, quantiles, config=config, progress=False)
+    rows = {row["site"]: row for row in results.anomaly}
+    assert set(rows) == {"truth", "output", "all"}
+    assert rows["truth"]["auroc"] > 0.95
+    fits = probe_split(examples, config.probe_fraction, config.seed)
+    masks = subset_masks(examples, quantiles)
+    assert rows["all"]["n_fit"] == int((masks["AE"] & ~fits).sum())
+    assert rows["all"]["n_anomalous"] == int((masks["BH"] & ~fits).sum())
+
+
+def test_mahalanobis_distance_equals_a_hand_computation():
+    g = fresh_generator()
+    normal = torch.randn(300, 3, generator=g, dtype=torch.float64) @ torch.tensor(
+        [[2.0, 0.3, 0.0], [0.0, 1.0, 0.5], [0.0, 0.0, 0.2]], dtype=torch.float64
+    )
+    detector = MahalanobisDetector(ridge=0.0).fit(normal)
+    points = torch.randn(17, 3, generator=g, dtype=torch.float64)
+    centred = points - normal.mean(0)
+    precision = torch.linalg.inv(torch.cov(normal.T))
+    expected = torch.stack([c @ precision @ c for c in centred])
+    torch.testing.assert_close(detector.score(points), expected)
+    with pytest.raises(ValueError, match="at least 2"):
+        MahalanobisDetector().fit(normal[:1])
+    with pytest.raises(ValueError, match="3 columns"):
+        detector.score(points[:, :2])
+
+
+def test_subsets_split_and_masks_follow_the_definitions():
+    examples = quirky_addition(200, 1, max_digits=3, seed=random.randrange(10**6))[0]
+    fits = probe_split(examples, 0.3, seed=5)
+    by_equation: dict = {}
+    for e, f in zip(examples, fits.tolist()):
+        by_equation.setdefault((e.a, e.b, e.shown), set()).add(f)
+    assert all(len(sides) == 1 for sides in by_equation.values())
+    assert sum(f for sides in by_equation.values() for f in sides) == round(0.3 * 200)
+    quantiles = torch.linspace(0, 1, len(examples), dtype=torch.float64)
+    masks = subset_masks(examples, quantiles)
+    for i, e in enumerate(examples):
+        q = quantiles[i].item()
+        assert masks["A"][i] == (e.character == "Alice")
+        assert masks["AE"][i] == (e.character == "Alice" and q <= 0.25)
+        assert masks["BH"][i] == (e.character == "Bob" and q >= 0.75)
+
+
+def test_bad_input_is_refused_with_the_argument_named():
+    g = fresh_generator()
+    examples, features, quantiles = synthetic(g, 60)
+    with pytest.raises(ValueError, match="rows for"):
+        run_experiments(features, examples[:-1], quantiles[:-1], progress=False)
+    with pytest.raises(ValueError, match="fit_mask"):
+        run_experiments(
+            features, examples, quantiles, fit_mask=torch.ones(3, dtype=torch.bool), progress=False
+        )
+    with pytest.raises(TypeError, match="fit_mask"):
+        run_experiments(features, examples, quantiles, fit_mask=torch.ones(len(examples)))
+    with pytest.raises(ValueError, match="sites"):
+        run_experiments(features, examples, quantiles, config=ElkConfig(sites=("nope",)))
+    with pytest.raises(ValueError, match="probes"):
+        ElkConfig(probes=("svm",))
+    with pytest.raises(ValueError, match="train_sets"):
+        ElkConfig(train_sets=("B",))
+    with pytest.raises(ValueError, match="probe_fraction"):
+        ElkConfig(probe_fraction=1.0)
+    # a training set with one class: every Alice label false
+    fit_mask = torch.tensor([e.character == "Alice" and not e.alice_label for e in examples])
+    fit_mask[-1] = False
+    with pytest.raises(ValueError, match="both classes"):
+        run_experiments(features, examples, quantiles, fit_mask=fit_mask, progress=False)
+
+
+def test_results_round_trip_and_are_written_atomically(tmp_path):
+    g = fresh_generator()
+    examples, features, quantiles = synthetic(g, 120)
+    config = ElkConfig(probes=("mean-diff",), train_sets=("A",), test_sets=("A", "B"))
+    results = run_experiments(features, examples, quantiles, config=config, progress=False)
+    path = results.save(tmp_path / "run")
+    assert path.name == RESULTS_FILE and [p.name for p in path.parent.iterdir()] == [RESULTS_FILE]
+    again = ElkResults.load(tmp_path / "run")
+    assert again == ElkResults(**json.loads(json.dumps(vars(results))))
+    best = again.best("mean-diff", "truth")
+    assert best["auroc_truth"] == max(
+        r["auroc_truth"] for r in again.rows(probe="mean-diff", site="truth", test="B")
+    )
+    assert f"{best['auroc_truth']:.3f}" in again.markdown()
+    with pytest.raises(FileNotFoundError):
+        ElkResults.load(tmp_path / "missing")
+
+
+# --- pipeline and CLI on a short zoo model --------------------------------------------------
+
+
+def test_cli_runs_the_pipeline_on_a_short_zoo_model(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("STATETAP_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "elk"
+    argv = ["elk", "run", "--model", "quirky-mamba-short", "--out", str(out)]
+    argv += ["--fit-equations", "48", "--probes", "lr", "mean-diff", "random"]
+    argv += ["--train-sets", "A", "--test-sets", "A", "B"]
+    assert main(argv) == 0
+    results = ElkResults.load(out)
+    assert (out / "elk-auroc.png").stat().st_size > 0
+    sites = {"residual", "ssm", "conv", "state"}
+    assert set(results.sites) == sites
+    assert len(results.probes) == 3 * len(sites) * 3 * 2  # probes x sites x layers x tests
+    assert "model on B" in capsys.readouterr().out
+    assert main(["elk", "plot", "--results", str(out), "--test", "A"]) == 0
+    assert (out / "elk-auroc-A-A.png").stat().st_size > 0
