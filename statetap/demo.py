@@ -18,8 +18,9 @@ For each zoo model (trained on first use, then loaded from the cache) the demo
 It writes ``report.md``, ``quality.png``, ``cost.png``, ``steering-modes.png`` (with one
 ``steering-<model>.png`` per quirky model), ``lens-<model>.png`` and
 ``lens-trajectory-<model>.png`` per text model (the lens under ``lens/<model>/``),
-``elk/<model>/`` (``elk.json``, ``elk-auroc.png``) per quirky model and ``summary.json`` into the output folder (the shards under ``extraction/<model>/``) and returns
-a summary table for stdout.
+``elk/<model>/`` (``elk.json``, ``elk-auroc.png``) per quirky model and ``summary.json`` into
+the output folder (the shards under ``extraction/<model>/``) and returns a summary table for
+stdout.
 """
 
 from __future__ import annotations
