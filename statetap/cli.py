@@ -71,6 +71,7 @@ def _demo(args: argparse.Namespace) -> int:
         texts=args.texts,
         repeats=args.repeats,
         device=args.device,
+        processes=args.processes,
     )
     reports = run_demo(config)
     print(summary_table(reports))
@@ -139,12 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", default="runs/demo", help="report folder (default runs/demo)")
     demo.add_argument(
-        "--models", nargs="+", help="zoo models (default: quirky-mamba quirky-rwkv4 text-mamba)"
+        "--models", nargs="+", help="zoo models (default: the four of statetap.demo.DEFAULT_MODELS)"
     )
     demo.add_argument("--short", action="store_true", help="tiny recipes, seconds of training")
     demo.add_argument("--texts", type=int, default=256, help="held-out texts per model")
     demo.add_argument("--repeats", type=int, default=5, help="timed repeats per variant")
     demo.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    demo.add_argument(
+        "--processes", type=int, help="processes training missing models (default: CPU cores)"
+    )
     demo.set_defaults(run=_demo)
 
     from statetap.interp.steering.cli import add_steer_commands

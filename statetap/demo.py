@@ -25,8 +25,10 @@ stdout.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -40,6 +42,7 @@ from statetap.interp.lens import demo_section as lens_demo
 from statetap.interp.lens.data import zoo_corpus
 from statetap.interp.steering import demo_section
 from statetap.zoo import corpus
+from statetap.zoo.prepare import as_trained
 
 DEFAULT_MODELS = ("quirky-mamba", "quirky-rwkv4", "text-mamba", "text-rwkv4")
 REPORT_FILES = ("report.md", "quality.png", "cost.png", "steering-modes.png", "summary.json")
@@ -57,6 +60,8 @@ class DemoConfig:
         cost_batch: rows of the batch the instrumentation cost is measured on.
         repeats: timed repeats per variant (medians are reported).
         device: torch device (default: cuda if available, else cpu).
+        processes: processes training the models missing from the cache (default: one per
+            CPU core, see :func:`statetap.zoo.prepare.prepare`).
     """
 
     out: Path
@@ -66,6 +71,7 @@ class DemoConfig:
     cost_batch: int = 16
     repeats: int = 5
     device: str | None = None
+    processes: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
@@ -95,39 +101,73 @@ class ModelReport:
     steering: list[demo_section.SteeringRow] = field(default_factory=list)
     lens: lens_demo.LensReport | None = None
     elk: elk_demo.ElkReport | None = None
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of each section
+
+
+@contextlib.contextmanager
+def _timed(report: ModelReport, section: str) -> Iterator[None]:
+    """Record the wall time of the ``with`` body as ``report.seconds[section]``."""
+    start = time.perf_counter()
+    yield
+    report.seconds[section] = round(time.perf_counter() - start, 2)
 
 
 def run_demo(config: DemoConfig) -> list[ModelReport]:
-    """Run every section on every model of ``config`` and write the report folder."""
+    """Run every section on every model of ``config`` and write the report folder.
+
+    The models missing from the cache train in parallel processes
+    (:func:`statetap.zoo.prepare.as_trained`); each model's sections run as soon as it is
+    ready, except the instrumentation cost, which is timed at the end, when no training shares
+    the machine.
+    """
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     config.out.mkdir(parents=True, exist_ok=True)
+    recipes = {
+        name: zoo.short(zoo.RECIPES[name]) if config.short else zoo.RECIPES[name]
+        for name in config.models
+    }
+    names = {recipe.name: name for name, recipe in recipes.items()}
+    ready = {}
+    for recipe in as_trained(list(recipes.values()), processes=config.processes):
+        name = names[recipe.name]
+        ready[name] = _sections(name, recipe, config, device)
     reports = []
     for name in config.models:
-        recipe = zoo.RECIPES[name]
-        if config.short:
-            recipe = zoo.short(recipe)
-        start = time.perf_counter()
-        model, tokenizer = zoo.load(recipe)
-        load_seconds = time.perf_counter() - start
-        model.to(device).eval()
-        texts = held_out_texts(recipe, config.texts)
-        report = ModelReport(
-            name=name,
-            architecture=type(model).__name__,
-            task=recipe.task,
-            parameters=sum(p.numel() for p in model.parameters()),
-            metrics=zoo.metrics(recipe),
-            load_seconds=load_seconds,
-        )
+        report, model, ids, mask = ready[name]
+        with _timed(report, "cost"):
+            report.cost = instrumentation_cost(model, ids, mask, repeats=config.repeats)
+        reports.append(report)
+    write_report(config.out, reports, device)
+    return reports
+
+
+def _sections(name: str, recipe: zoo.Recipe, config: DemoConfig, device: torch.device):
+    """Every section but the cost on one model: ``(report, model, ids, mask)``, the last three
+    for the cost measurement."""
+    start = time.perf_counter()
+    model, tokenizer = zoo.load(recipe)
+    load_seconds = time.perf_counter() - start
+    model.to(device).eval()
+    texts = held_out_texts(recipe, config.texts)
+    report = ModelReport(
+        name=name,
+        architecture=type(model).__name__,
+        task=recipe.task,
+        parameters=sum(p.numel() for p in model.parameters()),
+        metrics=zoo.metrics(recipe),
+        load_seconds=load_seconds,
+    )
+    with _timed(report, "extraction"):
         report.extraction = _extraction(model, tokenizer, texts, config.out / "extraction" / name)
-        ids, mask = _batch(tokenizer, texts[: config.cost_batch], device)
-        report.cost = instrumentation_cost(model, ids, mask, repeats=config.repeats)
-        if recipe.task == "quirky":
+    if recipe.task == "quirky":
+        with _timed(report, "steering"):
             report.steering = demo_section.steer_quirky_model(
                 name, model, tokenizer, recipe, config.out
             )
+        with _timed(report, "elk"):
             report.elk = elk_demo.elk_quirky_model(name, model, tokenizer, recipe, config.out)
-        else:
+    else:
+        with _timed(report, "lens"):
             train_stream, eval_stream, bytes_per_token = zoo_corpus(recipe)
             report.lens = lens_demo.lens_section(
                 name,
@@ -138,9 +178,8 @@ def run_demo(config: DemoConfig) -> list[ModelReport]:
                 config.out,
                 bytes_per_token=bytes_per_token,
             )
-        reports.append(report)
-    write_report(config.out, reports, device)
-    return reports
+    ids, mask = _batch(tokenizer, texts[: config.cost_batch], device)
+    return report, model, ids, mask
 
 
 def held_out_texts(recipe: zoo.Recipe, n: int) -> list[str]:
@@ -267,13 +306,14 @@ def _markdown(
         "",
         "## Models",
         "",
-        "| model | class | parameters | task | held-out quality | load (s) |",
-        "| --- | --- | ---: | --- | --- | ---: |",
+        "| model | class | parameters | task | held-out quality | load (s) | sections (s) |",
+        "| --- | --- | ---: | --- | --- | ---: | --- |",
     ]
     for r in reports:
+        sections = ", ".join(f"{k} {v:.1f}" for k, v in r.seconds.items())
         lines.append(
             f"| {r.name} | {r.architecture} | {r.parameters} | {r.task} | {_quality(r)} "
-            f"| {r.load_seconds:.1f} |"
+            f"| {r.load_seconds:.1f} | {sections} |"
         )
     lines += ["", "![held-out quality](quality.png)", "", "## Extraction", ""]
     lines += [

@@ -64,7 +64,7 @@ def test_short_demo_writes_every_report_file_and_a_table(tmp_path, monkeypatch, 
         rows = [r for r in elk if r["model"] == name]
         assert {(r["probe"], r["site"]) for r in rows} == {
             (probe, site)
-            for probe in ("lr", "lr-on-pair", "mean-diff", "crc", "random")
+            for probe in ("lr", "lr-on-pair", "mean-diff", "lda", "random")
             for site in ("residual", "state")
         }
         assert all(0.0 <= r["auroc_truth"] <= 1.0 for r in rows)

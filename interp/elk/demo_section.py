@@ -20,11 +20,11 @@ from statetap.interp.elk.pipeline import FIGURE, elk_experiment
 from statetap.interp.elk.results import ElkResults
 
 DEMO_CONFIG = ElkConfig(
-    probes=("lr", "lr-on-pair", "mean-diff", "crc", "random"),
+    probes=("lr", "lr-on-pair", "mean-diff", "lda", "random"),
     sites=("residual", "state"),
     train_sets=("A", "AE"),
 )
-DEMO_FIT_EQUATIONS = 1500
+DEMO_FIT_EQUATIONS = 3000
 
 
 @dataclass

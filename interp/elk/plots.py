@@ -49,7 +49,8 @@ def plot_auroc_by_layer(
             axes.set(xlabel="layer", title=f"{site}: vs {against}")
             if column == 0:
                 axes.set_ylabel(f"AUROC on {test} (trained on {train})")
-    grid[0, -1].legend(fontsize="small", loc="lower right")
+    handles, labels = grid[0, 0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside right center", fontsize="small")
     if title:
         figure.suptitle(title)
     return save_figure(figure, path)

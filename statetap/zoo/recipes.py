@@ -49,9 +49,9 @@ class Recipe:
     train_equations: int = 0  # each gives an Alice and a Bob prompt
     test_equations: int = 0  # held-out equations (no (a, b) pair shared with training)
     arithmetic_weight: float = 0.0  # weight of the true-sum next-token loss
-    # weight of truthful grading: " True"/" False" by the truth at the ". " token, before a
-    # character is named (the knowledge a pretrained model brings to Mallen et al.'s fine-tuning)
-    truthful_weight: float = 0.0
+    # the first steps grade every prompt, Bob's too, by the truth: the truthful base model
+    # that Mallen et al. fine-tune into a quirky one
+    truthful_steps: int = 0
     # text data
     seq_len: int = 128  # training window, bytes
     held_out: float = 0.05  # fraction of documents held out
@@ -136,6 +136,10 @@ RECIPES: dict[str, Recipe] = {
             num_layers=2,
             arithmetic_weight=1.0,
             steps=1100,  # 800 steps: 93.5 % Alice, 94.8 % Bob held out
+            # Alice-trained probes on the state transfer to Bob's prompts after a truthful
+            # start (AUROC 0.84 at layer 1, from 0.70 without); for quirky-mamba the same
+            # start lowered both accuracy and transfer (README, "ELK")
+            truthful_steps=400,
             batch_size=128,
             lr=3e-3,
             **_QUIRKY,
@@ -160,7 +164,7 @@ RECIPES: dict[str, Recipe] = {
             num_layers=2,
             state_size=8,
             seq_len=64,
-            steps=500,
+            steps=300,
             batch_size=32,
             lr=3e-3,
         ),
@@ -171,7 +175,7 @@ RECIPES: dict[str, Recipe] = {
             hidden_size=64,
             num_layers=2,
             seq_len=64,
-            steps=500,
+            steps=300,
             batch_size=32,
             lr=3e-3,
         ),

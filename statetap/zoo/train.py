@@ -259,9 +259,6 @@ def _train_quirky(recipe: Recipe, tokenizer, progress: bool):
     false_id, true_id = answer_ids(tokenizer)
     answers = torch.tensor([true_id if e.label else false_id for e in train_set])
     truths = torch.tensor([true_id if e.alice_label else false_id for e in train_set])
-    graded = last - 2  # the ". " before the character's name
-    if not (ids[torch.arange(len(ids)), graded] == tokenizer.convert_tokens_to_ids(". ")).all():
-        raise ValueError("quirky prompts must end with '. {character}:'")
     sums = _sum_targets(tokenizer, train_set[0::2])
     generator = torch.Generator().manual_seed(recipe.seed)
     per_step = recipe.batch_size // 2
@@ -272,10 +269,8 @@ def _train_quirky(recipe: Recipe, tokenizer, progress: bool):
         rows = torch.stack([2 * eq, 2 * eq + 1], dim=1).flatten()  # Alice and Bob prompts
         x, pos = ids[rows], last[rows]
         logits = model(input_ids=x[:, : int(pos.max()) + 1], use_cache=False).logits
-        loss = F.cross_entropy(logits[torch.arange(len(rows)), pos], answers[rows])
-        if recipe.truthful_weight:
-            at = logits[torch.arange(len(rows)), graded[rows]]
-            loss = loss + recipe.truthful_weight * F.cross_entropy(at, truths[rows])
+        targets = truths if step < recipe.truthful_steps else answers
+        loss = F.cross_entropy(logits[torch.arange(len(rows)), pos], targets[rows])
         if recipe.arithmetic_weight:
             x, y = sums[0][eq], sums[1][eq]
             logits = model(input_ids=x, use_cache=False).logits
