@@ -67,21 +67,24 @@ def test_features_are_the_models_hidden_states_state_and_log_odds(arch):
             out = model(torch.tensor([prompt]), output_hidden_states=True, use_cache=True)
         logp = out.logits[0, -1].double().log_softmax(-1)
         true_id, false_id = (tokenizer.convert_tokens_to_ids(ANSWERS[b]) for b in (True, False))
-        torch.testing.assert_close(found.log_odds[i], logp[true_id] - logp[false_id])
-        torch.testing.assert_close(found.prompt["residual"][i, 0], out.hidden_states[0][0, -1])
+        close = dict(rtol=1e-4, atol=1e-5)  # float32 model, rows batched differently
+        torch.testing.assert_close(found.log_odds[i], logp[true_id] - logp[false_id], **close)
+        torch.testing.assert_close(
+            found.prompt["residual"][i, 0], out.hidden_states[0][0, -1], **close
+        )
         for answer, side in ((True, found.statement), (False, found.negation)):
             ids = torch.tensor([prompt + [tokenizer.convert_tokens_to_ids(ANSWERS[answer])]])
             with torch.no_grad():
                 hidden = model(ids, output_hidden_states=True).hidden_states
-            torch.testing.assert_close(side["residual"][i, 0], hidden[0][0, -1])
+            torch.testing.assert_close(side["residual"][i, 0], hidden[0][0, -1], **close)
         if arch == "mamba":
             for layer in range(2):
                 ssm = out.cache_params.layers[layer].recurrent_states[0]
-                torch.testing.assert_close(found.prompt["ssm"][i, layer], ssm.flatten())
+                torch.testing.assert_close(found.prompt["ssm"][i, layer], ssm.flatten(), **close)
         else:  # transformers' RWKV-4 state: [ffn_x, att_x, aa, bb, pp], each [B, C, layers]
             for layer in range(2):
                 wkv = torch.stack([out.state[k][0, :, layer] for k in (2, 3, 4)])
-                torch.testing.assert_close(found.prompt["wkv"][i, layer], wkv.flatten())
+                torch.testing.assert_close(found.prompt["wkv"][i, layer], wkv.flatten(), **close)
     concatenated = torch.cat([found.prompt[s] for s in components], dim=-1)
     torch.testing.assert_close(found.prompt["state"], concatenated)
 
@@ -268,3 +271,29 @@ def test_cli_runs_the_pipeline_on_a_short_zoo_model(tmp_path, monkeypatch, capsy
     assert "model on B" in capsys.readouterr().out
     assert main(["elk", "plot", "--results", str(out), "--test", "A"]) == 0
     assert (out / "elk-auroc-A-A.png").stat().st_size > 0
+
+
+# --- acceptance (slow) ----------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["quirky-mamba", "quirky-rwkv4"])
+def test_alice_probes_report_the_truth_on_bobs_prompts_of_zoo_models(name, tmp_path):
+    """The issue's acceptance: on a quirky zoo model (trained on first use) whose own answers on
+    Bob's held-out prompts follow Bob, some probe trained on Alice's prompts reaches AUROC
+    >= 0.85 against the truth on Bob's prompts at its best layer; residual and state side by
+    side (the demo's configuration)."""
+    from statetap import zoo
+    from statetap.interp.elk.demo_section import elk_quirky_model
+
+    recipe = zoo.resolve(name)
+    model, tokenizer = zoo.load(recipe, progress=False)
+    assert zoo.metrics(recipe)["bob_accuracy"] >= 0.95
+    report = elk_quirky_model(name, model, tokenizer, recipe, tmp_path)
+    results = report.results
+    assert results.model_row("B")["auroc_bob"] > 0.95  # the model answers by Bob's rule
+    best = {
+        (probe, site): results.best(probe, site)["auroc_truth"]
+        for probe in results.probe_names
+        for site in ("residual", "state")
+    }
+    print(name, best)
+    assert max(best.values()) >= 0.85, results.markdown()

@@ -1,11 +1,11 @@
 """Train several zoo models at once: one process per model, the cores shared between them.
 
-The zoo's models are small: one of them keeps one CPU core busy but gains little from a second
-(its matrices are too small to split well: 1.3-1.4x on two threads), so on a machine with ``C``
-cores, ``C`` models trained side by side, one thread each, finish much sooner than the same
-models one after another on ``C`` threads. :func:`as_trained` does that for the recipes missing
-from the cache and hands each recipe back as soon as it is ready, so that the caller can use
-the first models while the others train; :func:`prepare` waits for all of them. Each process
+The zoo's models are small and train on one thread (:func:`statetap.zoo.train.train`; a
+second thread would give them only 1.3-1.4x), so on a machine with ``C`` cores, ``C`` models
+trained side by side finish much sooner than the same models one after another.
+:func:`as_trained` does that for the recipes missing from the cache and hands each recipe back
+as soon as it is ready, so that the caller can use the first models while the others train;
+:func:`prepare` waits for all of them. Each process
 goes through :func:`statetap.zoo.path`, so the cache's per-entry lock and atomic rename apply
 as for a single call.
 """
@@ -58,10 +58,7 @@ def as_trained(
     try:
         torch.set_num_threads(1)
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            futures = {
-                pool.submit(_train_one, recipe, max(1, cores // workers)): recipe
-                for recipe in missing
-            }
+            futures = {pool.submit(_train_one, recipe): recipe for recipe in missing}
             bar = tqdm(
                 total=len(futures),
                 desc=f"statetap.zoo: training {len(missing)} models in {workers} processes",
@@ -90,9 +87,8 @@ def prepare(
     return {r.name: zoo.path(r, progress=progress) for r in recipes}
 
 
-def _train_one(recipe: Recipe, threads: int) -> Path:
-    """Worker: train (or find) ``recipe`` on ``threads`` threads."""
+def _train_one(recipe: Recipe) -> Path:
+    """Worker: train (or find) ``recipe`` (training runs on one thread)."""
     from statetap import zoo
 
-    torch.set_num_threads(threads)
     return zoo.path(recipe, progress=False)

@@ -108,14 +108,24 @@ def train(recipe: Recipe, progress: bool = True) -> Trained:
     their per-difficulty breakdown and ``held_out_prompts``; for text recipes
     ``bits_per_byte``; always ``train_seconds`` and ``final_loss`` (mean of the last 10% of
     steps).
+
+    Training and evaluation run on one CPU thread (the caller's thread count is restored):
+    the weights then do not depend on the machine's core count or on whether
+    :mod:`statetap.zoo.prepare` trains several models side by side, and these small models
+    gain little from a second thread.
     """
     tokenizer = build_tokenizer(recipe)
     start = time.perf_counter()
-    with training_path(recipe.arch):
-        if recipe.task == "quirky":
-            model, metrics = _train_quirky(recipe, tokenizer, progress)
-        else:
-            model, metrics = _train_text(recipe, tokenizer, progress)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with training_path(recipe.arch):
+            if recipe.task == "quirky":
+                model, metrics = _train_quirky(recipe, tokenizer, progress)
+            else:
+                model, metrics = _train_text(recipe, tokenizer, progress)
+    finally:
+        torch.set_num_threads(threads)
     metrics["train_seconds"] = round(time.perf_counter() - start, 2)
     return Trained(model.eval(), tokenizer, metrics)
 
