@@ -45,6 +45,7 @@ from statetap.zoo import corpus
 from statetap.zoo.prepare import as_trained
 
 DEFAULT_MODELS = ("quirky-mamba", "quirky-rwkv4", "text-mamba", "text-rwkv4")
+COST_TOKENS = 128  # the cost batch's rows are cut to this many tokens
 REPORT_FILES = ("report.md", "quality.png", "cost.png", "steering-modes.png", "summary.json")
 
 
@@ -219,9 +220,17 @@ def _extraction(model, tokenizer, texts: list[str], out: Path) -> dict:
     }
 
 
-def _batch(tokenizer, texts: list[str], device: torch.device):
+def _batch(tokenizer, texts: list[str], device: torch.device, max_length: int = COST_TOKENS):
+    """The cost measurement's batch: ``texts`` right-padded, each cut to ``max_length`` tokens."""
     tokenizer.padding_side = "right"  # causal models: padding after the text touches nothing
-    encoded = tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt")
+    encoded = tokenizer(
+        texts,
+        padding=True,
+        truncation=True,
+        max_length=max_length,
+        add_special_tokens=False,
+        return_tensors="pt",
+    )
     return encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
 
 
@@ -332,7 +341,8 @@ def _markdown(
         )
     lines += ["", "## What instrumentation costs", ""]
     lines += [
-        "Median wall time of one forward pass over the same batch, the variants interleaved "
+        "Median wall time of one forward pass over the same batch (held-out texts, each cut "
+        f"to {COST_TOKENS} tokens), the variants interleaved "
         "(`statetap.cost`). On a CPU statetap runs its torch reference paths; these are not "
         "Triton kernel timings.",
         "",

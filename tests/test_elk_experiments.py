@@ -298,3 +298,20 @@ def test_alice_probes_report_the_truth_on_bobs_prompts_of_zoo_models(name, tmp_p
     }
     print(name, best)
     assert max(best.values()) >= 0.85, results.markdown()
+
+
+def test_cli_lora_makes_a_saved_model_quirky_and_probes_it(tmp_path, capsys):
+    """``statetap elk lora`` on a transformers folder the test writes: the adapter is saved,
+    held-out accuracy reported, and ``--elk`` probes the fine-tuned model."""
+    folder = tmp_path / "base"
+    tiny_model("mamba").save_pretrained(folder)
+    quirky_tokenizer().save_pretrained(folder)
+    out = tmp_path / "quirky"
+    argv = ["elk", "lora", "--model", str(folder), "--operation", "addition", "--out", str(out)]
+    argv += ["--equations", "64", "--test-equations", "80", "--epochs", "1", "--lr", "1e-3"]
+    assert main([*argv, "--elk"]) == 0
+    printed = capsys.readouterr().out
+    assert "held out: Alice" in printed and "model on B" in printed
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    results = ElkResults.load(out)
+    assert results.meta["operation"] == "addition" and results.meta["scored"] == 160

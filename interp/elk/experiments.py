@@ -82,6 +82,8 @@ class ElkConfig:
         probe_fraction: without a ``fit_mask``, the fraction of the equations that fit the
             probes (the rest are scored).
         seed: of the split and of the random probes.
+        max_iter: L-BFGS iterations of the logistic probes (``lr``, ``lr-on-pair``); None:
+            :class:`LogisticProbe`'s default.
     """
 
     probes: tuple[str, ...] = tuple(PROBES)
@@ -91,6 +93,7 @@ class ElkConfig:
     test_sets: tuple[str, ...] = ("A", "B", "AH", "BH")
     probe_fraction: float = 0.5
     seed: int = 0
+    max_iter: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("probes", "train_sets", "test_sets"):
@@ -111,6 +114,8 @@ class ElkConfig:
                 raise ValueError(f"{name}: unknown subsets {bad}; known: {list(SUBSETS)}")
         if any(not s.startswith("A") for s in self.train_sets):
             raise ValueError(f"train_sets must be Alice's subsets, got {self.train_sets}")
+        if self.max_iter is not None and (not isinstance(self.max_iter, int) or self.max_iter < 1):
+            raise ValueError(f"max_iter must be a positive int or None, got {self.max_iter!r}")
         if not 0.0 < self.probe_fraction < 1.0:
             raise ValueError(f"probe_fraction must be in (0, 1), got {self.probe_fraction}")
 
@@ -216,7 +221,7 @@ def run_experiments(
         for trained in config.train_sets
     ]
     for probe, site, layer, trained in tqdm(jobs, desc="probes", disable=not progress):
-        fitted = _fit(probe, features, site, layer, train[trained], truth, config.seed)
+        fitted = _fit(probe, features, site, layer, train[trained], truth, config)
         for tested, rows in test.items():
             row = dict(probe=probe, site=site, layer=layer, train=trained, test=tested)
             row.update(aurocs(_score(fitted, probe, features, site, layer, rows), rows))
@@ -254,10 +259,15 @@ def _fit(
     layer: int,
     rows: torch.Tensor,
     truth: torch.Tensor,
-    seed: int,
+    config: ElkConfig,
 ) -> Probe:
     kind, paired = PROBES[probe]
-    fitted = kind(seed=seed) if kind in (CcsProbe, RandomProbe) else kind()
+    if kind in (CcsProbe, RandomProbe):
+        fitted = kind(seed=config.seed)
+    elif kind is LogisticProbe and config.max_iter is not None:
+        fitted = kind(max_iter=config.max_iter)
+    else:
+        fitted = kind()
     if paired:
         return fitted.fit(
             _at(features.statement, site, layer, rows),
