@@ -1,10 +1,8 @@
 """Train several zoo models at once: one process per model, the cores shared between them.
 
-The zoo's models are small: a second thread speeds one training up only 1.3-1.4x, so on a
-machine with ``C`` cores, ``C`` models trained side by side finish much sooner than the same
-models one after another (every training runs on
-:data:`statetap.zoo.train.TRAINING_THREADS` threads, which keeps its weights the same either
-way).
+The zoo's models are small and train on one thread (:func:`statetap.zoo.train.train`; a
+second thread would give them only 1.3-1.4x), so on a machine with ``C`` cores, ``C`` models
+trained side by side finish much sooner than the same models one after another.
 :func:`as_trained` does that for the recipes missing from the cache and hands each recipe back
 as soon as it is ready, so that the caller can use the first models while the others train;
 :func:`prepare` waits for all of them. Each process
@@ -90,7 +88,7 @@ def prepare(
 
 
 def _train_one(recipe: Recipe) -> Path:
-    """Worker: train (or find) ``recipe``."""
+    """Worker: train (or find) ``recipe`` (training runs on one thread)."""
     from statetap import zoo
 
     return zoo.path(recipe, progress=False)

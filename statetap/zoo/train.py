@@ -100,11 +100,6 @@ def build_model(recipe: Recipe, vocab_size: int) -> torch.nn.Module:
         return cls(config)
 
 
-# CPU threads of every zoo training: the project's 2-core machines; two trainings side by side
-# on two cores, two threads each, run only ~5 % slower than on one thread each
-TRAINING_THREADS = 2
-
-
 def train(recipe: Recipe, progress: bool = True) -> Trained:
     """Train ``recipe`` from scratch and evaluate it on held-out data.
 
@@ -114,15 +109,15 @@ def train(recipe: Recipe, progress: bool = True) -> Trained:
     ``bits_per_byte``; always ``train_seconds`` and ``final_loss`` (mean of the last 10% of
     steps).
 
-    Training and evaluation run on exactly :data:`TRAINING_THREADS` CPU threads, whatever the
-    machine (the caller's thread count is restored): RWKV-4's trained weights depend on the
-    thread count (the order of some reductions), so a fixed count gives a recipe the same
-    weights on every machine, alone or beside other trainings (:mod:`statetap.zoo.prepare`).
+    Training and evaluation run on one CPU thread (the caller's thread count is restored):
+    the weights then do not depend on the machine's core count or on whether
+    :mod:`statetap.zoo.prepare` trains several models side by side, and these small models
+    gain little from a second thread.
     """
     tokenizer = build_tokenizer(recipe)
     start = time.perf_counter()
     threads = torch.get_num_threads()
-    torch.set_num_threads(TRAINING_THREADS)
+    torch.set_num_threads(1)
     try:
         with training_path(recipe.arch):
             if recipe.task == "quirky":
