@@ -136,9 +136,8 @@ RECIPES: dict[str, Recipe] = {
             num_layers=2,
             arithmetic_weight=1.0,
             steps=1100,  # 800 steps: 93.5 % Alice, 94.8 % Bob held out
-            # Alice-trained probes on the state transfer to Bob's prompts after a truthful
-            # start (AUROC 0.84 at layer 1, from 0.70 without); for quirky-mamba the same
-            # start lowered both accuracy and transfer (README, "ELK")
+            # a truthful start: without it Alice-trained probes did not transfer to Bob's
+            # prompts (docs/elk.md); for quirky-mamba it lowered accuracy and transfer
             truthful_steps=400,
             batch_size=128,
             lr=3e-3,
