@@ -4,7 +4,11 @@ The probes of Paulo, Marshall and Belrose's ELK experiments (after Mallen et al.
 models): supervised logistic regression, difference of means with Platt scaling and Fisher's
 LDA; unsupervised CCS and CRC-TPC on contrast pairs (CRC after LEACE erasure of the pair side);
 and a random-direction baseline (:mod:`.probes`), all scored by exact rank AUROC
-(:mod:`.metrics`).
+(:mod:`.metrics`). On top: features of quirky prompts, residual stream and recurrent state
+(:mod:`.features`), the transfer experiments and the anomaly detector (:mod:`.experiments`,
+:mod:`.anomaly`), results and figure (:mod:`.results`, :mod:`.plots`), the end-to-end pipeline
+(:mod:`.pipeline`, ``statetap elk``) and LoRA quirky fine-tuning (:mod:`.quirky_lora`, which
+imports peft). See docs/elk.md.
 
 Example:
     >>> import torch
@@ -17,7 +21,11 @@ Example:
     True
 """
 
+from statetap.interp.elk.anomaly import MahalanobisDetector
+from statetap.interp.elk.experiments import ElkConfig, run_experiments
+from statetap.interp.elk.features import QuirkyFeatures, quirky_features
 from statetap.interp.elk.metrics import auroc
+from statetap.interp.elk.pipeline import elk_experiment, zoo_elk
 from statetap.interp.elk.probes import (
     CcsProbe,
     CrcProbe,
@@ -28,15 +36,24 @@ from statetap.interp.elk.probes import (
     RandomProbe,
     fit_eraser,
 )
+from statetap.interp.elk.results import ElkResults
 
 __all__ = [
     "CcsProbe",
     "CrcProbe",
+    "ElkConfig",
+    "ElkResults",
+    "MahalanobisDetector",
+    "QuirkyFeatures",
     "LdaProbe",
     "LogisticProbe",
     "MeanDiffProbe",
     "Probe",
     "RandomProbe",
     "auroc",
+    "elk_experiment",
     "fit_eraser",
+    "quirky_features",
+    "run_experiments",
+    "zoo_elk",
 ]
