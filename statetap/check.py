@@ -46,8 +46,10 @@ def check_op(name: str, batch: int, length: int, device: torch.device) -> CheckR
         output_final_state=True,
         emit_at=torch.tensor(positions, device=device),
         inject_at=torch.tensor([length // 3], device=device),
-        inject_value=0.5 * torch.randn(1, 1, *state.shape[1:], device=device),
-        inject_scale=torch.linspace(-2, 2, batch, device=device),
+        # positive additions: subtracting from RWKV-4's denominator can bring it near zero,
+        # where y = numerator / denominator is too ill-conditioned for a float32 comparison
+        inject_value=0.5 * torch.rand(1, 1, *state.shape[1:], device=device),
+        inject_scale=torch.linspace(0.5, 2, batch, device=device),
     )
 
     def to_oracle(value):
