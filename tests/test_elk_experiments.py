@@ -163,7 +163,7 @@ def test_alice_probe_on_the_truth_site_transfers_to_bob_and_the_output_site_does
 
 def test_anomaly_detector_flags_bob_prompts_that_sit_off_alices_distribution():
     g = fresh_generator()
-    examples, features, quantiles = synthetic(g, 800, bob_offset=6.0)
+    examples, features, quantiles = synthetic(g, 800, bob_offset=12.0)
     config = ElkConfig(probes=("lr",), train_sets=("A", "AE"))
     results = run_experiments(features, examples, quantiles, config=config, progress=False)
     rows = {row["site"]: row for row in results.anomaly}
