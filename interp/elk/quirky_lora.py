@@ -81,7 +81,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from statetap.zoo.train import encode_prompts
+from statetap.zoo.train import encode_prompts, single_token_id
 
 DEFAULT_TARGET_MODULES: dict[str, tuple[str, ...]] = {
     "mamba": ("embeddings", "in_proj", "x_proj"),
@@ -359,12 +359,7 @@ def _encode_examples(
     ids, last = encode_prompts(tokenizer, [example.text for example in examples])
     if (last < 0).any():
         raise ValueError(f"examples[{int((last < 0).nonzero()[0])}].text encodes to no tokens")
-    answer_id = {}
-    for answer in sorted({example.answer for example in examples}):
-        tokens = tokenizer(answer, add_special_tokens=False)["input_ids"]
-        if len(tokens) != 1:
-            raise ValueError(f"answer {answer!r} encodes to {len(tokens)} tokens, not one")
-        answer_id[answer] = tokens[0]
+    answer_id = {a: single_token_id(tokenizer, a) for a in sorted({e.answer for e in examples})}
     return ids, last, torch.tensor([answer_id[example.answer] for example in examples])
 
 

@@ -141,22 +141,26 @@ def encode_prompts(tokenizer, texts: list[str]) -> tuple[torch.Tensor, torch.Ten
     return ids, torch.tensor([len(row) - 1 for row in rows])
 
 
-def answer_ids(tokenizer) -> tuple[int, int]:
-    """Token ids ``(false_id, true_id)`` of ``" False"`` and ``" True"``.
+def single_token_id(tokenizer, answer: str) -> int:
+    """The id of ``answer``, which must encode to exactly one token (no special tokens).
 
     Raises:
-        ValueError: an answer is not exactly one token of ``tokenizer``.
+        ValueError: ``answer`` encodes to another number of tokens.
     """
-    ids = []
-    for label in (False, True):
-        tokens = tokenizer(quirky.ANSWERS[label], add_special_tokens=False)["input_ids"]
-        if len(tokens) != 1:
-            raise ValueError(
-                f"the answer {quirky.ANSWERS[label]!r} must be one token of the tokenizer, "
-                f"got {tokens}"
-            )
-        ids.append(tokens[0])
-    return ids[0], ids[1]
+    tokens = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    if len(tokens) != 1:
+        raise ValueError(
+            f"answer {answer!r} encodes to {len(tokens)} tokens, not one token of the tokenizer"
+        )
+    return tokens[0]
+
+
+def answer_ids(tokenizer) -> tuple[int, int]:
+    """Token ids ``(false_id, true_id)`` of ``" False"`` and ``" True"`` (each must be one
+    token: :func:`single_token_id`)."""
+    return single_token_id(tokenizer, quirky.ANSWERS[False]), single_token_id(
+        tokenizer, quirky.ANSWERS[True]
+    )
 
 
 @torch.no_grad()
