@@ -45,7 +45,7 @@ def dispatching(op: str, implementations: Mapping[str, Callable]) -> Callable:
     routing each call by the device of its first tensor argument.
 
     The fused backends are forward-only: when autograd needs a gradient of any input, the call
-    runs the differentiable torch reference instead and warns once per op.
+    runs the differentiable torch reference instead, and warns (every such call) saying so.
     """
     reference = implementations["torch"]
 
@@ -55,7 +55,7 @@ def dispatching(op: str, implementations: Mapping[str, Callable]) -> Callable:
         device = tensors[0].device if tensors else torch.device("cpu")
         backend = choose_backend(op, device, implementations)
         if backend != "torch" and torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-            _warn_backward_fallback(op, backend)
+            _warn_backward_fallback(op, backend, device)
             backend = "torch"
         return implementations[backend](*args, **kwargs)
 
@@ -64,10 +64,10 @@ def dispatching(op: str, implementations: Mapping[str, Callable]) -> Callable:
     return public
 
 
-@functools.cache
-def _warn_backward_fallback(op: str, backend: str) -> None:
+def _warn_backward_fallback(op: str, backend: str, device: torch.device) -> None:
     warnings.warn(
-        f"statetap: {op}'s {backend} kernel is forward-only; an input requires a gradient, so "
-        f"this call (and later ones like it) runs the pure-torch reference instead",
+        f"statetap: {op} on {device} runs the pure-torch reference, not its {backend} kernel: "
+        f"an input requires a gradient and the {backend} kernel is forward-only. Call it under "
+        f"torch.no_grad() to use the kernel",
         stacklevel=3,
     )

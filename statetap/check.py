@@ -1,31 +1,48 @@
-"""``statetap check``: run every op through its dispatched backend against the definition.
+"""``statetap check``: every op and decode step, through its dispatched backend, against references.
 
 For each op, fresh random float32 inputs go through the public op (whatever backend the
-device selects: see ``STATETAP_BACKEND``) with emission at three positions and an add
-injection swept over a per-row multiplier; the same call goes through the sequential
-pure-torch definition in float64 on the CPU.  The table reports the relative error of the
-output, the final state and the emitted states, and the wall time of the public call
-(on CPU the pure-torch path; timings of Triton kernels under the interpreter mean nothing).
+device selects: see ``STATETAP_BACKEND``) from a random initial state, with emission at three
+positions and an add injection swept over a per-row multiplier.  The same call goes through
+
+* the sequential pure-torch definition in float64 on the CPU (every op), and
+* an independent implementation we did not write (:data:`statetap.check_references.PEERS`:
+  transformers' torch paths for ``selective_scan`` and ``wkv4``, whose only CPU backend *is*
+  the definition, so that the first comparison cannot see a bug in the definition itself).
+
+Each decode step of ``statetap.kernels.STEPS`` runs token by token over the same kind of inputs,
+emitting and injecting at the same tokens, against its sequence op's float64 definition.
+
+The table has one row per (op or step, reference) with the relative error of the output, the
+final state and the emitted states, and the wall time of the public call (on CPU the pure-torch
+path; timings of Triton kernels under the interpreter mean nothing).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
-from statetap.kernels import examples
+from statetap import kernels
+from statetap.check_references import PEERS, Probe, run_by_token
+from statetap.kernels import OPS, STEPS, ScanOutput, examples
 from statetap.kernels._backend import choose_backend
 
-TOLERANCE = 1e-4  # float32 inputs against the float64 definition
+TOLERANCE = 1e-4  # float32 inputs against a float64 reference
+DEFINITION = "float64 definition"
 
 
 @dataclass
 class CheckRow:
+    """One line of the table: an op or step compared with one reference (relative errors)."""
+
     op: str
     backend: str
     device: str
+    reference: str
     y_error: float
     final_error: float
     states_error: float
@@ -36,58 +53,161 @@ class CheckRow:
         return max(self.y_error, self.final_error, self.states_error) <= TOLERANCE
 
 
-def check_op(name: str, batch: int, length: int, device: torch.device) -> CheckRow:
-    """Compare ``statetap.kernels.<name>`` on ``device`` with the float64 definition."""
-    case = examples.CASES[name]
-    inputs = case.make(batch, length, torch.float32, device)
-    state = case.call("sequential", case.slice(inputs, 0, 1), output_final_state=True).final_state
-    positions = sorted({0, length // 2, length - 1})
-    instrumentation = dict(
-        output_final_state=True,
-        emit_at=torch.tensor(positions, device=device),
-        inject_at=torch.tensor([length // 3], device=device),
+class StepStyle(NamedTuple):
+    """How a decode step takes its one-token emission and injection, and returns the state."""
+
+    arguments: Callable[[Probe, bool, bool], dict]  # (probe, inject?, emit?) -> keywords
+    emitted: Callable[[tuple], torch.Tensor]  # the step's output -> emitted [B, *S]
+
+
+def _mamba_step_arguments(probe: Probe, inject: bool, emit: bool) -> dict:
+    injection = dict(inject_value=probe.value, inject_scale=probe.scale) if inject else {}
+    return dict(emit=emit, **injection)
+
+
+def _rwkv_step_arguments(probe: Probe, inject: bool, emit: bool) -> dict:
+    here = torch.zeros(1, dtype=torch.long, device=probe.value.device)  # this token, L = 1
+    arguments = dict(emit_at=here) if emit else {}
+    if inject:
+        value = probe.value[None, None]
+        arguments.update(inject_at=here, inject_value=value, inject_scale=probe.scale)
+    return arguments
+
+
+MAMBA_STEP = StepStyle(_mamba_step_arguments, lambda out: out.state)
+RWKV_STEP = StepStyle(_rwkv_step_arguments, lambda out: out.states[:, 0])
+
+#: decode step -> (the sequence op whose definition it is checked against, its calling style);
+#: RWKV-5 decodes with wkv6_step
+STEP_OPS = {
+    "selective_scan_step": ("selective_scan", MAMBA_STEP),
+    "ssd_step": ("ssd", MAMBA_STEP),
+    "wkv4_step": ("wkv4", RWKV_STEP),
+    "wkv6_step": ("wkv6", RWKV_STEP),
+    "wkv7_step": ("wkv7", RWKV_STEP),
+}
+
+
+def make_probe(case: examples.OpCase, batch: int, length: int, device: torch.device) -> Probe:
+    """Emission at tokens ``0, L // 2, L - 1`` and an add injection after ``L // 3`` scaled by
+    ``linspace(0.5, 2, B)``, from a random state of the op (its state after three random tokens).
+    """
+    warm_up = case.make(batch, 3, torch.float32, device)
+    initial = case.call("sequential", warm_up, output_final_state=True).final_state
+    return Probe(
+        initial_state=initial,
+        emit_at=tuple(sorted({0, length // 2, length - 1})),
+        inject_at=length // 3,
         # positive additions: subtracting from RWKV-4's denominator can bring it near zero,
         # where y = numerator / denominator is too ill-conditioned for a float32 comparison
-        inject_value=0.5 * torch.rand(1, 1, *state.shape[1:], device=device),
-        inject_scale=torch.linspace(0.5, 2, batch, device=device),
+        value=0.5 * torch.rand(initial.shape[1:], device=device),
+        scale=torch.linspace(0.5, 2, batch, device=device),
     )
 
-    def to_oracle(value):
-        if isinstance(value, torch.Tensor):
-            return value.cpu().double() if value.is_floating_point() else value.cpu()
-        return value
 
-    exact = case.call(
-        "sequential",
-        {k: to_oracle(v) for k, v in inputs.items()},
-        **{k: to_oracle(v) for k, v in instrumentation.items()},
-    )
+def _float64_cpu(inputs: dict) -> dict:
+    def convert(value):
+        if not isinstance(value, torch.Tensor):
+            return value
+        return value.cpu().double() if value.is_floating_point() else value.cpu()
+
+    return {name: convert(value) for name, value in inputs.items()}
+
+
+def _timed(device: torch.device, run: Callable[[], ScanOutput]) -> tuple[ScanOutput, float]:
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    out = case.call("public", inputs, **instrumentation)
+    out = run()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    elapsed = (time.perf_counter() - start) * 1e3
+    return out, (time.perf_counter() - start) * 1e3
+
+
+def _row(name, backend, device, reference, exact: ScanOutput, out: ScanOutput, ms) -> CheckRow:
     return CheckRow(
         op=name,
-        backend=choose_backend(name, device, case.public.implementations),
+        backend=backend,
         device=str(device),
+        reference=reference,
         y_error=examples.rel_error(exact.y, out.y.cpu()),
         final_error=examples.rel_error(exact.final_state, out.final_state.cpu()),
         states_error=examples.rel_error(exact.states, out.states.cpu()),
-        milliseconds=elapsed,
+        milliseconds=ms,
     )
+
+
+def check_op(name: str, batch: int, length: int, device: torch.device) -> list[CheckRow]:
+    """Compare ``statetap.kernels.<name>`` on ``device`` (``batch`` rows of ``length`` tokens)
+    with the float64 definition and, where :data:`PEERS` has one, an independent implementation.
+
+    Returns one row per reference.
+    """
+    case = examples.CASES[name]
+    inputs = case.make(batch, length, torch.float32, device)
+    probe = make_probe(case, batch, length, device)
+    out, ms = _timed(device, lambda: case.call("public", inputs, **probe.instrumentation()))
+    exact_inputs, exact_probe = _float64_cpu(inputs), probe.to("cpu", torch.float64)
+    exact = case.call("sequential", exact_inputs, **exact_probe.instrumentation())
+    references = {DEFINITION: exact}
+    if name in PEERS:
+        peer = PEERS[name]
+        references[peer.label] = peer.run(case, exact_inputs, length, exact_probe)
+    backend = choose_backend(name, device, case.public.implementations)
+    return [_row(name, backend, device, label, ref, out, ms) for label, ref in references.items()]
+
+
+def check_step(name: str, batch: int, length: int, device: torch.device) -> CheckRow:
+    """Run the decode step ``statetap.kernels.<name>`` on ``device`` token by token over
+    ``batch`` rows of ``length`` tokens, emitting and injecting as :func:`make_probe` says, and
+    compare ``y [B, L, ...]``, the emitted states and the final state with the float64 definition
+    of its sequence op (:data:`STEP_OPS`)."""
+    op, style = STEP_OPS[name]
+    case = examples.CASES[op]
+    step = getattr(kernels, name)
+    inputs = case.make(batch, length, torch.float32, device)
+    probe = make_probe(case, batch, length, device)
+
+    def advance(state, token, inject, emit):
+        out = step(**token, state=state, **style.arguments(probe, inject, emit))
+        return out.y, style.emitted(out) if emit else None
+
+    out, ms = _timed(device, lambda: run_by_token(advance, case, inputs, length, probe))
+    exact = case.call(
+        "sequential", _float64_cpu(inputs), **probe.to("cpu", torch.float64).instrumentation()
+    )
+    backend = choose_backend(name, device, step.implementations)
+    return _row(name, backend, device, DEFINITION, exact, out, ms)
+
+
+def check(name: str, batch: int, length: int, device: torch.device) -> list[CheckRow]:
+    """The rows of one op of ``statetap.kernels.OPS`` or one step of ``STEPS`` (``name``)."""
+    if name in STEPS:
+        return [check_step(name, batch, length, device)]
+    if name in OPS:
+        return check_op(name, batch, length, device)
+    raise ValueError(f"name must be one of the ops {OPS} or steps {STEPS}, got {name!r}")
 
 
 def format_table(rows: list[CheckRow]) -> str:
     """A plain-text table of check rows."""
-    header = ("op", "backend", "device", "y rel.err", "final rel.err", "emitted rel.err", "ms", "")
+    header = (
+        "op",
+        "backend",
+        "device",
+        "reference",
+        "y rel.err",
+        "final rel.err",
+        "emitted rel.err",
+        "ms",
+        "",
+    )
     lines = [header] + [
         (
             r.op,
             r.backend,
             r.device,
+            r.reference,
             f"{r.y_error:.1e}",
             f"{r.final_error:.1e}",
             f"{r.states_error:.1e}",

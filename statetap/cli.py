@@ -9,19 +9,23 @@ import torch
 
 
 def _check(args: argparse.Namespace) -> int:
-    from statetap.check import check_op, format_table
-    from statetap.kernels import OPS
+    from statetap.check import check, format_table
+    from statetap.kernels import OPS, STEPS
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.seed is not None:
         torch.manual_seed(args.seed)
-    rows = [check_op(name, args.batch, args.length, device) for name in args.ops or OPS]
+    names = args.ops or (*OPS, *STEPS)
+    rows = [row for name in names for row in check(name, args.batch, args.length, device)]
     print(format_table(rows))
-    failed = [row.op for row in rows if not row.ok]
+    failed = list(dict.fromkeys(row.op for row in rows if not row.ok))
     if failed:
-        print(f"FAILED: {', '.join(failed)} differ from the float64 definition", file=sys.stderr)
+        print(f"FAILED: {', '.join(failed)} differ from a reference (table above)", file=sys.stderr)
         return 1
-    print(f"all {len(rows)} ops agree with the float64 definition (emit, inject, final state)")
+    print(
+        f"all {len(names)} ops and steps agree with their references "
+        f"({len(rows)} comparisons of the output, emitted states and final state)"
+    )
     return 0
 
 
@@ -80,20 +84,23 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from statetap.kernels import OPS
+    from statetap.kernels import OPS, STEPS
 
     parser = argparse.ArgumentParser(prog="statetap", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser(
         "check",
-        help="run every op on this machine against its float64 definition",
-        description="Run every recurrence through the backend this device selects, with "
-        "state emission and injection, and compare with the float64 sequential definition.",
+        help="run every op and decode step on this machine against its references",
+        description="Run every recurrence and decode step through the backend this device "
+        "selects, with state emission and injection, and compare with the float64 sequential "
+        "definition and, for selective_scan and wkv4, with transformers' own torch code.",
     )
     check.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     check.add_argument("--batch", type=int, default=4, help="rows (default 4)")
     check.add_argument("--length", type=int, default=77, help="tokens per row (default 77)")
-    check.add_argument("--ops", nargs="+", choices=OPS, help="subset of ops (default: all)")
+    check.add_argument(
+        "--ops", nargs="+", choices=(*OPS, *STEPS), help="subset of ops and steps (default: all)"
+    )
     check.add_argument("--seed", type=int, help="random seed (default: fresh inputs)")
     check.set_defaults(run=_check)
 

@@ -54,24 +54,47 @@ class GenerationResult:
 
 
 class _Schedule:
-    """Turns generation-wide positions into each forward call's padded positions."""
+    """Turns generation-wide positions into each forward call's padded positions, and keeps
+    track of which were reached."""
 
     def __init__(self, prompt_mask: torch.Tensor) -> None:
         self.real = prompt_mask.bool()
         self.counts = self.real.sum(1)  # [B] real prompt tokens
         self.call = 0  # 0: the prompt; k >= 1: the k-th fed-back token
+        # id of a request -> (its name, text positions [B, P], which of them a call held)
+        self.reached: dict[int, tuple[str, torch.Tensor, torch.Tensor]] = {}
 
-    def positions(self, spec, length: int, name: str) -> torch.Tensor:
-        """``spec``'s padded positions ``[B, P]`` within the current call (``-1`` elsewhere)."""
+    def positions(self, request, name: str) -> torch.Tensor:
+        """``request``'s padded positions ``[B, P]`` within the current call (``-1``
+        elsewhere); ``name`` names them in errors."""
+        spec = request.positions
         batch = self.counts.shape[0]
         if isinstance(spec, str) and spec == NEW:
             fed_back = self.call > 0
             return torch.full((batch, 1), 0 if fed_back else -1, device=self.counts.device)
         text = text_indices(spec, self.counts, name, beyond=True)  # [B, P]
         if self.call == 0:
-            return padded_indices(text, self.real)
-        here = text == (self.counts + self.call - 1)[:, None]
-        return torch.where(here, 0, -1)
+            here = padded_indices(text, self.real)
+        else:
+            here = torch.where(text == (self.counts + self.call - 1)[:, None], 0, -1)
+        hit = torch.zeros_like(text, dtype=torch.bool)
+        _, _, hit = self.reached.setdefault(id(request), (name, text, hit))
+        hit |= here >= 0
+        return here
+
+    def check_reached(self) -> None:
+        """Raise ValueError for a position that no forward call held (generation stopped, or
+        the last generated token, which is never fed back)."""
+        fed = self.counts + max(self.call - 1, 0)  # [B] tokens each row fed to the model
+        for name, text, hit in self.reached.values():
+            if not bool(hit.all()):
+                row, slot = (int(i) for i in (~hit).nonzero()[0])
+                raise ValueError(
+                    f"{name}[{row}, {slot}] names token {int(text[row, slot])} of row {row}, "
+                    f"which generation never fed to the model (it fed {int(fed[row])} tokens: "
+                    f"the prompt and all but the last generated token); nothing was emitted or "
+                    f"injected there. Ask for more new tokens or an earlier position"
+                )
 
 
 def generate(
@@ -89,7 +112,14 @@ def generate(
         input_ids, attention_mask: the prompts ``[B, L]`` (pad on the left).
         emit, inject: :class:`statetap.Emit` / :class:`statetap.Inject` requests.
         generate_kwargs: passed to ``model.generate`` (``max_new_tokens``, ``do_sample`` …).
+
+    Raises:
+        ValueError: a model in training mode, padding the model cannot generate from exactly,
+            or a requested position that generation never reached (checked at the end: the
+            last generated token is never fed back, and generation may stop early).
     """
+    tap.check_eval_mode()
+    tap.adapter.check_padding(attention_mask, keeps_state=True)
     batch, length = input_ids.shape
     mask = real_tokens(batch, length, attention_mask).to(input_ids.device)
     if not bool(mask[:, -1].all()):
@@ -108,7 +138,7 @@ def generate(
             pass_,
             emit,
             inject,
-            lambda request, name: schedule.positions(request.positions, ids.shape[1], name),
+            schedule.positions,
         )
 
     def after_call(module, args, output):
@@ -126,6 +156,13 @@ def generate(
     finally:
         for handle in handles:
             handle.remove()
+    schedule.check_reached()
+    if new_slots and schedule.call < 2:
+        raise ValueError(
+            "positions='new' names the generated tokens fed back to the model, and generation "
+            "fed back none (the last generated token is never fed back): ask for at least two "
+            "new tokens"
+        )
     activations = {}
     for key, parts in collected.items():
         if key in new_slots:  # one slot per fed-back token (the prompt call emits nothing)

@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -29,6 +30,7 @@ from torch import nn
 
 from statetap.adapters import Adapter, adapter_for
 from statetap.adapters.base import COMMON_SITES
+from statetap.adapters.upstream import check_transformers_version
 from statetap.plan import Injection, Pass, SiteOps
 from statetap.positions import PositionSpec, resolve_positions
 from statetap.state import RecurrentState
@@ -59,8 +61,12 @@ class Inject:
     Attributes:
         site: ``"residual"``, ``"mixer"`` or one state component.
         layer: the layer (negative counts from the last).
-        value: ``[*shape]`` (every row and position), ``[Q, *shape]`` or ``[B, Q, *shape]``
-            where ``shape`` is the site's per-token shape (``tap.site_shape(site)``).
+        value: ``[*shape]`` (the same at every row and position) or ``[B, Q, *shape]`` (per
+            row and position; either of ``B`` and ``Q`` may be 1 to broadcast), where
+            ``shape`` is the site's per-token shape (``tap.site_shape(site)``) and ``Q`` the
+            number of positions.  Nothing in between: a ``[X, *shape]`` value could mean per
+            row or per position, so it is refused; write ``value[:, None]`` (per row) or
+            ``value[None]`` (per position).
         positions: see :mod:`statetap.positions`; default the last real token.
         mode: ``"add"`` (``x += scale * value``) or ``"set"`` (``x = value``).
         scale: multiplier for ``add``: a float or a ``[B]`` tensor (one per row: a sweep).
@@ -95,16 +101,29 @@ class TapResult:
 
 
 def attach(model: nn.Module) -> Tap:
-    """A :class:`Tap` on ``model`` (one of ``statetap.adapters.ADAPTERS``)."""
+    """A :class:`Tap` on ``model`` (one of ``statetap.adapters.ADAPTERS``).
+
+    Raises:
+        TypeError: the model's class has no adapter.
+        UpstreamDrift: the installed transformers (or mamba-ssm) no longer calls a function
+            statetap substitutes the way statetap reads it (:meth:`Adapter.verify`).
+    """
     return Tap(model)
 
 
 class Tap:
-    """Instrumented forward passes of one model."""
+    """Instrumented forward passes of one model.
+
+    Creating one checks, with a probe pass of a few tokens, that the model still calls every
+    function statetap substitutes (:meth:`statetap.adapters.Adapter.verify`), and warns when
+    transformers is outside the tested range.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.adapter: Adapter = adapter_for(model)
+        check_transformers_version()
+        self.adapter.verify()
 
     def site_shape(self, site: str) -> tuple[int, ...]:
         """Per-token shape of ``site``."""
@@ -120,6 +139,7 @@ class Tap:
         state: RecurrentState | None = None,
         keep_state: bool = False,
         offload: bool = False,
+        requires_grad: bool = False,
         **model_kwargs,
     ) -> TapResult:
         """One forward pass of ``input_ids`` ``[B, L]`` with the given emissions and injections.
@@ -133,14 +153,25 @@ class Tap:
                 row's last token must be real: pad on the left).
             offload: stream each emitted tensor to pinned CPU memory as its layer finishes
                 (for large extractions on a GPU; the results are complete when ``run`` returns).
+            requires_grad: run in the caller's autograd mode, so that gradients flow through
+                the pass.  By default the pass runs under ``torch.no_grad()``: the fused
+                kernels are forward-only, and a pass that autograd records runs the pure-torch
+                reference instead (with a warning on every such call).
             model_kwargs: passed to the model.
+
+        Raises:
+            ValueError: bad input, a model in training mode, or a batch the model cannot run
+                exactly (for example a padded batch on transformers' RWKV-4, which ignores
+                ``attention_mask``; the message says how to pad instead).
         """
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
             raise ValueError(
                 f"input_ids must be a [B, L] tensor, got {getattr(input_ids, 'shape', input_ids)!r}"
             )
+        self.check_eval_mode()
         batch, length = input_ids.shape
         self.adapter.check_run(batch, length, continues=state is not None)
+        self.adapter.check_padding(attention_mask, keeps_state=keep_state)
         pass_ = Pass(batch=batch, length=length, offload=offload)
 
         def positions_of(request: Emit | Inject, name: str) -> torch.Tensor:
@@ -162,7 +193,8 @@ class Tap:
             cache = state.clone().cache
         if keep_state and attention_mask is not None and not bool(attention_mask[:, -1].all()):
             raise ValueError("keep_state needs every row's last token to be real: pad on the left")
-        with self.adapter.instrument(pass_):
+        autograd = contextlib.nullcontext() if requires_grad else torch.no_grad()
+        with autograd, self.adapter.instrument(pass_):
             output, cache = self.adapter.forward(
                 input_ids, attention_mask, cache, keep_state, **model_kwargs
             )
@@ -181,6 +213,17 @@ class Tap:
         if keep_state:
             result.state = RecurrentState(self.adapter, cache, output.logits[:, -1])
         return result
+
+    def check_eval_mode(self) -> None:
+        """Refuse a model in training mode: transformers' Mamba mixers then take a fused
+        training path (``mamba_inner_fn``) that bypasses statetap, so emissions and injections
+        would be ignored."""
+        if self.model.training:
+            raise ValueError(
+                f"{type(self.model).__name__} is in training mode, where its mixers may take a "
+                "fused path that bypasses statetap (emissions and injections would be ignored); "
+                "call model.eval() first (gradients still flow with requires_grad=True)"
+            )
 
     # ------------------------------------------------------------------ planning
     def _check_site(self, site: str, allow_group: bool) -> None:
@@ -252,13 +295,21 @@ class Tap:
                 f"Inject({request.site!r}).value must be a floating-point tensor "
                 f"of shape {list(shape)}"
             )
+        expected = f"{list(shape)} (every row and position) or {list(target)} (B or Q may be 1)"
+        if value.dim() == len(shape) + 1:
+            raise ValueError(
+                f"Inject({request.site!r}).value of shape {list(value.shape)} is ambiguous (per "
+                f"row or per position?): expected {expected}; write value[:, None] for one value "
+                f"per row or value[None] for one per position"
+            )
         try:
+            if value.dim() not in (len(shape), len(shape) + 2):
+                raise RuntimeError
             value = torch.broadcast_to(value.to(self.device, torch.float32), target)
         except RuntimeError:
             raise ValueError(
-                f"Inject({request.site!r}).value of shape {list(request.value.shape)} does not "
-                f"fit the site: expected {list(shape)}, [Q, {', '.join(map(str, shape))}] "
-                f"or [B, Q, ...] with B={batch}, Q={queries}"
+                f"Inject({request.site!r}).value of shape {list(value.shape)} does not fit the "
+                f"site: expected {expected}"
             ) from None
         if request.mode not in ("add", "set"):
             raise ValueError(f"Inject.mode must be 'add' or 'set', got {request.mode!r}")

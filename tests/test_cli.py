@@ -1,17 +1,38 @@
-"""``statetap check`` compares every dispatched op with its float64 definition."""
+"""``statetap check`` compares every dispatched op and decode step with its references."""
 
 from __future__ import annotations
 
+import re
+
+import pytest
+from transformers.models.mamba import modeling_mamba
+
+from statetap import kernels
+from statetap.check import DEFINITION, STEP_OPS
+from statetap.check_references import MAMBA_MODULE, PEERS, torch_function
 from statetap.cli import main
-from statetap.kernels import OPS, examples
+from statetap.kernels import OPS, STEPS, examples
 
 
-def test_check_passes_for_every_op(capsys):
-    assert main(["check", "--batch", "3", "--length", "9"]) == 0
-    table = capsys.readouterr().out
-    for op in OPS:
-        assert f"\n{op} " in table
-    assert "FAIL" not in table
+def _statuses(table: str) -> dict[tuple[str, str], str]:
+    """``(op, reference) -> "ok" / "FAIL"`` from the check table (cells split by 2+ spaces)."""
+    rows = [re.split(r"\s{2,}", line) for line in table.splitlines()[1:]]
+    return {(cells[0], cells[3]): cells[-1] for cells in rows if len(cells) == 9}
+
+
+@pytest.mark.parametrize(("batch", "length"), [(3, 9), (1, 1), (2, 17)])
+def test_check_passes_for_every_op_and_step(capsys, batch, length):
+    assert main(["check", "--batch", str(batch), "--length", str(length)]) == 0
+    statuses = _statuses(capsys.readouterr().out)
+    expected = {(name, DEFINITION) for name in (*OPS, *STEPS)}
+    expected |= {(op, peer.label) for op, peer in PEERS.items()}
+    assert set(statuses) == expected
+    assert set(statuses.values()) == {"ok"}
+
+
+def test_every_step_is_checked():
+    assert set(STEP_OPS) == set(STEPS)
+    assert {op for op, _ in STEP_OPS.values()} <= set(OPS)
 
 
 def test_check_fails_when_a_backend_is_wrong(monkeypatch, capsys):
@@ -26,3 +47,68 @@ def test_check_fails_when_a_backend_is_wrong(monkeypatch, capsys):
     assert main(["check", "--ops", "wkv6", "wkv4", "--length", "5", "--seed", "3"]) == 1
     captured = capsys.readouterr()
     assert "FAILED: wkv6" in captured.err
+
+
+@pytest.mark.parametrize(("op", "parameter"), [("selective_scan", "A"), ("wkv4", "w")])
+def test_check_catches_a_bug_in_the_definition(monkeypatch, capsys, op, parameter):
+    """A bug in the definition itself (a decay 1% off) reaches the public op on a CPU and the
+    float64 comparison alike, so only the independent reference sees it."""
+    case = examples.CASES[op]
+    definition = case.forms["sequential"]
+    # on a CPU the op's one backend is its definition: comparing the two cannot see the bug
+    assert case.public.implementations["torch"] is definition
+
+    def wrong_decay(**inputs):
+        inputs[parameter] = inputs[parameter] * 1.01
+        return definition(**inputs)
+
+    monkeypatch.setitem(case.forms, "sequential", wrong_decay)
+    monkeypatch.setitem(case.public.implementations, "torch", wrong_decay)
+    assert main(["check", "--ops", op, "--batch", "3", "--length", "9"]) == 1
+    captured = capsys.readouterr()
+    assert f"FAILED: {op} " in captured.err
+    assert _statuses(captured.out) == {(op, DEFINITION): "ok", (op, PEERS[op].label): "FAIL"}
+
+
+def _ignores_inject_scale(right):
+    def step(*args, inject_scale=None, **kwargs):
+        return right(*args, **kwargs)
+
+    return step
+
+
+def _drifts_the_state(right):
+    def step(*args, state, **kwargs):
+        out = right(*args, state=state, **kwargs)
+        state.mul_(1 + 1e-3)
+        return out
+
+    return step
+
+
+@pytest.mark.parametrize("bug", [_ignores_inject_scale, _drifts_the_state])
+@pytest.mark.parametrize("name", STEPS)
+def test_check_catches_a_bug_in_a_step(monkeypatch, capsys, name, bug):
+    implementations = getattr(kernels, name).implementations
+    monkeypatch.setitem(implementations, "torch", bug(implementations["torch"]))
+    assert main(["check", "--ops", name, "--batch", "3", "--length", "6"]) == 1
+    captured = capsys.readouterr()
+    assert f"FAILED: {name} " in captured.err
+    assert _statuses(captured.out) == {(name, DEFINITION): "FAIL"}
+
+
+def test_peer_is_transformers_torch_code_not_a_kernel(monkeypatch):
+    update = torch_function(MAMBA_MODULE, "mamba_selective_state_update")
+    # the module attribute is a hub-kernel wrapper that may call mamba-ssm's CUDA kernel instead
+    assert update is not modeling_mamba.mamba_selective_state_update
+    assert update.__code__.co_filename == modeling_mamba.__file__
+
+    def mamba_selective_state_update(*args, **kwargs):  # e.g. a hub kernel swapped in
+        raise AssertionError("must not be called")
+
+    swapped_in = mamba_selective_state_update
+    monkeypatch.setattr(modeling_mamba, "mamba_selective_state_update", swapped_in)
+    with pytest.raises(RuntimeError, match="not transformers' pure-torch function"):
+        torch_function(MAMBA_MODULE, "mamba_selective_state_update")
+    with pytest.raises(RuntimeError, match="has no no_such_function"):
+        torch_function(MAMBA_MODULE, "no_such_function")

@@ -58,7 +58,8 @@ def test_features_are_the_models_hidden_states_state_and_log_odds(arch):
     tokenizer = quirky_tokenizer()
     model = tiny_model(arch)
     examples = quirky_addition(7, 1, max_digits=2, seed=int(torch.randint(0, 10**6, ())))[0]
-    found = quirky_features(statetap.attach(model), tokenizer, examples, batch_size=5)
+    tap = statetap.attach(model)
+    found = quirky_features(tap, tokenizer, examples, batch_size=5)
     assert len(found) == len(examples) and found.num_layers == 2
     components = [s for s in found.sites if s not in ("residual", "state")]
     for i, example in enumerate(examples):
@@ -79,7 +80,7 @@ def test_features_are_the_models_hidden_states_state_and_log_odds(arch):
             torch.testing.assert_close(side["residual"][i, 0], hidden[0][0, -1], **close)
         if arch == "mamba":
             for layer in range(2):
-                ssm = out.cache_params.layers[layer].recurrent_states[0]
+                ssm = tap.adapter.cached_state(tap.adapter.output_cache(out), "ssm", layer)
                 torch.testing.assert_close(found.prompt["ssm"][i, layer], ssm.flatten(), **close)
         else:  # transformers' RWKV-4 state: [ffn_x, att_x, aa, bb, pp], each [B, C, layers]
             for layer in range(2):

@@ -84,15 +84,22 @@ def _left_padded(batch: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
+def _padded(model) -> tuple[torch.Tensor, torch.Tensor]:
+    """A padded batch the model runs exactly: left-padded, or right-padded for transformers'
+    RWKV-4 (which ignores attention_mask; statetap refuses its left padding)."""
+    ids, mask = _left_padded()
+    return (ids, mask.flip(1)) if isinstance(model, RwkvForCausalLM) else (ids, mask)
+
+
 def _close(reference: torch.Tensor, value: torch.Tensor, tol: float = 1e-6) -> None:
     assert reference.shape == value.shape, (reference.shape, value.shape)
     assert rel_error(reference, value) <= tol, rel_error(reference, value)
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "left-padded"])
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
 def test_nothing_requested_reproduces_the_logits(model, padded):
-    ids, mask = _left_padded() if padded else (_ids(), None)
+    ids, mask = _padded(model) if padded else (_ids(), None)
     plain = model(ids, attention_mask=mask).logits
     result = statetap.attach(model).run(ids, attention_mask=mask)
     _close(plain, result.logits)
@@ -100,7 +107,7 @@ def test_nothing_requested_reproduces_the_logits(model, padded):
 
 @torch.no_grad()
 def test_residual_equals_output_hidden_states(model):
-    ids, mask = _left_padded()
+    ids, mask = _padded(model)
     tap = statetap.attach(model)
     plain = model(ids, attention_mask=mask, output_hidden_states=True)
     result = tap.run(ids, attention_mask=mask, emit=[statetap.Emit("residual", positions="all")])
@@ -150,7 +157,7 @@ def _continue_from(model, tap, cache, ids, start):
         return model(ids[:, start:], state=cache, use_cache=True).logits
     logits = []
     for t in range(start, ids.shape[1]):
-        out = model(ids[:, t : t + 1], cache_params=cache, use_cache=True)
+        out = model(ids[:, t : t + 1], **tap.adapter.cache_kwargs(cache))
         cache = tap.adapter.output_cache(out)
         logits.append(out.logits)
     return torch.cat(logits, 1)
@@ -220,7 +227,7 @@ def test_residual_and_mixer_injection_equal_a_forward_hook(model, site):
 
 @torch.no_grad()
 def test_negative_positions_count_from_each_rows_last_real_token(model):
-    ids, mask = _left_padded()
+    ids, mask = _padded(model)
     tap = statetap.attach(model)
     result = tap.run(
         ids, attention_mask=mask, emit=[statetap.Emit("residual", 0, positions=[0, -1])]
@@ -229,9 +236,10 @@ def test_negative_positions_count_from_each_rows_last_real_token(model):
         ids, attention_mask=mask, emit=[statetap.Emit("residual", 0, positions="all")]
     )
     first_real = mask.argmax(1)
+    last_real = mask.shape[1] - 1 - mask.flip(1).argmax(1)
     for row in range(3):
         _close(everything["residual", 0][row, first_real[row]], result["residual", 0][row, 0])
-        _close(everything["residual", 0][row, -1], result["residual", 0][row, 1])
+        _close(everything["residual", 0][row, last_real[row]], result["residual", 0][row, 1])
 
 
 def test_errors_name_what_was_wrong():
@@ -308,8 +316,15 @@ def test_state_errors():
         state.edit("att_shift", 0, torch.zeros(31))
     with pytest.raises(ValueError, match="state has 2 rows but input_ids has 3"):
         tap.run(_ids(3), state=state)
-    with pytest.raises(ValueError, match="pad on the left"):
+    with pytest.raises(ValueError, match="use rows of equal length"):
         tap.run(
+            _ids(2),
+            attention_mask=torch.tensor([[1] * LENGTH, [1] * (LENGTH - 1) + [0]]),
+            keep_state=True,
+        )
+    mamba = statetap.attach(_build("mamba"))
+    with pytest.raises(ValueError, match="pad on the left"):
+        mamba.run(
             _ids(2),
             attention_mask=torch.tensor([[1] * LENGTH, [1] * (LENGTH - 1) + [0]]),
             keep_state=True,

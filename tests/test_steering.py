@@ -175,7 +175,7 @@ def test_vectors_equal_a_hand_computation(model):
     for sign, prompts in ((1.0, positive), (-1.0, negative)):
         for ids in prompts.ids:
             out = model(torch.tensor([ids]), output_hidden_states=True, use_cache=True)
-            cache = out.cache_params if isinstance(model, MambaForCausalLM) else out.state
+            cache = tap.adapter.output_cache(out)
             for layer in range(3):
                 items = {"residual": out.hidden_states[layer][0, -1]}
                 items |= _own_state(model, cache, layer)
@@ -232,13 +232,10 @@ def test_state_mode_equals_the_papers_procedure(model):
         for i, layer in enumerate(layers):
             for j, m in enumerate(multipliers):
                 prefix = model(torch.tensor([ids[:-1]]), use_cache=True)
-                if isinstance(model, RwkvForCausalLM):
-                    cache, resume = prefix.state, "state"
-                else:
-                    cache, resume = prefix.cache_params, "cache_params"
+                cache = tap.adapter.output_cache(prefix)
                 deltas = {k: m * v for k, v in vectors.state(layer).items()}
                 _add_to_own_state(model, cache, layer, deltas)
-                step = model(torch.tensor([ids[-1:]]), use_cache=True, **{resume: cache})
+                step = model(torch.tensor([ids[-1:]]), **tap.adapter.cache_kwargs(cache))
                 logits = step.logits[0, -1]
                 p, nonsense = _hand_p(logits, yes, no)
                 _close(p, result.p_match[0, i, j, row])
@@ -282,13 +279,10 @@ def test_residual_modes_equal_a_forward_hook_on_the_plain_model(mamba, mode):
                     if name == "both":
                         prefix = mamba(torch.tensor([ids[:-1]]), use_cache=True)
                         deltas = {k: m * v for k, v in vectors.state(layer).items()}
-                        _add_to_own_state(mamba, prefix.cache_params, layer, deltas)
+                        cache = tap.adapter.output_cache(prefix)
+                        _add_to_own_state(mamba, cache, layer, deltas)
                         call["offset"] = n - 1
-                        step = mamba(
-                            torch.tensor([ids[-1:]]),
-                            cache_params=prefix.cache_params,
-                            use_cache=True,
-                        )
+                        step = mamba(torch.tensor([ids[-1:]]), **tap.adapter.cache_kwargs(cache))
                         logits = step.logits[0, -1]
                     else:
                         logits = mamba(torch.tensor([ids])).logits[0, -1]

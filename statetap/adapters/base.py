@@ -14,11 +14,13 @@ recurrence through :mod:`statetap.kernels` for the length of one instrumented pa
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import importlib
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 
+from statetap.adapters.upstream import drift
 from statetap.plan import Pass
 
 COMMON_SITES = ("residual", "mixer")
@@ -55,6 +57,28 @@ def hooked(handles: list) -> Iterator[None]:
             handle.remove()
 
 
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """Put ``model`` in eval mode for the block; its training flags are restored after."""
+    modes = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes.items():
+            module.training = training
+
+
+def recording(called: set[str], name: str, function: Callable) -> Callable:
+    """``function``, adding ``name`` to ``called`` whenever it runs."""
+
+    def record(*args, **kwargs):
+        called.add(name)
+        return function(*args, **kwargs)
+
+    return record
+
+
 class Adapter:
     """Structure of one model family; subclasses fill in the architecture-specific parts."""
 
@@ -62,6 +86,14 @@ class Adapter:
     model_classes: tuple[str, ...] = ()
     #: recurrent-state components, in the order of the ``"state"`` group
     state_sites: tuple[str, ...] = ()
+    #: the package whose modeling code the adapter instruments, and the module whose
+    #: functions it substitutes (:meth:`substitutions`)
+    package: str = "transformers"
+    modeling_module: str = ""
+    #: the probe pass of :meth:`verify`: per forward call, its number of tokens and the
+    #: substitutions it must run; the first call starts from the empty state, the others
+    #: continue from the cache the previous one left
+    probe_calls: tuple[tuple[int, tuple[str, ...]], ...] = ()
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -124,6 +156,10 @@ class Adapter:
     def check_run(self, batch: int, length: int, continues: bool) -> None:
         """Refuse a pass the model itself would get wrong (``continues``: from a state)."""
 
+    def check_padding(self, attention_mask: torch.Tensor | None, keeps_state: bool) -> None:
+        """Refuse padding the model cannot run exactly; ``keeps_state``: the state after each
+        row's last token is wanted (``keep_state``, generation), not only the outputs."""
+
     def cache_kwargs(self, cache: object) -> dict:
         """Keyword arguments that make the model's forward continue from ``cache``."""
         raise NotImplementedError
@@ -163,13 +199,33 @@ class Adapter:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ one pass
-    def instrument(self, pass_: Pass) -> contextlib.ExitStack:
+    def substitutions(self, pass_: Pass) -> dict[str, Callable]:
+        """``{name: replacement}``: the functions of :attr:`modeling_module` that point at
+        statetap's for the length of ``pass_``."""
+        raise NotImplementedError
+
+    def instrument(self, pass_: Pass, called: set[str] | None = None) -> contextlib.ExitStack:
         """Hooks and patches that carry out ``pass_``; remove them by closing the stack.
 
         The hooks read ``pass_.ops`` when they run, so one installation serves a sequence of
-        forward calls (generation) whose work changes from call to call.
+        forward calls (generation) whose work changes from call to call.  With ``called``, each
+        substitution adds its name to that set when it runs (:meth:`verify`).
+
+        Raises:
+            UpstreamDrift: the modeling module lacks a function statetap substitutes.
         """
+        module = importlib.import_module(self.modeling_module)
+        replacements = self.substitutions(pass_)
+        for name in replacements:
+            if not hasattr(module, name):
+                raise drift(
+                    self.package, f"{self.modeling_module}.{name}", "does not exist any more"
+                )
         stack = contextlib.ExitStack()
+        for name, replacement in replacements.items():
+            if called is not None:
+                replacement = recording(called, name, replacement)
+            stack.enter_context(patched(module, name, replacement))
         handles = []
         for layer in range(self.n_layers):
             mixer = self.mixer(layer)
@@ -189,12 +245,86 @@ class Adapter:
         return following.register_forward_pre_hook(self._residual_hook(pass_, layer))
 
     def instrument_state(self, pass_: Pass, stack: contextlib.ExitStack) -> None:
-        """Route the recurrence (and the side states) through statetap for ``pass_``."""
-        raise NotImplementedError
+        """Whatever else, beyond :meth:`substitutions`, routes the side states through
+        statetap for ``pass_`` (hooks, switches), entered into ``stack``."""
 
     def enter_layer(self, pass_: Pass, layer: int, kwargs: dict) -> None:
-        """Called as ``layer``'s mixer starts, with the mixer's keyword arguments."""
+        """Called as ``layer``'s mixer starts, with the mixer's keyword arguments; sets
+        ``pass_.layer`` and ``pass_.cache`` (the model's cache handed to the mixer, or None)."""
         pass_.layer = layer
+        pass_.cache = kwargs.get(self.mixer_cache_argument)
+
+    @property
+    def mixer_cache_argument(self) -> str:
+        """The keyword under which a block hands its mixer the model's cache."""
+        raise NotImplementedError
+
+    def verify(self) -> None:
+        """Check that the model still calls what statetap substitutes, the way it reads it.
+
+        A probe pass (one row, :attr:`probe_calls`: a prefill, then continuations from the
+        cache, in eval mode without gradients; the model and its cache are left as they were)
+        records which substitutions ran and whether every mixer was handed the cache.
+
+        Raises:
+            UpstreamDrift: a substitution never ran, the model returned no cache, a mixer was
+                not handed the cache, or a substitution received arguments it does not know;
+                the message names the package version, the function and the tested range.
+        """
+        called: set[str] = set()
+        handed: set[int] = set()
+        pass_ = Pass(batch=1, length=1)
+
+        def note_cache(layer: int):
+            def hook(module, args, kwargs):
+                if pass_.cache is not None:
+                    handed.add(layer)
+
+            return hook
+
+        device = next(self.model.parameters()).device
+        cache = None
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(evaluating(self.model))
+            stack.enter_context(torch.no_grad())
+            stack.enter_context(self.instrument(pass_, called))
+            stack.enter_context(
+                hooked(
+                    [
+                        self.mixer(layer).register_forward_pre_hook(
+                            note_cache(layer), with_kwargs=True
+                        )
+                        for layer in range(self.n_layers)
+                    ]
+                )
+            )
+            for call, (length, expected) in enumerate(self.probe_calls):
+                called.clear()
+                handed.clear()
+                pass_.length = length
+                ids = torch.zeros(1, length, dtype=torch.long, device=device)
+                what = "a prefill" if call == 0 else f"a {length}-token continuation from a cache"
+                _, cache = self.forward(ids, None, cache, keep_state=True)
+                if cache is None:
+                    raise drift(
+                        self.package,
+                        f"{type(self.model).__name__}.forward",
+                        f"returned no cache after {what}",
+                    )
+                for name in expected:
+                    if name not in called:
+                        raise drift(
+                            self.package,
+                            f"{self.modeling_module}.{name}",
+                            f"was not called during {what}",
+                        )
+                if call > 0 and len(handed) < self.n_layers:
+                    mixer = type(self.mixer(0)).__name__
+                    raise drift(
+                        self.package,
+                        f"{mixer}.forward",
+                        f"was not handed the cache as {self.mixer_cache_argument!r} during {what}",
+                    )
 
     def _enter_layer(self, pass_: Pass, layer: int):
         def hook(module, args, kwargs):

@@ -10,10 +10,12 @@ exactly as editing the cache between token ``t`` and ``t+1`` would.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
 
+from statetap.adapters.upstream import refuse_unknown
 from statetap.plan import Pass
 
 
@@ -31,18 +33,37 @@ def convolve_with_window_ops(
 
 
 def conv_with_window_ops(
-    pass_: Pass, original: Callable, write_cache: Callable[[int, torch.Tensor], None]
+    pass_: Pass,
+    original: Callable,
+    write_cache: Callable[[int, torch.Tensor], None],
+    upstream: tuple[str, str],
 ) -> Callable:
     """A drop-in for transformers' ``causal_conv1d_fn`` (prefill) that carries out the pass's
     ``"conv"`` work for the running layer, calling ``original`` for the convolution itself.
 
     ``write_cache(layer, window)`` stores the final ``[B, C, K]`` window in the model's cache
-    when an injection changed it.
+    when an injection changed it.  ``seq_idx`` ``[B, L]`` (packed sequences, Mamba-2) makes
+    statetap's own convolution run, which does not mix inputs across a change of ``seq_idx``
+    (transformers' torch fallback ignores it); other keyword arguments raise
+    :class:`UpstreamDrift`, naming ``upstream`` (package, function).
     """
 
-    def conv(hidden_states, weight, bias=None, activation=None, **kwargs):
+    def conv(hidden_states, weight, bias=None, activation=None, seq_idx=None, **unknown):
+        refuse_unknown(*upstream, unknown)
+        convolve = original
+        if seq_idx is not None:
+            if pass_.at("conv") is not None:
+                raise ValueError(
+                    "emitting or injecting the 'conv' window of a pass with seq_idx (packed "
+                    "sequences) is not supported; emit or inject 'ssm' or 'residual' instead"
+                )
+            # The input may carry the cached window before this pass's tokens: it belongs to
+            # the first sequence of each row.
+            before = hidden_states.shape[-1] - seq_idx.shape[-1]
+            ids = torch.cat([seq_idx[:, :1].expand(-1, before), seq_idx], dim=1)
+            convolve = functools.partial(causal_conv1d, seq_idx=ids)
         if pass_.at("conv") is None:
-            return original(hidden_states, weight, bias=bias, activation=activation, **kwargs)
+            return convolve(hidden_states, weight, bias=bias, activation=activation)
         out, window = _window_pass(pass_, original, hidden_states, weight, bias, activation)
         if pass_.at("conv").injection is not None:
             write_cache(pass_.layer, window)
@@ -52,13 +73,15 @@ def conv_with_window_ops(
 
 
 def conv_update_with_window_ops(
-    pass_: Pass, original_update: Callable, original: Callable
+    pass_: Pass, original_update: Callable, original: Callable, upstream: tuple[str, str]
 ) -> Callable:
     """A drop-in for transformers' ``causal_conv1d_update`` (decode: ``x`` ``[B, C, L]`` after
     the window ``conv_state`` ``[B, C, K]``, updated in place) with the pass's ``"conv"`` work;
-    ``original`` is the prefill convolution it reuses."""
+    ``original`` is the prefill convolution it reuses.  Unknown keyword arguments raise
+    :class:`UpstreamDrift`, naming ``upstream`` (package, function)."""
 
-    def update(hidden_states, conv_state, weight, bias=None, activation=None, **kwargs):
+    def update(hidden_states, conv_state, weight, bias=None, activation=None, **unknown):
+        refuse_unknown(*upstream, unknown)
         if pass_.at("conv") is None:
             return original_update(
                 hidden_states, conv_state, weight, bias=bias, activation=activation
@@ -71,17 +94,24 @@ def conv_update_with_window_ops(
     return update
 
 
-def causal_conv1d(hidden_states, weight, bias=None, activation=None) -> torch.Tensor:
+def causal_conv1d(hidden_states, weight, bias=None, activation=None, seq_idx=None) -> torch.Tensor:
     """The causal depthwise convolution in torch: ``[B, C, L]`` with ``weight`` ``[C, K]`` ->
     ``[B, C, L]`` (output ``t`` reads inputs ``t-K+1 .. t``, zeros before the start), then
-    SiLU when ``activation`` is ``"silu"``/``"swish"``."""
+    SiLU when ``activation`` is ``"silu"``/``"swish"``.  With ``seq_idx`` ``[B, L]`` (integer
+    sequence id per token), output ``t`` reads only the inputs of its own sequence."""
     channels, width = weight.shape
-    out = torch.nn.functional.conv1d(
-        torch.nn.functional.pad(hidden_states, (width - 1, 0)),
-        weight[:, None].to(hidden_states.dtype),
-        None if bias is None else bias.to(hidden_states.dtype),
-        groups=channels,
-    )
+    padded = torch.nn.functional.pad(hidden_states, (width - 1, 0))
+    weight = weight.to(hidden_states.dtype)
+    bias = None if bias is None else bias.to(hidden_states.dtype)
+    if seq_idx is None:
+        out = torch.nn.functional.conv1d(padded, weight[:, None], bias, groups=channels)
+    else:
+        ids = torch.nn.functional.pad(seq_idx.to(hidden_states.device), (width - 1, 0), value=-1)
+        same = ids.unfold(1, width, 1) == seq_idx[..., None]  # [B, L, K]: input of my sequence
+        windows = padded.unfold(2, width, 1)  # [B, C, L, K]
+        out = (windows * same[:, None].to(windows.dtype) * weight[:, None]).sum(-1)
+        if bias is not None:
+            out = out + bias[:, None]
     if activation in ("silu", "swish"):
         return torch.nn.functional.silu(out)
     if activation is not None:

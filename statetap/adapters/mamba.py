@@ -9,11 +9,15 @@ emission and injection, and the convolution window becomes the ``"conv"`` site
 
 State sites: ``"ssm"`` (Mamba ``[D, N]``, Mamba-2 ``[H, P, N]``, float32) and ``"conv"``
 (``[C, K]``: the last ``K`` pre-convolution inputs).
+
+transformers 5.23 hands a mixer its cache as ``cache_params`` and 5.24 as ``cache`` (and
+returns it under the same name): the adapter reads the name off the mixer's signature.  Every
+drop-in takes the arguments transformers passes by name and refuses any other
+(:mod:`statetap.adapters.upstream`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import importlib
 from collections.abc import Callable
@@ -21,17 +25,28 @@ from collections.abc import Callable
 import torch
 
 from statetap import kernels
-from statetap.adapters.base import Adapter, patched
+from statetap.adapters.base import Adapter
 from statetap.adapters.conv import conv_update_with_window_ops, conv_with_window_ops
+from statetap.adapters.upstream import cache_argument, drift, refuse_unknown
 from statetap.kernels import ScanOutput
 from statetap.plan import Pass
 
+#: the names under which transformers' Mamba mixers take their cache, newest first
+CACHE_ARGUMENTS = ("cache", "cache_params")
 
-def transformers_selective_scan(run: Callable[..., ScanOutput]) -> Callable:
+
+def transformers_selective_scan(
+    run: Callable[..., ScanOutput],
+    upstream: tuple[str, str] = ("transformers", "mamba_selective_scan"),
+) -> Callable:
     """A drop-in for transformers' ``mamba_selective_scan`` (``hidden_states`` ``[B, D, L]``,
     ``dt`` ``[B, D, L]``, ``A`` ``[D, N]``, ``B``/``C`` ``[B, N, L]``) computed by ``run``, a
     scan with :func:`statetap.kernels.selective_scan`'s signature. The drop-in returns ``y``
-    ``[B, D, L]``, with the final state ``[B, D, N]`` when ``return_last_state``."""
+    ``[B, D, L]``, with the final state ``[B, D, N]`` when ``return_last_state``.
+
+    ``use_mambapy`` / ``use_associative_scan`` choose among transformers' own torch algorithms,
+    which ``run`` replaces; other keyword arguments raise :class:`UpstreamDrift`, naming
+    ``upstream`` (package, function)."""
 
     def selective_scan(
         hidden_states,
@@ -44,8 +59,11 @@ def transformers_selective_scan(run: Callable[..., ScanOutput]) -> Callable:
         delta_bias=None,
         delta_softplus=False,
         return_last_state=False,
-        **_,
+        use_mambapy=False,
+        use_associative_scan=False,
+        **unknown,
     ):
+        refuse_unknown(*upstream, unknown)
         out = run(
             hidden_states,
             dt,
@@ -65,9 +83,33 @@ def transformers_selective_scan(run: Callable[..., ScanOutput]) -> Callable:
 
 class _MambaFamily(Adapter):
     state_sites = ("ssm", "conv")
-    modeling_module: str = ""  # the transformers module whose functions the mixers call
-    scan_name: str = ""  # its prefill scan
+    scan_name: str = ""  # the modeling module's prefill scan
     step_name: str = ""  # its one-token state update (decode)
+    conv_name = "causal_conv1d_fn"  # its prefill convolution
+    conv_step_name = "causal_conv1d_update"  # its one-token convolution (decode)
+    cache_arguments = CACHE_ARGUMENTS  # the names the mixer may take its cache under
+
+    def __init__(self, model) -> None:
+        super().__init__(model)
+        names = self.cache_arguments
+        mixer_name = cache_argument(self.package, type(self.mixer(0)).forward, names)
+        model_name = cache_argument(self.package, type(model).forward, names)
+        if mixer_name != model_name:
+            raise drift(
+                self.package,
+                f"{type(model).__name__}.forward",
+                f"takes its cache as {model_name!r} but its mixers as {mixer_name!r}",
+            )
+        self.cache_name = mixer_name
+
+    @property
+    def probe_calls(self):
+        prefill = (self.conv_name, self.scan_name)
+        return ((2, prefill), (2, prefill), (1, (self.conv_step_name, self.step_name)))
+
+    @property
+    def mixer_cache_argument(self) -> str:
+        return self.cache_name
 
     @property
     def blocks(self):
@@ -92,10 +134,10 @@ class _MambaFamily(Adapter):
         raise NotImplementedError
 
     def output_cache(self, output):
-        return output.cache_params
+        return getattr(output, self.cache_name, None)
 
     def cache_kwargs(self, cache) -> dict:
-        return {"cache_params": cache, "use_cache": True}
+        return {self.cache_name: cache, "use_cache": True}
 
     def select_rows(self, cache, rows: torch.Tensor):
         for layer in cache.layers:  # deepcopy refuses tensors with autograd history
@@ -120,28 +162,31 @@ class _MambaFamily(Adapter):
 
     def enter_layer(self, pass_: Pass, layer: int, kwargs: dict) -> None:
         super().enter_layer(pass_, layer, kwargs)
-        cache = pass_.cache = kwargs.get("cache_params")
+        cache = pass_.cache
         # The state before this pass, read before the mixer updates the cache.
         pass_.layer_state = None if cache is None else cache.get_recurrent_state(layer, state_idx=0)
 
-    def instrument_state(self, pass_: Pass, stack: contextlib.ExitStack) -> None:
+    def substitutions(self, pass_: Pass) -> dict:
         module = importlib.import_module(self.modeling_module)
 
         def write_conv_cache(layer: int, window: torch.Tensor) -> None:
             if pass_.cache is not None:
                 self.write_state(pass_.cache, "conv", layer, window)
 
-        conv = module.causal_conv1d_fn
-        replacements = {
-            "causal_conv1d_fn": conv_with_window_ops(pass_, conv, write_conv_cache),
-            "causal_conv1d_update": conv_update_with_window_ops(
-                pass_, module.causal_conv1d_update, conv
+        conv = getattr(module, self.conv_name)
+        return {
+            self.conv_name: conv_with_window_ops(
+                pass_, conv, write_conv_cache, (self.package, self.conv_name)
+            ),
+            self.conv_step_name: conv_update_with_window_ops(
+                pass_,
+                getattr(module, self.conv_step_name),
+                conv,
+                (self.package, self.conv_step_name),
             ),
             self.scan_name: self.scan(pass_),
             self.step_name: self.step(pass_),
         }
-        for name, replacement in replacements.items():
-            stack.enter_context(patched(module, name, replacement))
 
     def step(self, pass_: Pass):
         raise NotImplementedError
@@ -218,12 +263,23 @@ class MambaAdapter(_MambaFamily):
             self._store(pass_, out)
             return out
 
-        return transformers_selective_scan(run)
+        return transformers_selective_scan(run, (self.package, self.scan_name))
 
     def step(self, pass_: Pass):
         def state_update(
-            state, hidden_states, dt, A, B, C, D=None, dt_bias=None, dt_softplus=False, z=None, **_
+            state,
+            hidden_states,
+            dt,
+            A,
+            B,
+            C,
+            D=None,
+            dt_bias=None,
+            dt_softplus=False,
+            z=None,
+            **unknown,
         ):
+            refuse_unknown(self.package, self.step_name, unknown)
             work = self._step_work(pass_)
             if work is not None:  # the in-place decode kernel
                 out = kernels.selective_scan_step(
@@ -278,6 +334,22 @@ class Mamba2Adapter(_MambaFamily):
     def ssm_shape(self, mixer) -> tuple[int, ...]:
         return (mixer.num_heads, mixer.head_dim, mixer.ssm_state_size)
 
+    def forward(self, input_ids, attention_mask, cache, keep_state, seq_idx=None, **kwargs):
+        """As :meth:`Adapter.forward`; ``seq_idx`` ``[B, L]`` (packed sequences) reaches the
+        mixers, which ``Mamba2ForCausalLM.forward`` would drop (it passes no extra arguments to
+        its backbone), so that the convolution and the scan restart at each new sequence."""
+        if seq_idx is None:
+            return super().forward(input_ids, attention_mask, cache, keep_state, **kwargs)
+
+        def hand_on(module, args, backbone_kwargs):
+            return args, backbone_kwargs | {"seq_idx": seq_idx}
+
+        handle = self.model.backbone.register_forward_pre_hook(hand_on, with_kwargs=True)
+        try:
+            return super().forward(input_ids, attention_mask, cache, keep_state, **kwargs)
+        finally:
+            handle.remove()
+
     def scan(self, pass_: Pass):
         def chunk_scan(
             hidden_states,
@@ -293,8 +365,10 @@ class Mamba2Adapter(_MambaFamily):
             dt_softplus=False,
             dt_limit=(0.0, float("inf")),
             return_final_states=False,
-            **_,
+            seq_idx=None,
+            **unknown,
         ):
+            refuse_unknown(self.package, self.scan_name, unknown)
             out = kernels.ssd(
                 hidden_states,
                 dt,
@@ -306,6 +380,7 @@ class Mamba2Adapter(_MambaFamily):
                 z=z,
                 dt_bias=dt_bias,
                 initial_states=initial_states,
+                seq_idx=seq_idx,
                 dt_softplus=dt_softplus,
                 dt_limit=tuple(dt_limit),
                 output_final_state=return_final_states,
@@ -318,8 +393,25 @@ class Mamba2Adapter(_MambaFamily):
 
     def step(self, pass_: Pass):
         def state_update(
-            state, hidden_states, dt, A, B, C, D=None, dt_bias=None, dt_softplus=False, z=None, **_
+            state,
+            hidden_states,
+            dt,
+            A,
+            B,
+            C,
+            D=None,
+            dt_bias=None,
+            dt_softplus=False,
+            z=None,
+            seq_idx=None,
+            **unknown,
         ):
+            refuse_unknown(self.package, self.step_name, unknown)
+            if seq_idx is not None:
+                raise ValueError(
+                    "seq_idx marks packed sequences in a prefill; a one-token decode step "
+                    "continues one sequence: pass seq_idx to the prefill only"
+                )
             # transformers expands the per-head A, dt, dt_bias and D over the head dimension.
             dt, A = dt[..., 0], A[:, 0, 0]
             dt_bias = None if dt_bias is None else dt_bias[:, 0]

@@ -30,7 +30,7 @@ import importlib
 
 import torch
 
-from statetap.adapters.base import gather_positions, patched
+from statetap.adapters.base import Adapter, gather_positions, patched
 from statetap.adapters.conv import (
     causal_conv1d,
     causal_conv1d_update,
@@ -38,6 +38,7 @@ from statetap.adapters.conv import (
     convolve_with_window_ops,
 )
 from statetap.adapters.mamba import MambaAdapter
+from statetap.adapters.upstream import refuse_unknown
 from statetap.plan import Pass
 
 _MODELING = "mamba_ssm.modules.mamba_simple"
@@ -48,17 +49,21 @@ class MambaSsmAdapter(MambaAdapter):
     """mamba-ssm ``MambaLMHeadModel`` whose every layer is a Mamba-1 mixer."""
 
     model_classes = ("MambaLMHeadModel",)
+    package = "mamba-ssm"
     modeling_module = _MODELING
+    scan_name = "selective_scan_fn"
+    step_name = "selective_state_update"
+    cache_arguments = ("inference_params",)
 
     def __init__(self, model) -> None:
-        super().__init__(model)
-        for index, block in enumerate(self.blocks):
+        for index, block in enumerate(model.backbone.layers):
             kind = type(block.mixer).__name__
             if kind != "Mamba":
                 raise TypeError(
                     f"statetap supports MambaLMHeadModel with Mamba-1 mixers only; layer {index} "
                     f"is a {kind}. For Mamba-2 use transformers' Mamba2ForCausalLM"
                 )
+        super().__init__(model)
 
     @property
     def hidden_size(self) -> int:
@@ -97,8 +102,7 @@ class MambaSsmAdapter(MambaAdapter):
         return selected
 
     # ------------------------------------------------------------------ calls
-    @staticmethod
-    def _refuse_padding(attention_mask: torch.Tensor | None) -> None:
+    def check_padding(self, attention_mask, keeps_state: bool) -> None:
         if attention_mask is not None and not bool(attention_mask.bool().all()):
             raise ValueError(
                 "mamba-ssm's MambaLMHeadModel takes no attention mask and would run its scan over "
@@ -108,7 +112,6 @@ class MambaSsmAdapter(MambaAdapter):
     def forward(self, input_ids, attention_mask, cache, keep_state, **kwargs):
         from mamba_ssm.utils.generation import InferenceParams
 
-        self._refuse_padding(attention_mask)
         batch, length = input_ids.shape
         if cache is None and keep_state:
             cache = InferenceParams(max_seqlen=length, max_batch_size=batch)
@@ -125,8 +128,8 @@ class MambaSsmAdapter(MambaAdapter):
         return output, (cache if keep_state else None)
 
     def generate(self, input_ids, attention_mask, **kwargs):
-        """mamba-ssm's ``generate``; ``max_new_tokens`` is accepted for ``max_length``."""
-        self._refuse_padding(attention_mask)
+        """mamba-ssm's ``generate`` (which takes no attention mask: see :meth:`check_padding`);
+        ``max_new_tokens`` is accepted for ``max_length``."""
         if "max_new_tokens" in kwargs:
             kwargs["max_length"] = input_ids.shape[1] + kwargs.pop("max_new_tokens")
         return self.model.generate(input_ids, **kwargs)
@@ -152,8 +155,8 @@ class MambaSsmAdapter(MambaAdapter):
         return self.blocks[layer].register_forward_hook(hook)
 
     def enter_layer(self, pass_: Pass, layer: int, kwargs: dict) -> None:
-        pass_.layer = layer
-        cache = pass_.cache = kwargs.get("inference_params")
+        Adapter.enter_layer(self, pass_, layer, kwargs)
+        cache = pass_.cache
         states = None if cache is None else cache.key_value_memory_dict.get(layer)
         pass_.layer_state = None if states is None else states[1]
         # Several tokens after a cached window: mamba-ssm overwrites the window with the new
@@ -161,14 +164,18 @@ class MambaSsmAdapter(MambaAdapter):
         continues = states is not None and cache.seqlen_offset == 0
         pass_.conv_window = states[0].clone() if continues else None
 
-    def instrument_state(self, pass_: Pass, stack: contextlib.ExitStack) -> None:
+    def substitutions(self, pass_: Pass) -> dict:
         module = importlib.import_module(_MODELING)
         conv = module.causal_conv1d_fn or causal_conv1d
         update = conv_update_with_window_ops(
-            pass_, module.causal_conv1d_update or causal_conv1d_update, conv
+            pass_,
+            module.causal_conv1d_update or causal_conv1d_update,
+            conv,
+            (self.package, self.conv_step_name),
         )
 
-        def prefill_conv(x, weight, bias=None, activation=None, **_):
+        def prefill_conv(x, weight, bias=None, activation=None, **unknown):
+            refuse_unknown(self.package, self.conv_name, unknown)
             previous = pass_.conv_window
             full = x if previous is None else torch.cat([previous.to(x.dtype), x], dim=-1)
             out, window = convolve_with_window_ops(pass_, conv, full, weight, bias, activation)
@@ -176,16 +183,17 @@ class MambaSsmAdapter(MambaAdapter):
                 self.cached_state(pass_.cache, "conv", pass_.layer).copy_(window)
             return out[..., -x.shape[-1] :]
 
-        def step_conv(x, conv_state, weight, bias=None, activation=None):  # x: [B, C]
+        def step_conv(x, conv_state, weight, bias=None, activation=None, **unknown):  # x: [B, C]
+            refuse_unknown(self.package, self.conv_step_name, unknown)
             return update(x[..., None], conv_state, weight, bias, activation)[..., 0]
 
-        replacements = {
-            "causal_conv1d_fn": prefill_conv,
-            "causal_conv1d_update": step_conv,
-            "selective_scan_fn": self.scan(pass_),
-            "selective_state_update": self.step(pass_),
+        return {
+            self.conv_name: prefill_conv,
+            self.conv_step_name: step_conv,
+            self.scan_name: self.scan(pass_),
+            self.step_name: self.step(pass_),
         }
-        for name, replacement in replacements.items():
-            stack.enter_context(patched(module, name, replacement))
+
+    def instrument_state(self, pass_: Pass, stack: contextlib.ExitStack) -> None:
         for layer in range(self.n_layers):
             stack.enter_context(patched(self.mixer(layer), "use_fast_path", False))

@@ -15,13 +15,13 @@ transformers keeps these as ``state[2..4]`` (wkv), ``state[1]`` (attention shift
 from __future__ import annotations
 
 import contextlib
-import importlib
 from collections.abc import Callable
 
 import torch
 
 from statetap import kernels
-from statetap.adapters.base import Adapter, gather_positions, hooked, patched
+from statetap.adapters.base import Adapter, gather_positions, hooked
+from statetap.adapters.upstream import refuse_unknown
 from statetap.kernels import ScanOutput
 from statetap.plan import Pass
 
@@ -60,7 +60,10 @@ def transformers_wkv4(run: Callable[..., ScanOutput]) -> Callable:
     :func:`statetap.kernels.wkv4`'s signature): returns ``(output [B, L, C], state)``, the state
     as transformers' ``[aa, bb, pp]`` list or None."""
 
-    def rwkv_linear_attention(time_decay, time_first, key, value, state=None, return_state=False):
+    def rwkv_linear_attention(
+        time_decay, time_first, key, value, state=None, return_state=False, **unknown
+    ):
+        refuse_unknown("transformers", ATTENTION_NAME, unknown)
         out = wkv4_for_transformers(run, time_decay, time_first, key, value, state, return_state)
         return out.y, _state_list(out)
 
@@ -76,6 +79,9 @@ class RwkvAdapter(Adapter):
 
     model_classes = ("RwkvForCausalLM",)
     state_sites = ("wkv", "att_shift", "ffn_shift")
+    modeling_module = MODELING_MODULE
+    probe_calls = ((2, (ATTENTION_NAME,)), (1, (ATTENTION_NAME,)))
+    mixer_cache_argument = "state"  # RwkvBlock hands its attention the state list
 
     @property
     def blocks(self):
@@ -113,6 +119,23 @@ class RwkvAdapter(Adapter):
                 "shift broadcasts across rows); continue with two or more tokens, or one row"
             )
 
+    def check_padding(self, attention_mask, keeps_state: bool) -> None:
+        # RwkvModel ignores attention_mask: every token, pad or not, enters the state.
+        if attention_mask is None or bool(attention_mask.bool().all()):
+            return
+        if keeps_state:
+            raise ValueError(
+                "transformers' RWKV-4 ignores attention_mask, so pads would enter the state kept "
+                "after each row (keep_state, generate); use rows of equal length, e.g. group the "
+                "prompts by length"
+            )
+        real = attention_mask.bool()
+        if bool((real[:, 1:] & ~real[:, :-1]).any()):
+            raise ValueError(
+                "transformers' RWKV-4 ignores attention_mask, so pads before a row's real tokens "
+                "would enter its state; pad on the right (pads after the text change nothing)"
+            )
+
     def cache_kwargs(self, cache) -> dict:
         return {"state": cache, "use_cache": True}
 
@@ -135,9 +158,10 @@ class RwkvAdapter(Adapter):
             return cache[_CACHE_INDEX[site]][:, :, layer]
         raise ValueError(f"RwkvForCausalLM has no state site {site!r}")
 
+    def substitutions(self, pass_: Pass) -> dict:
+        return {ATTENTION_NAME: self._attention(pass_)}
+
     def instrument_state(self, pass_: Pass, stack: contextlib.ExitStack) -> None:
-        module = importlib.import_module(MODELING_MODULE)
-        stack.enter_context(patched(module, ATTENTION_NAME, self._attention(pass_)))
         handles = []
         for layer in range(self.n_layers):
             block = self.blocks[layer]
@@ -153,8 +177,9 @@ class RwkvAdapter(Adapter):
     @staticmethod
     def _attention(pass_: Pass):
         def rwkv_linear_attention(
-            time_decay, time_first, key, value, state=None, return_state=False
+            time_decay, time_first, key, value, state=None, return_state=False, **unknown
         ):
+            refuse_unknown("transformers", ATTENTION_NAME, unknown)
             ops = pass_.at("wkv")
             arguments = {} if ops is None else ops.kernel_arguments()
             out = wkv4_for_transformers(

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from statetap.adapters import rwkv
 from statetap.adapters.base import patched
 from statetap.adapters.mamba import MambaAdapter, transformers_selective_scan
+from statetap.adapters.upstream import refuse_unknown
 from statetap.kernels.selective_scan.autograd import selective_scan_autograd
 from statetap.kernels.wkv4.reference import wkv4
 
@@ -39,11 +40,13 @@ def causal_depthwise_conv(
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
     activation: str | None = None,
-    **_,
+    **unknown,
 ) -> torch.Tensor:
     """transformers' ``causal_conv1d_fn`` as shifted sums: ``hidden_states`` ``[B, C, L]``,
     ``weight`` ``[C, K]``, ``bias`` ``[C]``; ``out[t] = bias + sum_k weight[k] x[t - K + 1 + k]``
-    (zeros before the start), then ``activation`` (``"silu"`` or None). Returns ``[B, C, L]``."""
+    (zeros before the start), then ``activation`` (``"silu"`` or None). Returns ``[B, C, L]``.
+    Other keyword arguments raise :class:`statetap.adapters.upstream.UpstreamDrift`."""
+    refuse_unknown("transformers", "causal_conv1d_fn", unknown)
     if activation not in (None, "silu", "swish"):
         raise ValueError(f"activation must be None, 'silu' or 'swish', got {activation!r}")
     length, width = hidden_states.shape[-1], weight.shape[-1]
@@ -56,17 +59,26 @@ def causal_depthwise_conv(
     return out.to(hidden_states.dtype)
 
 
+def _decline_fused_training(*args, **kwargs) -> None:
+    """transformers' ``mamba_inner_fn`` answering "no fused kernel": the mixer then runs its
+    unfused path (convolution, then scan) even where mamba-ssm is installed."""
+    return None
+
+
 @contextlib.contextmanager
 def training_path(arch: str) -> Iterator[None]:
     """Within the block, transformers' Mamba-1 mixers convolve with :func:`causal_depthwise_conv`
-    and scan with statetap's training scan (``arch == "mamba"``), and RWKV-4 attention runs
-    statetap's WKV reference (``arch == "rwkv4"``); other architectures keep their own path."""
+    and scan with statetap's training scan (``arch == "mamba"``; the fused training kernel
+    ``mamba_inner_fn``, where mamba-ssm provides one, is declined so that they run), and RWKV-4
+    attention runs statetap's WKV reference (``arch == "rwkv4"``); other architectures keep
+    their own path."""
     if arch == "mamba":
         module = importlib.import_module(MambaAdapter.modeling_module)
         scan = transformers_selective_scan(selective_scan_autograd)
         with (
             patched(module, MambaAdapter.scan_name, scan),
-            patched(module, "causal_conv1d_fn", causal_depthwise_conv),
+            patched(module, MambaAdapter.conv_name, causal_depthwise_conv),
+            patched(module, "mamba_inner_fn", _decline_fused_training),
         ):
             yield
     elif arch == "rwkv4":
