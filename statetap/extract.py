@@ -6,7 +6,9 @@ requested ``"{site}.{layer}"`` tensor ``[rows, P, *shape]`` plus ``row`` (the te
 the input) and ``positions`` (the padded token index of each emitted position).  A shard is
 written to a temporary file and renamed into place, so it is complete or absent; the
 manifest (``manifest.json``: model, revision, sites, layers, positions, dtype, tokenizer,
-statetap version, shards) is rewritten the same way after every shard.
+statetap version, shards, and how many texts were cut at ``max_length``) is rewritten the
+same way after every shard.  A cut text is never silent: it is counted, recorded and warned
+about (its position ``-1`` is then token ``max_length - 1``, not the text's last).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,7 +44,8 @@ class ExtractConfig:
         positions: token positions per text (``statetap.positions``); ``"all"`` is refused
             here (rows have different lengths): name positions.
         batch_size: texts per forward pass.
-        max_length: texts are truncated to this many tokens.
+        max_length: texts are cut to this many tokens (counted in the manifest, with a
+            warning).
         shard_rows: texts per shard (a multiple of ``batch_size`` is best).
         dtype: dtype of the stored tensors.
     """
@@ -82,6 +86,7 @@ class Manifest:
     max_length: int
     statetap_version: str = statetap.__version__
     shards: list[dict] = field(default_factory=list)
+    truncated_texts: int = 0  # texts longer than max_length tokens, cut there
     complete: bool = False
 
 
@@ -149,13 +154,10 @@ def extract(
     pending: dict[str, list[torch.Tensor]] = {}
     with torch.no_grad(), tqdm(total=len(texts), desc="extract", unit="text") as progress:
         for start, batch in _batches(texts, config.batch_size):
-            encoded = tokenizer(
-                list(batch),
-                padding=True,
-                truncation=True,
-                max_length=config.max_length,
-                add_special_tokens=False,
-                return_tensors="pt",
+            tokens = tokenizer(list(batch), add_special_tokens=False)["input_ids"]
+            manifest.truncated_texts += sum(len(row) > config.max_length for row in tokens)
+            encoded = tokenizer.pad(
+                {"input_ids": [row[: config.max_length] for row in tokens]}, return_tensors="pt"
             )
             ids, mask = encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
             if bool((mask.sum(1) == 0).any()):
@@ -177,6 +179,13 @@ def extract(
                 pending = {}
         if pending:
             _write_shard(config.out, manifest, pending)
+    if manifest.truncated_texts:
+        warnings.warn(
+            f"statetap extract: {manifest.truncated_texts} of {len(texts)} texts are longer than "
+            f"max_length={config.max_length} tokens and were cut there (their position -1 is "
+            f"token {config.max_length - 1}); recorded in the manifest as truncated_texts",
+            stacklevel=2,
+        )
     manifest.complete = True
     _write_manifest(config.out, manifest)
     return manifest

@@ -142,3 +142,21 @@ def test_config_is_checked(tmp_path):
         ExtractConfig(out=tmp_path, batch_size=0)
     with pytest.raises(ValueError, match="positions must be a list of ints"):
         ExtractConfig(out=tmp_path, positions="all")
+
+
+def test_texts_cut_at_max_length_are_counted_recorded_and_warned_about(saved_model, tmp_path):
+    _, model, tokenizer = saved_model
+    max_length = 10
+    long = [t for t in TEXTS if len(t.encode()) > max_length]
+    assert 0 < len(long) < len(TEXTS)
+    config = ExtractConfig(out=tmp_path / "run", sites=["residual"], batch_size=3, max_length=10)
+    with pytest.warns(UserWarning, match=rf"{len(long)} of {len(TEXTS)} texts are longer than "):
+        extract(model, tokenizer, TEXTS, config, "m")
+    manifest, tensors = load_extraction(tmp_path / "run")
+    assert manifest["truncated_texts"] == len(long)
+    lengths = torch.tensor([min(len(t.encode()), max_length) for t in TEXTS])
+    assert torch.equal(tensors["positions"][:, 0], lengths - 1)
+    cut = [t.encode()[:max_length].decode() for t in TEXTS]
+    expected = _in_memory(model, tokenizer, cut, 3, ["residual"], [0, 1], [-1])
+    for name, value in expected.items():
+        assert torch.equal(tensors[name], value), name
