@@ -106,6 +106,9 @@ def _train(args: argparse.Namespace) -> int:
             f"nats); wrote {args.out}"
         )
     if dist.is_initialized():
+        # every rank leaves together: a rank tearing gloo down while another is still saving
+        # aborted the other (SIGABRT, seen under load)
+        dist.barrier()
         dist.destroy_process_group()
     return 0
 
