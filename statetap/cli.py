@@ -7,6 +7,8 @@ import sys
 
 import torch
 
+from statetap.signals import exit_on_sigterm
+
 
 def _check(args: argparse.Namespace) -> int:
     from statetap.check import check, format_table
@@ -173,9 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``statetap`` console script."""
+    """Entry point of the ``statetap`` console script (and of ``python -m statetap``).
+
+    ``SIGTERM`` ends a command as ``SystemExit(143)``, so its clean-up runs: training workers
+    are stopped and no partial file or cache entry is left behind.
+    """
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    with exit_on_sigterm():
+        return args.run(args)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ trained side by side finish much sooner than the same models one after another.
 as soon as it is ready, so that the caller can use the first models while the others train;
 :func:`prepare` waits for all of them. Each process
 goes through :func:`statetap.zoo.path`, so the cache's per-entry lock and atomic rename apply
-as for a single call.
+as for a single call. A training killed with its parent leaves no partial entry behind.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from statetap.signals import die_with_parent
 from statetap.zoo import cache
 from statetap.zoo.recipes import Recipe
 
@@ -55,23 +55,29 @@ def as_trained(
         return
     threads = torch.get_num_threads()
     context = multiprocessing.get_context("spawn")  # no fork of a threaded torch
+    torch.set_num_threads(1)
+    # Workers die with this process (even by SIGKILL); if it stops early (an exception, SIGTERM
+    # through statetap.signals.exit_on_sigterm, the caller dropping the generator) they are
+    # terminated, and each one's SIGTERM removes its half-built cache entry.
+    pool = context.Pool(workers, initializer=die_with_parent, initargs=(os.getpid(),))
     try:
-        torch.set_num_threads(1)
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            futures = {pool.submit(_train_one, recipe): recipe for recipe in missing}
-            bar = tqdm(
-                total=len(futures),
-                desc=f"statetap.zoo: training {len(missing)} models in {workers} processes",
-                disable=not progress,
-            )
-            for future in as_completed(futures):
-                future.result()
-                bar.update()
-                if bar.n == bar.total:
-                    bar.close()
-                    torch.set_num_threads(threads)
-                yield futures[future]
+        bar = tqdm(
+            total=len(missing),
+            desc=f"statetap.zoo: training {len(missing)} models in {workers} processes",
+            disable=not progress,
+        )
+        for index in pool.imap_unordered(_train_one, list(enumerate(missing))):
+            bar.update()
+            if bar.n == bar.total:
+                bar.close()
+                torch.set_num_threads(threads)
+            yield missing[index]
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
     finally:
+        pool.join()
         torch.set_num_threads(threads)
 
 
@@ -87,8 +93,11 @@ def prepare(
     return {r.name: zoo.path(r, progress=progress) for r in recipes}
 
 
-def _train_one(recipe: Recipe) -> Path:
-    """Worker: train (or find) ``recipe`` (training runs on one thread)."""
+def _train_one(item: tuple[int, Recipe]) -> int:
+    """Worker: train (or find) the recipe of ``(index, recipe)`` (training runs on one
+    thread); returns the index."""
     from statetap import zoo
 
-    return zoo.path(recipe, progress=False)
+    index, recipe = item
+    zoo.path(recipe, progress=False)
+    return index
