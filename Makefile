@@ -4,13 +4,20 @@
 #   make demo   -- create .venv if needed, then run the main job (statetap demo: train or load the
 #                  zoo's models, extract, measure instrumentation cost) into runs/demo, and
 #                  check every op on this machine
-# `make venv` alone (re)installs when setup.py, pyproject.toml, scripts/bootstrap.sh or csrc/
-# sources changed; otherwise it returns at once. Extra pytest arguments: make test ARGS="-k wkv6".
+# `make venv` alone (re)installs when setup.py, pyproject.toml, constraints.txt,
+# scripts/bootstrap.sh or csrc/ sources changed; otherwise it returns at once. Extra pytest
+# arguments: make test ARGS="-k wkv6".
+# Versions are locked in constraints.txt (bootstrap installs with it). Not part of CI:
+#   make upgrade-check  -- newest versions of every dependency (torch/triton stay pinned) in a
+#                          throwaway venv, then the model tests; PINS="transformers==5.23.0" overrides
+#   make lock           -- write constraints.txt from .venv (scripts/lock.sh)
+#   make gpu-wheels     -- fetch into .whl/ the locked wheels the GPU suite needs beyond its image
 
 PY := .venv/bin/python
 ARGS ?=
+PINS ?=
 
-.PHONY: venv test demo
+.PHONY: venv test demo upgrade-check lock gpu-wheels
 
 venv:
 	@bash scripts/bootstrap.sh
@@ -23,3 +30,12 @@ test: venv
 demo: venv
 	PYTHONSAFEPATH=1 .venv/bin/statetap demo --out runs/demo
 	PYTHONSAFEPATH=1 .venv/bin/statetap check
+
+upgrade-check:
+	bash scripts/upgrade_check.sh $(PINS)
+
+lock:
+	bash scripts/lock.sh
+
+gpu-wheels:
+	bash scripts/gpu_wheels.sh

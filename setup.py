@@ -136,29 +136,34 @@ setup(
     package_dir=package_dir,
     ext_modules=ext_modules,
     cmdclass=cmdclass,
+    # Ranges for library users; the exact tested set is the lock, constraints.txt (bootstrap.sh
+    # installs with it). Each upper bound is the newest version tested, i.e. the locked one: move
+    # it when the lock moves (scripts/lock.sh, after `make upgrade-check` passes).
+    # torch and triton get lower bounds only: an upper bound would let pip replace a user's own
+    # torch (a CUDA build, say) with one it resolves itself -- a multi-GB CUDA download.
     install_requires=[
         "torch>=2.4",
         'triton>=3.0; platform_system == "Linux"',
-        "transformers>=5.0,<6",
-        "concept-erasure",
-        "matplotlib",
-        "numpy",
-        "peft",
-        "safetensors",
-        "tqdm",
+        "transformers>=5.23,<=5.24.0",  # statetap supports transformers 5.23.0 and 5.24.0
+        "concept-erasure<=0.2.4",
+        "matplotlib<=3.11.2",
+        "numpy<=2.4.6",
+        "peft<=0.21.2",
+        "safetensors<=0.8.0",
+        "tqdm<=4.70.1",
     ],
     extras_require={
         "dev": [
-            "pytest",
-            "pytest-benchmark",
-            "pytest-xdist",
-            "hypothesis",
-            "ruff",
+            "pytest<=9.2.0",
+            "pytest-benchmark<=5.3.1",
+            "pytest-xdist<=3.8.0",
+            "hypothesis<=6.170.17",
+            "ruff<=0.17.6",
             # mamba-ssm's python package (its adapter's tests); bootstrap.sh installs it
-            "einops",
-            "packaging",
+            "einops<=0.8.2",
+            "packaging<=26.4",
         ],
-        "mamba": ["mamba-ssm"],
+        "mamba": ["mamba-ssm<=2.3.2.post1"],
         "fla": ["flash-linear-attention"],
     },
     entry_points={"console_scripts": ["statetap = statetap.cli:main"]},
