@@ -250,3 +250,16 @@ def test_only_mamba1_mixers_are_supported():
     )
     with pytest.raises(TypeError, match="Mamba-1 mixers only; layer 0 is a Mamba2"):
         statetap.attach(MambaLMHeadModel(config))
+
+
+def test_drift_in_mamba_ssm_is_refused_at_attach(model, monkeypatch):
+    from statetap.adapters.upstream import UpstreamDrift
+
+    original = mamba_simple.Mamba.forward
+
+    def renamed(self, hidden_states, cache=None):  # a release renaming inference_params
+        return original(self, hidden_states, inference_params=cache)
+
+    monkeypatch.setattr(mamba_simple.Mamba, "forward", renamed)
+    with pytest.raises(UpstreamDrift, match=r"mamba-ssm .*takes none of the cache arguments"):
+        statetap.attach(model)
