@@ -146,6 +146,7 @@ setup(
         'triton>=3.0; platform_system == "Linux"',
         "transformers>=5.23,<=5.24.0",  # statetap supports transformers 5.23.0 and 5.24.0
         "concept-erasure<=0.2.4",
+        "datasets<=5.2.0",
         "matplotlib<=3.11.2",
         "numpy<=2.4.6",
         "peft<=0.21.2",
@@ -162,6 +163,11 @@ setup(
             # mamba-ssm's python package (its adapter's tests); bootstrap.sh installs it
             "einops<=0.8.2",
             "packaging<=26.4",
+            # peers' pure-python references: fla's naive RWKV recurrences, BlinkDL's rwkv package
+            "fla-core<=0.6.0",
+            "rwkv<=0.8.32",
+            # builds statetap._C incrementally
+            "ninja<=1.13.2",
         ],
         "mamba": ["mamba-ssm<=2.3.2.post1"],
         "fla": ["flash-linear-attention"],
