@@ -33,38 +33,92 @@ def _check(args: argparse.Namespace) -> int:
 
 def _extract(args: argparse.Namespace) -> int:
     from statetap.defaults import DEFAULT_MODEL, default_model, default_texts, load_model
-    from statetap.extract import ExtractConfig, extract
+    from statetap.extract import (
+        ExtractConfig,
+        dataset_source,
+        extract,
+        manifest_table,
+        read_manifest,
+        text_file_source,
+        texts_source,
+    )
 
-    if args.model:
-        model, tokenizer = load_model(args.model)
-    else:
-        model, tokenizer = default_model()
-    if args.device:
-        model.to(args.device)
-    if args.text_file:
-        with open(args.text_file, encoding="utf-8") as handle:
-            texts = [line.rstrip("\n") for line in handle if line.strip()]
-    else:
-        texts = default_texts(args.limit or 256)
-    if args.limit:
-        texts = texts[: args.limit]
+    if args.extract_command == "info":
+        print(manifest_table(read_manifest(args.folder)))
+        return 0
+    if not args.out:
+        raise SystemExit("statetap extract: --out is required")
+    if args.text_file and args.dataset:
+        raise SystemExit("statetap extract: give --text-file or --dataset, not both")
     config = ExtractConfig(
         out=args.out,
         sites=args.sites,
         layers=args.layers,
-        positions=args.positions,
+        positions=_positions(args.positions),
         batch_size=args.batch_size,
+        max_tokens=args.max_tokens,
         max_length=args.max_length,
         shard_rows=args.shard_rows,
-        dtype=args.dtype,
+        dtype=args.store_dtype,
+        logits=args.logits,
+        progress=not args.no_progress,
     )
-    manifest = extract(model, tokenizer, texts, config, args.model or DEFAULT_MODEL)
-    rows = sum(shard["rows"][1] - shard["rows"][0] for shard in manifest.shards)
-    print(
-        f"wrote {rows} rows in {len(manifest.shards)} shard(s) to {config.out}: sites "
-        f"{', '.join(manifest.sites)} at layers {manifest.layers}, positions {manifest.positions}"
+    device = _distributed_device(args.device)
+    if args.model:
+        model, tokenizer = load_model(
+            args.model, args.dtype, args.device_map, args.revision, args.trust_remote_code
+        )
+    else:
+        model, tokenizer = default_model()
+    if device is not None:
+        model.to(device)
+    if args.dataset:
+        source = dataset_source(args.dataset, args.split, args.text_field)
+    elif args.text_file:
+        source = text_file_source(args.text_file)
+    else:
+        source = texts_source(default_texts(args.skip + (args.limit or 256)))
+    manifest = extract(
+        model, tokenizer, source, config, args.model or DEFAULT_MODEL, args.skip, args.limit
     )
+    from statetap.extract.run import rank_and_world
+
+    if rank_and_world()[0] == 0:
+        print(
+            f"wrote {manifest.rows} rows ({manifest.tokens} tokens) in {len(manifest.shards)} "
+            f"shard(s) to {config.out}: sites {', '.join(manifest.sites)} at layers "
+            f"{manifest.layers}, positions {manifest.config['positions']}"
+        )
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     return 0
+
+
+def _positions(values: list[str]) -> list[int] | str:
+    """``--positions`` words: ints, or one of ``all`` / ``start:stop``."""
+    if len(values) == 1 and not values[0].lstrip("-").isdigit():
+        return values[0]
+    try:
+        return [int(value) for value in values]
+    except ValueError:
+        raise SystemExit(
+            f"statetap extract: --positions takes ints, or one of all / start:stop; got {values}"
+        ) from None
+
+
+def _distributed_device(requested: str | None) -> torch.device | None:
+    """The model's device, joining the ``torchrun`` process group first when there is one
+    (NCCL on CUDA, gloo on the CPU; each rank on the GPU of its ``LOCAL_RANK``)."""
+    import os
+
+    device = torch.device(requested) if requested else None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        cuda = (device or torch.device("cuda" if torch.cuda.is_available() else "cpu")).type
+        torch.distributed.init_process_group("nccl" if cuda == "cuda" else "gloo")
+        if cuda == "cuda" and (device is None or device.index is None):
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+    return device
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -108,37 +162,69 @@ def build_parser() -> argparse.ArgumentParser:
 
     extract = commands.add_parser(
         "extract",
-        help="write residuals and recurrent states over a text file to safetensors shards",
-        description="Run a model over texts (one per line) and write the residual stream and "
-        "recurrent states at the chosen sites, layers and positions as safetensors shards with "
-        "a JSON manifest. With no --model and no --text-file it runs the embedded default.",
+        help="write residuals and recurrent states over a corpus to safetensors shards",
+        description="Run a model over texts (a text file, one per line, or a dataset) and write "
+        "the residual stream and recurrent states at the chosen sites, layers and positions as "
+        "safetensors shards with a JSON manifest. Running the same command again on the same "
+        "--out resumes; under torchrun the ranks share the work. With no --model and no input "
+        "it runs the embedded default. 'statetap extract info FOLDER' prints a manifest.",
     )
-    extract.add_argument("--model", help="transformers model folder or hub id (default: embedded)")
-    extract.add_argument("--text-file", help="UTF-8 file, one text per line (default: embedded)")
-    extract.add_argument("--out", required=True, help="output folder (must not hold a manifest)")
-    extract.add_argument(
+    extract.set_defaults(run=_extract, extract_command=None)
+    extract_commands = extract.add_subparsers(dest="extract_command")
+    info = extract_commands.add_parser("info", help="print an extraction's manifest as a table")
+    info.add_argument("folder", help="an extraction's output folder")
+    model = extract.add_argument_group("model")
+    model.add_argument("--model", help="transformers model folder or hub id (default: embedded)")
+    model.add_argument("--dtype", help="model dtype, e.g. bfloat16 (default: transformers')")
+    model.add_argument("--device-map", help="transformers device_map, e.g. auto (accelerate)")
+    model.add_argument("--revision", help="model branch, tag or commit")
+    model.add_argument(
+        "--trust-remote-code", action="store_true", help="run the checkpoint's own modeling code"
+    )
+    model.add_argument("--device", help="torch device for the model (default: where it loads)")
+    data = extract.add_argument_group("input")
+    data.add_argument("--text-file", help="UTF-8 file, one text per line")
+    data.add_argument(
+        "--dataset",
+        help="JSONL/JSON, parquet or arrow file, a save_to_disk folder, or a hub dataset; "
+        "read in streaming mode",
+    )
+    data.add_argument("--split", help="dataset split (default: train)")
+    data.add_argument("--text-field", default="text", help="dataset column (default: text)")
+    data.add_argument("--skip", type=int, default=0, help="start at input text N")
+    data.add_argument("--limit", type=int, help="use at most N texts")
+    what = extract.add_argument_group("what to store")
+    what.add_argument("--out", help="output folder (the same folder resumes)")
+    what.add_argument(
         "--sites",
         nargs="+",
         default=["residual", "state"],
         help="sites: residual, mixer, a state component, or state (default: residual state)",
     )
-    extract.add_argument("--layers", nargs="+", type=int, help="layers (default: all)")
-    extract.add_argument(
+    what.add_argument("--layers", nargs="+", type=int, help="layers (default: all)")
+    what.add_argument(
         "--positions",
         nargs="+",
-        type=int,
-        default=[-1],
-        help="token positions per text, negative from the end (default: -1)",
+        default=["-1"],
+        help="token positions per text, negative from the end (default: -1); or 'all' or "
+        "'start:stop' for every token in that span, stored ragged",
     )
-    extract.add_argument("--batch-size", type=int, default=16)
-    extract.add_argument(
-        "--max-length", type=int, default=256, help="truncate texts to this many tokens"
+    what.add_argument(
+        "--logits", action="store_true", help="also store the logits (runs every layer)"
     )
-    extract.add_argument("--shard-rows", type=int, default=1024, help="texts per shard")
-    extract.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
-    extract.add_argument("--device", help="torch device for the model (default: where it loads)")
-    extract.add_argument("--limit", type=int, help="use only the first N texts")
-    extract.set_defaults(run=_extract)
+    what.add_argument(
+        "--store-dtype", default="float32", choices=["float32", "float16", "bfloat16"]
+    )
+    how = extract.add_argument_group("batching")
+    how.add_argument("--batch-size", type=int, default=16, help="texts per pass at most")
+    how.add_argument("--max-tokens", type=int, help="padded tokens per pass at most")
+    how.add_argument(
+        "--max-length", type=int, default=256, help="cut texts to this many tokens (counted)"
+    )
+    how.add_argument(
+        "--shard-rows", type=int, default=1024, help="texts per shard and length-sorting window"
+    )
+    how.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     demo = commands.add_parser(
         "demo",

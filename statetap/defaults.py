@@ -43,9 +43,30 @@ def default_texts(limit: int = 256) -> list[str]:
     return [p for p in paragraphs if len(p) > 40][:limit]
 
 
-def load_model(name: str) -> tuple[torch.nn.Module, object]:
-    """A causal LM and its tokenizer from a local folder or a hub id (``from_pretrained``)."""
+def load_model(
+    name: str,
+    dtype: str | None = None,
+    device_map: str | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[torch.nn.Module, object]:
+    """A causal LM (in eval mode) and its tokenizer from a local folder or a hub id
+    (``from_pretrained``): ``dtype`` a torch dtype name (default: transformers'), ``device_map`` as
+    transformers takes it (``"auto"``, ``"cpu"``, ``"cuda:0"``; needs accelerate), ``revision``
+    a branch, tag or commit, ``trust_remote_code`` to run the checkpoint's own modeling code."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(name).eval()
-    return model, AutoTokenizer.from_pretrained(name)
+    options = dict(revision=revision, trust_remote_code=trust_remote_code)
+    if dtype is not None:
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(
+                f"dtype must name a torch dtype (float32, bfloat16, ...), got {dtype!r}"
+            )
+        options["dtype"] = getattr(torch, dtype)
+    if device_map is not None:
+        options["device_map"] = device_map
+    model = AutoModelForCausalLM.from_pretrained(name, **options).eval()
+    tokenizer = AutoTokenizer.from_pretrained(
+        name, revision=revision, trust_remote_code=trust_remote_code
+    )
+    return model, tokenizer

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from statetap.adapters import Adapter, adapter_for
-from statetap.adapters.base import COMMON_SITES
+from statetap.adapters.base import COMMON_SITES, ForwardStopped
 from statetap.adapters.upstream import check_transformers_version
 from statetap.plan import Injection, Pass, SiteOps
 from statetap.positions import PositionSpec, resolve_positions
@@ -82,14 +82,15 @@ class Inject:
 
 @dataclass
 class TapResult:
-    """Logits, the emitted tensors keyed by ``(site, layer)``, and the model's own output.
+    """Logits, the emitted tensors keyed by ``(site, layer)``, and the model's own output
+    (``logits`` and ``output`` are None for a pass cut short by ``stop_after``).
 
     Emitted tensors are ``[B, P, *shape]`` on the model's device (in pinned CPU memory with
     ``offload=True``): state components in float32, the residual and mixer sites in the
     model's dtype.
     """
 
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     activations: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
     output: object = None
     state: RecurrentState | None = None  # after the last token, with ``keep_state=True``
@@ -140,6 +141,7 @@ class Tap:
         keep_state: bool = False,
         offload: bool = False,
         requires_grad: bool = False,
+        stop_after: int | None = None,
         **model_kwargs,
     ) -> TapResult:
         """One forward pass of ``input_ids`` ``[B, L]`` with the given emissions and injections.
@@ -157,6 +159,11 @@ class Tap:
                 the pass.  By default the pass runs under ``torch.no_grad()``: the fused
                 kernels are forward-only, and a pass that autograd records runs the pure-torch
                 reference instead (with a warning on every such call).
+            stop_after: run the model only through this layer (negative from the last): the
+                forward ends where the next block (the final norm after the last block) would
+                start, so no later layer and no logits are computed; ``result.logits`` and
+                ``result.output`` are then None.  Every emission and injection must be at or
+                before it, and ``keep_state`` is refused (there is no cache).
             model_kwargs: passed to the model.
 
         Raises:
@@ -184,6 +191,8 @@ class Tap:
             return resolve_positions(spec, batch, length, attention_mask, name=name)
 
         self.plan(pass_, emit, inject, positions_of)
+        if stop_after is not None:
+            stop_after = self._check_stop(pass_, stop_after, keep_state)
         cache = None
         if state is not None:
             if not isinstance(state, RecurrentState) or state.adapter.model is not self.model:
@@ -194,10 +203,18 @@ class Tap:
         if keep_state and attention_mask is not None and not bool(attention_mask[:, -1].all()):
             raise ValueError("keep_state needs every row's last token to be real: pad on the left")
         autograd = contextlib.nullcontext() if requires_grad else torch.no_grad()
-        with autograd, self.adapter.instrument(pass_):
-            output, cache = self.adapter.forward(
-                input_ids, attention_mask, cache, keep_state, **model_kwargs
-            )
+        stopping = (
+            contextlib.nullcontext()
+            if stop_after is None
+            else self.adapter.stopping_after(stop_after)
+        )
+        try:
+            with autograd, self.adapter.instrument(pass_), stopping:
+                output, cache = self.adapter.forward(
+                    input_ids, attention_mask, cache, keep_state, **model_kwargs
+                )
+        except ForwardStopped:
+            output = None
         missing = [
             key
             for key, ops in pass_.ops.items()
@@ -209,7 +226,8 @@ class Tap:
             )
         if offload and torch.cuda.is_available():
             torch.cuda.synchronize()  # the asynchronous copies to pinned memory have landed
-        result = TapResult(logits=output.logits, activations=pass_.results, output=output)
+        logits = None if output is None else output.logits
+        result = TapResult(logits=logits, activations=pass_.results, output=output)
         if keep_state:
             result.state = RecurrentState(self.adapter, cache, output.logits[:, -1])
         return result
@@ -224,6 +242,18 @@ class Tap:
                 "fused path that bypasses statetap (emissions and injections would be ignored); "
                 "call model.eval() first (gradients still flow with requires_grad=True)"
             )
+
+    def _check_stop(self, pass_: Pass, stop_after: object, keep_state: bool) -> int:
+        layer = self._layer(stop_after)
+        if keep_state:
+            raise ValueError("stop_after cuts the pass short, so there is no state to keep")
+        beyond = sorted(key for key in pass_.ops if key[1] > layer)
+        if beyond:
+            raise ValueError(
+                f"stop_after={stop_after} ends the pass after layer {layer}, but {beyond} "
+                "come later"
+            )
+        return layer
 
     # ------------------------------------------------------------------ planning
     def _check_site(self, site: str, allow_group: bool) -> None:

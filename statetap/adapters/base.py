@@ -26,6 +26,10 @@ from statetap.plan import Pass
 COMMON_SITES = ("residual", "mixer")
 
 
+class ForwardStopped(Exception):
+    """Raised by the hook of :meth:`Adapter.stopping_after` to end a forward pass early."""
+
+
 def gather_positions(sequence: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """``sequence`` ``[B, L, ...]`` at ``positions`` ``[B, P]`` -> ``[B, P, ...]``; slots
     holding ``-1`` (nothing at this call) come back as zeros."""
@@ -67,6 +71,11 @@ def evaluating(model: nn.Module) -> Iterator[None]:
     finally:
         for module, training in modes.items():
             module.training = training
+
+
+def stop_forward(*args) -> None:
+    """A hook (any signature) that ends the forward pass: raises :class:`ForwardStopped`."""
+    raise ForwardStopped
 
 
 def recording(called: set[str], name: str, function: Callable) -> Callable:
@@ -243,6 +252,21 @@ class Adapter:
         of the next block (of the final norm after the last block)."""
         following = self.blocks[layer + 1] if layer + 1 < self.n_layers else self.final_norm
         return following.register_forward_pre_hook(self._residual_hook(pass_, layer))
+
+    def stop_hook(self, layer: int):
+        """Install a hook that raises :class:`ForwardStopped` once block ``layer`` and its
+        ``"residual"`` hook are done; returns its handle.  Here: on the input of the next block
+        (of the final norm after the last block), after :meth:`hook_residual`'s hook there."""
+        following = self.blocks[layer + 1] if layer + 1 < self.n_layers else self.final_norm
+        return following.register_forward_pre_hook(stop_forward)
+
+    @contextlib.contextmanager
+    def stopping_after(self, layer: int) -> Iterator[None]:
+        """Within the block, a forward pass raises :class:`ForwardStopped` after block
+        ``layer``: no later block, final norm or unembedding runs.  Enter it after
+        :meth:`instrument`, so that the hooks of ``layer`` run first."""
+        with hooked([self.stop_hook(layer)]):
+            yield
 
     def instrument_state(self, pass_: Pass, stack: contextlib.ExitStack) -> None:
         """Whatever else, beyond :meth:`substitutions`, routes the side states through

@@ -30,7 +30,7 @@ import importlib
 
 import torch
 
-from statetap.adapters.base import Adapter, gather_positions, patched
+from statetap.adapters.base import Adapter, gather_positions, patched, stop_forward
 from statetap.adapters.conv import (
     causal_conv1d,
     causal_conv1d_update,
@@ -153,6 +153,10 @@ class MambaSsmAdapter(MambaAdapter):
             return hidden, residual
 
         return self.blocks[layer].register_forward_hook(hook)
+
+    def stop_hook(self, layer: int):
+        # the residual stream is read from the block's own output (:meth:`hook_residual`)
+        return self.blocks[layer].register_forward_hook(stop_forward)
 
     def enter_layer(self, pass_: Pass, layer: int, kwargs: dict) -> None:
         Adapter.enter_layer(self, pass_, layer, kwargs)

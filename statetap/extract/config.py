@@ -1,0 +1,139 @@
+"""What an extraction is asked for: :class:`ExtractConfig` and the positions it names.
+
+Positions are either *fixed* (a list of ints, the same slots in every text: tensors
+``[rows, P, *shape]``) or a *span* of each text's tokens (``"all"``, ``"start:stop"``: a
+ragged layout, one flat ``[tokens, *shape]`` tensor per site with row offsets).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from statetap.tap import STATE_GROUP
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Span:
+    """Tokens ``start .. stop - 1`` of each text (``stop`` None: to the text's end); a text
+    shorter than ``stop`` contributes what it has, one shorter than ``start + 1`` nothing."""
+
+    start: int = 0
+    stop: int | None = None
+
+    def __str__(self) -> str:
+        return "all" if self == Span() else f"{self.start}:{'' if self.stop is None else self.stop}"
+
+
+def parse_positions(spec: object) -> list[int] | Span:
+    """A list of ints (fixed slots, negative from each text's end), or a :class:`Span` from
+    ``"all"`` / ``"start:stop"`` (``start`` and ``stop`` non-negative, either may be empty).
+
+    Raises:
+        ValueError / TypeError: anything else, naming what is accepted.
+    """
+    if isinstance(spec, str):
+        if spec == "all":
+            return Span()
+        start, colon, stop = spec.partition(":")
+        try:
+            span = Span(int(start) if start else 0, int(stop) if stop else None)
+        except ValueError:
+            span = None
+        if not colon or span is None or span.start < 0 or (span.stop or 1) <= span.start:
+            raise ValueError(
+                f"positions must be ints, 'all' or a span 'start:stop' with "
+                f"0 <= start < stop, got {spec!r}"
+            )
+        return span
+    if isinstance(spec, Span):
+        return spec
+    if (
+        isinstance(spec, Sequence)
+        and spec
+        and all(isinstance(p, int) and not isinstance(p, bool) for p in spec)
+    ):
+        return list(spec)
+    raise TypeError(
+        f"positions must be a non-empty list of ints, 'all' or 'start:stop', got {spec!r}"
+    )
+
+
+@dataclass
+class ExtractConfig:
+    """What to extract, from which texts, and where to write it.
+
+    Attributes:
+        out: output folder (created). Running again on the same folder resumes after the
+            last complete shard; a different config or input there is refused.
+        sites: site names, or ``"state"`` for every state component.
+        layers: layer indices (negative from the last), or None for all.
+        positions: a list of ints (fixed slots, ``[rows, P, *shape]``), or ``"all"`` /
+            ``"start:stop"`` (token spans, stored ragged: ``[tokens, *shape]`` plus offsets).
+        batch_size: at most this many texts per forward pass.
+        max_tokens: at most this many padded tokens (rows x longest row) per forward pass, or
+            None for no budget; at least ``max_length``, so that every text fits.
+        max_length: texts are cut to this many tokens (counted in the manifest, with a
+            warning).
+        shard_rows: input rows per shard; also the window inside which texts are sorted by
+            length before batching (results do not depend on it).
+        dtype: dtype of the stored tensors.
+        logits: also store the logits at the positions (``"logits"``); without it the forward
+            stops after the last requested layer and computes no logits.
+        progress: show a progress bar (texts, tokens/s, ETA) on rank 0.
+    """
+
+    out: Path
+    sites: Sequence[str] = ("residual", STATE_GROUP)
+    layers: Sequence[int] | None = None
+    positions: Sequence[int] | str = (-1,)
+    batch_size: int = 16
+    max_tokens: int | None = None
+    max_length: int = 256
+    shard_rows: int = 1024
+    dtype: str = "float32"
+    logits: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        for name in ("batch_size", "max_length", "shard_rows"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.max_tokens is not None and (
+            not isinstance(self.max_tokens, int) or self.max_tokens < self.max_length
+        ):
+            raise ValueError(
+                f"max_tokens must be an int >= max_length={self.max_length} (so that every "
+                f"text fits in a batch), got {self.max_tokens!r}"
+            )
+        if isinstance(self.sites, str) or not self.sites:
+            raise ValueError(f"sites must be a non-empty list of site names, got {self.sites!r}")
+        self.positions = parse_positions(self.positions)
+
+    @property
+    def span(self) -> Span | None:
+        """The token span of a ragged extraction; None for fixed positions."""
+        return self.positions if isinstance(self.positions, Span) else None
+
+    def record(self) -> dict:
+        """The settings that decide the stored tensors, as the manifest keeps them (a resumed
+        run must match them; ``out`` and ``progress`` do not count)."""
+        return {
+            "sites": list(self.sites),
+            "positions": str(self.positions) if self.span else list(self.positions),
+            "batch_size": self.batch_size,
+            "max_tokens": self.max_tokens,
+            "max_length": self.max_length,
+            "shard_rows": self.shard_rows,
+            "dtype": self.dtype,
+            "logits": self.logits,
+        }

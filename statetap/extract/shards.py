@@ -1,0 +1,103 @@
+"""Shards: one safetensors file per window of input rows, in input order, written atomically.
+
+Window ``k`` (input rows ``skip + k * shard_rows`` onwards) becomes ``shard-{k:05d}.safetensors``
+holding, for the rows that have tokens:
+
+* fixed positions: ``"{site}.{layer}"`` ``[rows, P, *shape]``, ``positions`` ``[rows, P]``;
+* a span: ``"{site}.{layer}"`` ``[tokens, *shape]``, ``positions`` ``[tokens]`` and
+  ``offsets`` ``[rows + 1]`` (row ``i``'s tokens are ``offsets[i] : offsets[i + 1]``);
+* ``row`` ``[rows]``: each row's index in the input.
+
+Its safetensors metadata records the window, the rows, tokens, cut and empty texts, and the
+hash of the settings it was made with.  A shard file present is a finished window: that is
+what a resumed run skips.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from statetap.extract.atomic import TEMPORARY_SUFFIX, write_atomically
+from statetap.extract.forward import BatchTensors
+
+SHARD_PATTERN = re.compile(r"^shard-(\d{5,})\.safetensors$")
+ROW, POSITIONS, OFFSETS = "row", "positions", "offsets"
+
+
+def shard_name(window: int) -> str:
+    return f"shard-{window:05d}.safetensors"
+
+
+def assemble(
+    parts: Sequence[BatchTensors],
+    shapes: Mapping[str, tuple[int, ...]],
+    slots: int | None,
+    dtype: torch.dtype,
+) -> dict[str, torch.Tensor]:
+    """The shard's tensors from a window's passes, in input order.
+
+    Args:
+        parts: the passes (in any row order).
+        shapes: per-token shape of each stored tensor name (for a window with no rows).
+        slots: ``P`` for fixed positions, None for a span (ragged layout).
+    """
+    rows = torch.cat([part.rows for part in parts]) if parts else torch.zeros(0, dtype=torch.long)
+    order = rows.argsort()
+    if slots is not None:
+        if not parts:
+            tensors = {
+                name: torch.zeros(0, slots, *shape, dtype=dtype) for name, shape in shapes.items()
+            }
+            return tensors | {ROW: rows, POSITIONS: torch.zeros(0, slots, dtype=torch.long)}
+        tensors = {name: torch.cat([p.tensors[name] for p in parts])[order] for name in shapes}
+        return tensors | {
+            ROW: rows[order],
+            POSITIONS: torch.cat([p.positions for p in parts])[order],
+        }
+    if not parts:
+        tensors = {name: torch.zeros(0, *shape, dtype=dtype) for name, shape in shapes.items()}
+        empty = torch.zeros(0, dtype=torch.long)
+        return tensors | {ROW: rows, POSITIONS: empty, OFFSETS: torch.zeros(1, dtype=torch.long)}
+    counts = torch.cat([part.counts for part in parts])
+    starts = counts.cumsum(0) - counts  # each row's first token, in processing order
+    counts, starts = counts[order], starts[order]
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+    within = torch.arange(int(offsets[-1])) - offsets[:-1].repeat_interleave(counts)
+    tokens = starts.repeat_interleave(counts) + within  # input-order tokens in processing order
+    tensors = {name: torch.cat([p.tensors[name] for p in parts])[tokens] for name in shapes}
+    positions = torch.cat([part.positions for part in parts])[tokens]
+    return tensors | {ROW: rows[order], POSITIONS: positions, OFFSETS: offsets}
+
+
+def write_shard(out: Path, window: int, tensors: dict[str, torch.Tensor], metadata: dict) -> Path:
+    """Write window ``window``'s shard atomically; ``metadata`` values are stored as strings."""
+    path = out / shard_name(window)
+    text = {key: str(value) for key, value in metadata.items()}
+    contiguous = {name: tensor.contiguous() for name, tensor in tensors.items()}
+    write_atomically(path, lambda temporary: save_file(contiguous, temporary, metadata=text))
+    return path
+
+
+def finished_shards(out: Path) -> dict[int, dict[str, str]]:
+    """``{window: metadata}`` of the shard files in ``out`` (only the headers are read)."""
+    found = {}
+    for path in sorted(out.glob("shard-*.safetensors")):
+        match = SHARD_PATTERN.match(path.name)
+        if match:
+            with safe_open(path, framework="pt") as handle:
+                found[int(match.group(1))] = dict(handle.metadata() or {})
+    return found
+
+
+def remove_temporaries(out: Path) -> list[str]:
+    """Delete the temporary files a killed writer left in ``out``; returns their names."""
+    left = [path for path in out.glob(f".*{TEMPORARY_SUFFIX}") if path.is_file()]
+    for path in left:
+        path.unlink()
+    return [path.name for path in left]
