@@ -108,7 +108,8 @@ def dataset_source(
         data = datasets.load_dataset(
             builder, data_files={split: str(path)}, split=split, streaming=True
         )
-        return TextSource(description, hash_files([path]), _texts_of(data, text_field, name), None)
+        texts = _texts_of(data, text_field, name)
+        return TextSource(description, hash_files([path]), texts, _rows_in(path))
     if path.is_dir():
         data = datasets.load_from_disk(str(path))
         if isinstance(data, datasets.DatasetDict):
@@ -150,6 +151,20 @@ def hash_files(paths: Iterable[Path], root: Path | None = None, chunk: int = 1 <
             while block := handle.read(chunk):
                 digest.update(block)
     return f"sha256:{digest.hexdigest()}"
+
+
+def _rows_in(path: Path) -> int | None:
+    """Rows of a JSONL or parquet file, read from its lines or its footer (for the progress
+    bar's ETA); None for other files."""
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        with open(path, "rb") as handle:
+            return sum(1 for line in handle if line.strip())
+    if suffix == ".parquet":
+        import pyarrow.parquet
+
+        return pyarrow.parquet.ParquetFile(path).metadata.num_rows
+    return None
 
 
 def _texts_of(data, text_field: str, name: str) -> Callable[[], Iterator[str]]:
