@@ -1,4 +1,5 @@
-"""``statetap extract``: shards equal an in-memory run, and a failed run leaves no partial shard."""
+"""``statetap extract``: shards equal each text run alone, a failed run leaves no partial shard
+and resumes, settings are checked, cut and empty texts are counted, versions recorded."""
 
 from __future__ import annotations
 
@@ -6,157 +7,151 @@ import json
 
 import pytest
 import torch
-from transformers import ByT5Tokenizer, RwkvConfig, RwkvForCausalLM
+import transformers
+from _extract_models import TOKENIZER, alone, build, random_texts, save
 
 import statetap
-import statetap.extract as extract_module
+import statetap.extract.shards as shards_module
 from statetap.cli import main
 from statetap.extract import ExtractConfig, extract, load_extraction
 
-TEXTS = [
-    "state space models carry a state",
-    "x",
-    "RWKV mixes tokens with a decaying sum",
-    "the quick brown fox jumps over the lazy dog",
-    "a",
-    "recurrent language models",
-    "tuned lens, steering, probes",
-]
+TEXTS = random_texts([30, 1, 37, 43, 2, 25, 28], seed=3)
 
 
 @pytest.fixture(scope="module")
-def saved_model(tmp_path_factory):
-    """A tiny RWKV-4 and a byte-level tokenizer, saved the way a checkpoint is."""
-    torch.manual_seed(7)
-    tokenizer = ByT5Tokenizer()
-    model = RwkvForCausalLM(
-        RwkvConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            num_hidden_layers=2,
-            attention_hidden_size=32,
-            intermediate_size=64,
-        )
-    ).eval()
-    folder = tmp_path_factory.mktemp("model")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder, model, tokenizer
+def rwkv():
+    return build("rwkv")
 
 
-def _in_memory(model, tokenizer, texts, batch_size, sites, layers, positions):
-    """The same extraction, one tap.run per batch, kept in memory."""
-    tap = statetap.attach(model)
-    tokenizer.padding_side = "right"
-    collected: dict[str, list[torch.Tensor]] = {}
-    for start in range(0, len(texts), batch_size):
-        encoded = tokenizer(
-            texts[start : start + batch_size],
-            padding=True,
-            add_special_tokens=False,
-            return_tensors="pt",
-        )
-        result = tap.run(
-            encoded["input_ids"],
-            encoded["attention_mask"],
-            emit=[statetap.Emit(site, layers, positions) for site in sites],
-        )
-        for (site, layer), tensor in result.activations.items():
-            collected.setdefault(f"{site}.{layer}", []).append(tensor)
-    return {name: torch.cat(parts) for name, parts in collected.items()}
-
-
-def test_cli_shards_reload_to_the_in_memory_tensors(saved_model, tmp_path):
-    folder, model, tokenizer = saved_model
+def test_cli_shards_reload_to_each_text_run_alone(rwkv, tmp_path, capsys):
+    folder = save(rwkv, tmp_path / "model")
     text_file = tmp_path / "texts.txt"
     text_file.write_text("\n".join(TEXTS) + "\n")
     out = tmp_path / "run"
-    code = main(
-        [
-            "extract",
-            "--model",
-            str(folder),
-            "--text-file",
-            str(text_file),
-            "--out",
-            str(out),
-            "--sites",
-            "residual",
-            "state",
-            "--positions",
-            "0",
-            "-1",
-            "--batch-size",
-            "3",
-            "--shard-rows",
-            "3",
-        ]
-    )
-    assert code == 0
+    arguments = ["extract", "--model", str(folder), "--text-file", str(text_file)]
+    arguments += ["--out", str(out), "--positions", "0", "-1", "--batch-size", "2"]
+    assert main([*arguments, "--shard-rows", "3"]) == 0
+    captured = capsys.readouterr()
+    assert "tok/s" in captured.err  # the progress bar
     manifest, tensors = load_extraction(out)
-    assert manifest["model"] == str(folder) and manifest["model_class"] == "RwkvForCausalLM"
-    assert [shard["rows"] for shard in manifest["shards"]] == [[0, 3], [3, 6], [6, 7]]
-    expected = _in_memory(model, tokenizer, TEXTS, 3, ["residual", "state"], [0, 1], [0, -1])
-    assert set(tensors) == set(expected) | {"row", "positions"}
-    for name, value in expected.items():
-        assert torch.equal(tensors[name], value), name
+    assert manifest["config"]["model"] == str(folder)
+    assert manifest["config"]["model_class"] == "RwkvForCausalLM"
+    assert [shard["input_rows"] for shard in manifest["shards"]] == [[0, 3], [3, 6], [6, 7]]
     assert tensors["row"].tolist() == list(range(len(TEXTS)))
-    lengths = torch.tensor([len(t.encode()) for t in TEXTS])
-    assert torch.equal(
-        tensors["positions"][:, 1], lengths - 1
-    )  # right padding: -1 is the last byte
+    lengths = torch.tensor([len(t) for t in TEXTS])
+    assert torch.equal(tensors["positions"], torch.stack([lengths * 0, lengths - 1], 1))
+    tap = statetap.attach(rwkv)
+    for row, text in enumerate(TEXTS):
+        expected = alone(tap, text, ["residual", "state"], [0, 1, 2], [0, -1])
+        assert set(tensors) == set(expected) | {"row", "positions"}
+        for name, value in expected.items():
+            torch.testing.assert_close(tensors[name][row], value, msg=name)
 
 
-def test_a_failed_shard_leaves_nothing_partial(saved_model, tmp_path, monkeypatch):
-    _, model, tokenizer = saved_model
-    real_save = extract_module.save_file
+def test_a_failed_shard_leaves_nothing_partial_and_the_rerun_resumes(rwkv, tmp_path, monkeypatch):
+    real_save = shards_module.save_file
     calls = []
 
-    def save_then_die(tensors, path):
+    def save_then_die(tensors, path, metadata=None):
         calls.append(path)
         if len(calls) == 2:  # the second shard: write half a file, then the process "dies"
             with open(path, "wb") as handle:
                 handle.write(b"partial")
             raise KeyboardInterrupt
-        real_save(tensors, path)
+        real_save(tensors, path, metadata=metadata)
 
-    monkeypatch.setattr(extract_module, "save_file", save_then_die)
+    monkeypatch.setattr(shards_module, "save_file", save_then_die)
     out = tmp_path / "run"
+    config = ExtractConfig(out=out, batch_size=2, shard_rows=2, progress=False)
     with pytest.raises(KeyboardInterrupt):
-        extract(model, tokenizer, TEXTS, ExtractConfig(out=out, batch_size=2, shard_rows=2), "m")
+        extract(rwkv, TOKENIZER, TEXTS, config, "m")
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "shard-00000.safetensors"]
     manifest = json.loads((out / "manifest.json").read_text())
-    assert not manifest["complete"] and [s["file"] for s in manifest["shards"]] == [
-        "shard-00000.safetensors"
-    ]
+    assert not manifest["complete"]
+    assert [s["file"] for s in manifest["shards"]] == ["shard-00000.safetensors"]
     with pytest.raises(ValueError, match="did not finish"):
         load_extraction(out)
-    with pytest.raises(FileExistsError, match="choose a new output folder"):
-        extract(model, tokenizer, TEXTS, ExtractConfig(out=out), "m")
+    first = (out / "shard-00000.safetensors").stat()
+    extract(rwkv, TOKENIZER, TEXTS, config, "m")
+    assert len(calls) == 2 + 3  # the rerun wrote the three missing shards only
+    assert (out / "shard-00000.safetensors").stat().st_mtime_ns == first.st_mtime_ns
+    monkeypatch.setattr(shards_module, "save_file", real_save)
+    uninterrupted = tmp_path / "uninterrupted"
+    extract(rwkv, TOKENIZER, TEXTS, ExtractConfig(**{**vars(config), "out": uninterrupted}), "m")
+    resumed, reference = load_extraction(out)[1], load_extraction(uninterrupted)[1]
+    assert set(resumed) == set(reference)
+    for name in reference:
+        assert torch.equal(resumed[name], reference[name]), name
 
 
-def test_config_is_checked(tmp_path):
-    with pytest.raises(ValueError, match="dtype must be one of"):
-        ExtractConfig(out=tmp_path, dtype="float8")
-    with pytest.raises(ValueError, match="batch_size must be a positive int"):
-        ExtractConfig(out=tmp_path, batch_size=0)
-    with pytest.raises(ValueError, match="positions must be a list of ints"):
-        ExtractConfig(out=tmp_path, positions="all")
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        (dict(dtype="float8"), "dtype must be one of"),
+        (dict(batch_size=0), "batch_size must be a positive int"),
+        (dict(positions="every"), "positions must be ints, 'all' or a span"),
+        (dict(positions="5:5"), "0 <= start < stop"),
+        (dict(positions="-3:"), "0 <= start < stop"),
+        (dict(positions=[]), "positions must be a non-empty list"),
+        (dict(max_tokens=10, max_length=20), "max_tokens must be an int >= max_length=20"),
+        (dict(sites="residual"), "sites must be a non-empty list"),
+    ],
+)
+def test_config_is_checked(tmp_path, changes, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        ExtractConfig(out=tmp_path, **changes)
 
 
-def test_texts_cut_at_max_length_are_counted_recorded_and_warned_about(saved_model, tmp_path):
-    _, model, tokenizer = saved_model
+def test_bad_skip_limit_and_layers_are_refused(rwkv, tmp_path):
+    config = ExtractConfig(out=tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match="skip must be an int >= 0"):
+        extract(rwkv, TOKENIZER, TEXTS, config, "m", skip=-1)
+    with pytest.raises(ValueError, match="limit must be a positive int"):
+        extract(rwkv, TOKENIZER, TEXTS, config, "m", limit=0)
+    with pytest.raises(ValueError, match=r"layers \[3\] are out of range"):
+        extract(rwkv, TOKENIZER, TEXTS, ExtractConfig(out=tmp_path / "r", layers=[0, 3]), "m")
+    with pytest.raises(ValueError, match="no texts to extract from"):
+        extract(rwkv, TOKENIZER, TEXTS, ExtractConfig(out=tmp_path / "r2"), "m", skip=len(TEXTS))
+
+
+def test_texts_cut_at_max_length_are_counted_recorded_and_warned_about(rwkv, tmp_path):
     max_length = 10
-    long = [t for t in TEXTS if len(t.encode()) > max_length]
+    long = [t for t in TEXTS if len(t) > max_length]
     assert 0 < len(long) < len(TEXTS)
-    config = ExtractConfig(out=tmp_path / "run", sites=["residual"], batch_size=3, max_length=10)
+    config = ExtractConfig(
+        out=tmp_path / "run", sites=["residual"], batch_size=3, max_length=10, progress=False
+    )
     with pytest.warns(UserWarning, match=rf"{len(long)} of {len(TEXTS)} texts are longer than "):
-        extract(model, tokenizer, TEXTS, config, "m")
+        extract(rwkv, TOKENIZER, TEXTS, config, "m")
     manifest, tensors = load_extraction(tmp_path / "run")
     assert manifest["truncated_texts"] == len(long)
-    lengths = torch.tensor([min(len(t.encode()), max_length) for t in TEXTS])
-    assert torch.equal(tensors["positions"][:, 0], lengths - 1)
-    cut = [t.encode()[:max_length].decode() for t in TEXTS]
-    expected = _in_memory(model, tokenizer, cut, 3, ["residual"], [0, 1], [-1])
-    for name, value in expected.items():
-        assert torch.equal(tensors[name], value), name
+    assert torch.equal(tensors["positions"][:, 0], torch.tensor([min(len(t), 10) - 1 for t in TEXTS]))
+    tap = statetap.attach(rwkv)
+    for row, text in enumerate(TEXTS):
+        for name, value in alone(tap, text[:max_length], ["residual"], [0, 1, 2], [-1]).items():
+            torch.testing.assert_close(tensors[name][row], value, msg=name)
+
+
+def test_empty_texts_are_counted_left_out_and_warned_about(rwkv, tmp_path):
+    texts = ["", TEXTS[0], "", TEXTS[2]]
+    config = ExtractConfig(out=tmp_path / "run", sites=["wkv"], progress=False)
+    with pytest.warns(UserWarning, match="2 of 4 texts have no tokens and were left out"):
+        extract(rwkv, TOKENIZER, texts, config, "m")
+    manifest, tensors = load_extraction(tmp_path / "run")
+    assert manifest["empty_texts"] == 2 and manifest["rows"] == 2
+    assert tensors["row"].tolist() == [1, 3]
+
+
+def test_the_manifest_records_the_versions(rwkv, tmp_path):
+    from statetap import kernels
+    from statetap.kernels._backend import choose_backend
+
+    manifest = extract(rwkv, TOKENIZER, TEXTS[:2], ExtractConfig(out=tmp_path, progress=False), "m")
+    assert manifest.versions["statetap"] == statetap.__version__
+    assert manifest.versions["torch"] == torch.__version__
+    assert manifest.versions["transformers"] == transformers.__version__
+    cpu = torch.device("cpu")
+    assert manifest.versions["kernel_backends"]["wkv4"] == choose_backend(
+        "wkv4", cpu, kernels.wkv4.implementations
+    )
+    assert manifest.input["fingerprint"].startswith("sha256:")
