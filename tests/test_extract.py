@@ -125,7 +125,9 @@ def test_texts_cut_at_max_length_are_counted_recorded_and_warned_about(rwkv, tmp
         extract(rwkv, TOKENIZER, TEXTS, config, "m")
     manifest, tensors = load_extraction(tmp_path / "run")
     assert manifest["truncated_texts"] == len(long)
-    assert torch.equal(tensors["positions"][:, 0], torch.tensor([min(len(t), 10) - 1 for t in TEXTS]))
+    assert torch.equal(
+        tensors["positions"][:, 0], torch.tensor([min(len(t), 10) - 1 for t in TEXTS])
+    )
     tap = statetap.attach(rwkv)
     for row, text in enumerate(TEXTS):
         for name, value in alone(tap, text[:max_length], ["residual"], [0, 1, 2], [-1]).items():

@@ -162,6 +162,7 @@ def extract(
                 "truncated": tokenized.truncated,
                 "empty": tokenized.empty,
                 "settings": manifest.settings_hash(),
+                "rank": rank,
             }
             write_shard(config.out, window, tensors, metadata)
             tokens += tokenized.tokens
@@ -231,6 +232,7 @@ def _listing(out: Path, manifest: Manifest) -> list[dict]:
             "tokens": int(meta["tokens"]),
             "truncated": int(meta["truncated"]),
             "empty": int(meta["empty"]),
+            "rank": int(meta["rank"]),
         }
         for window, meta in sorted(_listed(out, manifest).items())
     ]
