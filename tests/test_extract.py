@@ -134,6 +134,14 @@ def test_texts_cut_at_max_length_are_counted_recorded_and_warned_about(rwkv, tmp
             torch.testing.assert_close(tensors[name][row], value, msg=name)
 
 
+def test_texts_too_short_for_the_positions_are_named(rwkv, tmp_path):
+    config = ExtractConfig(out=tmp_path, positions=[2, -1], progress=False)
+    with pytest.raises(
+        ValueError, match=r"need texts of at least 3 tokens, but input rows \[1, 4\]"
+    ):
+        extract(rwkv, TOKENIZER, TEXTS, config, "m")
+
+
 def test_empty_texts_are_counted_left_out_and_warned_about(rwkv, tmp_path):
     texts = ["", TEXTS[0], "", TEXTS[2]]
     config = ExtractConfig(out=tmp_path / "run", sites=["wkv"], progress=False)

@@ -8,9 +8,9 @@ holding, for the rows that have tokens:
   ``offsets`` ``[rows + 1]`` (row ``i``'s tokens are ``offsets[i] : offsets[i + 1]``);
 * ``row`` ``[rows]``: each row's index in the input.
 
-Its safetensors metadata records the window, the rank that wrote it, the rows, tokens, cut and empty texts, and the
-hash of the settings it was made with.  A shard file present is a finished window: that is
-what a resumed run skips.
+Its safetensors metadata records the window, the rank that wrote it, the rows, tokens, cut and
+empty texts, and the hash of the settings it was made with.  A shard file present is a finished
+window: that is what a resumed run skips.
 """
 
 from __future__ import annotations
