@@ -119,6 +119,27 @@ def test_residual_is_hidden_plus_residual_of_each_block(model):
 
 
 @torch.no_grad()
+def test_a_pass_stopped_after_a_layer_equals_the_full_pass_and_runs_nothing_later(model):
+    ids = _ids()
+    tap = statetap.attach(model)
+    later = [model.backbone.layers[2], model.backbone.norm_f, model.lm_head]
+    calls = []
+    handles = [m.register_forward_hook(lambda *args: calls.append(args[0])) for m in later]
+    emit = [statetap.Emit("residual", [0, 1], [0, -1]), statetap.Emit("state", 1, [3, -1])]
+    try:
+        stopped = tap.run(ids, emit=emit, stop_after=1)
+        assert calls == []
+        full = tap.run(ids, emit=emit)
+        assert len(calls) == len(later)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert stopped.logits is None and set(stopped.activations) == set(full.activations)
+    for key, value in full.activations.items():
+        assert torch.equal(stopped[key], value), key
+
+
+@torch.no_grad()
 @pytest.mark.parametrize("t", [0, 5, LENGTH - 1])
 def test_emitted_state_equals_the_models_cache_after_the_prefix(model, t):
     ids = _ids()

@@ -27,9 +27,9 @@ import tempfile
 import pytest
 import torch
 
-TEXTS = 96  # paragraphs of the Python docs (statetap.defaults.default_texts)
-SETTINGS = dict(sites=["residual", "state"], positions=[-1], batch_size=16, max_length=192)
-SHARD_ROWS = 48
+TEXTS = 48  # paragraphs of the Python docs (statetap.defaults.default_texts)
+SETTINGS = dict(sites=["residual", "state"], positions=[-1], batch_size=16, max_length=128)
+SHARD_ROWS = 24
 KINDS = ["mamba", "rwkv"]
 
 
@@ -108,7 +108,7 @@ def job(request):
 def test_plain_forward(benchmark, job):
     kind, model, _, _, passes, tokens = job
     benchmark.group = f"extract-{kind}"
-    benchmark.pedantic(plain_forward, (model, passes), rounds=5, warmup_rounds=1)
+    benchmark.pedantic(plain_forward, (model, passes), rounds=3, warmup_rounds=1)
     measured[kind, "forward"] = tokens / benchmark.stats.stats.mean
     benchmark.extra_info.update(tokens=tokens, tokens_per_second=measured[kind, "forward"])
 
@@ -121,7 +121,7 @@ def test_extract_every_state_at_every_layer(benchmark, job, tmp_path):
     def run():
         return extraction(model, tokenizer, corpus, tmp_path / str(next(folders)))
 
-    manifest = benchmark.pedantic(run, rounds=5, warmup_rounds=1)
+    manifest = benchmark.pedantic(run, rounds=3, warmup_rounds=1)
     assert manifest.tokens == tokens  # the same tokens as the forward's batches
     rate = tokens / benchmark.stats.stats.mean
     benchmark.extra_info.update(tokens=tokens, tokens_per_second=rate)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from statetap.extract.batching import batches, pad_id, tokenize
+from statetap.extract.batching import Tokenized, batches, pad_id, tokenize
 from statetap.extract.config import DTYPES, ExtractConfig
 from statetap.extract.forward import LOGITS, run_batch
 from statetap.extract.inputs import TextSource, texts_source
@@ -90,6 +90,56 @@ def extract(
         raise ValueError(f"limit must be a positive int or None, got {limit!r}")
     rank, world = rank_and_world()
     tap = Tap(model)
+    manifest = _new_manifest(tap, tokenizer, source, config, model_name, skip, limit)
+    existing = _existing(config.out, manifest)
+    if existing is not None and existing["complete"]:
+        return Manifest(**existing)
+    if rank == 0:
+        config.out.mkdir(parents=True, exist_ok=True)
+        remove_temporaries(config.out)
+        manifest.shards = _listing(config.out, manifest)
+        manifest.write(config.out)
+    _barrier()
+    done = set(_listed(config.out, manifest))
+    count = source.count(skip, limit)
+    started, tokens = time.perf_counter(), 0
+    with tqdm(
+        total=count, desc="extract", unit="text", disable=rank != 0 or not config.progress
+    ) as progress:
+        n_windows = 0
+        for window, chunk in enumerate(windows(source.rows(skip, limit), config.shard_rows)):
+            n_windows = window + 1
+            if window % world != rank or window in done:
+                progress.update(len(chunk))
+                continue
+            tokenized = _extract_window(tap, tokenizer, config, manifest, window, chunk, rank)
+            tokens += tokenized.tokens
+            progress.update(len(chunk))
+            progress.set_postfix_str(f"{tokens / (time.perf_counter() - started):.0f} tok/s")
+            if rank == 0:
+                manifest.shards = _listing(config.out, manifest)
+                manifest.write(config.out)
+    if n_windows == 0:
+        raise ValueError(f"no texts to extract from (input {source.description}, skip={skip})")
+    _barrier()
+    if rank == 0:
+        _finish(config.out, manifest, n_windows)
+    _barrier()
+    return Manifest(**read_manifest(config.out))
+
+
+def _new_manifest(
+    tap: Tap,
+    tokenizer,
+    source: TextSource,
+    config: ExtractConfig,
+    model_name: str,
+    skip: int,
+    limit: int | None,
+) -> Manifest:
+    """The manifest of this extraction before any shard: settings (the layers resolved),
+    input, versions, layout and the per-token shape of every stored tensor."""
+    model = tap.model
     layers = _layers(tap, config.layers)
     shapes = {
         f"{site}.{layer}": tap.site_shape(site)
@@ -98,7 +148,7 @@ def extract(
     }
     if config.logits:
         shapes[LOGITS] = (model.get_output_embeddings().weight.shape[0],)
-    manifest = Manifest(
+    return Manifest(
         config={
             "model": model_name,
             "model_class": type(model).__name__,
@@ -120,64 +170,42 @@ def extract(
             name: {"shape": list(shape), "dtype": config.dtype} for name, shape in shapes.items()
         },
     )
-    existing = _existing(config.out, manifest)
-    if existing is not None and existing["complete"]:
-        return Manifest(**existing)
-    if rank == 0:
-        config.out.mkdir(parents=True, exist_ok=True)
-        remove_temporaries(config.out)
-        manifest.shards = _listing(config.out, manifest)
-        manifest.write(config.out)
-    _barrier()
-    done = set(_listed(config.out, manifest))
+
+
+def _extract_window(
+    tap: Tap,
+    tokenizer,
+    config: ExtractConfig,
+    manifest: Manifest,
+    window: int,
+    chunk: list[tuple[int, str]],
+    rank: int,
+) -> Tokenized:
+    """Run window ``window`` (its ``(index, text)`` rows) and write its shard; returns the
+    window's tokens."""
+    rows, texts = zip(*chunk)
+    tokenized = tokenize(tokenizer, rows, texts, config.max_length)
+    layers = manifest.layers
     stop_after = None if config.logits else max(layers)
-    slots = None if config.span is not None else len(config.positions)
     padding = pad_id(tokenizer)
-    count = source.count(skip, limit)
-    started, tokens = time.perf_counter(), 0
-    with tqdm(
-        total=count, desc="extract", unit="text", disable=rank != 0 or not config.progress
-    ) as progress:
-        n_windows = 0
-        for window, chunk in enumerate(windows(source.rows(skip, limit), config.shard_rows)):
-            n_windows = window + 1
-            if window % world != rank or window in done:
-                progress.update(len(chunk))
-                continue
-            rows, texts_ = zip(*chunk)
-            tokenized = tokenize(tokenizer, rows, texts_, config.max_length)
-            parts = [
-                run_batch(tap, batch, config, layers, stop_after)
-                for batch in batches(
-                    tokenized, config.batch_size, config.max_tokens, padding, tap.device
-                )
-            ]
-            tensors = assemble(parts, shapes, slots, DTYPES[config.dtype])
-            metadata = {
-                "window": window,
-                "first_row": rows[0],
-                "stop_row": rows[-1] + 1,
-                "rows": len(tokenized.rows),
-                "tokens": tokenized.tokens,
-                "truncated": tokenized.truncated,
-                "empty": tokenized.empty,
-                "settings": manifest.settings_hash(),
-                "rank": rank,
-            }
-            write_shard(config.out, window, tensors, metadata)
-            tokens += tokenized.tokens
-            progress.update(len(chunk))
-            progress.set_postfix_str(f"{tokens / (time.perf_counter() - started):.0f} tok/s")
-            if rank == 0:
-                manifest.shards = _listing(config.out, manifest)
-                manifest.write(config.out)
-    if n_windows == 0:
-        raise ValueError(f"no texts to extract from (input {source.description}, skip={skip})")
-    _barrier()
-    if rank == 0:
-        _finish(config.out, manifest, n_windows)
-    _barrier()
-    return Manifest(**read_manifest(config.out))
+    passes = batches(tokenized, config.batch_size, config.max_tokens, padding, tap.device)
+    parts = [run_batch(tap, batch, config, layers, stop_after) for batch in passes]
+    slots = None if config.span is not None else len(config.positions)
+    shapes = {name: tuple(entry["shape"]) for name, entry in manifest.tensors.items()}
+    tensors = assemble(parts, shapes, slots, DTYPES[config.dtype])
+    metadata = {
+        "window": window,
+        "first_row": rows[0],
+        "stop_row": rows[-1] + 1,
+        "rows": len(tokenized.rows),
+        "tokens": tokenized.tokens,
+        "truncated": tokenized.truncated,
+        "empty": tokenized.empty,
+        "settings": manifest.settings_hash(),
+        "rank": rank,
+    }
+    write_shard(config.out, window, tensors, metadata)
+    return tokenized
 
 
 def _layers(tap: Tap, layers: Sequence[int] | None) -> list[int]:
