@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import bisect
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,7 +109,8 @@ class Extraction(torch.utils.data.Dataset):
 
         return datasets.Dataset.from_generator(
             _row_dicts,
-            gen_kwargs={"folder": str(self.folder)},
+            # the manifest is part of the cache key: a folder extracted again converts again
+            gen_kwargs={"folder": str(self.folder), "manifest": json.dumps(self.manifest)},
             cache_dir=None if cache_dir is None else str(cache_dir),
         )
 
@@ -136,7 +138,9 @@ def load_extraction(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return extraction.manifest, extraction.rows(0, len(extraction))
 
 
-def _row_dicts(folder: str) -> Iterator[dict]:
+def _row_dicts(folder: str, manifest: str) -> Iterator[dict]:
     extraction = open_extraction(folder)
+    if json.loads(manifest) != extraction.manifest:
+        raise RuntimeError(f"the extraction in {folder} changed while it was being converted")
     for index in range(len(extraction)):
         yield {name: value.tolist() for name, value in extraction[index].items()}
