@@ -5,6 +5,7 @@ as a ``datasets.Dataset``; ``statetap extract info`` prints the manifest as a ta
 from __future__ import annotations
 
 import json
+import pickle
 
 import pytest
 import torch
@@ -92,6 +93,13 @@ def test_a_torch_dataloader_over_the_rows(extraction):
     if not rows.ragged:
         first = next(iter(torch.utils.data.DataLoader(rows, batch_size=4)))
         assert torch.equal(first["residual.1"], rows.rows(0, 4)["residual.1"])
+
+
+def test_a_pickled_copy_reopens_the_shards(extraction):
+    rows = open_extraction(extraction)
+    copy = pickle.loads(pickle.dumps(rows))
+    assert len(copy) == len(rows)
+    _equal(copy[3], rows[3])
 
 
 def test_to_datasets_holds_the_same_values(extraction, tmp_path):

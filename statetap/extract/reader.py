@@ -52,6 +52,10 @@ class Extraction(torch.utils.data.Dataset):
             self._starts.append(self._starts[-1] + count)
         self._offsets = [h.get_tensor(OFFSETS) for h in self._handles] if self.ragged else None
 
+    def __reduce__(self):
+        # the open shard handles do not pickle: a copy (a DataLoader worker) opens them anew
+        return (Extraction, (str(self.folder),))
+
     def __len__(self) -> int:
         return self._starts[-1]
 
