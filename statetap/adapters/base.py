@@ -21,19 +21,9 @@ import torch
 from torch import nn
 
 from statetap.adapters.upstream import drift
-from statetap.plan import Pass
+from statetap.plan import Pass, gather_positions
 
 COMMON_SITES = ("residual", "mixer")
-
-
-def gather_positions(sequence: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """``sequence`` ``[B, L, ...]`` at ``positions`` ``[B, P]`` -> ``[B, P, ...]``; slots
-    holding ``-1`` (nothing at this call) come back as zeros."""
-    positions = positions.to(sequence.device)
-    rows = torch.arange(sequence.shape[0], device=sequence.device)[:, None]
-    gathered = sequence[rows, positions.clamp_min(0)]
-    unused = (positions < 0).view(*positions.shape, *[1] * (sequence.dim() - 2))
-    return gathered.masked_fill(unused, 0)
 
 
 @contextlib.contextmanager
