@@ -123,8 +123,9 @@ def from_blinkdl_state_dict(
     ]
     if missing or unexpected or wrong:
         raise ValueError(
-            f"state_dict does not fit a {model_class.__name__} of its own sizes: missing "
-            f"{missing or 'none'}; unexpected {unexpected or 'none'}; wrong shapes {wrong or 'none'}"
+            f"state_dict does not fit a {model_class.__name__} of its own sizes: "
+            f"missing {missing or 'none'}; unexpected {unexpected or 'none'}; "
+            f"wrong shapes {wrong or 'none'}"
         )
     model.load_state_dict({k: v.to(dtype) for k, v in weights.items()}, assign=True)
     return model.eval()
