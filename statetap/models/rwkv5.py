@@ -30,9 +30,9 @@ class Rwkv5Config(RwkvBaseConfig):
     ``int(3.5 * C) // 32 * 32`` wide by default.
 
     Example:
-        >>> Rwkv5Config(vocab_size=50, hidden_size=64, num_hidden_layers=2, head_size=16)
-        ... .intermediate_size
-        224
+        >>> config = Rwkv5Config(vocab_size=50, hidden_size=64, num_hidden_layers=2, head_size=16)
+        >>> config.num_heads, config.intermediate_size
+        (4, 224)
     """
 
     model_type = "statetap_rwkv5"
