@@ -12,6 +12,7 @@ from torch import nn
 
 import statetap
 from statetap.adapters.upstream import UpstreamDrift
+from statetap.interp.lens import LogitLens
 from statetap.interp.steering import ContrastPairs, Prompts, SteeringVectors, sweep
 from statetap.models import from_blinkdl_state_dict
 
@@ -168,3 +169,19 @@ def test_attach_refuses_a_foreign_class_and_a_layer_that_skips_the_pass(version,
     model.instrumented = lambda instrumentation: torch.no_grad()  # the pass never reaches a layer
     with pytest.raises(UpstreamDrift, match="statetap.models.wkv was not called during a prefill"):
         statetap.attach(model)
+
+
+def test_logit_lens_reads_the_blocks_outputs(version, fresh_seed):
+    """The residual site after block l is the model's own hidden state after block l
+    (``output_hidden_states``), and the logit lens at the last layer gives the model's
+    logits exactly (the final norm and head are the adapter's)."""
+    model = from_blinkdl_state_dict(random_checkpoint(version, fresh_seed))
+    lens = LogitLens(model)
+    ids = tokens(version, 2, 6)
+    hidden, logits = lens.residuals(ids)
+    with torch.no_grad():
+        own = model(ids, output_hidden_states=True).hidden_states
+    for layer in range(lens.n_layers):
+        index = lens.tap.adapter.hidden_states_index(layer)
+        torch.testing.assert_close(hidden[layer], own[index], rtol=0, atol=0)
+    assert torch.equal(lens(hidden[-1], layer=-1), logits)
