@@ -38,10 +38,13 @@ def _normal(generator, std: float, *shape: int) -> torch.Tensor:
     return std * torch.randn(shape, generator=generator)
 
 
-def random_checkpoint(version: str, seed: int) -> dict[str, torch.Tensor]:
+def random_checkpoint(
+    version: str, seed: int, sizes: dict | None = None
+) -> dict[str, torch.Tensor]:
     """A BlinkDL state dict of ``version`` (``"x052"``, ``"x060"``, ``"x070"``) with random
-    weights, keys in BlinkDL's module order (``ln1, ln2, ln0, att.*, ffn.*`` per block)."""
-    size = SIZES[version]
+    weights, keys in BlinkDL's module order (``ln1, ln2, ln0, att.*, ffn.*`` per block);
+    ``sizes`` (default ``SIZES[version]``) has the keys of ``SIZES[version]``."""
+    size = SIZES[version] if sizes is None else sizes
     g = torch.Generator().manual_seed(seed)
     heads, head_size = size["heads"], size["head_size"]
     width, ffn, vocab = heads * head_size, size["ffn"], size["vocab"]

@@ -3,7 +3,8 @@
 transformers-style classes (configuration, ``PreTrainedModel`` + ``GenerationMixin``, the
 cache :class:`RwkvCache`) registered with the Auto classes under the model types
 ``statetap_rwkv5`` / ``statetap_rwkv6`` / ``statetap_rwkv7``, so a saved folder loads with
-``AutoModelForCausalLM.from_pretrained(folder)`` once ``statetap.models`` is imported.
+``AutoModelForCausalLM.from_pretrained(folder)`` once ``statetap.models`` is imported (as do
+the ports' folders, :mod:`statetap.models.foreign_layouts`, and the World tokenizer).
 :func:`from_blinkdl` loads BlinkDL's ``.pth`` checkpoints.  Unlike transformers' RWKV-4 the
 models honour ``attention_mask``: a pad leaves every state untouched.
 
@@ -18,7 +19,7 @@ Example:
     torch.Size([2, 2, 2, 8, 8])
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
 from statetap.models.blinkdl import config_from_blinkdl, from_blinkdl, from_blinkdl_state_dict
 from statetap.models.cache import RwkvCache
@@ -31,6 +32,7 @@ from statetap.models.common import (
 from statetap.models.rwkv5 import Rwkv5Config, Rwkv5ForCausalLM, Rwkv5Model
 from statetap.models.rwkv6 import Rwkv6Config, Rwkv6ForCausalLM, Rwkv6Model
 from statetap.models.rwkv7 import Rwkv7Config, Rwkv7ForCausalLM, Rwkv7Model
+from statetap.models.world_tokenizer import RwkvWorldTokenizer
 
 #: the statetap model classes (``statetap.attach`` serves these)
 CAUSAL_LMS = (Rwkv5ForCausalLM, Rwkv6ForCausalLM, Rwkv7ForCausalLM)
@@ -43,6 +45,10 @@ for _config, _model, _lm in (
     AutoConfig.register(_config.model_type, _config, exist_ok=True)
     AutoModel.register(_config, _model, exist_ok=True)
     AutoModelForCausalLM.register(_config, _lm, exist_ok=True)
+    AutoTokenizer.register(_config, tokenizer_class=RwkvWorldTokenizer, exist_ok=True)
+
+# the ports' model types (rwkv5, rwkv6, rwkv7 / rwkv7_fla folders) load into these classes
+import statetap.models.foreign_layouts  # noqa: E402, F401
 
 __all__ = [
     "CAUSAL_LMS",
@@ -60,6 +66,7 @@ __all__ = [
     "RwkvBaseModel",
     "RwkvCache",
     "RwkvCausalLMOutput",
+    "RwkvWorldTokenizer",
     "config_from_blinkdl",
     "from_blinkdl",
     "from_blinkdl_state_dict",
