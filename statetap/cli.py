@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", default="runs/demo", help="report folder (default runs/demo)")
     demo.add_argument(
-        "--models", nargs="+", help="zoo models (default: the four of statetap.demo.DEFAULT_MODELS)"
+        "--models", nargs="+", help="zoo models (default: the six of statetap.demo.DEFAULT_MODELS)"
     )
     demo.add_argument("--short", action="store_true", help="tiny recipes, seconds of training")
     demo.add_argument("--texts", type=int, default=256, help="held-out texts per model")
