@@ -12,9 +12,10 @@ from torch import nn
 
 import statetap
 from statetap.adapters.upstream import UpstreamDrift
+from statetap.extract import ExtractConfig, extract, load_extraction
 from statetap.interp.lens import LogitLens
 from statetap.interp.steering import ContrastPairs, Prompts, SteeringVectors, sweep
-from statetap.models import from_blinkdl_state_dict
+from statetap.models import RwkvWorldTokenizer, from_blinkdl_state_dict
 
 VERSIONS = ("x052", "x060", "x070")
 STATE_SITES = ("wkv", "att_shift", "ffn_shift")
@@ -185,3 +186,24 @@ def test_logit_lens_reads_the_blocks_outputs(version, fresh_seed):
         index = lens.tap.adapter.hidden_states_index(layer)
         torch.testing.assert_close(hidden[layer], own[index], rtol=0, atol=0)
     assert torch.equal(lens(hidden[-1], layer=-1), logits)
+
+
+def test_extraction_over_texts_of_different_lengths_equals_each_text_alone(
+    version, fresh_seed, tmp_path
+):
+    """``statetap.extract`` with the World tokenizer (right-padded batches): every row's
+    residual and states at its first and last token equal a pass over that text alone."""
+    sizes = dict(SIZES[version], vocab=65536)
+    model = from_blinkdl_state_dict(random_checkpoint(version, fresh_seed, sizes))
+    tokenizer = RwkvWorldTokenizer()
+    texts = ["The quick brown fox", "a", "state of the art, réseau"]
+    config = ExtractConfig(out=tmp_path / "out", positions=(0, -1), batch_size=3)
+    extract(model, tokenizer, texts, config, model_name="random")
+    _, tensors = load_extraction(config.out)
+    tap = statetap.attach(model)
+    emit = [statetap.Emit(site, "all", [0, -1]) for site in ("residual", "state")]
+    for row, text in enumerate(texts):
+        ids = torch.tensor([tokenizer(text, add_special_tokens=False)["input_ids"]])
+        alone = tap.run(ids, emit=emit)
+        for (site, layer), value in alone.activations.items():
+            close(tensors[f"{site}.{layer}"][row], value[0].float())
