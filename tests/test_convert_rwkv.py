@@ -10,9 +10,9 @@ import pytest
 import torch
 from rwkv_blinkdl_cases import SIZES, random_checkpoint
 from rwkv_port_layouts import fla_config, fla_layout, write_folder
-from transformers import AutoModelForCausalLM, MambaConfig, MambaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, MambaConfig, MambaForCausalLM
 
-import statetap.models.foreign_layouts  # noqa: F401  (registers the ports' model types)
+import statetap.models  # noqa: F401  (registers the Auto classes)
 from statetap.cli import main
 from statetap.models import from_blinkdl, from_blinkdl_state_dict
 from statetap.models.convert import convert_checkpoint
@@ -27,13 +27,9 @@ def save_pth(state: dict, tmp_path, name: str = "model.pth"):
     return path
 
 
-def world_sized(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``state`` with a World-sized embedding and head (65536 rows)."""
-    width = state["emb.weight"].shape[1]
-    return state | {
-        "emb.weight": torch.randn(65536, width),
-        "head.weight": torch.randn(65536, width) / width**0.5,
-    }
+def world_sized(version: str, seed: int) -> dict[str, torch.Tensor]:
+    """A random checkpoint with the World vocabulary's 65536 embedding rows."""
+    return random_checkpoint(version, seed, SIZES[version] | {"vocab": 65536})
 
 
 def logits(model, vocab: int) -> torch.Tensor:
@@ -64,14 +60,15 @@ def test_converted_folder_loads_to_the_blinkdl_logits(tmp_path, capsys, version,
 
 
 def test_world_model_converts_with_its_tokenizer_in_bfloat16(tmp_path, fresh_seed):
-    pth = save_pth(world_sized(random_checkpoint("x070", fresh_seed)), tmp_path)
+    pth = save_pth(world_sized("x070", fresh_seed), tmp_path)
     out = tmp_path / "world"
     assert main(["convert-rwkv", str(pth), str(out), "--dtype", "bfloat16"]) == 0
     model = AutoModelForCausalLM.from_pretrained(out, dtype="auto")
     assert model.head.weight.dtype == torch.bfloat16
     reference = from_blinkdl(pth, dtype=torch.bfloat16)
     assert torch.equal(logits(model, 65536), logits(reference, 65536))
-    tokenizer = RwkvWorldTokenizer.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert isinstance(tokenizer, RwkvWorldTokenizer)
     text = "User: 状态 steering?\n\nAssistant: Yes 🙂"
     assert tokenizer(text)["input_ids"] == world_tokenizer().encode(text)
     assert tokenizer.pad_token_id == 0
@@ -140,7 +137,7 @@ def test_world_tokenizer_for_another_vocabulary_is_refused(tmp_path, fresh_seed)
 
 
 def test_an_interrupted_conversion_leaves_nothing(tmp_path, monkeypatch, fresh_seed):
-    pth = save_pth(world_sized(random_checkpoint("x052", fresh_seed)), tmp_path)
+    pth = save_pth(world_sized("x052", fresh_seed), tmp_path)
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt

@@ -13,7 +13,7 @@ from rwkv_blinkdl_cases import SIZES, random_checkpoint
 from rwkv_port_layouts import fla_config, fla_layout, hf_config, hf_layout, write_folder
 from transformers import AutoConfig, AutoModelForCausalLM
 
-import statetap.models.foreign_layouts  # noqa: F401  (registers the ports' model types)
+import statetap.models  # noqa: F401  (registers the Auto classes)
 from statetap.models import (
     Rwkv5ForCausalLM,
     Rwkv6ForCausalLM,
@@ -64,10 +64,14 @@ def test_hf_remote_code_folder_loads_to_the_blinkdl_logits(tmp_path, version, fr
     assert_same_logits(model, reference)
 
 
+#: RWKV-7 at head size 64, where fla's ln_x eps (head_dim * norm_eps) is BlinkDL's 64e-5
+X070_HEAD_64 = SIZES["x070"] | {"heads": 2, "head_size": 64, "ffn": 67}
+
+
 @pytest.mark.parametrize("model_type", ["rwkv7", "rwkv7_fla"])
 def test_fla_folder_loads_to_the_blinkdl_logits(tmp_path, model_type, fresh_seed):
-    state = random_checkpoint("x070", fresh_seed)
-    reference = fla_reference(state)
+    state = random_checkpoint("x070", fresh_seed, X070_HEAD_64)
+    reference = blinkdl_reference(state, tmp_path)
     tensors = fla_layout(state)
     assert "model.layers.0.attn.v_lora.lora.0.weight" not in tensors
     rank_v, width = SIZES["x070"]["ranks"][2], reference.config.hidden_size
@@ -75,6 +79,14 @@ def test_fla_folder_loads_to_the_blinkdl_logits(tmp_path, model_type, fresh_seed
     folder = write_folder(tmp_path / "fla", fla_config(reference.config, model_type), tensors)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     assert type(model) is Rwkv7ForCausalLM
+    assert_same_logits(model, reference)
+
+
+def test_fla_ln_x_eps_at_other_head_sizes_is_fla_s(tmp_path, fresh_seed):
+    state = random_checkpoint("x070", fresh_seed)
+    reference = fla_reference(state)
+    folder = write_folder(tmp_path / "fla", fla_config(reference.config), fla_layout(state))
+    model = AutoModelForCausalLM.from_pretrained(folder)
     assert model.model.blocks[2].att.ln_x.eps == pytest.approx(SIZES["x070"]["head_size"] * 1e-5)
     assert_same_logits(model, reference)
 
