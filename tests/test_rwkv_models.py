@@ -167,3 +167,21 @@ def test_bad_checkpoints_are_refused(tmp_path, fresh_seed):
     torch.save(random_checkpoint("x052", fresh_seed), path)
     with pytest.raises(TypeError, match="dtype must be"):
         from_blinkdl(path, dtype=torch.float64)
+
+
+def test_bad_input_is_refused_naming_the_argument(model, version):
+    ids = torch.randint(0, SIZES[version]["vocab"], (2, 4))
+    with pytest.raises(ValueError, match=r"attention_mask must be a \[B=2, L>=4\] tensor"):
+        model(ids, attention_mask=torch.ones(2, 3))
+    with pytest.raises(ValueError, match="exactly one of input_ids and inputs_embeds"):
+        model(ids, inputs_embeds=torch.zeros(2, 4, model.config.hidden_size))
+    cache = model(ids[:1], use_cache=True).cache
+    with pytest.raises(ValueError, match="cache holds 1 rows but the input has 2"):
+        model(ids, cache=cache)
+    with pytest.raises(TypeError, match="cache must be an RwkvCache"):
+        model(ids, cache=[torch.zeros(2)])
+    config_class = type(model.config)
+    with pytest.raises(ValueError, match=r"num_heads \* head_size must equal hidden_size"):
+        config_class(hidden_size=24, head_size=5)
+    with pytest.raises(ValueError, match="head_size must be a positive int"):
+        config_class(hidden_size=24, head_size=0)
