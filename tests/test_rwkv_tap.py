@@ -207,3 +207,33 @@ def test_extraction_over_texts_of_different_lengths_equals_each_text_alone(
         alone = tap.run(ids, emit=emit)
         for (site, layer), value in alone.activations.items():
             close(tensors[f"{site}.{layer}"][row], value[0].float())
+
+
+def test_mixer_emission_and_injection_equal_a_forward_hook(tap, version):
+    """The ``"mixer"`` site is the time mix's output: emitted as a hook sees it, and an
+    injection at t equals a hook adding the value there."""
+    ids, layer, t = tokens(version, 2, 6), 1, 3
+    value = random_value(tap, "mixer")
+    seen = []
+
+    def add_at_t(module, args, output):
+        seen.append(output[0].clone())
+        edited = output[0].clone()
+        edited[:, t] += 1.5 * value
+        return (edited, *output[1:])
+
+    handle = tap.adapter.mixer(layer).register_forward_hook(add_at_t)
+    try:
+        with torch.no_grad():
+            hooked = tap.model(ids).logits
+    finally:
+        handle.remove()
+    result = tap.run(
+        ids,
+        emit=[statetap.Emit("mixer", layer, positions="all")],
+        inject=[statetap.Inject("mixer", layer, value, positions=t, scale=1.5)],
+    )
+    close(result.logits, hooked)
+    edited = seen[0].clone()
+    edited[:, t] += 1.5 * value
+    close(result["mixer", layer], edited)

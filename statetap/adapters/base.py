@@ -84,6 +84,8 @@ class Adapter:
     #: substitutions it must run; the first call starts from the empty state, the others
     #: continue from the cache the previous one left
     probe_calls: tuple[tuple[int, tuple[str, ...]], ...] = ()
+    #: the mixer's forward returns a tuple whose first element is its output tensor
+    mixer_returns_tuple: bool = False
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -133,11 +135,11 @@ class Adapter:
 
     def mixer_output(self, output: object) -> torch.Tensor:
         """The mixer's output tensor ``[B, L, H]`` from what its forward returned."""
-        return output
+        return output[0] if self.mixer_returns_tuple else output
 
     def with_mixer_output(self, output: object, tensor: torch.Tensor) -> object:
         """What the mixer's forward returned, with its output tensor replaced."""
-        return tensor
+        return (tensor, *output[1:]) if self.mixer_returns_tuple else tensor
 
     def output_cache(self, output: object) -> object:
         """The cache object in what the model's forward returned (None without one)."""

@@ -51,6 +51,7 @@ class StatetapRwkvAdapter(Adapter):
     #: each forward call must consult every state site (a prefill, then a one-token step)
     probe_calls = ((2, STATE_SITES), (1, STATE_SITES))
     mixer_cache_argument = "cache"  # RwkvBlock hands its time mix the cache as `cache=`
+    mixer_returns_tuple = True
 
     def __init__(self, model) -> None:
         if not isinstance(model, CAUSAL_LMS):
@@ -82,12 +83,6 @@ class StatetapRwkvAdapter(Adapter):
         if site in ("att_shift", "ffn_shift"):
             return (config.hidden_size,)
         return super().site_shape(site)
-
-    def mixer_output(self, output):
-        return output[0]
-
-    def with_mixer_output(self, output, tensor):
-        return (tensor, *output[1:])
 
     def output_cache(self, output):
         return output.cache
