@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
+from transformers import initialization as init
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.utils import ModelOutput
 
@@ -134,7 +135,12 @@ class RwkvBasePreTrainedModel(PreTrainedModel):
     instrumentation: Instrumentation | None = None
 
     def _init_weights(self, module: nn.Module) -> None:
+        """transformers' defaults, but linear maps keep their inputs' scale (std
+        ``in_features ** -0.5``: 0.02 would start a small RWKV with near-zero logits and
+        vanishing gradients), and each mix module's own parameters."""
         super()._init_weights(module)
+        if isinstance(module, nn.Linear):
+            init.normal_(module.weight, 0.0, module.in_features**-0.5)
         init_mixing = getattr(module, "init_rwkv_weights", None)
         if init_mixing is not None:
             init_mixing()
