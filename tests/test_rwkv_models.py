@@ -185,3 +185,26 @@ def test_bad_input_is_refused_naming_the_argument(model, version):
         config_class(hidden_size=24, head_size=5)
     with pytest.raises(ValueError, match="head_size must be a positive int"):
         config_class(hidden_size=24, head_size=0)
+
+
+@torch.no_grad()
+def test_beam_search_scores_equal_the_returned_sequences_rescored(model, version):
+    """Beam search reorders the cache's rows (``RwkvCache.reorder_cache``): each returned
+    sequence's score equals its log-probability recomputed in one pass (length penalty 0)."""
+    ids = torch.randint(1, SIZES[version]["vocab"], (2, 5))
+    new = 4
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        num_beams=3,
+        max_new_tokens=new,
+        min_new_tokens=new,
+        do_sample=False,
+        pad_token_id=0,
+        length_penalty=0.0,
+        return_dict_in_generate=True,
+        output_scores=True,
+    )
+    log_probs = model(out.sequences).logits.float().log_softmax(-1)
+    picked = log_probs[:, 4:-1].gather(-1, out.sequences[:, 5:, None])[..., 0]
+    torch.testing.assert_close(picked.sum(1), out.sequences_scores, rtol=0, atol=1e-4)
