@@ -128,6 +128,7 @@ class RwkvBasePreTrainedModel(PreTrainedModel):
     """Weight init and the instrumentation switch shared by the statetap RWKV models."""
 
     base_model_prefix = "model"
+    _input_embed_layer = "emb"  # transformers' get/set_input_embeddings find it by this name
     _no_split_modules = ["RwkvBlock"]
     _is_stateful = True
     supports_gradient_checkpointing = False
@@ -171,12 +172,6 @@ class RwkvBaseModel(RwkvBasePreTrainedModel):
         )
         self.ln_out = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_epsilon)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.emb
-
-    def set_input_embeddings(self, embeddings: nn.Embedding) -> None:
-        self.emb = embeddings
 
     def empty_cache(self, batch: int, device: torch.device) -> RwkvCache:
         """The zero state for ``batch`` rows."""
@@ -259,12 +254,6 @@ class RwkvBaseForCausalLM(RwkvBasePreTrainedModel, GenerationMixin):
         self.model = self.model_class(config)
         self.head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.emb
-
-    def set_input_embeddings(self, embeddings: nn.Embedding) -> None:
-        self.model.emb = embeddings
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.head
