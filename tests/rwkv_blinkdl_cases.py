@@ -30,6 +30,24 @@ ENVIRONMENT = {
 }
 
 
+#: ||actual - expected|| / ||expected|| allowed between two float32 computations of the same
+#: thing in another order of operations (chunks, segments, row layout, the official per-token
+#: loops), through ln_x where a head's variance is small (by design, so that its eps shows)
+TOLERANCE = 1e-5
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """``||actual - expected|| / ||expected||`` in float64."""
+    return float((actual.double() - expected.double()).norm() / expected.double().norm())
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, tolerance: float = TOLERANCE):
+    """Same shape, and a relative error (:func:`relative_error`) below ``tolerance``."""
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    error = relative_error(actual, expected)
+    assert error < tolerance, f"relative error {error:.2e} (allowed {tolerance:.0e})"
+
+
 def _uniform(generator, low: float, high: float, *shape: int) -> torch.Tensor:
     return low + (high - low) * torch.rand(shape, generator=generator)
 

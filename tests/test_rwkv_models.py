@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from rwkv_blinkdl_cases import SIZES, random_checkpoint
+from rwkv_blinkdl_cases import SIZES, assert_close, random_checkpoint
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from statetap.models import (
@@ -23,7 +23,6 @@ from statetap.models import (
 
 VERSIONS = ("x052", "x060", "x070")
 CLASSES = {"x052": Rwkv5ForCausalLM, "x060": Rwkv6ForCausalLM, "x070": Rwkv7ForCausalLM}
-ATOL = 2e-5
 
 
 @pytest.fixture(scope="module", params=VERSIONS)
@@ -71,13 +70,11 @@ def test_every_row_gets_what_it_gets_alone(model, version, layout):
     for row, text in enumerate(texts):
         alone = model(text[None], use_cache=True)
         real = mask[row].bool()
-        torch.testing.assert_close(batched.logits[row, real], alone.logits[0], rtol=0, atol=ATOL)
+        assert_close(batched.logits[row, real], alone.logits[0])
         for site in ("att_shift", "wkv", "ffn_shift"):
             for layer in range(model.config.num_hidden_layers):
                 ours = getattr(batched.cache, site)[layer][row]
-                torch.testing.assert_close(
-                    ours, getattr(alone.cache, site)[layer][0], rtol=0, atol=ATOL
-                )
+                assert_close(ours, getattr(alone.cache, site)[layer][0])
 
 
 @torch.no_grad()
@@ -93,8 +90,8 @@ def test_pads_change_no_state_when_continuing(model, version):
     padded[1, 1] = 7
     got = model(padded, attention_mask=mask, cache=cache.clone(), use_cache=True)
     plain = model(tail, cache=cache.clone(), use_cache=True)
-    torch.testing.assert_close(got.logits[0, 2:], plain.logits[0], rtol=0, atol=ATOL)
-    torch.testing.assert_close(got.cache.wkv[-1][0], plain.cache.wkv[-1][0], rtol=0, atol=ATOL)
+    assert_close(got.logits[0, 2:], plain.logits[0])
+    assert_close(got.cache.wkv[-1][0], plain.cache.wkv[-1][0])
     assert (got.logits[1, 2:] - plain.logits[1]).abs().max() > 1e-3  # row 1's token 7 is real
 
 

@@ -13,22 +13,17 @@ import os
 
 import pytest
 import torch
-from rwkv_blinkdl_cases import SIZES, random_checkpoint, run_official
+from rwkv_blinkdl_cases import SIZES, TOLERANCE, random_checkpoint, relative_error, run_official
 
 import statetap
 from statetap.models import from_blinkdl
 
 VERSIONS = ("x052", "x060", "x070")
 LENGTH = 9
-TOLERANCE = 1e-5  # relative error ||ours - official|| / ||official||, float32 both
 #: the package's state list index of each component of layer l: 3 * l + offset
 OFFSET = {"att_shift": 0, "wkv": 1, "ffn_shift": 2}
 #: (site, layer, after token) of the edit runs
 EDITS = (("wkv", 1, 3), ("att_shift", 0, 2), ("ffn_shift", 1, 5))
-
-
-def relative_error(ours: torch.Tensor, official: torch.Tensor) -> float:
-    return float((ours.float() - official.float()).norm() / official.float().norm())
 
 
 def to_ours(site: str, version: str, state: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from rwkv_blinkdl_cases import SIZES, random_checkpoint
+from rwkv_blinkdl_cases import assert_close as close
 from torch import nn
 
 import statetap
@@ -19,9 +20,6 @@ from statetap.models import RwkvWorldTokenizer, from_blinkdl_state_dict
 
 VERSIONS = ("x052", "x060", "x070")
 STATE_SITES = ("wkv", "att_shift", "ffn_shift")
-#: ||actual - expected|| / ||expected||: float32 on both sides, in another order of operations
-#: (chunks, segments, row layout), through ln_x where a head's variance is small (by design)
-TOLERANCE = 1e-5
 
 
 @pytest.fixture(scope="module", params=VERSIONS)
@@ -32,12 +30,6 @@ def version(request):
 @pytest.fixture
 def tap(version, fresh_seed):
     return statetap.attach(from_blinkdl_state_dict(random_checkpoint(version, fresh_seed)))
-
-
-def close(actual, expected, tolerance=TOLERANCE):
-    assert actual.shape == expected.shape
-    error = float((actual.double() - expected.double()).norm() / expected.double().norm())
-    assert error < tolerance, f"relative error {error:.2e}"
 
 
 def random_value(tap, site):
