@@ -139,6 +139,22 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert_rwkv(args: argparse.Namespace) -> int:
+    from statetap.models.convert import DTYPES, convert_checkpoint
+
+    out = convert_checkpoint(
+        args.source,
+        args.out_dir,
+        dtype=DTYPES[args.dtype],
+        tokenizer=not args.no_tokenizer,
+        vocab_file=args.vocab_file,
+    )
+    print(
+        f"wrote {out}: AutoModelForCausalLM.from_pretrained loads it after import statetap.models"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from statetap.kernels import OPS, STEPS
 
@@ -235,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", default="runs/demo", help="report folder (default runs/demo)")
     demo.add_argument(
-        "--models", nargs="+", help="zoo models (default: the four of statetap.demo.DEFAULT_MODELS)"
+        "--models", nargs="+", help="zoo models (default: the six of statetap.demo.DEFAULT_MODELS)"
     )
     demo.add_argument("--short", action="store_true", help="tiny recipes, seconds of training")
     demo.add_argument("--texts", type=int, default=256, help="held-out texts per model")
@@ -245,6 +261,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--processes", type=int, help="processes training missing models (default: CPU cores)"
     )
     demo.set_defaults(run=_demo)
+
+    convert = commands.add_parser(
+        "convert-rwkv",
+        help="convert a BlinkDL RWKV-5/6/7 .pth (or a port's folder) to a transformers folder",
+        description="Load a BlinkDL .pth (x052, x060, x070), or a folder in the transformers "
+        "RWKV-5/6 or flash-linear-attention RWKV-7 layout, and write it as a folder of "
+        "statetap's RWKV models (config.json, model.safetensors and the World tokenizer) that "
+        "AutoModelForCausalLM and AutoTokenizer load once statetap.models is imported. The "
+        "folder appears only when complete.",
+    )
+    convert.add_argument("source", help="BlinkDL .pth file, or a model folder")
+    convert.add_argument("out_dir", help="folder to create (must not exist)")
+    convert.add_argument(
+        "--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="saved dtype"
+    )
+    convert.add_argument(
+        "--vocab-file",
+        help="World vocabulary (default: the rwkv package's rwkv_vocab_v20230424.txt)",
+    )
+    convert.add_argument(
+        "--no-tokenizer",
+        action="store_true",
+        help="write no tokenizer (for models whose vocabulary is not the World one)",
+    )
+    convert.set_defaults(run=_convert_rwkv)
 
     from statetap.interp.steering.cli import add_steer_commands
 

@@ -44,7 +44,14 @@ from statetap.interp.steering import demo_section
 from statetap.zoo import corpus
 from statetap.zoo.prepare import as_trained
 
-DEFAULT_MODELS = ("quirky-mamba", "quirky-rwkv4", "text-mamba", "text-rwkv4")
+DEFAULT_MODELS = (
+    "quirky-mamba",
+    "quirky-rwkv4",
+    "quirky-rwkv7",
+    "text-mamba",
+    "text-rwkv4",
+    "text-rwkv7",
+)
 COST_TOKENS = 128  # the cost batch's rows are cut to this many tokens
 REPORT_FILES = ("report.md", "quality.png", "cost.png", "steering-modes.png", "summary.json")
 

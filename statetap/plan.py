@@ -12,6 +12,16 @@ from dataclasses import dataclass, field
 import torch
 
 
+def gather_positions(sequence: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """``sequence`` ``[B, L, ...]`` at ``positions`` ``[B, P]`` -> ``[B, P, ...]``; slots
+    holding ``-1`` (nothing at this call) come back as zeros."""
+    positions = positions.to(sequence.device)
+    rows = torch.arange(sequence.shape[0], device=sequence.device)[:, None]
+    gathered = sequence[rows, positions.clamp_min(0)]
+    unused = (positions < 0).view(*positions.shape, *[1] * (sequence.dim() - 2))
+    return gathered.masked_fill(unused, 0)
+
+
 @dataclass
 class Injection:
     """One injection at a site: padded ``positions`` ``[B, Q]``, ``value`` ``[B, Q, *shape]``,

@@ -14,7 +14,9 @@ from statetap.demo import REPORT_FILES, DemoConfig
 def test_short_demo_writes_every_report_file_and_a_table(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("STATETAP_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "report"
-    models = ["quirky-mamba", "quirky-rwkv4", "text-mamba", "text-rwkv4"]
+    quirky = ["quirky-mamba", "quirky-rwkv4", "quirky-rwkv7"]
+    text = ["text-mamba", "text-rwkv4", "text-rwkv7"]
+    models = quirky + text
     argv = ["demo", "--short", "--out", str(out), "--texts", "24", "--repeats", "2"]
     assert main([*argv, "--models", *models]) == 0
     printed = capsys.readouterr().out
@@ -36,17 +38,17 @@ def test_short_demo_writes_every_report_file_and_a_table(tmp_path, monkeypatch, 
     # The steering section: every mode of every quirky model, a shift that is rate - baseline.
     steering = summary["steering"]
     assert [(r["model"], r["mode"]) for r in steering] == [
-        (m, mode) for m in models[:2] for mode in ("residual", "state", "both")
+        (m, mode) for m in quirky for mode in ("residual", "state", "both")
     ]
     for row in steering:
         assert 0.0 <= row["baseline_rate"] <= 1.0 and 0.0 <= row["rate"] <= 1.0
         assert row["shift"] == pytest.approx(row["rate"] - row["baseline_rate"])
         assert f"| {row['model']} | {row['mode']} | {row['layer']} |" in report
-    assert all((out / f"steering-{m}.png").stat().st_size > 0 for m in models[:2])
+    assert all((out / f"steering-{m}.png").stat().st_size > 0 for m in quirky)
     # The lens section: tuned and logit lens at every layer of each text model, the last layer
     # reproducing the model, a plot and a saved lens per model.
     lens = summary["lens"]
-    for name in models[2:]:
+    for name in text:
         rows = [r for r in lens if r["model"] == name]
         assert {(r["lens"], r["layer"]) for r in rows} == {
             (kind, layer) for kind in ("tuned", "logit") for layer in range(2)
@@ -60,7 +62,7 @@ def test_short_demo_writes_every_report_file_and_a_table(tmp_path, monkeypatch, 
     # The ELK section: per quirky model, probe and site (residual and state side by side) the
     # best layer's AUROCs; the results and the figure on disk.
     elk = summary["elk"]
-    for name in models[:2]:
+    for name in quirky:
         rows = [r for r in elk if r["model"] == name]
         assert {(r["probe"], r["site"]) for r in rows} == {
             (probe, site)

@@ -30,11 +30,31 @@ from statetap.interp.elk.quirky_lora import (
     save_adapter,
     target_modules_for,
 )
+from statetap.models import (
+    Rwkv5Config,
+    Rwkv5ForCausalLM,
+    Rwkv6Config,
+    Rwkv6ForCausalLM,
+    Rwkv7Config,
+    Rwkv7ForCausalLM,
+)
 from statetap.zoo.quirky import quirky_addition
 from statetap.zoo.tokenizer import quirky_tokenizer
 from statetap.zoo.train import answer_ids, quirky_accuracy
 
-ARCHITECTURES = ("mamba", "mamba2", "rwkv")
+# statetap's RWKV-5/6 train as its RWKV-7 does (one model class family); only the RWKV-7 trains
+# here, to keep the suite short; test_statetap_rwkv_targets_exist_in_every_layer covers all three
+ARCHITECTURES = ("mamba", "mamba2", "rwkv", "statetap_rwkv7")
+#: statetap's own RWKV-5/6/7 (statetap.models) at the same width, LoRA ranks 4
+STATETAP_RWKV = {
+    "statetap_rwkv5": (Rwkv5Config, Rwkv5ForCausalLM, {}),
+    "statetap_rwkv6": (Rwkv6Config, Rwkv6ForCausalLM, dict(mix_lora_rank=4, decay_lora_rank=4)),
+    "statetap_rwkv7": (
+        Rwkv7Config,
+        Rwkv7ForCausalLM,
+        dict(decay_lora_rank=4, a_lora_rank=4, value_lora_rank=4, gate_lora_rank=4),
+    ),
+}
 # A learning rate that moves a tiny model in a few steps (the paper's 2e-5 is for 370M+ models).
 FAST = LoraQuirkyConfig(lr=2e-2, epochs=4, batch_size=8, seed=3)
 
@@ -61,6 +81,11 @@ def tiny_model(model_type: str, seed: int = 0, layers: int = 2, **overrides) -> 
             **overrides,
         )
         cls = Mamba2ForCausalLM
+    elif model_type in STATETAP_RWKV:
+        config_class, cls, ranks = STATETAP_RWKV[model_type]
+        config = config_class(
+            hidden_size=16, num_hidden_layers=layers, head_size=8, **ranks, **ids, **overrides
+        )
     else:
         config = RwkvConfig(
             hidden_size=16,
@@ -145,6 +170,20 @@ def test_make_quirky_trains_lora_only_and_lowers_the_answer_loss(model_type):
     assert answer_loss(quirky, tokenizer, prompts) < 0.8 * loss_before
     with quirky.disable_adapter():  # the base model, unchanged
         assert answer_loss(quirky, tokenizer, prompts) == pytest.approx(loss_before, abs=1e-6)
+
+
+@pytest.mark.parametrize("model_type", sorted(STATETAP_RWKV))
+def test_statetap_rwkv_targets_exist_in_every_layer(model_type):
+    model = tiny_model(model_type, layers=3)
+    targets = target_modules_for(model, LoraQuirkyConfig())
+    assert targets == DEFAULT_TARGET_MODULES[model_type]
+    peft_model = peft.get_peft_model(model, peft.LoraConfig(target_modules=list(targets)))
+    wrapped = [name for name, m in peft_model.named_modules() if isinstance(m, LoraLayer)]
+    for target in targets:
+        layers = {
+            name.split(".blocks.")[1].split(".")[0] for name in wrapped if name.endswith(target)
+        }
+        assert layers == {"0", "1", "2"}, target
 
 
 @pytest.mark.parametrize("model_type", ARCHITECTURES)

@@ -242,7 +242,10 @@ def state(model) -> dict:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("name", ["quirky-mamba", "quirky-rwkv4", "text-mamba", "text-rwkv4"])
+@pytest.mark.parametrize(
+    "name",
+    ["quirky-mamba", "quirky-rwkv4", "quirky-rwkv7", "text-mamba", "text-rwkv4", "text-rwkv7"],
+)
 def test_training_is_deterministic(name):
     recipe = SHORT[name]
     first = state(zoo_train.train(recipe, progress=False).model)

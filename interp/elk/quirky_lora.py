@@ -33,6 +33,10 @@ Default target modules, by transformers ``model_type`` (:data:`DEFAULT_TARGET_MO
   ``receptance`` and ``output`` of the time mix (``attention``) and ``key``, ``value`` and
   ``receptance`` of the channel mix (``feed_forward``), the counterparts of the attention and
   MLP projections elk-generalization targets in transformer LMs.
+- ``"statetap_rwkv5"`` / ``"statetap_rwkv6"`` / ``"statetap_rwkv7"`` (:mod:`statetap.models`): the
+  same linear maps of the time mix (``att``; RWKV-5/6 also its ``gate``; RWKV-7 has no
+  receptance in its channel mix and its gate is a LoRA of plain parameters) and channel mix
+  (``ffn``).
 
 Two transformers paths would silently detach a LoRA from training and are avoided:
 
@@ -87,6 +91,9 @@ DEFAULT_TARGET_MODULES: dict[str, tuple[str, ...]] = {
     "mamba": ("embeddings", "in_proj", "x_proj"),
     "mamba2": ("embeddings", "in_proj"),
     "rwkv": ("key", "value", "receptance", "output"),
+    "statetap_rwkv5": ("key", "value", "receptance", "gate", "output"),
+    "statetap_rwkv6": ("key", "value", "receptance", "gate", "output"),
+    "statetap_rwkv7": ("key", "value", "receptance", "output"),
 }
 
 # Mixer classes whose training-mode forward hands LoRA-targetable projection weights to a fused
@@ -198,9 +205,9 @@ def make_quirky(
     """Fine-tune a LoRA adapter on ``model`` so that it gives each example's answer.
 
     Args:
-        model: a transformers ``MambaForCausalLM``, ``Mamba2ForCausalLM`` or ``RwkvForCausalLM``
-            on any device. peft injects the LoRA layers into it in place; its own weights are
-            not changed.
+        model: a transformers ``MambaForCausalLM``, ``Mamba2ForCausalLM`` or ``RwkvForCausalLM``,
+            or a ``statetap.models`` RWKV-5/6/7, on any device. peft injects the LoRA layers
+            into it in place; its own weights are not changed.
         tokenizer: the model's tokenizer; it needs a ``pad_token_id`` (prompts are right-padded,
             and only positions up to each prompt's last token are read), and each distinct
             ``example.answer`` must encode to exactly one token.

@@ -12,10 +12,18 @@ from statetap.adapters.base import Adapter
 from statetap.adapters.mamba import FalconMambaAdapter, Mamba2Adapter, MambaAdapter
 from statetap.adapters.mamba_ssm import MambaSsmAdapter
 from statetap.adapters.rwkv import RwkvAdapter
+from statetap.adapters.statetap_rwkv import StatetapRwkvAdapter
 
 ADAPTERS: dict[str, type[Adapter]] = {
     name: adapter
-    for adapter in (MambaAdapter, FalconMambaAdapter, Mamba2Adapter, MambaSsmAdapter, RwkvAdapter)
+    for adapter in (
+        MambaAdapter,
+        FalconMambaAdapter,
+        Mamba2Adapter,
+        MambaSsmAdapter,
+        RwkvAdapter,
+        StatetapRwkvAdapter,
+    )
     for name in adapter.model_classes
 }
 

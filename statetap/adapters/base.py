@@ -21,23 +21,13 @@ import torch
 from torch import nn
 
 from statetap.adapters.upstream import drift
-from statetap.plan import Pass
+from statetap.plan import Pass, gather_positions
 
 COMMON_SITES = ("residual", "mixer")
 
 
 class ForwardStopped(Exception):
     """Raised by the hook of :meth:`Adapter.stopping_after` to end a forward pass early."""
-
-
-def gather_positions(sequence: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """``sequence`` ``[B, L, ...]`` at ``positions`` ``[B, P]`` -> ``[B, P, ...]``; slots
-    holding ``-1`` (nothing at this call) come back as zeros."""
-    positions = positions.to(sequence.device)
-    rows = torch.arange(sequence.shape[0], device=sequence.device)[:, None]
-    gathered = sequence[rows, positions.clamp_min(0)]
-    unused = (positions < 0).view(*positions.shape, *[1] * (sequence.dim() - 2))
-    return gathered.masked_fill(unused, 0)
 
 
 @contextlib.contextmanager
@@ -103,6 +93,8 @@ class Adapter:
     #: substitutions it must run; the first call starts from the empty state, the others
     #: continue from the cache the previous one left
     probe_calls: tuple[tuple[int, tuple[str, ...]], ...] = ()
+    #: the mixer's forward returns a tuple whose first element is its output tensor
+    mixer_returns_tuple: bool = False
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -152,11 +144,11 @@ class Adapter:
 
     def mixer_output(self, output: object) -> torch.Tensor:
         """The mixer's output tensor ``[B, L, H]`` from what its forward returned."""
-        return output
+        return output[0] if self.mixer_returns_tuple else output
 
     def with_mixer_output(self, output: object, tensor: torch.Tensor) -> object:
         """What the mixer's forward returned, with its output tensor replaced."""
-        return tensor
+        return (tensor, *output[1:]) if self.mixer_returns_tuple else tensor
 
     def output_cache(self, output: object) -> object:
         """The cache object in what the model's forward returned (None without one)."""

@@ -30,7 +30,7 @@ import importlib
 
 import torch
 
-from statetap.adapters.base import Adapter, gather_positions, patched, stop_forward
+from statetap.adapters.base import Adapter, patched, stop_forward
 from statetap.adapters.conv import (
     causal_conv1d,
     causal_conv1d_update,
@@ -39,7 +39,7 @@ from statetap.adapters.conv import (
 )
 from statetap.adapters.mamba import MambaAdapter
 from statetap.adapters.upstream import refuse_unknown
-from statetap.plan import Pass
+from statetap.plan import Pass, gather_positions
 
 _MODELING = "mamba_ssm.modules.mamba_simple"
 _CACHE_INDEX = {"conv": 0, "ssm": 1}

@@ -82,6 +82,7 @@ class RwkvAdapter(Adapter):
     modeling_module = MODELING_MODULE
     probe_calls = ((2, (ATTENTION_NAME,)), (1, (ATTENTION_NAME,)))
     mixer_cache_argument = "state"  # RwkvBlock hands its attention the state list
+    mixer_returns_tuple = True
 
     @property
     def blocks(self):
@@ -100,12 +101,6 @@ class RwkvAdapter(Adapter):
         if site in _CACHE_INDEX:
             return (self.hidden_size,)
         return super().site_shape(site)
-
-    def mixer_output(self, output):
-        return output[0]
-
-    def with_mixer_output(self, output, tensor):
-        return (tensor, *output[1:])
 
     def output_cache(self, output):
         return output.state

@@ -50,11 +50,11 @@ def tested_range() -> str:
 def drift(package: str, function: str, problem: str) -> UpstreamDrift:
     """The error for ``function`` of ``package`` (``"transformers"`` or ``"mamba-ssm"``) not
     being what statetap expects: names the installed version and the tested range."""
-    tested = (
-        f"statetap is tested with transformers {tested_range()}"
-        if package == "transformers"
-        else "statetap is tested with mamba-ssm 2.3.2.post1"
-    )
+    tested = {
+        "transformers": f"statetap is tested with transformers {tested_range()}",
+        "mamba-ssm": "statetap is tested with mamba-ssm 2.3.2.post1",
+        "statetap": "statetap.models are statetap's own, so this is a statetap bug",
+    }[package]
     return UpstreamDrift(
         f"{package} {package_version(package)}: {function} {problem}; {tested}. Install a "
         f"tested version (see the lock file) or report this so that statetap can follow the "

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from statetap.adapters.base import gather_positions
 from statetap.extract.batching import Batch
 from statetap.extract.config import DTYPES, ExtractConfig, Span
+from statetap.plan import gather_positions
 from statetap.positions import resolve_positions
 from statetap.tap import Emit, Tap
 

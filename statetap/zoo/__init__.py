@@ -10,8 +10,9 @@ later calls load it back in seconds. The cached folder is an ordinary
     >>> model, tokenizer = zoo.load("quirky-mamba")          # doctest: +SKIP
     >>> zoo.metrics("quirky-mamba")["alice_accuracy"]        # doctest: +SKIP
 
-Recipes: ``quirky-mamba``, ``quirky-rwkv4``, ``quirky-mamba2`` (Mallen et al.'s quirky
-addition: Alice answers by the truth, Bob by his sloppy sum), ``text-mamba`` and ``text-rwkv4``
+Recipes: ``quirky-mamba``, ``quirky-rwkv4``, ``quirky-mamba2``, ``quirky-rwkv7`` (Mallen et
+al.'s quirky addition: Alice answers by the truth, Bob by his sloppy sum), ``text-mamba``,
+``text-rwkv4`` and ``text-rwkv7``
 (byte-level LMs on the Python documentation). ``short(recipe)`` gives a tiny variant for tests.
 """
 
@@ -64,6 +65,8 @@ def load(name_or_recipe: str | Recipe, progress: bool = True):
     afterwards.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import statetap.models  # noqa: F401  (registers statetap's RWKV-7 with the Auto classes)
 
     folder = path(name_or_recipe, progress)
     with _transformers_bars(progress):

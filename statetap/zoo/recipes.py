@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-ARCHITECTURES = ("mamba", "mamba2", "rwkv4")
+ARCHITECTURES = ("mamba", "mamba2", "rwkv4", "rwkv7")
 TASKS = ("quirky", "text")
 
 
@@ -33,7 +33,7 @@ class Recipe:
     """
 
     name: str
-    arch: str  # one of ARCHITECTURES: transformers Mamba / Mamba2 / Rwkv ForCausalLM
+    arch: str  # one of ARCHITECTURES: transformers Mamba / Mamba2 / Rwkv, statetap Rwkv7
     task: str  # one of TASKS
     # model
     hidden_size: int
@@ -41,9 +41,10 @@ class Recipe:
     state_size: int = 16  # mamba, mamba2: N
     expand: int = 2  # mamba, mamba2: inner width = expand * hidden_size
     conv_kernel: int = 4  # mamba, mamba2
-    head_dim: int = 16  # mamba2: P (heads = expand * hidden_size / head_dim)
+    head_dim: int = 16  # mamba2: P (heads = expand * hidden_size / head_dim); rwkv7: head size
     chunk_size: int = 16  # mamba2: SSD chunk length of the torch path
-    ffn_mult: int = 4  # rwkv4: channel-mix width = ffn_mult * hidden_size
+    ffn_mult: int = 4  # rwkv4, rwkv7: channel-mix width = ffn_mult * hidden_size
+    lora_rank: int = 16  # rwkv7: rank of the decay, in-context rate and value LoRAs (gate: 2x)
     # quirky data
     max_digits: int = 2  # summands in [1, 10**max_digits - 1]
     train_equations: int = 0  # each gives an Alice and a Bob prompt
@@ -85,6 +86,8 @@ class Recipe:
                 )
         if self.arch == "mamba2" and (self.expand * self.hidden_size) % self.head_dim:
             raise ValueError("mamba2: expand * hidden_size must be a multiple of head_dim")
+        if self.arch == "rwkv7" and self.hidden_size % self.head_dim:
+            raise ValueError("rwkv7: hidden_size must be a multiple of head_dim")
         if not 0.0 < self.held_out < 1.0:
             raise ValueError(f"held_out must be in (0, 1), got {self.held_out}")
 
@@ -101,6 +104,7 @@ def short(recipe: Recipe) -> Recipe:
         head_dim=8,
         chunk_size=8,
         ffn_mult=2,
+        lora_rank=4,
         train_equations=min(recipe.train_equations, 48),
         test_equations=min(recipe.test_equations, 16),
         seq_len=min(recipe.seq_len, 32),
@@ -156,6 +160,19 @@ RECIPES: dict[str, Recipe] = {
             **_QUIRKY,
         ),
         Recipe(
+            name="quirky-rwkv7",
+            arch="rwkv7",
+            hidden_size=64,
+            num_layers=2,
+            head_dim=16,
+            arithmetic_weight=1.0,
+            steps=600,
+            truthful_steps=200,
+            batch_size=128,
+            lr=3e-3,
+            **_QUIRKY,
+        ),
+        Recipe(
             name="text-mamba",
             arch="mamba",
             task="text",
@@ -173,6 +190,18 @@ RECIPES: dict[str, Recipe] = {
             task="text",
             hidden_size=64,
             num_layers=2,
+            seq_len=64,
+            steps=300,
+            batch_size=32,
+            lr=3e-3,
+        ),
+        Recipe(
+            name="text-rwkv7",
+            arch="rwkv7",
+            task="text",
+            hidden_size=64,
+            num_layers=2,
+            head_dim=16,
             seq_len=64,
             steps=300,
             batch_size=32,

@@ -93,6 +93,21 @@ def build_model(recipe: Recipe, vocab_size: int) -> torch.nn.Module:
             **ids,
         )
         cls = RwkvForCausalLM
+    elif r.arch == "rwkv7":
+        from statetap.models import Rwkv7Config, Rwkv7ForCausalLM
+
+        config = Rwkv7Config(
+            hidden_size=r.hidden_size,
+            num_hidden_layers=r.num_layers,
+            head_size=r.head_dim,
+            intermediate_size=r.ffn_mult * r.hidden_size,
+            decay_lora_rank=r.lora_rank,
+            a_lora_rank=r.lora_rank,
+            value_lora_rank=r.lora_rank,
+            gate_lora_rank=2 * r.lora_rank,
+            **ids,
+        )
+        cls = Rwkv7ForCausalLM
     else:  # Recipe validates arch; a new architecture must be added here explicitly
         raise ValueError(f"no model builder for arch {r.arch!r}")
     with torch.random.fork_rng(devices=[]):
