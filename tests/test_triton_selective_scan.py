@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _device import DEVICE, needs_kernel_device, on_device
 from _triton_mamba import (  # noqa: F401
     as_double,
     as_dtype,
@@ -25,10 +26,7 @@ from statetap.kernels.selective_scan.step import (
     selective_scan_step_triton,
 )
 
-DEVICE = "cpu" if _triton.INTERPRETING else "cuda"
-pytestmark = pytest.mark.usefixtures("poisoned")
-if not _triton.INTERPRETING and not torch.cuda.is_available():
-    pytestmark = [pytestmark, pytest.mark.skip(reason="needs CUDA or TRITON_INTERPRET=1")]
+pytestmark = [pytest.mark.usefixtures("poisoned"), needs_kernel_device]
 
 
 def make(batch, length, dtype=torch.float32, bc="grouped", **sizes):
@@ -40,7 +38,7 @@ def make(batch, length, dtype=torch.float32, bc="grouped", **sizes):
     elif bc == "shared":
         dim, n = inputs["A"].shape
         inputs["B"], inputs["C"] = torch.randn(dim, n), torch.randn(dim, n)
-    inputs = {k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    inputs = on_device(inputs)
     return as_dtype(inputs, dtype)
 
 
@@ -217,7 +215,7 @@ def test_step_emit_into_buffer_and_no_emit():
 def test_step_bad_input():
     step, state = step_inputs(2, 6, 4, 1)
     with pytest.raises(ValueError, match="not broadcastable to the state"):
-        selective_scan_step_triton(state, **step, inject_value=torch.randn(3, 6, 4))
+        selective_scan_step_triton(state, **step, inject_value=torch.randn(3, 6, 4, device=DEVICE))
     with pytest.raises(ValueError, match="u must have shape"):
         selective_scan_step_triton(state, **{**step, "u": step["u"][:1]})
     with pytest.raises(ValueError, match="applies to inject_mode='add' only"):

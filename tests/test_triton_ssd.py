@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from _device import DEVICE, needs_kernel_device, on_device
 from _triton_mamba import (  # noqa: F401
     as_double,
     as_dtype,
@@ -20,21 +21,17 @@ from _triton_mamba import (  # noqa: F401
 )
 
 from statetap.kernels.examples import CASES
-from statetap.kernels.selective_scan import _triton
 from statetap.kernels.ssd.chunked import ssd_triton
 from statetap.kernels.ssd.reference import ssd_sequential
 from statetap.kernels.ssd.step import ssd_step_reference, ssd_step_triton
 
-DEVICE = "cpu" if _triton.INTERPRETING else "cuda"
 CHUNK = 16
-pytestmark = pytest.mark.usefixtures("poisoned")
-if not _triton.INTERPRETING and not torch.cuda.is_available():
-    pytestmark = [pytestmark, pytest.mark.skip(reason="needs CUDA or TRITON_INTERPRET=1")]
+pytestmark = [pytest.mark.usefixtures("poisoned"), needs_kernel_device]
 
 
 def make(batch, length, dtype=torch.float32, **sizes):
     inputs = CASES["ssd"].make(batch, length, torch.float32, **sizes)
-    inputs = {k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    inputs = on_device(inputs)
     return as_dtype(inputs, dtype)
 
 
@@ -180,7 +177,7 @@ def test_validation_is_the_reference_one():
     with pytest.raises(ValueError, match="chunk_size must be a positive int"):
         ssd_triton(**inputs, chunk_size=0)
     with pytest.raises(ValueError, match=r"inject_at\[0, 0\] = 7 is out of range"):
-        ssd_triton(**inputs, inject_at=positions([7]), inject_value=torch.zeros(1))
+        ssd_triton(**inputs, inject_at=positions([7]), inject_value=torch.zeros(1, device=DEVICE))
     with pytest.raises(ValueError, match="dt_limit must be"):
         ssd_triton(**inputs, dt_limit=(1.0, 0.0))
     assert math.isinf(ssd_triton.__defaults__[-1][1])
@@ -224,4 +221,6 @@ def test_step_bad_input():
     with pytest.raises(ValueError, match="dt must have shape"):
         ssd_step_triton(state, **{**step, "dt": step["dt"][:, :1]})
     with pytest.raises(ValueError, match="emit buffer must be a contiguous float32"):
-        ssd_step_triton(state, **step, emit=torch.zeros(2, 2, 3, 4, dtype=torch.float16))
+        ssd_step_triton(
+            state, **step, emit=torch.zeros(2, 2, 3, 4, dtype=torch.float16, device=DEVICE)
+        )
