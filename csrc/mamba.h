@@ -1,14 +1,59 @@
-// The decode step shared by Mamba-1 and Mamba-2 (one token, state updated in place), as the
-// Triton step kernel: the state is seen as [B, H, P, N], Mamba-1's D channels being H = G groups
-// of P = D / G rows, Mamba-2's heads H with P channels each.  Defined in selective_scan.cpp;
-// ssd.cpp registers ssd_step on it.
+// What the Mamba-1 (selective_scan.cpp) and Mamba-2 (ssd.cpp) kernels share: the time-step
+// discretisation, the gated output, and the decode step (one token, state updated in place)
+// that both steps run, as the Triton step kernel does: the state seen as [B, H, P, N], Mamba-1's
+// D channels being H = G groups of P = D / G rows, Mamba-2's heads H with P channels each.
+// mamba_state_update is defined in selective_scan.cpp; ssd.cpp registers ssd_step on it.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
+#include <cstdint>
 #include <optional>
 
+#include "simd.h"
+
 namespace statetap {
+
+/// How a Mamba time step is discretised: dt = clamp(softplus(dt_raw + bias), low, high), the
+/// softplus and the clamp each optional.
+struct TimeStep {
+  bool softplus = false, limited = false;
+  float low = 0.0f, high = 0.0f;
+
+  template <int W>
+  STATETAP_INLINE simd::F<W> apply(simd::F<W> raw) const {
+    simd::F<W> dt = softplus ? simd::softplus<W>(raw) : raw;
+    if (limited) {
+      dt = simd::min<W>(simd::max<W>(dt, simd::broadcast<W>(low)), simd::broadcast<W>(high));
+    }
+    return dt;
+  }
+
+  /// dt[t] = apply(raw[t] + bias) for t < L (in place allowed), vectorised over t.
+  template <int W>
+  STATETAP_INLINE void row(const float* raw, int64_t L, float bias, float* dt) const {
+    int64_t t = 0;
+    for (; t + W <= L; t += W) simd::store<W>(dt + t, apply<W>(simd::load<W>(raw + t) + bias));
+    for (; t < L; ++t) dt[t] = apply<1>(simd::broadcast<1>(raw[t] + bias))[0];
+  }
+};
+
+/// y[i] = (y[i] + skip[i % period] x[i]) * silu(z[i]) for i < n (skip and z optional),
+/// vectorised over i where the period allows.
+template <int W>
+STATETAP_INLINE void gated_output(float* y, const float* x, const float* skip, int64_t period,
+                                  const float* z, int64_t n) {
+  if (skip != nullptr) {
+    for (int64_t i = 0; i < n; ++i) y[i] += skip[i % period] * x[i];
+  }
+  if (z != nullptr) {
+    int64_t i = 0;
+    for (; i + W <= n; i += W) {
+      simd::store<W>(y + i, simd::load<W>(y + i) * simd::silu<W>(simd::load<W>(z + i)));
+    }
+    for (; i < n; ++i) y[i] *= simd::silu<1>(simd::broadcast<1>(z[i]))[0];
+  }
+}
 
 /// One token of `S = exp(dt A) S + dt x B^T; y = S C + D x; y *= silu(z)`, then the injection
 /// (`S = value` when `inject_set`, else `S += scale * value`), written back into `state`, and a

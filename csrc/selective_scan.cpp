@@ -23,7 +23,7 @@
 #include "dispatch.h"
 #include "instrumentation.h"
 #include "isa.h"
-#include "mamba_step.h"
+#include "mamba.h"
 #include "simd.h"
 
 namespace statetap {
@@ -32,38 +32,6 @@ namespace {
 using simd::F;
 
 constexpr double kLog2e = 1.4426950408889634;
-
-/// dt[t] = softplus(delta[t] + bias) (softplus optional) for t < L, vectorised over t.
-template <int W>
-STATETAP_INLINE void discretise(const float* delta, int64_t L, float bias, bool softplus,
-                                float* dt) {
-  int64_t t = 0;
-  for (; t + W <= L; t += W) {
-    F<W> v = simd::load<W>(delta + t) + bias;
-    simd::store<W>(dt + t, softplus ? simd::softplus<W>(v) : v);
-  }
-  for (; t < L; ++t) {
-    F<1> v = simd::broadcast<1>(delta[t] + bias);
-    dt[t] = (softplus ? simd::softplus<1>(v) : v)[0];
-  }
-}
-
-/// y[t] = (y[t] + skip u[t]) * silu(z[t]) (z optional), vectorised over t.
-template <int W>
-STATETAP_INLINE void finish_output(float* y, const float* u, float skip, const float* z,
-                                   int64_t L) {
-  int64_t t = 0;
-  for (; t + W <= L; t += W) {
-    F<W> v = simd::load<W>(y + t) + skip * simd::load<W>(u + t);
-    if (z != nullptr) v = v * simd::silu<W>(simd::load<W>(z + t));
-    simd::store<W>(y + t, v);
-  }
-  for (; t < L; ++t) {
-    F<1> v = simd::broadcast<1>(y[t] + skip * u[t]);
-    if (z != nullptr) v = v * simd::silu<1>(simd::broadcast<1>(z[t]));
-    y[t] = v[0];
-  }
-}
 
 struct Scan {
   struct Args {
@@ -77,7 +45,7 @@ struct Scan {
     int64_t b_groups, c_groups;  // G of B and C (1 when shared)
     const float* skip;           // [D] or null
     const float* bias;           // [D] or null
-    bool softplus;
+    TimeStep step;
     const float* initial;  // [B, D, N] or null
     float* final_state;    // [B, D, N] or null
     RowEvents events;      // per-row emission and injection schedule
@@ -125,7 +93,7 @@ struct Scan {
     float *state_mem = buffers + 4 * L, *A_mem = state_mem + P;
     const int64_t base = r * L;
 
-    discretise<W>(a.delta.row(base, L, dt), L, a.bias ? a.bias[d] : 0.0f, a.softplus, dt);
+    a.step.row<W>(a.delta.row(base, L, dt), L, a.bias ? a.bias[d] : 0.0f, dt);
     const float* u = a.u.row(base, L, ubuf);
 
     for (int64_t n = 0; n < P; ++n) {
@@ -182,8 +150,8 @@ struct Scan {
       }
       for (int64_t n = 0; n < N; ++n) a.final_state[r * N + n] = state_mem[n];
     }
-    finish_output<W>(y, u, a.skip ? a.skip[d] : 0.0f, a.has_z ? a.z.row(base, L, zbuf) : nullptr,
-                     L);
+    gated_output<W>(y, u, a.skip ? a.skip + d : nullptr, 1,
+                    a.has_z ? a.z.row(base, L, zbuf) : nullptr, L);
     a.y.write(base, L, y);
   }
 };
@@ -272,7 +240,7 @@ void selective_scan(const at::Tensor& u, const at::Tensor& delta, const at::Tens
     bias = float32(*delta_bias);
     args.bias = bias.data_ptr<float>();
   }
-  args.softplus = delta_softplus;
+  args.step.softplus = delta_softplus;
   const std::vector<int64_t> state_shape{dim, n};
   if (initial_state) {
     TORCH_CHECK_VALUE(initial_state->numel() == batch * dim * n, "initial_state must be [B, D, N]");
@@ -329,8 +297,7 @@ struct StateUpdate {
     const float* C;
     const float* skip;  // [H, P] or null
     const float* bias;  // [H, P] or null
-    bool softplus, limited;
-    float low, high;
+    TimeStep step;
     const float* value;  // [B, H, P, N] or null
     const float* scale;  // [B] or null
     bool set;
@@ -347,8 +314,7 @@ struct StateUpdate {
       const int64_t g = hp / a.head_dim / a.heads_per_group;
       const float x = a.x.row(r, 1, one.data())[0];
       float dt = a.dt.row(r, 1, one.data() + 1)[0] + (a.bias ? a.bias[hp] : 0.0f);
-      if (a.softplus) dt = simd::softplus<1>(simd::broadcast<1>(dt))[0];
-      if (a.limited) dt = dt < a.low ? a.low : (dt > a.high ? a.high : dt);
+      dt = a.step.apply<1>(simd::broadcast<1>(dt))[0];
       float* s = a.state + r * N;
       for (int64_t i = 0; i < P; ++i) spill[i] = i < N ? s[i] : 0.0f;
       const float* Bv = a.B + (b * (a.heads / a.heads_per_group) + g) * P;
@@ -440,10 +406,8 @@ void mamba_state_update(const at::Tensor& state, const at::Tensor& x, const at::
     bias = float32(*dt_bias);
     args.bias = bias.data_ptr<float>();
   }
-  args.softplus = dt_softplus;
-  args.limited = dt_limited;
-  args.low = static_cast<float>(dt_low);
-  args.high = static_cast<float>(dt_high);
+  args.step = TimeStep{dt_softplus, dt_limited, static_cast<float>(dt_low),
+                       static_cast<float>(dt_high)};
   if (inject_value) {
     value = float32(inject_value->expand(state.sizes()));
     args.value = value.data_ptr<float>();
