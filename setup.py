@@ -10,9 +10,11 @@ Nothing named ``kernels`` or ``interp`` is installed at top level (``kernels`` i
 package that transformers imports).
 
 The C++ extension ``statetap._C`` is built from ``csrc/*.cpp`` (with ninja, one object per file:
-only changed files are recompiled) only when those sources exist and a C++ compiler is on PATH; ``csrc/*.cu`` join it (as a CUDAExtension) only when the installed torch
-is a CUDA build and a CUDA toolkit is found.  With no sources, no extension is built and torch is
-not even imported here.
+only changed files are recompiled) only when those sources exist and a C++ compiler is on PATH
+(``STATETAP_NO_EXTENSION=1`` skips it: CPU tensors then run the torch references);
+``csrc/*.cu`` join it (as a CUDAExtension) only when the installed torch is a CUDA build and a
+CUDA toolkit is found.  With no sources, no extension is built and torch is not even imported
+here.
 
 Install with ``pip install --no-build-isolation -e ".[dev]"`` (torch must already be installed:
 a build-isolated environment would pull a multi-GB CUDA torch, or none at all).
@@ -71,6 +73,9 @@ def _cuda_include_dirs() -> list[str]:
 def _extensions() -> tuple[list, dict]:
     cpp = _rel_sources("*.cpp")
     cu = _rel_sources("*.cu")
+    if os.environ.get("STATETAP_NO_EXTENSION", "") not in ("", "0"):
+        print("statetap: STATETAP_NO_EXTENSION is set; skipping statetap._C", file=sys.stderr)
+        return [], {}
     if not cpp or not _has_cxx():
         if cpp:
             print("statetap: no C++ compiler found; skipping statetap._C", file=sys.stderr)
