@@ -117,7 +117,16 @@ def _extensions() -> tuple[list, dict]:
             extra_compile_args={"cxx": cxx_flags},
             extra_link_args=link_flags,
         )
-    return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+
+    class BuildExtension(cpp_extension.BuildExtension):
+        """torch's ninja build with a fixed object folder: pip builds in a fresh temporary folder
+        each time, and ninja then recompiles only the sources that changed since the last build."""
+
+        def finalize_options(self):
+            super().finalize_options()
+            self.build_temp = os.path.join(ROOT, "build", "statetap._C")
+
+    return [ext], {"build_ext": BuildExtension}
 
 
 def _version() -> str:
