@@ -5,7 +5,8 @@
 //
 //     S[p] = exp(dt_t A_h) S[p] + dt_t x_t[p] B_t;   y_t[p] = S[p] . C_t
 //
-// i.e. per state element one multiply and two FMAs.  dt = clamp(softplus(dt + bias)) is computed
+// i.e. per state element one multiply and two FMAs (four rows at a time share the B_t and C_t
+// loads).  dt = clamp(softplus(dt + bias)) is computed
 // for the whole row first, y = (y + D x) silu(z) after, both vectorised.  Where seq_idx changes
 // the state is zeroed before the token.  Instrumentation is a template flag, as in
 // selective_scan.cpp.
@@ -63,6 +64,28 @@ struct Ssd {
     }
   }
 
+  /// One token for R state rows S[r] (stride NP): S[r] = decay S[r] + dt x[r] B_t,
+  /// y[r] = S[r] . C_t; the B_t and C_t vectors are loaded once for the R rows.
+  template <int W, int R>
+  static STATETAP_INLINE void update(float* S, int64_t NP, int64_t nv, F<W> decay, float dt,
+                                     const float* x, const float* Bt, const float* Ct, float* y) {
+    F<W> drive[R], acc[R];
+    for (int r = 0; r < R; ++r) {
+      drive[r] = simd::broadcast<W>(dt * x[r]);
+      acc[r] = F<W>{};
+    }
+    for (int64_t v = 0; v < nv; ++v) {
+      const F<W> Bv = simd::load<W>(Bt + v * W), Cv = simd::load<W>(Ct + v * W);
+      for (int r = 0; r < R; ++r) {
+        float* at = S + r * NP + v * W;
+        const F<W> s = decay * simd::load<W>(at) + drive[r] * Bv;
+        simd::store<W>(at, s);
+        acc[r] = acc[r] + s * Cv;
+      }
+    }
+    for (int r = 0; r < R; ++r) y[r] = simd::hsum<W>(acc[r]);
+  }
+
   template <int W, bool INSTR>
   static STATETAP_INLINE void row(const Args& a, int64_t r, float* buffers) {
     const int64_t L = a.length, H = a.heads, P = a.head_dim, N = a.n, NP = a.padded;
@@ -96,16 +119,14 @@ struct Ssd {
       const float* Bt = a.B + ((b * L + t) * a.groups + g) * NP;
       const float* Ct = a.C + ((b * L + t) * a.groups + g) * NP;
       const F<W> decay = simd::exp<W>(simd::broadcast<W>(dt[t] * A));
-      for (int64_t p = 0; p < pn; ++p) {
-        const F<W> drive = simd::broadcast<W>(dt[t] * x[t * kBlockP + p]);
-        float* Sp = S + p * NP;
-        F<W> acc{};
-        for (int64_t v = 0; v < nv; ++v) {
-          F<W> s = decay * simd::load<W>(Sp + v * W) + drive * simd::load<W>(Bt + v * W);
-          simd::store<W>(Sp + v * W, s);
-          acc = acc + s * simd::load<W>(Ct + v * W);
-        }
-        y[t * kBlockP + p] = simd::hsum<W>(acc);
+      int64_t p = 0;
+      for (; p + 4 <= pn; p += 4) {
+        update<W, 4>(S + p * NP, NP, nv, decay, dt[t], x + t * kBlockP + p, Bt, Ct,
+                     y + t * kBlockP + p);
+      }
+      for (; p < pn; ++p) {
+        update<W, 1>(S + p * NP, NP, nv, decay, dt[t], x + t * kBlockP + p, Bt, Ct,
+                     y + t * kBlockP + p);
       }
       if constexpr (INSTR) {
         if (cursor.at(t)) a.events.apply(cursor, t, b, (h * P + p0) * N, N, S, pn, NP);
