@@ -128,17 +128,18 @@ struct RowEvents {
   }
 
   /// At step t of batch row b: inject into, then emit, the state block held in `spill`:
-  /// `rows` rows of `len` elements at flat offset `offset` of [*S] (row i at offset + i * len),
-  /// row i of the block at spill + i * spill_stride.
+  /// `rows` rows of `len` elements at flat offset `offset` of [*S] (row i at offset + i *
+  /// state_stride; 0: len), row i of the block at spill + i * spill_stride.
   void apply(RowCursor& c, int64_t t, int64_t b, int64_t offset, int64_t len, float* spill,
-             int64_t rows = 1, int64_t spill_stride = 0) const {
+             int64_t rows = 1, int64_t spill_stride = 0, int64_t state_stride = 0) const {
+    if (state_stride == 0) state_stride = len;
     if (t == c.inject_next) {
       const int64_t slot = inject_slots[b * n_inject + c.inject_i];
       const float* v = value + b * value_b + slot * value_q + offset;
       const float s = scale != nullptr ? scale[b * scale_b + slot * scale_q] : 1.0f;
       for (int64_t i = 0; i < rows; ++i) {
         float* dst = spill + i * spill_stride;
-        const float* src = v + i * len;
+        const float* src = v + i * state_stride;
         for (int64_t k = 0; k < len; ++k) dst[k] = set ? src[k] : dst[k] + s * src[k];
       }
       ++c.inject_i;
@@ -149,7 +150,7 @@ struct RowEvents {
       float* out = states + (b * n_emit + slot) * state_size + offset;
       for (int64_t i = 0; i < rows; ++i) {
         const float* src = spill + i * spill_stride;
-        for (int64_t k = 0; k < len; ++k) out[i * len + k] = src[k];
+        for (int64_t k = 0; k < len; ++k) out[i * state_stride + k] = src[k];
       }
       ++c.emit_i;
       c.emit_next = c.emit_i < n_emit ? emit_times[b * n_emit + c.emit_i] : -1;

@@ -29,4 +29,55 @@ STATETAP_INLINE void exp_row(const float* x, int64_t n_pad, float* out) {
   for (int64_t i = 0; i < n_pad; i += W) simd::store<W>(out + i, simd::exp<W>(simd::load<W>(x + i)));
 }
 
+/// The [K, V] state block of `task` from `initial` ([tasks, K, V], or null: zeros) into `S`
+/// [K, V_pad] (padded lanes zero).
+inline void load_state(const float* initial, int64_t task, int64_t K, int64_t V, int64_t Vp,
+                       float* S) {
+  for (int64_t i = 0; i < K; ++i) {
+    for (int64_t j = 0; j < Vp; ++j) {
+      S[i * Vp + j] = (initial != nullptr && j < V) ? initial[(task * K + i) * V + j] : 0.0f;
+    }
+  }
+}
+
+/// `S` [K, V_pad] into the [K, V] block of `task` in `out` [tasks, K, V].
+inline void store_state(const float* S, int64_t task, int64_t K, int64_t V, int64_t Vp,
+                        float* out) {
+  for (int64_t i = 0; i < K; ++i) {
+    for (int64_t j = 0; j < V; ++j) out[(task * K + i) * V + j] = S[i * Vp + j];
+  }
+}
+
+/// Run `Kernel::head<W, NV, INSTR>(a, task, buffers)` for tasks [begin, end): NV, the vectors
+/// per state row, as a compile-time 1, 2, 4 or 8 (0: any other count, read at run time) and
+/// INSTR whether the call emits or injects anything.
+template <class Kernel, int W>
+STATETAP_INLINE void heads(const typename Kernel::Args& a, int64_t begin, int64_t end,
+                           int64_t vectors, float* buffers) {
+  for (int64_t task = begin; task < end; ++task) {
+    const bool instr = a.events.any;
+    switch (vectors) {
+      case 1:
+        instr ? Kernel::template head<W, 1, true>(a, task, buffers)
+              : Kernel::template head<W, 1, false>(a, task, buffers);
+        break;
+      case 2:
+        instr ? Kernel::template head<W, 2, true>(a, task, buffers)
+              : Kernel::template head<W, 2, false>(a, task, buffers);
+        break;
+      case 4:
+        instr ? Kernel::template head<W, 4, true>(a, task, buffers)
+              : Kernel::template head<W, 4, false>(a, task, buffers);
+        break;
+      case 8:
+        instr ? Kernel::template head<W, 8, true>(a, task, buffers)
+              : Kernel::template head<W, 8, false>(a, task, buffers);
+        break;
+      default:
+        instr ? Kernel::template head<W, 0, true>(a, task, buffers)
+              : Kernel::template head<W, 0, false>(a, task, buffers);
+    }
+  }
+}
+
 }  // namespace statetap::wkv
