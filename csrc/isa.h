@@ -12,6 +12,7 @@
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -94,14 +95,21 @@ inline int isa_width(Isa isa) {
   return isa == Isa::avx512 ? 16 : isa == Isa::avx2 ? 8 : 1;
 }
 
-/// Run `Kernel::rows<W>` over rows [0, n) on every thread, with the width of `isa`.
+/// Work (state updates) below which a call runs on the calling thread alone: waking the
+/// other threads costs more than it saves (and, on a busy machine, may wait for a time slice).
+constexpr int64_t kParallelWork = 1 << 15;
+
+/// Run `Kernel::rows<W>` over rows [0, n) with the width of `isa`, split over threads when the
+/// call has at least kParallelWork state updates (`work_per_row` each; decode steps pass theirs).
 template <class Kernel>
-void parallel_rows(Isa isa, const typename Kernel::Args& args, int64_t n) {
+void parallel_rows(Isa isa, const typename Kernel::Args& args, int64_t n,
+                   int64_t work_per_row = kParallelWork) {
   void (*fn)(const typename Kernel::Args&, int64_t, int64_t) =
       isa == Isa::avx512 ? rows_avx512<Kernel>
       : isa == Isa::avx2 ? rows_avx2<Kernel>
                          : rows_scalar<Kernel>;
-  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) { fn(args, begin, end); });
+  const int64_t grain = (kParallelWork + work_per_row - 1) / std::max<int64_t>(work_per_row, 1);
+  at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) { fn(args, begin, end); });
 }
 
 }  // namespace statetap

@@ -251,7 +251,7 @@ void selective_scan(const at::Tensor& u, const at::Tensor& delta, const at::Tens
   args.events = RowEvents::of(batch, state_shape, emit_times, emit_slots, states,
                               inject_times, inject_slots, inject_value, inject_scale, inject_set);
   args.y = OutputRows(y);
-  parallel_rows<Scan>(isa, args, batch * dim);
+  parallel_rows<Scan>(isa, args, batch * dim, length * n);
 }
 
 /// `t` [B, G, N] with G raised to `groups` (a multiple of G) by repeating each group.
@@ -421,7 +421,7 @@ void mamba_state_update(const at::Tensor& state, const at::Tensor& x, const at::
   const bool emit_direct = emit.has_value() && work.is_same(state);
   if (emit_direct) args.emit = checked_state_output(*emit, batch, {heads, head_dim, n});
   args.y = OutputRows(y);
-  parallel_rows<StateUpdate>(isa, args, batch * heads * head_dim);
+  parallel_rows<StateUpdate>(isa, args, batch * heads * head_dim, n);
   if (!work.is_same(state)) {
     state.copy_(work);
     if (emit) emit->copy_(state);

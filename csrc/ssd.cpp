@@ -240,7 +240,7 @@ void ssd(const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const a
   args.events = RowEvents::of(batch, state_shape, emit_times, emit_slots, states, inject_times,
                               inject_slots, inject_value, inject_scale, inject_set);
   args.y = OutputRows(y);
-  parallel_rows<Ssd>(isa, args, batch * heads * args.blocks);
+  parallel_rows<Ssd>(isa, args, batch * heads * args.blocks, length * kBlockP * n);
 }
 
 void ssd_step(const at::Tensor& state, const at::Tensor& x, const at::Tensor& dt,
