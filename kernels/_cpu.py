@@ -68,10 +68,11 @@ def contract_args(instr: Instrumentation) -> dict:
 
     Returns the keyword arguments ``initial_state`` ``[B, *S]``, ``final_state`` (an output
     buffer, or None unless asked for), ``emit_times``/``emit_slots`` ``[B, P]`` int32 (per-row
-    time order, :meth:`Instrumentation.schedule`) with the zeroed ``states`` ``[B, P, *S]``
-    buffer, ``inject_times``/``inject_slots`` ``[B, Q]`` with ``inject_value`` (a broadcast
-    ``[B, Q, *S]`` view), ``inject_scale`` (``[B, Q]`` view or None) and ``inject_set``.
-    Slot lists that are absent or empty are passed as None.
+    time order, :meth:`Instrumentation.schedule`) with the ``states`` ``[B, P, *S]`` buffer
+    (unused slots zeroed here, the others written by the kernel), ``inject_times``/
+    ``inject_slots`` ``[B, Q]`` with ``inject_value`` (a broadcast ``[B, Q, *S]`` view),
+    ``inject_scale`` (``[B, Q]`` view or None) and ``inject_set``.  Slot lists that are absent
+    or empty are passed as None.
     """
     shape = (instr.batch, *instr.state_shape)
     args = dict(
@@ -79,13 +80,20 @@ def contract_args(instr: Instrumentation) -> dict:
         final_state=empty(shape, torch.float32) if instr.output_final_state else None,
         emit_times=None,
         emit_slots=None,
-        states=instr.new_states(),
+        states=None,
         inject_times=None,
         inject_slots=None,
         inject_value=None,
         inject_scale=None,
         inject_set=instr.inject_mode == "set",
     )
+    if instr.emit_at is not None:
+        # every used slot is written by the kernel: zero only the unused ones (-1)
+        states = empty((instr.batch, instr.emit_at.shape[1], *instr.state_shape), torch.float32)
+        unused = instr.emit_at < 0
+        if bool(unused.any()):
+            states[unused] = 0.0
+        args["states"] = states
     if instr.emit_at is not None and instr.emit_at.shape[1] > 0:
         args["emit_times"], args["emit_slots"] = Instrumentation.schedule(
             instr.emit_at, instr.length
