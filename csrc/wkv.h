@@ -2,9 +2,14 @@
 // simd.h for any width W.
 #pragma once
 
+#include <ATen/core/Tensor.h>
+
 #include <cstdint>
+#include <optional>
+#include <vector>
 
 #include "dispatch.h"
+#include "instrumentation.h"
 #include "simd.h"
 
 namespace statetap::wkv {
@@ -46,6 +51,32 @@ inline void store_state(const float* S, int64_t task, int64_t K, int64_t V, int6
   for (int64_t i = 0; i < K; ++i) {
     for (int64_t j = 0; j < V; ++j) out[(task * K + i) * V + j] = S[i * Vp + j];
   }
+}
+
+/// Fill the state-contract fields of a kernel's `args` (`initial`, `final_state`, `events`)
+/// from the op's arguments; returns the float32 initial state the kernel reads (keep it alive
+/// for the call).
+template <class Args>
+at::Tensor bind_state(Args& args, int64_t batch, const std::vector<int64_t>& state_shape,
+                      const std::optional<at::Tensor>& initial_state,
+                      const std::optional<at::Tensor>& final_state,
+                      const std::optional<at::Tensor>& emit_times,
+                      const std::optional<at::Tensor>& emit_slots,
+                      const std::optional<at::Tensor>& states,
+                      const std::optional<at::Tensor>& inject_times,
+                      const std::optional<at::Tensor>& inject_slots,
+                      const std::optional<at::Tensor>& inject_value,
+                      const std::optional<at::Tensor>& inject_scale, bool inject_set) {
+  at::Tensor initial;
+  if (initial_state) {
+    initial = float32(*initial_state);
+    checked_state_output(initial, batch, state_shape);
+    args.initial = initial.data_ptr<float>();
+  }
+  if (final_state) args.final_state = checked_state_output(*final_state, batch, state_shape);
+  args.events = RowEvents::of(batch, state_shape, emit_times, emit_slots, states, inject_times,
+                              inject_slots, inject_value, inject_scale, inject_set);
+  return initial;
 }
 
 /// Run `Kernel::head<W, NV, INSTR>(a, task, buffers)` for tasks [begin, end): NV, the vectors

@@ -139,7 +139,7 @@ void wkv4(const at::Tensor& w, const at::Tensor& u, const at::Tensor& k, const a
   const Isa isa = current_isa();
   const int64_t blocks = (channels + kBlock - 1) / kBlock, padded = blocks * kBlock;
   at::Tensor w_p = padded_channels(w, padded), u_p = padded_channels(u, padded);
-  at::Tensor k_c = k.contiguous(), v_c = v.contiguous(), initial = float32(initial_state);
+  at::Tensor k_c = k.contiguous(), v_c = v.contiguous();
   const std::vector<int64_t> state_shape{3, channels};
   Wkv4::Args args{};
   args.channels = channels;
@@ -148,13 +148,12 @@ void wkv4(const at::Tensor& w, const at::Tensor& u, const at::Tensor& k, const a
   args.u = u_p.data_ptr<float>();
   args.k = FloatRows(k_c);
   args.v = FloatRows(v_c);
-  checked_state_output(initial, batch, state_shape);
-  args.initial = initial.data_ptr<float>();
-  if (final_state) args.final_state = checked_state_output(*final_state, batch, state_shape);
-  args.events = RowEvents::of(batch, state_shape, emit_times, emit_slots, states, inject_times,
-                              inject_slots, inject_value, inject_scale, inject_set);
+  const at::Tensor initial =
+      wkv::bind_state(args, batch, state_shape, initial_state, final_state, emit_times,
+                      emit_slots, states, inject_times, inject_slots, inject_value, inject_scale,
+                      inject_set);
   args.y = OutputRows(y);
-  parallel_rows<Wkv4>(isa, args, batch * blocks);
+  parallel_rows<Wkv4>(isa, args, batch * blocks, length * kBlock);
 }
 
 }  // namespace

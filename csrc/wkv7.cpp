@@ -154,7 +154,6 @@ void wkv7(const at::Tensor& r, const at::Tensor& w, const at::Tensor& k, const a
 
   const Isa isa = current_isa();
   const int64_t width = isa_width(isa);
-  at::Tensor initial;
   Wkv7::Args args{};
   args.heads = heads;
   args.length = length;
@@ -170,16 +169,12 @@ void wkv7(const at::Tensor& r, const at::Tensor& w, const at::Tensor& k, const a
   args.b = FloatRows(inputs[5]);
   args.scale = static_cast<float>(scale);
   const std::vector<int64_t> state_shape{heads, key_dim, value_dim};
-  if (initial_state) {
-    initial = float32(*initial_state);
-    checked_state_output(initial, batch, state_shape);
-    args.initial = initial.data_ptr<float>();
-  }
-  if (final_state) args.final_state = checked_state_output(*final_state, batch, state_shape);
-  args.events = RowEvents::of(batch, state_shape, emit_times, emit_slots, states, inject_times,
-                              inject_slots, inject_value, inject_scale, inject_set);
+  const at::Tensor initial =
+      wkv::bind_state(args, batch, state_shape, initial_state, final_state, emit_times,
+                      emit_slots, states, inject_times, inject_slots, inject_value, inject_scale,
+                      inject_set);
   args.y = OutputRows(y);
-  parallel_rows<Wkv7>(isa, args, batch * heads);
+  parallel_rows<Wkv7>(isa, args, batch * heads, length * key_dim * value_dim);
 }
 
 }  // namespace

@@ -270,13 +270,20 @@ def test_wkv7_matches_cuda_equations(batch, length, size, form):
     assert_close(their_state.transpose(-1, -2), ours.final_state)
 
 
-def test_public_ops_dispatch_to_the_reference_on_cpu(monkeypatch):
+def test_public_ops_dispatch_on_cpu(monkeypatch):
+    from statetap.kernels import _cpu
+    from statetap.kernels._backend import dispatching
+
     r, k, v = (torch.randn(1, 5, 2, 4) for _ in range(3))
     w, u = F.logsigmoid(torch.randn(1, 5, 2, 4)), torch.randn(2, 4)
+    default = kernels.wkv6.implementations["cpu" if _cpu.built() else "torch"]
+    assert torch.equal(kernels.wkv6(r, k, v, w, u).y, default(r, k, v, w, u).y)
+    monkeypatch.setenv("STATETAP_BACKEND", "torch")
     assert torch.equal(kernels.wkv6(r, k, v, w, u).y, wkv6_chunked(r, k, v, w, u).y)
     monkeypatch.setenv("STATETAP_BACKEND", "cpu")
+    only_torch = dispatching("wkv6", {"torch": wkv6_chunked})
     with pytest.raises(RuntimeError, match="wkv6 has no cpu implementation"):
-        kernels.wkv6(r, k, v, w, u)
+        only_torch(r, k, v, w, u)
     monkeypatch.setenv("STATETAP_BACKEND", "gpu")
     with pytest.raises(ValueError, match="STATETAP_BACKEND='gpu' is not a backend"):
         kernels.wkv6(r, k, v, w, u)

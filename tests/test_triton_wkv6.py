@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from _device import DEVICE, needs_kernel_device, on_device
 
 from statetap.kernels.examples import rel_error
-from statetap.kernels.wkv5.fused import wkv5_triton
+from statetap.kernels.wkv5.fused_recurrent import wkv5_triton
 from statetap.kernels.wkv5.reference import wkv5_sequential
 from statetap.kernels.wkv6.chunk import CHUNK
 from statetap.kernels.wkv6.launch import prepare, run

@@ -5,9 +5,8 @@ expanded to ``[B, H, K]``.
 
 from __future__ import annotations
 
-from .._contract import ScanOutput
+from .._contract import ScanOutput, is_exact_oracle
 from ..wkv6.cpu import run_wkv6
-from ..wkv6.launch import is_exact_oracle
 from .reference import _time_varying, wkv5_chunked
 
 

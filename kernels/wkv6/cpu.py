@@ -8,10 +8,9 @@ Same arguments, validation and results as the references; float64 inputs run the
 from __future__ import annotations
 
 from .. import _cpu
-from .._contract import ScanOutput
-from .launch import is_exact_oracle
+from .._contract import ScanOutput, check_state, is_exact_oracle
 from .reference import validate, wkv6_chunked
-from .step import check_state, one_token, wkv6_step_reference
+from .step import one_token, wkv6_step_reference
 
 
 def run_wkv6(r, k, v, w, u, scale, instrumentation: dict, state=None) -> ScanOutput:

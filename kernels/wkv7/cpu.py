@@ -8,9 +8,8 @@ Same arguments, validation and results as the references; float64 inputs run the
 from __future__ import annotations
 
 from .. import _cpu
-from .._contract import ScanOutput
-from ..wkv6.launch import is_exact_oracle
-from ..wkv6.step import check_state, one_token
+from .._contract import ScanOutput, check_state, is_exact_oracle
+from ..wkv6.step import one_token
 from .reference import validate, wkv7_chunked
 from .step import wkv7_step_reference
 
