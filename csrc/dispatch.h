@@ -24,13 +24,31 @@ inline at::Tensor float32(const at::Tensor& t) {
   return t.to(at::kFloat).contiguous();
 }
 
-/// A contiguous float32 / float16 / bfloat16 tensor read by rows as float32.
+/// A float32 / float16 / bfloat16 tensor read by rows as float32 (contiguous rows, or strided
+/// ones with `strided_row`).
 struct FloatRows {
   const void* data = nullptr;
   at::ScalarType dtype = at::kFloat;
 
   FloatRows() = default;
   explicit FloatRows(const at::Tensor& t) : data(t.data_ptr()), dtype(t.scalar_type()) {}
+
+  /// Elements offset + i * stride, i < n, as float32: `row` when the stride is 1, else gathered
+  /// into `buffer` (n floats).
+  const float* strided_row(int64_t offset, int64_t stride, int64_t n, float* buffer) const {
+    if (stride == 1) return row(offset, n, buffer);
+    switch (dtype) {
+      case at::kHalf:
+        gather(static_cast<const c10::Half*>(data) + offset, stride, n, buffer);
+        break;
+      case at::kBFloat16:
+        gather(static_cast<const c10::BFloat16*>(data) + offset, stride, n, buffer);
+        break;
+      default:
+        gather(static_cast<const float*>(data) + offset, stride, n, buffer);
+    }
+    return buffer;
+  }
 
   /// Elements [offset, offset + n) as float32: a pointer into the tensor when it is float32,
   /// else converted into `buffer` (n floats).
@@ -51,6 +69,11 @@ struct FloatRows {
   template <class T>
   static void convert(const T* src, int64_t n, float* dst) {
     for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+  }
+
+  template <class T>
+  static void gather(const T* src, int64_t stride, int64_t n, float* dst) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i * stride]);
   }
 };
 

@@ -36,7 +36,8 @@ constexpr double kLog2e = 1.4426950408889634;
 struct Scan {
   struct Args {
     int64_t dim, length, n, padded;  // D, L, N, N rounded up to whole vectors
-    FloatRows u, delta, z;           // [B, D, L]
+    FloatRows u, delta, z;           // [B, D, L], any strides:
+    int64_t u_strides[3], delta_strides[3], z_strides[3];
     bool has_z;
     const float* A;  // [D, N_pad], times log2 e, zero padding
     const float* B;  // [B, G_B, L, N_pad] when varying, else [D, N_pad]
@@ -91,10 +92,13 @@ struct Scan {
     const int64_t b = r / D, d = r % D, nv = NV > 0 ? NV : P / W;
     float *dt = buffers, *ubuf = buffers + L, *zbuf = buffers + 2 * L, *y = buffers + 3 * L;
     float *state_mem = buffers + 4 * L, *A_mem = state_mem + P;
-    const int64_t base = r * L;
+    const int64_t base = r * L;  // of the output [B, D, L]
+    auto read = [&](const FloatRows& t, const int64_t* s, float* buffer) {
+      return t.strided_row(b * s[0] + d * s[1], s[2], L, buffer);
+    };
 
-    a.step.row<W>(a.delta.row(base, L, dt), L, a.bias ? a.bias[d] : 0.0f, dt);
-    const float* u = a.u.row(base, L, ubuf);
+    a.step.row<W>(read(a.delta, a.delta_strides, dt), L, a.bias ? a.bias[d] : 0.0f, dt);
+    const float* u = read(a.u, a.u_strides, ubuf);
 
     for (int64_t n = 0; n < P; ++n) {
       state_mem[n] = (a.initial && n < N) ? a.initial[r * N + n] : 0.0f;
@@ -151,7 +155,7 @@ struct Scan {
       for (int64_t n = 0; n < N; ++n) a.final_state[r * N + n] = state_mem[n];
     }
     gated_output<W>(y, u, a.skip ? a.skip + d : nullptr, 1,
-                    a.has_z ? a.z.row(base, L, zbuf) : nullptr, L);
+                    a.has_z ? read(a.z, a.z_strides, zbuf) : nullptr, L);
     a.y.write(base, L, y);
   }
 };
@@ -204,24 +208,28 @@ void selective_scan(const at::Tensor& u, const at::Tensor& delta, const at::Tens
 
   const Isa isa = current_isa();
   const int64_t width = isa_width(isa), padded = (n + width - 1) / width * width;
-  at::Tensor u_c = u.contiguous(), delta_c = delta.contiguous();
   at::Tensor A_p = padded_last(A, 1, padded, kLog2e);
   at::Tensor B_p = padded_last(B, B.dim() == 4 ? 2 : 1, padded);
   at::Tensor C_p = padded_last(C, C.dim() == 4 ? 2 : 1, padded);
-  at::Tensor z_c, skip, bias, initial;
+  at::Tensor skip, bias, initial;
+  auto strides = [](const at::Tensor& t, int64_t* out) {
+    for (int i = 0; i < 3; ++i) out[i] = t.stride(i);
+  };
   Scan::Args args{};
   args.dim = dim;
   args.length = length;
   args.n = n;
   args.padded = padded;
-  args.u = FloatRows(u_c);
-  args.delta = FloatRows(delta_c);
+  args.u = FloatRows(u);  // read in place with its strides (transformers passes transposes)
+  args.delta = FloatRows(delta);
+  strides(u, args.u_strides);
+  strides(delta, args.delta_strides);
   args.has_z = z.has_value();
   if (z) {
     TORCH_CHECK_VALUE(z->sizes() == u.sizes(), "z must be [B, D, L] like u");
     check_input_dtype("z", *z);
-    z_c = z->contiguous();
-    args.z = FloatRows(z_c);
+    args.z = FloatRows(*z);
+    strides(*z, args.z_strides);
   }
   args.A = A_p.data_ptr<float>();
   args.B = B_p.data_ptr<float>();

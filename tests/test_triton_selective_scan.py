@@ -79,6 +79,18 @@ def test_forward_matches_reference(batch, dim, n, groups, length, bc, dtype, sca
     check(scan, inputs, dtype, output_final_state=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_strided_inputs_as_transformers_passes_them(dtype, scan):
+    """u, delta, z as transposed views of [B, L, D] projections (no copy made by the caller)."""
+    batch, length, dim = 2, 11, 9
+    inputs = make(batch, length, dtype, D=dim, N=5, G=1)
+    for name in ("u", "delta", "z"):
+        projected = torch.randn(batch, length, 3 * dim, device=DEVICE).to(dtype)
+        inputs[name] = projected[..., dim : 2 * dim].transpose(1, 2)  # [B, D, L], stride_t = 3D
+        assert not inputs[name].is_contiguous()
+    check(scan, inputs, dtype, emit_at=torch.tensor([[3], [10]], device=DEVICE))
+
+
 @pytest.mark.parametrize("optional", ["none", "D", "z", "bias"])
 def test_optional_inputs(optional, scan):
     inputs = make(2, 7, D=9, N=4, G=1)
