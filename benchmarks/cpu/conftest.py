@@ -4,12 +4,15 @@ paths, every row measured in one pytest-benchmark run (``make bench-cpu``).
 Every test module here records its rows through the :func:`record` fixture; at the end of the
 session the summary table is printed and ``benchmarks/results/<date>-cpu-<host>-cpu-suite.json``
 written (machine, threads, versions, rows).  ``STATETAP_BENCH_THREADS`` sets torch's thread
-count (default 2: the project's machine).  An implementation that is not there (a ``cpu``
-backend not built yet, a peer that does not import) becomes a ``missing`` row with the reason.
+count (default 2: the project's machine); ``STATETAP_BENCH_NAME`` replaces ``cpu-suite`` in the
+file name (a subset run then does not replace the whole suite's file).  An implementation that
+is not there (a ``cpu`` backend not built yet, a peer that does not import) becomes a
+``missing`` row with the reason.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import os
 import platform
@@ -31,10 +34,24 @@ _LOAD = {}
 
 def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(THREADS)
-    # mamba-ssm's reference module imports its CUDA extension; a stand-in lets its pure-torch
-    # references import on a CPU-only machine (nothing of the extension is called).
-    sys.modules.setdefault("selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
     _LOAD["start"] = os.getloadavg()
+
+
+def mamba_ssm_function(module: str, name: str) -> Callable:
+    """``name`` from mamba-ssm's pure-torch ``module`` on a CPU-only machine.
+
+    mamba-ssm's package imports its CUDA extension; a stand-in is put in its place for the
+    import only, and mamba-ssm is then dropped from ``sys.modules`` again: left there, it would
+    make transformers' Mamba take mamba-ssm's CUDA path instead of its own CPU one."""
+    if "selective_scan_cuda" in sys.modules:  # the real extension (a CUDA build)
+        return getattr(importlib.import_module(module), name)
+    sys.modules["selective_scan_cuda"] = types.ModuleType("selective_scan_cuda")
+    try:
+        return getattr(importlib.import_module(module), name)
+    finally:
+        for loaded in [m for m in sys.modules if m == "mamba_ssm" or m.startswith("mamba_ssm.")]:
+            del sys.modules[loaded]
+        del sys.modules["selective_scan_cuda"]
 
 
 class Recorder:
@@ -52,7 +69,7 @@ class Recorder:
         rounds: int,
         **work: int,
     ) -> Row:
-        """Median of ``rounds`` timed calls (after one warm-up) of what ``make_call`` returns;
+        """Median of ``rounds`` timed calls (after one warm-up call) of what ``make_call`` returns;
         a ``make_call`` or first call that raises makes a ``missing`` row naming the error."""
         try:
             call = make_call()
@@ -145,7 +162,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     rows = summarise(ROWS)
     terminalreporter.write_sep("=", f"statetap CPU suite ({torch.get_num_threads()} threads)")
     terminalreporter.write_line(table(rows))
-    path = write_json(rows, environment())
+    path = write_json(rows, environment(), name=os.environ.get("STATETAP_BENCH_NAME", "cpu-suite"))
     terminalreporter.write_line(f"wrote {path}")
     ours = sum(1 for r in rows if r.impl == OURS and r.ms is None)
     if ours:

@@ -104,9 +104,13 @@ def table(rows: list[Row]) -> str:
     lines = [list(COLUMNS)]
     for row in rows:
         values = asdict(row) | row.derived
-        if row.group == LIMIT_GROUP:
-            values |= {"updates/s": None, "GB/s": row.derived.get("copy_gbps")}
         line = [_cell(values.get(c)) if c in values else "" for c in COLUMNS]
+        if row.group == LIMIT_GROUP:  # the limit itself, in the last column
+            limit = [
+                f"{v:.3g} GB/s" if k == "copy_gbps" else f"{v:.3g} exp/s"
+                for k, v in row.derived.items()
+            ]
+            line[COLUMNS.index("ratio")] = ", ".join(limit)
         if row.ms is None:
             line[COLUMNS.index("ratio")] = row.note
         lines.append(line)
@@ -114,13 +118,15 @@ def table(rows: list[Row]) -> str:
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in lines)
 
 
-def write_json(rows: list[Row], environment: dict, directory: Path = RESULTS) -> Path:
-    """Write the rows and the environment to ``<date>-cpu-<host>-cpu-suite.json`` atomically."""
+def write_json(
+    rows: list[Row], environment: dict, directory: Path = RESULTS, name: str = "cpu-suite"
+) -> Path:
+    """Write the rows and the environment to ``<date>-cpu-<host>-<name>.json`` atomically."""
     directory.mkdir(parents=True, exist_ok=True)
     host = re.sub(r"[^a-z0-9]+", "-", platform.node().lower()).strip("-") or "host"
-    path = directory / f"{_dt.date.today().isoformat()}-cpu-{host}-cpu-suite.json"
+    path = directory / f"{_dt.date.today().isoformat()}-cpu-{host}-{name}.json"
     payload = {
-        "benchmark": "cpu-suite",
+        "benchmark": name,
         "environment": environment,
         "limits": limits_of(rows),
         "table": table(rows).splitlines(),

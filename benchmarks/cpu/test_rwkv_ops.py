@@ -107,7 +107,7 @@ def test_wkv(record, shape, op, impl):
         f"B{batch} L{length} H{heads} K{dim}",
         impl,
         lambda: call(op, impl, inputs),
-        5 if impl == "statetap cpu" else (1 if updates > 100e6 else 2),
+        5 if impl == "statetap cpu" else 1,
         updates=updates,
         exps=exps,
         bytes=moved,
