@@ -118,6 +118,14 @@ def cpu_backend(public) -> Callable:
     return impl
 
 
+def emission(impl: str, length: int) -> dict:
+    """``emit_at`` for the ``emit 1%`` variant: 1 % of the positions, evenly spread."""
+    if not impl.endswith("emit 1%"):
+        return {}
+    count = max(1, length // 100)
+    return dict(emit_at=torch.linspace(0, length - 1, count).long())
+
+
 def _version(name: str) -> str | None:
     try:
         return importlib.metadata.version(name)

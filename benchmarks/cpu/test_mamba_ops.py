@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import cpu_backend, mamba_ssm_function
+from conftest import cpu_backend, emission, mamba_ssm_function
 
 SCAN_SHAPES = [  # B, D, L (N = 16)
     (8, 256, 512),
@@ -22,7 +22,12 @@ SSD_SHAPES = [  # B, L, H, P, N (G = 1)
     (1, 2048, 24, 64, 128),
     (8, 512, 24, 64, 128),
 ]
-SCAN_IMPLS = ["statetap cpu", "statetap torch", "mamba-ssm selective_scan_ref"]
+SCAN_IMPLS = [
+    "statetap cpu",
+    "statetap cpu emit 1%",
+    "statetap torch",
+    "mamba-ssm selective_scan_ref",
+]
 SSD_IMPLS = ["statetap cpu", "statetap torch", "mamba-ssm ssd_minimal_discrete"]
 N = 16
 
@@ -44,9 +49,9 @@ def scan_inputs(batch: int, dim: int, length: int) -> dict:
 def scan_call(impl: str, inputs: dict):
     from statetap.kernels import selective_scan
 
-    if impl == "statetap cpu":
+    if impl.startswith("statetap cpu"):
         fn = cpu_backend(selective_scan)
-        return lambda: fn(**inputs)
+        return lambda: fn(**inputs, **emission(impl, inputs["u"].shape[-1]))
     if impl == "statetap torch":
         fn = selective_scan.implementations["torch"]
         return lambda: fn(**inputs)
@@ -63,7 +68,7 @@ def test_selective_scan(record, shape, impl):
     batch, dim, length = shape
     inputs = scan_inputs(batch, dim, length)
     updates = batch * dim * length * N
-    rounds = 7 if impl == "statetap cpu" else (1 if updates > 10e6 else 3)
+    rounds = 7 if impl.startswith("statetap cpu") else (1 if updates > 10e6 else 3)
     record.time(
         "selective_scan",
         f"B{batch} D{dim} N{N} L{length}",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import cpu_backend
+from conftest import cpu_backend, emission
 
 SHAPES = [  # B, L, H, K (V = K)
     (4, 512, 8, 64),
@@ -73,18 +73,20 @@ def call(op: str, impl: str, inputs: dict):
     from statetap import kernels
 
     public = getattr(kernels, op)
-    if impl == "statetap cpu":
+    if impl.startswith("statetap cpu"):
         fn = cpu_backend(public)
     elif impl == "statetap torch":
         fn = public.implementations["torch"]
     else:
         return peer_call(op, inputs)
-    return lambda: fn(**inputs)
+    length = inputs["k"].shape[1]
+    return lambda: fn(**inputs, **emission(impl, length))
 
 
 def cases():
     for op in ("wkv4", "wkv5", "wkv6", "wkv7"):
-        for impl in ["statetap cpu", "statetap torch"] + ([PEERS[op]] if op in PEERS else []):
+        ours = ["statetap cpu", "statetap cpu emit 1%", "statetap torch"]
+        for impl in ours + ([PEERS[op]] if op in PEERS else []):
             yield op, impl
 
 
@@ -107,7 +109,7 @@ def test_wkv(record, shape, op, impl):
         f"B{batch} L{length} H{heads} K{dim}",
         impl,
         lambda: call(op, impl, inputs),
-        5 if impl == "statetap cpu" else 1,
+        5 if impl.startswith("statetap cpu") else 1,
         updates=updates,
         exps=exps,
         bytes=moved,
