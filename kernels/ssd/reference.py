@@ -135,6 +135,11 @@ def _finish(inputs: _Inputs, ys, final, states, x, D, z) -> ScanOutput:
     return inputs.instr.output(y.to(x.dtype), final, states)
 
 
+# The longest piece the chunked form computes at once: its [B, H, n, n] pair products cost n^2 per
+# head, its state hand-over n P N; 64 tokens balance the two on a CPU at Mamba-2's sizes.
+PIECE = 64
+
+
 def ssd_sequential(
     x,
     dt,
@@ -203,7 +208,9 @@ def ssd_chunked(
         dt: ``[B, L, H]`` time step before bias, softplus and clamp.
         A: ``[H]`` per-head decay rate (negative).
         B, C: ``[B, L, G, N]``; ``G`` divides ``H``.
-        chunk_size: tokens per chunk (any positive int here; kernels use powers of two).
+        chunk_size: tokens per chunk (any positive int here; kernels use powers of two).  The
+            same function for every chunk size; chunks longer than :data:`PIECE` tokens are
+            walked in pieces of at most that many (the in-chunk products grow with its square).
         D: ``[H]`` or ``[H, P]`` skip weight; z: ``[B, L, H, P]`` gate, ``y *= silu(z)``.
         dt_bias: ``[H]``; dt_softplus: apply softplus; dt_limit: ``(low, high)`` clamp,
             applied unless it is the default ``(0, inf)`` (as mamba-ssm does).
@@ -271,5 +278,6 @@ def ssd_chunked(
         end_state = end_state + (last[..., None] * xh).transpose(-1, -2) @ Bh  # [B, H, P, N]
         return y, end_state, span
 
-    ys, final, states = instr.run_segments(instr.segments(chunk_size, starts), piece)
+    pieces = instr.segments(min(chunk_size, PIECE), starts)
+    ys, final, states = instr.run_segments(pieces, piece)
     return _finish(inputs, ys, final, states, x, D, z)
