@@ -12,12 +12,15 @@
 #                          throwaway venv, then the model tests; PINS="transformers==5.23.0" overrides
 #   make lock           -- write constraints.txt from .venv (scripts/lock.sh)
 #   make gpu-wheels     -- fetch into .whl/ the locked wheels the GPU suite needs beyond its image
+#   make bench-cpu      -- the CPU benchmark suite (benchmarks/cpu/, pytest-benchmark): statetap's
+#                          cpu and torch backends beside the peers; a table and a JSON under
+#                          benchmarks/results/ (STATETAP_BENCH_THREADS, default 2)
 
 PY := .venv/bin/python
 ARGS ?=
 PINS ?=
 
-.PHONY: venv test demo upgrade-check lock gpu-wheels
+.PHONY: venv test demo upgrade-check lock gpu-wheels bench-cpu
 
 venv:
 	@bash scripts/bootstrap.sh
@@ -39,3 +42,7 @@ lock:
 
 gpu-wheels:
 	bash scripts/gpu_wheels.sh
+
+bench-cpu: venv
+	PYTHONSAFEPATH=1 $(PY) -m pytest -p no:xdist -p no:cacheprovider -q benchmarks/cpu \
+		--benchmark-columns=median,rounds --benchmark-sort=name $(ARGS)

@@ -9,10 +9,12 @@ Everything installs under the one import name ``statetap``:
 Nothing named ``kernels`` or ``interp`` is installed at top level (``kernels`` is a real PyPI
 package that transformers imports).
 
-The C++ extension ``statetap._C`` is built from ``csrc/*.cpp`` only when those sources exist and a
-C++ compiler is on PATH; ``csrc/*.cu`` join it (as a CUDAExtension) only when the installed torch
-is a CUDA build and a CUDA toolkit is found.  With no sources, no extension is built and torch is
-not even imported here.
+The C++ extension ``statetap._C`` is built from ``csrc/*.cpp`` (with ninja, one object per file:
+only changed files are recompiled) only when those sources exist and a C++ compiler is on PATH
+(``STATETAP_NO_EXTENSION=1`` skips it: CPU tensors then run the torch references);
+``csrc/*.cu`` join it (as a CUDAExtension) only when the installed torch is a CUDA build and a
+CUDA toolkit is found.  With no sources, no extension is built and torch is not even imported
+here.
 
 Install with ``pip install --no-build-isolation -e ".[dev]"`` (torch must already be installed:
 a build-isolated environment would pull a multi-GB CUDA torch, or none at all).
@@ -71,6 +73,9 @@ def _cuda_include_dirs() -> list[str]:
 def _extensions() -> tuple[list, dict]:
     cpp = _rel_sources("*.cpp")
     cu = _rel_sources("*.cu")
+    if os.environ.get("STATETAP_NO_EXTENSION", "") not in ("", "0"):
+        print("statetap: STATETAP_NO_EXTENSION is set; skipping statetap._C", file=sys.stderr)
+        return [], {}
     if not cpp or not _has_cxx():
         if cpp:
             print("statetap: no C++ compiler found; skipping statetap._C", file=sys.stderr)
@@ -79,8 +84,17 @@ def _extensions() -> tuple[list, dict]:
     import torch  # only needed when there is something to compile
     from torch.utils import cpp_extension
 
-    cxx_flags = ["-O3", "-fopenmp"]
+    # Portable: nothing machine-specific (no -march=native). The kernels pick AVX-512, AVX2+FMA
+    # or scalar code at run time (csrc/isa.h); -ffp-contract=fast lets `a * b + c` become one
+    # FMA inside the functions built for an ISA that has it. -fopenmp: at::parallel_for's
+    # OpenMP backend (the same libgomp.so.1 torch loads).
+    cxx_flags = ["-O3", "-fopenmp", "-ffp-contract=fast", "-fno-math-errno", "-Wno-psabi"]
     link_flags = ["-fopenmp"]
+    # torch builds with ninja (incremental, parallel) when `ninja` is on PATH; pip does not put
+    # the environment's own bin/ (where the ninja package installs it) there.
+    bin_dir = os.path.dirname(sys.executable)
+    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
     use_cuda = bool(cu) and torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
     if use_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
@@ -103,7 +117,16 @@ def _extensions() -> tuple[list, dict]:
             extra_compile_args={"cxx": cxx_flags},
             extra_link_args=link_flags,
         )
-    return [ext], {"build_ext": cpp_extension.BuildExtension}
+
+    class BuildExtension(cpp_extension.BuildExtension):
+        """torch's ninja build with a fixed object folder: pip builds in a fresh temporary folder
+        each time, and ninja then recompiles only the sources that changed since the last build."""
+
+        def finalize_options(self):
+            super().finalize_options()
+            self.build_temp = os.path.join(ROOT, "build", "statetap._C")
+
+    return [ext], {"build_ext": BuildExtension}
 
 
 def _version() -> str:

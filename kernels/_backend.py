@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 
 import torch
 
+from . import _cpu
+
 BACKENDS = ("torch", "triton", "cpu")
 BACKEND_ENV = "STATETAP_BACKEND"
 _PREFERRED = {"cuda": ("triton", "torch"), "cpu": ("cpu", "torch")}
@@ -21,7 +23,8 @@ _PREFERRED = {"cuda": ("triton", "torch"), "cpu": ("cpu", "torch")}
 
 def choose_backend(op: str, device: torch.device, available: Mapping[str, Callable]) -> str:
     """The backend that runs ``op`` on ``device``: ``STATETAP_BACKEND`` if set, else the
-    first of the device's preferred backends that ``op`` has."""
+    first of the device's preferred backends that ``op`` has (``cpu`` only where
+    ``statetap._C`` is built; otherwise the reference runs, with a one-time notice)."""
     forced = os.environ.get(BACKEND_ENV, "").strip()
     if forced:
         if forced not in BACKENDS:
@@ -33,8 +36,16 @@ def choose_backend(op: str, device: torch.device, available: Mapping[str, Callab
                 f"{BACKEND_ENV}={forced!r}, but {op} has no {forced} implementation "
                 f"(it has: {', '.join(available)})"
             )
+        if forced == "cpu" and not _cpu.built():
+            raise RuntimeError(
+                f"{BACKEND_ENV}='cpu', but statetap._C (the cpu backend) is not built: "
+                f"{_cpu.BUILD_HINT}"
+            )
         return forced
     for name in _PREFERRED.get(device.type, ("torch",)):
+        if name == "cpu" and name in available and not _cpu.built():
+            _cpu.notice_missing()
+            continue
         if name in available:
             return name
     return "torch"

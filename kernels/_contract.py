@@ -88,11 +88,26 @@ def check_device(name: str, value: torch.Tensor, device: torch.device) -> None:
         raise ValueError(f"{name} must be on {device} like the other inputs, got {value.device}")
 
 
+def check_state(state: object, shape: tuple[int, ...], names: tuple[str, ...], device) -> None:
+    """The decode state must be a float32 contiguous tensor of ``shape`` on ``device``."""
+    check_tensor("state", state, shape, names, device=device)
+    if state.dtype != torch.float32 or not state.is_contiguous():
+        raise TypeError(
+            f"state must be a contiguous float32 tensor (updated in place), got {state.dtype}"
+            f"{'' if state.is_contiguous() else ', non-contiguous'}"
+        )
+
+
 def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
     """float64 when any input is float64 (the exact oracle), float32 otherwise."""
     if any(t is not None and t.dtype == torch.float64 for t in tensors):
         return torch.float64
     return torch.float32
+
+
+def is_exact_oracle(*tensors: torch.Tensor) -> bool:
+    """float64 inputs: the caller wants the exact definition, which the reference computes."""
+    return any(isinstance(t, torch.Tensor) and t.dtype == torch.float64 for t in tensors)
 
 
 def _positions(

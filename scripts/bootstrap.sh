@@ -41,6 +41,7 @@ lock_pin() {
 TORCH_PIN="$(lock_pin torch)"
 TRITON_PIN="$(lock_pin triton)"
 MAMBA_SSM_PIN="$(lock_pin mamba-ssm)"
+NINJA_PIN="$(lock_pin ninja)"
 
 inputs_hash() {
     {
@@ -81,13 +82,15 @@ if has_cuda_torch "$VENV/bin/python"; then
 fi
 PIP=("$VENV/bin/python" -m pip install -q -c "$CONSTRAINTS")
 
-# The build tools come first; python's bundled setuptools is too old for editable installs here.
+# The build tools come first; python's bundled setuptools is too old for editable installs here,
+# and ninja must be there before statetap._C is built (pip builds the package before it installs
+# the dev extras).
 if has_cuda_torch "$VENV/bin/python"; then
     echo "bootstrap: using the CUDA torch already visible to $VENV (lock minus torch/triton/nvidia-*)"
-    "${PIP[@]}" "setuptools>=70.1" wheel
+    "${PIP[@]}" "setuptools>=70.1" wheel "$NINJA_PIN"
 else
     echo "bootstrap: installing $TORCH_PIN (CPU) and $TRITON_PIN"
-    "${PIP[@]}" "$TORCH_PIN" "$TRITON_PIN" "setuptools>=70.1" wheel
+    "${PIP[@]}" "$TORCH_PIN" "$TRITON_PIN" "setuptools>=70.1" wheel "$NINJA_PIN"
 fi
 
 echo "bootstrap: installing statetap (editable) with the dev extras"

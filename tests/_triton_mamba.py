@@ -1,26 +1,51 @@
-"""Helpers of the Mamba Triton kernel tests (selective scan, SSD): poisoned outputs, the float64
-oracle and the tolerances of the state contract."""
+"""Helpers of the Mamba kernel tests (selective scan, SSD; Triton and cpu backends): the backends
+under test, poisoned outputs, the float64 oracle and the tolerances of the state contract."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from _device import DEVICE, needs_kernel_device
 
+from statetap.kernels import _cpu
 from statetap.kernels.examples import rel_error
 from statetap.kernels.selective_scan import _triton
 
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 5e-3}
 
 
+needs_cpu_kernels = pytest.mark.skipif(
+    DEVICE.type != "cpu" or not _cpu.built(),
+    reason="the cpu kernels need statetap._C (make venv) and run where the tests use CPU tensors",
+)
+
+#: the backends the kernel tests run: the Triton kernels, the C++ kernels with the widest ISA of
+#: this CPU, and the C++ kernels on their scalar path (STATETAP_CPU_ISA=scalar)
+BACKENDS = [
+    pytest.param("triton", marks=needs_kernel_device),
+    pytest.param("cpu", marks=needs_cpu_kernels),
+    pytest.param("cpu-scalar", marks=needs_cpu_kernels),
+]
+
+
+def implementation(public, backend: str, monkeypatch):
+    """``public``'s implementation for ``backend`` (one of :data:`BACKENDS`); ``cpu-scalar``
+    sets STATETAP_CPU_ISA=scalar for the test."""
+    if backend == "cpu-scalar":
+        monkeypatch.setenv(_cpu.ISA_ENV, "scalar")
+    return public.implementations[backend.split("-")[0]]
+
+
 @pytest.fixture
 def poisoned(monkeypatch):
-    """Every output buffer a Triton wrapper allocates starts as NaN (each element must be
+    """Every output buffer a Triton or cpu wrapper allocates starts as NaN (each element must be
     written by the kernel)."""
 
     def nan_empty(shape, dtype, device):
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
     monkeypatch.setattr(_triton, "empty", nan_empty)
+    monkeypatch.setattr(_cpu, "empty", lambda shape, dtype: nan_empty(shape, dtype, "cpu"))
 
 
 def as_double(values: dict) -> dict:

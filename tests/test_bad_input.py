@@ -1,4 +1,5 @@
-"""Bad input raises ValueError/TypeError naming the argument and what was expected, per op."""
+"""Bad input raises ValueError/TypeError naming the argument and what was expected, per op and
+backend."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import torch
 
 from statetap.kernels.examples import CASES, OP_FORMS
 
-each_op_form = pytest.mark.parametrize("op,form", OP_FORMS, ids=[f"{o}-{f}" for o, f in OP_FORMS])
+# the pure-torch forms and the public op, which on CPU tensors runs the cpu backend where built
+FORMS = OP_FORMS + [(op, "public") for op in CASES]
+each_op_form = pytest.mark.parametrize("op,form", FORMS, ids=[f"{o}-{f}" for o, f in FORMS])
 L = 6
 
 

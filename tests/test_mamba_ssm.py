@@ -1,5 +1,8 @@
-"""mamba-ssm's ``MambaLMHeadModel`` under statetap: ``tests/mamba_ssm_cases.py`` in its own
-process (importing mamba-ssm on a CPU machine changes what transformers' Mamba binds to)."""
+"""mamba-ssm against statetap, each case file in its own process (importing mamba-ssm on a CPU
+machine changes what transformers' Mamba binds to): ``tests/mamba_ssm_cases.py``, its
+``MambaLMHeadModel`` under statetap; ``tests/mamba_ssm_kernel_cases.py``, the cpu kernels
+against its references ``selective_scan_ref``, ``selective_state_update_ref`` and
+``ssd_minimal_discrete``."""
 
 from __future__ import annotations
 
@@ -10,19 +13,20 @@ import sys
 
 import pytest
 
-CASES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mamba_ssm_cases.py")
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 @pytest.mark.skipif(
     importlib.util.find_spec("mamba_ssm") is None,
     reason="mamba-ssm is not installed (scripts/bootstrap.sh installs it on CPU machines)",
 )
-def test_mamba_ssm_cases_pass_in_a_separate_process():
+@pytest.mark.parametrize("cases", ["mamba_ssm_cases.py", "mamba_ssm_kernel_cases.py"])
+def test_mamba_ssm_cases_pass_in_a_separate_process(cases):
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", CASES],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", cases],
         capture_output=True,
         text=True,
-        cwd=os.path.dirname(CASES),
+        cwd=HERE,
         env=os.environ | {"PYTHONSAFEPATH": "1"},
     )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]

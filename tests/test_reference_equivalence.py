@@ -270,13 +270,20 @@ def test_wkv7_matches_cuda_equations(batch, length, size, form):
     assert_close(their_state.transpose(-1, -2), ours.final_state)
 
 
-def test_public_ops_dispatch_to_the_reference_on_cpu(monkeypatch):
+def test_public_ops_dispatch_on_cpu(monkeypatch):
+    from statetap.kernels import _cpu
+    from statetap.kernels._backend import dispatching
+
     r, k, v = (torch.randn(1, 5, 2, 4) for _ in range(3))
     w, u = F.logsigmoid(torch.randn(1, 5, 2, 4)), torch.randn(2, 4)
+    default = kernels.wkv6.implementations["cpu" if _cpu.built() else "torch"]
+    assert torch.equal(kernels.wkv6(r, k, v, w, u).y, default(r, k, v, w, u).y)
+    monkeypatch.setenv("STATETAP_BACKEND", "torch")
     assert torch.equal(kernels.wkv6(r, k, v, w, u).y, wkv6_chunked(r, k, v, w, u).y)
     monkeypatch.setenv("STATETAP_BACKEND", "cpu")
+    only_torch = dispatching("wkv6", {"torch": wkv6_chunked})
     with pytest.raises(RuntimeError, match="wkv6 has no cpu implementation"):
-        kernels.wkv6(r, k, v, w, u)
+        only_torch(r, k, v, w, u)
     monkeypatch.setenv("STATETAP_BACKEND", "gpu")
     with pytest.raises(ValueError, match="STATETAP_BACKEND='gpu' is not a backend"):
         kernels.wkv6(r, k, v, w, u)
@@ -302,3 +309,63 @@ def test_fused_backends_fall_back_to_the_reference_for_gradients(monkeypatch):
     assert calls == ["fused"]  # the reference ran, and it is differentiable
     out.y.sum().backward()
     assert r.grad is not None and r.grad.abs().sum() > 0
+
+
+def _small_scan():
+    u, delta = torch.randn(2, 6, 5), torch.randn(2, 6, 5)
+    A, B, C = -torch.rand(6, 3), torch.randn(2, 1, 3, 5), torch.randn(2, 1, 3, 5)
+    return u, delta, A, B, C
+
+
+def test_cpu_tensors_run_the_cpu_kernels_where_built(monkeypatch):
+    from statetap.kernels import _cpu
+    from statetap.kernels._backend import choose_backend
+
+    if not _cpu.built():
+        pytest.skip("statetap._C is not built")
+    calls = []
+    real = kernels.selective_scan.implementations["cpu"]
+    monkeypatch.setitem(
+        kernels.selective_scan.implementations,
+        "cpu",
+        lambda *a, **k: calls.append("cpu") or real(*a, **k),
+    )
+    out = kernels.selective_scan(*_small_scan())
+    assert calls == ["cpu"] and out.y.shape == (2, 6, 5)
+    for op in ("selective_scan", "selective_scan_step", "ssd", "ssd_step"):
+        public = getattr(kernels, op)
+        assert choose_backend(op, torch.device("cpu"), public.implementations) == "cpu"
+
+
+def test_without_the_extension_cpu_tensors_run_the_reference_with_one_notice(monkeypatch):
+    import warnings
+
+    from statetap.kernels import _cpu
+    from statetap.kernels.selective_scan.reference import selective_scan
+
+    monkeypatch.setattr(_cpu, "built", lambda: False)
+    _cpu.notice_missing.cache_clear()
+    inputs = _small_scan()
+    with pytest.warns(UserWarning, match=r"statetap\._C\) are not built.*make venv"):
+        out = kernels.selective_scan(*inputs)
+    assert torch.equal(out.y, selective_scan(*inputs).y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per process: the second call is silent
+        kernels.selective_scan(*inputs)
+    monkeypatch.setenv("STATETAP_BACKEND", "cpu")
+    with pytest.raises(RuntimeError, match=r"STATETAP_BACKEND='cpu', but statetap\._C"):
+        kernels.selective_scan(*inputs)
+    _cpu.notice_missing.cache_clear()
+
+
+def test_cpu_isa_is_chosen_at_run_time_and_can_be_forced(monkeypatch):
+    from statetap.kernels import _cpu
+
+    if not _cpu.built():
+        pytest.skip("statetap._C is not built")
+    assert _cpu.isa() in ("avx512", "avx2", "scalar")
+    monkeypatch.setenv("STATETAP_CPU_ISA", "scalar")
+    assert _cpu.isa() == "scalar"
+    monkeypatch.setenv("STATETAP_CPU_ISA", "sse9")
+    with pytest.raises(ValueError, match="STATETAP_CPU_ISA='?sse9'? is not an instruction set"):
+        kernels.selective_scan(*_small_scan())

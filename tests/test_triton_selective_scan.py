@@ -1,34 +1,45 @@
-"""The Mamba-1 selective-scan Triton kernels against the float64 reference.
+"""The Mamba-1 selective-scan kernels (Triton and cpu backends) against the float64 reference.
 
-Runs the kernels under the Triton interpreter on CPU tensors (or compiled, on CUDA, with
-``TRITON_INTERPRET=0``); outputs start as NaN, so every element must be written.
+Runs the Triton kernels under the Triton interpreter on CPU tensors (or compiled, on CUDA, with
+``TRITON_INTERPRET=0``), and the C++ kernels (``statetap._C``) with the widest ISA of this CPU and
+on their scalar path; outputs start as NaN, so every element must be written.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from _device import DEVICE, needs_kernel_device, on_device
 from _triton_mamba import (  # noqa: F401
+    BACKENDS,
     as_double,
     as_dtype,
     assert_close,
     assert_outputs_close,
+    implementation,
     poisoned,
 )
 
 from statetap.kernels.examples import CASES
-from statetap.kernels.selective_scan import _triton
+from statetap.kernels.selective_scan import _triton, selective_scan_step
+from statetap.kernels.selective_scan import selective_scan as public_scan
 from statetap.kernels.selective_scan.reference import selective_scan
 from statetap.kernels.selective_scan.scan import selective_scan_triton
-from statetap.kernels.selective_scan.step import (
-    selective_scan_step_reference,
-    selective_scan_step_triton,
-)
+from statetap.kernels.selective_scan.step import selective_scan_step_reference
 
-DEVICE = "cpu" if _triton.INTERPRETING else "cuda"
 pytestmark = pytest.mark.usefixtures("poisoned")
-if not _triton.INTERPRETING and not torch.cuda.is_available():
-    pytestmark = [pytestmark, pytest.mark.skip(reason="needs CUDA or TRITON_INTERPRET=1")]
+
+
+@pytest.fixture(params=BACKENDS)
+def scan(request, monkeypatch):
+    """The forward kernel under test (Triton, or C++ with the widest or the scalar ISA)."""
+    return implementation(public_scan, request.param, monkeypatch)
+
+
+@pytest.fixture(params=BACKENDS)
+def step_kernel(request, monkeypatch):
+    """The decode-step kernel under test."""
+    return implementation(selective_scan_step, request.param, monkeypatch)
 
 
 def make(batch, length, dtype=torch.float32, bc="grouped", **sizes):
@@ -40,13 +51,13 @@ def make(batch, length, dtype=torch.float32, bc="grouped", **sizes):
     elif bc == "shared":
         dim, n = inputs["A"].shape
         inputs["B"], inputs["C"] = torch.randn(dim, n), torch.randn(dim, n)
-    inputs = {k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    inputs = on_device(inputs)
     return as_dtype(inputs, dtype)
 
 
-def check(inputs, dtype=torch.float32, **instrumentation):
+def check(scan, inputs, dtype=torch.float32, **instrumentation):
     """Run the kernel and the float64 reference on the same inputs and compare."""
-    out = selective_scan_triton(**inputs, **instrumentation)
+    out = scan(**inputs, **instrumentation)
     oracle = selective_scan(**as_double(inputs), **as_double(instrumentation))
     assert_outputs_close(oracle, out, dtype)
     return out
@@ -63,13 +74,25 @@ def check(inputs, dtype=torch.float32, **instrumentation):
     ids=lambda v: str(v),
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
-def test_forward_matches_reference(batch, dim, n, groups, length, bc, dtype):
+def test_forward_matches_reference(batch, dim, n, groups, length, bc, dtype, scan):
     inputs = make(batch, length, dtype, bc, D=dim, N=n, G=groups)
-    check(inputs, dtype, output_final_state=True)
+    check(scan, inputs, dtype, output_final_state=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_strided_inputs_as_transformers_passes_them(dtype, scan):
+    """u, delta, z as transposed views of [B, L, D] projections (no copy made by the caller)."""
+    batch, length, dim = 2, 11, 9
+    inputs = make(batch, length, dtype, D=dim, N=5, G=1)
+    for name in ("u", "delta", "z"):
+        projected = torch.randn(batch, length, 3 * dim, device=DEVICE).to(dtype)
+        inputs[name] = projected[..., dim : 2 * dim].transpose(1, 2)  # [B, D, L], stride_t = 3D
+        assert not inputs[name].is_contiguous()
+    check(scan, inputs, dtype, emit_at=torch.tensor([[3], [10]], device=DEVICE))
 
 
 @pytest.mark.parametrize("optional", ["none", "D", "z", "bias"])
-def test_optional_inputs(optional):
+def test_optional_inputs(optional, scan):
     inputs = make(2, 7, D=9, N=4, G=1)
     for name in ("D", "z", "delta_bias"):
         if not name.startswith(optional):
@@ -77,13 +100,14 @@ def test_optional_inputs(optional):
     inputs["delta_softplus"] = optional != "none"
     if optional == "none":  # dt = delta itself: keep it positive, so the state decays
         inputs["delta"] = inputs["delta"].abs()
-    check(inputs)
+    check(scan, inputs)
 
 
-def test_emit_inject_add_with_initial_state():
+def test_emit_inject_add_with_initial_state(scan):
     length, dim, n = 21, 11, 6
     inputs = make(2, length, D=dim, N=n, G=1)
     check(
+        scan,
         inputs,
         initial_state=torch.randn(2, dim, n, device=DEVICE),
         output_final_state=True,
@@ -95,7 +119,7 @@ def test_emit_inject_add_with_initial_state():
 
 
 @pytest.mark.parametrize("scale", ["scalar", "sweep", "per-slot"])
-def test_inject_scale(scale):
+def test_inject_scale(scale, scan):
     length, dim, n = 9, 6, 5
     inputs = make(3, length, D=dim, N=n, G=2)
     value = {
@@ -104,6 +128,7 @@ def test_inject_scale(scale):
         "per-slot": torch.randn(3, 2, device=DEVICE),
     }[scale]
     check(
+        scan,
         inputs,
         output_final_state=True,
         emit_at=torch.tensor([3, 4, length - 1], device=DEVICE),
@@ -113,10 +138,11 @@ def test_inject_scale(scale):
     )
 
 
-def test_inject_set_fp16():
+def test_inject_set_fp16(scan):
     length, dim, n = 12, 8, 4
     inputs = make(2, length, torch.float16, D=dim, N=n, G=1)
     check(
+        scan,
         inputs,
         torch.float16,
         output_final_state=True,
@@ -127,17 +153,17 @@ def test_inject_set_fp16():
     )
 
 
-def test_empty_instrumentation_is_bit_identical():
+def test_empty_instrumentation_is_bit_identical(scan):
     inputs = make(2, 8, D=6, N=3, G=2)
-    plain = selective_scan_triton(**inputs, output_final_state=True)
-    empty = selective_scan_triton(
+    plain = scan(**inputs, output_final_state=True)
+    empty = scan(
         **inputs,
         output_final_state=True,
         emit_at=torch.full((2, 2), -1, device=DEVICE),
         inject_at=torch.empty(2, 0, dtype=torch.long, device=DEVICE),
         inject_value=torch.randn(6, 3, device=DEVICE),
     )
-    unused = selective_scan_triton(
+    unused = scan(
         **inputs,
         output_final_state=True,
         inject_at=torch.tensor([-1], device=DEVICE),
@@ -150,14 +176,15 @@ def test_empty_instrumentation_is_bit_identical():
     assert torch.equal(empty.states, torch.zeros(2, 2, 6, 3, device=DEVICE))
 
 
-def test_validation_is_the_reference_one():
+def test_validation_is_the_reference_one(scan):
     inputs = make(1, 5, D=4, N=3, G=1)
     with pytest.raises(ValueError, match=r"emit_at\[0, 0\] = 5 is out of range"):
-        selective_scan_triton(**inputs, emit_at=torch.tensor([5], device=DEVICE))
+        scan(**inputs, emit_at=torch.tensor([5], device=DEVICE))
     with pytest.raises(ValueError, match="A must have shape"):
-        selective_scan_triton(**{**inputs, "A": inputs["A"][:, :2].T})
+        scan(**{**inputs, "A": inputs["A"][:, :2].T})
 
 
+@needs_kernel_device
 def test_refuses_cpu_tensors_without_the_interpreter(monkeypatch):
     monkeypatch.setattr(_triton, "INTERPRETING", False)
     inputs = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in make(1, 3).items()}
@@ -185,7 +212,7 @@ def step_inputs(batch, dim, n, groups, dtype=torch.float32):
     ids=str,
 )
 @pytest.mark.parametrize("inject", ["none", "add", "add-scale", "set"])
-def test_step_matches_sequence_reference(batch, dim, n, groups, dtype, inject):
+def test_step_matches_sequence_reference(batch, dim, n, groups, dtype, inject, step_kernel):
     step, state = step_inputs(batch, dim, n, groups, dtype)
     kwargs = {}
     if inject != "none":
@@ -196,31 +223,29 @@ def test_step_matches_sequence_reference(batch, dim, n, groups, dtype, inject):
         )
     oracle = selective_scan_step_reference(state.double(), **as_double(step), **kwargs, emit=True)
     before = state.clone()
-    out = selective_scan_step_triton(state, **step, **kwargs, emit=True)
+    out = step_kernel(state, **step, **kwargs, emit=True)
     assert_close(oracle.y, out.y, dtype, "y")
     assert_close(oracle.state, state, dtype, "state (in place)")
     assert torch.equal(out.state, state)
     assert not torch.equal(before, state)
 
 
-def test_step_emit_into_buffer_and_no_emit():
+def test_step_emit_into_buffer_and_no_emit(step_kernel):
     step, state = step_inputs(2, 6, 4, 1)
     buffer = torch.full((2, 6, 4), float("nan"), device=DEVICE)
     twin = state.clone()
-    out = selective_scan_step_triton(state, **step, emit=buffer)
+    out = step_kernel(state, **step, emit=buffer)
     assert out.state is buffer and torch.equal(buffer, state)
-    plain = selective_scan_step_triton(twin, **step)
+    plain = step_kernel(twin, **step)
     assert plain.state is None
     assert torch.equal(plain.y, out.y) and torch.equal(twin, state)
 
 
-def test_step_bad_input():
+def test_step_bad_input(step_kernel):
     step, state = step_inputs(2, 6, 4, 1)
     with pytest.raises(ValueError, match="not broadcastable to the state"):
-        selective_scan_step_triton(state, **step, inject_value=torch.randn(3, 6, 4))
+        step_kernel(state, **step, inject_value=torch.randn(3, 6, 4, device=DEVICE))
     with pytest.raises(ValueError, match="u must have shape"):
-        selective_scan_step_triton(state, **{**step, "u": step["u"][:1]})
+        step_kernel(state, **{**step, "u": step["u"][:1]})
     with pytest.raises(ValueError, match="applies to inject_mode='add' only"):
-        selective_scan_step_triton(
-            state, **step, inject_value=state, inject_mode="set", inject_scale=2.0
-        )
+        step_kernel(state, **step, inject_value=state, inject_mode="set", inject_scale=2.0)

@@ -1,8 +1,10 @@
-"""The Mamba-2 SSD Triton kernels against the float64 sequential reference.
+"""The Mamba-2 SSD kernels (Triton and cpu backends) against the float64 sequential reference.
 
-Runs the kernels under the Triton interpreter on CPU tensors (or compiled, on CUDA, with
-``TRITON_INTERPRET=0``); outputs start as NaN, so every element must be written.  The kernel's
-time block is 16 here (``chunk_size=16``), so positions 15, 16, 17, 31, 32 are chunk edges.
+Runs the Triton kernels under the Triton interpreter on CPU tensors (or compiled, on CUDA, with
+``TRITON_INTERPRET=0``), and the C++ kernels (``statetap._C``) with the widest ISA of this CPU and
+on their scalar path; outputs start as NaN, so every element must be written.  The Triton
+kernel's time block is 16 here (``chunk_size=16``), so positions 15, 16, 17, 31, 32 are chunk
+edges (the cpu kernel is recurrent: every position is alike to it).
 """
 
 from __future__ import annotations
@@ -11,30 +13,42 @@ import math
 
 import pytest
 import torch
+from _device import DEVICE, on_device
 from _triton_mamba import (  # noqa: F401
+    BACKENDS,
     as_double,
     as_dtype,
     assert_close,
     assert_outputs_close,
+    implementation,
     poisoned,
 )
 
 from statetap.kernels.examples import CASES
-from statetap.kernels.selective_scan import _triton
-from statetap.kernels.ssd.chunked import ssd_triton
+from statetap.kernels.ssd import ssd as public_scan
+from statetap.kernels.ssd import ssd_step
 from statetap.kernels.ssd.reference import ssd_sequential
-from statetap.kernels.ssd.step import ssd_step_reference, ssd_step_triton
+from statetap.kernels.ssd.step import ssd_step_reference
 
-DEVICE = "cpu" if _triton.INTERPRETING else "cuda"
 CHUNK = 16
 pytestmark = pytest.mark.usefixtures("poisoned")
-if not _triton.INTERPRETING and not torch.cuda.is_available():
-    pytestmark = [pytestmark, pytest.mark.skip(reason="needs CUDA or TRITON_INTERPRET=1")]
+
+
+@pytest.fixture(params=BACKENDS)
+def scan(request, monkeypatch):
+    """The forward kernel under test (Triton, or C++ with the widest or the scalar ISA)."""
+    return implementation(public_scan, request.param, monkeypatch)
+
+
+@pytest.fixture(params=BACKENDS)
+def step_kernel(request, monkeypatch):
+    """The decode-step kernel under test."""
+    return implementation(ssd_step, request.param, monkeypatch)
 
 
 def make(batch, length, dtype=torch.float32, **sizes):
     inputs = CASES["ssd"].make(batch, length, torch.float32, **sizes)
-    inputs = {k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    inputs = on_device(inputs)
     return as_dtype(inputs, dtype)
 
 
@@ -42,9 +56,9 @@ def positions(rows):
     return torch.tensor(rows, device=DEVICE)
 
 
-def check(inputs, dtype=torch.float32, **instrumentation):
+def check(scan, inputs, dtype=torch.float32, **instrumentation):
     """Run the kernel and the float64 sequential definition on the same inputs and compare."""
-    out = ssd_triton(**inputs, chunk_size=CHUNK, **instrumentation)
+    out = scan(**inputs, chunk_size=CHUNK, **instrumentation)
     oracle = ssd_sequential(**as_double(inputs), **as_double(instrumentation))
     assert_outputs_close(oracle, out, dtype)
     return out
@@ -62,13 +76,13 @@ def check(inputs, dtype=torch.float32, **instrumentation):
     ids=str,
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
-def test_forward_matches_reference(batch, length, heads, head_dim, groups, n, dtype):
+def test_forward_matches_reference(batch, length, heads, head_dim, groups, n, dtype, scan):
     inputs = make(batch, length, dtype, H=heads, P=head_dim, G=groups, N=n)
-    check(inputs, dtype, output_final_state=True)
+    check(scan, inputs, dtype, output_final_state=True)
 
 
 @pytest.mark.parametrize("variant", ["D per head", "no D z bias", "dt_limit"])
-def test_optional_inputs(variant):
+def test_optional_inputs(variant, scan):
     inputs = make(2, 20, H=2, P=4, G=1, N=6)
     if variant == "D per head":
         inputs["D"] = torch.randn(2, device=DEVICE)
@@ -76,13 +90,14 @@ def test_optional_inputs(variant):
         inputs.update(D=None, z=None, dt_bias=None)
     else:
         inputs["dt_limit"] = (0.05, 0.8)
-    check(inputs, output_final_state=True)
+    check(scan, inputs, output_final_state=True)
 
 
-def test_emission_at_chunk_edges_with_initial_state():
+def test_emission_at_chunk_edges_with_initial_state(scan):
     length = 40
     inputs = make(2, length, H=3, P=5, G=1, N=7)
     check(
+        scan,
         inputs,
         initial_states=torch.randn(2, 3, 5, 7, device=DEVICE),
         output_final_state=True,
@@ -91,10 +106,11 @@ def test_emission_at_chunk_edges_with_initial_state():
 
 
 @pytest.mark.parametrize("mode", ["add", "set"])
-def test_injection_anywhere_with_emission(mode):
+def test_injection_anywhere_with_emission(mode, scan):
     length, shape = 37, (2, 4, 3, 5)
     inputs = make(2, length, H=4, P=3, G=2, N=5)
     check(
+        scan,
         inputs,
         output_final_state=True,
         # injections inside a chunk, at its last token, at 0 and at L-1; emission at the same
@@ -107,13 +123,14 @@ def test_injection_anywhere_with_emission(mode):
 
 
 @pytest.mark.parametrize("scale", ["sweep", "per-slot"])
-def test_inject_scale(scale):
+def test_inject_scale(scale, scan):
     inputs = make(3, 21, H=2, P=3, G=1, N=4)
     value = {
         "sweep": torch.tensor([0.0, -1.0, 3.0], device=DEVICE),
         "per-slot": torch.randn(3, 2, device=DEVICE),
     }[scale]
     check(
+        scan,
         inputs,
         output_final_state=True,
         emit_at=positions([5, 20]),
@@ -123,11 +140,12 @@ def test_inject_scale(scale):
     )
 
 
-def test_seq_idx_with_injection_and_emission():
+def test_seq_idx_with_injection_and_emission(scan):
     length = 30
     inputs = make(2, length, H=2, P=3, G=1, N=5)
     seq_idx = positions([[0] * 7 + [1] * 16 + [2] * 7, [0] * 16 + [1] * 14])
     check(
+        scan,
         inputs,
         seq_idx=seq_idx,
         initial_state=torch.randn(2, 2, 3, 5, device=DEVICE),
@@ -139,9 +157,10 @@ def test_seq_idx_with_injection_and_emission():
     )
 
 
-def test_fp16_emission_and_injection():
+def test_fp16_emission_and_injection(scan):
     inputs = make(2, 33, torch.float16, H=2, P=16, G=1, N=16)
     check(
+        scan,
         inputs,
         torch.float16,
         output_final_state=True,
@@ -151,18 +170,18 @@ def test_fp16_emission_and_injection():
     )
 
 
-def test_empty_instrumentation_is_bit_identical():
+def test_empty_instrumentation_is_bit_identical(scan):
     inputs = make(2, 20, H=2, P=3, G=1, N=5)
     run = dict(chunk_size=CHUNK, output_final_state=True)
-    plain = ssd_triton(**inputs, **run)
-    empty = ssd_triton(
+    plain = scan(**inputs, **run)
+    empty = scan(
         **inputs,
         **run,
         emit_at=positions([-1, -1]),
         inject_at=torch.empty(0, dtype=torch.long, device=DEVICE),
         inject_value=torch.randn(2, 3, 5, device=DEVICE),
     )
-    unused = ssd_triton(
+    unused = scan(
         **inputs,
         **run,
         inject_at=positions([[-1], [-1]]),
@@ -175,15 +194,15 @@ def test_empty_instrumentation_is_bit_identical():
     assert torch.equal(empty.states, torch.zeros(2, 2, 2, 3, 5, device=DEVICE))
 
 
-def test_validation_is_the_reference_one():
+def test_validation_is_the_reference_one(scan):
     inputs = make(1, 5, H=2, P=3, G=1, N=4)
     with pytest.raises(ValueError, match="chunk_size must be a positive int"):
-        ssd_triton(**inputs, chunk_size=0)
+        scan(**inputs, chunk_size=0)
     with pytest.raises(ValueError, match=r"inject_at\[0, 0\] = 7 is out of range"):
-        ssd_triton(**inputs, inject_at=positions([7]), inject_value=torch.zeros(1))
+        scan(**inputs, inject_at=positions([7]), inject_value=torch.zeros(1, device=DEVICE))
     with pytest.raises(ValueError, match="dt_limit must be"):
-        ssd_triton(**inputs, dt_limit=(1.0, 0.0))
-    assert math.isinf(ssd_triton.__defaults__[-1][1])
+        scan(**inputs, dt_limit=(1.0, 0.0))
+    assert math.isinf(scan.__defaults__[-1][1])
 
 
 # ------------------------------------------------------------------ decode step
@@ -196,7 +215,9 @@ def test_validation_is_the_reference_one():
 )
 @pytest.mark.parametrize("inject", ["none", "add", "add-scale", "set"])
 @pytest.mark.parametrize("limit", [False, True], ids=["", "dt_limit"])
-def test_step_matches_sequence_reference(heads, head_dim, groups, n, dtype, inject, limit):
+def test_step_matches_sequence_reference(
+    heads, head_dim, groups, n, dtype, inject, limit, step_kernel
+):
     batch = 3
     inputs = make(batch, 1, dtype, H=heads, P=head_dim, G=groups, N=n)
     step = {k: v[:, 0] if k in ("x", "dt", "B", "C", "z") else v for k, v in inputs.items()}
@@ -211,17 +232,17 @@ def test_step_matches_sequence_reference(heads, head_dim, groups, n, dtype, inje
             inject_scale=torch.randn(batch, device=DEVICE) if inject == "add-scale" else None,
         )
     oracle = ssd_step_reference(state.double(), **as_double(step), **kwargs, emit=True)
-    out = ssd_step_triton(state, **step, **kwargs, emit=True)
+    out = step_kernel(state, **step, **kwargs, emit=True)
     assert_close(oracle.y, out.y, dtype, "y")
     assert_close(oracle.state, state, dtype, "state (in place)")
     assert torch.equal(out.state, state)
 
 
-def test_step_bad_input():
+def test_step_bad_input(step_kernel):
     inputs = make(2, 1, H=2, P=3, G=1, N=4)
     step = {k: v[:, 0] if k in ("x", "dt", "B", "C", "z") else v for k, v in inputs.items()}
     state = torch.zeros(2, 2, 3, 4, device=DEVICE)
     with pytest.raises(ValueError, match="dt must have shape"):
-        ssd_step_triton(state, **{**step, "dt": step["dt"][:, :1]})
+        step_kernel(state, **{**step, "dt": step["dt"][:, :1]})
     with pytest.raises(ValueError, match="emit buffer must be a contiguous float32"):
-        ssd_step_triton(state, **step, emit=torch.zeros(2, 2, 3, 4, dtype=torch.float16))
+        step_kernel(state, **step, emit=torch.zeros(2, 2, 3, 4, dtype=torch.float16, device=DEVICE))

@@ -1,12 +1,14 @@
 """RWKV-4 Triton kernels (recurrent forward, decode step) against the float64 definition.
 
-Under the Triton interpreter on CPU tensors, outputs poisoned with NaN before each run.
+On ``DEVICE`` (CPU tensors under the Triton interpreter, CUDA tensors with it off), outputs
+poisoned with NaN before each run.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from _device import DEVICE, needs_kernel_device, on_device
 from test_triton_wkv6 import TOL, assert_close, double
 
 from statetap.kernels.examples import rel_error
@@ -14,31 +16,38 @@ from statetap.kernels.wkv4.fused_recurrent import BLOCK_C, run_wkv4
 from statetap.kernels.wkv4.reference import wkv4
 from statetap.kernels.wkv4.step import wkv4_step_triton
 
+pytestmark = needs_kernel_device
+
 
 def inputs_of(B, L, C, dtype=torch.float32, decay=1.0):
-    return dict(
+    inputs = dict(
         w=-torch.exp(torch.randn(C)) / decay,
         u=torch.randn(C),
         k=(3 * torch.randn(B, L, C)).to(dtype),  # large keys exercise the running maximum
         v=torch.randn(B, L, C).to(dtype),
     )
+    return on_device(inputs)
 
 
 def reference(inputs, **instrumentation):
     args = [double(inputs[n]) for n in "wukv"]
+    instrumentation = on_device(instrumentation)
     return wkv4(*args, **{n: double(x) for n, x in instrumentation.items()})
 
 
 def poisoned_run(inputs, **instrumentation):
     y = torch.full_like(inputs["v"], float("nan"))
-    out = run_wkv4(*(inputs[n] for n in "wukv"), instrumentation, y=y)
+    out = run_wkv4(*(inputs[n] for n in "wukv"), on_device(instrumentation), y=y)
     assert not out.y.isnan().any(), "unwritten y"
     return out
 
 
 def triple(B, C):
-    """A random valid state: (aa, bb > 0, pp)."""
-    return torch.stack([torch.randn(B, C), torch.rand(B, C) + 0.1, torch.randn(B, C)], 1)
+    """A random valid state on DEVICE: (aa, bb > 0, pp)."""
+    f = dict(device=DEVICE)
+    return torch.stack(
+        [torch.randn(B, C, **f), torch.rand(B, C, **f) + 0.1, torch.randn(B, C, **f)], 1
+    )
 
 
 CASES = [  # B, L, C, dtype, decay divisor
@@ -94,11 +103,13 @@ def test_decode_step_in_place(mode):
     B, C = 3, 37
     inputs = inputs_of(B, 1, C)
     state = triple(B, C)
-    instrumentation = dict(
-        emit_at=torch.tensor([[0], [-1], [0]]),
-        inject_at=torch.tensor([[0], [0], [-1]]),
-        inject_value=triple(B, C)[:, None],
-        inject_mode=mode,
+    instrumentation = on_device(
+        dict(
+            emit_at=torch.tensor([[0], [-1], [0]]),
+            inject_at=torch.tensor([[0], [0], [-1]]),
+            inject_value=triple(B, C)[:, None],
+            inject_mode=mode,
+        )
     )
     ref = reference(inputs, initial_state=state, output_final_state=True, **instrumentation)
     one = {n: x[:, 0] if x.dim() == 3 else x for n, x in inputs.items()}

@@ -1,7 +1,8 @@
 """RWKV-5/6 Triton kernels (recurrent, chunked, decode step) against the float64 definition.
 
-Run under the Triton interpreter on CPU tensors (the launchers are called directly: the public
-op sends CPU tensors to the reference).  Outputs are poisoned with NaN before each run.
+The launchers are called directly (the public op sends CPU tensors to the reference), on
+``DEVICE``: CPU tensors under the Triton interpreter, CUDA tensors with it off.  The float64
+definition runs on the same device.  Outputs are poisoned with NaN before each run.
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from _device import DEVICE, needs_kernel_device, on_device
 
 from statetap.kernels.examples import rel_error
-from statetap.kernels.wkv5.fused import wkv5_triton
+from statetap.kernels.wkv5.fused_recurrent import wkv5_triton
 from statetap.kernels.wkv5.reference import wkv5_sequential
 from statetap.kernels.wkv6.chunk import CHUNK
 from statetap.kernels.wkv6.launch import prepare, run
@@ -20,17 +22,19 @@ from statetap.kernels.wkv6.step import wkv6_step_triton
 
 TOL = {torch.float32: 1e-5, torch.float16: 5e-3}
 FORMS = ["recurrent", "chunked"]
+pytestmark = needs_kernel_device
 
 
 def make(B, L, H, K, V, dtype=torch.float32, decay=1.0):
-    """Fresh inputs; ``decay`` divides ``logsigmoid(randn)`` (0.1: strong, 10: weak)."""
-    return dict(
+    """Fresh inputs on DEVICE; ``decay`` divides ``logsigmoid(randn)`` (0.1: strong, 10: weak)."""
+    inputs = dict(
         r=torch.randn(B, L, H, K).to(dtype),
         k=torch.randn(B, L, H, K).to(dtype),
         v=torch.randn(B, L, H, V).to(dtype),
         w=(F.logsigmoid(torch.randn(B, L, H, K)) / decay).to(dtype),
         u=torch.randn(H, K).to(dtype),
     )
+    return on_device(inputs)
 
 
 def double(value):
@@ -41,11 +45,13 @@ def double(value):
 
 def reference(fn, inputs, scale, **instrumentation):
     args = [double(inputs[n]) for n in "rkvwu"]
+    instrumentation = on_device(instrumentation)
     return fn(*args, scale, **{n: double(x) for n, x in instrumentation.items()})
 
 
 def poisoned_run(inputs, scale, form, **instrumentation):
     """Prepare a launch, fill every output with NaN, run, and check all of it was written."""
+    instrumentation = on_device(instrumentation)
     launch = prepare(*(inputs[n] for n in "rkvwu"), scale, instrumentation)
     launch.y.fill_(float("nan"))
     if launch.instr.final is not None:
@@ -175,7 +181,7 @@ def test_chunked_equals_recurrent():
 @pytest.mark.parametrize("form", FORMS)
 def test_wkv5_static_decay(form):
     B, L, H, K = 2, CHUNK + 3, 2, 32
-    inputs = make(B, L, H, K, K) | dict(w=F.logsigmoid(torch.randn(H, K)) / 0.1)
+    inputs = make(B, L, H, K, K) | dict(w=F.logsigmoid(torch.randn(H, K, device=DEVICE)) / 0.1)
     instrumentation = dict(
         initial_state=torch.randn(B, H, K, K),
         output_final_state=True,
@@ -185,7 +191,7 @@ def test_wkv5_static_decay(form):
         inject_scale=0.5,
     )
     ref = reference(wkv5_sequential, inputs, 1.0, **instrumentation)
-    out = wkv5_triton(*(inputs[n] for n in "rkvwu"), 1.0, form=form, **instrumentation)
+    out = wkv5_triton(*(inputs[n] for n in "rkvwu"), 1.0, form=form, **on_device(instrumentation))
     assert_close(ref, out)
 
 
@@ -193,12 +199,14 @@ def test_wkv5_static_decay(form):
 def test_decode_step_in_place(mode):
     B, H, K, V = 3, 2, 32, 16
     inputs = {n: x[:, 0] if x.dim() == 4 else x for n, x in make(B, 1, H, K, V).items()}
-    state = torch.randn(B, H, K, V)
-    instrumentation = dict(
-        emit_at=torch.tensor([[0], [-1], [0]]),
-        inject_at=torch.tensor([[0], [0], [-1]]),
-        inject_value=torch.randn(B, 1, H, K, V),
-        inject_mode=mode,
+    state = torch.randn(B, H, K, V, device=DEVICE)
+    instrumentation = on_device(
+        dict(
+            emit_at=torch.tensor([[0], [-1], [0]]),
+            inject_at=torch.tensor([[0], [0], [-1]]),
+            inject_value=torch.randn(B, 1, H, K, V),
+            inject_mode=mode,
+        )
     )
     one = {n: x[:, None] if x.dim() == 3 else x for n, x in inputs.items()}
     ref = reference(

@@ -1,7 +1,8 @@
 """RWKV-7 Triton kernels (recurrent and chunked forwards, decode step) against the float64
 definition.
 
-Under the Triton interpreter on CPU tensors, outputs poisoned with NaN before each run.
+On ``DEVICE`` (CPU tensors under the Triton interpreter, CUDA tensors with it off), outputs
+poisoned with NaN before each run.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from _device import DEVICE, needs_kernel_device, on_device
 from test_triton_wkv6 import TOL, assert_close, double, emit_positions
 
 from statetap.kernels.examples import rel_error
@@ -19,10 +21,11 @@ from statetap.kernels.wkv7.step import wkv7_step_triton
 
 NAMES = ("r", "w", "k", "v", "a", "b")
 FORMS = ["recurrent", "chunked"]
+pytestmark = needs_kernel_device
 
 
 def inputs_of(B, L, H, K, V, dtype=torch.float32, decay=1.0):
-    """RWKV-7-like inputs: ``a = -kappa``, ``b = kappa * rate`` (``|kappa| = 1``)."""
+    """RWKV-7-like inputs on DEVICE: ``a = -kappa``, ``b = kappa * rate`` (``|kappa| = 1``)."""
     kappa = F.normalize(torch.randn(B, L, H, K), dim=-1)
     values = dict(
         r=torch.randn(B, L, H, K),
@@ -32,16 +35,18 @@ def inputs_of(B, L, H, K, V, dtype=torch.float32, decay=1.0):
         a=-kappa,
         b=kappa * torch.sigmoid(torch.randn(B, L, H, K)),
     )
-    return {n: x.to(dtype) for n, x in values.items()}
+    return {n: x.to(DEVICE, dtype) for n, x in values.items()}
 
 
 def reference(inputs, scale, **instrumentation):
     args = [double(inputs[n]) for n in NAMES]
+    instrumentation = on_device(instrumentation)
     return wkv7_sequential(*args, scale, **{n: double(x) for n, x in instrumentation.items()})
 
 
 def poisoned_run(inputs, scale, form="auto", **instrumentation):
     """Prepare a launch, fill every output with NaN, run ``form``, check all of it was written."""
+    instrumentation = on_device(instrumentation)
     launch = prepare7(*(inputs[n] for n in NAMES), scale, instrumentation)
     launch.y.fill_(float("nan"))
     if launch.instr.final is not None:
@@ -168,12 +173,14 @@ def test_auto_form_by_length():
 def test_decode_step_in_place(mode):
     B, H, K, V = 3, 2, 32, 16
     one = inputs_of(B, 1, H, K, V)
-    state = torch.randn(B, H, K, V)
-    instrumentation = dict(
-        emit_at=torch.tensor([[0], [-1], [0]]),
-        inject_at=torch.tensor([[0], [0], [-1]]),
-        inject_value=torch.randn(B, 1, H, K, V),
-        inject_mode=mode,
+    state = torch.randn(B, H, K, V, device=DEVICE)
+    instrumentation = on_device(
+        dict(
+            emit_at=torch.tensor([[0], [-1], [0]]),
+            inject_at=torch.tensor([[0], [0], [-1]]),
+            inject_value=torch.randn(B, 1, H, K, V),
+            inject_mode=mode,
+        )
     )
     ref = reference(one, 1.0, initial_state=state, output_final_state=True, **instrumentation)
     out = wkv7_step_triton(*(one[n][:, 0] for n in NAMES), state, **instrumentation)

@@ -66,9 +66,14 @@ def validate(u, delta, A, B, C, D, z, delta_bias, instrumentation: dict):
     return B, C, instr
 
 
-def _expand_groups(value: torch.Tensor, dim: int) -> torch.Tensor:
-    """``[B, G, N, L]`` -> ``[B, D, N, L]`` (channel ``d`` reads group ``d // (D / G)``)."""
-    return value if value.dim() == 2 else value.repeat_interleave(dim // value.shape[1], dim=1)
+# Tokens per piece of the walk: each piece's decays and inputs ``[n, B, D, N]`` are built at once
+# and read while still in cache (building all L at once sends them through memory twice).
+PIECE = 64
+
+
+def _per_token(value: torch.Tensor) -> torch.Tensor | None:
+    """Grouped ``[B, G, N, L]`` B or C as ``[L, B, G, N]`` (time first); None for ``[D, N]``."""
+    return None if value.dim() == 2 else value.permute(3, 0, 1, 2)
 
 
 def selective_scan(
@@ -136,9 +141,8 @@ def selective_scan(
             inject_scale=inject_scale,
         ),
     )
-    dim, dtype = u.shape[1], instr.dtype
-    B, C = _expand_groups(B, dim), _expand_groups(C, dim)
-
+    batch, dim, length = u.shape
+    dtype = instr.dtype
     dt = delta.to(dtype)
     if delta_bias is not None:
         dt = dt + delta_bias.to(dtype)[:, None]
@@ -146,21 +150,40 @@ def selective_scan(
         dt = F.softplus(dt)
     A, B, C, x = A.to(dtype), B.to(dtype), C.to(dtype), u.to(dtype)
 
-    # Every step's decay and input term at once, [B, D, L, N]; the loop only accumulates.
-    decay = torch.exp(dt[..., None] * A[:, None, :])
-    drive = (dt * x)[..., None] * (B[:, None, :] if B.dim() == 2 else B.transpose(-1, -2))
-    C = C[:, None, :] if C.dim() == 2 else C.transpose(-1, -2)
-    # Per-step views by unbind, not by indexing: autograd then gathers their gradients with one
-    # stack instead of a zero-filled [B, D, L, N] tensor per step (training through this scan).
-    decays, drives = decay.unbind(2), drive.unbind(2)
-    c_steps = C.unbind(2) if C.dim() == 4 else [C[:, 0]] * len(decays)
+    # Time-first layouts, so that token t's values are one contiguous block: [L, B, D].
+    dt_steps, drive_steps = dt.permute(2, 0, 1), (dt * x).permute(2, 0, 1)
+    B_steps, C_steps = _per_token(B), _per_token(C)
 
-    def step(state: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        state = decays[t] * state + drives[t]
-        return state, (state * c_steps[t]).sum(-1)
+    def drive_of(start: int, end: int) -> torch.Tensor:
+        """``dt_t * u_t * B_t`` for tokens ``start .. end-1``: ``[n, B, D, N]``."""
+        scaled = drive_steps[start:end, :, :, None]  # [n, B, D, 1]
+        if B_steps is None:
+            return scaled * B
+        n, groups = end - start, B_steps.shape[2]
+        per_group = scaled.reshape(n, batch, groups, dim // groups, 1)
+        return (per_group * B_steps[start:end, :, :, None, :]).reshape(n, batch, dim, -1)
 
-    ys, final, states = instr.run_steps(step)
-    y = torch.stack(ys, dim=-1)
+    def read(state: torch.Tensor, t: int) -> torch.Tensor:
+        """``y_t[d] = sum_n S_t[d, n] C_t[g(d), n]`` for the state ``[B, D, N]``: ``[B, D]``."""
+        if C_steps is None:
+            return (state * C).sum(-1)
+        groups = C_steps.shape[2]
+        by_group = state.view(batch, groups, dim // groups, -1)  # [B, G, D/G, N]
+        return (by_group @ C_steps[t, :, :, :, None]).view(batch, dim)
+
+    def piece(state: torch.Tensor, start: int, end: int, want_states: bool):
+        decays = torch.exp(dt_steps[start:end, :, :, None] * A)  # [n, B, D, N]
+        drives = drive_of(start, end)
+        ys, span = [], []
+        for i, t in enumerate(range(start, end)):
+            state = torch.addcmul(drives[i], decays[i], state)  # decay * state + drive
+            ys.append(read(state, t))
+            if want_states:
+                span.append(state)
+        return torch.stack(ys, dim=-1), state, torch.stack(span, 1) if want_states else None
+
+    ys, final, states = instr.run_segments(instr.segments(PIECE), piece)
+    y = torch.cat(ys, dim=-1)
     if D is not None:
         y = y + D.to(dtype)[:, None] * x
     if z is not None:

@@ -8,7 +8,8 @@ loads its ``[BLOCK_P, N]`` state tile, updates it, stores ``y`` from the post-up
 injects (``HAS_INJECT``: ``S += scale * value`` or ``S = value``), writes the state back and, with
 ``HAS_EMIT``, a float32 copy of it.  No autotune: the kernel updates its input in place.
 
-:func:`selective_scan_step` is the public Mamba-1 step (dispatched by device); the SSD step
+:func:`selective_scan_step_reference` defines the Mamba-1 step (the public, dispatched
+``selective_scan_step`` is in ``__init__.py``); the SSD step
 (``kernels/ssd/step.py``) launches the same kernel through :func:`launch_state_update`.
 """
 
@@ -21,7 +22,6 @@ import torch
 import triton
 import triton.language as tl
 
-from .._backend import dispatching
 from .._contract import check_tensor
 from . import _triton
 from ._triton import softplus
@@ -422,7 +422,7 @@ def selective_scan_step_reference(
         >>> state = torch.zeros(2, 8, 4)
         >>> u, delta, A = torch.randn(2, 8), torch.rand(2, 8), -torch.rand(8, 4)
         >>> B, C = torch.randn(2, 4), torch.randn(2, 4)
-        >>> out = selective_scan_step(state, u, delta, A, B, C, emit=True)
+        >>> out = selective_scan_step_reference(state, u, delta, A, B, C, emit=True)
         >>> out.y.shape, torch.equal(out.state, state)
         (torch.Size([2, 8]), True)
     """
@@ -444,9 +444,3 @@ def selective_scan_step_reference(
 
     out, emitted = step_via_sequence(state, inject_value, inject_mode, inject_scale, emit, run)
     return StepOutput(out.y[..., 0], emitted)
-
-
-selective_scan_step = dispatching(
-    "selective_scan_step",
-    {"torch": selective_scan_step_reference, "triton": selective_scan_step_triton},
-)

@@ -135,6 +135,11 @@ def _finish(inputs: _Inputs, ys, final, states, x, D, z) -> ScanOutput:
     return inputs.instr.output(y.to(x.dtype), final, states)
 
 
+# The longest piece the chunked form computes at once: its [B, H, n, n] pair products cost n^2 per
+# head, its state hand-over n P N; 64 tokens balance the two on a CPU at Mamba-2's sizes.
+PIECE = 64
+
+
 def ssd_sequential(
     x,
     dt,
@@ -203,7 +208,9 @@ def ssd_chunked(
         dt: ``[B, L, H]`` time step before bias, softplus and clamp.
         A: ``[H]`` per-head decay rate (negative).
         B, C: ``[B, L, G, N]``; ``G`` divides ``H``.
-        chunk_size: tokens per chunk (any positive int here; kernels use powers of two).
+        chunk_size: tokens per chunk (any positive int here; kernels use powers of two).  The
+            same function for every chunk size; chunks longer than :data:`PIECE` tokens are
+            walked in pieces of at most that many (the in-chunk products grow with its square).
         D: ``[H]`` or ``[H, P]`` skip weight; z: ``[B, L, H, P]`` gate, ``y *= silu(z)``.
         dt_bias: ``[H]``; dt_softplus: apply softplus; dt_limit: ``(low, high)`` clamp,
             applied unless it is the default ``(0, inf)`` (as mamba-ssm does).
@@ -253,18 +260,24 @@ def ssd_chunked(
             state = torch.where(inputs.reset[:, start, None, None, None], 0.0, state)
         xdt, dA = inputs.xdt[:, start:end], inputs.dA[:, start:end]
         Bc, Cc = inputs.B[:, start:end], inputs.C[:, start:end]
-        decay = causal_decay(dA[..., None])[..., 0]  # [B, n, n, H]: exp(g_i - g_j), j <= i
-        from_start = torch.exp(dA.cumsum(1))  # [B, n, H]: exp(g_i)
-        y = torch.einsum("bijh,bihn,bjhn,bjhp->bihp", decay, Cc, Bc, xdt)
-        y = y + torch.einsum("bih,bhpn,bihn->bihp", from_start, state, Cc)
-        last = decay[:, -1]  # [B, n, H]: exp(g_end - g_j)
+        # Heads first, [B, H, n, *], and every product a matmul of two operands (torch.einsum
+        # contracts more than two from the left, and C x decay first is an [B, n, n, H, N] tensor).
+        decay = causal_decay(dA[..., None])[..., 0].permute(0, 3, 1, 2)  # [B, H, i, j]
+        from_start = torch.exp(dA.cumsum(1)).transpose(1, 2)  # [B, H, n]: exp(g_i)
+        Ch, Bh, xh = Cc.transpose(1, 2), Bc.transpose(1, 2), xdt.transpose(1, 2)
+        scores = decay * (Ch @ Bh.transpose(-1, -2))  # exp(g_i - g_j) C_i . B_j, j <= i
+        y = scores @ xh + from_start[..., None] * (Ch @ state.transpose(-1, -2))  # [B, H, n, P]
+        y = y.transpose(1, 2)
+        last = decay[:, :, -1]  # [B, H, n]: exp(g_end - g_j)
         span = None
         if want_states:
-            span = from_start[..., None, None] * state[:, None]
-            span = span + torch.einsum("bijh,bjhp,bjhn->bihpn", decay, xdt, Bc)
-        end_state = from_start[:, -1, :, None, None] * state
-        end_state = end_state + torch.einsum("bjh,bjhp,bjhn->bhpn", last, xdt, Bc)
+            outer = (xh[..., None] * Bh[:, :, :, None, :]).flatten(-2)  # [B, H, n, P N]
+            span = (decay @ outer).unflatten(-1, state.shape[-2:])  # [B, H, n, P, N]
+            span = (span + from_start[..., None, None] * state[:, :, None]).transpose(1, 2)
+        end_state = from_start[:, :, -1, None, None] * state
+        end_state = end_state + (last[..., None] * xh).transpose(-1, -2) @ Bh  # [B, H, P, N]
         return y, end_state, span
 
-    ys, final, states = instr.run_segments(instr.segments(chunk_size, starts), piece)
+    pieces = instr.segments(min(chunk_size, PIECE), starts)
+    ys, final, states = instr.run_segments(pieces, piece)
     return _finish(inputs, ys, final, states, x, D, z)

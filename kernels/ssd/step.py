@@ -11,7 +11,6 @@ import math
 
 import torch
 
-from .._backend import dispatching
 from .._contract import check_tensor
 from ..selective_scan import _triton
 from ..selective_scan.step import (
@@ -45,6 +44,13 @@ def _check_step(state, x, dt, A, B, C, D, z, dt_bias):
         check_tensor("dt_bias", dt_bias, (heads,), ("H",), device=device)
 
 
+def check_dt_limit(dt_limit) -> bool:
+    """Validate ``dt_limit``; whether it clamps (anything but the default ``(0, inf)``)."""
+    if not (isinstance(dt_limit, tuple) and len(dt_limit) == 2 and dt_limit[0] <= dt_limit[1]):
+        raise ValueError(f"dt_limit must be a (low, high) tuple with low <= high, got {dt_limit!r}")
+    return tuple(dt_limit) != (0.0, math.inf)
+
+
 def ssd_step_triton(
     state,
     x,
@@ -65,8 +71,7 @@ def ssd_step_triton(
 ) -> StepOutput:
     """Mamba-2 decode step in Triton; same arguments and result as :func:`ssd_step`."""
     _check_step(state, x, dt, A, B, C, D, z, dt_bias)
-    if not (isinstance(dt_limit, tuple) and len(dt_limit) == 2 and dt_limit[0] <= dt_limit[1]):
-        raise ValueError(f"dt_limit must be a (low, high) tuple with low <= high, got {dt_limit!r}")
+    check_dt_limit(dt_limit)
     value, scale = check_step_injection(inject_value, inject_mode, inject_scale, state)
     _triton.check_launchable(state.device, "ssd_step")
     batch, heads, head_dim, n = state.shape
@@ -145,7 +150,7 @@ def ssd_step_reference(
         >>> state = torch.zeros(2, 4, 3, 8)
         >>> x, dt, A = torch.randn(2, 4, 3), torch.rand(2, 4), -torch.rand(4)
         >>> B, C = torch.randn(2, 1, 8), torch.randn(2, 1, 8)
-        >>> out = ssd_step(state, x, dt, A, B, C, inject_value=torch.ones(8), emit=True)
+        >>> out = ssd_step_reference(state, x, dt, A, B, C, inject_value=torch.ones(8), emit=True)
         >>> out.y.shape, torch.equal(out.state, state)
         (torch.Size([2, 4, 3]), True)
     """
@@ -168,6 +173,3 @@ def ssd_step_reference(
 
     out, emitted = step_via_sequence(state, inject_value, inject_mode, inject_scale, emit, run)
     return StepOutput(out.y[:, 0], emitted)
-
-
-ssd_step = dispatching("ssd_step", {"torch": ssd_step_reference, "triton": ssd_step_triton})

@@ -12,9 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .._contract import ScanOutput
-from ..wkv6.instrumented import KernelInstrumentation, emit_tile, inject_tile, row_schedule
-from ..wkv6.launch import is_exact_oracle
+from .._contract import ScanOutput, is_exact_oracle
+from .._triton import KernelInstrumentation, emit_tile, inject_tile, row_schedule
 from .reference import EMPTY_MAX, validate, wkv4
 
 BLOCK_C = 128  # channels per program: one per thread at 4 warps

@@ -103,12 +103,12 @@ def wkv4(
     w, u = w.to(dtype), u.to(dtype)
     # Per-step views by unbind, not by indexing: autograd then gathers their gradients with one
     # stack instead of a zero-filled [B, L, C] tensor per step (training through this op).
-    keys, values = k.to(dtype).unbind(1), v.to(dtype).unbind(1)
+    key = k.to(dtype)
+    keys, bonuses, values = key.unbind(1), (u + key).unbind(1), v.to(dtype).unbind(1)
 
     def step(state: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         aa, bb, pp = state.unbind(1)
-        key, value = keys[t], values[t]
-        bonus = u + key
+        key, bonus, value = keys[t], bonuses[t], values[t]
         top = torch.maximum(pp, bonus)
         old, new = torch.exp(pp - top), torch.exp(bonus - top)
         y = (old * aa + new * value) / (old * bb + new)

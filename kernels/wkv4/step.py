@@ -5,9 +5,8 @@ Arguments and semantics as :mod:`statetap.kernels.wkv6.step` (``L = 1`` instrume
 
 from __future__ import annotations
 
-from .._contract import ScanOutput
-from ..wkv6.launch import is_exact_oracle
-from ..wkv6.step import check_state, one_token, reference_step
+from .._contract import ScanOutput, check_state, is_exact_oracle
+from ..wkv6.step import one_token, reference_step
 from .fused_recurrent import run_wkv4
 from .reference import wkv4
 

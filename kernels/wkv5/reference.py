@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from .._contract import ScanOutput, check_tensor
-from ..wkv6.reference import wkv6_chunked, wkv6_sequential
+from ..wkv6.reference import CHUNK_SIZE, wkv6_chunked, wkv6_sequential
 
 
 def _time_varying(r: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -29,7 +29,9 @@ def wkv5_sequential(r, k, v, w, u, scale=None, **instrumentation) -> ScanOutput:
     return wkv6_sequential(r, k, v, _time_varying(r, w), u, scale, **instrumentation)
 
 
-def wkv5_chunked(r, k, v, w, u, scale=None, *, chunk_size=64, **instrumentation) -> ScanOutput:
+def wkv5_chunked(
+    r, k, v, w, u, scale=None, *, chunk_size=CHUNK_SIZE, **instrumentation
+) -> ScanOutput:
     """RWKV-5 WKV with state emission and injection, in chunked form (reference).
 
     Args:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .instrumented import emit_tile, inject_tile, open_matrix_row
+from .._triton import emit_tile, inject_tile, open_matrix_row
 
 CHUNK = 16  # BT: tokens per piece
 STAGES = 1  # the loads are consumed at once: software pipelining would only cost registers

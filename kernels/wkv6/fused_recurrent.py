@@ -14,7 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .instrumented import end_of_step, open_matrix_row
+from .._triton import end_of_step, open_matrix_row
 
 
 @triton.jit

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .._contract import ScanOutput
+from .._contract import ScanOutput, is_exact_oracle
+from .._triton import KernelInstrumentation
 from .chunk import MAX_KEY_DIM, launch_chunked
 from .fused_recurrent import launch_recurrent
-from .instrumented import KernelInstrumentation
 from .reference import validate, wkv6_chunked
 
 #: Sequences longer than this run the chunked kernel; shorter ones the recurrent kernel.
@@ -101,11 +101,6 @@ def run(launch: Launch, form: str = "auto") -> ScanOutput:
         form = "chunked" if long and launch.r.shape[-1] <= MAX_KEY_DIM else "recurrent"
     (launch_chunked if form == "chunked" else launch_recurrent)(launch)
     return launch.output()
-
-
-def is_exact_oracle(*tensors: torch.Tensor) -> bool:
-    """float64 inputs: the caller wants the exact definition, which the reference computes."""
-    return any(isinstance(t, torch.Tensor) and t.dtype == torch.float64 for t in tensors)
 
 
 def wkv6_triton(r, k, v, w, u, scale=None, *, form="auto", **instrumentation) -> ScanOutput:

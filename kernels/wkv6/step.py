@@ -13,19 +13,9 @@ from collections.abc import Callable
 
 import torch
 
-from .._contract import ScanOutput, check_tensor
-from .launch import is_exact_oracle, prepare, run
+from .._contract import ScanOutput, check_state, is_exact_oracle
+from .launch import prepare, run
 from .reference import wkv6_sequential
-
-
-def check_state(state: object, shape: tuple[int, ...], names: tuple[str, ...], device) -> None:
-    """The decode state must be a float32 contiguous tensor of ``shape`` on ``device``."""
-    check_tensor("state", state, shape, names, device=device)
-    if state.dtype != torch.float32 or not state.is_contiguous():
-        raise TypeError(
-            f"state must be a contiguous float32 tensor (updated in place), got {state.dtype}"
-            f"{'' if state.is_contiguous() else ', non-contiguous'}"
-        )
 
 
 def one_token(*tensors: torch.Tensor) -> list[torch.Tensor]:

@@ -21,9 +21,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .._triton import emit_tile, inject_tile, open_matrix_row
 from ..wkv6.chunk import CHUNK, STAGES
 from ..wkv6.chunk import chunk_blocks as wkv6_chunk_blocks
-from ..wkv6.instrumented import emit_tile, inject_tile, open_matrix_row
 
 __all__ = ["CHUNK", "PRECISION", "STAGES", "chunk_blocks", "launch_chunked", "wkv7_chunk_kernel"]
 

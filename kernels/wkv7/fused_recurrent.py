@@ -16,8 +16,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .._triton import end_of_step, open_matrix_row
 from ..wkv6.fused_recurrent import recurrent_blocks
-from ..wkv6.instrumented import end_of_step, open_matrix_row
 
 
 @triton.jit

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .._contract import ScanOutput
+from .._contract import ScanOutput, is_exact_oracle
+from .._triton import KernelInstrumentation
 from ..wkv6.chunk import MAX_KEY_DIM
-from ..wkv6.instrumented import KernelInstrumentation
-from ..wkv6.launch import FORMS, RECURRENT_MAX_LENGTH, is_exact_oracle
+from ..wkv6.launch import FORMS, RECURRENT_MAX_LENGTH
 from .chunk import launch_chunked
 from .fused_recurrent import launch_recurrent
 from .reference import validate, wkv7_chunked

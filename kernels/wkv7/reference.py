@@ -26,6 +26,10 @@ import torch
 from .._chunk_math import causal_decay
 from .._contract import Instrumentation, ScanOutput, check_tensor, compute_dtype
 
+#: Default tokens per chunk of the reference: every token costs ``chunk_size`` pairwise decays
+#: (exps), every chunk a few dozen torch ops and one triangular solve; 8 balances them on CPU.
+CHUNK_SIZE = 8
+
 
 @dataclass
 class _Inputs:
@@ -114,7 +118,7 @@ def wkv7_chunked(
     b,
     scale=1.0,
     *,
-    chunk_size=16,
+    chunk_size=CHUNK_SIZE,
     **instrumentation,
 ) -> ScanOutput:
     """RWKV-7 WKV with state emission and injection, in chunked form (reference).
@@ -124,7 +128,7 @@ def wkv7_chunked(
         k: ``[B, L, H, K]`` key; v: ``[B, L, H, V]`` value.
         a, b: ``[B, L, H, K]`` the rank-one transition ``b_t a_t^T``.
         scale: multiplies ``r`` (default 1.0, as RWKV-7 models use).
-        chunk_size: tokens per chunk (any positive int here).
+        chunk_size: tokens per chunk (any positive int here; default :data:`CHUNK_SIZE`).
         initial_state, output_final_state, emit_at, inject_at, inject_value, inject_mode,
         inject_scale: the instrumentation arguments (``docs/semantics.md``); the state
             ``S`` is ``[H, K, V]``.
@@ -157,21 +161,26 @@ def wkv7_chunked(
         rc, wc, kc, vc, ac, bc = (t[:, start:end] for t in (x.r, x.w, x.k, x.v, x.a, x.b))
         n = end - start
         cum = wc.cumsum(1)  # g_i
-        before = causal_decay(wc, strict=True)  # [b, j, m]: exp(g_{j-1} - g_m), m < j
         after = causal_decay(wc)  # [b, i, j]: exp(g_i - g_j), j <= i
+        before = torch.zeros_like(after)  # [b, j, m]: exp(g_{j-1} - g_m), m < j
+        before[:, 1:] = after[:, :-1]
+        # Pair scores as elementwise products reduced over K ([B, i, j, H]): einsum would
+        # run them as [1, K] x [K, 1] matmuls.
+        a_before = ac[:, :, None] * before
+        r_after = rc[:, :, None] * after
         # removed_j = a_j^T S_{j-1}, with S_{j-1} = decayed S0 + earlier rank-one and kv terms:
         # (I - Lab) removed = a_dec S0 + Lak v.
-        lab = torch.einsum("bjhk,bjmhk,bmhk->bhjm", ac, before, bc)
-        lak = torch.einsum("bjhk,bjmhk,bmhk->bhjm", ac, before, kc)
+        lab = (a_before * bc[:, None]).sum(-1).permute(0, 3, 1, 2)  # [B, H, j, m]
+        lak = (a_before * kc[:, None]).sum(-1)  # [B, j, m, H]
         rhs = torch.einsum("bjhk,bhkv->bhjv", ac * torch.exp(cum - wc), state)
-        rhs = rhs + torch.einsum("bhjm,bmhv->bhjv", lak, vc)
+        rhs = rhs + torch.einsum("bjmh,bmhv->bhjv", lak, vc)
         eye = torch.eye(n, dtype=lab.dtype, device=lab.device)
         removed = torch.linalg.solve_triangular(eye - lab, rhs, upper=False, unitriangular=True)
         removed = removed.transpose(1, 2)  # [B, n, H, V]
 
         y = torch.einsum("bihk,bhkv->bihv", rc * torch.exp(cum), state)
-        y = y + torch.einsum("bihk,bijhk,bjhk,bjhv->bihv", rc, after, bc, removed)
-        y = y + torch.einsum("bihk,bijhk,bjhk,bjhv->bihv", rc, after, kc, vc)
+        y = y + torch.einsum("bijh,bjhv->bihv", (r_after * bc[:, None]).sum(-1), removed)
+        y = y + torch.einsum("bijh,bjhv->bihv", (r_after * kc[:, None]).sum(-1), vc)
         last = after[:, -1]  # [B, n, H, K]: exp(g_end - g_j)
         end_state = torch.exp(cum[:, -1])[..., None] * state
         end_state = end_state + torch.einsum("bjhk,bjhv->bhkv", last * bc, removed)
@@ -179,8 +188,8 @@ def wkv7_chunked(
         span = None
         if want_states:
             span = torch.exp(cum)[..., None] * state[:, None]
-            span = span + torch.einsum("bijhk,bjhk,bjhv->bihkv", after, bc, removed)
-            span = span + torch.einsum("bijhk,bjhk,bjhv->bihkv", after, kc, vc)
+            span = span + torch.einsum("bijhk,bjhv->bihkv", after * bc[:, None], removed)
+            span = span + torch.einsum("bijhk,bjhv->bihkv", after * kc[:, None], vc)
         return y, end_state, span
 
     instr = x.instr

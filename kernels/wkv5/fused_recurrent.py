@@ -6,8 +6,8 @@ batch and time strides are zero.
 
 from __future__ import annotations
 
-from .._contract import ScanOutput
-from ..wkv6.launch import is_exact_oracle, prepare, run
+from .._contract import ScanOutput, is_exact_oracle
+from ..wkv6.launch import prepare, run
 from .reference import _time_varying, wkv5_chunked
 
 

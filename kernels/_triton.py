@@ -1,4 +1,5 @@
-"""Emission and injection inside the Triton WKV kernels (RWKV-4/5/6/7): launch side and kernel side.
+"""Triton helpers shared by several ops: emission and injection inside the WKV kernels
+(RWKV-4/5/6/7), launch side and kernel side.
 
 Launch side: :class:`KernelInstrumentation` turns a validated :class:`Instrumentation` into the
 tensors a kernel walks through time: per row, the sorted emission and injection times with a
@@ -20,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._contract import Instrumentation, ScanOutput
+from ._contract import Instrumentation, ScanOutput
 
 
 @dataclass

@@ -1,0 +1,114 @@
+// Row helpers shared by the RWKV WKV kernels (wkv4.cpp, wkv6.cpp, wkv7.cpp), written with
+// simd.h for any width W.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "dispatch.h"
+#include "instrumentation.h"
+#include "simd.h"
+
+namespace statetap::wkv {
+
+/// Round n up to whole vectors of W floats.
+inline int64_t padded(int64_t n, int64_t W) { return (n + W - 1) / W * W; }
+
+/// dst[0 .. n) = src[offset .. offset + n) as float32, dst[n .. n_pad) = 0 (so padded lanes
+/// stay zero through the updates).
+inline void load_padded(const FloatRows& src, int64_t offset, int64_t n, int64_t n_pad,
+                        float* dst) {
+  const float* row = src.row(offset, n, dst);
+  if (row != dst) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = row[i];
+  }
+  for (int64_t i = n; i < n_pad; ++i) dst[i] = 0.0f;
+}
+
+/// out[i] = e^{x[i]} for i < n_pad (n_pad a multiple of W), vectorised.
+template <int W>
+STATETAP_INLINE void exp_row(const float* x, int64_t n_pad, float* out) {
+  for (int64_t i = 0; i < n_pad; i += W) simd::store<W>(out + i, simd::exp<W>(simd::load<W>(x + i)));
+}
+
+/// The [K, V] state block of `task` from `initial` ([tasks, K, V], or null: zeros) into `S`
+/// [K, V_pad] (padded lanes zero).
+inline void load_state(const float* initial, int64_t task, int64_t K, int64_t V, int64_t Vp,
+                       float* S) {
+  for (int64_t i = 0; i < K; ++i) {
+    for (int64_t j = 0; j < Vp; ++j) {
+      S[i * Vp + j] = (initial != nullptr && j < V) ? initial[(task * K + i) * V + j] : 0.0f;
+    }
+  }
+}
+
+/// `S` [K, V_pad] into the [K, V] block of `task` in `out` [tasks, K, V].
+inline void store_state(const float* S, int64_t task, int64_t K, int64_t V, int64_t Vp,
+                        float* out) {
+  for (int64_t i = 0; i < K; ++i) {
+    for (int64_t j = 0; j < V; ++j) out[(task * K + i) * V + j] = S[i * Vp + j];
+  }
+}
+
+/// Fill the state-contract fields of a kernel's `args` (`initial`, `final_state`, `events`)
+/// from the op's arguments; returns the float32 initial state the kernel reads (keep it alive
+/// for the call).
+template <class Args>
+at::Tensor bind_state(Args& args, int64_t batch, const std::vector<int64_t>& state_shape,
+                      const std::optional<at::Tensor>& initial_state,
+                      const std::optional<at::Tensor>& final_state,
+                      const std::optional<at::Tensor>& emit_times,
+                      const std::optional<at::Tensor>& emit_slots,
+                      const std::optional<at::Tensor>& states,
+                      const std::optional<at::Tensor>& inject_times,
+                      const std::optional<at::Tensor>& inject_slots,
+                      const std::optional<at::Tensor>& inject_value,
+                      const std::optional<at::Tensor>& inject_scale, bool inject_set) {
+  at::Tensor initial;
+  if (initial_state) {
+    initial = float32(*initial_state);
+    checked_state_output(initial, batch, state_shape);
+    args.initial = initial.data_ptr<float>();
+  }
+  if (final_state) args.final_state = checked_state_output(*final_state, batch, state_shape);
+  args.events = RowEvents::of(batch, state_shape, emit_times, emit_slots, states, inject_times,
+                              inject_slots, inject_value, inject_scale, inject_set);
+  return initial;
+}
+
+/// Run `Kernel::head<W, NV, INSTR>(a, task, buffers)` for tasks [begin, end): NV, the vectors
+/// per state row, as a compile-time 1, 2, 4 or 8 (0: any other count, read at run time) and
+/// INSTR whether the call emits or injects anything.
+template <class Kernel, int W>
+STATETAP_INLINE void heads(const typename Kernel::Args& a, int64_t begin, int64_t end,
+                           int64_t vectors, float* buffers) {
+  for (int64_t task = begin; task < end; ++task) {
+    const bool instr = a.events.any;
+    switch (vectors) {
+      case 1:
+        instr ? Kernel::template head<W, 1, true>(a, task, buffers)
+              : Kernel::template head<W, 1, false>(a, task, buffers);
+        break;
+      case 2:
+        instr ? Kernel::template head<W, 2, true>(a, task, buffers)
+              : Kernel::template head<W, 2, false>(a, task, buffers);
+        break;
+      case 4:
+        instr ? Kernel::template head<W, 4, true>(a, task, buffers)
+              : Kernel::template head<W, 4, false>(a, task, buffers);
+        break;
+      case 8:
+        instr ? Kernel::template head<W, 8, true>(a, task, buffers)
+              : Kernel::template head<W, 8, false>(a, task, buffers);
+        break;
+      default:
+        instr ? Kernel::template head<W, 0, true>(a, task, buffers)
+              : Kernel::template head<W, 0, false>(a, task, buffers);
+    }
+  }
+}
+
+}  // namespace statetap::wkv

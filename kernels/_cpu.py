@@ -1,0 +1,106 @@
+"""The C++ extension ``statetap._C`` (built from ``csrc/`` by ``make venv``) as the ``cpu`` backend.
+
+Importing ``statetap._C`` registers every C++ op as ``torch.ops.statetap.<op>``.  Each op's
+``cpu.py`` validates its arguments like the other backends, allocates the outputs with
+:func:`empty` (tests poison them through it) and calls :func:`ops`.  ``STATETAP_CPU_ISA``
+(``avx512``, ``avx2`` or ``scalar``) forces the instruction set the kernels run with; by default
+they take the widest one this CPU supports (:func:`isa`).
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import torch
+
+from ._contract import Instrumentation
+
+ISA_ENV = "STATETAP_CPU_ISA"
+BUILD_HINT = "run `make venv` (or `pip install --no-build-isolation -e .`) with a C++ compiler"
+
+
+@functools.cache
+def built() -> bool:
+    """Whether ``statetap._C`` is importable (its ops are then registered)."""
+    try:
+        from statetap import _C  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def ops():
+    """``torch.ops.statetap``, with the extension loaded; RuntimeError if it was not built."""
+    if not built():
+        raise RuntimeError(f"statetap._C, the cpu backend, is not built: {BUILD_HINT}")
+    return torch.ops.statetap
+
+
+def isa() -> str:
+    """The instruction set the C++ kernels run with now: ``avx512``, ``avx2`` or ``scalar``."""
+    return ops().cpu_isa()
+
+
+@functools.cache
+def notice_missing() -> None:
+    """Warn, once per process, that CPU tensors run the slower torch reference."""
+    warnings.warn(
+        f"statetap: the C++ cpu kernels (statetap._C) are not built, so ops on CPU tensors run "
+        f"the slower pure-torch reference; {BUILD_HINT}",
+        stacklevel=4,
+    )
+
+
+def empty(shape, dtype: torch.dtype) -> torch.Tensor:
+    """Uninitialised CPU output buffer; every element is written by the kernel."""
+    return torch.empty(shape, dtype=dtype)
+
+
+def check_device(device: torch.device, op: str) -> None:
+    """Raise ValueError unless the C++ kernel of ``op`` can run on ``device`` (CPU only)."""
+    if device.type != "cpu":
+        raise ValueError(f"{op}'s cpu kernel needs CPU tensors, got tensors on {device}")
+
+
+def contract_args(instr: Instrumentation) -> dict:
+    """The state-contract arguments of a C++ op, from a validated call (float32 compute dtype).
+
+    Returns the keyword arguments ``initial_state`` ``[B, *S]``, ``final_state`` (an output
+    buffer, or None unless asked for), ``emit_times``/``emit_slots`` ``[B, P]`` int32 (per-row
+    time order, :meth:`Instrumentation.schedule`) with the ``states`` ``[B, P, *S]`` buffer
+    (unused slots zeroed here, the others written by the kernel), ``inject_times``/
+    ``inject_slots`` ``[B, Q]`` with ``inject_value`` (a broadcast ``[B, Q, *S]`` view),
+    ``inject_scale`` (``[B, Q]`` view or None) and ``inject_set``.  Slot lists that are absent
+    or empty are passed as None.
+    """
+    shape = (instr.batch, *instr.state_shape)
+    args = dict(
+        initial_state=instr.initial,
+        final_state=empty(shape, torch.float32) if instr.output_final_state else None,
+        emit_times=None,
+        emit_slots=None,
+        states=None,
+        inject_times=None,
+        inject_slots=None,
+        inject_value=None,
+        inject_scale=None,
+        inject_set=instr.inject_mode == "set",
+    )
+    if instr.emit_at is not None:
+        # every used slot is written by the kernel: zero only the unused ones (-1)
+        states = empty((instr.batch, instr.emit_at.shape[1], *instr.state_shape), torch.float32)
+        unused = instr.emit_at < 0
+        if bool(unused.any()):
+            states[unused] = 0.0
+        args["states"] = states
+    if instr.emit_at is not None and instr.emit_at.shape[1] > 0:
+        args["emit_times"], args["emit_slots"] = Instrumentation.schedule(
+            instr.emit_at, instr.length
+        )
+    if instr.inject_at is not None and instr.inject_at.shape[1] > 0:
+        args["inject_times"], args["inject_slots"] = Instrumentation.schedule(
+            instr.inject_at, instr.length
+        )
+        args["inject_value"], args["inject_scale"] = instr.inject_value, instr.inject_scale
+    return args
