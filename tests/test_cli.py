@@ -43,6 +43,7 @@ def test_check_fails_when_a_backend_is_wrong(monkeypatch, capsys):
         out = right(*args, **kwargs)
         return out._replace(y=out.y * (1 + 1e-3))
 
+    monkeypatch.setenv("STATETAP_BACKEND", "torch")  # the backend patched here
     monkeypatch.setitem(case.public.implementations, "torch", off_by_a_little)
     assert main(["check", "--ops", "wkv6", "wkv4", "--length", "5", "--seed", "3"]) == 1
     captured = capsys.readouterr()
@@ -55,7 +56,8 @@ def test_check_catches_a_bug_in_the_definition(monkeypatch, capsys, op, paramete
     float64 comparison alike, so only the independent reference sees it."""
     case = examples.CASES[op]
     definition = case.forms["sequential"]
-    # on a CPU the op's one backend is its definition: comparing the two cannot see the bug
+    # with the torch backend the public op is its definition: comparing the two cannot see the bug
+    monkeypatch.setenv("STATETAP_BACKEND", "torch")
     assert case.public.implementations["torch"] is definition
 
     def wrong_decay(**inputs):
@@ -90,6 +92,7 @@ def _drifts_the_state(right):
 @pytest.mark.parametrize("name", STEPS)
 def test_check_catches_a_bug_in_a_step(monkeypatch, capsys, name, bug):
     implementations = getattr(kernels, name).implementations
+    monkeypatch.setenv("STATETAP_BACKEND", "torch")  # the backend patched here
     monkeypatch.setitem(implementations, "torch", bug(implementations["torch"]))
     assert main(["check", "--ops", name, "--batch", "3", "--length", "6"]) == 1
     captured = capsys.readouterr()

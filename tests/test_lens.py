@@ -47,6 +47,7 @@ from statetap.interp.lens import (
     windows,
     zoo_corpus,
 )
+from statetap.kernels.examples import rel_error
 
 TOKENIZER = ByT5Tokenizer(extra_ids=0)  # pad 0, eos 1, unk 2, byte x -> x + 3
 VOCAB = len(TOKENIZER)
@@ -130,7 +131,8 @@ def test_final_layer_reproduces_the_models_logits(model):
     for each in (lens, LogitLens(model)):
         last = each(hidden[-1], layer=LAYERS - 1)
         assert torch.equal(last, tap_logits)  # the same pass: bit for bit
-        assert (last - plain.logits).abs().max().item() <= 1e-6
+        # the tap's kernel (C++ where built) rounds apart from transformers' own loop
+        assert rel_error(plain.logits, last) <= 1e-6
     assert not torch.equal(lens(hidden[0], 0), LogitLens(model)(hidden[0], 0))
 
 
