@@ -3,8 +3,9 @@ timed side by side on one batch and one device.
 
 The variants run interleaved (plain, nothing requested, emissions, injections, then again), so
 drift in the machine's speed hits them alike; each figure is the median over the repeats.  On
-a CPU statetap runs its torch reference paths: the figures say what instrumentation costs
-there, not how fast the Triton kernels are (those need a GPU: ``benchmarks/``).
+a CPU statetap runs its C++ kernels (``statetap._C``) where built, else its torch reference
+paths: the figures say what instrumentation costs there, not how fast the Triton kernels are
+(those need a GPU: ``benchmarks/``).
 """
 
 from __future__ import annotations

@@ -350,8 +350,8 @@ def _markdown(
     lines += [
         "Median wall time of one forward pass over the same batch (held-out texts, each cut "
         f"to {COST_TOKENS} tokens), the variants interleaved "
-        "(`statetap.cost`). On a CPU statetap runs its torch reference paths; these are not "
-        "Triton kernel timings.",
+        "(`statetap.cost`). On a CPU statetap runs its C++ kernels (`statetap._C`) where they "
+        "are built, else its torch reference paths; these are not Triton kernel timings.",
         "",
     ]
     for r in reports:
