@@ -29,13 +29,18 @@ LOCK="$ROOT/constraints.txt"
 PYTHON="${PYTHON:-python3}"
 PINS=("$@")
 
-# Every test file that imports transformers or peft, directly or through statetap.zoo/adapters/interp.
+# Every test file that imports transformers, peft or datasets, directly or through statetap.zoo,
+# statetap.models, statetap.extract, the adapters or interp.
 DEFAULT_TESTS="tests/test_model_tap.py tests/test_steering.py tests/test_steering_quirky.py
     tests/test_lens.py tests/test_elk_experiments.py tests/test_elk_probes.py
     tests/test_quirky_lora.py tests/test_quirky_operations.py tests/test_mamba_ssm.py
     tests/test_extract.py tests/test_zoo.py tests/test_zoo_prepare.py tests/test_demo.py
     tests/test_cost.py tests/test_cli.py tests/test_docs.py tests/test_reference_equivalence.py
-    tests/test_tap_guards.py tests/test_upstream_drift.py"
+    tests/test_tap_guards.py tests/test_upstream_drift.py tests/test_extract_inputs.py
+    tests/test_extract_passes.py tests/test_extract_ragged.py tests/test_extract_reader.py
+    tests/test_extract_resume.py tests/test_extract_torchrun.py tests/test_rwkv_models.py
+    tests/test_rwkv_official.py tests/test_rwkv_tap.py tests/test_foreign_layouts.py
+    tests/test_convert_rwkv.py tests/test_world_tokenizer.py"
 read -r -a TESTS <<< "$(echo ${TESTS:-$DEFAULT_TESTS})"
 read -r -a EXTRA_ARGS <<< "${PYTEST_ARGS:-}"
 
