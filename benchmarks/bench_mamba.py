@@ -155,8 +155,8 @@ class Runner:
 
 
 def bench_selective_scan(run: Runner, grid, device, baselines):
+    from statetap.kernels.selective_scan.fused_recurrent import selective_scan_triton
     from statetap.kernels.selective_scan.reference import selective_scan
-    from statetap.kernels.selective_scan.scan import selective_scan_triton
 
     for batch, length in grid:
         inputs = mamba1_inputs(batch, length, device)
@@ -201,7 +201,7 @@ def bench_selective_scan(run: Runner, grid, device, baselines):
 
 
 def bench_ssd(run: Runner, grid, device, baselines):
-    from statetap.kernels.ssd.chunked import ssd_triton
+    from statetap.kernels.ssd.chunk import ssd_triton
     from statetap.kernels.ssd.reference import ssd_sequential
 
     for batch, length in grid:

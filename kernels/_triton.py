@@ -1,13 +1,18 @@
-"""Triton helpers shared by several ops: emission and injection inside the WKV kernels
-(RWKV-4/5/6/7), launch side and kernel side.
+"""Triton helpers shared by the ops: launch plumbing, and emission and injection inside the
+kernels (selective scan, SSD, RWKV-4/5/6/7), launch side and kernel side.
+
+Plumbing: :data:`INTERPRETING` (the kernels run under Triton's CPU interpreter,
+``TRITON_INTERPRET=1``, read at import like ``@triton.jit`` does; then the wrappers accept CPU
+tensors), :func:`check_launchable`, :func:`empty` (how the wrappers allocate their outputs; tests
+poison them with NaN through it), :func:`dummy` and the ``@triton.jit`` :func:`softplus`.
 
 Launch side: :class:`KernelInstrumentation` turns a validated :class:`Instrumentation` into the
 tensors a kernel walks through time: per row, the sorted emission and injection times with a
-sentinel ``L`` at the end (so a cursor never runs off the row), the caller's slot of each time,
-the zeroed ``states`` buffer, the injected values (any strides: a broadcast steering vector is
-never copied ``B`` times) and the scales, plus the ``tl.constexpr`` flags that select the
-kernel's specialisation.  With nothing requested the flags are all False and the kernel is the
-plain one.
+sentinel ``L`` at the end (:func:`schedule`; a cursor never runs off the row), the caller's slot
+of each time, the zeroed ``states`` buffer, the injected values (any strides: a broadcast
+steering vector is never copied ``B`` times) and the scales, plus the ``tl.constexpr`` flags that
+select the kernel's specialisation.  With nothing requested the flags are all False and the
+kernel is the plain one.
 
 Kernel side: :func:`emit_tile` and :func:`inject_tile` act on one tile of the state when the
 step ``t`` is the row's next scheduled time, and advance the row's cursor.
@@ -15,6 +20,7 @@ step ``t`` is the row's next scheduled time, and advance the row's cursor.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +28,49 @@ import triton
 import triton.language as tl
 
 from ._contract import Instrumentation, ScanOutput
+
+INTERPRETING = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+
+
+def empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Uninitialised output buffer; every element is written by the kernel."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def check_launchable(device: torch.device, op: str) -> None:
+    """Raise ValueError unless the Triton kernel of ``op`` can run on ``device``."""
+    if device.type != "cuda" and not INTERPRETING:
+        raise ValueError(
+            f"{op}'s Triton kernel needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU "
+            f"interpreter), got tensors on {device}"
+        )
+
+
+def dummy(device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A one-element tensor for a pointer argument the specialisation never reads."""
+    return torch.zeros(1, dtype=dtype, device=device)
+
+
+def schedule(
+    positions: torch.Tensor | None, batch: int, length: int, device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(times, slots)`` int32 ``[B, P + 1]`` contiguous of validated ``[B, P]`` positions
+    (``-1`` unused, None for none): row ``b``'s times ascending (unused slots at ``L``), the
+    caller's slot of each, and a sentinel time ``L`` last."""
+    sentinel = torch.full((batch, 1), length, device=device, dtype=torch.int32)
+    if positions is None:
+        return sentinel, torch.zeros_like(sentinel)
+    times, slots = Instrumentation.schedule(positions, length)
+    return (
+        torch.cat([times, sentinel], 1).contiguous(),
+        torch.cat([slots, torch.zeros_like(sentinel)], 1).contiguous(),
+    )
+
+
+@triton.jit
+def softplus(x):
+    """``log(1 + exp(x))`` in fp32, ``x`` above 20 and ``exp(x)`` below -15 (mamba-ssm's cut)."""
+    return tl.where(x > 20.0, x, tl.where(x < -15.0, tl.exp(x), tl.log(1.0 + tl.exp(x))))
 
 
 @dataclass
@@ -63,12 +112,12 @@ class KernelInstrumentation:
         else:
             initial = instr.initial.contiguous() if initial_given else None
             final = (
-                torch.empty(batch, *instr.state_shape, device=device, dtype=torch.float32)
+                empty((batch, *instr.state_shape), torch.float32, device)
                 if instr.output_final_state
                 else None
             )
-        emit_times, emit_slots = cls._schedule(instr.emit_at, instr)
-        inject_times, inject_slots = cls._schedule(instr.inject_at, instr)
+        emit_times, emit_slots = schedule(instr.emit_at, batch, instr.length, device)
+        inject_times, inject_slots = schedule(instr.inject_at, batch, instr.length, device)
         scale = instr.inject_scale
         return cls(
             instr=instr,
@@ -82,18 +131,6 @@ class KernelInstrumentation:
             inject_value=instr.inject_value,
             inject_scale=None if scale is None else scale.contiguous(),
         )
-
-    @staticmethod
-    def _schedule(
-        positions: torch.Tensor | None, instr: Instrumentation
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        sentinel = torch.full((instr.batch, 1), instr.length, device=instr.device)
-        if positions is None:
-            positions = sentinel[:, :0]
-        times, slots = Instrumentation.schedule(positions, instr.length)
-        times = torch.cat([times, sentinel.to(torch.int32)], 1).contiguous()
-        slots = torch.cat([slots, torch.zeros_like(sentinel, dtype=torch.int32)], 1).contiguous()
-        return times, slots
 
     @property
     def emit_count(self) -> int:

@@ -7,9 +7,8 @@ import pytest
 import torch
 from _device import DEVICE, needs_kernel_device
 
-from statetap.kernels import _cpu
+from statetap.kernels import _cpu, _triton
 from statetap.kernels.examples import rel_error
-from statetap.kernels.selective_scan import _triton
 
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 5e-3}
 

@@ -10,8 +10,8 @@ import inspect
 import triton.language as tl
 
 from statetap.kernels import _aot
-from statetap.kernels.selective_scan import scan, step
-from statetap.kernels.ssd import chunked
+from statetap.kernels.selective_scan import fused_recurrent, step
+from statetap.kernels.ssd import chunk
 
 FLOAT_INPUTS = ("u_ptr", "delta_ptr", "x_ptr", "dt_ptr", "B_ptr", "C_ptr", "z_ptr", "y_ptr")
 FLOAT_SCALARS = ("dt_low", "dt_high")
@@ -49,7 +49,7 @@ def scan_specs() -> list[_aot.KernelSpec]:
     """Mamba-2.8B (D = 5120, N = 16, B and C per token, G = 1, bf16) and a grouped N = 64."""
     specs = []
     for n, one_group, label in ((16, True, "N16"), (64, False, "N64 grouped")):
-        block_d, block_n, warps = scan.block_sizes(5120, n, interpreter=False)
+        block_d, block_n, warps = fused_recurrent.block_sizes(5120, n, interpreter=False)
         model = dict(
             B_VARYING=True,
             C_VARYING=True,
@@ -69,11 +69,11 @@ def scan_specs() -> list[_aot.KernelSpec]:
         ):
             specs.append(
                 _aot.KernelSpec(
-                    scan._selective_scan_fwd_kernel,
-                    signature(scan._selective_scan_fwd_kernel, "bf16"),
+                    fused_recurrent._selective_scan_fwd_kernel,
+                    signature(fused_recurrent._selective_scan_fwd_kernel, "bf16"),
                     {**model, **flags, **state},
                     num_warps=warps,
-                    num_stages=scan.NUM_STAGES,
+                    num_stages=fused_recurrent.NUM_STAGES,
                     label=f"{label} {name} BLOCK_D={block_d}",
                 )
             )
@@ -115,7 +115,7 @@ def ssd_specs() -> list[_aot.KernelSpec]:
     full_state = dict(HAS_INITIAL=True, STORE_FINAL=True, HAS_RESET=True)
     specs = []
     for n in (128, 64):
-        block_t, block_p, block_n, warps = chunked.block_sizes(64, n, 256, interpreter=False)
+        block_t, block_p, block_n, warps = chunk.block_sizes(64, n, 256, interpreter=False)
         model = dict(
             HAS_D=True,
             HAS_Z=True,
@@ -136,8 +136,8 @@ def ssd_specs() -> list[_aot.KernelSpec]:
         ):
             specs.append(
                 _aot.KernelSpec(
-                    chunked._ssd_fwd_kernel,
-                    signature(chunked._ssd_fwd_kernel, "bf16"),
+                    chunk._ssd_fwd_kernel,
+                    signature(chunk._ssd_fwd_kernel, "bf16"),
                     {**model, **flags, **state},
                     num_warps=warps,
                     num_stages=1,
@@ -159,6 +159,6 @@ def test_mamba_kernels_compile_for_sm80_sm90_without_spills():
 
 
 def test_signature_covers_every_runtime_argument():
-    types = signature(scan._selective_scan_fwd_kernel, "fp16")
+    types = signature(fused_recurrent._selective_scan_fwd_kernel, "fp16")
     assert types["u_ptr"] == "*fp16" and types["emit_t_ptr"] == "*i32" and types["L"] == "i32"
     assert "BLOCK_D" not in types and tl.constexpr is not None

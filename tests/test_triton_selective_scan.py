@@ -20,11 +20,12 @@ from _triton_mamba import (  # noqa: F401
     poisoned,
 )
 
+from statetap.kernels import _triton
 from statetap.kernels.examples import CASES
-from statetap.kernels.selective_scan import _triton, selective_scan_step
 from statetap.kernels.selective_scan import selective_scan as public_scan
+from statetap.kernels.selective_scan import selective_scan_step
+from statetap.kernels.selective_scan.fused_recurrent import selective_scan_triton
 from statetap.kernels.selective_scan.reference import selective_scan
-from statetap.kernels.selective_scan.scan import selective_scan_triton
 from statetap.kernels.selective_scan.step import selective_scan_step_reference
 
 pytestmark = pytest.mark.usefixtures("poisoned")

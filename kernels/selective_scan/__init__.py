@@ -1,15 +1,16 @@
 """``selective_scan`` (Mamba-1 over a sequence) and ``selective_scan_step`` (one decode token, state
 updated in place): public ops dispatched by device.
 
-CUDA tensors run the Triton kernels (:mod:`.scan`, :mod:`.step`), CPU tensors the C++ kernels
-(:mod:`.cpu`, where ``statetap._C`` is built), other devices the references (``reference.py``);
-a call that needs gradients runs the reference (the kernels are forward-only).
+CUDA tensors run the Triton kernels (:mod:`.fused_recurrent`, :mod:`.step`), CPU tensors the C++
+kernels (:mod:`.cpu`, where ``statetap._C`` is built), other devices the references
+(``reference.py``); a call that needs gradients runs the reference (the kernels are
+forward-only).
 """
 
 from .._backend import dispatching
 from .cpu import selective_scan_cpu, selective_scan_step_cpu
+from .fused_recurrent import selective_scan_triton
 from .reference import selective_scan as selective_scan_reference
-from .scan import selective_scan_triton
 from .step import StepOutput, selective_scan_step_reference, selective_scan_step_triton
 
 selective_scan = dispatching(

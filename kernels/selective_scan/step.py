@@ -22,9 +22,9 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import _triton
 from .._contract import check_tensor
-from . import _triton
-from ._triton import softplus
+from .._triton import softplus
 from .reference import selective_scan
 
 

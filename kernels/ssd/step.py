@@ -11,8 +11,8 @@ import math
 
 import torch
 
+from .. import _triton
 from .._contract import check_tensor
-from ..selective_scan import _triton
 from ..selective_scan.step import (
     StepOutput,
     check_step_injection,

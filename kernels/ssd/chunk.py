@@ -36,9 +36,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .._contract import Instrumentation, ScanOutput
-from ..selective_scan import _triton
-from ..selective_scan._triton import Schedule, softplus
+from .. import _triton
+from .._contract import ScanOutput
+from .._triton import KernelInstrumentation, emit_tile, inject_tile, row_schedule, softplus
 from .reference import ssd_chunked, validate
 
 
@@ -64,23 +64,21 @@ def _ssd_fwd_kernel(
     bias_ptr,  # [H] fp32
     z_ptr,  # [B, L, H, P]
     y_ptr,  # [B, L, H, P]
+    reset_t_ptr,  # [B, R + 1] int32 ascending, sentinel L: state zeroed before these tokens
     h0_ptr,  # [B, H, P, N] fp32
     hT_ptr,  # [B, H, P, N] fp32
-    reset_t_ptr,  # [B, R] int32 ascending: state zeroed before these tokens
-    emit_t_ptr,  # [B, E] int32 ascending
-    emit_s_ptr,  # [B, E] int32
+    emit_t_ptr,  # [B, E + 1] int32 ascending, sentinel L
+    emit_s_ptr,  # [B, E + 1] int32
     states_ptr,  # [B, E, H, P, N] fp32
-    inj_t_ptr,  # [B, Q] int32 ascending
-    inj_s_ptr,  # [B, Q] int32
+    inj_t_ptr,  # [B, Q + 1] int32 ascending, sentinel L
+    inj_s_ptr,  # [B, Q + 1] int32
     inj_v_ptr,  # [B, Q, H, P, N] fp32, strided
+    inj_scale_ptr,  # [B, Q] fp32
     v_b,
     v_q,
     v_h,
     v_p,
     v_n,
-    inj_scale_ptr,  # [B, Q] fp32, strided
-    sc_b,
-    sc_q,
     L,
     H,
     P,
@@ -136,14 +134,19 @@ def _ssd_fwd_kernel(
     else:
         state = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
     if HAS_RESET:
+        reset_t_ptr += b * (R + 1)
         r_cur = 0
-        r_next = tl.load(reset_t_ptr + b * R)
+        r_next = tl.load(reset_t_ptr)
     if HAS_EMIT:
         e_cur = 0
-        e_next = tl.load(emit_t_ptr + b * E)
+        emit_t_ptr, emit_s_ptr, e_next = row_schedule(emit_t_ptr, emit_s_ptr, b, E)
+        states_ptr += (b * E * H + h) * P * N
     if HAS_INJECT:
         i_cur = 0
-        i_next = tl.load(inj_t_ptr + b * Q)
+        inj_t_ptr, inj_s_ptr, i_next = row_schedule(inj_t_ptr, inj_s_ptr, b, Q)
+        inj_v_ptr += b * v_b + h * v_h
+        inj_scale_ptr += b * Q
+        v_off = offs_p[:, None] * v_p + offs_n[None, :] * v_n
 
     start = 0
     while start < L:
@@ -151,7 +154,7 @@ def _ssd_fwd_kernel(
             if start == r_next:
                 state = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
                 r_cur += 1
-                r_next = tl.load(reset_t_ptr + b * R + r_cur, mask=r_cur < R, other=L)
+                r_next = tl.load(reset_t_ptr + r_cur)
         end = tl.minimum(start + BLOCK_T, L)
         if HAS_INJECT:
             end = tl.minimum(end, i_next + 1)
@@ -202,32 +205,50 @@ def _ssd_fwd_kernel(
                 w = tl.sum(tl.where(offs_t[:, None] == k, decay, 0.0), axis=0) * dt
                 xe = (x.to(tl.float32) * w[:, None]).to(DOT_DTYPE)
                 emitted = _dot(tl.trans(xe), Bm, state * tl.exp2(cs_k), IEEE)
-                slot = tl.load(emit_s_ptr + b * E + e_cur).to(tl.int64)
-                tl.store(states_ptr + ((b * E + slot) * H + h) * P * N + pn, emitted, mask=mask_pn)
-                e_cur += 1
-                e_next = tl.load(emit_t_ptr + b * E + e_cur, mask=e_cur < E, other=L)
+                e_cur, e_next = emit_tile(
+                    emitted,
+                    e_next,
+                    e_cur,
+                    e_next,
+                    emit_t_ptr,
+                    emit_s_ptr,
+                    states_ptr,
+                    H * P * N,
+                    pn,
+                    mask_pn,
+                )
         to_end = tl.sum(tl.where(offs_t[:, None] == BLOCK_T - 1, decay, 0.0), axis=0)
         xw = (x.to(tl.float32) * (to_end * dt)[:, None]).to(DOT_DTYPE)
         new = _dot(tl.trans(xw), Bm, state * tl.exp2(total), IEEE)  # [BLOCK_P, BLOCK_N]
         if HAS_INJECT:
-            if i_next == end - 1:
-                slot = tl.load(inj_s_ptr + b * Q + i_cur).to(tl.int64)
-                v_off = b * v_b + slot * v_q + h * v_h + offs_p[:, None] * v_p
-                value = tl.load(inj_v_ptr + v_off + offs_n[None, :] * v_n, mask=mask_pn, other=0.0)
-                if INJECT_SET:
-                    new = value
-                elif HAS_SCALE:
-                    new += tl.load(inj_scale_ptr + b * sc_b + slot * sc_q) * value
-                else:
-                    new += value
-                i_cur += 1
-                i_next = tl.load(inj_t_ptr + b * Q + i_cur, mask=i_cur < Q, other=L)
+            new, i_cur, i_next = inject_tile(
+                new,
+                end - 1,
+                i_cur,
+                i_next,
+                inj_t_ptr,
+                inj_s_ptr,
+                inj_v_ptr,
+                v_q,
+                inj_scale_ptr,
+                v_off,
+                mask_pn,
+                INJECT_SET,
+                HAS_SCALE,
+            )
         if HAS_EMIT:  # at the piece's last token: the end state, after any injection
-            if e_next == end - 1:
-                slot = tl.load(emit_s_ptr + b * E + e_cur).to(tl.int64)
-                tl.store(states_ptr + ((b * E + slot) * H + h) * P * N + pn, new, mask=mask_pn)
-                e_cur += 1
-                e_next = tl.load(emit_t_ptr + b * E + e_cur, mask=e_cur < E, other=L)
+            e_cur, e_next = emit_tile(
+                new,
+                end - 1,
+                e_cur,
+                e_next,
+                emit_t_ptr,
+                emit_s_ptr,
+                states_ptr,
+                P * N * H,
+                pn,
+                mask_pn,
+            )
         state = new
         start = end
 
@@ -324,16 +345,15 @@ def ssd_triton(
     _triton.check_launchable(x.device, "ssd")
     batch, length, heads, head_dim = x.shape
     groups, state_size = B.shape[2:]
-    sched = Schedule.of(instr)
+    has_initial = instrumentation.get("initial_state") is not None or initial_states is not None
+    launch = KernelInstrumentation.build(instr, initial_given=has_initial)
     f32 = dict(dtype=torch.float32)
     spare = _triton.dummy(x.device)
     y = _triton.empty((batch, length, heads, head_dim), x.dtype, x.device)
-    final = _triton.empty((batch, heads, head_dim, state_size), torch.float32, x.device)
     reset_times = _triton.dummy(x.device, torch.int32)
     if reset is not None:
         marks = torch.arange(length, device=x.device).expand(batch, -1)
-        reset_times, _ = Instrumentation.schedule(torch.where(reset, marks, -1), length)
-    has_initial = instrumentation.get("initial_state") is not None or initial_states is not None
+        reset_times, _ = _triton.schedule(torch.where(reset, marks, -1), batch, length, x.device)
     if D is not None:
         D = (D[:, None].expand(heads, head_dim) if D.dim() == 1 else D).to(**f32)
     block_t, block_p, block_n, warps = block_sizes(head_dim, state_size, chunk_size)
@@ -350,27 +370,18 @@ def ssd_triton(
         spare if dt_bias is None else dt_bias.to(**f32).contiguous(),
         y if z is None else z.contiguous(),
         y,
-        instr.initial.contiguous() if has_initial else spare,
-        final,
         reset_times,
-        sched.emit_times,
-        sched.emit_slots,
-        sched.states_or(spare),
-        sched.inject_times,
-        sched.inject_slots,
-        sched.inject_value,
-        *sched.value_strides,
-        sched.inject_scale,
-        *sched.scale_strides,
+        *launch.pointers(spare),
+        *launch.value_strides(),
         length,
         heads,
         head_dim,
         state_size,
         groups,
         heads // groups,
-        reset_times.shape[1] if reset is not None else 0,
-        sched.n_emit,
-        sched.n_inject,
+        reset_times.shape[1] - 1 if reset is not None else 0,
+        launch.emit_count,
+        launch.inject_count,
         float(dt_limit[0]),
         float(min(dt_limit[1], 3.0e38)),
         HAS_D=D is not None,
@@ -378,10 +389,8 @@ def ssd_triton(
         HAS_BIAS=dt_bias is not None,
         SOFTPLUS=bool(dt_softplus),
         HAS_LIMIT=tuple(dt_limit) != (0.0, math.inf),
-        HAS_INITIAL=has_initial,
-        STORE_FINAL=instr.output_final_state,
         HAS_RESET=reset is not None,
-        **sched.flags(),
+        **launch.flags(),
         IEEE=ieee,
         DOT_DTYPE=tl.float32 if ieee else DOT_DTYPES[x.dtype],
         BLOCK_T=block_t,
@@ -390,4 +399,4 @@ def ssd_triton(
         num_warps=warps,
         num_stages=1,
     )
-    return instr.output(y, final, sched.states)
+    return launch.output(y)

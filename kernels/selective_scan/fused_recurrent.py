@@ -8,10 +8,11 @@ in registers while the program walks ``t = 0 .. L-1``; per token it loads ``u_t`
 ``silu(z_t)``) from the post-update state.
 
 Instrumentation is compile-time: with ``HAS_EMIT`` the program keeps a cursor into its row's
-time-sorted emission times (:meth:`Instrumentation.schedule`) and, when ``t`` reaches the next
-one, stores the state into ``states[b, slot]`` and loads the following time; ``HAS_INJECT``
-likewise adds ``scale * value[b, slot]`` (or writes ``value``, ``INJECT_SET``) after ``y_t`` was
-stored and before the emission at ``t``.  Without them the kernel is the plain scan.
+time-sorted emission times (:func:`statetap.kernels._triton.schedule`) and, when ``t`` reaches
+the next one, stores the state into ``states[b, slot]`` and loads the following time;
+``HAS_INJECT`` likewise adds ``scale * value[b, slot]`` (or writes ``value``, ``INJECT_SET``)
+after ``y_t`` was stored and before the emission at ``t``.  Without them the kernel is the plain
+scan.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import _triton
 from .._contract import ScanOutput
-from . import _triton
-from ._triton import Schedule, softplus
+from .._triton import KernelInstrumentation, emit_tile, inject_tile, row_schedule, softplus
 from .reference import selective_scan as selective_scan_reference
 from .reference import validate
 
@@ -42,19 +43,17 @@ def _selective_scan_fwd_kernel(
     y_ptr,  # [B, D, L]
     h0_ptr,  # [B, D, N] fp32
     hT_ptr,  # [B, D, N] fp32
-    emit_t_ptr,  # [B, P] int32, ascending
-    emit_s_ptr,  # [B, P] int32
+    emit_t_ptr,  # [B, P + 1] int32, ascending, sentinel L
+    emit_s_ptr,  # [B, P + 1] int32
     states_ptr,  # [B, P, D, N] fp32
-    inj_t_ptr,  # [B, Q] int32, ascending
-    inj_s_ptr,  # [B, Q] int32
+    inj_t_ptr,  # [B, Q + 1] int32, ascending, sentinel L
+    inj_s_ptr,  # [B, Q + 1] int32
     inj_v_ptr,  # [B, Q, D, N] fp32, strided
+    inj_scale_ptr,  # [B, Q] fp32
     sv_b,
     sv_q,
     sv_d,
     sv_n,
-    inj_scale_ptr,  # [B, Q] fp32, strided
-    ss_b,
-    ss_q,
     L,
     dim,
     N,
@@ -111,10 +110,14 @@ def _selective_scan_fwd_kernel(
         state = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     if HAS_EMIT:
         e_cur = 0
-        e_next = tl.load(emit_t_ptr + b * P)
+        emit_t_ptr, emit_s_ptr, e_next = row_schedule(emit_t_ptr, emit_s_ptr, b, P)
+        states_ptr += b * P * dim * N
     if HAS_INJECT:
         i_cur = 0
-        i_next = tl.load(inj_t_ptr + b * Q)
+        inj_t_ptr, inj_s_ptr, i_next = row_schedule(inj_t_ptr, inj_s_ptr, b, Q)
+        inj_v_ptr += b * sv_b
+        inj_scale_ptr += b * Q
+        v_off = offs_d[:, None] * sv_d + offs_n[None, :] * sv_n
 
     for t in range(L):
         u = tl.load(u_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32)
@@ -143,24 +146,25 @@ def _selective_scan_fwd_kernel(
             y *= z * tl.sigmoid(z)
         tl.store(y_ptr + row + t, y.to(y_ptr.dtype.element_ty), mask=mask_d)
         if HAS_INJECT:
-            if t == i_next:
-                slot = tl.load(inj_s_ptr + b * Q + i_cur).to(tl.int64)
-                v_off = b * sv_b + slot * sv_q + offs_d[:, None] * sv_d + offs_n[None, :] * sv_n
-                value = tl.load(inj_v_ptr + v_off, mask=mask, other=0.0)
-                if INJECT_SET:
-                    state = value
-                elif HAS_SCALE:
-                    state += tl.load(inj_scale_ptr + b * ss_b + slot * ss_q) * value
-                else:
-                    state += value
-                i_cur += 1
-                i_next = tl.load(inj_t_ptr + b * Q + i_cur, mask=i_cur < Q, other=L)
+            state, i_cur, i_next = inject_tile(
+                state,
+                t,
+                i_cur,
+                i_next,
+                inj_t_ptr,
+                inj_s_ptr,
+                inj_v_ptr,
+                sv_q,
+                inj_scale_ptr,
+                v_off,
+                mask,
+                INJECT_SET,
+                HAS_SCALE,
+            )
         if HAS_EMIT:
-            if t == e_next:
-                slot = tl.load(emit_s_ptr + b * P + e_cur).to(tl.int64)
-                tl.store(states_ptr + (b * P + slot) * dim * N + dn, state, mask=mask)
-                e_cur += 1
-                e_next = tl.load(emit_t_ptr + b * P + e_cur, mask=e_cur < P, other=L)
+            e_cur, e_next = emit_tile(
+                state, t, e_cur, e_next, emit_t_ptr, emit_s_ptr, states_ptr, dim * N, dn, mask
+            )
 
     if STORE_FINAL:
         tl.store(hT_ptr + b * dim * N + dn, state, mask=mask)
@@ -247,9 +251,8 @@ def selective_scan_triton(
     _triton.check_launchable(u.device, "selective_scan")
     batch, dim, length = u.shape
     state_size = A.shape[1]
-    sched = Schedule.of(instr)
+    launch = KernelInstrumentation.build(instr, initial_given=initial_state is not None)
     y = _triton.empty((batch, dim, length), u.dtype, u.device)
-    final = _triton.empty((batch, dim, state_size), torch.float32, u.device)
     f32 = dict(dtype=torch.float32)
     spare = _triton.dummy(u.device)
     B_varying, C_varying = B.dim() == 4, C.dim() == 4
@@ -271,24 +274,15 @@ def selective_scan_triton(
         spare if delta_bias is None else delta_bias.to(**f32).contiguous(),
         y if z is None else z.contiguous(),
         y,
-        instr.initial.contiguous() if initial_state is not None else spare,
-        final,
-        sched.emit_times,
-        sched.emit_slots,
-        sched.states_or(spare),
-        sched.inject_times,
-        sched.inject_slots,
-        sched.inject_value,
-        *sched.value_strides,
-        sched.inject_scale,
-        *sched.scale_strides,
+        *launch.pointers(spare),
+        *launch.value_strides(),
         length,
         dim,
         state_size,
         group_size,
         n_groups,
-        sched.n_emit,
-        sched.n_inject,
+        launch.emit_count,
+        launch.inject_count,
         B_VARYING=B_varying,
         C_VARYING=C_varying,
         ONE_GROUP=n_groups == 1 or group_size % block_d == 0,
@@ -296,12 +290,10 @@ def selective_scan_triton(
         HAS_Z=z is not None,
         HAS_BIAS=delta_bias is not None,
         SOFTPLUS=bool(delta_softplus),
-        HAS_INITIAL=initial_state is not None,
-        STORE_FINAL=output_final_state,
-        **sched.flags(),
+        **launch.flags(),
         BLOCK_D=block_d,
         BLOCK_N=block_n,
         num_warps=warps,
         num_stages=NUM_STAGES,
     )
-    return instr.output(y, final, sched.states)
+    return launch.output(y)
