@@ -2,8 +2,10 @@
 // schedule of each batch row (times ascending, unused slots at time L, as
 // Instrumentation.schedule gives them), applied to a float32 state block.
 //
-// A kernel keeps a RowCursor per batch row; at a step where cursor.at(t) holds it spills its
-// state to memory and calls RowEvents::apply, which injects first (S = value, or
+// A kernel keeps a RowCursor per batch row (one whose steps are a few instructions, the
+// selective scan's, runs the plain steps up to the next event, cursor.segment_end, so no step in
+// between pays for the check); at a step where cursor.at(t) holds it
+// spills its state to memory and calls RowEvents::apply, which injects first (S = value, or
 // S += scale * value) and then emits (states[b, slot] = S), the order of the contract.
 #pragma once
 
@@ -21,6 +23,15 @@ struct RowCursor {
   int64_t emit_next = -1, inject_next = -1;  // -1: never
 
   bool at(int64_t t) const { return t == emit_next || t == inject_next; }
+
+  /// The steps [t, end) to run before the next event check: up to and including the row's next
+  /// emission or injection time, at most to `length`.
+  int64_t segment_end(int64_t t, int64_t length) const {
+    int64_t next = length - 1;
+    if (emit_next >= t && emit_next < next) next = emit_next;
+    if (inject_next >= t && inject_next < next) next = inject_next;
+    return next + 1;
+  }
 };
 
 /// Check `out` is a contiguous float32 [B, *S] buffer and return its data.

@@ -112,36 +112,48 @@ struct Scan {
       }
     }
 
-    const float* Bt = a.b_varying ? a.B + (b * a.b_groups + d / (D / a.b_groups)) * L * P
-                                  : a.B + d * P;
-    const float* Ct = a.c_varying ? a.C + (b * a.c_groups + d / (D / a.c_groups)) * L * P
-                                  : a.C + d * P;
+    const float* B_row = a.b_varying ? a.B + (b * a.b_groups + d / (D / a.b_groups)) * L * P
+                                     : a.B + d * P;
+    const float* C_row = a.c_varying ? a.C + (b * a.c_groups + d / (D / a.c_groups)) * L * P
+                                     : a.C + d * P;
     const int64_t b_step = a.b_varying ? P : 0, c_step = a.c_varying ? P : 0;
-    RowCursor cursor = a.events.cursor<INSTR>(b);
-
-    for (int64_t t = 0; t < L; ++t, Bt += b_step, Ct += c_step) {
-      const F<W> dtv = simd::broadcast<W>(dt[t]), drive = simd::broadcast<W>(dt[t] * u[t]);
-      F<W> acc{};
-      for (int64_t v = 0; v < nv; ++v) {
-        if constexpr (NV > 0) {
-          F<W> s = simd::exp2<W>(dtv * A[v]) * state[v] + drive * simd::load<W>(Bt + v * W);
-          state[v] = s;
-          acc = acc + s * simd::load<W>(Ct + v * W);
-        } else {
-          F<W> s = simd::exp2<W>(dtv * simd::load<W>(A_mem + v * W)) *
-                       simd::load<W>(state_mem + v * W) +
-                   drive * simd::load<W>(Bt + v * W);
-          simd::store<W>(state_mem + v * W, s);
-          acc = acc + s * simd::load<W>(Ct + v * W);
+    // the plain steps [t0, t1): state update and y_t
+    auto steps = [&](int64_t t0, int64_t t1) STATETAP_INLINE_LAMBDA {
+      const float* Bt = B_row + t0 * b_step;
+      const float* Ct = C_row + t0 * c_step;
+      for (int64_t t = t0; t < t1; ++t, Bt += b_step, Ct += c_step) {
+        const F<W> dtv = simd::broadcast<W>(dt[t]), drive = simd::broadcast<W>(dt[t] * u[t]);
+        F<W> acc{};
+        for (int64_t v = 0; v < nv; ++v) {
+          if constexpr (NV > 0) {
+            F<W> s = simd::exp2<W>(dtv * A[v]) * state[v] + drive * simd::load<W>(Bt + v * W);
+            state[v] = s;
+            acc = acc + s * simd::load<W>(Ct + v * W);
+          } else {
+            F<W> s = simd::exp2<W>(dtv * simd::load<W>(A_mem + v * W)) *
+                         simd::load<W>(state_mem + v * W) +
+                     drive * simd::load<W>(Bt + v * W);
+            simd::store<W>(state_mem + v * W, s);
+            acc = acc + s * simd::load<W>(Ct + v * W);
+          }
         }
+        y[t] = simd::hsum<W>(acc);
       }
-      y[t] = simd::hsum<W>(acc);
-      if constexpr (INSTR) {
-        if (cursor.at(t)) {
+    };
+
+    if constexpr (!INSTR) {
+      steps(0, L);
+    } else {
+      RowCursor cursor = a.events.cursor<INSTR>(b);
+      for (int64_t t = 0; t < L;) {
+        const int64_t end = cursor.segment_end(t, L);
+        steps(t, end);
+        t = end;
+        if (cursor.at(t - 1)) {
           if constexpr (NV > 0) {
             for (int v = 0; v < NV; ++v) simd::store<W>(state_mem + v * W, state[v]);
           }
-          a.events.apply(cursor, t, b, d * N, N, state_mem);
+          a.events.apply(cursor, t - 1, b, d * N, N, state_mem);
           if constexpr (NV > 0) {
             for (int v = 0; v < NV; ++v) state[v] = simd::load<W>(state_mem + v * W);
           }

@@ -12,6 +12,8 @@
 #include <cstring>
 
 #define STATETAP_INLINE __attribute__((always_inline)) inline
+// the same for a lambda: [&](...) STATETAP_INLINE_LAMBDA { ... }
+#define STATETAP_INLINE_LAMBDA __attribute__((always_inline))
 
 namespace statetap::simd {
 

@@ -18,6 +18,8 @@ a state as a reference recurrence walks through time.
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -191,12 +193,12 @@ class Instrumentation:
             )
         self.output_final_state = output_final_state
 
-        if initial_state is None:
-            base = default_initial if default_initial is not None else torch.zeros(self.state_shape)
-            self.initial = base.to(device=device, dtype=dtype).expand(full).clone()
-        else:
+        if initial_state is not None:
             check_tensor("initial_state", initial_state, full, dims, device=device)
-            self.initial = initial_state.to(dtype).clone()
+        #: the caller's validated ``[B, *S]`` initial state (read, never written), or None
+        self.initial_state = initial_state
+        #: the op's neutral ``[*S]`` state, or None for zeros (a kernel may start from nothing)
+        self.default_initial = default_initial
 
         self.emit_at = (
             None if emit_at is None else _positions("emit_at", emit_at, batch, length, device)
@@ -269,6 +271,17 @@ class Instrumentation:
                 f"a [B={self.batch}] vector (one multiplier per row) or broadcastable to "
                 f"[B, Q] = {shape_str((self.batch, queries))}"
             ) from None
+
+    @functools.cached_property
+    def initial(self) -> torch.Tensor:
+        """``S_{-1}`` ``[B, *S]`` in the compute dtype: a copy of ``initial_state``, or the op's
+        empty state (built on first use: the kernels read ``initial_state`` itself)."""
+        if self.initial_state is not None:
+            return self.initial_state.to(self.dtype).clone()
+        base = self.default_initial
+        base = torch.zeros(self.state_shape) if base is None else base
+        full = (self.batch, *self.state_shape)
+        return base.to(device=self.device, dtype=self.dtype).expand(full).clone()
 
     # ------------------------------------------------------------------ queries
     def inject_positions(self) -> list[int]:

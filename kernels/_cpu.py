@@ -63,21 +63,32 @@ def check_device(device: torch.device, op: str) -> None:
         raise ValueError(f"{op}'s cpu kernel needs CPU tensors, got tensors on {device}")
 
 
-def contract_args(instr: Instrumentation) -> dict:
+def contract_args(instr: Instrumentation, state: torch.Tensor | None = None) -> dict:
     """The state-contract arguments of a C++ op, from a validated call (float32 compute dtype).
 
-    Returns the keyword arguments ``initial_state`` ``[B, *S]``, ``final_state`` (an output
-    buffer, or None unless asked for), ``emit_times``/``emit_slots`` ``[B, P]`` int32 (per-row
+    ``state``: a float32 contiguous ``[B, *S]`` tensor the kernel reads its initial state from
+    and writes the final state to, in place (the decode steps).
+
+    Returns the keyword arguments ``initial_state`` ``[B, *S]`` (the caller's, the op's neutral
+    state, or None for zeros), ``final_state`` (an output buffer, or None unless asked for; both
+    ``state`` when given), ``emit_times``/``emit_slots`` ``[B, P]`` int32 (per-row
     time order, :meth:`Instrumentation.schedule`) with the ``states`` ``[B, P, *S]`` buffer
     (unused slots zeroed here, the others written by the kernel), ``inject_times``/
     ``inject_slots`` ``[B, Q]`` with ``inject_value`` (a broadcast ``[B, Q, *S]`` view),
     ``inject_scale`` (``[B, Q]`` view or None) and ``inject_set``.  Slot lists that are absent
     or empty are passed as None.
     """
-    shape = (instr.batch, *instr.state_shape)
+    if state is not None:
+        initial = final = state
+    else:
+        initial = instr.initial_state
+        if initial is None and instr.default_initial is not None:
+            initial = instr.initial
+        shape = (instr.batch, *instr.state_shape)
+        final = empty(shape, torch.float32) if instr.output_final_state else None
     args = dict(
-        initial_state=instr.initial,
-        final_state=empty(shape, torch.float32) if instr.output_final_state else None,
+        initial_state=initial,
+        final_state=final,
         emit_times=None,
         emit_slots=None,
         states=None,

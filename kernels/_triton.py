@@ -110,7 +110,8 @@ class KernelInstrumentation:
         if state is not None:
             initial, final = state, state
         else:
-            initial = instr.initial.contiguous() if initial_given else None
+            given = instr.initial_state
+            initial = given.to(torch.float32).contiguous() if initial_given else None
             final = (
                 empty((batch, *instr.state_shape), torch.float32, device)
                 if instr.output_final_state

@@ -20,9 +20,7 @@ def run_wkv4(w, u, k, v, instrumentation: dict, state=None) -> ScanOutput:
     instr = validate(w, u, k, v, instrumentation)
     _cpu.check_device(k.device, "wkv4")
     y = _cpu.empty(v.shape, v.dtype)
-    args = _cpu.contract_args(instr)
-    if state is not None:
-        args["initial_state"] = args["final_state"] = state
+    args = _cpu.contract_args(instr, state)
     _cpu.ops().wkv4(w, u, k, v, y=y, **args)
     return instr.output(y, args["final_state"], args["states"])
 

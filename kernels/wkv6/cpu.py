@@ -25,9 +25,7 @@ def run_wkv6(r, k, v, w, u, scale, instrumentation: dict, state=None) -> ScanOut
     if w.stride(0) == 0 and w.stride(1) == 0:
         w = w[0, 0]
     y = _cpu.empty(v.shape, v.dtype)
-    args = _cpu.contract_args(instr)
-    if state is not None:
-        args["initial_state"] = args["final_state"] = state
+    args = _cpu.contract_args(instr, state)
     _cpu.ops().wkv6(r, k, v, w, u, scale, y=y, **args)
     return instr.output(y, args["final_state"], args["states"])
 

@@ -20,9 +20,7 @@ def run_wkv7(r, w, k, v, a, b, scale, instrumentation: dict, state=None) -> Scan
     scale, instr = validate(r, w, k, v, a, b, scale, instrumentation)
     _cpu.check_device(r.device, "wkv7")
     y = _cpu.empty(v.shape, v.dtype)
-    args = _cpu.contract_args(instr)
-    if state is not None:
-        args["initial_state"] = args["final_state"] = state
+    args = _cpu.contract_args(instr, state)
     _cpu.ops().wkv7(r, w, k, v, a, b, scale, y=y, **args)
     return instr.output(y, args["final_state"], args["states"])
 
