@@ -19,7 +19,6 @@ a state as a reference recurrence walks through time.
 from __future__ import annotations
 
 import functools
-
 from collections.abc import Sequence
 from typing import NamedTuple
 
