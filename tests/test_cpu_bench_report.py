@@ -15,7 +15,8 @@ import report  # noqa: E402
 def rows():
     return [
         report.Row("machine limits", "copy", "torch", 10.0, derived={"copy_gbps": 20.0}),
-        report.Row("machine limits", "exp", "torch", 5.0, derived={"exp_per_s": 4e9}),
+        report.Row("machine limits", "fma", "statetap cpu", 5.0, derived={"fma_per_s": 8e10}),
+        report.Row("machine limits", "exp", "statetap cpu", 5.0, derived={"exp_per_s": 4e9}),
         report.Row(
             "wkv6",
             "B4",
@@ -24,6 +25,7 @@ def rows():
             5,
             updates=16_000_000,
             bytes=80_000_000,
+            ops=48_000_000,
             exps=4_000_000,
         ),
         report.Row("wkv6", "B4", "fla naive_recurrent_rwkv6", 80.0, 1, updates=16_000_000),
@@ -35,14 +37,16 @@ def rows():
 
 def test_derived_numbers_against_the_limits_and_the_baseline():
     summary = report.summarise(rows())
-    ours, fla = summary[2].derived, summary[3].derived
+    ours, fla = summary[3].derived, summary[4].derived
     assert ours["updates/s"] == pytest.approx(16e6 / 8e-3)
     assert ours["GB/s"] == pytest.approx(80e6 / 8e-3 / 1e9)  # 10 GB/s
     assert ours["% copy bw"] == pytest.approx(50.0)  # of the measured 20 GB/s
-    assert ours["% exp bound"] == pytest.approx(100 * (4e6 / 4e9) / 8e-3)  # 1 ms of exps in 8
+    # 0.6 ms of FMAs and 1 ms of exps at the peak rates, in 8 ms
+    assert ours["% compute bound"] == pytest.approx(100 * (48e6 / 8e10 + 4e6 / 4e9) / 8e-3)
+    assert "% compute bound" not in fla  # no arithmetic counted for a peer's row
     assert ours["ratio"] == 1.0 and fla["ratio"] == pytest.approx(10.0)
-    assert summary[6].derived["ratio"] == pytest.approx(1.5)  # over the plain forward
-    assert summary[4].derived == {}
+    assert summary[7].derived["ratio"] == pytest.approx(1.5)  # over the plain forward
+    assert summary[5].derived == {}
 
 
 def test_table_shows_missing_rows_and_json_is_written_atomically(tmp_path):
@@ -53,6 +57,6 @@ def test_table_shows_missing_rows_and_json_is_written_atomically(tmp_path):
     path = report.write_json(summary, {"threads": 2}, tmp_path)
     payload = json.loads(path.read_text())
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left
-    assert payload["limits"] == {"copy_gbps": 20.0, "exp_per_s": 4e9}
-    assert payload["environment"] == {"threads": 2} and len(payload["rows"]) == 7
-    assert payload["rows"][4]["ms"] is None
+    assert payload["limits"] == {"copy_gbps": 20.0, "fma_per_s": 8e10, "exp_per_s": 4e9}
+    assert payload["environment"] == {"threads": 2} and len(payload["rows"]) == 8
+    assert payload["rows"][5]["ms"] is None

@@ -95,7 +95,7 @@ class Recorder:
         return row
 
     def limit(self, case: str, seconds: float, rounds: int, **derived: float) -> Row:
-        """A machine-limit row (``copy_gbps`` or ``exp_per_s`` in ``derived``)."""
+        """A machine-limit row (``copy_gbps``, ``fma_per_s`` or ``exp_per_s`` in ``derived``)."""
         row = Row("machine limits", case, "torch", seconds * 1e3, rounds, derived=derived)
         ROWS.append(row)
         return row

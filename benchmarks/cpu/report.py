@@ -3,7 +3,8 @@
 Each benchmark records one :class:`Row` (an op at a shape, one implementation, its median time
 and the work it must do).  At the end of the session :func:`summarise` derives state updates/s,
 GB/s and the distance to the machine's own limits (measured by ``test_limits.py`` in the same
-run), and each row's ratio to statetap's ``cpu`` row of the same work.  :func:`write_json`
+run: a copy's bandwidth, and the float FMAs and vector exps per second the kernels' own vector
+code reaches), and each row's ratio to statetap's ``cpu`` row of the same work.  :func:`write_json`
 writes ``benchmarks/results/<date>-cpu-<host>-cpu-suite.json`` atomically.
 """
 
@@ -37,6 +38,8 @@ class Row:
         rounds: how many timed rounds the median is over.
         updates: state elements updated (one per state value per token), 0 if not a recurrence.
         bytes: compulsory memory traffic (inputs read once, outputs written once).
+        ops: float arithmetic operations (mul, add, FMA, compare, select: one per lane) the C++
+            kernel's loops execute besides the exps, counted from ``csrc/<op>.cpp``.
         exps: exponentials the recurrence must evaluate.
         note: why a row is missing, or anything the reader must know.
     """
@@ -48,23 +51,37 @@ class Row:
     rounds: int = 0
     updates: int = 0
     bytes: int = 0
+    ops: int = 0
     exps: int = 0
     note: str = ""
     derived: dict = field(default_factory=dict)
 
 
+LIMITS = {"copy_gbps": "GB/s", "fma_per_s": "FMA/s", "exp_per_s": "exp/s"}
+
+
 def limits_of(rows: list[Row]) -> dict:
-    """``{"copy_gbps", "exp_per_s"}`` from the machine-limit rows (absent keys if not run)."""
+    """``{"copy_gbps", "fma_per_s", "exp_per_s"}`` from the machine-limit rows (absent keys if
+    not run)."""
     found = {}
     for row in rows:
         if row.group == LIMIT_GROUP and row.ms is not None:
-            found.update({k: v for k, v in row.derived.items() if k in ("copy_gbps", "exp_per_s")})
+            found.update({k: v for k, v in row.derived.items() if k in LIMITS})
     return found
 
 
+def compute_bound(row: Row, limits: dict) -> float | None:
+    """Seconds the row's arithmetic takes at the measured peak rates: ``ops`` at the FMA rate
+    plus ``exps`` at the vector-exp rate (None without both limits or any arithmetic)."""
+    if not (row.ops or row.exps) or not {"fma_per_s", "exp_per_s"} <= limits.keys():
+        return None
+    return row.ops / limits["fma_per_s"] + row.exps / limits["exp_per_s"]
+
+
 def summarise(rows: list[Row]) -> list[Row]:
-    """Fill each row's ``derived``: updates/s, GB/s, % of copy bandwidth, % of the exp bound
-    (the time the exps alone take at the measured rate over the row's time), and ``ratio``
+    """Fill each row's ``derived``: updates/s, GB/s, % of copy bandwidth, % of the compute bound
+    (:func:`compute_bound` over the row's time: 100 is the machine's arithmetic limit), and
+    ``ratio``
     (this row's time over the time of the group's baseline on the same case: statetap cpu,
     or :data:`BASELINE`)."""
     limits = limits_of(rows)
@@ -80,15 +97,26 @@ def summarise(rows: list[Row]) -> list[Row]:
             derived["GB/s"] = row.bytes / seconds / 1e9
             if "copy_gbps" in limits:
                 derived["% copy bw"] = 100 * derived["GB/s"] / limits["copy_gbps"]
-        if row.exps and "exp_per_s" in limits:
-            derived["% exp bound"] = 100 * (row.exps / limits["exp_per_s"]) / seconds
+        bound = compute_bound(row, limits)
+        if bound is not None:
+            derived["% compute bound"] = 100 * bound / seconds
         if (row.group, row.case) in ours:
             derived["ratio"] = row.ms / ours[(row.group, row.case)]
         row.derived = derived
     return rows
 
 
-COLUMNS = ("group", "case", "impl", "ms", "updates/s", "GB/s", "% copy bw", "% exp bound", "ratio")
+COLUMNS = (
+    "group",
+    "case",
+    "impl",
+    "ms",
+    "updates/s",
+    "GB/s",
+    "% copy bw",
+    "% compute bound",
+    "ratio",
+)
 
 
 def _cell(value: object) -> str:
@@ -106,10 +134,7 @@ def table(rows: list[Row]) -> str:
         values = asdict(row) | row.derived
         line = [_cell(values.get(c)) if c in values else "" for c in COLUMNS]
         if row.group == LIMIT_GROUP:  # the limit itself, in the last column
-            limit = [
-                f"{v:.3g} GB/s" if k == "copy_gbps" else f"{v:.3g} exp/s"
-                for k, v in row.derived.items()
-            ]
+            limit = [f"{v:.3g} {LIMITS[k]}" for k, v in row.derived.items() if k in LIMITS]
             line[COLUMNS.index("ratio")] = ", ".join(limit)
         if row.ms is None:
             line[COLUMNS.index("ratio")] = row.note

@@ -1,15 +1,16 @@
 """The machine's own limits, measured in the same run as the ops: a large copy's bandwidth
-(bytes read + written) and a vectorised exp's throughput (torch's, on a 4 MiB buffer).
-Every op row's ``% copy bw`` and ``% exp bound`` are relative to these."""
+(bytes read + written, torch) and the float FMAs and vector exps per second that statetap's
+own vector code (``csrc/limits.cpp``, the instruction set the kernels run with, every thread)
+reaches.  Every op row's ``% copy bw`` and ``% compute bound`` are relative to these."""
 
 from __future__ import annotations
 
+import pytest
 import torch
+from report import LIMIT_GROUP
 
 COPY_MIB = 256  # far past the caches: the bandwidth of memory
-EXP_ELEMENTS = (
-    1 << 20
-)  # 4 MiB of float32 per call: in cache, and long enough that threads start once
+ITERATIONS = 2_000_000  # steps of each of the probe's 16 chains per thread: about 0.1 s
 
 
 def test_copy_bandwidth(record):
@@ -21,20 +22,24 @@ def test_copy_bandwidth(record):
     record.limit(f"copy {COPY_MIB} MiB float32", seconds, 10, copy_gbps=gbps)
 
 
-def test_exp_throughput(record):
-    values = torch.randn(EXP_ELEMENTS)
-    out = torch.empty_like(values)
-    repeats = 16
+@pytest.mark.parametrize("kind", ["fma", "exp"])
+def test_arithmetic_peak(record, kind):
+    from statetap.kernels import _cpu
 
-    def many_exps():
-        for _ in range(repeats):
-            torch.exp(values, out=out)
+    if not _cpu.built():
+        record.missing(LIMIT_GROUP, f"peak {kind}", "statetap cpu", "statetap._C not built")
+        return
+    rates = []
 
-    record.benchmark.pedantic(many_exps, rounds=10, warmup_rounds=2)
-    seconds = record.benchmark.stats.stats.median
+    def probe():
+        rates.append(_cpu.ops().peak_rate(kind, ITERATIONS))
+
+    record.benchmark.pedantic(probe, rounds=7, warmup_rounds=1)
+    timed = sorted(rates[1:])  # the rounds after the warm-up
+    rate = timed[len(timed) // 2]
     record.limit(
-        f"exp of {EXP_ELEMENTS} float32 x {repeats}",
-        seconds,
-        10,
-        exp_per_s=repeats * EXP_ELEMENTS / seconds,
+        f"{kind} peak, statetap simd ({_cpu.isa()}, {torch.get_num_threads()} threads)",
+        record.benchmark.stats.stats.median,
+        7,
+        **{f"{kind}_per_s": rate},
     )

@@ -30,6 +30,11 @@ SCAN_IMPLS = [
 ]
 SSD_IMPLS = ["statetap cpu", "statetap torch", "mamba-ssm ssd_minimal_discrete"]
 N = 16
+#: float operations per state update besides the exp (csrc/selective_scan.cpp's step loop):
+#: dt A, e^{dt A} S, + dt u B_t (FMA), + S C_t (FMA)
+SCAN_OPS = 4
+#: csrc/ssd.cpp's update: decay S, + dt x B_t (FMA), + S C_t (FMA); one exp per head and token
+SSD_OPS = 3
 
 
 def scan_inputs(batch: int, dim: int, length: int) -> dict:
@@ -76,6 +81,7 @@ def test_selective_scan(record, shape, impl):
         lambda: scan_call(impl, inputs),
         rounds,
         updates=updates,
+        ops=SCAN_OPS * updates,
         exps=updates,
         bytes=4 * (5 * batch * dim * length + 2 * batch * N * length),  # u, delta, z, y; B, C
     )
@@ -127,6 +133,7 @@ def test_ssd(record, shape, impl):
         lambda: ssd_call(impl, inputs),
         5 if impl == "statetap cpu" else 1,
         updates=updates,
+        ops=SSD_OPS * updates,
         exps=batch * length * heads,
         bytes=4 * (batch * length * heads * (2 * head_dim + 1) + 2 * batch * length * n),
     )

@@ -21,6 +21,14 @@ SHAPES = [  # B, L, H, K (V = K)
 PEERS = {"wkv5": "fla naive_recurrent_rwkv6", "wkv6": "fla naive_recurrent_rwkv6"}
 PEERS["wkv7"] = "fla dplr_recurrence"
 ids = [f"B{b}-L{l}-H{h}-K{k}" for b, l, h, k in SHAPES]
+#: float operations per channel and token besides the two exps (csrc/wkv4.cpp): per exp pair a
+#: difference, |.|, a negation and two selects (10); u + k, the output's two products, two
+#: sums and a division (6); pp + w, the updates of aa (2) and bb (2), the new max (6)
+WKV4_OPS = 22
+#: per state element and token (the [K, V] loops of csrc/wkv6.cpp and wkv7.cpp): RWKV-5/6
+#: + r S (FMA), e^w S, + k v (FMA); RWKV-7 e^w S, + b (a^T S) and + k v (FMAs), + r S and the
+#: next a^T S (FMAs)
+MATRIX_OPS = {"wkv5": 3, "wkv6": 3, "wkv7": 5}
 
 
 def inputs_of(op: str, batch: int, length: int, heads: int, dim: int) -> dict:
@@ -97,10 +105,12 @@ def test_wkv(record, shape, op, impl):
     inputs = inputs_of(op, batch, length, heads, dim)
     if op == "wkv4":
         updates = 3 * batch * length * heads * dim  # (num, den, max) per channel
+        ops = WKV4_OPS * updates // 3
         exps = 2 * updates // 3
         moved = 4 * 3 * batch * length * heads * dim  # k, v, y
     else:
         updates = batch * length * heads * dim * dim
+        ops = MATRIX_OPS[op] * updates
         exps = batch * length * heads * dim  # one decay per key channel (v5: static, reused)
         extra = 2 if op == "wkv7" else 0  # a, b
         moved = 4 * batch * length * heads * dim * (4 + extra + 1)  # r, k, v, w (+a, b), y
@@ -111,6 +121,7 @@ def test_wkv(record, shape, op, impl):
         lambda: call(op, impl, inputs),
         5 if impl.startswith("statetap cpu") else 1,
         updates=updates,
+        ops=ops,
         exps=exps,
         bytes=moved,
     )
