@@ -28,7 +28,12 @@ SCAN_IMPLS = [
     "statetap torch",
     "mamba-ssm selective_scan_ref",
 ]
-SSD_IMPLS = ["statetap cpu", "statetap torch", "mamba-ssm ssd_minimal_discrete"]
+SSD_IMPLS = [
+    "statetap cpu",
+    "statetap cpu emit 1%",
+    "statetap torch",
+    "mamba-ssm ssd_minimal_discrete",
+]
 N = 16
 #: float operations per state update besides the exp (csrc/selective_scan.cpp's step loop):
 #: dt A, e^{dt A} S, + dt u B_t (FMA), + S C_t (FMA)
@@ -101,9 +106,9 @@ def ssd_inputs(batch, length, heads, head_dim, n) -> dict:
 def ssd_call(impl: str, inputs: dict):
     from statetap.kernels import ssd
 
-    if impl == "statetap cpu":
+    if impl.startswith("statetap cpu"):
         fn = cpu_backend(ssd)
-        return lambda: fn(**inputs)
+        return lambda: fn(**inputs, **emission(impl, inputs["x"].shape[1]))
     if impl == "statetap torch":
         fn = ssd.implementations["torch"]
         return lambda: fn(**inputs)
@@ -131,7 +136,7 @@ def test_ssd(record, shape, impl):
         f"B{batch} L{length} H{heads} P{head_dim} N{n}",
         impl,
         lambda: ssd_call(impl, inputs),
-        5 if impl == "statetap cpu" else 1,
+        5 if impl.startswith("statetap cpu") else 1,
         updates=updates,
         ops=SSD_OPS * updates,
         exps=batch * length * heads,
