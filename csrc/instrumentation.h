@@ -13,6 +13,7 @@
 #include <c10/util/Exception.h>
 
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <vector>
 
@@ -151,7 +152,11 @@ struct RowEvents {
       for (int64_t i = 0; i < rows; ++i) {
         float* dst = spill + i * spill_stride;
         const float* src = v + i * state_stride;
-        for (int64_t k = 0; k < len; ++k) dst[k] = set ? src[k] : dst[k] + s * src[k];
+        if (set) {
+          std::memcpy(dst, src, len * sizeof(float));
+        } else {
+          for (int64_t k = 0; k < len; ++k) dst[k] += s * src[k];
+        }
       }
       ++c.inject_i;
       c.inject_next = c.inject_i < n_inject ? inject_times[b * n_inject + c.inject_i] : -1;
@@ -160,8 +165,7 @@ struct RowEvents {
       const int64_t slot = emit_slots[b * n_emit + c.emit_i];
       float* out = states + (b * n_emit + slot) * state_size + offset;
       for (int64_t i = 0; i < rows; ++i) {
-        const float* src = spill + i * spill_stride;
-        for (int64_t k = 0; k < len; ++k) out[i * state_stride + k] = src[k];
+        std::memcpy(out + i * state_stride, spill + i * spill_stride, len * sizeof(float));
       }
       ++c.emit_i;
       c.emit_next = c.emit_i < n_emit ? emit_times[b * n_emit + c.emit_i] : -1;

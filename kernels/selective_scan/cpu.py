@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .. import _cpu
-from .._contract import ScanOutput, compute_dtype
+from .._contract import ScanOutput, float64_runs
 from .reference import selective_scan as selective_scan_reference
 from .reference import validate
 from .step import (
@@ -22,6 +22,7 @@ from .step import (
 )
 
 
+@float64_runs(selective_scan_reference)
 def selective_scan_cpu(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -77,10 +78,6 @@ def selective_scan_cpu(
         inject_scale=inject_scale,
     )
     B, C, instr = validate(u, delta, A, B, C, D, z, delta_bias, instrumentation)
-    if instr.dtype != torch.float32:
-        return selective_scan_reference(
-            u, delta, A, B, C, D, z, delta_bias, delta_softplus, **instrumentation
-        )
     _cpu.check_device(u.device, "selective_scan")
     y = _cpu.empty(u.shape, u.dtype)
     args = _cpu.contract_args(instr)
@@ -90,6 +87,7 @@ def selective_scan_cpu(
     return instr.output(y, args["final_state"], args["states"])
 
 
+@float64_runs(selective_scan_step_reference)
 def selective_scan_step_cpu(
     state: torch.Tensor,
     u: torch.Tensor,
@@ -112,23 +110,6 @@ def selective_scan_step_cpu(
     (state ``[B, D, N]`` updated in place; float64 runs the reference)."""
     _check_step(state, u, delta, A, B, C, D, z, delta_bias)
     value, scale = check_step_injection(inject_value, inject_mode, inject_scale, state)
-    if compute_dtype(state, u, delta, A, B, C) != torch.float32:
-        return selective_scan_step_reference(
-            state,
-            u,
-            delta,
-            A,
-            B,
-            C,
-            D,
-            z,
-            delta_bias,
-            delta_softplus,
-            inject_value=inject_value,
-            inject_mode=inject_mode,
-            inject_scale=inject_scale,
-            emit=emit,
-        )
     _cpu.check_device(state.device, "selective_scan_step")
     y = _cpu.empty(u.shape, u.dtype)
     out = emit_buffer(emit, state)

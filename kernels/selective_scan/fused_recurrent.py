@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from .. import _triton
-from .._contract import ScanOutput
+from .._contract import ScanOutput, float64_runs
 from .._triton import KernelInstrumentation, emit_tile, inject_tile, row_schedule, softplus
 from .reference import selective_scan as selective_scan_reference
 from .reference import validate
@@ -184,6 +184,7 @@ def block_sizes(
     return block_d, block_n, 4
 
 
+@float64_runs(selective_scan_reference)
 def selective_scan_triton(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -244,10 +245,6 @@ def selective_scan_triton(
         inject_scale=inject_scale,
     )
     B, C, instr = validate(u, delta, A, B, C, D, z, delta_bias, instrumentation)
-    if instr.dtype != torch.float32:
-        return selective_scan_reference(
-            u, delta, A, B, C, D, z, delta_bias, delta_softplus, **instrumentation
-        )
     _triton.check_launchable(u.device, "selective_scan")
     batch, dim, length = u.shape
     state_size = A.shape[1]

@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 
 from .. import _triton
-from .._contract import ScanOutput
+from .._contract import ScanOutput, float64_runs
 from .._triton import KernelInstrumentation, emit_tile, inject_tile, row_schedule, softplus
 from .reference import ssd_chunked, validate
 
@@ -274,6 +274,7 @@ def block_sizes(
 DOT_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
 
 
+@float64_runs(ssd_chunked)
 def ssd_triton(
     x,
     dt,
@@ -325,23 +326,6 @@ def ssd_triton(
     instr, reset = validate(
         x, dt, A, B, C, D, z, dt_bias, dt_limit, seq_idx, initial_states, instrumentation
     )
-    if instr.dtype != torch.float32:
-        return ssd_chunked(
-            x,
-            dt,
-            A,
-            B,
-            C,
-            chunk_size,
-            D,
-            z,
-            dt_bias,
-            initial_states,
-            seq_idx,
-            dt_softplus,
-            dt_limit,
-            **instrumentation,
-        )
     _triton.check_launchable(x.device, "ssd")
     batch, length, heads, head_dim = x.shape
     groups, state_size = B.shape[2:]

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from .. import _cpu
-from .._contract import ScanOutput, compute_dtype
+from .._contract import ScanOutput, float64_runs
 from ..selective_scan.step import StepOutput, check_step_injection, emit_buffer
 from .reference import ssd_chunked, validate
 from .step import _check_step, check_dt_limit, ssd_step_reference
 
 
+@float64_runs(ssd_chunked)
 def ssd_cpu(
     x,
     dt,
@@ -65,23 +64,6 @@ def ssd_cpu(
     instr, reset = validate(
         x, dt, A, B, C, D, z, dt_bias, dt_limit, seq_idx, initial_states, instrumentation
     )
-    if instr.dtype != torch.float32:
-        return ssd_chunked(
-            x,
-            dt,
-            A,
-            B,
-            C,
-            chunk_size,
-            D,
-            z,
-            dt_bias,
-            initial_states,
-            seq_idx,
-            dt_softplus,
-            dt_limit,
-            **instrumentation,
-        )
     _cpu.check_device(x.device, "ssd")
     y = _cpu.empty(x.shape, x.dtype)
     args = _cpu.contract_args(instr)
@@ -105,6 +87,7 @@ def ssd_cpu(
     return instr.output(y, args["final_state"], args["states"])
 
 
+@float64_runs(ssd_step_reference)
 def ssd_step_cpu(
     state,
     x,
@@ -129,24 +112,6 @@ def ssd_step_cpu(
     _check_step(state, x, dt, A, B, C, D, z, dt_bias)
     limited = check_dt_limit(dt_limit)
     value, scale = check_step_injection(inject_value, inject_mode, inject_scale, state)
-    if compute_dtype(state, x, dt, A, B, C) != torch.float32:
-        return ssd_step_reference(
-            state,
-            x,
-            dt,
-            A,
-            B,
-            C,
-            D,
-            z,
-            dt_bias,
-            dt_softplus,
-            dt_limit,
-            inject_value=inject_value,
-            inject_mode=inject_mode,
-            inject_scale=inject_scale,
-            emit=emit,
-        )
     _cpu.check_device(state.device, "ssd_step")
     y = _cpu.empty(x.shape, x.dtype)
     out = emit_buffer(emit, state)

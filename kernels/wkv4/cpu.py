@@ -8,7 +8,7 @@ Same arguments, validation and results as the references; float64 inputs run the
 from __future__ import annotations
 
 from .. import _cpu
-from .._contract import ScanOutput, check_state, is_exact_oracle
+from .._contract import ScanOutput, check_state, float64_runs
 from ..wkv6.step import one_token
 from .reference import validate, wkv4
 from .step import wkv4_step_reference
@@ -25,6 +25,7 @@ def run_wkv4(w, u, k, v, instrumentation: dict, state=None) -> ScanOutput:
     return instr.output(y, args["final_state"], args["states"])
 
 
+@float64_runs(wkv4)
 def wkv4_cpu(w, u, k, v, **instrumentation) -> ScanOutput:
     """RWKV-4 WKV, C++ forward with fused emission and injection.
 
@@ -49,11 +50,10 @@ def wkv4_cpu(w, u, k, v, **instrumentation) -> ScanOutput:
         >>> torch.equal(out.states[:, 0], out.final_state)
         True
     """
-    if is_exact_oracle(w, u, k, v):
-        return wkv4(w, u, k, v, **instrumentation)
     return run_wkv4(w, u, k, v, instrumentation)
 
 
+@float64_runs(wkv4_step_reference)
 def wkv4_step_cpu(w, u, k, v, state, **instrumentation) -> ScanOutput:
     """One RWKV-4 decode token in C++, the state updated in place; arguments and result as
     :func:`statetap.kernels.wkv4.step.wkv4_step_triton` (float64 runs the reference).
@@ -67,8 +67,6 @@ def wkv4_step_cpu(w, u, k, v, state, **instrumentation) -> ScanOutput:
         True
     """
     check_state(state, (k.shape[0], 3, k.shape[-1]), ("B", "3", "C"), k.device)
-    if is_exact_oracle(w, u, k, v):
-        return wkv4_step_reference(w, u, k, v, state, **instrumentation)
     out = run_wkv4(w, u, *one_token(k, v), instrumentation, state=state)
     return ScanOutput(out.y[:, 0], state, out.states)
 

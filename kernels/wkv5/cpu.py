@@ -5,11 +5,12 @@ expanded to ``[B, H, K]``.
 
 from __future__ import annotations
 
-from .._contract import ScanOutput, is_exact_oracle
+from .._contract import ScanOutput, float64_runs
 from ..wkv6.cpu import run_wkv6
 from .reference import _time_varying, wkv5_chunked
 
 
+@float64_runs(wkv5_chunked)
 def wkv5_cpu(r, k, v, w, u, scale=None, **instrumentation) -> ScanOutput:
     """RWKV-5 WKV, C++ forward with fused emission and injection.
 
@@ -33,8 +34,6 @@ def wkv5_cpu(r, k, v, w, u, scale=None, **instrumentation) -> ScanOutput:
         >>> out.final_state.shape
         torch.Size([1, 2, 4, 4])
     """
-    if is_exact_oracle(r, k, v, w, u):
-        return wkv5_chunked(r, k, v, w, u, scale, **instrumentation)
     return run_wkv6(r, k, v, _time_varying(r, w), u, scale, instrumentation)
 
 

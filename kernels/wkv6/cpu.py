@@ -8,7 +8,7 @@ Same arguments, validation and results as the references; float64 inputs run the
 from __future__ import annotations
 
 from .. import _cpu
-from .._contract import ScanOutput, check_state, is_exact_oracle
+from .._contract import ScanOutput, check_state, float64_runs
 from .reference import validate, wkv6_chunked
 from .step import one_token, wkv6_step_reference
 
@@ -30,6 +30,7 @@ def run_wkv6(r, k, v, w, u, scale, instrumentation: dict, state=None) -> ScanOut
     return instr.output(y, args["final_state"], args["states"])
 
 
+@float64_runs(wkv6_chunked)
 def wkv6_cpu(r, k, v, w, u, scale=None, **instrumentation) -> ScanOutput:
     """RWKV-6 WKV, C++ forward with fused emission and injection.
 
@@ -53,11 +54,10 @@ def wkv6_cpu(r, k, v, w, u, scale=None, **instrumentation) -> ScanOutput:
         >>> torch.equal(out.states[:, 0], out.final_state)
         True
     """
-    if is_exact_oracle(r, k, v, w, u):
-        return wkv6_chunked(r, k, v, w, u, scale, **instrumentation)
     return run_wkv6(r, k, v, w, u, scale, instrumentation)
 
 
+@float64_runs(wkv6_step_reference)
 def wkv6_step_cpu(r, k, v, w, u, state, scale=None, **instrumentation) -> ScanOutput:
     """One RWKV-6 decode token in C++, the state updated in place; arguments and result as
     :func:`statetap.kernels.wkv6.step.wkv6_step_triton` (float64 runs the reference).
@@ -70,8 +70,6 @@ def wkv6_step_cpu(r, k, v, w, u, state, scale=None, **instrumentation) -> ScanOu
         True
     """
     check_state(state, (r.shape[0], *u.shape, v.shape[-1]), ("B", "H", "K", "V"), r.device)
-    if is_exact_oracle(r, k, v, w, u):
-        return wkv6_step_reference(r, k, v, w, u, state, scale, **instrumentation)
     out = run_wkv6(*one_token(r, k, v, w), u, scale, instrumentation, state=state)
     return ScanOutput(out.y[:, 0], state, out.states)
 

@@ -8,7 +8,7 @@ Same arguments, validation and results as the references; float64 inputs run the
 from __future__ import annotations
 
 from .. import _cpu
-from .._contract import ScanOutput, check_state, is_exact_oracle
+from .._contract import ScanOutput, check_state, float64_runs
 from ..wkv6.step import one_token
 from .reference import validate, wkv7_chunked
 from .step import wkv7_step_reference
@@ -25,6 +25,7 @@ def run_wkv7(r, w, k, v, a, b, scale, instrumentation: dict, state=None) -> Scan
     return instr.output(y, args["final_state"], args["states"])
 
 
+@float64_runs(wkv7_chunked)
 def wkv7_cpu(r, w, k, v, a, b, scale=1.0, **instrumentation) -> ScanOutput:
     """RWKV-7 WKV, C++ forward with fused emission and injection.
 
@@ -50,11 +51,10 @@ def wkv7_cpu(r, w, k, v, a, b, scale=1.0, **instrumentation) -> ScanOutput:
         >>> torch.equal(out.states[:, 0], out.final_state)
         True
     """
-    if is_exact_oracle(r, w, k, v, a, b):
-        return wkv7_chunked(r, w, k, v, a, b, scale, **instrumentation)
     return run_wkv7(r, w, k, v, a, b, scale, instrumentation)
 
 
+@float64_runs(wkv7_step_reference)
 def wkv7_step_cpu(r, w, k, v, a, b, state, scale=1.0, **instrumentation) -> ScanOutput:
     """One RWKV-7 decode token in C++, the state updated in place; arguments and result as
     :func:`statetap.kernels.wkv7.step.wkv7_step_triton` (float64 runs the reference).
@@ -67,8 +67,6 @@ def wkv7_step_cpu(r, w, k, v, a, b, state, scale=1.0, **instrumentation) -> Scan
         True
     """
     check_state(state, (*r.shape, v.shape[-1]), ("B", "H", "K", "V"), r.device)
-    if is_exact_oracle(r, w, k, v, a, b):
-        return wkv7_step_reference(r, w, k, v, a, b, state, scale, **instrumentation)
     out = run_wkv7(*one_token(r, w, k, v, a, b), scale, instrumentation, state=state)
     return ScanOutput(out.y[:, 0], state, out.states)
 
