@@ -16,7 +16,9 @@ import importlib
 import importlib.metadata
 import os
 import platform
+import statistics
 import sys
+import time
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -67,25 +69,52 @@ class Recorder:
         impl: str,
         make_call: Callable[[], Callable[[], object]],
         rounds: int,
+        paired: Callable[[], Callable[[], object]] | None = None,
         **work: int,
     ) -> Row:
         """Median of ``rounds`` timed calls (after one warm-up call) of what ``make_call`` returns;
-        a ``make_call`` or first call that raises makes a ``missing`` row naming the error."""
+        a ``make_call`` or first call that raises makes a ``missing`` row naming the error.
+
+        ``paired`` makes the call this one is compared with (the same kernel without emission):
+        it runs, timed too, right before each round, and the row's ``paired_ratio`` is the median
+        of the rounds' time ratios (two calls seconds apart see the same machine load)."""
         try:
             call = make_call()
+            baseline = paired() if paired is not None else None
             with torch.no_grad():
                 call()  # warm-up, and the check that it runs at all
+                if baseline is not None:
+                    baseline()
         except Exception as error:  # noqa: BLE001 - a missing implementation is a row, not a crash
             return self.missing(group, case, impl, f"{type(error).__name__}: {error}"[:120])
         self.benchmark.group = group
         self.benchmark.extra_info.update(case=case, impl=impl, **work)
+        baseline_seconds = []
 
         def timed():
             with torch.no_grad():
                 call()
 
-        self.benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=0)
-        row = Row(group, case, impl, self.benchmark.stats.stats.median * 1e3, rounds, **work)
+        def time_baseline():
+            with torch.no_grad():
+                start = time.perf_counter()
+                baseline()
+                baseline_seconds.append(time.perf_counter() - start)
+
+        self.benchmark.pedantic(
+            timed,
+            setup=time_baseline if baseline is not None else None,
+            rounds=rounds,
+            iterations=1,
+            warmup_rounds=0,
+        )
+        stats = self.benchmark.stats.stats
+        row = Row(group, case, impl, stats.median * 1e3, rounds, **work)
+        if baseline is not None:
+            row.paired_ratio = statistics.median(
+                t / b for t, b in zip(stats.data, baseline_seconds, strict=True)
+            )
+            self.benchmark.extra_info["paired_ratio"] = row.paired_ratio
         ROWS.append(row)
         return row
 
@@ -94,9 +123,10 @@ class Recorder:
         ROWS.append(row)
         return row
 
-    def limit(self, case: str, seconds: float, rounds: int, **derived: float) -> Row:
-        """A machine-limit row (``copy_gbps``, ``fma_per_s`` or ``exp_per_s`` in ``derived``)."""
-        row = Row("machine limits", case, "torch", seconds * 1e3, rounds, derived=derived)
+    def limit(self, case: str, impl: str, seconds: float, rounds: int, **derived: float) -> Row:
+        """A machine-limit row measured by ``impl`` (``copy_gbps``, ``fma_per_s`` or
+        ``exp_per_s`` in ``derived``)."""
+        row = Row("machine limits", case, impl, seconds * 1e3, rounds, derived=derived)
         ROWS.append(row)
         return row
 
@@ -116,6 +146,12 @@ def cpu_backend(public) -> Callable:
     if impl is None:
         raise RuntimeError(f"{public.__name__} has no cpu backend yet")
     return impl
+
+
+def plain_of(impl: str, make_plain: Callable[[], Callable]) -> Callable | None:
+    """For an ``emit 1%`` row, ``make_plain`` (the same kernel without emission, timed in pairs
+    with it: :meth:`Recorder.time`'s ``paired``); None for every other row."""
+    return make_plain if impl.endswith("emit 1%") else None
 
 
 def emission(impl: str, length: int) -> dict:

@@ -42,6 +42,9 @@ class Row:
             kernel's loops execute besides the exps, counted from ``csrc/<op>.cpp``.
         exps: exponentials the recurrence must evaluate.
         note: why a row is missing, or anything the reader must know.
+        paired_ratio: for a row timed in pairs with another call (emission against the same
+            kernel without it), the median of the per-round time ratios; it is the row's
+            ``ratio``.
     """
 
     group: str
@@ -55,6 +58,7 @@ class Row:
     exps: int = 0
     note: str = ""
     derived: dict = field(default_factory=dict)
+    paired_ratio: float | None = None
 
 
 LIMITS = {"copy_gbps": "GB/s", "fma_per_s": "FMA/s", "exp_per_s": "exp/s"}
@@ -100,7 +104,9 @@ def summarise(rows: list[Row]) -> list[Row]:
         bound = compute_bound(row, limits)
         if bound is not None:
             derived["% compute bound"] = 100 * bound / seconds
-        if (row.group, row.case) in ours:
+        if row.paired_ratio is not None:
+            derived["ratio"] = row.paired_ratio
+        elif (row.group, row.case) in ours:
             derived["ratio"] = row.ms / ours[(row.group, row.case)]
         row.derived = derived
     return rows

@@ -19,7 +19,7 @@ def test_copy_bandwidth(record):
     record.benchmark.pedantic(target.copy_, args=(source,), rounds=10, warmup_rounds=2)
     seconds = record.benchmark.stats.stats.median
     gbps = 2 * source.numel() * 4 / seconds / 1e9
-    record.limit(f"copy {COPY_MIB} MiB float32", seconds, 10, copy_gbps=gbps)
+    record.limit(f"copy {COPY_MIB} MiB float32", "torch", seconds, 10, copy_gbps=gbps)
 
 
 @pytest.mark.parametrize("kind", ["fma", "exp"])
@@ -38,7 +38,8 @@ def test_arithmetic_peak(record, kind):
     timed = sorted(rates[1:])  # the rounds after the warm-up
     rate = timed[len(timed) // 2]
     record.limit(
-        f"{kind} peak, statetap simd ({_cpu.isa()}, {torch.get_num_threads()} threads)",
+        f"{kind} peak ({_cpu.isa()}, {torch.get_num_threads()} threads)",
+        "statetap simd",
         record.benchmark.stats.stats.median,
         7,
         **{f"{kind}_per_s": rate},

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import cpu_backend, emission, mamba_ssm_function
+from conftest import OURS, cpu_backend, emission, mamba_ssm_function, plain_of
 
 SCAN_SHAPES = [  # B, D, L (N = 16)
     (8, 256, 512),
@@ -85,6 +85,7 @@ def test_selective_scan(record, shape, impl):
         impl,
         lambda: scan_call(impl, inputs),
         rounds,
+        paired=plain_of(impl, lambda: scan_call(OURS, inputs)),
         updates=updates,
         ops=SCAN_OPS * updates,
         exps=updates,
@@ -137,6 +138,7 @@ def test_ssd(record, shape, impl):
         impl,
         lambda: ssd_call(impl, inputs),
         5 if impl.startswith("statetap cpu") else 1,
+        paired=plain_of(impl, lambda: ssd_call(OURS, inputs)),
         updates=updates,
         ops=SSD_OPS * updates,
         exps=batch * length * heads,

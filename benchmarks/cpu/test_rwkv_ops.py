@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import cpu_backend, emission
+from conftest import OURS, cpu_backend, emission, plain_of
 
 SHAPES = [  # B, L, H, K (V = K)
     (4, 512, 8, 64),
@@ -120,6 +120,7 @@ def test_wkv(record, shape, op, impl):
         impl,
         lambda: call(op, impl, inputs),
         5 if impl.startswith("statetap cpu") else 1,
+        paired=plain_of(impl, lambda: call(op, OURS, inputs)),
         updates=updates,
         ops=ops,
         exps=exps,
