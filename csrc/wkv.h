@@ -17,6 +17,18 @@ namespace statetap::wkv {
 /// Round n up to whole vectors of W floats.
 inline int64_t padded(int64_t n, int64_t W) { return (n + W - 1) / W * W; }
 
+/// The sizes a [K, V]-state kernel (RWKV-5/6/7) runs with: H, L, K, V and K, V padded to whole
+/// vectors of `width` floats (the base of its Args).
+struct MatrixDims {
+  int64_t heads, length, key_dim, value_dim, key_pad, value_pad;
+
+  /// From r [B, L, H, K] and v [B, L, H, V].
+  static MatrixDims of(const at::Tensor& r, const at::Tensor& v, int64_t width) {
+    return {r.size(2), r.size(1), r.size(3), v.size(3), padded(r.size(3), width),
+            padded(v.size(3), width)};
+  }
+};
+
 /// dst[0 .. n) = src[offset .. offset + n) as float32, dst[n .. n_pad) = 0 (so padded lanes
 /// stay zero through the updates).
 inline void load_padded(const FloatRows& src, int64_t offset, int64_t n, int64_t n_pad,

@@ -27,8 +27,7 @@ namespace {
 using simd::F;
 
 struct Wkv6 {
-  struct Args {
-    int64_t heads, length, key_dim, value_dim, key_pad, value_pad;  // H, L, K, V, padded K, V
+  struct Args : wkv::MatrixDims {
     FloatRows r, k, v, w;  // [B, L, H, K] (v: [B, L, H, V]); w [H, K] when static_decay
     bool static_decay;
     const float* u;  // [H, K]
@@ -140,12 +139,7 @@ void wkv6(const at::Tensor& r, const at::Tensor& k, const at::Tensor& v, const a
   at::Tensor r_c = r.contiguous(), k_c = k.contiguous(), v_c = v.contiguous(),
              w_c = w.contiguous(), u_c = float32(u);
   Wkv6::Args args{};
-  args.heads = heads;
-  args.length = length;
-  args.key_dim = key_dim;
-  args.value_dim = value_dim;
-  args.key_pad = wkv::padded(key_dim, width);
-  args.value_pad = wkv::padded(value_dim, width);
+  static_cast<wkv::MatrixDims&>(args) = wkv::MatrixDims::of(r, v, width);
   args.r = FloatRows(r_c);
   args.k = FloatRows(k_c);
   args.v = FloatRows(v_c);

@@ -29,8 +29,7 @@ namespace {
 using simd::F;
 
 struct Wkv7 {
-  struct Args {
-    int64_t heads, length, key_dim, value_dim, key_pad, value_pad;  // H, L, K, V, padded K, V
+  struct Args : wkv::MatrixDims {
     FloatRows r, w, k, v, a, b;  // [B, L, H, K] (v: [B, L, H, V])
     float scale;
     const float* initial;  // [B, H, K, V] or null
@@ -155,12 +154,7 @@ void wkv7(const at::Tensor& r, const at::Tensor& w, const at::Tensor& k, const a
   const Isa isa = current_isa();
   const int64_t width = isa_width(isa);
   Wkv7::Args args{};
-  args.heads = heads;
-  args.length = length;
-  args.key_dim = key_dim;
-  args.value_dim = value_dim;
-  args.key_pad = wkv::padded(key_dim, width);
-  args.value_pad = wkv::padded(value_dim, width);
+  static_cast<wkv::MatrixDims&>(args) = wkv::MatrixDims::of(r, v, width);
   args.r = FloatRows(inputs[0]);
   args.w = FloatRows(inputs[1]);
   args.k = FloatRows(inputs[2]);
