@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <immintrin.h>
 #include <optional>
 #include <vector>
 
@@ -45,6 +46,17 @@ inline float* checked_state_output(const at::Tensor& out, int64_t batch,
                     "a state output must be a contiguous float32 tensor of shape ", want,
                     ", got ", out.sizes());
   return out.data_ptr<float>();
+}
+
+/// dst[0 .. n) = src[0 .. n), with streaming (non-temporal) stores where dst is 16-byte
+/// aligned: the kernel never reads an emitted state again, so it need not evict the kernel's
+/// working set from the caches nor be read for ownership first.
+inline void stream_copy(float* dst, const float* src, int64_t n) {
+  int64_t i = 0;
+  if ((reinterpret_cast<uintptr_t>(dst) & 15) == 0) {
+    for (; i + 4 <= n; i += 4) _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
+  }
+  for (; i < n; ++i) dst[i] = src[i];
 }
 
 struct RowEvents {
@@ -165,8 +177,9 @@ struct RowEvents {
       const int64_t slot = emit_slots[b * n_emit + c.emit_i];
       float* out = states + (b * n_emit + slot) * state_size + offset;
       for (int64_t i = 0; i < rows; ++i) {
-        std::memcpy(out + i * state_stride, spill + i * spill_stride, len * sizeof(float));
+        stream_copy(out + i * state_stride, spill + i * spill_stride, len);
       }
+      _mm_sfence();  // the streamed stores are visible before the kernel returns
       ++c.emit_i;
       c.emit_next = c.emit_i < n_emit ? emit_times[b * n_emit + c.emit_i] : -1;
     }
