@@ -87,9 +87,8 @@ def wkv4_recurrent_kernel(
 
     emit = (emit_t_ptr, emit_s_ptr, states_ptr + i_b.to(tl.int64) * P * 3 * C, 3 * C)
     inject = (inj_t_ptr, inj_s_ptr, inj_v_ptr + i_b.to(tl.int64) * iv_sb, iv_sq, inj_scale_ptr)
-    emit, inject, (e_cur, e_next, i_cur, i_next) = open_schedules(
-        emit, inject, i_b, L, P, Q, HAS_EMIT, HAS_INJECT
-    )
+    emit, inject, cursors = open_schedules(emit, inject, i_b, L, P, Q, HAS_EMIT, HAS_INJECT)
+    e_cur, e_next, i_cur, i_next = cursors
 
     p = i_b.to(tl.int64) * L * C + o_c  # k, v, y at (b, t = 0)
     for t in range(L):
