@@ -157,12 +157,13 @@ def emit_tile(
     t,
     cursor,
     next_t,
-    emit,  # (times_ptr, slots_ptr, states_ptr, slot_stride) on this row: see open_schedules
+    emit,  # (times_ptr, slots_ptr, states_ptr) on this row: see open_schedules
+    slot_stride,  # elements per slot: prod(S)
     offsets,  # the tile's offsets within one slot
     mask,
 ):
     """At ``t == next_t``: store ``S`` into the row's slot and advance the cursor."""
-    times_ptr, slots_ptr, states_ptr, slot_stride = emit
+    times_ptr, slots_ptr, states_ptr = emit
     if t == next_t:
         slot = tl.load(slots_ptr + cursor).to(tl.int64)
         tl.store(states_ptr + slot * slot_stride + offsets, S, mask=mask)
@@ -227,7 +228,7 @@ def row_schedule(times_ptr, slots_ptr, i_b, count):
 
 @triton.jit
 def open_schedules(
-    emit,  # (times_ptr [B, P + 1], slots_ptr [B, P + 1], states_ptr, slot_stride)
+    emit,  # (times_ptr [B, P + 1], slots_ptr [B, P + 1], states_ptr)
     inject,  # (times_ptr [B, Q + 1], slots_ptr [B, Q + 1], value_ptr, value_slot_stride,
     #           scale_ptr [B, Q])
     i_b,
@@ -242,7 +243,7 @@ def open_schedules(
     this row's and tile's base in ``states`` ``[B, P, *S]`` and ``inject_value``
     ``[B, Q, *S]``, pass through), and the int32 cursors ``(e_cur, e_next, i_cur, i_next)``:
     each schedule's index and its time (``L`` when the schedule is off)."""
-    e_times, e_slots, states_ptr, slot_stride = emit
+    e_times, e_slots, states_ptr = emit
     i_times, i_slots, value_ptr, value_slot_stride, scale_ptr = inject
     zero = i_b * 0  # int32 scalars for the loop-carried cursors
     e_cur = zero
@@ -254,7 +255,7 @@ def open_schedules(
     if HAS_INJECT:
         i_times, i_slots, i_next = row_schedule(i_times, i_slots, i_b, Q)
         scale_ptr += i_b * Q
-    emit = (e_times, e_slots, states_ptr, slot_stride)
+    emit = (e_times, e_slots, states_ptr)
     inject = (i_times, i_slots, value_ptr, value_slot_stride, scale_ptr)
     return emit, inject, (e_cur, e_next, i_cur, i_next)
 
@@ -303,7 +304,7 @@ def open_matrix_row(
         S = tl.zeros([BK, BV], dtype=tl.float32)
     states_ptr += i_b.to(tl.int64) * P * H * K * V + i_h * K * V
     inj_v_ptr += i_b.to(tl.int64) * iv_sb + i_h * iv_sh
-    emit = (emit_t_ptr, emit_s_ptr, states_ptr, H * K * V)
+    emit = (emit_t_ptr, emit_s_ptr, states_ptr)
     inject = (inj_t_ptr, inj_s_ptr, inj_v_ptr, iv_sq, inj_scale_ptr)
     emit, inject, cursors = open_schedules(emit, inject, i_b, L, P, Q, HAS_EMIT, HAS_INJECT)
     tile = (o_kv, m_kv, o_k[:, None] * iv_sk + o_v[None, :] * iv_sv, state_off)
@@ -311,11 +312,32 @@ def open_matrix_row(
 
 
 @triton.jit
-def emit_next(S, cursors, emit, tile):
+def emit_next(S, cursors, emit, slot_stride, tile):
     """Store ``S`` as the state at the row's next emission time; advance ``cursors``."""
     e_cur, e_next, i_cur, i_next = cursors
-    e_cur, e_next = emit_tile(S, e_next, e_cur, e_next, emit, tile[0], tile[1])
+    e_cur, e_next = emit_tile(S, e_next, e_cur, e_next, emit, slot_stride, tile[0], tile[1])
     return e_cur, e_next, i_cur, i_next
+
+
+@triton.jit
+def inject_step(
+    S,
+    t,
+    cursors,
+    inject,
+    tile,
+    HAS_INJECT: tl.constexpr,
+    INJECT_SET: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+):
+    """Step 4 of the contract at the end of step ``t``: the row's injection there, if any (the
+    groups of :func:`open_matrix_row`).  Returns ``S, cursors``."""
+    e_cur, e_next, i_cur, i_next = cursors
+    if HAS_INJECT:
+        S, i_cur, i_next = inject_tile(
+            S, t, i_cur, i_next, inject, tile[2], tile[1], INJECT_SET, HAS_SCALE
+        )
+    return S, (e_cur, e_next, i_cur, i_next)
 
 
 @triton.jit
@@ -326,6 +348,7 @@ def end_of_step(
     emit,
     inject,
     tile,
+    slot_stride,  # elements per emitted state: H * K * V
     HAS_EMIT: tl.constexpr,
     HAS_INJECT: tl.constexpr,
     INJECT_SET: tl.constexpr,
@@ -333,14 +356,10 @@ def end_of_step(
 ):
     """Steps 4 and 5 of the contract at the end of step ``t``: inject, then emit (the groups of
     :func:`open_matrix_row`).  Returns ``S, cursors``."""
-    o_kv, m_kv, o_val, _ = tile
+    S, cursors = inject_step(S, t, cursors, inject, tile, HAS_INJECT, INJECT_SET, HAS_SCALE)
     e_cur, e_next, i_cur, i_next = cursors
-    if HAS_INJECT:
-        S, i_cur, i_next = inject_tile(
-            S, t, i_cur, i_next, inject, o_val, m_kv, INJECT_SET, HAS_SCALE
-        )
     if HAS_EMIT:
-        e_cur, e_next = emit_tile(S, t, e_cur, e_next, emit, o_kv, m_kv)
+        e_cur, e_next = emit_tile(S, t, e_cur, e_next, emit, slot_stride, tile[0], tile[1])
     return S, (e_cur, e_next, i_cur, i_next)
 
 

@@ -31,9 +31,9 @@ def _inject_triple(aa, bb, pp, t, cur, nxt, inject, o_val, sr, m, SET, SCALE):
 @triton.jit
 def _emit_triple(aa, bb, pp, t, cur, nxt, emit, C, o_c, m):
     """Emission of the triple into ``states[b, slot]`` ``[3, C]``."""
-    emit_tile(aa, t, cur, nxt, emit, o_c, m)
-    emit_tile(bb, t, cur, nxt, emit, C + o_c, m)
-    return emit_tile(pp, t, cur, nxt, emit, 2 * C + o_c, m)
+    emit_tile(aa, t, cur, nxt, emit, 3 * C, o_c, m)
+    emit_tile(bb, t, cur, nxt, emit, 3 * C, C + o_c, m)
+    return emit_tile(pp, t, cur, nxt, emit, 3 * C, 2 * C + o_c, m)
 
 
 @triton.jit
@@ -85,7 +85,7 @@ def wkv4_recurrent_kernel(
         bb = tl.zeros([BC], dtype=tl.float32)
         pp = tl.full([BC], EMPTY, dtype=tl.float32)
 
-    emit = (emit_t_ptr, emit_s_ptr, states_ptr + i_b.to(tl.int64) * P * 3 * C, 3 * C)
+    emit = (emit_t_ptr, emit_s_ptr, states_ptr + i_b.to(tl.int64) * P * 3 * C)
     inject = (inj_t_ptr, inj_s_ptr, inj_v_ptr + i_b.to(tl.int64) * iv_sb, iv_sq, inj_scale_ptr)
     emit, inject, cursors = open_schedules(emit, inject, i_b, L, P, Q, HAS_EMIT, HAS_INJECT)
     e_cur, e_next, i_cur, i_next = cursors

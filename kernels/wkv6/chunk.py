@@ -21,7 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .._triton import close_matrix_row, emit_next, end_of_step, open_matrix_row, piece_end
+from .._triton import close_matrix_row, emit_next, inject_step, open_matrix_row, piece_end
 
 CHUNK = 16  # BT: tokens per piece
 STAGES = 1  # the loads are consumed at once: software pipelining would only cost registers
@@ -170,15 +170,19 @@ def wkv6_chunk_kernel(
         )
         tl.store(y_ptr + p_v, y.to(y_ptr.dtype.element_ty), mask=m_tv)
 
-        if HAS_EMIT:
-            while cursors[1] < end - 1:  # inside the piece: before the state moves on
-                S_t = _state_at(cursors[1] - start, S, g, k, v, BT, PRECISION)
-                cursors = emit_next(S_t, cursors, emit, tile)
+        S0 = S
         k_end = k * tl.exp(g_last[None, :] - g)
-        S = tl.exp(g_last)[:, None] * S + tl.dot(tl.trans(k_end), v, input_precision=PRECISION)
-        S, cursors = end_of_step(
-            S, end - 1, cursors, emit, inject, tile, HAS_EMIT, HAS_INJECT, INJECT_SET, HAS_SCALE
+        S = tl.exp(g_last)[:, None] * S0 + tl.dot(tl.trans(k_end), v, input_precision=PRECISION)
+        S, cursors = inject_step(
+            S, end - 1, cursors, inject, tile, HAS_INJECT, INJECT_SET, HAS_SCALE
         )
+        if HAS_EMIT:
+            while cursors[1] < end:  # the piece's emissions, its end state (injected) last
+                if cursors[1] == end - 1:
+                    S_t = S
+                else:
+                    S_t = _state_at(cursors[1] - start, S0, g, k, v, BT, PRECISION)
+                cursors = emit_next(S_t, cursors, emit, H * K * V, tile)
         start = end
 
     close_matrix_row(sT_ptr, S, tile, STORE_FINAL)

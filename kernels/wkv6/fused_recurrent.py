@@ -81,7 +81,17 @@ def wkv6_recurrent_kernel(
         tl.store(y_ptr + o_v, y.to(y_ptr.dtype.element_ty), mask=m_v)
         S = S * tl.exp(w)[:, None] + kv
         S, cursors = end_of_step(
-            S, t, cursors, emit, inject, tile, HAS_EMIT, HAS_INJECT, INJECT_SET, HAS_SCALE
+            S,
+            t,
+            cursors,
+            emit,
+            inject,
+            tile,
+            H * K * V,
+            HAS_EMIT,
+            HAS_INJECT,
+            INJECT_SET,
+            HAS_SCALE,
         )
         r_ptr += H * K
         k_ptr += H * K

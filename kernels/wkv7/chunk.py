@@ -200,10 +200,20 @@ def wkv7_chunk_kernel(
         if HAS_EMIT:
             while cursors[1] < end - 1:  # inside the piece: before the state moves on
                 S_t = _state_at(cursors[1] - start, S, g, b, k, removed, v, BT, PRECISION)
-                cursors = emit_next(S_t, cursors, emit, tile)
+                cursors = emit_next(S_t, cursors, emit, H * K * V, tile)
         S = _state_at(end - 1 - start, S, g, b, k, removed, v, BT, PRECISION)
         S, cursors = end_of_step(
-            S, end - 1, cursors, emit, inject, tile, HAS_EMIT, HAS_INJECT, INJECT_SET, HAS_SCALE
+            S,
+            end - 1,
+            cursors,
+            emit,
+            inject,
+            tile,
+            H * K * V,
+            HAS_EMIT,
+            HAS_INJECT,
+            INJECT_SET,
+            HAS_SCALE,
         )
         start = end
 

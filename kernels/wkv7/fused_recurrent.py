@@ -79,7 +79,17 @@ def wkv7_recurrent_kernel(
         y = tl.sum(r[:, None] * S, 0)  # [BV]
         tl.store(y_ptr + p_v + o_v, y.to(y_ptr.dtype.element_ty), mask=m_v)
         S, cursors = end_of_step(
-            S, t, cursors, emit, inject, tile, HAS_EMIT, HAS_INJECT, INJECT_SET, HAS_SCALE
+            S,
+            t,
+            cursors,
+            emit,
+            inject,
+            tile,
+            H * K * V,
+            HAS_EMIT,
+            HAS_INJECT,
+            INJECT_SET,
+            HAS_SCALE,
         )
         p_k += H * K
         p_v += H * V
