@@ -302,11 +302,14 @@ def open_matrix_row(
         S = tl.load(s0_ptr + state_off + o_kv, mask=m_kv, other=0.0).to(tl.float32)
     else:
         S = tl.zeros([BK, BV], dtype=tl.float32)
-    states_ptr += i_b.to(tl.int64) * P * H * K * V + i_h * K * V
-    inj_v_ptr += i_b.to(tl.int64) * iv_sb + i_h * iv_sh
     emit = (emit_t_ptr, emit_s_ptr, states_ptr)
     inject = (inj_t_ptr, inj_s_ptr, inj_v_ptr, iv_sq, inj_scale_ptr)
     emit, inject, cursors = open_schedules(emit, inject, i_b, L, P, Q, HAS_EMIT, HAS_INJECT)
+    e_times, e_slots, states_ptr = emit  # the row's and tile's base, after the schedules' loads
+    emit = (e_times, e_slots, states_ptr + i_b.to(tl.int64) * P * H * K * V + i_h * K * V)
+    i_times, i_slots, inj_v_ptr, _, inj_scale_ptr = inject
+    inj_v_ptr += i_b.to(tl.int64) * iv_sb + i_h * iv_sh
+    inject = (i_times, i_slots, inj_v_ptr, iv_sq, inj_scale_ptr)
     tile = (o_kv, m_kv, o_k[:, None] * iv_sk + o_v[None, :] * iv_sv, state_off)
     return S, (i_b, i_h, o_k, o_v, m_k, m_v), tile, emit, inject, cursors
 
