@@ -20,11 +20,11 @@ BLOCK_C = 128  # channels per program: one per thread at 4 warps
 
 
 @triton.jit
-def _inject_triple(aa, bb, pp, t, cur, nxt, inject, o_val, sr, m, SET, SCALE):
+def _inject_triple(aa, bb, pp, t, cur, nxt, inject, o_val, sr, m):
     """Injection into each row of the triple (row offsets ``0, sr, 2 sr`` in the value)."""
-    aa, _, _ = inject_tile(aa, t, cur, nxt, inject, o_val, m, SET, SCALE)
-    bb, _, _ = inject_tile(bb, t, cur, nxt, inject, o_val + sr, m, SET, SCALE)
-    pp, cur, nxt = inject_tile(pp, t, cur, nxt, inject, o_val + 2 * sr, m, SET, SCALE)
+    aa, _, _ = inject_tile(aa, t, cur, nxt, inject, o_val, m)
+    bb, _, _ = inject_tile(bb, t, cur, nxt, inject, o_val + sr, m)
+    pp, cur, nxt = inject_tile(pp, t, cur, nxt, inject, o_val + 2 * sr, m)
     return aa, bb, pp, cur, nxt
 
 
@@ -85,9 +85,10 @@ def wkv4_recurrent_kernel(
         bb = tl.zeros([BC], dtype=tl.float32)
         pp = tl.full([BC], EMPTY, dtype=tl.float32)
 
-    emit = (emit_t_ptr, emit_s_ptr, states_ptr + i_b.to(tl.int64) * P * 3 * C)
-    inject = (inj_t_ptr, inj_s_ptr, inj_v_ptr + i_b.to(tl.int64) * iv_sb, iv_sq, inj_scale_ptr)
-    emit, inject, cursors = open_schedules(emit, inject, i_b, L, P, Q, HAS_EMIT, HAS_INJECT)
+    emit = (emit_t_ptr, emit_s_ptr, states_ptr + i_b.to(tl.int64) * P * 3 * C, HAS_EMIT)
+    inj_v_ptr += i_b.to(tl.int64) * iv_sb
+    inj = (inj_t_ptr, inj_s_ptr, inj_v_ptr, iv_sq, inj_scale_ptr, HAS_INJECT, INJECT_SET, HAS_SCALE)
+    emit, inject, cursors = open_schedules(emit, inj, i_b, L, P, Q)
     e_cur, e_next, i_cur, i_next = cursors
 
     p = i_b.to(tl.int64) * L * C + o_c  # k, v, y at (b, t = 0)
@@ -109,18 +110,7 @@ def wkv4_recurrent_kernel(
         pp = top
         if HAS_INJECT:
             aa, bb, pp, i_cur, i_next = _inject_triple(
-                aa,
-                bb,
-                pp,
-                t,
-                i_cur,
-                i_next,
-                inject,
-                o_c * iv_sc,
-                iv_sr,
-                m,
-                INJECT_SET,
-                HAS_SCALE,
+                aa, bb, pp, t, i_cur, i_next, inject, o_c * iv_sc, iv_sr, m
             )
         if HAS_EMIT:
             e_cur, e_next = _emit_triple(aa, bb, pp, t, e_cur, e_next, emit, C, o_c, m)

@@ -121,10 +121,10 @@ def wkv6_chunk_kernel(
     BT: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    emit = (emit_t_ptr, emit_s_ptr, states_ptr, P)
-    inject = (inj_t_ptr, inj_s_ptr, inj_v_ptr, inj_scale_ptr, Q, iv_sb, iv_sq, iv_sh, iv_sk, iv_sv)
+    emit = (emit_t_ptr, emit_s_ptr, states_ptr, HAS_EMIT)
+    inj = (inj_t_ptr, inj_s_ptr, inj_v_ptr, iv_sq, inj_scale_ptr, HAS_INJECT, INJECT_SET, HAS_SCALE)
     S, at, tile, emit, inject, cursors = open_matrix_row(
-        s0_ptr, emit, inject, L, H, K, V, BK, BV, HAS_INITIAL, HAS_EMIT, HAS_INJECT
+        s0_ptr, emit, inj, (iv_sb, iv_sh, iv_sk, iv_sv), L, H, K, V, P, Q, BK, BV, HAS_INITIAL
     )
     i_b, i_h, o_k, o_v, m_k, m_v = at
     o_t = tl.arange(0, BT)
@@ -134,7 +134,7 @@ def wkv6_chunk_kernel(
 
     start = cursors[0] * 0
     while start < L:
-        end = piece_end(start, L, cursors, BT, HAS_INJECT)
+        end = piece_end(start, L, cursors, inject, BT)
         t = start + o_t
         m_t = t < end
         p_rk = (row + t.to(tl.int64) * H)[:, None] * K  # [BT, 1]
@@ -173,9 +173,7 @@ def wkv6_chunk_kernel(
         S0 = S
         k_end = k * tl.exp(g_last[None, :] - g)
         S = tl.exp(g_last)[:, None] * S0 + tl.dot(tl.trans(k_end), v, input_precision=PRECISION)
-        S, cursors = inject_step(
-            S, end - 1, cursors, inject, tile, HAS_INJECT, INJECT_SET, HAS_SCALE
-        )
+        S, cursors = inject_step(S, end - 1, cursors, inject, tile)
         if HAS_EMIT:
             while cursors[1] < end:  # the piece's emissions, its end state (injected) last
                 if cursors[1] == end - 1:

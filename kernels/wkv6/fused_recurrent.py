@@ -57,10 +57,10 @@ def wkv6_recurrent_kernel(
     INJECT_SET: tl.constexpr,
     HAS_SCALE: tl.constexpr,
 ):
-    emit = (emit_t_ptr, emit_s_ptr, states_ptr, P)
-    inject = (inj_t_ptr, inj_s_ptr, inj_v_ptr, inj_scale_ptr, Q, iv_sb, iv_sq, iv_sh, iv_sk, iv_sv)
+    emit = (emit_t_ptr, emit_s_ptr, states_ptr, HAS_EMIT)
+    inj = (inj_t_ptr, inj_s_ptr, inj_v_ptr, iv_sq, inj_scale_ptr, HAS_INJECT, INJECT_SET, HAS_SCALE)
     S, at, tile, emit, inject, cursors = open_matrix_row(
-        s0_ptr, emit, inject, L, H, K, V, BK, BV, HAS_INITIAL, HAS_EMIT, HAS_INJECT
+        s0_ptr, emit, inj, (iv_sb, iv_sh, iv_sk, iv_sv), L, H, K, V, P, Q, BK, BV, HAS_INITIAL
     )
     i_b, i_h, o_k, o_v, m_k, m_v = at
     u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.0).to(tl.float32)
@@ -80,19 +80,7 @@ def wkv6_recurrent_kernel(
         y = tl.sum(r[:, None] * (S + u[:, None] * kv), 0)  # [BV]
         tl.store(y_ptr + o_v, y.to(y_ptr.dtype.element_ty), mask=m_v)
         S = S * tl.exp(w)[:, None] + kv
-        S, cursors = end_of_step(
-            S,
-            t,
-            cursors,
-            emit,
-            inject,
-            tile,
-            H * K * V,
-            HAS_EMIT,
-            HAS_INJECT,
-            INJECT_SET,
-            HAS_SCALE,
-        )
+        S, cursors = end_of_step(S, t, cursors, emit, inject, tile, H * K * V)
         r_ptr += H * K
         k_ptr += H * K
         v_ptr += H * V

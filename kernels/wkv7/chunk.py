@@ -146,10 +146,10 @@ def wkv7_chunk_kernel(
     BT: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    emit = (emit_t_ptr, emit_s_ptr, states_ptr, P)
-    inject = (inj_t_ptr, inj_s_ptr, inj_v_ptr, inj_scale_ptr, Q, iv_sb, iv_sq, iv_sh, iv_sk, iv_sv)
+    emit = (emit_t_ptr, emit_s_ptr, states_ptr, HAS_EMIT)
+    inj = (inj_t_ptr, inj_s_ptr, inj_v_ptr, iv_sq, inj_scale_ptr, HAS_INJECT, INJECT_SET, HAS_SCALE)
     S, at, tile, emit, inject, cursors = open_matrix_row(
-        s0_ptr, emit, inject, L, H, K, V, BK, BV, HAS_INITIAL, HAS_EMIT, HAS_INJECT
+        s0_ptr, emit, inj, (iv_sb, iv_sh, iv_sk, iv_sv), L, H, K, V, P, Q, BK, BV, HAS_INITIAL
     )
     i_b, i_h, o_k, o_v, m_k, m_v = at
     o_t = tl.arange(0, BT)
@@ -157,7 +157,7 @@ def wkv7_chunk_kernel(
 
     start = cursors[0] * 0
     while start < L:
-        end = piece_end(start, L, cursors, BT, HAS_INJECT)
+        end = piece_end(start, L, cursors, inject, BT)
         t = start + o_t
         m_t = t < end
         p_k = (row + t.to(tl.int64) * H)[:, None] * K + o_k[None, :]  # [BT, BK]
@@ -202,19 +202,7 @@ def wkv7_chunk_kernel(
                 S_t = _state_at(cursors[1] - start, S, g, b, k, removed, v, BT, PRECISION)
                 cursors = emit_next(S_t, cursors, emit, H * K * V, tile)
         S = _state_at(end - 1 - start, S, g, b, k, removed, v, BT, PRECISION)
-        S, cursors = end_of_step(
-            S,
-            end - 1,
-            cursors,
-            emit,
-            inject,
-            tile,
-            H * K * V,
-            HAS_EMIT,
-            HAS_INJECT,
-            INJECT_SET,
-            HAS_SCALE,
-        )
+        S, cursors = end_of_step(S, end - 1, cursors, emit, inject, tile, H * K * V)
         start = end
 
     close_matrix_row(sT_ptr, S, tile, STORE_FINAL)
