@@ -63,23 +63,6 @@ def _intra_chunk(
 
 
 @triton.jit
-def _state_at(
-    i,  # position in the piece
-    S0,  # [BK, BV] state entering the piece
-    g,  # [BT, BK]
-    k,  # [BT, BK]
-    v,  # [BT, BV]
-    BT: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
-    """``S_i = e^{g_i} S0 + sum_{j<=i} e^{g_i - g_j} k_j v_j^T``."""
-    o_t = tl.arange(0, BT)
-    g_i = tl.sum(tl.where(o_t[:, None] == i, g, 0.0), 0)  # [BK]
-    k_i = tl.where(o_t[:, None] <= i, k * tl.exp(tl.minimum(g_i[None, :] - g, 0.0)), 0.0)
-    return tl.exp(g_i)[:, None] * S0 + tl.dot(tl.trans(k_i), v, input_precision=PRECISION)
-
-
-@triton.jit
 def wkv6_chunk_kernel(
     r_ptr,  # [B, L, H, K]
     k_ptr,  # [B, L, H, K]
@@ -179,7 +162,13 @@ def wkv6_chunk_kernel(
                 if cursors[1] == end - 1:
                     S_t = S
                 else:
-                    S_t = _state_at(cursors[1] - start, S0, g, k, v, BT, PRECISION)
+                    here = o_t[:, None] == cursors[1] - start
+                    g_t = tl.sum(tl.where(here, g, 0.0), 0)  # [BK]
+                    upto = o_t[:, None] <= cursors[1] - start
+                    k_t = tl.where(upto, k * tl.exp(tl.minimum(g_t[None, :] - g, 0.0)), 0.0)
+                    S_t = tl.exp(g_t)[:, None] * S0 + tl.dot(
+                        tl.trans(k_t), v, input_precision=PRECISION
+                    )
                 cursors = emit_next(S_t, cursors, emit, H * K * V, tile)
         start = end
 
