@@ -237,9 +237,7 @@ def open_schedules(emit, inject, i_b, L, P, Q):
     pass through), with the int32 cursors ``(e_cur, e_next, i_cur, i_next)``: each schedule's
     index and its time (``L`` when the schedule is off)."""
     e_times, e_slots, states_ptr, HAS_EMIT = emit
-    i_times, i_slots, value_ptr, value_slot_stride, scale_ptr, HAS_INJECT, INJECT_SET, HAS_SCALE = (
-        inject
-    )
+    i_times, i_slots, value_ptr, vq, scale_ptr, HAS_INJECT, INJECT_SET, HAS_SCALE = inject
     zero = i_b * 0  # int32 scalars for the loop-carried cursors
     e_cur = zero
     e_next = zero + L
@@ -251,16 +249,7 @@ def open_schedules(emit, inject, i_b, L, P, Q):
         i_times, i_slots, i_next = row_schedule(i_times, i_slots, i_b, Q)
         scale_ptr += i_b * Q
     emit = (e_times, e_slots, states_ptr, HAS_EMIT)
-    inject = (
-        i_times,
-        i_slots,
-        value_ptr,
-        value_slot_stride,
-        scale_ptr,
-        HAS_INJECT,
-        INJECT_SET,
-        HAS_SCALE,
-    )
+    inject = (i_times, i_slots, value_ptr, vq, scale_ptr, HAS_INJECT, INJECT_SET, HAS_SCALE)
     return emit, inject, (e_cur, e_next, i_cur, i_next)
 
 
@@ -285,9 +274,11 @@ def open_matrix_row(
 
     Returns ``S, at, tile, emit, inject, cursors``: the initial state tile ``[BK, BV]`` fp32;
     ``at = (i_b, i_h, o_k [BK], o_v [BV], m_k, m_v)`` the program's row, head, offsets and
-    masks; ``tile`` the tile's offsets and mask in the state (for :func:`end_of_step`,
-    :func:`emit_next`, :func:`close_matrix_row`); ``emit``, ``inject``, ``cursors`` both
-    schedules positioned on the row and tile (see :func:`open_schedules`)."""
+    masks; ``tile = (o_kv, m_kv, o_val, state_off)``, the tile's ``[BK, BV]`` offsets in one
+    state, its mask, its offsets in one injected value and the row's and head's offset in
+    ``[B, H, K, V]`` (for :func:`end_of_step`, :func:`emit_next`, :func:`close_matrix_row`);
+    ``emit``, ``inject``, ``cursors`` both schedules positioned on the row and tile (see
+    :func:`open_schedules`)."""
     iv_sb, iv_sh, iv_sk, iv_sv = value_strides
     i_v = tl.program_id(0)
     i_bh = tl.program_id(1)
