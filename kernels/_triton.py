@@ -195,14 +195,13 @@ def emit_tile(
     t,
     cursor,
     next_t,
-    times_ptr,  # this row's [P + 1] int32 times
-    slots_ptr,  # this row's [P + 1] int32 slots
-    states_ptr,  # this row's (and tile's) base in states [B, P, *S]
+    emit,  # (times_ptr, slots_ptr, states_ptr, HAS_EMIT) on this row: see open_schedules
     slot_stride,  # elements per slot: prod(S)
     offsets,  # the tile's offsets within one slot
     mask,
 ):
     """At ``t == next_t``: store ``S`` into the row's slot and advance the cursor."""
+    times_ptr, slots_ptr, states_ptr, _ = emit
     if t == next_t:
         slot = tl.load(slots_ptr + cursor).to(tl.int64)
         tl.store(states_ptr + slot * slot_stride + offsets, S, mask=mask)
@@ -235,17 +234,13 @@ def inject_tile(
     t,
     cursor,
     next_t,
-    times_ptr,
-    slots_ptr,
-    value_ptr,
-    value_slot_stride,
-    scale_ptr,
-    offsets,
+    inject,  # (times_ptr, slots_ptr, value_ptr, value_slot_stride, scale_ptr, HAS_INJECT,
+    #           INJECT_SET, HAS_SCALE) on this row: see open_schedules
+    offsets,  # the tile's offsets within one slot of inject_value
     mask,
-    INJECT_SET: tl.constexpr,
-    HAS_SCALE: tl.constexpr,
 ):
     """At ``t == next_t``: ``S += scale * value`` (or ``S = value``), advance the cursor."""
+    times_ptr, slots_ptr, value_ptr, value_slot_stride, scale_ptr, _, INJECT_SET, HAS_SCALE = inject
     if t == next_t:
         slot = tl.load(slots_ptr + cursor).to(tl.int64)
         value = injected_value(
@@ -269,33 +264,60 @@ def row_schedule(times_ptr, slots_ptr, i_b, count):
 
 
 @triton.jit
+def open_schedules(emit, inject, i_b, L, P, Q):
+    """Both schedules positioned on row ``i_b``.
+
+    ``emit = (times_ptr [B, P + 1], slots_ptr [B, P + 1], states_ptr, HAS_EMIT)`` and
+    ``inject = (times_ptr [B, Q + 1], slots_ptr [B, Q + 1], value_ptr, value_slot_stride,
+    scale_ptr [B, Q], HAS_INJECT, INJECT_SET, HAS_SCALE)`` (the flags ``tl.constexpr``) come
+    back in the same layouts with the times, slots and scales on this row (``states_ptr`` and
+    ``value_ptr``, bases in ``states`` ``[B, P, *S]`` and ``inject_value`` ``[B, Q, *S]``,
+    pass through), with the int32 cursors ``(e_cur, e_next, i_cur, i_next)``: each schedule's
+    index and its time (``L`` when the schedule is off)."""
+    e_times, e_slots, states_ptr, HAS_EMIT = emit
+    i_times, i_slots, value_ptr, vq, scale_ptr, HAS_INJECT, INJECT_SET, HAS_SCALE = inject
+    zero = i_b * 0  # int32 scalars for the loop-carried cursors
+    e_cur = zero
+    e_next = zero + L
+    if HAS_EMIT:
+        e_times, e_slots, e_next = row_schedule(e_times, e_slots, i_b, P)
+    i_cur = zero
+    i_next = zero + L
+    if HAS_INJECT:
+        i_times, i_slots, i_next = row_schedule(i_times, i_slots, i_b, Q)
+        scale_ptr += i_b * Q
+    emit = (e_times, e_slots, states_ptr, HAS_EMIT)
+    inject = (i_times, i_slots, value_ptr, vq, scale_ptr, HAS_INJECT, INJECT_SET, HAS_SCALE)
+    return emit, inject, (e_cur, e_next, i_cur, i_next)
+
+
+@triton.jit
 def open_matrix_row(
     s0_ptr,  # [B, H, K, V] fp32
-    emit_t_ptr,
-    emit_s_ptr,
-    states_ptr,  # [B, P, H, K, V] fp32
-    inj_t_ptr,
-    inj_s_ptr,
-    inj_v_ptr,  # [B, Q, H, K, V] strided
-    inj_scale_ptr,  # [B, Q]
+    emit,  # the kernel's (emit_t_ptr, emit_s_ptr, states_ptr [B, P, H, K, V], HAS_EMIT)
+    inject,  # the kernel's (inj_t_ptr, inj_s_ptr, inj_v_ptr [B, Q, H, K, V] strided, iv_sq,
+    #          inj_scale_ptr [B, Q], HAS_INJECT, INJECT_SET, HAS_SCALE)
+    value_strides,  # (iv_sb, iv_sh, iv_sk, iv_sv): inject_value's other strides
     L,
     H,
     K,
     V,
     P,
     Q,
-    iv_sb,
-    iv_sh,
-    iv_sk,
-    iv_sv,
     BK: tl.constexpr,
     BV: tl.constexpr,
     HAS_INITIAL: tl.constexpr,
-    HAS_EMIT: tl.constexpr,
-    HAS_INJECT: tl.constexpr,
 ):
-    """Start a program of a ``[K, V]``-state kernel (grid ``(V blocks, B * H)``): its indices,
-    masks, initial state tile ``[BK, BV]`` and both schedules positioned on its row."""
+    """Start a program of a ``[K, V]``-state kernel (grid ``(V blocks, B * H)``).
+
+    Returns ``S, at, tile, emit, inject, cursors``: the initial state tile ``[BK, BV]`` fp32;
+    ``at = (i_b, i_h, o_k [BK], o_v [BV], m_k, m_v)`` the program's row, head, offsets and
+    masks; ``tile = (o_kv, m_kv, o_val, state_off)``, the tile's ``[BK, BV]`` offsets in one
+    state, its mask, its offsets in one injected value and the row's and head's offset in
+    ``[B, H, K, V]`` (for :func:`end_of_step`, :func:`emit_next`, :func:`close_matrix_row`);
+    ``emit``, ``inject``, ``cursors`` both schedules positioned on the row and tile (see
+    :func:`open_schedules`)."""
+    iv_sb, iv_sh, iv_sk, iv_sv = value_strides
     i_v = tl.program_id(0)
     i_bh = tl.program_id(1)
     i_b = i_bh // H
@@ -311,89 +333,58 @@ def open_matrix_row(
         S = tl.load(s0_ptr + state_off + o_kv, mask=m_kv, other=0.0).to(tl.float32)
     else:
         S = tl.zeros([BK, BV], dtype=tl.float32)
-    zero = i_v * 0  # int32 scalars for the loop-carried cursors
-    e_cur = zero
-    e_next = zero + L
-    if HAS_EMIT:
-        emit_t_ptr, emit_s_ptr, e_next = row_schedule(emit_t_ptr, emit_s_ptr, i_b, P)
-        states_ptr += i_b.to(tl.int64) * P * H * K * V + i_h * K * V
-    i_cur = zero
-    i_next = zero + L
-    if HAS_INJECT:
-        inj_t_ptr, inj_s_ptr, i_next = row_schedule(inj_t_ptr, inj_s_ptr, i_b, Q)
-        inj_v_ptr += i_b.to(tl.int64) * iv_sb + i_h * iv_sh
-        inj_scale_ptr += i_b * Q
-    o_val = o_k[:, None] * iv_sk + o_v[None, :] * iv_sv
-    return (
-        i_b,
-        i_h,
-        o_k,
-        o_v,
-        m_k,
-        m_v,
-        m_kv,
-        o_kv,
-        state_off,
-        S,
-        emit_t_ptr,
-        emit_s_ptr,
-        states_ptr,
-        e_cur,
-        e_next,
-        inj_t_ptr,
-        inj_s_ptr,
-        inj_v_ptr,
-        inj_scale_ptr,
-        o_val,
-        i_cur,
-        i_next,
-    )
+    emit, inject, cursors = open_schedules(emit, inject, i_b, L, P, Q)
+    e_times, e_slots, states_ptr, HAS_EMIT = emit  # the tile's bases, after the schedules' loads
+    emit = (e_times, e_slots, states_ptr + i_b.to(tl.int64) * P * H * K * V + i_h * K * V, HAS_EMIT)
+    i_times, i_slots, inj_v_ptr, iv_sq, inj_scale_ptr, HAS_INJECT, INJECT_SET, HAS_SCALE = inject
+    inj_v_ptr += i_b.to(tl.int64) * iv_sb + i_h * iv_sh
+    inject = (i_times, i_slots, inj_v_ptr, iv_sq, inj_scale_ptr, HAS_INJECT, INJECT_SET, HAS_SCALE)
+    tile = (o_kv, m_kv, o_k[:, None] * iv_sk + o_v[None, :] * iv_sv, state_off)
+    return S, (i_b, i_h, o_k, o_v, m_k, m_v), tile, emit, inject, cursors
 
 
 @triton.jit
-def end_of_step(
-    S,
-    t,
-    e_cur,
-    e_next,
-    i_cur,
-    i_next,
-    emit_t_ptr,
-    emit_s_ptr,
-    states_ptr,
-    inj_t_ptr,
-    inj_s_ptr,
-    inj_v_ptr,
-    inj_scale_ptr,
-    iv_sq,
-    slot_stride,
-    o_kv,
-    o_val,
-    m_kv,
-    HAS_EMIT: tl.constexpr,
-    HAS_INJECT: tl.constexpr,
-    INJECT_SET: tl.constexpr,
-    HAS_SCALE: tl.constexpr,
-):
-    """Steps 4 and 5 of the contract at the end of step ``t``: inject, then emit."""
-    if HAS_INJECT:
-        S, i_cur, i_next = inject_tile(
-            S,
-            t,
-            i_cur,
-            i_next,
-            inj_t_ptr,
-            inj_s_ptr,
-            inj_v_ptr,
-            iv_sq,
-            inj_scale_ptr,
-            o_val,
-            m_kv,
-            INJECT_SET,
-            HAS_SCALE,
-        )
-    if HAS_EMIT:
-        e_cur, e_next = emit_tile(
-            S, t, e_cur, e_next, emit_t_ptr, emit_s_ptr, states_ptr, slot_stride, o_kv, m_kv
-        )
-    return S, e_cur, e_next, i_cur, i_next
+def emit_next(S, cursors, emit, slot_stride, tile):
+    """Store ``S`` as the state at the row's next emission time; advance ``cursors``."""
+    e_cur, e_next, i_cur, i_next = cursors
+    e_cur, e_next = emit_tile(S, e_next, e_cur, e_next, emit, slot_stride, tile[0], tile[1])
+    return e_cur, e_next, i_cur, i_next
+
+
+@triton.jit
+def inject_step(S, t, cursors, inject, tile):
+    """Step 4 of the contract at the end of step ``t``: the row's injection there, if any (the
+    groups of :func:`open_matrix_row`).  Returns ``S, cursors``."""
+    e_cur, e_next, i_cur, i_next = cursors
+    if inject[5]:  # HAS_INJECT
+        S, i_cur, i_next = inject_tile(S, t, i_cur, i_next, inject, tile[2], tile[1])
+    return S, (e_cur, e_next, i_cur, i_next)
+
+
+@triton.jit
+def end_of_step(S, t, cursors, emit, inject, tile, slot_stride):
+    """Steps 4 and 5 of the contract at the end of step ``t``: inject, then emit (the groups of
+    :func:`open_matrix_row`; ``slot_stride = H * K * V``).  Returns ``S, cursors``."""
+    S, cursors = inject_step(S, t, cursors, inject, tile)
+    e_cur, e_next, i_cur, i_next = cursors
+    if emit[3]:  # HAS_EMIT
+        e_cur, e_next = emit_tile(S, t, e_cur, e_next, emit, slot_stride, tile[0], tile[1])
+    return S, (e_cur, e_next, i_cur, i_next)
+
+
+@triton.jit
+def piece_end(start, L, cursors, inject, BT: tl.constexpr):
+    """Where the chunked kernels' piece from ``start`` ends (exclusive): ``BT`` tokens, cut
+    short right after the row's next injection time (which then acts on its end state)."""
+    end = tl.minimum(start + BT, L)
+    if inject[5]:  # HAS_INJECT
+        end = tl.minimum(end, cursors[3] + 1)
+    return end
+
+
+@triton.jit
+def close_matrix_row(sT_ptr, S, tile, STORE_FINAL: tl.constexpr):
+    """Store the final state tile ``S`` ``[BK, BV]`` into ``sT`` ``[B, H, K, V]`` if asked."""
+    o_kv, m_kv, _, state_off = tile
+    if STORE_FINAL:
+        tl.store(sT_ptr + state_off + o_kv, S, mask=m_kv)

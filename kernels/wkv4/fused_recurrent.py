@@ -13,33 +13,27 @@ import triton
 import triton.language as tl
 
 from .._contract import ScanOutput, is_exact_oracle
-from .._triton import KernelInstrumentation, emit_tile, inject_tile, row_schedule
+from .._triton import KernelInstrumentation, emit_tile, inject_tile, open_schedules
 from .reference import EMPTY_MAX, validate, wkv4
 
 BLOCK_C = 128  # channels per program: one per thread at 4 warps
 
 
 @triton.jit
-def _inject_triple(
-    aa, bb, pp, t, cur, nxt, t_ptr, s_ptr, v_ptr, sq, scale_ptr, o_c, sr, m, SET, SCALE
-):
+def _inject_triple(aa, bb, pp, t, cur, nxt, inject, o_val, sr, m):
     """Injection into each row of the triple (row offsets ``0, sr, 2 sr`` in the value)."""
-    aa, _, _ = inject_tile(aa, t, cur, nxt, t_ptr, s_ptr, v_ptr, sq, scale_ptr, o_c, m, SET, SCALE)
-    bb, _, _ = inject_tile(
-        bb, t, cur, nxt, t_ptr, s_ptr, v_ptr + sr, sq, scale_ptr, o_c, m, SET, SCALE
-    )
-    pp, cur, nxt = inject_tile(
-        pp, t, cur, nxt, t_ptr, s_ptr, v_ptr + 2 * sr, sq, scale_ptr, o_c, m, SET, SCALE
-    )
+    aa, _, _ = inject_tile(aa, t, cur, nxt, inject, o_val, m)
+    bb, _, _ = inject_tile(bb, t, cur, nxt, inject, o_val + sr, m)
+    pp, cur, nxt = inject_tile(pp, t, cur, nxt, inject, o_val + 2 * sr, m)
     return aa, bb, pp, cur, nxt
 
 
 @triton.jit
-def _emit_triple(aa, bb, pp, t, cur, nxt, t_ptr, s_ptr, states_ptr, C, o_c, m):
+def _emit_triple(aa, bb, pp, t, cur, nxt, emit, C, o_c, m):
     """Emission of the triple into ``states[b, slot]`` ``[3, C]``."""
-    emit_tile(aa, t, cur, nxt, t_ptr, s_ptr, states_ptr, 3 * C, o_c, m)
-    emit_tile(bb, t, cur, nxt, t_ptr, s_ptr, states_ptr + C, 3 * C, o_c, m)
-    return emit_tile(pp, t, cur, nxt, t_ptr, s_ptr, states_ptr + 2 * C, 3 * C, o_c, m)
+    emit_tile(aa, t, cur, nxt, emit, 3 * C, o_c, m)
+    emit_tile(bb, t, cur, nxt, emit, 3 * C, C + o_c, m)
+    return emit_tile(pp, t, cur, nxt, emit, 3 * C, 2 * C + o_c, m)
 
 
 @triton.jit
@@ -91,18 +85,11 @@ def wkv4_recurrent_kernel(
         bb = tl.zeros([BC], dtype=tl.float32)
         pp = tl.full([BC], EMPTY, dtype=tl.float32)
 
-    zero = i_c * 0
-    e_cur = zero
-    e_next = zero + L
-    if HAS_EMIT:
-        emit_t_ptr, emit_s_ptr, e_next = row_schedule(emit_t_ptr, emit_s_ptr, i_b, P)
-        states_ptr += i_b.to(tl.int64) * P * 3 * C
-    i_cur = zero
-    i_next = zero + L
-    if HAS_INJECT:
-        inj_t_ptr, inj_s_ptr, i_next = row_schedule(inj_t_ptr, inj_s_ptr, i_b, Q)
-        inj_v_ptr += i_b.to(tl.int64) * iv_sb
-        inj_scale_ptr += i_b * Q
+    emit = (emit_t_ptr, emit_s_ptr, states_ptr + i_b.to(tl.int64) * P * 3 * C, HAS_EMIT)
+    inj_v_ptr += i_b.to(tl.int64) * iv_sb
+    inj = (inj_t_ptr, inj_s_ptr, inj_v_ptr, iv_sq, inj_scale_ptr, HAS_INJECT, INJECT_SET, HAS_SCALE)
+    emit, inject, cursors = open_schedules(emit, inj, i_b, L, P, Q)
+    e_cur, e_next, i_cur, i_next = cursors
 
     p = i_b.to(tl.int64) * L * C + o_c  # k, v, y at (b, t = 0)
     for t in range(L):
@@ -123,27 +110,10 @@ def wkv4_recurrent_kernel(
         pp = top
         if HAS_INJECT:
             aa, bb, pp, i_cur, i_next = _inject_triple(
-                aa,
-                bb,
-                pp,
-                t,
-                i_cur,
-                i_next,
-                inj_t_ptr,
-                inj_s_ptr,
-                inj_v_ptr,
-                iv_sq,
-                inj_scale_ptr,
-                o_c * iv_sc,
-                iv_sr,
-                m,
-                INJECT_SET,
-                HAS_SCALE,
+                aa, bb, pp, t, i_cur, i_next, inject, o_c * iv_sc, iv_sr, m
             )
         if HAS_EMIT:
-            e_cur, e_next = _emit_triple(
-                aa, bb, pp, t, e_cur, e_next, emit_t_ptr, emit_s_ptr, states_ptr, C, o_c, m
-            )
+            e_cur, e_next = _emit_triple(aa, bb, pp, t, e_cur, e_next, emit, C, o_c, m)
         p += C
 
     if STORE_FINAL:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .._triton import emit_tile, inject_tile, open_matrix_row
+from .._triton import close_matrix_row, emit_next, inject_step, open_matrix_row, piece_end
 
 CHUNK = 16  # BT: tokens per piece
 STAGES = 1  # the loads are consumed at once: software pipelining would only cost registers
@@ -104,64 +104,20 @@ def wkv6_chunk_kernel(
     BT: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    (
-        i_b,
-        i_h,
-        o_k,
-        o_v,
-        m_k,
-        m_v,
-        m_kv,
-        o_kv,
-        state_off,
-        S,
-        emit_t_ptr,
-        emit_s_ptr,
-        states_ptr,
-        e_cur,
-        e_next,
-        inj_t_ptr,
-        inj_s_ptr,
-        inj_v_ptr,
-        inj_scale_ptr,
-        o_val,
-        i_cur,
-        i_next,
-    ) = open_matrix_row(
-        s0_ptr,
-        emit_t_ptr,
-        emit_s_ptr,
-        states_ptr,
-        inj_t_ptr,
-        inj_s_ptr,
-        inj_v_ptr,
-        inj_scale_ptr,
-        L,
-        H,
-        K,
-        V,
-        P,
-        Q,
-        iv_sb,
-        iv_sh,
-        iv_sk,
-        iv_sv,
-        BK,
-        BV,
-        HAS_INITIAL,
-        HAS_EMIT,
-        HAS_INJECT,
+    emit = (emit_t_ptr, emit_s_ptr, states_ptr, HAS_EMIT)
+    inj = (inj_t_ptr, inj_s_ptr, inj_v_ptr, iv_sq, inj_scale_ptr, HAS_INJECT, INJECT_SET, HAS_SCALE)
+    S, at, tile, emit, inject, cursors = open_matrix_row(
+        s0_ptr, emit, inj, (iv_sb, iv_sh, iv_sk, iv_sv), L, H, K, V, P, Q, BK, BV, HAS_INITIAL
     )
+    i_b, i_h, o_k, o_v, m_k, m_v = at
     o_t = tl.arange(0, BT)
     u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.0).to(tl.float32)
     row = i_b.to(tl.int64) * L * H + i_h
     w_row = i_b.to(tl.int64) * w_sb + i_h * K
 
-    start = e_cur * 0
+    start = cursors[0] * 0
     while start < L:
-        end = tl.minimum(start + BT, L)
-        if HAS_INJECT:
-            end = tl.minimum(end, i_next + 1)
+        end = piece_end(start, L, cursors, inject, BT)
         t = start + o_t
         m_t = t < end
         p_rk = (row + t.to(tl.int64) * H)[:, None] * K  # [BT, 1]
@@ -200,50 +156,23 @@ def wkv6_chunk_kernel(
         S0 = S
         k_end = k * tl.exp(g_last[None, :] - g)
         S = tl.exp(g_last)[:, None] * S0 + tl.dot(tl.trans(k_end), v, input_precision=PRECISION)
-        if HAS_INJECT:
-            S, i_cur, i_next = inject_tile(
-                S,
-                end - 1,
-                i_cur,
-                i_next,
-                inj_t_ptr,
-                inj_s_ptr,
-                inj_v_ptr,
-                iv_sq,
-                inj_scale_ptr,
-                o_val,
-                m_kv,
-                INJECT_SET,
-                HAS_SCALE,
-            )
+        S, cursors = inject_step(S, end - 1, cursors, inject, tile)
         if HAS_EMIT:
-            while e_next < end:
-                if e_next == end - 1:
+            while cursors[1] < end:  # the piece's emissions, its end state (injected) last
+                if cursors[1] == end - 1:
                     S_t = S
                 else:
-                    here = o_t[:, None] == e_next - start
+                    here = o_t[:, None] == cursors[1] - start
                     g_t = tl.sum(tl.where(here, g, 0.0), 0)  # [BK]
-                    upto = o_t[:, None] <= e_next - start
+                    upto = o_t[:, None] <= cursors[1] - start
                     k_t = tl.where(upto, k * tl.exp(tl.minimum(g_t[None, :] - g, 0.0)), 0.0)
                     S_t = tl.exp(g_t)[:, None] * S0 + tl.dot(
                         tl.trans(k_t), v, input_precision=PRECISION
                     )
-                e_cur, e_next = emit_tile(
-                    S_t,
-                    e_next,
-                    e_cur,
-                    e_next,
-                    emit_t_ptr,
-                    emit_s_ptr,
-                    states_ptr,
-                    H * K * V,
-                    o_kv,
-                    m_kv,
-                )
+                cursors = emit_next(S_t, cursors, emit, H * K * V, tile)
         start = end
 
-    if STORE_FINAL:
-        tl.store(sT_ptr + state_off + o_kv, S, mask=m_kv)
+    close_matrix_row(sT_ptr, S, tile, STORE_FINAL)
 
 
 #: Largest key dimension of the chunked kernel (RWKV-5/6/7 models use 64); larger heads run the

@@ -14,7 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .._triton import end_of_step, open_matrix_row
+from .._triton import close_matrix_row, end_of_step, open_matrix_row
 
 
 @triton.jit
@@ -57,54 +57,12 @@ def wkv6_recurrent_kernel(
     INJECT_SET: tl.constexpr,
     HAS_SCALE: tl.constexpr,
 ):
-    (
-        i_b,
-        i_h,
-        o_k,
-        o_v,
-        m_k,
-        m_v,
-        m_kv,
-        o_kv,
-        state_off,
-        S,
-        emit_t_ptr,
-        emit_s_ptr,
-        states_ptr,
-        e_cur,
-        e_next,
-        inj_t_ptr,
-        inj_s_ptr,
-        inj_v_ptr,
-        inj_scale_ptr,
-        o_val,
-        i_cur,
-        i_next,
-    ) = open_matrix_row(
-        s0_ptr,
-        emit_t_ptr,
-        emit_s_ptr,
-        states_ptr,
-        inj_t_ptr,
-        inj_s_ptr,
-        inj_v_ptr,
-        inj_scale_ptr,
-        L,
-        H,
-        K,
-        V,
-        P,
-        Q,
-        iv_sb,
-        iv_sh,
-        iv_sk,
-        iv_sv,
-        BK,
-        BV,
-        HAS_INITIAL,
-        HAS_EMIT,
-        HAS_INJECT,
+    emit = (emit_t_ptr, emit_s_ptr, states_ptr, HAS_EMIT)
+    inj = (inj_t_ptr, inj_s_ptr, inj_v_ptr, iv_sq, inj_scale_ptr, HAS_INJECT, INJECT_SET, HAS_SCALE)
+    S, at, tile, emit, inject, cursors = open_matrix_row(
+        s0_ptr, emit, inj, (iv_sb, iv_sh, iv_sk, iv_sv), L, H, K, V, P, Q, BK, BV, HAS_INITIAL
     )
+    i_b, i_h, o_k, o_v, m_k, m_v = at
     u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.0).to(tl.float32)
     row = i_b.to(tl.int64) * L * H + i_h  # (b, t = 0, h); pointers advance one token per step
     r_ptr += row * K
@@ -122,38 +80,14 @@ def wkv6_recurrent_kernel(
         y = tl.sum(r[:, None] * (S + u[:, None] * kv), 0)  # [BV]
         tl.store(y_ptr + o_v, y.to(y_ptr.dtype.element_ty), mask=m_v)
         S = S * tl.exp(w)[:, None] + kv
-        S, e_cur, e_next, i_cur, i_next = end_of_step(
-            S,
-            t,
-            e_cur,
-            e_next,
-            i_cur,
-            i_next,
-            emit_t_ptr,
-            emit_s_ptr,
-            states_ptr,
-            inj_t_ptr,
-            inj_s_ptr,
-            inj_v_ptr,
-            inj_scale_ptr,
-            iv_sq,
-            H * K * V,
-            o_kv,
-            o_val,
-            m_kv,
-            HAS_EMIT,
-            HAS_INJECT,
-            INJECT_SET,
-            HAS_SCALE,
-        )
+        S, cursors = end_of_step(S, t, cursors, emit, inject, tile, H * K * V)
         r_ptr += H * K
         k_ptr += H * K
         v_ptr += H * V
         y_ptr += H * V
         w_ptr += w_st
 
-    if STORE_FINAL:
-        tl.store(sT_ptr + state_off + o_kv, S, mask=m_kv)
+    close_matrix_row(sT_ptr, S, tile, STORE_FINAL)
 
 
 def recurrent_blocks(key_dim: int, value_dim: int) -> tuple[int, int, int]:

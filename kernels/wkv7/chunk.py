@@ -21,7 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .._triton import emit_tile, inject_tile, open_matrix_row
+from .._triton import close_matrix_row, emit_next, end_of_step, open_matrix_row, piece_end
 from ..wkv6.chunk import CHUNK, STAGES
 from ..wkv6.chunk import chunk_blocks as wkv6_chunk_blocks
 
@@ -146,62 +146,18 @@ def wkv7_chunk_kernel(
     BT: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    (
-        i_b,
-        i_h,
-        o_k,
-        o_v,
-        m_k,
-        m_v,
-        m_kv,
-        o_kv,
-        state_off,
-        S,
-        emit_t_ptr,
-        emit_s_ptr,
-        states_ptr,
-        e_cur,
-        e_next,
-        inj_t_ptr,
-        inj_s_ptr,
-        inj_v_ptr,
-        inj_scale_ptr,
-        o_val,
-        i_cur,
-        i_next,
-    ) = open_matrix_row(
-        s0_ptr,
-        emit_t_ptr,
-        emit_s_ptr,
-        states_ptr,
-        inj_t_ptr,
-        inj_s_ptr,
-        inj_v_ptr,
-        inj_scale_ptr,
-        L,
-        H,
-        K,
-        V,
-        P,
-        Q,
-        iv_sb,
-        iv_sh,
-        iv_sk,
-        iv_sv,
-        BK,
-        BV,
-        HAS_INITIAL,
-        HAS_EMIT,
-        HAS_INJECT,
+    emit = (emit_t_ptr, emit_s_ptr, states_ptr, HAS_EMIT)
+    inj = (inj_t_ptr, inj_s_ptr, inj_v_ptr, iv_sq, inj_scale_ptr, HAS_INJECT, INJECT_SET, HAS_SCALE)
+    S, at, tile, emit, inject, cursors = open_matrix_row(
+        s0_ptr, emit, inj, (iv_sb, iv_sh, iv_sk, iv_sv), L, H, K, V, P, Q, BK, BV, HAS_INITIAL
     )
+    i_b, i_h, o_k, o_v, m_k, m_v = at
     o_t = tl.arange(0, BT)
     row = i_b.to(tl.int64) * L * H + i_h
 
-    start = e_cur * 0
+    start = cursors[0] * 0
     while start < L:
-        end = tl.minimum(start + BT, L)
-        if HAS_INJECT:
-            end = tl.minimum(end, i_next + 1)
+        end = piece_end(start, L, cursors, inject, BT)
         t = start + o_t
         m_t = t < end
         p_k = (row + t.to(tl.int64) * H)[:, None] * K + o_k[None, :]  # [BT, BK]
@@ -242,45 +198,14 @@ def wkv7_chunk_kernel(
         tl.store(y_ptr + p_v, y.to(y_ptr.dtype.element_ty), mask=m_tv)
 
         if HAS_EMIT:
-            while e_next < end - 1:  # inside the piece: before the state moves on
-                S_t = _state_at(e_next - start, S, g, b, k, removed, v, BT, PRECISION)
-                e_cur, e_next = emit_tile(
-                    S_t,
-                    e_next,
-                    e_cur,
-                    e_next,
-                    emit_t_ptr,
-                    emit_s_ptr,
-                    states_ptr,
-                    H * K * V,
-                    o_kv,
-                    m_kv,
-                )
+            while cursors[1] < end - 1:  # inside the piece: before the state moves on
+                S_t = _state_at(cursors[1] - start, S, g, b, k, removed, v, BT, PRECISION)
+                cursors = emit_next(S_t, cursors, emit, H * K * V, tile)
         S = _state_at(end - 1 - start, S, g, b, k, removed, v, BT, PRECISION)
-        if HAS_INJECT:
-            S, i_cur, i_next = inject_tile(
-                S,
-                end - 1,
-                i_cur,
-                i_next,
-                inj_t_ptr,
-                inj_s_ptr,
-                inj_v_ptr,
-                iv_sq,
-                inj_scale_ptr,
-                o_val,
-                m_kv,
-                INJECT_SET,
-                HAS_SCALE,
-            )
-        if HAS_EMIT:
-            e_cur, e_next = emit_tile(
-                S, end - 1, e_cur, e_next, emit_t_ptr, emit_s_ptr, states_ptr, H * K * V, o_kv, m_kv
-            )
+        S, cursors = end_of_step(S, end - 1, cursors, emit, inject, tile, H * K * V)
         start = end
 
-    if STORE_FINAL:
-        tl.store(sT_ptr + state_off + o_kv, S, mask=m_kv)
+    close_matrix_row(sT_ptr, S, tile, STORE_FINAL)
 
 
 def chunk_blocks(key_dim: int, value_dim: int) -> tuple[int, int, int]:
