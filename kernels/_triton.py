@@ -100,18 +100,17 @@ class KernelInstrumentation:
 
     @classmethod
     def build(
-        cls, instr: Instrumentation, initial_given: bool, state: torch.Tensor | None = None
+        cls, instr: Instrumentation, state: torch.Tensor | None = None
     ) -> KernelInstrumentation:
-        """From a validated ``instr`` (float32).  ``initial_given``: the caller passed
-        ``initial_state`` (else the kernel builds the empty state itself).  ``state``: a
-        float32 contiguous ``[B, *S]`` tensor to read the initial state from and write the
-        final state to, in place (the decode steps)."""
+        """From a validated ``instr`` (float32); without an ``initial_state`` the kernel builds
+        the empty state itself.  ``state``: a float32 contiguous ``[B, *S]`` tensor to read the
+        initial state from and write the final state to, in place (the decode steps)."""
         batch, device = instr.batch, instr.device
         if state is not None:
             initial, final = state, state
         else:
             given = instr.initial_state
-            initial = given.to(torch.float32).contiguous() if initial_given else None
+            initial = None if given is None else given.to(torch.float32).contiguous()
             final = (
                 empty((batch, *instr.state_shape), torch.float32, device)
                 if instr.output_final_state

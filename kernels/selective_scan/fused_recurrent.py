@@ -25,7 +25,7 @@ import triton.language as tl
 
 from .. import _triton
 from .._contract import ScanOutput, float64_runs
-from .._triton import KernelInstrumentation, emit_tile, inject_tile, row_schedule, softplus
+from .._triton import KernelInstrumentation, emit_tile, inject_tile, open_schedules, softplus
 from .reference import selective_scan as selective_scan_reference
 from .reference import validate
 
@@ -108,16 +108,12 @@ def _selective_scan_fwd_kernel(
         state = tl.load(h0_ptr + b * dim * N + dn, mask=mask, other=0.0)
     else:
         state = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
-    if HAS_EMIT:
-        e_cur = 0
-        emit_t_ptr, emit_s_ptr, e_next = row_schedule(emit_t_ptr, emit_s_ptr, b, P)
-        states_ptr += b * P * dim * N
-    if HAS_INJECT:
-        i_cur = 0
-        inj_t_ptr, inj_s_ptr, i_next = row_schedule(inj_t_ptr, inj_s_ptr, b, Q)
-        inj_v_ptr += b * sv_b
-        inj_scale_ptr += b * Q
-        v_off = offs_d[:, None] * sv_d + offs_n[None, :] * sv_n
+    emit = (emit_t_ptr, emit_s_ptr, states_ptr + b * P * dim * N, HAS_EMIT)
+    inject = (inj_t_ptr, inj_s_ptr, inj_v_ptr + b * sv_b, sv_q, inj_scale_ptr, HAS_INJECT)
+    inject += (INJECT_SET, HAS_SCALE)
+    emit, inject, cursors = open_schedules(emit, inject, tl.program_id(1), L, P, Q)  # int32 row
+    e_cur, e_next, i_cur, i_next = cursors
+    v_off = offs_d[:, None] * sv_d + offs_n[None, :] * sv_n
 
     for t in range(L):
         u = tl.load(u_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32)
@@ -146,25 +142,9 @@ def _selective_scan_fwd_kernel(
             y *= z * tl.sigmoid(z)
         tl.store(y_ptr + row + t, y.to(y_ptr.dtype.element_ty), mask=mask_d)
         if HAS_INJECT:
-            state, i_cur, i_next = inject_tile(
-                state,
-                t,
-                i_cur,
-                i_next,
-                inj_t_ptr,
-                inj_s_ptr,
-                inj_v_ptr,
-                sv_q,
-                inj_scale_ptr,
-                v_off,
-                mask,
-                INJECT_SET,
-                HAS_SCALE,
-            )
+            state, i_cur, i_next = inject_tile(state, t, i_cur, i_next, inject, v_off, mask)
         if HAS_EMIT:
-            e_cur, e_next = emit_tile(
-                state, t, e_cur, e_next, emit_t_ptr, emit_s_ptr, states_ptr, dim * N, dn, mask
-            )
+            e_cur, e_next = emit_tile(state, t, e_cur, e_next, emit, dim * N, dn, mask)
 
     if STORE_FINAL:
         tl.store(hT_ptr + b * dim * N + dn, state, mask=mask)
@@ -248,7 +228,7 @@ def selective_scan_triton(
     _triton.check_launchable(u.device, "selective_scan")
     batch, dim, length = u.shape
     state_size = A.shape[1]
-    launch = KernelInstrumentation.build(instr, initial_given=initial_state is not None)
+    launch = KernelInstrumentation.build(instr)
     y = _triton.empty((batch, dim, length), u.dtype, u.device)
     f32 = dict(dtype=torch.float32)
     spare = _triton.dummy(u.device)

@@ -38,7 +38,7 @@ import triton.language as tl
 
 from .. import _triton
 from .._contract import ScanOutput, float64_runs
-from .._triton import KernelInstrumentation, emit_tile, inject_tile, row_schedule, softplus
+from .._triton import KernelInstrumentation, emit_tile, inject_tile, open_schedules, softplus
 from .reference import ssd_chunked, validate
 
 
@@ -137,16 +137,12 @@ def _ssd_fwd_kernel(
         reset_t_ptr += b * (R + 1)
         r_cur = 0
         r_next = tl.load(reset_t_ptr)
-    if HAS_EMIT:
-        e_cur = 0
-        emit_t_ptr, emit_s_ptr, e_next = row_schedule(emit_t_ptr, emit_s_ptr, b, E)
-        states_ptr += (b * E * H + h) * P * N
-    if HAS_INJECT:
-        i_cur = 0
-        inj_t_ptr, inj_s_ptr, i_next = row_schedule(inj_t_ptr, inj_s_ptr, b, Q)
-        inj_v_ptr += b * v_b + h * v_h
-        inj_scale_ptr += b * Q
-        v_off = offs_p[:, None] * v_p + offs_n[None, :] * v_n
+    emit = (emit_t_ptr, emit_s_ptr, states_ptr + (b * E * H + h) * P * N, HAS_EMIT)
+    inject = (inj_t_ptr, inj_s_ptr, inj_v_ptr + b * v_b + h * v_h, v_q, inj_scale_ptr, HAS_INJECT)
+    inject += (INJECT_SET, HAS_SCALE)
+    emit, inject, cursors = open_schedules(emit, inject, tl.program_id(2), L, E, Q)  # int32 row
+    e_cur, e_next, i_cur, i_next = cursors
+    v_off = offs_p[:, None] * v_p + offs_n[None, :] * v_n
 
     start = 0
     while start < L:
@@ -206,49 +202,15 @@ def _ssd_fwd_kernel(
                 xe = (x.to(tl.float32) * w[:, None]).to(DOT_DTYPE)
                 emitted = _dot(tl.trans(xe), Bm, state * tl.exp2(cs_k), IEEE)
                 e_cur, e_next = emit_tile(
-                    emitted,
-                    e_next,
-                    e_cur,
-                    e_next,
-                    emit_t_ptr,
-                    emit_s_ptr,
-                    states_ptr,
-                    H * P * N,
-                    pn,
-                    mask_pn,
+                    emitted, e_next, e_cur, e_next, emit, H * P * N, pn, mask_pn
                 )
         to_end = tl.sum(tl.where(offs_t[:, None] == BLOCK_T - 1, decay, 0.0), axis=0)
         xw = (x.to(tl.float32) * (to_end * dt)[:, None]).to(DOT_DTYPE)
         new = _dot(tl.trans(xw), Bm, state * tl.exp2(total), IEEE)  # [BLOCK_P, BLOCK_N]
         if HAS_INJECT:
-            new, i_cur, i_next = inject_tile(
-                new,
-                end - 1,
-                i_cur,
-                i_next,
-                inj_t_ptr,
-                inj_s_ptr,
-                inj_v_ptr,
-                v_q,
-                inj_scale_ptr,
-                v_off,
-                mask_pn,
-                INJECT_SET,
-                HAS_SCALE,
-            )
+            new, i_cur, i_next = inject_tile(new, end - 1, i_cur, i_next, inject, v_off, mask_pn)
         if HAS_EMIT:  # at the piece's last token: the end state, after any injection
-            e_cur, e_next = emit_tile(
-                new,
-                end - 1,
-                e_cur,
-                e_next,
-                emit_t_ptr,
-                emit_s_ptr,
-                states_ptr,
-                P * N * H,
-                pn,
-                mask_pn,
-            )
+            e_cur, e_next = emit_tile(new, end - 1, e_cur, e_next, emit, H * P * N, pn, mask_pn)
         state = new
         start = end
 
@@ -329,8 +291,7 @@ def ssd_triton(
     _triton.check_launchable(x.device, "ssd")
     batch, length, heads, head_dim = x.shape
     groups, state_size = B.shape[2:]
-    has_initial = instrumentation.get("initial_state") is not None or initial_states is not None
-    launch = KernelInstrumentation.build(instr, initial_given=has_initial)
+    launch = KernelInstrumentation.build(instr)
     f32 = dict(dtype=torch.float32)
     spare = _triton.dummy(x.device)
     y = _triton.empty((batch, length, heads, head_dim), x.dtype, x.device)

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._contract import ScanOutput, is_exact_oracle
+from .._contract import ScanOutput, float64_runs
 from .._triton import KernelInstrumentation, emit_tile, inject_tile, open_schedules
 from .reference import EMPTY_MAX, validate, wkv4
 
@@ -126,8 +126,7 @@ def run_wkv4(w, u, k, v, instrumentation: dict, state=None, y=None) -> ScanOutpu
     """Validate as the reference does, launch :func:`wkv4_recurrent_kernel`, return the result.
     ``state``: ``[B, 3, C]`` float32 read and written in place (the decode step).  ``y``: a
     preallocated ``[B, L, C]`` output (default: allocated here)."""
-    given = instrumentation.get("initial_state") is not None
-    instr = KernelInstrumentation.build(validate(w, u, k, v, instrumentation), given, state)
+    instr = KernelInstrumentation.build(validate(w, u, k, v, instrumentation), state)
     w, u, k, v = (t.contiguous() for t in (w, u, k, v))
     y = torch.empty(v.shape, device=v.device, dtype=v.dtype) if y is None else y
     batch, length, channels = k.shape
@@ -151,6 +150,7 @@ def run_wkv4(w, u, k, v, instrumentation: dict, state=None, y=None) -> ScanOutpu
     return instr.output(y)
 
 
+@float64_runs(wkv4)
 def wkv4_triton(w, u, k, v, **instrumentation) -> ScanOutput:
     """RWKV-4 WKV forward on Triton, with state emission and injection fused in.
 
@@ -171,6 +171,4 @@ def wkv4_triton(w, u, k, v, **instrumentation) -> ScanOutput:
         >>> out.final_state.shape
         torch.Size([2, 3, 8])
     """
-    if is_exact_oracle(w, u, k, v):
-        return wkv4(w, u, k, v, **instrumentation)
     return run_wkv4(w, u, k, v, instrumentation)

@@ -5,7 +5,7 @@ Arguments and semantics as :mod:`statetap.kernels.wkv6.step` (``L = 1`` instrume
 
 from __future__ import annotations
 
-from .._contract import ScanOutput, check_state, is_exact_oracle
+from .._contract import ScanOutput, check_state, float64_runs
 from ..wkv6.step import one_token, reference_step
 from .fused_recurrent import run_wkv4
 from .reference import wkv4
@@ -30,6 +30,7 @@ def wkv4_step_reference(w, u, k, v, state, **instrumentation) -> ScanOutput:
     return reference_step(_wkv4_positional, state, [k, v], [w, u], instrumentation)
 
 
+@float64_runs(wkv4_step_reference)
 def wkv4_step_triton(w, u, k, v, state, **instrumentation) -> ScanOutput:
     """One RWKV-4 decode token on Triton, the state updated in place.
 
@@ -49,8 +50,6 @@ def wkv4_step_triton(w, u, k, v, state, **instrumentation) -> ScanOutput:
         True
     """
     check_state(state, (k.shape[0], 3, k.shape[-1]), ("B", "3", "C"), k.device)
-    if is_exact_oracle(w, u, k, v):
-        return wkv4_step_reference(w, u, k, v, state, **instrumentation)
     k, v = one_token(k, v)
     out = run_wkv4(w, u, k, v, instrumentation, state=state)
     return ScanOutput(out.y[:, 0], state, out.states)

@@ -6,11 +6,12 @@ batch and time strides are zero.
 
 from __future__ import annotations
 
-from .._contract import ScanOutput, is_exact_oracle
+from .._contract import ScanOutput, float64_runs
 from ..wkv6.launch import prepare, run
 from .reference import _time_varying, wkv5_chunked
 
 
+@float64_runs(wkv5_chunked)
 def wkv5_triton(r, k, v, w, u, scale=None, *, form="auto", **instrumentation) -> ScanOutput:
     """RWKV-5 WKV forward on Triton, with state emission and injection fused in.
 
@@ -32,7 +33,5 @@ def wkv5_triton(r, k, v, w, u, scale=None, *, form="auto", **instrumentation) ->
         >>> out.final_state.shape
         torch.Size([1, 2, 16, 16])
     """
-    if is_exact_oracle(r, k, v, w, u):
-        return wkv5_chunked(r, k, v, w, u, scale, **instrumentation)
     w = _time_varying(r, w)[0, 0].contiguous().expand(r.shape)  # batch, time strides 0
     return run(prepare(r, k, v, w, u, scale, instrumentation), form)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._contract import ScanOutput, is_exact_oracle
+from .._contract import ScanOutput, float64_runs
 from .._triton import KernelInstrumentation
 from .chunk import MAX_KEY_DIM, launch_chunked
 from .fused_recurrent import launch_recurrent
@@ -86,9 +86,7 @@ def prepare(r, k, v, w, u, scale, instrumentation: dict, state=None) -> Launch:
         u=u,
         scale=scale,
         y=torch.empty(v.shape, device=v.device, dtype=v.dtype),
-        instr=KernelInstrumentation.build(
-            instr, instrumentation.get("initial_state") is not None, state
-        ),
+        instr=KernelInstrumentation.build(instr, state),
     )
 
 
@@ -103,6 +101,7 @@ def run(launch: Launch, form: str = "auto") -> ScanOutput:
     return launch.output()
 
 
+@float64_runs(wkv6_chunked)
 def wkv6_triton(r, k, v, w, u, scale=None, *, form="auto", **instrumentation) -> ScanOutput:
     """RWKV-6 WKV forward on Triton, with state emission and injection fused in.
 
@@ -130,6 +129,4 @@ def wkv6_triton(r, k, v, w, u, scale=None, *, form="auto", **instrumentation) ->
         >>> out.states.shape
         torch.Size([1, 3, 1, 16, 16])
     """
-    if is_exact_oracle(r, k, v, w, u):
-        return wkv6_chunked(r, k, v, w, u, scale, **instrumentation)
     return run(prepare(r, k, v, w, u, scale, instrumentation), form)

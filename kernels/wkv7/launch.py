@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._contract import ScanOutput, is_exact_oracle
+from .._contract import ScanOutput, float64_runs
 from .._triton import KernelInstrumentation
 from ..wkv6.chunk import MAX_KEY_DIM
 from ..wkv6.launch import FORMS, RECURRENT_MAX_LENGTH
@@ -68,12 +68,11 @@ def prepare7(r, w, k, v, a, b, scale, instrumentation: dict, state=None) -> Laun
         inputs=inputs,
         scale=scale,
         y=torch.empty(v.shape, device=v.device, dtype=v.dtype),
-        instr=KernelInstrumentation.build(
-            instr, instrumentation.get("initial_state") is not None, state
-        ),
+        instr=KernelInstrumentation.build(instr, state),
     )
 
 
+@float64_runs(wkv7_chunked)
 def wkv7_triton(r, w, k, v, a, b, scale=1.0, *, form="auto", **instrumentation) -> ScanOutput:
     """RWKV-7 WKV forward on Triton, with state emission and injection fused in.
 
@@ -100,6 +99,4 @@ def wkv7_triton(r, w, k, v, a, b, scale=1.0, *, form="auto", **instrumentation) 
         >>> torch.allclose(out.states[:, 1], out.final_state)
         True
     """
-    if is_exact_oracle(r, w, k, v, a, b):
-        return wkv7_chunked(r, w, k, v, a, b, scale, **instrumentation)
     return prepare7(r, w, k, v, a, b, scale, instrumentation).run(form)

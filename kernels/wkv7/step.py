@@ -5,7 +5,7 @@ Arguments and semantics as :mod:`statetap.kernels.wkv6.step` (``L = 1`` instrume
 
 from __future__ import annotations
 
-from .._contract import ScanOutput, check_state, is_exact_oracle
+from .._contract import ScanOutput, check_state, float64_runs
 from ..wkv6.step import one_token, reference_step
 from .launch import prepare7
 from .reference import wkv7_sequential
@@ -25,6 +25,7 @@ def wkv7_step_reference(r, w, k, v, a, b, state, scale=1.0, **instrumentation) -
     return reference_step(wkv7_sequential, state, [r, w, k, v, a, b], [scale], instrumentation)
 
 
+@float64_runs(wkv7_step_reference)
 def wkv7_step_triton(r, w, k, v, a, b, state, scale=1.0, **instrumentation) -> ScanOutput:
     """One RWKV-7 decode token on Triton, the state updated in place.
 
@@ -45,8 +46,6 @@ def wkv7_step_triton(r, w, k, v, a, b, state, scale=1.0, **instrumentation) -> S
         True
     """
     check_state(state, (*r.shape, v.shape[-1]), ("B", "H", "K", "V"), r.device)
-    if is_exact_oracle(r, w, k, v, a, b):
-        return wkv7_step_reference(r, w, k, v, a, b, state, scale, **instrumentation)
     inputs = one_token(r, w, k, v, a, b)
     out = prepare7(*inputs, scale, instrumentation, state=state).run()
     return ScanOutput(out.y[:, 0], state, out.states)
