@@ -129,8 +129,11 @@ def float64_runs(reference: Callable) -> Callable[[Callable], Callable]:
 
 def _positions(
     name: str, value: object, batch: int, length: int, device: torch.device
-) -> torch.Tensor:
-    """Validate ``emit_at`` / ``inject_at``: integer ``[B, P]`` or ``[P]`` in ``[0, L)`` or -1."""
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """Validate ``emit_at`` / ``inject_at``: integer ``[B, P]`` or ``[P]`` in ``[0, L)`` or -1.
+
+    Returns the positions ``[B, P]`` long and their per-row schedule ``(times, slots)`` (see
+    :meth:`Instrumentation.schedule`; the duplicate check sorts them anyway)."""
     expected = f"[B={batch}, P] or [P]"
     if not isinstance(value, torch.Tensor):
         raise TypeError(
@@ -147,22 +150,22 @@ def _positions(
     if value.dim() != 2 or value.shape[0] != batch:
         raise ValueError(f"{name} must have shape {expected}, got {shape_str(value.shape)}")
     value = value.long()
-    bad = (value < -1) | (value >= length)
-    if bool(bad.any()):
-        row, slot = (int(i) for i in bad.nonzero()[0])
+    low, high = (int(v) for v in torch.aminmax(value)) if value.numel() else (-1, -1)
+    if low < -1 or high >= length:
+        row, slot = (int(i) for i in ((value < -1) | (value >= length)).nonzero()[0])
         raise ValueError(
             f"{name}[{row}, {slot}] = {int(value[row, slot])} is out of range: positions must be "
             f"in [0, L={length}) or -1 for an unused slot"
         )
-    ordered = value.sort(dim=1).values
-    dup = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)
+    times, slots = Instrumentation.schedule(value, length)
+    dup = (times[:, 1:] == times[:, :-1]) & (times[:, 1:] < length)
     if bool(dup.any()):
         row, slot = (int(i) for i in dup.nonzero()[0])
         raise ValueError(
-            f"{name} row {row} names position {int(ordered[row, slot + 1])} twice; each position "
+            f"{name} row {row} names position {int(times[row, slot + 1])} twice; each position "
             f"may appear once per row"
         )
-    return value
+    return value, (times, slots)
 
 
 class Instrumentation:
@@ -215,15 +218,17 @@ class Instrumentation:
         #: the op's neutral ``[*S]`` state, or None for zeros (a kernel may start from nothing)
         self.default_initial = default_initial
 
-        self.emit_at = (
-            None if emit_at is None else _positions("emit_at", emit_at, batch, length, device)
-        )
-        self.inject_at = (
-            None if inject_at is None else _positions("inject_at", inject_at, batch, length, device)
-        )
+        #: ``[B, P]`` long positions, and their per-row schedule ``(times, slots)`` int32
+        #: (:meth:`schedule`), or None
+        self.emit_at = self.emit_schedule = None
+        if emit_at is not None:
+            self.emit_at, self.emit_schedule = _positions("emit_at", emit_at, batch, length, device)
+        self.inject_at = self.inject_schedule = None
+        if inject_at is not None:
+            self.inject_at, self.inject_schedule = _positions(
+                "inject_at", inject_at, batch, length, device
+            )
         self._check_injection(inject_value, inject_mode, inject_scale)
-        self._inject_times = set(self.inject_positions())
-        self._emit_times = set(self.emit_positions())
 
     def _check_injection(
         self,
@@ -312,6 +317,14 @@ class Instrumentation:
         if positions is None:
             return []
         return [int(t) for t in positions.unique().tolist() if t >= 0]
+
+    @functools.cached_property
+    def _inject_times(self) -> set[int]:
+        return set(self.inject_positions())
+
+    @functools.cached_property
+    def _emit_times(self) -> set[int]:
+        return set(self.emit_positions())
 
     @staticmethod
     def schedule(positions: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:

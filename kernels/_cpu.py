@@ -106,12 +106,8 @@ def contract_args(instr: Instrumentation, state: torch.Tensor | None = None) -> 
             states[unused] = 0.0
         args["states"] = states
     if instr.emit_at is not None and instr.emit_at.shape[1] > 0:
-        args["emit_times"], args["emit_slots"] = Instrumentation.schedule(
-            instr.emit_at, instr.length
-        )
+        args["emit_times"], args["emit_slots"] = instr.emit_schedule
     if instr.inject_at is not None and instr.inject_at.shape[1] > 0:
-        args["inject_times"], args["inject_slots"] = Instrumentation.schedule(
-            instr.inject_at, instr.length
-        )
+        args["inject_times"], args["inject_slots"] = instr.inject_schedule
         args["inject_value"], args["inject_scale"] = instr.inject_value, instr.inject_scale
     return args

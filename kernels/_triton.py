@@ -8,8 +8,8 @@ poison them with NaN through it), :func:`dummy` and the ``@triton.jit`` :func:`s
 
 Launch side: :class:`KernelInstrumentation` turns a validated :class:`Instrumentation` into the
 tensors a kernel walks through time: per row, the sorted emission and injection times with a
-sentinel ``L`` at the end (:func:`schedule`; a cursor never runs off the row), the caller's slot
-of each time, the zeroed ``states`` buffer, the injected values (any strides: a broadcast
+sentinel ``L`` at the end (:func:`with_sentinel`; a cursor never runs off the row), the caller's
+slot of each time, the zeroed ``states`` buffer, the injected values (any strides: a broadcast
 steering vector is never copied ``B`` times) and the scales, plus the ``tl.constexpr`` flags that
 select the kernel's specialisation.  With nothing requested the flags are all False and the
 kernel is the plain one.
@@ -51,16 +51,16 @@ def dummy(device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Ten
     return torch.zeros(1, dtype=dtype, device=device)
 
 
-def schedule(
-    positions: torch.Tensor | None, batch: int, length: int, device
+def with_sentinel(
+    schedule: tuple[torch.Tensor, torch.Tensor] | None, batch: int, length: int, device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(times, slots)`` int32 ``[B, P + 1]`` contiguous of validated ``[B, P]`` positions
-    (``-1`` unused, None for none): row ``b``'s times ascending (unused slots at ``L``), the
-    caller's slot of each, and a sentinel time ``L`` last."""
+    """A per-row schedule ``(times, slots)`` int32 ``[B, P]`` (:meth:`Instrumentation.schedule`,
+    None for none) as the kernels walk it: ``[B, P + 1]`` contiguous, a sentinel time ``L``
+    last."""
     sentinel = torch.full((batch, 1), length, device=device, dtype=torch.int32)
-    if positions is None:
+    if schedule is None:
         return sentinel, torch.zeros_like(sentinel)
-    times, slots = Instrumentation.schedule(positions, length)
+    times, slots = schedule
     return (
         torch.cat([times, sentinel], 1).contiguous(),
         torch.cat([slots, torch.zeros_like(sentinel)], 1).contiguous(),
@@ -116,8 +116,10 @@ class KernelInstrumentation:
                 if instr.output_final_state
                 else None
             )
-        emit_times, emit_slots = schedule(instr.emit_at, batch, instr.length, device)
-        inject_times, inject_slots = schedule(instr.inject_at, batch, instr.length, device)
+        emit_times, emit_slots = with_sentinel(instr.emit_schedule, batch, instr.length, device)
+        inject_times, inject_slots = with_sentinel(
+            instr.inject_schedule, batch, instr.length, device
+        )
         scale = instr.inject_scale
         return cls(
             instr=instr,
