@@ -32,20 +32,30 @@ struct Peak {
   template <int W>
   static STATETAP_INLINE void rows(const Args& a, int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
-      F<W> acc[kChains];
-      for (int c = 0; c < kChains; ++c) acc[c] = simd::broadcast<W>(0.5f + 0.01f * c);
-      const F<W> scale = simd::broadcast<W>(a.exp ? -1.0f : 0.999999f);
-      const F<W> shift = simd::broadcast<W>(1e-6f);
-      for (int64_t i = 0; i < a.iterations; ++i) {
-        for (int c = 0; c < kChains; ++c) {
-          // x -> e^{-x} converges to 0.567; x -> 0.999999 x + 1e-6 to 1: no overflow either way
-          acc[c] = a.exp ? simd::exp<W>(acc[c] * scale) : acc[c] * scale + shift;
+      a.sink[row] = a.exp ? chains<W, true>(a.iterations) : chains<W, false>(a.iterations);
+    }
+  }
+
+  /// kChains independent chains of `iterations` steps (all in registers); their sum.
+  template <int W, bool EXP>
+  static STATETAP_INLINE float chains(int64_t iterations) {
+    F<W> acc[kChains];
+    for (int c = 0; c < kChains; ++c) acc[c] = simd::broadcast<W>(0.5f + 0.01f * c);
+    const F<W> scale = simd::broadcast<W>(EXP ? -1.0f : 0.999999f);
+    const F<W> shift = simd::broadcast<W>(1e-6f);
+    for (int64_t i = 0; i < iterations; ++i) {
+      for (int c = 0; c < kChains; ++c) {
+        // x -> e^{-x} converges to 0.567; x -> 0.999999 x + 1e-6 to 1: no overflow either way
+        if constexpr (EXP) {
+          acc[c] = simd::exp<W>(acc[c] * scale);
+        } else {
+          acc[c] = acc[c] * scale + shift;
         }
       }
-      F<W> total{};
-      for (int c = 0; c < kChains; ++c) total = total + acc[c];
-      a.sink[row] = simd::hsum<W>(total);
     }
+    F<W> total{};
+    for (int c = 0; c < kChains; ++c) total = total + acc[c];
+    return simd::hsum<W>(total);
   }
 };
 

@@ -71,8 +71,18 @@ struct Wkv6 {
         wkv::load_padded(a.w, key_at, K, Kp, w);
         wkv::exp_row<W>(w, Kp, decay);
       }
-      float bonus = 0.0f;
-      for (int64_t i = 0; i < K; ++i) {
+      // r *= scale and the bonus (scale r) . (u * k), vectorised (the padded lanes of r and k
+      // are zero; u is read unpadded, so its tail is scalar)
+      const F<W> scale = simd::broadcast<W>(a.scale);
+      F<W> bonus_lanes{};
+      int64_t i = 0;
+      for (; i + W <= K; i += W) {
+        const F<W> ri = simd::load<W>(r + i) * scale;
+        simd::store<W>(r + i, ri);
+        bonus_lanes = bonus_lanes + ri * simd::load<W>(u + i) * simd::load<W>(k + i);
+      }
+      float bonus = simd::hsum<W>(bonus_lanes);
+      for (; i < K; ++i) {
         r[i] *= a.scale;
         bonus += r[i] * u[i] * k[i];
       }
