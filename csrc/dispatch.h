@@ -33,6 +33,15 @@ struct FloatRows {
   FloatRows() = default;
   explicit FloatRows(const at::Tensor& t) : data(t.data_ptr()), dtype(t.scalar_type()) {}
 
+  /// Ask the caches for elements [offset, offset + n) ahead of their use: a recurrence reads
+  /// one token's row at a time, a whole token stride apart (often past the hardware
+  /// prefetchers' reach).
+  void prefetch(int64_t offset, int64_t n) const {
+    const int64_t size = dtype == at::kFloat ? 4 : 2;
+    const char* first = static_cast<const char*>(data) + offset * size;
+    for (int64_t byte = 0; byte < n * size; byte += 64) __builtin_prefetch(first + byte);
+  }
+
   /// Elements offset + i * stride, i < n, as float32: `row` when the stride is 1, else gathered
   /// into `buffer` (n floats).
   const float* strided_row(int64_t offset, int64_t stride, int64_t n, float* buffer) const {

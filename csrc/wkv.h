@@ -14,6 +14,9 @@
 
 namespace statetap::wkv {
 
+/// Tokens ahead whose rows a kernel prefetches (FloatRows::prefetch).
+constexpr int64_t kPrefetchAhead = 2;
+
 /// Round n up to whole vectors of W floats.
 inline int64_t padded(int64_t n, int64_t W) { return (n + W - 1) / W * W; }
 

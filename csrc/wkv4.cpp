@@ -81,6 +81,10 @@ struct Wkv4 {
     RowCursor cursor = a.events.cursor<INSTR>(b);
     for (int64_t t = 0; t < L; ++t) {
       const int64_t at = (b * L + t) * C + c0;
+      if (t + wkv::kPrefetchAhead < L) {
+        a.k.prefetch(at + wkv::kPrefetchAhead * C, n);
+        a.v.prefetch(at + wkv::kPrefetchAhead * C, n);
+      }
       wkv::load_padded(a.k, at, n, kBlock, k);
       wkv::load_padded(a.v, at, n, kBlock, v);
       for (int64_t i = 0; i < kBlock; i += W) {

@@ -64,6 +64,13 @@ struct Wkv6 {
 
     for (int64_t t = 0; t < L; ++t) {
       const int64_t key_at = ((b * L + t) * H + h) * K, value_at = ((b * L + t) * H + h) * V;
+      if (t + wkv::kPrefetchAhead < L) {
+        const int64_t ahead = wkv::kPrefetchAhead * H;  // rows of the token kPrefetchAhead on
+        a.r.prefetch(key_at + ahead * K, K);
+        a.k.prefetch(key_at + ahead * K, K);
+        a.v.prefetch(value_at + ahead * V, V);
+        if (!a.static_decay) a.w.prefetch(key_at + ahead * K, K);
+      }
       wkv::load_padded(a.r, key_at, K, Kp, r);
       wkv::load_padded(a.k, key_at, K, Kp, k);
       wkv::load_padded(a.v, value_at, V, Vp, v);

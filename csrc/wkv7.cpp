@@ -85,6 +85,13 @@ struct Wkv7 {
     for (int64_t t = 0; t < L; ++t) {
       const int64_t key_at = at(t), value_at = ((b * L + t) * H + h) * V;
       const bool more = t + 1 < L;
+      if (t + wkv::kPrefetchAhead < L) {
+        const int64_t ahead = wkv::kPrefetchAhead * H;  // rows of the token kPrefetchAhead on
+        for (const FloatRows* rows : {&a.r, &a.w, &a.k, &a.a, &a.b}) {
+          rows->prefetch(key_at + ahead * K, K);
+        }
+        a.v.prefetch(value_at + ahead * V, V);
+      }
       wkv::load_padded(a.r, key_at, K, Kp, r);
       wkv::load_padded(a.w, key_at, K, Kp, w);
       wkv::exp_row<W>(w, Kp, decay);
