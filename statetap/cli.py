@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--short", action="store_true", help="tiny recipes, seconds of training")
     demo.add_argument("--texts", type=int, default=256, help="held-out texts per model")
-    demo.add_argument("--repeats", type=int, default=5, help="timed repeats per variant")
+    demo.add_argument("--repeats", type=int, default=21, help="timed repeats per variant")
     demo.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     demo.add_argument(
         "--processes", type=int, help="processes training missing models (default: CPU cores)"

@@ -77,7 +77,7 @@ class DemoConfig:
     short: bool = False
     texts: int = 256
     cost_batch: int = 16
-    repeats: int = 5
+    repeats: int = 21
     device: str | None = None
     processes: int | None = None
 
