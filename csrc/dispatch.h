@@ -10,6 +10,8 @@
 
 #include <cstdint>
 
+#include "simd.h"  // STATETAP_INLINE: these run inside each ISA's kernel, vectorised for it
+
 namespace statetap {
 
 /// Raise TypeError unless `t` is float32, float16 or bfloat16.
@@ -44,7 +46,8 @@ struct FloatRows {
 
   /// Elements offset + i * stride, i < n, as float32: `row` when the stride is 1, else gathered
   /// into `buffer` (n floats).
-  const float* strided_row(int64_t offset, int64_t stride, int64_t n, float* buffer) const {
+  STATETAP_INLINE const float* strided_row(int64_t offset, int64_t stride, int64_t n,
+                                           float* buffer) const {
     if (stride == 1) return row(offset, n, buffer);
     switch (dtype) {
       case at::kHalf:
@@ -61,7 +64,7 @@ struct FloatRows {
 
   /// Elements [offset, offset + n) as float32: a pointer into the tensor when it is float32,
   /// else converted into `buffer` (n floats).
-  const float* row(int64_t offset, int64_t n, float* buffer) const {
+  STATETAP_INLINE const float* row(int64_t offset, int64_t n, float* buffer) const {
     switch (dtype) {
       case at::kHalf:
         convert(static_cast<const c10::Half*>(data) + offset, n, buffer);
@@ -76,12 +79,12 @@ struct FloatRows {
 
  private:
   template <class T>
-  static void convert(const T* src, int64_t n, float* dst) {
+  STATETAP_INLINE static void convert(const T* src, int64_t n, float* dst) {
     for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
   }
 
   template <class T>
-  static void gather(const T* src, int64_t stride, int64_t n, float* dst) {
+  STATETAP_INLINE static void gather(const T* src, int64_t stride, int64_t n, float* dst) {
     for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i * stride]);
   }
 };
@@ -95,7 +98,7 @@ struct OutputRows {
   explicit OutputRows(const at::Tensor& t) : data(t.data_ptr()), dtype(t.scalar_type()) {}
 
   /// Write `n` floats to elements [offset, offset + n), rounding to the output dtype.
-  void write(int64_t offset, int64_t n, const float* src) const {
+  STATETAP_INLINE void write(int64_t offset, int64_t n, const float* src) const {
     switch (dtype) {
       case at::kHalf:
         convert(src, n, static_cast<c10::Half*>(data) + offset);
@@ -110,7 +113,7 @@ struct OutputRows {
 
  private:
   template <class T>
-  static void convert(const float* src, int64_t n, T* dst) {
+  STATETAP_INLINE static void convert(const float* src, int64_t n, T* dst) {
     for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(src[i]);
   }
 };

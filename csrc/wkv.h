@@ -34,13 +34,22 @@ struct MatrixDims {
 
 /// dst[0 .. n) = src[offset .. offset + n) as float32, dst[n .. n_pad) = 0 (so padded lanes
 /// stay zero through the updates).
-inline void load_padded(const FloatRows& src, int64_t offset, int64_t n, int64_t n_pad,
-                        float* dst) {
+STATETAP_INLINE void load_padded(const FloatRows& src, int64_t offset, int64_t n, int64_t n_pad,
+                                 float* dst) {
   const float* row = src.row(offset, n, dst);
   if (row != dst) {
     for (int64_t i = 0; i < n; ++i) dst[i] = row[i];
   }
   for (int64_t i = n; i < n_pad; ++i) dst[i] = 0.0f;
+}
+
+/// The same row, read-only: the tensor's own memory where it is float32 and needs no padding
+/// (n == n_pad), else `buffer` filled by load_padded.
+STATETAP_INLINE const float* padded_row(const FloatRows& src, int64_t offset, int64_t n,
+                                        int64_t n_pad, float* buffer) {
+  if (src.dtype == at::kFloat && n == n_pad) return static_cast<const float*>(src.data) + offset;
+  load_padded(src, offset, n, n_pad, buffer);
+  return buffer;
 }
 
 /// out[i] = e^{x[i]} for i < n_pad (n_pad a multiple of W), vectorised.

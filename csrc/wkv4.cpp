@@ -85,10 +85,10 @@ struct Wkv4 {
         a.k.prefetch(at + wkv::kPrefetchAhead * C, n);
         a.v.prefetch(at + wkv::kPrefetchAhead * C, n);
       }
-      wkv::load_padded(a.k, at, n, kBlock, k);
-      wkv::load_padded(a.v, at, n, kBlock, v);
+      const float* k_row = wkv::padded_row(a.k, at, n, kBlock, k);
+      const float* v_row = wkv::padded_row(a.v, at, n, kBlock, v);
       for (int64_t i = 0; i < kBlock; i += W) {
-        const F<W> kt = simd::load<W>(k + i), vt = simd::load<W>(v + i);
+        const F<W> kt = simd::load<W>(k_row + i), vt = simd::load<W>(v_row + i);
         const F<W> bonus = simd::load<W>(a.u + c0 + i) + kt;
         F<W> s_aa = simd::load<W>(aa + i), s_bb = simd::load<W>(bb + i),
              s_pp = simd::load<W>(pp + i), old, fresh;

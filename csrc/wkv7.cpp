@@ -92,12 +92,11 @@ struct Wkv7 {
         }
         a.v.prefetch(value_at + ahead * V, V);
       }
-      wkv::load_padded(a.r, key_at, K, Kp, r);
-      wkv::load_padded(a.w, key_at, K, Kp, w);
-      wkv::exp_row<W>(w, Kp, decay);
-      wkv::load_padded(a.k, key_at, K, Kp, k);
-      wkv::load_padded(a.b, key_at, K, Kp, kb);
-      wkv::load_padded(a.v, value_at, V, Vp, v);
+      const float* r_row = wkv::padded_row(a.r, key_at, K, Kp, r);
+      wkv::exp_row<W>(wkv::padded_row(a.w, key_at, K, Kp, w), Kp, decay);
+      const float* k_row = wkv::padded_row(a.k, key_at, K, Kp, k);
+      const float* b_row = wkv::padded_row(a.b, key_at, K, Kp, kb);
+      const float* v_row = wkv::padded_row(a.v, value_at, V, Vp, v);
       if (more) {
         wkv::load_padded(a.a, at(t + 1), K, Kp, ka_next);
       } else {
@@ -106,13 +105,13 @@ struct Wkv7 {
       for (int64_t j = 0; j < nv; ++j) acc[j] = next[j] = F<W>{};
       // S_t = diag(e^w) S_{t-1} + b removed^T + k v^T;  y = S_t^T (scale r);  next = a_{t+1}^T S_t
       for (int64_t i = 0; i < K; ++i) {
-        const F<W> di = simd::broadcast<W>(decay[i]), bi = simd::broadcast<W>(kb[i]),
-                   ki = simd::broadcast<W>(k[i]), ri = simd::broadcast<W>(r[i] * a.scale),
+        const F<W> di = simd::broadcast<W>(decay[i]), bi = simd::broadcast<W>(b_row[i]),
+                   ki = simd::broadcast<W>(k_row[i]), ri = simd::broadcast<W>(r_row[i] * a.scale),
                    ni = simd::broadcast<W>(ka_next[i]);
-        float* row = S + i * Vp;
+        float* __restrict row = S + i * Vp;
         for (int64_t j = 0; j < nv; ++j) {
-          const F<W> s =
-              di * simd::load<W>(row + j * W) + bi * removed[j] + ki * simd::load<W>(v + j * W);
+          const F<W> s = di * simd::load<W>(row + j * W) + bi * removed[j] +
+                         ki * simd::load<W>(v_row + j * W);
           simd::store<W>(row + j * W, s);
           acc[j] = acc[j] + ri * s;
           next[j] = next[j] + ni * s;
