@@ -109,8 +109,17 @@ def _selective_scan_fwd_kernel(
     else:
         state = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
     emit = (emit_t_ptr, emit_s_ptr, states_ptr + b * P * dim * N, HAS_EMIT)
-    inject = (inj_t_ptr, inj_s_ptr, inj_v_ptr + b * sv_b, sv_q, inj_scale_ptr, HAS_INJECT)
-    inject += (INJECT_SET, HAS_SCALE)
+    inj_v_ptr += b * sv_b
+    inject = (
+        inj_t_ptr,
+        inj_s_ptr,
+        inj_v_ptr,
+        sv_q,
+        inj_scale_ptr,
+        HAS_INJECT,
+        INJECT_SET,
+        HAS_SCALE,
+    )
     emit, inject, cursors = open_schedules(emit, inject, tl.program_id(1), L, P, Q)  # int32 row
     e_cur, e_next, i_cur, i_next = cursors
     v_off = offs_d[:, None] * sv_d + offs_n[None, :] * sv_n

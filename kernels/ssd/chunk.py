@@ -138,8 +138,17 @@ def _ssd_fwd_kernel(
         r_cur = 0
         r_next = tl.load(reset_t_ptr)
     emit = (emit_t_ptr, emit_s_ptr, states_ptr + (b * E * H + h) * P * N, HAS_EMIT)
-    inject = (inj_t_ptr, inj_s_ptr, inj_v_ptr + b * v_b + h * v_h, v_q, inj_scale_ptr, HAS_INJECT)
-    inject += (INJECT_SET, HAS_SCALE)
+    inj_v_ptr += b * v_b + h * v_h
+    inject = (
+        inj_t_ptr,
+        inj_s_ptr,
+        inj_v_ptr,
+        v_q,
+        inj_scale_ptr,
+        HAS_INJECT,
+        INJECT_SET,
+        HAS_SCALE,
+    )
     emit, inject, cursors = open_schedules(emit, inject, tl.program_id(2), L, E, Q)  # int32 row
     e_cur, e_next, i_cur, i_next = cursors
     v_off = offs_p[:, None] * v_p + offs_n[None, :] * v_n
