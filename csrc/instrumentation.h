@@ -2,11 +2,11 @@
 // schedule of each batch row (times ascending, unused slots at time L, as
 // Instrumentation.schedule gives them), applied to a float32 state block.
 //
-// A kernel keeps a RowCursor per batch row (one whose steps are a few instructions, the
-// selective scan's, runs the plain steps up to the next event, cursor.segment_end, so no step in
-// between pays for the check); at a step where cursor.at(t) holds it
-// spills its state to memory and calls RowEvents::apply, which injects first (S = value, or
-// S += scale * value) and then emits (states[b, slot] = S), the order of the contract.
+// A kernel keeps a RowCursor per batch row; at a step where cursor.at(t) holds it spills its
+// state to memory and calls RowEvents::apply, which injects first (S = value, or
+// S += scale * value) and then emits (states[b, slot] = S), the order of the contract.  A kernel
+// whose steps are a few instructions (the selective scan's) runs the plain steps up to the next
+// event (cursor.segment_end), so no step in between pays for the check.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -3,7 +3,7 @@
 // all threads reach with the instruction set the kernels run with.  The CPU benchmark suite
 // states each kernel's distance to its compute bound with these rates.
 //
-// Each thread runs `chains` independent dependency chains (enough to cover the FMA latency on
+// Each thread runs kChains independent dependency chains (enough to cover the FMA latency on
 // every pipe) for `iterations` steps; lanes are counted, so an AVX-512 FMA is 16.
 #include <ATen/Parallel.h>
 #include <torch/library.h>

@@ -5,6 +5,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <optional>
 #include <vector>
 
@@ -31,6 +32,20 @@ struct MatrixDims {
             padded(v.size(3), width)};
   }
 };
+
+/// Prefetch the rows of token t + kPrefetchAhead (none past the sequence) of one head in
+/// [B, L, H, *] layouts: K floats of each tensor in `keys` (null entries skipped) and V floats
+/// of `values`; key_at and value_at are token t's offsets.
+STATETAP_INLINE void prefetch_ahead(std::initializer_list<const FloatRows*> keys,
+                                    const FloatRows& values, int64_t t, int64_t key_at,
+                                    int64_t value_at, const MatrixDims& d) {
+  if (t + kPrefetchAhead >= d.length) return;
+  const int64_t rows = kPrefetchAhead * d.heads;  // token rows between t and the one ahead
+  for (const FloatRows* key : keys) {
+    if (key != nullptr) key->prefetch(key_at + rows * d.key_dim, d.key_dim);
+  }
+  values.prefetch(value_at + rows * d.value_dim, d.value_dim);
+}
 
 /// dst[0 .. n) = src[offset .. offset + n) as float32, dst[n .. n_pad) = 0 (so padded lanes
 /// stay zero through the updates).

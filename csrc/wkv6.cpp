@@ -64,13 +64,8 @@ struct Wkv6 {
 
     for (int64_t t = 0; t < L; ++t) {
       const int64_t key_at = ((b * L + t) * H + h) * K, value_at = ((b * L + t) * H + h) * V;
-      if (t + wkv::kPrefetchAhead < L) {
-        const int64_t ahead = wkv::kPrefetchAhead * H;  // rows of the token kPrefetchAhead on
-        a.r.prefetch(key_at + ahead * K, K);
-        a.k.prefetch(key_at + ahead * K, K);
-        a.v.prefetch(value_at + ahead * V, V);
-        if (!a.static_decay) a.w.prefetch(key_at + ahead * K, K);
-      }
+      wkv::prefetch_ahead({&a.r, &a.k, a.static_decay ? nullptr : &a.w}, a.v, t, key_at,
+                          value_at, a);
       const float* rt = wkv::padded_row(a.r, key_at, K, Kp, r);
       const float* kt = wkv::padded_row(a.k, key_at, K, Kp, k);
       const float* vt = wkv::padded_row(a.v, value_at, V, Vp, v);

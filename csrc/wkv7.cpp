@@ -85,13 +85,7 @@ struct Wkv7 {
     for (int64_t t = 0; t < L; ++t) {
       const int64_t key_at = at(t), value_at = ((b * L + t) * H + h) * V;
       const bool more = t + 1 < L;
-      if (t + wkv::kPrefetchAhead < L) {
-        const int64_t ahead = wkv::kPrefetchAhead * H;  // rows of the token kPrefetchAhead on
-        for (const FloatRows* rows : {&a.r, &a.w, &a.k, &a.a, &a.b}) {
-          rows->prefetch(key_at + ahead * K, K);
-        }
-        a.v.prefetch(value_at + ahead * V, V);
-      }
+      wkv::prefetch_ahead({&a.r, &a.w, &a.k, &a.a, &a.b}, a.v, t, key_at, value_at, a);
       const float* r_row = wkv::padded_row(a.r, key_at, K, Kp, r);
       wkv::exp_row<W>(wkv::padded_row(a.w, key_at, K, Kp, w), Kp, decay);
       const float* k_row = wkv::padded_row(a.k, key_at, K, Kp, k);
