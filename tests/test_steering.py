@@ -359,7 +359,8 @@ def test_p_match_nonsense_and_summaries_against_a_hand_computation():
 @torch.no_grad()
 def test_steered_generation_equals_a_greedy_loop_with_a_hook(mamba):
     """Residual mode with steer_new: m * u at the last prompt token and at every generated
-    token; prompts of two lengths (left-padded in one batch), each against its own loop."""
+    token; prompts of two lengths (left-padded in one batch), each against its own loop (the
+    end-of-text id is barred until ``min_new_tokens``, as ``generate`` bars it)."""
     tap = statetap.attach(mamba)
     vectors = _random_vectors(tap)
     prompts = Prompts([torch.randint(3, VOCAB, (7,)), torch.randint(3, VOCAB, (5,))])
@@ -391,7 +392,9 @@ def test_steered_generation_equals_a_greedy_loop_with_a_hook(mamba):
             for k in range(new):
                 logits = mamba(torch.tensor([sequence])).logits[0, -1]
                 _close(logits, out.output.logits[k][row], atol=1e-4)
-                sequence.append(int(logits.argmax()))
+                allowed = logits.clone()
+                allowed[mamba.config.eos_token_id] = -torch.inf
+                sequence.append(int(allowed.argmax()))
         finally:
             handle.remove()
         assert out.sequences[row, -new:].tolist() == sequence[-new:]
