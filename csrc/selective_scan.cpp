@@ -141,25 +141,16 @@ struct Scan {
       }
     };
 
-    if constexpr (!INSTR) {
-      steps(0, L);
-    } else {
-      RowCursor cursor = a.events.cursor<INSTR>(b);
-      for (int64_t t = 0; t < L;) {
-        const int64_t end = cursor.segment_end(t, L);
-        steps(t, end);
-        t = end;
-        if (cursor.at(t - 1)) {
-          if constexpr (NV > 0) {
-            for (int v = 0; v < NV; ++v) simd::store<W>(state_mem + v * W, state[v]);
-          }
-          a.events.apply(cursor, t - 1, b, d * N, N, state_mem);
-          if constexpr (NV > 0) {
-            for (int v = 0; v < NV; ++v) state[v] = simd::load<W>(state_mem + v * W);
-          }
-        }
+    RowCursor cursor = a.events.cursor<INSTR>(b);
+    walk<INSTR>(cursor, L, steps, [&](int64_t t) {
+      if constexpr (NV > 0) {
+        for (int v = 0; v < NV; ++v) simd::store<W>(state_mem + v * W, state[v]);
       }
-    }
+      a.events.apply(cursor, t, b, d * N, N, state_mem);
+      if constexpr (NV > 0) {
+        for (int v = 0; v < NV; ++v) state[v] = simd::load<W>(state_mem + v * W);
+      }
+    });
     if (a.final_state != nullptr) {
       if constexpr (NV > 0) {
         for (int v = 0; v < NV; ++v) simd::store<W>(state_mem + v * W, state[v]);

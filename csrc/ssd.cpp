@@ -114,24 +114,27 @@ struct Ssd {
     RowCursor cursor = a.events.cursor<INSTR>(b);
     const float A = a.A[h];
 
-    for (int64_t t = 0; t < L; ++t) {
-      if (a.reset != nullptr && a.reset[b * L + t]) std::fill(S, S + pn * NP, 0.0f);
-      const float* Bt = a.B + ((b * L + t) * a.groups + g) * NP;
-      const float* Ct = a.C + ((b * L + t) * a.groups + g) * NP;
-      const F<W> decay = simd::exp<W>(simd::broadcast<W>(dt[t] * A));
-      int64_t p = 0;
-      for (; p + 4 <= pn; p += 4) {
-        update<W, 4>(S + p * NP, NP, nv, decay, dt[t], x + t * kBlockP + p, Bt, Ct,
-                     y + t * kBlockP + p);
+    // the steps [t0, t1)
+    auto steps = [&](int64_t t0, int64_t t1) STATETAP_INLINE_LAMBDA {
+      for (int64_t t = t0; t < t1; ++t) {
+        if (a.reset != nullptr && a.reset[b * L + t]) std::fill(S, S + pn * NP, 0.0f);
+        const float* Bt = a.B + ((b * L + t) * a.groups + g) * NP;
+        const float* Ct = a.C + ((b * L + t) * a.groups + g) * NP;
+        const F<W> decay = simd::exp<W>(simd::broadcast<W>(dt[t] * A));
+        int64_t p = 0;
+        for (; p + 4 <= pn; p += 4) {
+          update<W, 4>(S + p * NP, NP, nv, decay, dt[t], x + t * kBlockP + p, Bt, Ct,
+                       y + t * kBlockP + p);
+        }
+        for (; p < pn; ++p) {
+          update<W, 1>(S + p * NP, NP, nv, decay, dt[t], x + t * kBlockP + p, Bt, Ct,
+                       y + t * kBlockP + p);
+        }
       }
-      for (; p < pn; ++p) {
-        update<W, 1>(S + p * NP, NP, nv, decay, dt[t], x + t * kBlockP + p, Bt, Ct,
-                     y + t * kBlockP + p);
-      }
-      if constexpr (INSTR) {
-        if (cursor.at(t)) a.events.apply(cursor, t, b, (h * P + p0) * N, N, S, pn, NP);
-      }
-    }
+    };
+    walk<INSTR>(cursor, L, steps, [&](int64_t t) {
+      a.events.apply(cursor, t, b, (h * P + p0) * N, N, S, pn, NP);
+    });
     if (a.final_state != nullptr) {
       for (int64_t p = 0; p < pn; ++p) {
         std::copy(S + p * NP, S + p * NP + N, a.final_state + ((b * H + h) * P + p0 + p) * N);

@@ -79,32 +79,34 @@ struct Wkv4 {
       }
     }
     RowCursor cursor = a.events.cursor<INSTR>(b);
-    for (int64_t t = 0; t < L; ++t) {
-      const int64_t at = (b * L + t) * C + c0;
-      if (t + wkv::kPrefetchAhead < L) {
-        a.k.prefetch(at + wkv::kPrefetchAhead * C, n);
-        a.v.prefetch(at + wkv::kPrefetchAhead * C, n);
+    // the tokens [t0, t1)
+    auto steps = [&](int64_t t0, int64_t t1) STATETAP_INLINE_LAMBDA {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t at = (b * L + t) * C + c0;
+        if (t + wkv::kPrefetchAhead < L) {
+          a.k.prefetch(at + wkv::kPrefetchAhead * C, n);
+          a.v.prefetch(at + wkv::kPrefetchAhead * C, n);
+        }
+        const float* k_row = wkv::padded_row(a.k, at, n, kBlock, k);
+        const float* v_row = wkv::padded_row(a.v, at, n, kBlock, v);
+        for (int64_t i = 0; i < kBlock; i += W) {
+          const F<W> kt = simd::load<W>(k_row + i), vt = simd::load<W>(v_row + i);
+          const F<W> bonus = simd::load<W>(a.u + c0 + i) + kt;
+          F<W> s_aa = simd::load<W>(aa + i), s_bb = simd::load<W>(bb + i),
+               s_pp = simd::load<W>(pp + i), old, fresh;
+          exp_pair<W>(s_pp, bonus, old, fresh);
+          simd::store<W>(y + i, (old * s_aa + fresh * vt) / (old * s_bb + fresh));
+          const F<W> decayed = s_pp + simd::load<W>(a.w + c0 + i);
+          exp_pair<W>(decayed, kt, old, fresh);
+          simd::store<W>(aa + i, old * s_aa + fresh * vt);
+          simd::store<W>(bb + i, old * s_bb + fresh);
+          simd::store<W>(pp + i, simd::max<W>(decayed, kt));
+        }
+        a.y.write(at, n, y);
       }
-      const float* k_row = wkv::padded_row(a.k, at, n, kBlock, k);
-      const float* v_row = wkv::padded_row(a.v, at, n, kBlock, v);
-      for (int64_t i = 0; i < kBlock; i += W) {
-        const F<W> kt = simd::load<W>(k_row + i), vt = simd::load<W>(v_row + i);
-        const F<W> bonus = simd::load<W>(a.u + c0 + i) + kt;
-        F<W> s_aa = simd::load<W>(aa + i), s_bb = simd::load<W>(bb + i),
-             s_pp = simd::load<W>(pp + i), old, fresh;
-        exp_pair<W>(s_pp, bonus, old, fresh);
-        simd::store<W>(y + i, (old * s_aa + fresh * vt) / (old * s_bb + fresh));
-        const F<W> decayed = s_pp + simd::load<W>(a.w + c0 + i);
-        exp_pair<W>(decayed, kt, old, fresh);
-        simd::store<W>(aa + i, old * s_aa + fresh * vt);
-        simd::store<W>(bb + i, old * s_bb + fresh);
-        simd::store<W>(pp + i, simd::max<W>(decayed, kt));
-      }
-      a.y.write(at, n, y);
-      if constexpr (INSTR) {
-        if (cursor.at(t)) a.events.apply(cursor, t, b, c0, n, aa, 3, kBlock, C);
-      }
-    }
+    };
+    walk<INSTR>(cursor, L, steps,
+                [&](int64_t t) { a.events.apply(cursor, t, b, c0, n, aa, 3, kBlock, C); });
     if (a.final_state != nullptr) {
       for (int64_t row = 0; row < 3; ++row) {
         for (int64_t i = 0; i < n; ++i) {

@@ -62,62 +62,64 @@ struct Wkv6 {
     }
     RowCursor cursor = a.events.cursor<INSTR>(b);
 
-    for (int64_t t = 0; t < L; ++t) {
-      const int64_t key_at = ((b * L + t) * H + h) * K, value_at = ((b * L + t) * H + h) * V;
-      wkv::prefetch_ahead({&a.r, &a.k, a.static_decay ? nullptr : &a.w}, a.v, t, key_at,
-                          value_at, a);
-      const float* rt = wkv::padded_row(a.r, key_at, K, Kp, r);
-      const float* kt = wkv::padded_row(a.k, key_at, K, Kp, k);
-      const float* vt = wkv::padded_row(a.v, value_at, V, Vp, v);
-      if (!a.static_decay) wkv::exp_row<W>(wkv::padded_row(a.w, key_at, K, Kp, w), Kp, decay);
-      // r = scale r_t and the bonus (scale r_t) . (u * k_t), vectorised (u is read unpadded,
-      // so its tail is scalar)
-      const F<W> scale = simd::broadcast<W>(a.scale);
-      F<W> bonus_lanes{};
-      int64_t i = 0;
-      for (; i + W <= K; i += W) {
-        const F<W> ri = simd::load<W>(rt + i) * scale;
-        simd::store<W>(r + i, ri);
-        bonus_lanes = bonus_lanes + ri * simd::load<W>(u + i) * simd::load<W>(kt + i);
-      }
-      float bonus = simd::hsum<W>(bonus_lanes);
-      for (; i < K; ++i) {
-        r[i] = rt[i] * a.scale;
-        bonus += r[i] * u[i] * kt[i];
-      }
+    // the tokens [t0, t1)
+    auto steps = [&](int64_t t0, int64_t t1) STATETAP_INLINE_LAMBDA {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t key_at = ((b * L + t) * H + h) * K, value_at = ((b * L + t) * H + h) * V;
+        wkv::prefetch_ahead({&a.r, &a.k, a.static_decay ? nullptr : &a.w}, a.v, t, key_at,
+                            value_at, a);
+        const float* rt = wkv::padded_row(a.r, key_at, K, Kp, r);
+        const float* kt = wkv::padded_row(a.k, key_at, K, Kp, k);
+        const float* vt = wkv::padded_row(a.v, value_at, V, Vp, v);
+        if (!a.static_decay) wkv::exp_row<W>(wkv::padded_row(a.w, key_at, K, Kp, w), Kp, decay);
+        // r = scale r_t and the bonus (scale r_t) . (u * k_t), vectorised (u is read unpadded,
+        // so its tail is scalar)
+        const F<W> scale = simd::broadcast<W>(a.scale);
+        F<W> bonus_lanes{};
+        int64_t i = 0;
+        for (; i + W <= K; i += W) {
+          const F<W> ri = simd::load<W>(rt + i) * scale;
+          simd::store<W>(r + i, ri);
+          bonus_lanes = bonus_lanes + ri * simd::load<W>(u + i) * simd::load<W>(kt + i);
+        }
+        float bonus = simd::hsum<W>(bonus_lanes);
+        for (; i < K; ++i) {
+          r[i] = rt[i] * a.scale;
+          bonus += r[i] * u[i] * kt[i];
+        }
 
-      // y and v_t in registers when NV is known (v_t is the same for every row of S)
-      F<W> acc[NV > 0 ? NV : 1] = {}, vv[NV > 0 ? NV : 1];
-      if constexpr (NV == 0) {
-        for (int64_t j = 0; j < Vp; ++j) y[j] = 0.0f;
-      } else {
-        for (int j = 0; j < NV; ++j) vv[j] = simd::load<W>(vt + j * W);
-      }
-      for (int64_t i = 0; i < K; ++i) {
-        const F<W> ri = simd::broadcast<W>(r[i]), di = simd::broadcast<W>(decay[i]),
-                   ki = simd::broadcast<W>(kt[i]);
-        float* __restrict row = S + i * Vp;
-        for (int64_t j = 0; j < nv; ++j) {
-          const F<W> s = simd::load<W>(row + j * W);
-          if constexpr (NV > 0) {
-            acc[j] = acc[j] + ri * s;
-            simd::store<W>(row + j * W, di * s + ki * vv[j]);
-          } else {
-            simd::store<W>(y + j * W, simd::load<W>(y + j * W) + ri * s);
-            simd::store<W>(row + j * W, di * s + ki * simd::load<W>(vt + j * W));
+        // y and v_t in registers when NV is known (v_t is the same for every row of S)
+        F<W> acc[NV > 0 ? NV : 1] = {}, vv[NV > 0 ? NV : 1];
+        if constexpr (NV == 0) {
+          for (int64_t j = 0; j < Vp; ++j) y[j] = 0.0f;
+        } else {
+          for (int j = 0; j < NV; ++j) vv[j] = simd::load<W>(vt + j * W);
+        }
+        for (int64_t i = 0; i < K; ++i) {
+          const F<W> ri = simd::broadcast<W>(r[i]), di = simd::broadcast<W>(decay[i]),
+                     ki = simd::broadcast<W>(kt[i]);
+          float* __restrict row = S + i * Vp;
+          for (int64_t j = 0; j < nv; ++j) {
+            const F<W> s = simd::load<W>(row + j * W);
+            if constexpr (NV > 0) {
+              acc[j] = acc[j] + ri * s;
+              simd::store<W>(row + j * W, di * s + ki * vv[j]);
+            } else {
+              simd::store<W>(y + j * W, simd::load<W>(y + j * W) + ri * s);
+              simd::store<W>(row + j * W, di * s + ki * simd::load<W>(vt + j * W));
+            }
           }
         }
+        const F<W> bonus_v = simd::broadcast<W>(bonus);
+        for (int64_t j = 0; j < nv; ++j) {
+          const F<W> total = NV > 0 ? acc[j] : simd::load<W>(y + j * W);
+          simd::store<W>(y + j * W, total + bonus_v * simd::load<W>(vt + j * W));
+        }
+        a.y.write(value_at, V, y);
       }
-      const F<W> bonus_v = simd::broadcast<W>(bonus);
-      for (int64_t j = 0; j < nv; ++j) {
-        const F<W> total = NV > 0 ? acc[j] : simd::load<W>(y + j * W);
-        simd::store<W>(y + j * W, total + bonus_v * simd::load<W>(vt + j * W));
-      }
-      a.y.write(value_at, V, y);
-      if constexpr (INSTR) {
-        if (cursor.at(t)) a.events.apply(cursor, t, b, h * K * V, V, S, K, Vp);
-      }
-    }
+    };
+    walk<INSTR>(cursor, L, steps,
+                [&](int64_t t) { a.events.apply(cursor, t, b, h * K * V, V, S, K, Vp); });
     if (a.final_state != nullptr) wkv::store_state(S, task, K, V, Vp, a.final_state);
   }
 };

@@ -82,46 +82,48 @@ struct Wkv7 {
       wkv::load_padded(a.a, at(0), K, Kp, ka);
       project<W, NV>(S, ka, K, Vp, removed);
     }
-    for (int64_t t = 0; t < L; ++t) {
-      const int64_t key_at = at(t), value_at = ((b * L + t) * H + h) * V;
-      const bool more = t + 1 < L;
-      wkv::prefetch_ahead({&a.r, &a.w, &a.k, &a.a, &a.b}, a.v, t, key_at, value_at, a);
-      const float* r_row = wkv::padded_row(a.r, key_at, K, Kp, r);
-      wkv::exp_row<W>(wkv::padded_row(a.w, key_at, K, Kp, w), Kp, decay);
-      const float* k_row = wkv::padded_row(a.k, key_at, K, Kp, k);
-      const float* b_row = wkv::padded_row(a.b, key_at, K, Kp, kb);
-      const float* v_row = wkv::padded_row(a.v, value_at, V, Vp, v);
-      if (more) {
-        wkv::load_padded(a.a, at(t + 1), K, Kp, ka_next);
-      } else {
-        for (int64_t i = 0; i < Kp; ++i) ka_next[i] = 0.0f;
-      }
-      for (int64_t j = 0; j < nv; ++j) acc[j] = next[j] = F<W>{};
-      // S_t = diag(e^w) S_{t-1} + b removed^T + k v^T;  y = S_t^T (scale r);  next = a_{t+1}^T S_t
-      for (int64_t i = 0; i < K; ++i) {
-        const F<W> di = simd::broadcast<W>(decay[i]), bi = simd::broadcast<W>(b_row[i]),
-                   ki = simd::broadcast<W>(k_row[i]), ri = simd::broadcast<W>(r_row[i] * a.scale),
-                   ni = simd::broadcast<W>(ka_next[i]);
-        float* __restrict row = S + i * Vp;
-        for (int64_t j = 0; j < nv; ++j) {
-          const F<W> s = di * simd::load<W>(row + j * W) + bi * removed[j] +
-                         ki * simd::load<W>(v_row + j * W);
-          simd::store<W>(row + j * W, s);
-          acc[j] = acc[j] + ri * s;
-          next[j] = next[j] + ni * s;
+    // the tokens [t0, t1); after token t, `removed` = a_{t+1}^T S_t and ka = a_{t+1}
+    auto steps = [&](int64_t t0, int64_t t1) STATETAP_INLINE_LAMBDA {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t key_at = at(t), value_at = ((b * L + t) * H + h) * V;
+        wkv::prefetch_ahead({&a.r, &a.w, &a.k, &a.a, &a.b}, a.v, t, key_at, value_at, a);
+        const float* r_row = wkv::padded_row(a.r, key_at, K, Kp, r);
+        wkv::exp_row<W>(wkv::padded_row(a.w, key_at, K, Kp, w), Kp, decay);
+        const float* k_row = wkv::padded_row(a.k, key_at, K, Kp, k);
+        const float* b_row = wkv::padded_row(a.b, key_at, K, Kp, kb);
+        const float* v_row = wkv::padded_row(a.v, value_at, V, Vp, v);
+        if (t + 1 < L) {
+          wkv::load_padded(a.a, at(t + 1), K, Kp, ka_next);
+        } else {
+          for (int64_t i = 0; i < Kp; ++i) ka_next[i] = 0.0f;
         }
-      }
-      for (int64_t j = 0; j < nv; ++j) simd::store<W>(y + j * W, acc[j]);
-      a.y.write(value_at, V, y);
-      if constexpr (INSTR) {
-        if (cursor.at(t)) {
-          a.events.apply(cursor, t, b, h * K * V, V, S, K, Vp);
-          if (more) project<W, NV>(S, ka_next, K, Vp, next);  // S_t changed
+        for (int64_t j = 0; j < nv; ++j) acc[j] = next[j] = F<W>{};
+        // S_t = diag(e^w) S_{t-1} + b removed^T + k v^T;  y = S_t^T (scale r);
+        // next = a_{t+1}^T S_t
+        for (int64_t i = 0; i < K; ++i) {
+          const F<W> di = simd::broadcast<W>(decay[i]), bi = simd::broadcast<W>(b_row[i]),
+                     ki = simd::broadcast<W>(k_row[i]), ri = simd::broadcast<W>(r_row[i] * a.scale),
+                     ni = simd::broadcast<W>(ka_next[i]);
+          float* __restrict row = S + i * Vp;
+          for (int64_t j = 0; j < nv; ++j) {
+            const F<W> s = di * simd::load<W>(row + j * W) + bi * removed[j] +
+                           ki * simd::load<W>(v_row + j * W);
+            simd::store<W>(row + j * W, s);
+            acc[j] = acc[j] + ri * s;
+            next[j] = next[j] + ni * s;
+          }
         }
+        for (int64_t j = 0; j < nv; ++j) simd::store<W>(y + j * W, acc[j]);
+        a.y.write(value_at, V, y);
+        for (int64_t j = 0; j < nv; ++j) removed[j] = next[j];
+        std::swap(ka, ka_next);
       }
-      for (int64_t j = 0; j < nv; ++j) removed[j] = next[j];
-      std::swap(ka, ka_next);
-    }
+    };
+    walk<INSTR>(cursor, L, steps, [&](int64_t t) {
+      const bool injects = t == cursor.inject_next;
+      a.events.apply(cursor, t, b, h * K * V, V, S, K, Vp);
+      if (injects && t + 1 < L) project<W, NV>(S, ka, K, Vp, removed);  // S_t changed
+    });
     if (a.final_state != nullptr) wkv::store_state(S, task, K, V, Vp, a.final_state);
   }
 };
