@@ -60,6 +60,14 @@ def _redeliver_swallowed(previous: object):
     return hook
 
 
+def _install() -> tuple[object, object]:
+    """Set this module's ``SIGTERM`` handler and, with it, the hook that redelivers a swallowed
+    :class:`Terminated`; returns the previous ``(handler, unraisable hook)``."""
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = _redeliver_swallowed(previous_hook)
+    return signal.signal(signal.SIGTERM, _raise_terminated), previous_hook
+
+
 @contextlib.contextmanager
 def exit_on_sigterm() -> Iterator[None]:
     """Within the block, ``SIGTERM`` raises :class:`Terminated` (exit status 143) in the main
@@ -68,9 +76,7 @@ def exit_on_sigterm() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous_hook = sys.unraisablehook
-    sys.unraisablehook = _redeliver_swallowed(previous_hook)
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous, previous_hook = _install()
     try:
         yield
     finally:
@@ -83,8 +89,7 @@ def die_with_parent(parent: int) -> None:
     swallows it), and the kernel sends it when the parent (pid ``parent``) dies (Linux
     ``PR_SET_PDEATHSIG``; elsewhere only the first part). Exits at once if the parent is
     already gone."""
-    sys.unraisablehook = _redeliver_swallowed(sys.unraisablehook)
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    _install()
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
         if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
