@@ -27,6 +27,7 @@ from typing import NamedTuple
 import torch
 
 from statetap import kernels
+from statetap.adapters.upstream import package_version, tested_range
 from statetap.check_references import PEERS, Probe, run_by_token
 from statetap.kernels import OPS, STEPS, ScanOutput, examples
 from statetap.kernels._backend import choose_backend
@@ -47,10 +48,13 @@ class CheckRow:
     final_error: float
     states_error: float
     milliseconds: float
+    error: str = ""  # why this comparison could not run (then the errors are NaN)
 
     @property
     def ok(self) -> bool:
-        return max(self.y_error, self.final_error, self.states_error) <= TOLERANCE
+        return (
+            not self.error and max(self.y_error, self.final_error, self.states_error) <= TOLERANCE
+        )
 
 
 class StepStyle(NamedTuple):
@@ -149,12 +153,51 @@ def check_op(name: str, batch: int, length: int, device: torch.device) -> list[C
     out, ms = _timed(device, lambda: case.call("public", inputs, **probe.instrumentation()))
     exact_inputs, exact_probe = _float64_cpu(inputs), probe.to("cpu", torch.float64)
     exact = case.call("sequential", exact_inputs, **exact_probe.instrumentation())
-    references = {DEFINITION: exact}
+    backend = choose_backend(name, device, case.public.implementations)
+    rows = [_row(name, backend, device, DEFINITION, exact, out, ms)]
     if name in PEERS:
         peer = PEERS[name]
-        references[peer.label] = peer.run(case, exact_inputs, length, exact_probe)
-    backend = choose_backend(name, device, case.public.implementations)
-    return [_row(name, backend, device, label, ref, out, ms) for label, ref in references.items()]
+        try:
+            reference = peer.run(case, exact_inputs, length, exact_probe)
+        except Exception as error:  # the peer's code changed: say so, check the other ops
+            nan = float("nan")
+            rows.append(
+                CheckRow(
+                    name,
+                    backend,
+                    str(device),
+                    peer.label,
+                    nan,
+                    nan,
+                    nan,
+                    ms,
+                    error=_peer_error(error),
+                )
+            )
+        else:
+            rows.append(_row(name, backend, device, peer.label, reference, out, ms))
+    return rows
+
+
+def _peer_error(error: Exception) -> str:
+    message = f"{type(error).__name__}: {error}"
+    version = f"transformers {package_version('transformers')}"
+    if version not in message:
+        message = f"{version} ({tested_range()} tested): {message}"
+    return message
+
+
+def describe_peers(names) -> list[str]:
+    """For each op of ``names`` with a peer: ``"op: <the route to the torch function>"``, or
+    why the peer cannot be resolved."""
+    lines = []
+    for name in names:
+        if name in PEERS:
+            try:
+                lines.append(f"{name}: {PEERS[name].resolve().route}")
+            except RuntimeError as error:
+                lines.append(f"{name}: {error}")
+    return lines
 
 
 def check_step(name: str, batch: int, length: int, device: torch.device) -> CheckRow:
@@ -212,7 +255,7 @@ def format_table(rows: list[CheckRow]) -> str:
             f"{r.final_error:.1e}",
             f"{r.states_error:.1e}",
             f"{r.milliseconds:.1f}",
-            "ok" if r.ok else "FAIL",
+            "ok" if r.ok else ("ERROR" if r.error else "FAIL"),
         )
         for r in rows
     ]

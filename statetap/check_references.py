@@ -12,6 +12,12 @@ inputs and driven one token at a time:
   ``transformers.models.mamba.modeling_mamba``, the one-token decode step, called once per group
   of ``D / G`` channels (it has no groups); it updates the state in float32 whatever its inputs.
 
+Both module attributes may stand in front of something else: a hub-kernel decorator that can
+route a call to mamba-ssm's or a hub's CUDA kernel, and from transformers 5.25 (which requires the
+``kernels`` package) a hub-kernel ``Func`` module.  :func:`torch_function` peels each off, checks
+that what it reaches is the module's own torch code, and names the route, which ``statetap
+check`` prints.
+
 A :class:`Probe` is what the check asks of every op: a start state, emission after some tokens
 and a per-row add injection after one.  On a peer, the state emitted at ``t`` is the peer's state
 after token ``t`` and the injection edits that state before the peer goes on to token ``t + 1``
@@ -22,13 +28,14 @@ step through the tokens with that probe.
 from __future__ import annotations
 
 import importlib
-import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
+from statetap.adapters.upstream import package_version, tested_range
 from statetap.kernels import ScanOutput
 from statetap.kernels.examples import OpCase
 
@@ -111,19 +118,55 @@ def run_by_token(
     return ScanOutput(torch.stack(ys, case.y_time_axis), state, torch.stack(states, 1))
 
 
-def torch_function(module_name: str, name: str) -> Callable:
-    """transformers' pure-torch function ``module_name.name``, unwrapped from any hub-kernel
-    decorator (which can route calls to mamba-ssm's or a hub's CUDA kernel instead).
+class Resolution(NamedTuple):
+    """transformers' torch function behind a module attribute, and the way to it."""
 
-    Raises RuntimeError when the function is missing or is not the torch code of that module.
+    function: Callable
+    route: str  # e.g. "modeling_mamba.mamba_selective_state_update -> kernels hub module ..."
+
+
+def _closed_over_function(module: torch.nn.Module) -> Callable | None:
+    """The function a hub-kernel ``Func`` module (the ``kernels`` package's
+    ``use_kernel_forward_from_hub`` applied to a function, transformers >= 5.25) runs by default:
+    the ``func`` its ``forward`` closes over."""
+    forward = type(module).forward
+    cells = dict(zip(forward.__code__.co_freevars, forward.__closure__ or ()))
+    function = cells["func"].cell_contents if "func" in cells else None
+    return function if callable(function) else None
+
+
+def torch_function(module_name: str, name: str) -> Resolution:
+    """transformers' pure-torch function ``module_name.name``, whatever stands in front of it: a
+    hub-kernel ``Func`` module (5.25) and hub-kernel decorators (which can route calls to
+    mamba-ssm's or a hub's CUDA kernel instead) are peeled off, and :attr:`Resolution.route`
+    names each.
+
+    Raises RuntimeError when the function is missing, or what it leads to is not the torch code
+    of that module; the message names the transformers version and what it resolved to.
     """
     module = importlib.import_module(module_name)
     found = getattr(module, name, None)
+    version = f"transformers {package_version('transformers')}"
     if found is None:
         raise RuntimeError(
-            f"{module_name} has no {name}; statetap check compares with transformers' torch path"
+            f"{version}: {module_name} has no {name}; statetap check compares with transformers' "
+            f"torch path ({tested_range()} tested)"
         )
-    function = inspect.unwrap(found)
+    route = [f"{module_name}.{name}"]
+    function = found
+    while True:
+        if isinstance(function, torch.nn.Module):
+            inner = _closed_over_function(function)
+            if inner is None:
+                break
+            route.append(f"hub-kernel module {type(function).__qualname__}")
+            function = inner
+        elif hasattr(function, "__wrapped__"):
+            code = getattr(function, "__code__", None)
+            route.append(f"wrapper {getattr(code, 'co_qualname', None) or repr(function)}")
+            function = function.__wrapped__
+        else:
+            break
     code = getattr(function, "__code__", None)
     if (
         getattr(function, "__name__", None) != name
@@ -131,14 +174,15 @@ def torch_function(module_name: str, name: str) -> Callable:
         or os.path.realpath(code.co_filename) != os.path.realpath(module.__file__)
     ):
         raise RuntimeError(
-            f"{module_name}.{name} resolves to {function!r}, not transformers' pure-torch "
-            f"function; statetap check will not compare with a different implementation"
+            f"{version}: {module_name}.{name} resolves to {function!r} (through "
+            f"{' -> '.join(route)}), not transformers' pure-torch function; statetap check will "
+            f"not compare with a different implementation ({tested_range()} tested)"
         )
-    return function
+    route.append(f"{name} at {os.path.basename(code.co_filename)}:{code.co_firstlineno}")
+    return Resolution(function, " -> ".join(route))
 
 
-def _rwkv4_peer() -> TokenStep:
-    attention = torch_function(RWKV_MODULE, "rwkv_linear_attention_cpu")
+def _rwkv4_peer(attention: Callable) -> TokenStep:
 
     def token_step(state: torch.Tensor, token: dict) -> torch.Tensor:
         # statetap's log-decay w is -exp(time_decay); the peer's state is [aa, bb, pp] of [B, C]
@@ -155,8 +199,7 @@ def _rwkv4_peer() -> TokenStep:
     return token_step
 
 
-def _mamba_peer() -> TokenStep:
-    update = torch_function(MAMBA_MODULE, "mamba_selective_state_update")
+def _mamba_peer(update: Callable) -> TokenStep:
 
     def token_step(state: torch.Tensor, token: dict) -> torch.Tensor:
         B, C = token["B"], token["C"]  # [B, G, N]
@@ -187,15 +230,26 @@ def _mamba_peer() -> TokenStep:
 
 @dataclass(frozen=True)
 class Peer:
-    """An independent implementation of one op, run one token at a time."""
+    """An independent implementation of one op, run one token at a time: transformers' torch
+    function ``module.function``, driven by ``make`` (the function -> a :data:`TokenStep`)."""
 
-    label: str  # the reference column of the check table
-    load: Callable[[], TokenStep]
+    module: str
+    function: str
+    make: Callable[[Callable], TokenStep]
+
+    @property
+    def label(self) -> str:
+        """The reference column of the check table."""
+        return f"transformers {self.function}"
+
+    def resolve(self) -> Resolution:
+        """The torch function and the way to it (:func:`torch_function`)."""
+        return torch_function(self.module, self.function)
 
     def run(self, case: OpCase, inputs: dict, length: int, probe: Probe) -> ScanOutput:
         """The peer on ``inputs`` (``case``'s layout and example keywords) with the probe's
         injection applied to, and emission read from, the peer's own state."""
-        token_step = self.load()
+        token_step = self.make(self.resolve().function)
 
         def advance(state, token, inject, emit):
             y = token_step(state, token)
@@ -208,6 +262,6 @@ class Peer:
 
 #: op -> its independent reference
 PEERS = {
-    "selective_scan": Peer("transformers mamba_selective_state_update", _mamba_peer),
-    "wkv4": Peer("transformers rwkv_linear_attention_cpu", _rwkv4_peer),
+    "selective_scan": Peer(MAMBA_MODULE, "mamba_selective_state_update", _mamba_peer),
+    "wkv4": Peer(RWKV_MODULE, "rwkv_linear_attention_cpu", _rwkv4_peer),
 }

@@ -11,7 +11,8 @@ from statetap.signals import exit_on_sigterm
 
 
 def _check(args: argparse.Namespace) -> int:
-    from statetap.check import check, format_table
+    from statetap.adapters.upstream import package_version, tested_range
+    from statetap.check import check, describe_peers, format_table
     from statetap.kernels import OPS, STEPS
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -20,9 +21,23 @@ def _check(args: argparse.Namespace) -> int:
     names = args.ops or (*OPS, *STEPS)
     rows = [row for name in names for row in check(name, args.batch, args.length, device)]
     print(format_table(rows))
+    peers = describe_peers(names)
+    if peers:
+        print(
+            f"\nindependent references: transformers {package_version('transformers')} "
+            f"(tested {tested_range()}), its torch code resolved as"
+        )
+        print("\n".join(f"  {line}" for line in peers))
+    for row in rows:
+        if row.error:
+            print(f"ERROR: {row.op} against {row.reference}: {row.error}", file=sys.stderr)
     failed = list(dict.fromkeys(row.op for row in rows if not row.ok))
     if failed:
-        print(f"FAILED: {', '.join(failed)} differ from a reference (table above)", file=sys.stderr)
+        print(
+            f"FAILED: {', '.join(failed)} differ from a reference or could not be compared "
+            f"(table above)",
+            file=sys.stderr,
+        )
         return 1
     print(
         f"all {len(names)} ops and steps agree with their references "

@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 
 import pytest
+import torch
 from transformers.models.mamba import modeling_mamba
 
 from statetap import kernels
+from statetap.adapters import upstream
 from statetap.check import DEFINITION, STEP_OPS
 from statetap.check_references import MAMBA_MODULE, PEERS, torch_function
 from statetap.cli import main
@@ -101,10 +103,17 @@ def test_check_catches_a_bug_in_a_step(monkeypatch, capsys, name, bug):
 
 
 def test_peer_is_transformers_torch_code_not_a_kernel(monkeypatch):
-    update = torch_function(MAMBA_MODULE, "mamba_selective_state_update")
+    resolved = torch_function(MAMBA_MODULE, "mamba_selective_state_update")
+    update = resolved.function
     # the module attribute is a hub-kernel wrapper that may call mamba-ssm's CUDA kernel instead
+    # (and from transformers 5.25 a hub-kernel Func module in front of that wrapper)
     assert update is not modeling_mamba.mamba_selective_state_update
     assert update.__code__.co_filename == modeling_mamba.__file__
+    assert resolved.route.startswith(f"{MAMBA_MODULE}.mamba_selective_state_update -> ")
+    line = update.__code__.co_firstlineno
+    assert resolved.route.endswith(f" -> mamba_selective_state_update at modeling_mamba.py:{line}")
+    if isinstance(modeling_mamba.mamba_selective_state_update, torch.nn.Module):
+        assert " -> hub-kernel module " in resolved.route
 
     def mamba_selective_state_update(*args, **kwargs):  # e.g. a hub kernel swapped in
         raise AssertionError("must not be called")
@@ -115,3 +124,27 @@ def test_peer_is_transformers_torch_code_not_a_kernel(monkeypatch):
         torch_function(MAMBA_MODULE, "mamba_selective_state_update")
     with pytest.raises(RuntimeError, match="has no no_such_function"):
         torch_function(MAMBA_MODULE, "no_such_function")
+
+
+def test_a_peer_that_cannot_be_resolved_is_an_error_row_and_the_check_goes_on(monkeypatch, capsys):
+    """A transformers whose peer function is gone (or is not its torch code) fails the check with
+    the version and the tested range named, and every other op is still checked."""
+    monkeypatch.delattr(modeling_mamba, "mamba_selective_state_update")
+    assert main(["check", "--ops", "selective_scan", "wkv4", "--length", "5"]) == 1
+    captured = capsys.readouterr()
+    assert _statuses(captured.out) == {
+        ("selective_scan", DEFINITION): "ok",
+        ("selective_scan", PEERS["selective_scan"].label): "ERROR",
+        ("wkv4", DEFINITION): "ok",
+        ("wkv4", PEERS["wkv4"].label): "ok",
+    }
+    version = f"transformers {upstream.package_version('transformers')}"
+    assert (
+        f"ERROR: selective_scan against transformers mamba_selective_state_update: RuntimeError: "
+        f"{version}: {MAMBA_MODULE} has no mamba_selective_state_update" in captured.err
+    )
+    assert f"({upstream.tested_range()} tested)" in captured.err
+    assert "FAILED: selective_scan differ" in captured.err
+    assert "wkv4: transformers.models.rwkv.modeling_rwkv.rwkv_linear_attention_cpu -> " in (
+        captured.out
+    )

@@ -30,13 +30,14 @@ def test_all_positions_equal_the_model_hidden_states(extracted):
     assert manifest["layout"] == "ragged" and manifest["tokens"] == sum(map(len, TEXTS))
     offsets = tensors["offsets"]
     assert offsets.tolist() == [0, *torch.tensor([len(t) for t in TEXTS]).cumsum(0).tolist()]
+    adapter = statetap.attach(model).adapter
     for row, text in enumerate(TEXTS):
         tokens = slice(int(offsets[row]), int(offsets[row + 1]))
         assert tensors["positions"][tokens].tolist() == list(range(len(text)))
         hidden = model(token_ids(text), output_hidden_states=True).hidden_states
         for layer in range(3):
-            # transformers records every block's output, then the final norm's
-            torch.testing.assert_close(tensors[f"residual.{layer}"][tokens], hidden[layer][0])
+            index = adapter.hidden_states_index(layer)
+            torch.testing.assert_close(tensors[f"residual.{layer}"][tokens], hidden[index][0])
 
 
 def test_all_positions_equal_the_model_cache_after_each_prefix(extracted):
@@ -60,7 +61,9 @@ def test_all_positions_equal_the_model_cache_after_each_prefix(extracted):
 def test_a_span_holds_those_tokens_of_each_row(extracted, tmp_path):
     model, out = extracted
     _, whole = load_extraction(out)
-    config = ExtractConfig(out=tmp_path / "span", positions="2:7", batch_size=3, progress=False)
+    # the same batches as the whole extraction: a GEMM over another number of rows may round
+    # differently (seen: 1.5e-8 with batches of 3 on an AMD EPYC, AVX2), and this compares bits
+    config = ExtractConfig(out=tmp_path / "span", positions="2:7", batch_size=4, progress=False)
     extract(model, TOKENIZER, TEXTS, config, "m")
     manifest, span = load_extraction(tmp_path / "span")
     assert manifest["config"]["positions"] == "2:7"

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+import transformers
+from packaging.version import Version
 from transformers import (
     FalconMambaConfig,
     FalconMambaForCausalLM,
@@ -25,6 +27,7 @@ import statetap
 from statetap.kernels.examples import rel_error
 
 VOCAB, LENGTH = 97, 11
+TRANSFORMERS = Version(transformers.__version__)
 
 
 _MAMBA = dict(hidden_size=32, state_size=8, num_hidden_layers=3, expand=2)
@@ -107,14 +110,41 @@ def test_nothing_requested_reproduces_the_logits(model, padded):
 
 @torch.no_grad()
 def test_residual_equals_output_hidden_states(model):
+    """Every entry of ``output_hidden_states`` is what ``attach`` read it to be: a layer's
+    residual as the ``"residual"`` site emits it, the embeddings, or the final norm's output."""
     ids, mask = _padded(model)
     tap = statetap.attach(model)
     plain = model(ids, attention_mask=mask, output_hidden_states=True)
     result = tap.run(ids, attention_mask=mask, emit=[statetap.Emit("residual", positions="all")])
-    for layer in range(tap.adapter.n_layers):
-        _close(
-            plain.hidden_states[tap.adapter.hidden_states_index(layer)], result["residual", layer]
-        )
+    layout = tap.adapter.hidden_states_layout
+    assert len(layout) == len(plain.hidden_states) and "other" not in layout
+    last = result["residual", tap.adapter.n_layers - 1]
+    for entry, hidden in zip(layout, plain.hidden_states):
+        if entry == "embeddings":
+            _close(model.get_input_embeddings()(ids), hidden)
+        elif entry == "final norm":
+            _close(tap.adapter.final_norm(last), hidden)
+        else:
+            _close(hidden, result["residual", entry])
+            assert tap.adapter.hidden_states_index(entry) == layout.index(entry)
+
+
+# transformers' layouts of output_hidden_states for three layers
+BLOCK_OUTPUTS = (0, 1, 2, "final norm")  # each block's output, then the final norm's
+CAPTURED = ("embeddings", 0, 1, "final norm")  # 5.25's Mamba-2 (capture_outputs): no layer 2
+
+
+def test_attach_reads_each_versions_hidden_states_layout(model):
+    tap = statetap.attach(model)
+    captured = isinstance(model, Mamba2ForCausalLM) and TRANSFORMERS >= Version("5.25")
+    assert tap.adapter.hidden_states_layout == (CAPTURED if captured else BLOCK_OUTPUTS)
+    if captured:
+        with pytest.raises(
+            ValueError,
+            match="holds no residual stream after layer 2 .*"
+            r"\(embeddings, layer 0, layer 1, final norm\)",
+        ):
+            tap.adapter.hidden_states_index(2)
 
 
 @torch.no_grad()

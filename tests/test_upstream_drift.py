@@ -27,7 +27,9 @@ from transformers import (
 import statetap
 from statetap.adapters import upstream
 from statetap.adapters.upstream import TESTED_TRANSFORMERS, UpstreamDrift
+from statetap.check_references import torch_function
 from statetap.kernels.examples import rel_error
+from statetap.plan import Pass
 
 MAMBA = importlib.import_module("transformers.models.mamba.modeling_mamba")
 MAMBA2 = importlib.import_module("transformers.models.mamba2.modeling_mamba2")
@@ -66,21 +68,34 @@ def rwkv():
     return RwkvForCausalLM(config).eval()
 
 
-def rewrite(monkeypatch, cls, method: str, old: str, new: str) -> None:
-    """Replace ``cls.method`` by its own source with ``old`` replaced by ``new`` (as a release
-    that renames an argument would), compiled in its module's namespace."""
-    function = getattr(cls, method)
+def rewrite(monkeypatch, owner, name: str, old: str, new: str) -> None:
+    """Replace ``owner.name`` (a method, or a module's function) by its own source with ``old``
+    replaced by ``new`` (as a release that renames an argument would), compiled in its module's
+    namespace.  A hub-kernel ``Func`` module (transformers 5.25) is rewritten as the function
+    it runs."""
+    function = getattr(owner, name)
+    if isinstance(function, torch.nn.Module):
+        function = torch_function(owner.__name__, name).function
     source = textwrap.dedent(inspect.getsource(function))
-    assert old in source, f"{cls.__name__}.{method} no longer contains {old!r}"
+    assert old in source, f"{owner.__name__}.{name} no longer contains {old!r}"
     defined: dict = {}  # the new function's globals are the module's own, as the original's
     code = compile(source.replace(old, new), inspect.getsourcefile(function), "exec")
     exec(code, inspect.getmodule(function).__dict__, defined)
-    monkeypatch.setattr(cls, method, defined[method])
+    monkeypatch.setattr(owner, name, defined[name])
+
+
+def rewrite_mamba_scan(monkeypatch, old: str, new: str) -> None:
+    """:func:`rewrite` where Mamba's scan calls are made: in ``MambaMixer.forward`` up to
+    transformers 5.24, in the module function ``mamba_scan_forward`` from 5.25."""
+    if hasattr(MAMBA, "mamba_scan_forward"):
+        rewrite(monkeypatch, MAMBA, "mamba_scan_forward", old, new)
+    else:
+        rewrite(monkeypatch, MAMBA.MambaMixer, "forward", old, new)
 
 
 def test_a_renamed_argument_of_the_scan_is_refused_at_attach(monkeypatch):
     # The release renames mamba_selective_scan's `delta_softplus` and passes it by the new name.
-    rewrite(monkeypatch, MAMBA.MambaMixer, "forward", "delta_softplus=True", "dt_softplus=True")
+    rewrite_mamba_scan(monkeypatch, "delta_softplus=True", "dt_softplus=True")
     model = mamba()
     with pytest.raises(UpstreamDrift, match=DRIFT) as raised:
         statetap.attach(model)
@@ -110,13 +125,7 @@ def test_a_function_the_mixer_stops_calling_is_refused_at_attach(monkeypatch):
     monkeypatch.setattr(
         MAMBA, "renamed_state_update", MAMBA.mamba_selective_state_update, raising=False
     )
-    rewrite(
-        monkeypatch,
-        MAMBA.MambaMixer,
-        "forward",
-        "mamba_selective_state_update(",
-        "renamed_state_update(",
-    )
+    rewrite_mamba_scan(monkeypatch, "mamba_selective_state_update(", "renamed_state_update(")
     with pytest.raises(UpstreamDrift, match=DRIFT + ".*") as raised:
         statetap.attach(mamba())
     assert "mamba_selective_state_update was not called during a 1-token continuation" in str(
@@ -183,3 +192,26 @@ def test_packed_sequences_in_mamba2_equal_each_sequence_alone():
     assert rel_error(tap.run(first).logits, logits[:, :5]) <= 1e-5
     # without seq_idx the second sequence reads the first
     assert rel_error(alone, tap.run(packed).logits[:, 5:]) > 1e-3
+
+
+def test_output_only_model_arguments_reach_the_drop_ins_and_are_ignored():
+    """transformers 5.25 hands a model's keyword arguments on to the convolution and the scan:
+    those that only ask for more output pass, those that would change the result are refused."""
+    model = mamba2()
+    tap = statetap.attach(model)
+    ids = torch.randint(0, 37, (2, 7))
+    out = tap.run(ids, output_hidden_states=True, output_attentions=False)
+    assert rel_error(model(ids).logits, out.logits) <= 1e-6
+    with pytest.raises(UpstreamDrift, match=r"handle: \['cu_seq_lens_q'\]"):
+        upstream.refuse_unknown("transformers", "f", {"cu_seq_lens_q": 1, "position_ids": 2})
+
+
+@pytest.mark.parametrize("build", [mamba, mamba2])
+def test_a_cache_that_records_its_past_is_refused(build):
+    model = build()
+    tap = statetap.attach(model)
+    cache = tap.adapter.output_cache(model(torch.randint(0, 37, (1, 3)), use_cache=True))
+    cache.activate_past_recording()
+    pass_ = Pass(batch=1, length=1)
+    with pytest.raises(ValueError, match="the cache records its past states"):
+        tap.adapter.enter_layer(pass_, 0, {tap.adapter.cache_name: cache})

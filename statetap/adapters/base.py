@@ -20,10 +20,15 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from statetap.adapters.upstream import drift
+from statetap.adapters.upstream import drift, package_version
 from statetap.plan import Pass, gather_positions
 
 COMMON_SITES = ("residual", "mixer")
+
+
+def describe_layout(layout: tuple[int | str, ...]) -> str:
+    """A hidden-states layout as text: ``"(embeddings, layer 0, layer 1, final norm)"``."""
+    return "(" + ", ".join(f"layer {e}" if isinstance(e, int) else e for e in layout) + ")"
 
 
 class ForwardStopped(Exception):
@@ -95,9 +100,12 @@ class Adapter:
     probe_calls: tuple[tuple[int, tuple[str, ...]], ...] = ()
     #: the mixer's forward returns a tuple whose first element is its output tensor
     mixer_returns_tuple: bool = False
+    #: the model's forward takes ``output_hidden_states`` (:attr:`hidden_states_layout`)
+    records_hidden_states: bool = True
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
+        self._hidden_states_layout: tuple[int | str, ...] | None = None
 
     # ------------------------------------------------------------------ structure
     @property
@@ -125,12 +133,37 @@ class Adapter:
         return self.model.config.hidden_size
 
     def hidden_states_index(self, layer: int) -> int:
-        """Index of ``output_hidden_states`` that holds the residual stream after ``layer``.
+        """Index of the model's ``output_hidden_states`` that holds the residual stream after
+        ``layer``, exactly as the ``"residual"`` site reads it.
 
-        transformers' Mamba, Mamba-2 and RWKV models record each block's output (there is no
-        embedding entry), and replace the last one with the final norm's output.
+        The layout differs between models and transformers releases (5.25's Mamba-2 starts with
+        the embeddings and ends with the final norm's output, so it holds no entry for the last
+        layer; 5.24's starts with block 0's output): :meth:`verify` reads it off the model at
+        ``attach`` (:attr:`hidden_states_layout`) instead of assuming one.
+
+        Raises:
+            NotImplementedError: the model has no ``output_hidden_states``.
+            ValueError: no entry holds the residual stream after ``layer``.
         """
-        return layer
+        layout = self.hidden_states_layout
+        if layer in layout:
+            return layout.index(layer)
+        raise ValueError(
+            f"{type(self.model).__name__}'s output_hidden_states holds no residual stream after "
+            f"layer {layer} (transformers {package_version('transformers')}; its entries are "
+            f"{describe_layout(layout)}); read it with statetap.Emit('residual', layer=...)"
+        )
+
+    @property
+    def hidden_states_layout(self) -> tuple[int | str, ...]:
+        """What each entry of the model's ``output_hidden_states`` holds, read off the model by
+        :meth:`verify`: a layer ``l`` (the residual stream after block ``l``), ``"embeddings"``
+        (the input of block 0), ``"final norm"`` (the final norm's output) or ``"other"``."""
+        if not self.records_hidden_states:
+            raise NotImplementedError(f"{type(self.model).__name__} has no output_hidden_states")
+        if self._hidden_states_layout is None:
+            raise RuntimeError("the hidden-states layout is read by verify(): use statetap.attach")
+        return self._hidden_states_layout
 
     def site_shape(self, site: str) -> tuple[int, ...]:
         """Per-token shape of ``site`` (``[H]`` for the residual and mixer sites)."""
@@ -239,18 +272,21 @@ class Adapter:
         self.instrument_state(pass_, stack)
         return stack
 
+    def following(self, layer: int) -> nn.Module:
+        """The module whose input is the residual stream after block ``layer``: the next block,
+        or the final norm after the last block."""
+        return self.blocks[layer + 1] if layer + 1 < self.n_layers else self.final_norm
+
     def hook_residual(self, pass_: Pass, layer: int):
         """Install the ``"residual"`` hook of ``layer``; returns its handle.  Here: on the input
-        of the next block (of the final norm after the last block)."""
-        following = self.blocks[layer + 1] if layer + 1 < self.n_layers else self.final_norm
-        return following.register_forward_pre_hook(self._residual_hook(pass_, layer))
+        of :meth:`following`."""
+        return self.following(layer).register_forward_pre_hook(self._residual_hook(pass_, layer))
 
     def stop_hook(self, layer: int):
         """Install a hook that raises :class:`ForwardStopped` once block ``layer`` and its
-        ``"residual"`` hook are done; returns its handle.  Here: on the input of the next block
-        (of the final norm after the last block), after :meth:`hook_residual`'s hook there."""
-        following = self.blocks[layer + 1] if layer + 1 < self.n_layers else self.final_norm
-        return following.register_forward_pre_hook(stop_forward)
+        ``"residual"`` hook are done; returns its handle.  Here: on the input of
+        :meth:`following`, after :meth:`hook_residual`'s hook there."""
+        return self.following(layer).register_forward_pre_hook(stop_forward)
 
     @contextlib.contextmanager
     def stopping_after(self, layer: int) -> Iterator[None]:
@@ -280,7 +316,8 @@ class Adapter:
 
         A probe pass (one row, :attr:`probe_calls`: a prefill, then continuations from the
         cache, in eval mode without gradients; the model and its cache are left as they were)
-        records which substitutions ran and whether every mixer was handed the cache.
+        records which substitutions ran and whether every mixer was handed the cache.  One more
+        pass with ``output_hidden_states`` reads :attr:`hidden_states_layout` off the model.
 
         Raises:
             UpstreamDrift: a substitution never ran, the model returned no cache, a mixer was
@@ -341,6 +378,38 @@ class Adapter:
                         f"{mixer}.forward",
                         f"was not handed the cache as {self.mixer_cache_argument!r} during {what}",
                     )
+            if self.records_hidden_states:
+                pass_.length = 3
+                self._hidden_states_layout = self._read_hidden_states_layout(device)
+
+    def _read_hidden_states_layout(self, device: torch.device) -> tuple[int | str, ...]:
+        """:attr:`hidden_states_layout` of one forward of a 3-token row: each entry of the
+        model's ``output_hidden_states`` matched exactly against the residual stream of every
+        layer as the ``"residual"`` site reads it, the embeddings and the final norm's output."""
+        known: dict[int | str, torch.Tensor] = {}
+
+        def keep(key: int | str, output: bool):
+            def hook(module, args, *result):
+                known[key] = result[0] if output else args[0]
+
+            return hook
+
+        handles = [self.blocks[0].register_forward_pre_hook(keep("embeddings", False))]
+        handles += [
+            self.following(layer).register_forward_pre_hook(keep(layer, False))
+            for layer in range(self.n_layers)
+        ]
+        handles.append(self.final_norm.register_forward_hook(keep("final norm", True)))
+        ids = torch.arange(3, device=device)[None] % self.model.config.vocab_size
+        with hooked(handles):
+            hidden_states = self.model(ids, output_hidden_states=True).hidden_states
+        return tuple(
+            next(
+                (key for key, value in known.items() if torch.equal(value, entry)),
+                "other",
+            )
+            for entry in hidden_states
+        )
 
     def _enter_layer(self, pass_: Pass, layer: int):
         def hook(module, args, kwargs):

@@ -163,6 +163,15 @@ class _MambaFamily(Adapter):
     def enter_layer(self, pass_: Pass, layer: int, kwargs: dict) -> None:
         super().enter_layer(pass_, layer, kwargs)
         cache = pass_.cache
+        recording = getattr(cache, "is_recording_past", None)  # transformers' caches only
+        if recording is not None and recording(layer):
+            # 5.25 then runs the last tokens of a prefill through the one-token step, and keeps a
+            # state per token: statetap's per-pass emission and injection would miss them
+            raise ValueError(
+                "the cache records its past states (Cache.activate_past_recording: assisted "
+                "generation, cache cropping); statetap does not instrument such a pass: run it "
+                "on a cache that does not record its past"
+            )
         # The state before this pass, read before the mixer updates the cache.
         pass_.layer_state = None if cache is None else cache.get_recurrent_state(layer, state_idx=0)
 

@@ -54,6 +54,7 @@ class MambaSsmAdapter(MambaAdapter):
     scan_name = "selective_scan_fn"
     step_name = "selective_state_update"
     cache_arguments = ("inference_params",)
+    records_hidden_states = False  # MambaLMHeadModel.forward has no output_hidden_states
 
     def __init__(self, model) -> None:
         for index, block in enumerate(model.backbone.layers):
@@ -72,9 +73,6 @@ class MambaSsmAdapter(MambaAdapter):
     @property
     def unembedding(self):
         return self.model.lm_head  # MambaLMHeadModel has no get_output_embeddings
-
-    def hidden_states_index(self, layer: int) -> int:
-        raise NotImplementedError("mamba-ssm models have no output_hidden_states")
 
     def ssm_shape(self, mixer) -> tuple[int, ...]:
         return (mixer.d_inner, mixer.d_state)

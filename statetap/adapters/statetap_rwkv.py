@@ -73,9 +73,6 @@ class StatetapRwkvAdapter(Adapter):
     def mixer(self, layer: int):
         return self.blocks[layer].att
 
-    def hidden_states_index(self, layer: int) -> int:
-        return layer + 1  # hidden_states[0] is the input of block 0
-
     def site_shape(self, site: str) -> tuple[int, ...]:
         config = self.model.config
         if site == "wkv":

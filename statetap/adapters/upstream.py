@@ -62,14 +62,32 @@ def drift(package: str, function: str, problem: str) -> UpstreamDrift:
     )
 
 
+#: keyword arguments of a model's forward (transformers' ``TransformersKwargs``) that
+#: transformers 5.25 hands on through the mixers to the functions statetap substitutes, and that
+#: change nothing a recurrence computes: the drop-ins accept and ignore them.  Others of that
+#: family (``cu_seq_lens_q``, ``max_length_q``, ``is_causal``, ...) would change the result and
+#: are refused like any unknown argument.
+OUTPUT_ONLY_ARGUMENTS = frozenset(
+    {
+        "output_hidden_states",
+        "output_attentions",
+        "output_router_logits",
+        "num_items_in_batch",
+        "position_ids",
+    }
+)
+
+
 def refuse_unknown(package: str, function: str, unknown: dict) -> None:
     """Raise :class:`UpstreamDrift` when a drop-in for ``function`` received keyword arguments
-    it does not know (``unknown``: what its ``**kwargs`` caught)."""
-    if unknown:
+    it does not know (``unknown``: what its ``**kwargs`` caught), other than
+    :data:`OUTPUT_ONLY_ARGUMENTS`."""
+    refused = sorted(set(unknown) - OUTPUT_ONLY_ARGUMENTS)
+    if refused:
         raise drift(
             package,
             function,
-            f"was called with keyword arguments statetap does not handle: {sorted(unknown)}",
+            f"was called with keyword arguments statetap does not handle: {refused}",
         )
 
 
