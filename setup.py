@@ -167,7 +167,7 @@ setup(
     install_requires=[
         "torch>=2.4",
         'triton>=3.0; platform_system == "Linux"',
-        "transformers>=5.23,<=5.24.0",  # statetap supports transformers 5.23.0 and 5.24.0
+        "transformers>=5.23,<=5.25.0",  # statetap supports transformers 5.23.0 to 5.25.0
         "concept-erasure<=0.2.4",
         "datasets<=5.2.0",
         "matplotlib<=3.11.2",

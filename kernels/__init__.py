@@ -6,6 +6,16 @@ device of its inputs (``STATETAP_BACKEND`` forces a backend); ``*_sequential`` /
 ``*_chunked`` / ``*_reference`` are the pure-torch definitions every backend is tested against.
 """
 
+if __name__ != "statetap.kernels":
+    # Python run from the repository root finds this folder as the top-level `kernels`, which
+    # is a PyPI package of its own: transformers 5.25 requires it and imports it at start-up.
+    raise ImportError(
+        f"statetap's kernels folder ({__file__}) was imported as {__name__!r}: the repository "
+        f"root is on sys.path, so this folder hides the PyPI package 'kernels' that transformers "
+        f"imports. Run python with PYTHONSAFEPATH=1 (as `make test` does) or from another folder; "
+        f"statetap's kernels are statetap.kernels"
+    )
+
 from ._contract import ScanOutput
 from .selective_scan import selective_scan, selective_scan_step
 from .ssd import ssd, ssd_step

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -215,3 +219,20 @@ def test_a_cache_that_records_its_past_is_refused(build):
     pass_ = Pass(batch=1, length=1)
     with pytest.raises(ValueError, match="the cache records its past states"):
         tap.adapter.enter_layer(pass_, 0, {tap.adapter.cache_name: cache})
+
+
+def test_the_kernels_folder_refuses_to_pass_for_the_kernels_package():
+    """Python run from the checkout's root finds ``kernels/`` as a top-level ``kernels``, the
+    name of the PyPI package transformers 5.25 imports: the import fails and says why."""
+    root = Path(__file__).resolve().parents[1]
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
+    run = subprocess.run(
+        [sys.executable, "-c", "import kernels"],
+        cwd=root,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode != 0
+    assert "statetap's kernels folder" in run.stderr and "PYTHONSAFEPATH=1" in run.stderr

@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Callable, Iterable
 
 #: the transformers releases the test suite passed with (oldest, newest)
-TESTED_TRANSFORMERS = ("5.23.0", "5.24.0")
+TESTED_TRANSFORMERS = ("5.23.0", "5.25.0")
 
 
 class UpstreamDrift(RuntimeError):
