@@ -8,8 +8,11 @@
 # scripts/bootstrap.sh or csrc/ sources changed; otherwise it returns at once. Extra pytest
 # arguments: make test ARGS="-k wkv6".
 # Versions are locked in constraints.txt (bootstrap installs with it). Not part of CI:
-#   make upgrade-check  -- newest versions of every dependency (torch/triton stay pinned) in a
-#                          throwaway venv, then the model tests; PINS="transformers==5.23.0" overrides
+#   make upgrade-check  -- newest versions of every dependency (torch stays pinned, triton too
+#                          takes its newest) in a throwaway venv, then the model and Triton tests;
+#                          PINS="transformers==5.23.0" overrides
+#   make upgrade-matrix -- the lock with the oldest, then the newest supported transformers in a
+#                          throwaway venv, the model tests on each (scripts/upgrade_check.sh --matrix)
 #   make lock           -- write constraints.txt from .venv (scripts/lock.sh)
 #   make gpu-wheels     -- fetch into .whl/ the locked wheels the GPU suite needs beyond its image
 #   make bench-cpu      -- the CPU benchmark suite (benchmarks/cpu/, pytest-benchmark): statetap's
@@ -20,7 +23,7 @@ PY := .venv/bin/python
 ARGS ?=
 PINS ?=
 
-.PHONY: venv test demo upgrade-check lock gpu-wheels bench-cpu
+.PHONY: venv test demo upgrade-check upgrade-matrix lock gpu-wheels bench-cpu
 
 venv:
 	@bash scripts/bootstrap.sh
@@ -36,6 +39,9 @@ demo: venv
 
 upgrade-check:
 	bash scripts/upgrade_check.sh $(PINS)
+
+upgrade-matrix:
+	bash scripts/upgrade_check.sh --matrix
 
 lock:
 	bash scripts/lock.sh

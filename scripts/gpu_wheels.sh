@@ -3,15 +3,19 @@
 # machine's image, at the versions locked in constraints.txt. That machine has no package index;
 # the device tool carries .whl/ (name it in `carry`), and gpu_suite.sh installs it first.
 #
-#   scripts/gpu_wheels.sh                 # make gpu-wheels: the pure-Python wheels below
+#   scripts/gpu_wheels.sh                 # make gpu-wheels: the wheels below (cp312, x86_64)
 #   scripts/gpu_wheels.sh --mamba-ssm     # also build mamba-ssm's pure-Python wheel (a baseline
 #                                         # of bench_mamba.py; needs .venv, ~10 s)
 #
 # What the image (Python 3.12, torch 2.11, triton 3.6) lacks, and why (see
 # /work/.library/device/KINDS.md for its package list):
-#   transformers     the image has 5.17.0, outside statetap's tested range (5.23.0-5.24.0); the
-#                    locked one needs huggingface-hub>=1.31 and tokenizers>=0.23.1,<0.24, which
-#                    the image has (1.33.0, 0.23.2), and typer, regex, pyyaml, safetensors, tqdm
+#   transformers     the image has 5.17.0, outside statetap's tested range (5.23.0-5.25.0)
+#   huggingface-hub  transformers 5.25 needs >=2.4.0 (the image has 1.33.0), which needs httpx2,
+#   hf-xet, httpx2,  httpcore2 and truststore (not in the image) and hf-xet>=1.6, click>=8.4.2,
+#   httpcore2,       idna>=3.18, anyio>=4.10, h11>=0.16 (the image's versions unknown: the locked
+#   truststore,      ones travel)
+#   click, idna, anyio, h11
+#   kernels, tomlkit transformers 5.25 requires kernels>=0.19.1 (which needs tomlkit)
 #   concept-erasure  not in the image; statetap.interp.elk.probes imports it at import time
 # The image's peft, matplotlib, safetensors, tqdm, accelerate, numpy, einops, pytest* serve as they are.
 # Older versions of these packages are removed from .whl/ (two versions of one package stop the
@@ -20,7 +24,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 LOCK=constraints.txt
 DEST=.whl
-PURE=(transformers concept-erasure)
+WHEELS=(transformers huggingface-hub hf-xet httpx2 httpcore2 truststore click idna anyio h11
+    kernels tomlkit concept-erasure)
 MAMBA=0
 for arg in "$@"; do
     case "$arg" in
@@ -53,7 +58,7 @@ drop_others() {
 }
 
 mkdir -p "$DEST"
-for name in "${PURE[@]}"; do
+for name in "${WHEELS[@]}"; do
     version="$(lock_version "$name")"
     drop_others "$name" "$version"
     python3 -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \

@@ -1,33 +1,53 @@
 #!/usr/bin/env bash
-# The upgrade check: does statetap still pass its model tests with the newest versions of its
-# dependencies? One command, not part of CI:
+# The upgrade check: does statetap still pass its tests with the newest versions of its
+# dependencies, and with every transformers it supports? One command, not part of CI:
 #
-#   make upgrade-check                                   # newest everything (torch/triton stay pinned)
-#   make upgrade-check PINS="transformers==5.23.0"       # with overrides, e.g. the oldest supported
+#   make upgrade-check                                   # newest everything (torch stays pinned)
+#   make upgrade-check PINS="transformers==5.23.0"       # with overrides
 #   scripts/upgrade_check.sh transformers==5.23.0 peft==0.21.2
+#   make upgrade-matrix                                  # scripts/upgrade_check.sh --matrix
 #
 # In a throwaway virtualenv (a temporary folder, removed at the end, on failure and on interrupt):
-#  1. the lock's CPU torch and triton (kept as constraints, so nothing upgrades them);
+#  1. the lock's CPU torch (kept as a constraint, so nothing upgrades it: PyPI's Linux torch is a
+#     multi-GB CUDA build), and triton: the newest release (the Triton kernels' interpreter
+#     tests and ahead-of-time compiles run on it), or the lock's with --matrix;
 #  2. statetap, non-editable, built from a copy of this checkout (so nothing is written into it);
 #  3. the newest versions pip resolves of everything else: setup.py's install_requires and [dev]
 #     with their upper bounds dropped (they are the locked versions), no lock; a PIN replaces its
 #     package's requirement. Then mamba-ssm's python code the way bootstrap.sh installs it
 #     (newest, or a mamba-ssm PIN).
-#  4. the test files that use transformers or peft (TESTS below; override with TESTS="..."), run
-#     from the checkout with that venv's python: PYTHONSAFEPATH=1 TRITON_INTERPRET=1 pytest -n 2.
+#     With --matrix: the lock instead, with transformers replaced by the oldest, then the newest
+#     release statetap supports (TESTED_TRANSFORMERS in statetap/adapters/upstream.py).
+#  4. the test files that use transformers or peft (TESTS below; override with TESTS="..."), and
+#     without --matrix the Triton kernels' tests (TRITON_TESTS), run from the checkout with that
+#     venv's python: PYTHONSAFEPATH=1 TRITON_INTERPRET=1 pytest -n 2; with --matrix the model
+#     tests once per transformers release.
 # Prints, per direct dependency (install_requires, [dev], mamba-ssm), the locked version, the one
 # tried and whether it changed; then pytest's result line and PASS/FAIL, and writes the same to
 # runs/upgrade-check/<stamp>.txt beside the venv's freeze (<stamp>.freeze.txt, which
 # `scripts/lock.sh runs/upgrade-check/<stamp>.freeze.txt` turns into the lock) and pytest's log.
-# Exits non-zero on FAIL (failed or erroring tests, no tests run, or an install that failed).
-# Extra pytest arguments: PYTEST_ARGS="-x". A torch or triton PIN other than the lock's may pull
-# a multi-GB CUDA build.
+# --matrix writes runs/upgrade-check/<stamp>-matrix.txt: a row per transformers release, and a
+# pytest log for each. Exits non-zero on FAIL (failed or erroring tests, no tests run, or an
+# install that failed). Extra pytest arguments: PYTEST_ARGS="-x". A torch PIN other than the
+# lock's pulls a multi-GB CUDA build.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT="$(pwd -P)"
 LOCK="$ROOT/constraints.txt"
 PYTHON="${PYTHON:-python3}"
-PINS=("$@")
+MATRIX=0
+PINS=()
+for arg in "$@"; do
+    case "$arg" in
+        --matrix) MATRIX=1 ;;
+        -*) echo "usage: $0 [--matrix | PIN...]" >&2; exit 2 ;;
+        *) PINS+=("$arg") ;;
+    esac
+done
+if [[ $MATRIX == 1 && ${#PINS[@]} -gt 0 ]]; then
+    echo "upgrade-check: --matrix runs the lock with each supported transformers; it takes no PIN" >&2
+    exit 2
+fi
 
 # Every test file that imports transformers, peft or datasets, directly or through statetap.zoo,
 # statetap.models, statetap.extract, the adapters or interp.
@@ -42,13 +62,15 @@ DEFAULT_TESTS="tests/test_model_tap.py tests/test_steering.py tests/test_steerin
     tests/test_rwkv_official.py tests/test_rwkv_tap.py tests/test_foreign_layouts.py
     tests/test_convert_rwkv.py tests/test_world_tokenizer.py"
 read -r -a TESTS <<< "$(echo ${TESTS:-$DEFAULT_TESTS})"
+# The Triton kernels under the interpreter, and their ahead-of-time compiles for sm_80/sm_90.
+TRITON_TESTS=(tests/test_triton_*.py tests/test_aot*.py)
 read -r -a EXTRA_ARGS <<< "${PYTEST_ARGS:-}"
 
 say() { echo "upgrade-check: $*"; }
 die() { echo "upgrade-check: $*" >&2; exit 1; }
 
 [[ -f "$LOCK" ]] || die "no lock at $LOCK"
-for t in "${TESTS[@]}"; do [[ -f "$t" ]] || die "no test file $t"; done
+for t in "${TESTS[@]}" "${TRITON_TESTS[@]}"; do [[ -f "$t" ]] || die "no test file $t"; done
 # a test file that names transformers or peft but is not in the list is worth a look
 for t in tests/test_*.py; do
     if grep -qE '\b(transformers|peft)\b' "$t" && [[ " ${TESTS[*]} " != *" $t "* ]]; then
@@ -80,6 +102,10 @@ lock_pin() {  # the lock's NAME==VERSION line for NAME (pip's name normalisation
 
 TORCH_PIN="$(lock_pin torch)"
 TRITON_PIN="$(lock_pin triton)"
+[[ $MATRIX == 1 ]] || TRITON_PIN="triton"  # the newest, unless a PIN says otherwise
+read -r OLDEST NEWEST < <(sed -nE \
+    's/^TESTED_TRANSFORMERS = \("([^"]+)", "([^"]+)"\)$/\1 \2/p' statetap/adapters/upstream.py) \
+    || die "statetap/adapters/upstream.py has no TESTED_TRANSFORMERS = (oldest, newest) line"
 MAMBA_REQ="mamba-ssm"
 OTHER_PINS=()
 for p in "${PINS[@]}"; do
@@ -90,7 +116,8 @@ for p in "${PINS[@]}"; do
         *) OTHER_PINS+=("$p") ;;
     esac
 done
-printf '%s\n' "$TORCH_PIN" "$TRITON_PIN" > "$WORK/torch-pins.txt"
+printf '%s\n' "$TORCH_PIN" > "$WORK/torch-pins.txt"
+if [[ "$TRITON_PIN" == *==* ]]; then echo "$TRITON_PIN" >> "$WORK/torch-pins.txt"; fi
 
 VPY="$WORK/venv/bin/python"
 PIP=("$VPY" -m pip install -q --disable-pip-version-check)
@@ -116,50 +143,100 @@ for rel in sys.stdin.buffer.read().split(b"\0"):
 (cd "$WORK/src" && "${PIP[@]}" --no-build-isolation --no-deps -c "$WORK/torch-pins.txt" .) \
     || die "FAIL: building/installing statetap failed"
 
-# setup.py's requirements (install_requires and [dev]) without their upper bounds, minus the
-# packages a PIN replaces, and minus torch/triton (installed above).
-"$VPY" - "${PINS[@]}" > "$WORK/newest.txt" <<'PYEOF'
+# setup.py's requirements (install_requires and [dev]) minus torch/triton (installed above) and
+# the packages a PIN replaces; without their upper bounds, except with --matrix.
+"$VPY" - "$MATRIX" "${PINS[@]}" > "$WORK/requirements.txt" <<'PYEOF'
 import importlib.metadata as md, re, sys
 try:
     from packaging.requirements import Requirement
 except ImportError:  # not installed yet: pip's own copy
     from pip._vendor.packaging.requirements import Requirement
 norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
-pinned = {norm(re.split(r"[\s<>=!~;\[]", p, maxsplit=1)[0]) for p in sys.argv[1:]}
+matrix = sys.argv[1] == "1"
+pinned = {norm(re.split(r"[\s<>=!~;\[]", p, maxsplit=1)[0]) for p in sys.argv[2:]}
 for line in md.requires("statetap") or []:
     req = Requirement(line)
     if req.marker and not any(req.marker.evaluate({"extra": e}) for e in ("", "dev")):
         continue
     if norm(req.name) in pinned | {"torch", "triton"}:
         continue
-    lower = [str(s) for s in req.specifier if s.operator in (">=", ">", "!=", "~=")]
+    kept = [str(s) for s in req.specifier if matrix or s.operator in (">=", ">", "!=", "~=")]
     extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ""
-    print(req.name + extras + ",".join(lower))
+    print(req.name + extras + ",".join(kept))
 PYEOF
-say "3/4 the newest versions of: $(tr '\n' ' ' < "$WORK/newest.txt")${OTHER_PINS[*]:+ + pins: ${OTHER_PINS[*]}}"
-"${PIP[@]}" -c "$WORK/torch-pins.txt" -r "$WORK/newest.txt" "${OTHER_PINS[@]}" \
-    || die "FAIL: pip could not install the newest versions (see above)"
+if [[ $MATRIX == 1 ]]; then
+    # the lock without its transformers line: each run below installs the release it tests
+    grep -viE '^[[:space:]]*transformers[[:space:]]*==' "$LOCK" > "$WORK/lock-but-transformers.txt"
+    say "3/4 the lock's versions of: $(tr '\n' ' ' < "$WORK/requirements.txt")+ transformers==$OLDEST"
+    "${PIP[@]}" -c "$WORK/lock-but-transformers.txt" -r "$WORK/requirements.txt" \
+        "transformers==$OLDEST" || die "FAIL: pip could not install the lock (see above)"
+    MAMBA_REQ="$(lock_pin mamba-ssm)"
+else
+    say "3/4 the newest versions of: $(tr '\n' ' ' < "$WORK/requirements.txt")${OTHER_PINS[*]:+ + pins: ${OTHER_PINS[*]}}"
+    "${PIP[@]}" -c "$WORK/torch-pins.txt" -r "$WORK/requirements.txt" "${OTHER_PINS[@]}" \
+        || die "FAIL: pip could not install the newest versions (see above)"
+fi
 say "    and $MAMBA_REQ (python code only, --no-deps, as bootstrap.sh does)"
 MAMBA_FORCE_BUILD=TRUE MAMBA_SKIP_CUDA_BUILD=TRUE \
     "${PIP[@]}" --no-deps --no-build-isolation "$MAMBA_REQ" || die "FAIL: installing $MAMBA_REQ failed"
-"$VPY" -m pip check --disable-pip-version-check > "$WORK/pip-check.txt" 2>&1 || true
-{ echo "# python: $("$VPY" -c 'import platform, sys; print(f"Python {platform.python_version()}, {sys.platform}")')"
-  "$VPY" -m pip freeze --all --disable-pip-version-check; } > "$FREEZE"
 
 # the tests must import the installed statetap, not the checkout
 where="$(cd / && PYTHONSAFEPATH=1 "$VPY" -c 'import statetap, os; print(os.path.realpath(statetap.__file__))')"
 [[ "$where" == "$(realpath "$WORK")"/venv/* ]] || die "FAIL: statetap imports from $where, not the throwaway venv"
 
-say "4/4 ${#TESTS[@]} test files, from the checkout, with the throwaway venv's python"
-set +e
-(cd "$ROOT" && PYTHONSAFEPATH=1 TRITON_INTERPRET=1 PYTHONDONTWRITEBYTECODE=1 \
-    "$VPY" -m pytest -n 2 -p no:cacheprovider "${EXTRA_ARGS[@]}" "${TESTS[@]}") 2>&1 | tee "$LOG"
-rc=${PIPESTATUS[0]}
-set -e
-summary="$(grep -E '^=+ .* in [0-9.]+s( \([0-9:]+\))? =+$' "$LOG" | tail -n1 | sed -E 's/^=+ //; s/ =+$//')"
-[[ -n "$summary" ]] || summary="(no pytest summary line; exit status $rc)"
-if [[ $rc -eq 0 ]]; then result=PASS; else result=FAIL; fi
-[[ $rc -eq 5 ]] && summary="$summary -- pytest exit 5: no tests ran"
+# run_tests LOG FILE...: pytest on FILEs from the checkout with the venv's python, its output
+# teed to LOG; sets rc, summary (pytest's last line) and result (PASS/FAIL)
+run_tests() {
+    local log=$1
+    shift
+    set +e
+    (cd "$ROOT" && PYTHONSAFEPATH=1 TRITON_INTERPRET=1 PYTHONDONTWRITEBYTECODE=1 \
+        "$VPY" -m pytest -n 2 -p no:cacheprovider "${EXTRA_ARGS[@]}" "$@") 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    set -e
+    summary="$(grep -E '^=+ .* in [0-9.]+s( \([0-9:]+\))? =+$' "$log" | tail -n1 | sed -E 's/^=+ //; s/ =+$//')"
+    [[ -n "$summary" ]] || summary="(no pytest summary line; exit status $rc)"
+    if [[ $rc -eq 0 ]]; then result=PASS; else result=FAIL; fi
+    if [[ $rc -eq 5 ]]; then summary="$summary -- pytest exit 5: no tests ran"; fi
+}
+version_of() { "$VPY" -c "import importlib.metadata as m; print(m.version('$1'))" 2>/dev/null || echo -; }
+
+if [[ $MATRIX == 1 ]]; then
+    REPORT="$OUTDIR/$STAMP-matrix.txt"
+    rows=("transformers|huggingface-hub|kernels|triton|pytest|result")
+    overall=PASS
+    for release in "$OLDEST" "$NEWEST"; do
+        if [[ "$(version_of transformers)" != "$release" ]]; then
+            say "    transformers==$release (the lock for the rest)"
+            "${PIP[@]}" -c "$WORK/lock-but-transformers.txt" "transformers==$release" \
+                || die "FAIL: installing transformers==$release failed"
+        fi
+        say "4/4 transformers $release: ${#TESTS[@]} test files, from the checkout"
+        run_tests "$OUTDIR/$STAMP-matrix-$release.pytest.log" "${TESTS[@]}"
+        rows+=("$release|$(version_of huggingface-hub)|$(version_of kernels)|$(version_of triton)|$summary|$result")
+        [[ $result == PASS ]] || overall=FAIL
+    done
+    {
+        echo "statetap upgrade check --matrix, $STAMP (throwaway venv; the lock, torch $(version_of torch),"
+        echo "with each supported transformers: $OLDEST and $NEWEST)"
+        echo
+        printf '%s\n' "${rows[@]}" | column -t -s '|'
+        echo
+        echo "result: $overall"
+    } > "$REPORT"
+    echo
+    cat "$REPORT"
+    say "report: ${REPORT#"$ROOT"/}  (pytest logs: runs/upgrade-check/$STAMP-matrix-<release>.pytest.log)"
+    [[ $overall == PASS ]]
+    exit
+fi
+
+"$VPY" -m pip check --disable-pip-version-check > "$WORK/pip-check.txt" 2>&1 || true
+{ echo "# python: $("$VPY" -c 'import platform, sys; print(f"Python {platform.python_version()}, {sys.platform}")')"
+  "$VPY" -m pip freeze --all --disable-pip-version-check; } > "$FREEZE"
+
+say "4/4 ${#TESTS[@]} model test files and ${#TRITON_TESTS[@]} Triton test files, from the checkout"
+run_tests "$LOG" "${TESTS[@]}" "${TRITON_TESTS[@]}"
 
 "$VPY" - "$LOCK" "$WORK/pip-check.txt" "${PINS[@]}" > "$WORK/table.txt" <<'PYEOF'
 import importlib.metadata as md, re, sys

@@ -133,7 +133,7 @@ def test_extract_runs_no_later_layer_and_no_logits_unless_asked(tmp_path, logits
     finally:
         for handle in handles:
             handle.remove()
-    probe = len(adapter.probe_calls)  # attach's probe passes run the whole model
+    probe = adapter.probe_passes  # attach's probe passes run the whole model
     passes = 3  # 9 texts, 3 per pass
     assert calls == dict.fromkeys(later, probe + (passes if logits else 0))
     _, tensors = load_extraction(tmp_path)

@@ -311,6 +311,11 @@ class Adapter:
         """The keyword under which a block hands its mixer the model's cache."""
         raise NotImplementedError
 
+    @property
+    def probe_passes(self) -> int:
+        """The number of forward passes :meth:`verify` runs over the whole model."""
+        return len(self.probe_calls) + self.records_hidden_states
+
     def verify(self) -> None:
         """Check that the model still calls what statetap substitutes, the way it reads it.
 
