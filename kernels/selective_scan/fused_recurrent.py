@@ -165,11 +165,13 @@ def block_sizes(
     dim: int, state_size: int, interpreter: bool = _triton.INTERPRETING
 ) -> tuple[int, int, int]:
     """``(BLOCK_D, BLOCK_N, num_warps)``: the whole ``N`` per program and about 512 state
-    elements (4 per thread) on a GPU; under the interpreter few, large programs."""
+    elements on a GPU, 4 per thread, or 2 per thread from ``N = 64`` on (with 4 there the
+    kernel took 110 registers, and triton 3.9's code for sm_90a spilled; with 2, 59); under
+    the interpreter few, large programs."""
     block_n = triton.next_power_of_2(state_size)
     per_program = 4096 if interpreter else 512
     block_d = max(1, min(triton.next_power_of_2(dim), per_program // block_n))
-    return block_d, block_n, 4
+    return block_d, block_n, 8 if block_n >= 64 else 4
 
 
 @float64_runs(selective_scan_reference)
