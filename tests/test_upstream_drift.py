@@ -10,6 +10,7 @@ warns outside the tested range.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import inspect
 import os
 import subprocess
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
 from transformers import (
     Mamba2Config,
     Mamba2ForCausalLM,
@@ -236,3 +239,14 @@ def test_the_kernels_folder_refuses_to_pass_for_the_kernels_package():
     )
     assert run.returncode != 0
     assert "statetap's kernels folder" in run.stderr and "PYTHONSAFEPATH=1" in run.stderr
+
+
+def test_setup_py_admits_exactly_the_tested_transformers():
+    """setup.py's range and TESTED_TRANSFORMERS name the same releases (upgrade_check.sh
+    --matrix reads the latter; pip installs by the former)."""
+    (line,) = [r for r in importlib.metadata.requires("statetap") if r.startswith("transformers")]
+    specifier = SpecifierSet(line.removeprefix("transformers"))
+    oldest, newest = (Version(v) for v in TESTED_TRANSFORMERS)
+    assert oldest in specifier and newest in specifier
+    assert {s.operator for s in specifier} == {">=", "<="}
+    assert {Version(s.version) for s in specifier} == {oldest, newest}
