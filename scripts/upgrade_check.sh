@@ -17,7 +17,8 @@
 #     package's requirement. Then mamba-ssm's python code the way bootstrap.sh installs it
 #     (newest, or a mamba-ssm PIN).
 #     With --matrix: the lock instead, with transformers replaced by the oldest, then the newest
-#     release statetap supports (TESTED_TRANSFORMERS in statetap/adapters/upstream.py).
+#     release statetap supports (TESTED_TRANSFORMERS in statetap/adapters/upstream.py), or by
+#     each release of MATRIX_RELEASES="5.23.0 5.24.0 5.25.0".
 #  4. the test files that use transformers or peft (TESTS below; override with TESTS="..."), and
 #     without --matrix the Triton kernels' tests (TRITON_TESTS), run from the checkout with that
 #     venv's python: PYTHONSAFEPATH=1 TRITON_INTERPRET=1 pytest -n 2; with --matrix the model
@@ -205,7 +206,8 @@ if [[ $MATRIX == 1 ]]; then
     REPORT="$OUTDIR/$STAMP-matrix.txt"
     rows=("transformers|huggingface-hub|kernels|triton|pytest|result")
     overall=PASS
-    for release in "$OLDEST" "$NEWEST"; do
+    read -r -a RELEASES <<< "${MATRIX_RELEASES:-$OLDEST $NEWEST}"
+    for release in "${RELEASES[@]}"; do
         if [[ "$(version_of transformers)" != "$release" ]]; then
             say "    transformers==$release (the lock for the rest)"
             "${PIP[@]}" -c "$WORK/lock-but-transformers.txt" "transformers==$release" \
@@ -218,7 +220,7 @@ if [[ $MATRIX == 1 ]]; then
     done
     {
         echo "statetap upgrade check --matrix, $STAMP (throwaway venv; the lock, torch $(version_of torch),"
-        echo "with each supported transformers: $OLDEST and $NEWEST)"
+        echo "with each of these transformers: ${RELEASES[*]})"
         echo
         printf '%s\n' "${rows[@]}" | column -t -s '|'
         echo

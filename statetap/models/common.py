@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
+from transformers.generation.utils import ALL_CACHE_NAMES as GENERATION_CACHE_NAMES
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.utils import ModelOutput
 
@@ -300,4 +301,25 @@ class RwkvBaseForCausalLM(RwkvBasePreTrainedModel, GenerationMixin):
             loss = self.loss_function(logits, labels, self.config.vocab_size, **kwargs)
         return RwkvCausalLMOutput(
             loss=loss, logits=logits, cache=cache if use_cache else None, hidden_states=states
+        )
+
+    def _update_model_kwargs_for_generation(
+        self,
+        outputs: RwkvCausalLMOutput,
+        model_kwargs: dict,
+        is_encoder_decoder: bool = False,
+        num_new_tokens: int = 1,
+    ) -> dict:
+        """``generate`` hands the cache to the next step as ``cache`` on every transformers.
+
+        transformers 5.23 carries a cache only under the names it knows (``past_key_values``,
+        ``cache_params``, ``state``: ``GENERATION_CACHE_NAMES``), and reorders beams only there;
+        without this each step would start from the zero state.  There the cache also travels
+        as ``state`` (the one object: beam search's in-place reorder reaches both)."""
+        if outputs.cache is not None:
+            model_kwargs["cache"] = outputs.cache
+            if "cache" not in GENERATION_CACHE_NAMES:
+                model_kwargs["state"] = outputs.cache
+        return super()._update_model_kwargs_for_generation(
+            outputs, model_kwargs, is_encoder_decoder, num_new_tokens
         )
