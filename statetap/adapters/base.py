@@ -151,7 +151,7 @@ class Adapter:
         raise ValueError(
             f"{type(self.model).__name__}'s output_hidden_states holds no residual stream after "
             f"layer {layer} (transformers {package_version('transformers')}; its entries are "
-            f"{describe_layout(layout)}); read it with statetap.Emit('residual', layer=...)"
+            f"{describe_layout(layout)}); emit it with statetap.Emit('residual', layers={layer})"
         )
 
     @property
