@@ -11,8 +11,11 @@ State sites: ``"ssm"`` (Mamba ``[D, N]``, Mamba-2 ``[H, P, N]``, float32) and ``
 (``[C, K]``: the last ``K`` pre-convolution inputs).
 
 transformers 5.23 hands a mixer its cache as ``cache_params`` and 5.24 as ``cache`` (and
-returns it under the same name): the adapter reads the name off the mixer's signature.  Every
-drop-in takes the arguments transformers passes by name and refuses any other
+returns it under the same name): the adapter reads the name off the mixer's signature.  5.25
+moves the calls into the module functions ``causal_conv1d_forward`` and ``mamba_scan_forward``
+/ ``mamba2_scan_forward`` (hub-replaceable ``Func`` modules), which call the same module-level
+functions as before: the substitutions do not change, and attach's probe pass proves they run.
+Every drop-in takes the arguments transformers passes by name and refuses any other
 (:mod:`statetap.adapters.upstream`).
 """
 
