@@ -180,11 +180,11 @@ def check_op(name: str, batch: int, length: int, device: torch.device) -> list[C
 
 
 def _peer_error(error: Exception) -> str:
-    message = f"{type(error).__name__}: {error}"
-    version = f"transformers {package_version('transformers')}"
-    if version not in message:
-        message = f"{version} ({tested_range()} tested): {message}"
-    return message
+    """Why a peer could not run, with the transformers version and the tested range."""
+    return (
+        f"transformers {package_version('transformers')} ({tested_range()} tested): "
+        f"{type(error).__name__}: {error}"
+    )
 
 
 def describe_peers(names) -> list[str]:

@@ -35,7 +35,6 @@ from typing import NamedTuple
 
 import torch
 
-from statetap.adapters.upstream import package_version, tested_range
 from statetap.kernels import ScanOutput
 from statetap.kernels.examples import OpCase
 
@@ -142,15 +141,13 @@ def torch_function(module_name: str, name: str) -> Resolution:
     names each.
 
     Raises RuntimeError when the function is missing, or what it leads to is not the torch code
-    of that module; the message names the transformers version and what it resolved to.
+    of that module; the message names what it resolved to.
     """
     module = importlib.import_module(module_name)
     found = getattr(module, name, None)
-    version = f"transformers {package_version('transformers')}"
     if found is None:
         raise RuntimeError(
-            f"{version}: {module_name} has no {name}; statetap check compares with transformers' "
-            f"torch path ({tested_range()} tested)"
+            f"{module_name} has no {name}; statetap check compares with transformers' torch path"
         )
     route = [f"{module_name}.{name}"]
     function = found
@@ -174,9 +171,9 @@ def torch_function(module_name: str, name: str) -> Resolution:
         or os.path.realpath(code.co_filename) != os.path.realpath(module.__file__)
     ):
         raise RuntimeError(
-            f"{version}: {module_name}.{name} resolves to {function!r} (through "
-            f"{' -> '.join(route)}), not transformers' pure-torch function; statetap check will "
-            f"not compare with a different implementation ({tested_range()} tested)"
+            f"{module_name}.{name} resolves to {function!r} (through {' -> '.join(route)}), "
+            f"not transformers' pure-torch function; statetap check will not compare with a "
+            f"different implementation"
         )
     route.append(f"{name} at {os.path.basename(code.co_filename)}:{code.co_firstlineno}")
     return Resolution(function, " -> ".join(route))
