@@ -1,7 +1,9 @@
 """statetap.kernels: instrumented recurrences, one sub-package per op.
 
 Every op follows the state contract of ``docs/semantics.md`` and returns a
-:class:`ScanOutput` ``(y, final_state, states)``.  Each public function dispatches on the
+:class:`ScanOutput` ``(y, final_state, states)``.  Positions may be given as a prebuilt
+:class:`Schedule` (checked once, then reused by every call without a device sync) and the
+emitted states written into a caller's ``states_out`` buffer.  Each public function dispatches on the
 device of its inputs (``STATETAP_BACKEND`` forces a backend); ``*_sequential`` /
 ``*_chunked`` / ``*_reference`` are the pure-torch definitions every backend is tested against.
 """
@@ -17,6 +19,7 @@ if __name__ != "statetap.kernels":
     )
 
 from ._contract import ScanOutput
+from ._schedule import Schedule
 from .selective_scan import selective_scan, selective_scan_step
 from .ssd import ssd, ssd_step
 from .wkv4 import wkv4, wkv4_step
@@ -32,6 +35,7 @@ __all__ = [
     "OPS",
     "STEPS",
     "ScanOutput",
+    "Schedule",
     "selective_scan",
     "selective_scan_step",
     "ssd",

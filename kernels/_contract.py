@@ -24,6 +24,8 @@ from typing import NamedTuple
 
 import torch
 
+from ._schedule import Schedule
+
 INJECT_MODES = ("add", "set")
 
 
@@ -63,24 +65,32 @@ def check_tensor(
     Raises TypeError for a non-tensor or a wrong dtype class, ValueError for a wrong shape
     or device; every message names the argument and the expected shape.
     """
-    expected = shape_str(
-        f"{n}={s}" if s is not None and not str(n).isdigit() else n for n, s in zip(names, shape)
-    )
     if not isinstance(value, torch.Tensor):
         raise TypeError(
-            f"{name} must be a torch.Tensor of shape {expected}, got {type(value).__name__}"
+            f"{name} must be a torch.Tensor of shape {_expected(shape, names)}, "
+            f"got {type(value).__name__}"
         )
     if floating and not value.is_floating_point():
         raise TypeError(
-            f"{name} must be a floating-point tensor of shape {expected}, got {value.dtype}"
+            f"{name} must be a floating-point tensor of shape {_expected(shape, names)}, "
+            f"got {value.dtype}"
         )
     if value.dim() != len(shape) or any(
         want is not None and got != want for got, want in zip(value.shape, shape)
     ):
-        raise ValueError(f"{name} must have shape {expected}, got {shape_str(value.shape)}")
+        raise ValueError(
+            f"{name} must have shape {_expected(shape, names)}, got {shape_str(value.shape)}"
+        )
     if device is not None:
         check_device(name, value, device)
     return value
+
+
+def _expected(shape: Sequence[int | None], names: Sequence[str]) -> str:
+    """The shape a check expects, spelled for a message: ``[B=2, L, H=4]``."""
+    return shape_str(
+        f"{n}={s}" if s is not None and not str(n).isdigit() else n for n, s in zip(names, shape)
+    )
 
 
 def check_device(name: str, value: torch.Tensor, device: torch.device) -> None:
@@ -127,47 +137,6 @@ def float64_runs(reference: Callable) -> Callable[[Callable], Callable]:
     return decorate
 
 
-def _positions(
-    name: str, value: object, batch: int, length: int, device: torch.device
-) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-    """Validate ``emit_at`` / ``inject_at``: integer ``[B, P]`` or ``[P]`` in ``[0, L)`` or -1.
-
-    Returns the positions ``[B, P]`` long and their per-row schedule ``(times, slots)`` (see
-    :meth:`Instrumentation.schedule`; the duplicate check sorts them anyway)."""
-    expected = f"[B={batch}, P] or [P]"
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(
-            f"{name} must be an integer torch.Tensor of shape {expected}, "
-            f"got {type(value).__name__}"
-        )
-    if value.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-        raise TypeError(
-            f"{name} must be an integer tensor (torch.long) of shape {expected}, got {value.dtype}"
-        )
-    check_device(name, value, device)
-    if value.dim() == 1:
-        value = value.expand(batch, -1)
-    if value.dim() != 2 or value.shape[0] != batch:
-        raise ValueError(f"{name} must have shape {expected}, got {shape_str(value.shape)}")
-    value = value.long()
-    low, high = (int(v) for v in torch.aminmax(value)) if value.numel() else (-1, -1)
-    if low < -1 or high >= length:
-        row, slot = (int(i) for i in ((value < -1) | (value >= length)).nonzero()[0])
-        raise ValueError(
-            f"{name}[{row}, {slot}] = {int(value[row, slot])} is out of range: positions must be "
-            f"in [0, L={length}) or -1 for an unused slot"
-        )
-    times, slots = Instrumentation.schedule(value, length)
-    dup = (times[:, 1:] == times[:, :-1]) & (times[:, 1:] < length)
-    if bool(dup.any()):
-        row, slot = (int(i) for i in dup.nonzero()[0])
-        raise ValueError(
-            f"{name} row {row} names position {int(times[row, slot + 1])} twice; each position "
-            f"may appear once per row"
-        )
-    return value, (times, slots)
-
-
 class Instrumentation:
     """Validated instrumentation arguments of one call, applied step by step.
 
@@ -177,7 +146,10 @@ class Instrumentation:
         device: device of the inputs; positions and values must live there.
         dtype: the compute dtype of the state (float32, or float64 for the oracle).
         initial_state, output_final_state, emit_at, inject_at, inject_value, inject_mode,
-        inject_scale: the contract arguments, as passed by the caller.
+        inject_scale: the contract arguments, as passed by the caller (positions as tensors or
+            prebuilt :class:`~._schedule.Schedule` objects, which are not checked again).
+        states_out: a ``[B, P, *S]`` contiguous buffer in the compute dtype for the emitted states
+            (reused across calls: no allocation), or None for a new one.
         default_initial: the op's neutral ``[*S]`` state (zeros when None).
     """
 
@@ -191,11 +163,12 @@ class Instrumentation:
         dtype: torch.dtype,
         initial_state: torch.Tensor | None = None,
         output_final_state: bool = False,
-        emit_at: torch.Tensor | None = None,
-        inject_at: torch.Tensor | None = None,
+        emit_at: torch.Tensor | Schedule | None = None,
+        inject_at: torch.Tensor | Schedule | None = None,
         inject_value: torch.Tensor | None = None,
         inject_mode: str = "add",
         inject_scale: torch.Tensor | float | None = None,
+        states_out: torch.Tensor | None = None,
         default_initial: torch.Tensor | None = None,
     ) -> None:
         self.batch, self.length = batch, length
@@ -218,17 +191,21 @@ class Instrumentation:
         #: the op's neutral ``[*S]`` state, or None for zeros (a kernel may start from nothing)
         self.default_initial = default_initial
 
-        #: ``[B, P]`` long positions, and their per-row schedule ``(times, slots)`` int32
-        #: (:meth:`schedule`), or None
-        self.emit_at = self.emit_schedule = None
+        #: the validated emission and injection :class:`~._schedule.Schedule`, or None
+        self.emit_schedule = self.inject_schedule = None
         if emit_at is not None:
-            self.emit_at, self.emit_schedule = _positions("emit_at", emit_at, batch, length, device)
-        self.inject_at = self.inject_schedule = None
-        if inject_at is not None:
-            self.inject_at, self.inject_schedule = _positions(
-                "inject_at", inject_at, batch, length, device
+            self.emit_schedule = Schedule.build(
+                emit_at, batch=batch, length=length, device=device, name="emit_at"
             )
+        if inject_at is not None:
+            self.inject_schedule = Schedule.build(
+                inject_at, batch=batch, length=length, device=device, name="inject_at"
+            )
+        #: ``[B, P]`` / ``[B, Q]`` long positions (``-1``: unused slot), or None
+        self.emit_at = None if self.emit_schedule is None else self.emit_schedule.positions
+        self.inject_at = None if self.inject_schedule is None else self.inject_schedule.positions
         self._check_injection(inject_value, inject_mode, inject_scale)
+        self._states_out = self._check_states_out(states_out)
 
     def _check_injection(
         self,
@@ -306,17 +283,21 @@ class Instrumentation:
     # ------------------------------------------------------------------ queries
     def inject_positions(self) -> list[int]:
         """Sorted distinct timesteps at which some row injects."""
-        return self._distinct(self.inject_at)
+        return self._distinct(self.inject_schedule)
 
     def emit_positions(self) -> list[int]:
         """Sorted distinct timesteps at which some row emits."""
-        return self._distinct(self.emit_at)
+        return self._distinct(self.emit_schedule)
 
     @staticmethod
-    def _distinct(positions: torch.Tensor | None) -> list[int]:
-        if positions is None:
+    def _distinct(schedule: Schedule | None) -> list[int]:
+        """The schedule's distinct times: known on the host, or read from the device (the
+        references walk time in Python; the kernels never ask)."""
+        if schedule is None:
             return []
-        return [int(t) for t in positions.unique().tolist() if t >= 0]
+        if schedule.distinct is not None:
+            return list(schedule.distinct)
+        return [t for t in schedule.positions.unique().tolist() if t >= 0]
 
     @functools.cached_property
     def _inject_times(self) -> set[int]:
@@ -326,35 +307,43 @@ class Instrumentation:
     def _emit_times(self) -> set[int]:
         return set(self.emit_positions())
 
-    @staticmethod
-    def schedule(positions: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-row time order of ``emit_at`` / ``inject_at`` for a kernel walking forward in time.
-
-        Args:
-            positions: validated ``[B, P]`` positions, ``-1`` for unused slots.
-            length: ``L``; unused slots become ``L``, a time the kernel never reaches.
-
-        Returns:
-            ``(times, slots)``, both int32 ``[B, P]`` and contiguous: ``times[b]`` ascending,
-            ``slots[b, i]`` the caller's slot of ``times[b, i]``.  A kernel keeps one cursor
-            per row and acts when ``t == times[b, cursor]``.
-        """
-        times = torch.where(positions < 0, length, positions)
-        times, slots = times.sort(dim=1, stable=True)
-        return times.to(torch.int32).contiguous(), slots.to(torch.int32).contiguous()
-
     # ------------------------------------------------------------------ actions
-    def new_states(self) -> torch.Tensor | None:
-        """Zero ``[B, P, *S]`` buffer for the emitted states, or None."""
-        if self.emit_at is None:
+    def _check_states_out(self, states_out: object) -> torch.Tensor | None:
+        """Validate the caller's emitted-states buffer (see the class docstring)."""
+        if states_out is None:
             return None
-        return torch.zeros(
-            self.batch,
-            self.emit_at.shape[1],
-            *self.state_shape,
-            device=self.device,
-            dtype=self.dtype,
-        )
+        if self.emit_schedule is None:
+            raise ValueError("states_out was given without emit_at")
+        shape = (self.batch, self.emit_schedule.count, *self.state_shape)
+        names = ("B", "P", *(f"S{i}" for i in range(len(self.state_shape))))
+        check_tensor("states_out", states_out, shape, names, device=self.device)
+        if states_out.dtype != self.dtype or not states_out.is_contiguous():
+            raise TypeError(
+                f"states_out must be a contiguous {self.dtype} tensor (the states are written "
+                f"into it), got {states_out.dtype}"
+                f"{'' if states_out.is_contiguous() else ', non-contiguous'}"
+            )
+        return states_out
+
+    def new_states(self, allocate: Callable[[tuple[int, ...]], torch.Tensor] | None = None):
+        """The ``[B, P, *S]`` buffer for the emitted states, or None without ``emit_at``.
+
+        The caller's ``states_out`` (no allocation), else ``allocate(shape)`` (an uninitialised
+        buffer), else new zeros; unused slots are zeroed in place (no host sync), every used slot
+        is the op's to write.
+        """
+        schedule = self.emit_schedule
+        if schedule is None:
+            return None
+        states = self._states_out
+        if states is None:
+            shape = (self.batch, schedule.count, *self.state_shape)
+            if allocate is None:
+                return torch.zeros(shape, device=self.device, dtype=self.dtype)
+            states = allocate(shape)
+        if schedule.unused is not None:
+            states.masked_fill_(schedule.unused.view(*schedule.unused.shape, *self._state_ones), 0)
+        return states
 
     def inject(self, state: torch.Tensor, t: int) -> torch.Tensor:
         """Apply the injections at timestep ``t`` to ``state`` ``[B, *S]``."""

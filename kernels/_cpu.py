@@ -72,8 +72,9 @@ def contract_args(instr: Instrumentation, state: torch.Tensor | None = None) -> 
     Returns the keyword arguments ``initial_state`` ``[B, *S]`` (the caller's, the op's neutral
     state, or None for zeros), ``final_state`` (an output buffer, or None unless asked for; both
     ``state`` when given), ``emit_times``/``emit_slots`` ``[B, P]`` int32 (per-row
-    time order, :meth:`Instrumentation.schedule`) with the ``states`` ``[B, P, *S]`` buffer
-    (unused slots zeroed here, the others written by the kernel), ``inject_times``/
+    time order, :class:`~._schedule.Schedule`) with the ``states`` ``[B, P, *S]`` buffer (the
+    caller's ``states_out`` or a new one; unused slots zeroed here, the others written by the
+    kernel), ``inject_times``/
     ``inject_slots`` ``[B, Q]`` with ``inject_value`` (a broadcast ``[B, Q, *S]`` view),
     ``inject_scale`` (``[B, Q]`` view or None) and ``inject_set``.  Slot lists that are absent
     or empty are passed as None.
@@ -98,16 +99,12 @@ def contract_args(instr: Instrumentation, state: torch.Tensor | None = None) -> 
         inject_scale=None,
         inject_set=instr.inject_mode == "set",
     )
-    if instr.emit_at is not None:
-        # every used slot is written by the kernel: zero only the unused ones (-1)
-        states = empty((instr.batch, instr.emit_at.shape[1], *instr.state_shape), torch.float32)
-        unused = instr.emit_at < 0
-        if bool(unused.any()):
-            states[unused] = 0.0
-        args["states"] = states
-    if instr.emit_at is not None and instr.emit_at.shape[1] > 0:
-        args["emit_times"], args["emit_slots"] = instr.emit_schedule
-    if instr.inject_at is not None and instr.inject_at.shape[1] > 0:
-        args["inject_times"], args["inject_slots"] = instr.inject_schedule
+    # every used slot is written by the kernel: only the unused ones (-1) are zeroed
+    args["states"] = instr.new_states(lambda shape: empty(shape, torch.float32))
+    emit, inject = instr.emit_schedule, instr.inject_schedule
+    if emit is not None and emit.count > 0:
+        args["emit_times"], args["emit_slots"] = emit.times, emit.slots
+    if inject is not None and inject.count > 0:
+        args["inject_times"], args["inject_slots"] = inject.times, inject.slots
         args["inject_value"], args["inject_scale"] = instr.inject_value, instr.inject_scale
     return args

@@ -8,8 +8,8 @@ poison them with NaN through it), :func:`dummy` and the ``@triton.jit`` :func:`s
 
 Launch side: :class:`KernelInstrumentation` turns a validated :class:`Instrumentation` into the
 tensors a kernel walks through time: per row, the sorted emission and injection times with a
-sentinel ``L`` at the end (:func:`with_sentinel`; a cursor never runs off the row), the caller's
-slot of each time, the zeroed ``states`` buffer, the injected values (any strides: a broadcast
+sentinel ``L`` at the end (built once with the :class:`~._schedule.Schedule`; a cursor never runs
+off the row), the caller's slot of each time, the ``states`` buffer (unused slots zeroed), the injected values (any strides: a broadcast
 steering vector is never copied ``B`` times) and the scales, plus the ``tl.constexpr`` flags that
 select the kernel's specialisation.  With nothing requested the flags are all False and the
 kernel is the plain one.
@@ -20,6 +20,7 @@ step ``t`` is the row's next scheduled time, and advance the row's cursor.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ import triton
 import triton.language as tl
 
 from ._contract import Instrumentation, ScanOutput
+from ._schedule import Schedule
 
 INTERPRETING = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 
@@ -52,19 +54,21 @@ def dummy(device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Ten
 
 
 def with_sentinel(
-    schedule: tuple[torch.Tensor, torch.Tensor] | None, batch: int, length: int, device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A per-row schedule ``(times, slots)`` int32 ``[B, P]`` (:meth:`Instrumentation.schedule`,
-    None for none) as the kernels walk it: ``[B, P + 1]`` contiguous, a sentinel time ``L``
-    last."""
+    times: torch.Tensor, batch: int, length: int, device: torch.device
+) -> torch.Tensor:
+    """Per-row ascending times ``[B, P]`` int32 (:func:`~._schedule.time_order`) as the kernels
+    walk them: ``[B, P + 1]`` contiguous, a sentinel ``L`` last."""
     sentinel = torch.full((batch, 1), length, device=device, dtype=torch.int32)
-    if schedule is None:
-        return sentinel, torch.zeros_like(sentinel)
-    times, slots = schedule
-    return (
-        torch.cat([times, sentinel], 1).contiguous(),
-        torch.cat([slots, torch.zeros_like(sentinel)], 1).contiguous(),
-    )
+    return torch.cat([times, sentinel], 1).contiguous()
+
+
+@functools.lru_cache(maxsize=64)
+def no_schedule(batch: int, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(times, slots)`` ``[B, 1]`` int32 of a schedule that names nothing: the sentinel ``L``
+    alone.  Kernels only read it, so one pair per shape serves every call (no allocation in a
+    decode loop or a captured CUDA graph)."""
+    times = torch.full((batch, 1), length, device=device, dtype=torch.int32)
+    return times, torch.zeros_like(times)
 
 
 @triton.jit
@@ -116,10 +120,8 @@ class KernelInstrumentation:
                 if instr.output_final_state
                 else None
             )
-        emit_times, emit_slots = with_sentinel(instr.emit_schedule, batch, instr.length, device)
-        inject_times, inject_slots = with_sentinel(
-            instr.inject_schedule, batch, instr.length, device
-        )
+        emit_times, emit_slots = _kernel_schedule(instr.emit_schedule, instr)
+        inject_times, inject_slots = _kernel_schedule(instr.inject_schedule, instr)
         scale = instr.inject_scale
         return cls(
             instr=instr,
@@ -183,6 +185,15 @@ class KernelInstrumentation:
         """``ScanOutput(y, final, states)`` as the contract returns it."""
         final = self.final if self.instr.output_final_state else None
         return ScanOutput(y, final, self.states)
+
+
+def _kernel_schedule(
+    schedule: Schedule | None, instr: Instrumentation
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(times, slots)`` ``[B, P + 1]`` as a kernel walks them (prebuilt with the schedule)."""
+    if schedule is None:
+        return no_schedule(instr.batch, instr.length, instr.device)
+    return schedule.kernel_times, schedule.kernel_slots
 
 
 def block_size(n: int, least: int = 16) -> int:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from statetap.kernels import Schedule
+
 
 def gather_positions(sequence: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """``sequence`` ``[B, L, ...]`` at ``positions`` ``[B, P]`` -> ``[B, P, ...]``; slots
@@ -22,20 +24,35 @@ def gather_positions(sequence: torch.Tensor, positions: torch.Tensor) -> torch.T
     return gathered.masked_fill(unused, 0)
 
 
+def first_occurrences(positions: torch.Tensor) -> torch.Tensor:
+    """``[B, P]`` positions with every repeat within a row replaced by ``-1`` (unused)."""
+    first = _first_slots(positions)
+    slots = torch.arange(first.shape[1], device=first.device)
+    return torch.where(first == slots, positions, -1)
+
+
+def _first_slots(positions: torch.Tensor) -> torch.Tensor:
+    """``[B, P]``: for each slot, the first slot of its row naming the same position."""
+    same = positions[:, :, None] == positions[:, None, :]
+    return same.to(torch.uint8).argmax(-1)
+
+
 @dataclass
 class Injection:
     """One injection at a site: padded ``positions`` ``[B, Q]``, ``value`` ``[B, Q, *shape]``,
-    ``mode`` ``"add"`` / ``"set"`` and an optional ``scale`` ``[B, Q]`` (add only)."""
+    ``mode`` ``"add"`` / ``"set"``, an optional ``scale`` ``[B, Q]`` (add only), and the
+    positions' kernel ``schedule`` (built once per pass and shared by every layer's call)."""
 
     positions: torch.Tensor
     value: torch.Tensor
     mode: str = "add"
     scale: torch.Tensor | None = None
+    schedule: Schedule | None = None
 
     def kernel_arguments(self) -> dict:
         """The injection as a ``statetap.kernels`` op takes it."""
         return dict(
-            inject_at=self.positions,
+            inject_at=self.positions if self.schedule is None else self.schedule,
             inject_value=self.value,
             inject_mode=self.mode,
             inject_scale=self.scale,
@@ -72,29 +89,26 @@ class SiteOps:
 
     Emission positions may repeat within a row (``[t, -1]`` where ``t`` is the last token);
     the kernels take each position once, so :meth:`kernel_arguments` hands them the first
-    occurrence and :meth:`expand_states` copies it to the repeats.
+    occurrence (``emit_schedule``, built once per pass and shared by every layer's call) and
+    :meth:`expand_states` copies it to the repeats.
     """
 
     emit_at: torch.Tensor | None = None
     injection: Injection | None = None
-
-    def _first_slots(self) -> torch.Tensor:
-        """``[B, P]``: for each slot, the first slot of its row naming the same position."""
-        same = self.emit_at[:, :, None] == self.emit_at[:, None, :]
-        return same.to(torch.uint8).argmax(-1)
+    emit_schedule: Schedule | None = None
 
     def kernel_arguments(self) -> dict:
         """The work as a ``statetap.kernels`` op takes it."""
         arguments = {} if self.injection is None else self.injection.kernel_arguments()
-        if self.emit_at is not None:
-            first = self._first_slots()
-            slots = torch.arange(first.shape[1], device=first.device)
-            arguments["emit_at"] = torch.where(first == slots, self.emit_at, -1)
+        if self.emit_schedule is not None:
+            arguments["emit_at"] = self.emit_schedule
+        elif self.emit_at is not None:
+            arguments["emit_at"] = first_occurrences(self.emit_at)
         return arguments
 
     def expand_states(self, states: torch.Tensor) -> torch.Tensor:
         """Kernel-emitted ``[B, P, *S]`` states with repeated positions filled in."""
-        first = self._first_slots()
+        first = _first_slots(self.emit_at)
         index = first.view(*first.shape, *[1] * (states.dim() - 2)).expand_as(states)
         return states.gather(1, index)
 

@@ -31,7 +31,8 @@ from torch import nn
 from statetap.adapters import Adapter, adapter_for
 from statetap.adapters.base import COMMON_SITES, ForwardStopped
 from statetap.adapters.upstream import check_transformers_version
-from statetap.plan import Injection, Pass, SiteOps
+from statetap.kernels import Schedule
+from statetap.plan import Injection, Pass, SiteOps, first_occurrences
 from statetap.positions import PositionSpec, resolve_positions
 from statetap.state import RecurrentState
 
@@ -297,7 +298,11 @@ class Tap:
 
     def _plan_emission(self, pass_: Pass, request: Emit, positions_of) -> None:
         keys = self.emission_keys(request)
-        positions = positions_of(request, f"Emit({request.site!r}).positions")
+        name = f"Emit({request.site!r}).positions"
+        positions = positions_of(request, name)
+        # one schedule for every layer's kernel call, checked here (on the host when the
+        # positions are there): the layers' instrumented calls then read no device value
+        schedule = self._schedule(first_occurrences(positions), pass_, name)
         for site, layer in keys:
             ops = pass_.ops.setdefault((site, layer), SiteOps())
             if ops.emit_at is not None:
@@ -305,6 +310,12 @@ class Tap:
                     f"({site!r}, layer {layer}) is emitted by two requests; merge their positions"
                 )
             ops.emit_at = positions.to(self.device)
+            ops.emit_schedule = schedule
+
+    def _schedule(self, positions: torch.Tensor, pass_: Pass, name: str) -> Schedule:
+        return Schedule.build(
+            positions, batch=pass_.batch, length=pass_.length, device=self.device, name=name
+        )
 
     def _plan_injection(self, pass_: Pass, request: Inject, positions_of) -> None:
         if not isinstance(request, Inject):
@@ -360,7 +371,8 @@ class Tap:
             raise ValueError(
                 f"({request.site!r}, layer {layer}) has two injections; merge them into one"
             )
-        ops.injection = Injection(positions.to(self.device), value, request.mode, scale)
+        schedule = self._schedule(positions, pass_, name)
+        ops.injection = Injection(positions.to(self.device), value, request.mode, scale, schedule)
 
     def generate(self, input_ids, attention_mask=None, emit=(), inject=(), **generate_kwargs):
         """``model.generate`` with emissions and injections: see :mod:`statetap.generate`."""

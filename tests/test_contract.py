@@ -232,10 +232,10 @@ def test_unused_injection_slots_are_ignored_whatever_they_hold(op, form, mode):
 
 
 def test_schedule_orders_each_row_in_time():
-    from statetap.kernels._contract import Instrumentation
+    from statetap.kernels._schedule import time_order
 
     positions = torch.tensor([[7, -1, 0, 3], [-1, -1, 2, 9]])
-    times, slots = Instrumentation.schedule(positions, length=10)
+    times, slots = time_order(positions, length=10)
     assert times.dtype == slots.dtype == torch.int32
     assert times.tolist() == [[0, 3, 7, 10], [2, 9, 10, 10]]
     for row in range(2):  # each scheduled time points back at the slot that asked for it

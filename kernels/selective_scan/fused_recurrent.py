@@ -8,7 +8,7 @@ in registers while the program walks ``t = 0 .. L-1``; per token it loads ``u_t`
 ``silu(z_t)``) from the post-update state.
 
 Instrumentation is compile-time: with ``HAS_EMIT`` the program keeps a cursor into its row's
-time-sorted emission times (:meth:`Instrumentation.schedule`) and, when ``t`` reaches the next
+time-sorted emission times (:class:`~.._schedule.Schedule`) and, when ``t`` reaches the next
 one, stores the state into ``states[b, slot]`` and loads the following time; ``HAS_INJECT``
 likewise adds ``scale * value[b, slot]`` (or writes ``value``, ``INJECT_SET``) after ``y_t`` was
 stored and before the emission at ``t``.  Without them the kernel is the plain scan.
