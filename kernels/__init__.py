@@ -3,8 +3,8 @@
 Every op follows the state contract of ``docs/semantics.md`` and returns a
 :class:`ScanOutput` ``(y, final_state, states)``.  Positions may be given as a prebuilt
 :class:`Schedule` (checked once, then reused by every call without a device sync) and the
-emitted states written into a caller's ``states_out`` buffer.  Each public function dispatches on the
-device of its inputs (``STATETAP_BACKEND`` forces a backend); ``*_sequential`` /
+emitted states written into a caller's ``states_out`` buffer.  Each public function dispatches
+on the device of its inputs (``STATETAP_BACKEND`` forces a backend); ``*_sequential`` /
 ``*_chunked`` / ``*_reference`` are the pure-torch definitions every backend is tested against.
 """
 

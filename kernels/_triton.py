@@ -8,11 +8,11 @@ poison them with NaN through it), :func:`dummy` and the ``@triton.jit`` :func:`s
 
 Launch side: :class:`KernelInstrumentation` turns a validated :class:`Instrumentation` into the
 tensors a kernel walks through time: per row, the sorted emission and injection times with a
-sentinel ``L`` at the end (built once with the :class:`~._schedule.Schedule`; a cursor never runs
-off the row), the caller's slot of each time, the ``states`` buffer (unused slots zeroed), the injected values (any strides: a broadcast
-steering vector is never copied ``B`` times) and the scales, plus the ``tl.constexpr`` flags that
-select the kernel's specialisation.  With nothing requested the flags are all False and the
-kernel is the plain one.
+sentinel ``L`` at the end (built once with the :class:`~._schedule.Schedule`; a cursor never
+runs off the row), the caller's slot of each time, the ``states`` buffer (unused slots zeroed),
+the injected values (any strides: a broadcast steering vector is never copied ``B`` times) and
+the scales, plus the ``tl.constexpr`` flags that select the kernel's specialisation.  With
+nothing requested the flags are all False and the kernel is the plain one.
 
 Kernel side: :func:`emit_tile` and :func:`inject_tile` act on one tile of the state when the
 step ``t`` is the row's next scheduled time, and advance the row's cursor.
