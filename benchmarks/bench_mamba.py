@@ -1,24 +1,29 @@
-"""Benchmark the Mamba Triton kernels (selective scan, SSD, decode steps) against their baselines.
+"""Benchmark the Mamba Triton kernels (selective scan, SSD, decode steps) against their peers.
 
 One command on a CUDA machine::
 
-    .venv/bin/python benchmarks/bench_mamba.py            # full grid (a few minutes on an H100)
-    .venv/bin/python benchmarks/bench_mamba.py --quick    # B = 1, L = 2048 only
+    python benchmarks/bench_mamba.py            # B in {1, 8} x L in {2048, 8192}, decode B 1/64
+    python benchmarks/bench_mamba.py --quick    # the goal shapes: B = 8, L = 2048; decode B 64
 
-It times, side by side in one run, on Mamba-2.8B shapes (D = 5120, N = 16) and Mamba-2 2.7B
-shapes (H = 80, P = 64, N = 128, chunk 256), bf16 inputs:
+Shapes (bf16 inputs, fp32 state): selective scan D = 1536, N = 16; SSD H = 24, P = 64,
+N = 128, chunk 256; decode steps at Mamba-2.8B (D = 5120, N = 16) and Mamba-2 2.7B
+(H = 80, P = 64, N = 128). Rows, side by side in one run:
 
-* statetap's Triton kernels un-instrumented, emitting at 1 % of positions, emitting every 64th
-  position, and injecting (add, at 1 % of positions);
-* the decode steps at batch 1 and 64 (plain and emitting);
-* baselines: the pure-torch per-token loop (statetap's reference, the same recurrence as the
-  slow path transformers falls back to; skipped where it would take minutes, see --torch-max-l),
-  and mamba-ssm's ``selective_scan_fn`` / ``mamba_chunk_scan_combined`` /
-  ``selective_state_update`` when ``mamba_ssm`` imports.
+* statetap (``statetap.kernels.selective_scan`` / ``ssd``): un-instrumented, emitting at 1 % of
+  positions, every 64th position (full grid only), injecting (add) at 1 %; emission and
+  injection use a pre-validated ``Schedule`` and a reused states buffer, built outside the timing;
+* peers: mamba-ssm's CUDA ``selective_scan_fn`` (a ``missing`` row with the reason where its
+  extension is not built), ``mamba_chunk_scan_combined`` un-instrumented and **chained**: called
+  once per segment between emission points, each call starting from the previous final state
+  (what a user writes to get the same states without statetap), and ``selective_state_update``;
+* decode steps timed eagerly and as CUDA-graph replays (``timing`` column);
+* the pure-torch per-token loop (full grid only, up to ``--torch-max-l``).
 
-It prints a table (ms, GB/s of the compulsory traffic, percent of the measured copy bandwidth,
-cost over the un-instrumented kernel, speed-up over each baseline) and writes
-``benchmarks/results/<date>-<device>-mamba.json``.  Without CUDA it exits with a message.
+The peers' autotuning is bounded (``benchmarks/peers.py``: one config per kernel unless
+``STATETAP_PEER_AUTOTUNE=full``). Each row is printed as it finishes and
+``benchmarks/results/<date>-<device>-mamba.json`` is rewritten after every row; a failing row
+is recorded with its error. Without CUDA it exits with a message (``STATETAP_SUITE_DRY_RUN=1``:
+rehearsal rows, see common.py).
 """
 
 # Each lambda below is timed at once, inside the loop iteration that defines it:
@@ -35,8 +40,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import peers  # noqa: E402
 
-COLUMNS = ("op", "shape", "variant", "impl", "ms", "GB/s", "%bw", "overhead", "speedup")
+SCAN = dict(dim=1536, n=16)
+SSD = dict(heads=24, head_dim=64, n=128)
+CHUNK = 256
+STEP_SCAN = dict(dim=5120, n=16)
+STEP_SSD = dict(heads=80, head_dim=64, n=128)
+SSD_PEER = "mamba_ssm mamba_chunk_scan_combined"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -44,7 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         epilog="Needs a CUDA GPU; writes benchmarks/results/<date>-<device>-mamba.json.",
     )
-    parser.add_argument("--quick", action="store_true", help="B = 1, L = 2048 only")
+    parser.add_argument("--quick", action="store_true", help="the goal shapes: B = 8, L = 2048")
     parser.add_argument(
         "--ops",
         default="selective_scan,ssd,step",
@@ -54,20 +65,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--torch-max-l",
         type=int,
         default=2048,
-        help="longest L timed for the pure-torch per-token loop (default 2048)",
+        help="longest L timed for the pure-torch per-token loop (full grid only; default 2048)",
     )
-    parser.add_argument("--no-write", action="store_true", help="print only, write no JSON")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    unknown = set(args.ops.split(",")) - {"selective_scan", "ssd", "step"}
+    if unknown:
+        parser.error(f"--ops: unknown {sorted(unknown)}; expected selective_scan, ssd, step")
+    return args
 
 
-def positions(batch: int, length: int, count: int, device, every: int | None = None):
-    """``[B, count]`` distinct positions per row: random, or every ``every``-th token."""
-    if every is not None:
-        return torch.arange(every - 1, length, every, device=device).expand(batch, -1).contiguous()
-    return torch.stack([torch.randperm(length, device=device)[:count] for _ in range(batch)])
-
-
-def mamba1_inputs(batch, length, device, dim=5120, n=16):
+def mamba1_inputs(batch, length, device, dim, n):
     bf16 = dict(device=device, dtype=torch.bfloat16)
     f32 = dict(device=device, dtype=torch.float32)
     return dict(
@@ -83,7 +90,7 @@ def mamba1_inputs(batch, length, device, dim=5120, n=16):
     )
 
 
-def mamba2_inputs(batch, length, device, heads=80, head_dim=64, n=128):
+def mamba2_inputs(batch, length, device, heads, head_dim, n):
     bf16 = dict(device=device, dtype=torch.bfloat16)
     f32 = dict(device=device, dtype=torch.float32)
     return dict(
@@ -99,152 +106,151 @@ def mamba2_inputs(batch, length, device, heads=80, head_dim=64, n=128):
     )
 
 
-def variants(batch, length, state_shape, device):
-    """Instrumentation variants: name -> (keyword arguments, bytes of emitted state)."""
+def emission_points(length: int, variant: str) -> list[int]:
+    """The positions (shared by every row of the batch) of an instrumented variant."""
+    if variant == "emit every 64":
+        return list(range(63, length, 64))
+    count = max(1, length // 100)  # 1 %, evenly spread, the last at L - 1
+    return torch.linspace(0, length - 1, count).long().tolist()
+
+
+def variant_names(quick: bool) -> list[str]:
+    names = ["plain", "emit 1%", "inject add 1%"]
+    return names if quick else names[:2] + ["emit every 64"] + names[2:]
+
+
+def instrumentation(variant, batch, length, state_shape, device) -> tuple[dict, int]:
+    """Keyword arguments of one variant (schedule and buffers built here, outside the timing)
+    and the bytes its emitted or injected states add."""
+    if variant == "plain":
+        return {}, 0
+    points = emission_points(length, variant)
+    at = torch.tensor(points, dtype=torch.long)  # on the host: validated there, once
     state_bytes = 4 * math.prod(state_shape)
-    one_pct = max(1, length // 100)
-    out = {"plain": ({}, 0)}
-    emit = positions(batch, length, one_pct, device)
-    out["emit 1%"] = (dict(emit_at=emit), batch * one_pct * state_bytes)
-    every = positions(batch, length, 0, device, every=64)
-    out["emit every 64"] = (dict(emit_at=every), batch * every.shape[1] * state_bytes)
+    extra = batch * len(points) * state_bytes
+    if variant.startswith("emit"):
+        sched = common.schedule(at, batch=batch, length=length, device=device, name="emit_at")
+        states = torch.zeros(batch, len(points), *state_shape, device=device)
+        return dict(emit_at=sched, states_out=states), extra
+    sched = common.schedule(at, batch=batch, length=length, device=device, name="inject_at")
     value = torch.randn(*state_shape, device=device) * 0.01
-    inject = dict(inject_at=positions(batch, length, one_pct, device), inject_value=value)
-    out["inject add 1%"] = (inject, 0)
-    return out
+    return dict(inject_at=sched, inject_value=value), extra
 
 
-def mamba_ssm():
-    """mamba-ssm's functions, or None where it does not import."""
-    try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-        from mamba_ssm.ops.triton.selective_state_update import selective_state_update
-        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-    except Exception as error:  # noqa: BLE001 - any import failure means "no baseline"
-        print(f"mamba_ssm baselines skipped: {type(error).__name__}: {error}")
-        return None
-    return dict(
-        selective_scan_fn=selective_scan_fn,
-        mamba_chunk_scan_combined=mamba_chunk_scan_combined,
-        selective_state_update=selective_state_update,
-    )
+def peer(name: str, run: common.Recorder):
+    """A mamba-ssm function (:func:`peers.mamba_triton` / ``mamba_cuda_scan``), its autotuning
+    bounded and the bound recorded."""
+    if name == "selective_scan_fn":
+        peers.mamba_triton()  # the stub, where needed, before anything imports mamba_ssm
+        fn = peers.mamba_cuda_scan()
+    else:
+        found = peers.mamba_triton()
+        run.extra["mamba_ssm"] = found["note"]
+        fn = found[name]
+    run.extra["peer_autotune"] = peers.bound_autotuning()
+    return fn
 
 
-class Runner:
-    def __init__(self, bandwidth: float, torch_max_l: int):
-        self.rows: list[dict] = []
-        self.bandwidth = bandwidth
-        self.torch_max_l = torch_max_l
-
-    def time(self, op, shape, variant, impl, fn, nbytes, plain_ms=None, ours_ms=None):
-        try:
-            ms = common.time_ms(fn)
-        except Exception as error:  # noqa: BLE001 - a failing baseline is reported, not fatal
-            print(f"{op} {shape} {impl}: failed: {type(error).__name__}: {error}")
-            return None
-        gbps = nbytes / (ms * 1e-3) / 1e9
-        row = dict(op=op, shape=shape, variant=variant, impl=impl, ms=ms, bytes=nbytes)
-        row.update({"GB/s": gbps, "%bw": 100 * gbps / self.bandwidth})
-        if plain_ms is not None:
-            row["overhead"] = f"{100 * (ms / plain_ms - 1):+.1f}%"
-        if ours_ms is not None:
-            row["speedup"] = f"{ms / ours_ms:.2f}x"  # baseline time / ours
-        self.rows.append(row)
-        print(common.format_table([row], COLUMNS).splitlines()[-1], flush=True)
-        return ms
-
-
-def bench_selective_scan(run: Runner, grid, device, baselines):
-    from statetap.kernels.selective_scan.fused_recurrent import selective_scan_triton
-    from statetap.kernels.selective_scan.reference import selective_scan
-
+def bench_selective_scan(run: common.Recorder, grid, device, args):
+    dim, n = SCAN["dim"], SCAN["n"]
     for batch, length in grid:
-        inputs = mamba1_inputs(batch, length, device)
-        dim, n = inputs["A"].shape
         shape = f"B{batch} L{length} D{dim} N{n}"
-        io = common.tensor_bytes(*(inputs[k] for k in ("u", "delta", "z", "B", "C")))
-        io += batch * dim * length * 2  # y
-        plain = None
-        for variant, (kwargs, extra) in variants(batch, length, (dim, n), device).items():
-            ms = run.time(
-                "selective_scan",
-                shape,
-                variant,
-                "statetap triton",
-                lambda kw=kwargs: selective_scan_triton(**inputs, **kw),
-                io + extra,
-                plain_ms=plain,
-            )
-            plain = plain if plain is not None else ms
-        if baselines:
-            fn = baselines["selective_scan_fn"]
-            args = [inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
-            run.time(
-                "selective_scan",
-                shape,
-                "plain",
-                "mamba_ssm selective_scan_fn",
-                lambda: fn(*args, delta_softplus=True),
-                io,
-                ours_ms=plain,
-            )
-        if length <= run.torch_max_l:
-            run.time(
-                "selective_scan",
-                shape,
-                "plain",
-                "torch per-token loop",
-                lambda: selective_scan(**inputs),
-                io,
-                ours_ms=plain,
-            )
+        base = dict(op="selective_scan", shape=shape, B=batch, L=length, timing="eager")
+        inputs = {}
+
+        def io():  # the compulsory traffic: u, delta, z, B, C read, y written
+            if not inputs:
+                inputs.update(mamba1_inputs(batch, length, device, dim, n))
+            moved = common.tensor_bytes(*(inputs[k] for k in ("u", "delta", "z", "B", "C")))
+            return moved + batch * dim * length * 2
+
+        for variant in variant_names(args.quick):
+
+            def ours(variant=variant):
+                from statetap.kernels import selective_scan
+
+                nbytes = io()
+                kwargs, extra = instrumentation(variant, batch, length, (dim, n), device)
+                return lambda: selective_scan(**inputs, **kwargs), nbytes + extra
+
+            run.measure(base | dict(variant=variant, impl="statetap", role="ours"), ours)
+
+        def cuda_peer():
+            fn = peer("selective_scan_fn", run)
+            nbytes = io()
+            args_ = [inputs[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+            return lambda: fn(*args_, delta_softplus=True), nbytes
+
+        impl = "mamba_ssm selective_scan_fn (CUDA)"
+        run.measure(base | dict(variant="plain", impl=impl, role="peer", main=True), cuda_peer)
+        if not args.quick and length <= args.torch_max_l:
+
+            def torch_loop():
+                from statetap.kernels.selective_scan.reference import selective_scan as per_token
+
+                return (lambda: per_token(**inputs)), io()
+
+            row = base | dict(variant="plain", impl="torch per-token loop", role="other")
+            run.measure(row, torch_loop, rep=1)
+        inputs.clear()
 
 
-def bench_ssd(run: Runner, grid, device, baselines):
-    from statetap.kernels.ssd.chunk import ssd_triton
-    from statetap.kernels.ssd.reference import ssd_sequential
-
+def bench_ssd(run: common.Recorder, grid, device, args):
+    heads, head_dim, n = SSD["heads"], SSD["head_dim"], SSD["n"]
     for batch, length in grid:
-        inputs = mamba2_inputs(batch, length, device)
-        _, _, heads, head_dim = inputs["x"].shape
-        n = inputs["B"].shape[-1]
         shape = f"B{batch} L{length} H{heads} P{head_dim} N{n}"
-        io = common.tensor_bytes(*(inputs[k] for k in ("x", "dt", "z", "B", "C")))
-        io += inputs["x"].numel() * 2  # y
-        plain = None
+        base = dict(op="ssd", shape=shape, B=batch, L=length, timing="eager")
+        inputs = {}
+
+        def io():  # x, dt, z, B, C read, y written
+            if not inputs:
+                inputs.update(mamba2_inputs(batch, length, device, heads, head_dim, n))
+            moved = common.tensor_bytes(*(inputs[k] for k in ("x", "dt", "z", "B", "C")))
+            return moved + inputs["x"].numel() * 2
+
         state_shape = (heads, head_dim, n)
-        for variant, (kwargs, extra) in variants(batch, length, state_shape, device).items():
-            ms = run.time(
-                "ssd",
-                shape,
-                variant,
-                "statetap triton",
-                lambda kw=kwargs: ssd_triton(**inputs, chunk_size=256, **kw),
-                io + extra,
-                plain_ms=plain,
-            )
-            plain = plain if plain is not None else ms
-        if baselines:
-            fn = baselines["mamba_chunk_scan_combined"]
-            run.time(
-                "ssd",
-                shape,
-                "plain",
-                "mamba_ssm mamba_chunk_scan_combined",
-                lambda: fn(**inputs, chunk_size=256),
-                io,
-                ours_ms=plain,
-            )
-        if length <= run.torch_max_l:
-            run.time(
-                "ssd",
-                shape,
-                "plain",
-                "torch per-token loop",
-                lambda: ssd_sequential(**inputs),
-                io,
-                ours_ms=plain,
-            )
+        for variant in variant_names(args.quick):
+
+            def ours(variant=variant):
+                from statetap.kernels import ssd
+
+                nbytes = io()
+                kwargs, extra = instrumentation(variant, batch, length, state_shape, device)
+                return lambda: ssd(**inputs, chunk_size=CHUNK, **kwargs), nbytes + extra
+
+            run.measure(base | dict(variant=variant, impl="statetap", role="ours"), ours)
+
+        def plain_peer():
+            fn = peer("mamba_chunk_scan_combined", run)
+            nbytes = io()
+            return lambda: fn(**inputs, chunk_size=CHUNK), nbytes
+
+        run.measure(base | dict(variant="plain", impl=SSD_PEER, role="peer", main=True), plain_peer)
+        for variant in variant_names(args.quick):
+            if not variant.startswith("emit"):
+                continue
+
+            def chained(variant=variant):
+                fn = peer("mamba_chunk_scan_combined", run)
+                nbytes = io()
+                points = emission_points(length, variant)
+                ends = peers.segment_ends(points, length)
+                sequences = {k: inputs[k] for k in ("x", "dt", "B", "C", "z")}
+                constants = {k: inputs[k] for k in ("A", "D", "dt_bias", "dt_softplus")}
+
+                def call(piece, state):
+                    return fn(
+                        **piece, chunk_size=CHUNK, initial_states=state, return_final_states=True
+                    )
+
+                extra = batch * len(points) * 4 * math.prod(state_shape)
+                return lambda: peers.chain_segments(
+                    call, sequences, constants, ends
+                ), nbytes + extra
+
+            impl = f"{SSD_PEER} chained"
+            run.measure(base | dict(variant=variant, impl=impl, role="chained"), chained)
+        inputs.clear()
 
 
 def first_token(inputs: dict, along_time: tuple[str, ...], axis: int) -> dict:
@@ -252,86 +258,109 @@ def first_token(inputs: dict, along_time: tuple[str, ...], axis: int) -> dict:
     return {k: v.select(axis, 0) if k in along_time else v for k, v in inputs.items()}
 
 
-def bench_steps(run: Runner, device, baselines):
-    from statetap.kernels.selective_scan.step import selective_scan_step_triton
-    from statetap.kernels.ssd.step import ssd_step_triton
+def step_cases(batch, device):
+    """``(op, state shape, setup)``: ``setup() -> (ours(emit) -> fn, peer() -> fn)``."""
 
-    for batch in (1, 64):
-        m1 = first_token(mamba1_inputs(batch, 1, device), ("u", "delta", "z", "B", "C"), -1)
-        state1 = torch.zeros(batch, 5120, 16, device=device)
-        m2 = first_token(mamba2_inputs(batch, 1, device), ("x", "dt", "z", "B", "C"), 1)
-        state2 = torch.zeros(batch, 80, 64, 128, device=device)
-        for op, fn, inputs, state in (
-            ("selective_scan_step", selective_scan_step_triton, m1, state1),
-            ("ssd_step", ssd_step_triton, m2, state2),
-        ):
-            shape = f"B{batch} state{list(state.shape[1:])}"
-            io = 2 * state.numel() * 4  # read + write the fp32 state
-            plain = run.time(op, shape, "plain", "statetap triton", lambda: fn(state, **inputs), io)
-            buffer = torch.empty_like(state)
-            run.time(
-                op,
-                shape,
-                "emit",
-                "statetap triton",
-                lambda: fn(state, **inputs, emit=buffer),
-                io + state.numel() * 4,
-                plain_ms=plain,
-            )
-            if baselines and op == "selective_scan_step":
-                ssu = baselines["selective_state_update"]
-                args = [state, m1["u"], m1["delta"], m1["A"], m1["B"], m1["C"], m1["D"], m1["z"]]
-                run.time(
-                    op,
-                    shape,
-                    "plain",
-                    "mamba_ssm selective_state_update",
-                    lambda: ssu(*args, dt_bias=m1["delta_bias"], dt_softplus=True),
-                    io,
-                    ours_ms=plain,
+    def scan():
+        from statetap.kernels import selective_scan_step
+
+        dim, n = STEP_SCAN["dim"], STEP_SCAN["n"]
+        m1 = mamba1_inputs(batch, 1, device, dim, n)
+        m1 = first_token(m1, ("u", "delta", "z", "B", "C"), -1)
+        state = torch.randn(batch, dim, n, device=device)
+
+        def ours(emit):
+            return lambda: selective_scan_step(state, **m1, emit=emit)
+
+        def peer_fn(fn):
+            args = [state, m1["u"], m1["delta"], m1["A"], m1["B"], m1["C"], m1["D"], m1["z"]]
+            return lambda: fn(*args, dt_bias=m1["delta_bias"], dt_softplus=True)
+
+        return state, ours, peer_fn
+
+    def mamba2():
+        from statetap.kernels import ssd_step
+
+        heads, head_dim, n = STEP_SSD["heads"], STEP_SSD["head_dim"], STEP_SSD["n"]
+        m2 = mamba2_inputs(batch, 1, device, heads, head_dim, n)
+        m2 = first_token(m2, ("x", "dt", "z", "B", "C"), 1)
+        state = torch.randn(batch, heads, head_dim, n, device=device)
+
+        def ours(emit):
+            return lambda: ssd_step(state, **m2, emit=emit)
+
+        def peer_fn(fn):  # selective_state_update's per-channel layout, broadcast views
+            A = m2["A"][:, None, None].expand(heads, head_dim, n)
+            dt = m2["dt"][..., None].expand(-1, -1, head_dim)
+            bias = m2["dt_bias"][:, None].expand(heads, head_dim)
+            D = m2["D"][:, None].expand(heads, head_dim)
+            return lambda: fn(state, m2["x"], dt, A, m2["B"], m2["C"], D, m2["z"], bias, True)
+
+        return state, ours, peer_fn
+
+    return (
+        ("selective_scan_step", (STEP_SCAN["dim"], STEP_SCAN["n"]), scan),
+        ("ssd_step", (STEP_SSD["heads"], STEP_SSD["head_dim"], STEP_SSD["n"]), mamba2),
+    )
+
+
+def bench_steps(run: common.Recorder, batches, device):
+    for batch in batches:
+        for op, state_shape, setup in step_cases(batch, device):
+            shape = f"B{batch} state{list(state_shape)}"
+            base = dict(op=op, shape=shape, B=batch, decode=True)
+            io = 2 * batch * math.prod(state_shape) * 4  # the fp32 state read and written
+            built = {}
+
+            def case():
+                if not built:
+                    built["state"], built["ours"], built["peer"] = setup()
+                return built
+
+            for timing in ("eager", "graph"):
+
+                def wrap(fn, timing=timing):
+                    return common.graph_replay(fn) if timing == "graph" else fn
+
+                def plain(wrap=wrap):
+                    return wrap(case()["ours"](False)), io
+
+                def emitting(wrap=wrap):
+                    buffer = torch.empty_like(case()["state"])
+                    return wrap(case()["ours"](buffer)), io + buffer.numel() * 4
+
+                def peer_step(wrap=wrap):
+                    fn = peer("selective_state_update", run)
+                    return wrap(case()["peer"](fn)), io
+
+                row = base | dict(timing=timing, impl="statetap", role="ours")
+                run.measure(row | dict(variant="plain"), plain)
+                run.measure(row | dict(variant="emit"), emitting)
+                impl = "mamba_ssm selective_state_update"
+                run.measure(
+                    base | dict(timing=timing, variant="plain", impl=impl, role="peer", main=True),
+                    peer_step,
                 )
-            elif baselines:
-                ssu = baselines["selective_state_update"]
-                heads, head_dim, n = state.shape[1:]
-                A = m2["A"][:, None, None].expand(heads, head_dim, n)
-                dt = m2["dt"][..., None].expand(-1, -1, head_dim)
-                bias = m2["dt_bias"][:, None].expand(heads, head_dim)
-                D = m2["D"][:, None].expand(heads, head_dim)
-                run.time(
-                    op,
-                    shape,
-                    "plain",
-                    "mamba_ssm selective_state_update",
-                    lambda: ssu(state, m2["x"], dt, A, m2["B"], m2["C"], D, m2["z"], bias, True),
-                    io,
-                    ours_ms=plain,
-                )
+            built.clear()
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     device = common.require_cuda("benchmarks/bench_mamba.py")
     ops = set(args.ops.split(","))
-    grid = [(1, 2048)] if args.quick else [(b, n) for b in (1, 8) for n in (2048, 8192)]
+    grid = [(8, 2048)] if args.quick else [(b, n) for b in (1, 8) for n in (2048, 8192)]
     env = common.environment(device)
-    bandwidth = common.copy_bandwidth_gbps(device)
-    print(f"{env['device']}: measured copy bandwidth {bandwidth:.0f} GB/s")
-    print("  ".join(COLUMNS))
-    run = Runner(bandwidth, args.torch_max_l)
-    baselines = mamba_ssm()
-    with torch.inference_mode():
-        if "selective_scan" in ops:
-            bench_selective_scan(run, grid, device, baselines)
-        if "ssd" in ops:
-            bench_ssd(run, grid, device, baselines)
-        if "step" in ops:
-            bench_steps(run, device, baselines)
-    print()
-    print(common.format_table(run.rows, COLUMNS))
-    if not args.no_write:
-        extra = {"bandwidth_gbps": bandwidth, "quick": args.quick}
-        path = common.write_results("mamba", env, run.rows, extra)
-        print(f"wrote {path}")
+    bandwidth = None if common.DRY_RUN else common.copy_bandwidth_gbps(device)
+    if bandwidth:
+        print(f"{env['device']}: measured copy bandwidth {bandwidth:.0f} GB/s")
+    with common.Recorder("mamba", env, bandwidth, {"quick": args.quick}) as run:
+        with torch.inference_mode():
+            if "selective_scan" in ops:
+                bench_selective_scan(run, grid, device, args)
+            if "ssd" in ops:
+                bench_ssd(run, grid, device, args)
+            if "step" in ops:
+                bench_steps(run, (64,) if args.quick else (1, 64), device)
 
 
 if __name__ == "__main__":
