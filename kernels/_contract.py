@@ -75,15 +75,25 @@ def check_tensor(
             f"{name} must be a floating-point tensor of shape {_expected(shape, names)}, "
             f"got {value.dtype}"
         )
-    if value.dim() != len(shape) or any(
-        want is not None and got != want for got, want in zip(value.shape, shape)
+    got = value.shape
+    if got != shape and (
+        len(got) != len(shape) or any(w is not None and g != w for g, w in zip(got, shape))
     ):
-        raise ValueError(
-            f"{name} must have shape {_expected(shape, names)}, got {shape_str(value.shape)}"
-        )
+        raise ValueError(f"{name} must have shape {_expected(shape, names)}, got {shape_str(got)}")
     if device is not None:
         check_device(name, value, device)
     return value
+
+
+def sequence_dims(dims: Sequence, token: bool) -> tuple:
+    """A sequence op's ``[B, L, ...]`` dims (sizes or names) as its decode step has them:
+    without the time axis when ``token`` (one token: ``[B, ...]``), else unchanged."""
+    return (dims[0], *dims[2:]) if token else tuple(dims)
+
+
+def sequence_shape(shape: Sequence[int], token: bool) -> tuple[int, ...]:
+    """``shape`` read as ``[B, L, ...]``: a one-token ``[B, ...]`` shape gets ``L = 1``."""
+    return (shape[0], 1, *shape[1:]) if token else tuple(shape)
 
 
 def _expected(shape: Sequence[int | None], names: Sequence[str]) -> str:

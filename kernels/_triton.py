@@ -196,9 +196,20 @@ def _kernel_schedule(
     return schedule.kernel_times, schedule.kernel_slots
 
 
+def next_power_of_2(n: int) -> int:
+    """The least power of two ``>= n`` (``triton.next_power_of_2`` without its constexpr-call
+    overhead, which is several microseconds per call on the host)."""
+    return 1 << (n - 1).bit_length() if n > 1 else 1
+
+
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for grid sizes (``triton.cdiv`` without its constexpr-call overhead)."""
+    return -(-a // b)
+
+
 def block_size(n: int, least: int = 16) -> int:
     """The power-of-two tile that covers ``n`` (at least ``least``, which ``tl.dot`` needs)."""
-    return max(least, triton.next_power_of_2(n))
+    return max(least, next_power_of_2(n))
 
 
 @triton.jit

@@ -168,9 +168,9 @@ def block_sizes(
     elements on a GPU, 4 per thread, or 2 per thread from ``N = 64`` on (with 4 there the
     kernel took 110 registers, and triton 3.9's code for sm_90a spilled; with 2, 59); under
     the interpreter few, large programs."""
-    block_n = triton.next_power_of_2(state_size)
+    block_n = _triton.next_power_of_2(state_size)
     per_program = 4096 if interpreter else 512
-    block_d = max(1, min(triton.next_power_of_2(dim), per_program // block_n))
+    block_d = max(1, min(_triton.next_power_of_2(dim), per_program // block_n))
     return block_d, block_n, 8 if block_n >= 64 else 4
 
 
@@ -250,7 +250,7 @@ def selective_scan_triton(
         C = C.repeat_interleave(n_groups // C.shape[1], 1)
     group_size = dim // n_groups
     block_d, block_n, warps = block_sizes(dim, state_size)
-    grid = (triton.cdiv(dim, block_d), batch)
+    grid = (_triton.cdiv(dim, block_d), batch)
     _selective_scan_fwd_kernel[grid](
         u.contiguous(),
         delta.contiguous(),

@@ -161,9 +161,9 @@ def block_sizes(
 ) -> tuple[int, int, int]:
     """``(BLOCK_P, BLOCK_N, num_warps)``: about 1024 state elements per program (8 per thread)
     on a GPU, the whole head under the interpreter."""
-    block_n = triton.next_power_of_2(state_size)
+    block_n = _triton.next_power_of_2(state_size)
     per_program = 1 << 16 if interpreter else 1024
-    block_p = max(1, min(triton.next_power_of_2(head_dim), per_program // block_n))
+    block_p = max(1, min(_triton.next_power_of_2(head_dim), per_program // block_n))
     return block_p, block_n, 4
 
 
@@ -257,7 +257,7 @@ def launch_state_update(
     def strides(t, rank):
         return t.stride() if t is not None else (0,) * rank
 
-    grid = (triton.cdiv(head_dim, block_p), batch, heads)
+    grid = (_triton.cdiv(head_dim, block_p), batch, heads)
     _state_update_kernel[grid](
         state4,
         *state4.stride(),

@@ -235,11 +235,11 @@ def block_sizes(
     is ``chunk_size`` rounded down to a power of two in [16, 64] under the interpreter, and 16 on
     a GPU (larger time blocks spill registers; checked ahead of time for N = 64 and 128);
     ``BLOCK_P`` 32 on a GPU, the whole head under the interpreter."""
-    block_n = max(16, triton.next_power_of_2(state_size))
+    block_n = max(16, _triton.next_power_of_2(state_size))
     cap_t = 64 if interpreter else 16
     block_t = min(cap_t, max(16, 1 << (max(1, chunk_size).bit_length() - 1)))
     cap_p = 1 << 16 if interpreter else 32
-    block_p = max(16, min(triton.next_power_of_2(head_dim), cap_p))
+    block_p = max(16, min(_triton.next_power_of_2(head_dim), cap_p))
     return block_t, block_p, block_n, 4 if interpreter else 8
 
 
@@ -314,7 +314,7 @@ def ssd_triton(
         D = (D[:, None].expand(heads, head_dim) if D.dim() == 1 else D).to(**f32)
     block_t, block_p, block_n, warps = block_sizes(head_dim, state_size, chunk_size)
     ieee = _triton.INTERPRETING or x.dtype == torch.float32
-    grid = (triton.cdiv(head_dim, block_p), heads, batch)
+    grid = (_triton.cdiv(head_dim, block_p), heads, batch)
     _ssd_fwd_kernel[grid](
         x.contiguous(),
         dt.contiguous(),

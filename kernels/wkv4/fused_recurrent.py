@@ -12,6 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import _triton
 from .._contract import ScanOutput, float64_runs
 from .._triton import KernelInstrumentation, emit_tile, inject_tile, open_schedules
 from .reference import EMPTY_MAX, validate, wkv4
@@ -124,13 +125,16 @@ def wkv4_recurrent_kernel(
 
 def run_wkv4(w, u, k, v, instrumentation: dict, state=None, y=None) -> ScanOutput:
     """Validate as the reference does, launch :func:`wkv4_recurrent_kernel`, return the result.
-    ``state``: ``[B, 3, C]`` float32 read and written in place (the decode step).  ``y``: a
+    ``state``: ``[B, 3, C]`` float32 read and written in place (the decode step: ``k, v`` then
+    ``[B, C]``, one token).  ``y``: a
     preallocated ``[B, L, C]`` output (default: allocated here)."""
-    instr = KernelInstrumentation.build(validate(w, u, k, v, instrumentation), state)
+    validated = validate(w, u, k, v, instrumentation, token=state is not None)
+    instr = KernelInstrumentation.build(validated, state)
     w, u, k, v = (t.contiguous() for t in (w, u, k, v))
-    y = torch.empty(v.shape, device=v.device, dtype=v.dtype) if y is None else y
-    batch, length, channels = k.shape
-    wkv4_recurrent_kernel[(triton.cdiv(channels, BLOCK_C), batch)](
+    y = torch.empty_like(v) if y is None else y
+    batch, length = validated.batch, validated.length
+    channels = w.shape[0]
+    wkv4_recurrent_kernel[(_triton.cdiv(channels, BLOCK_C), batch)](
         w,
         u,
         k,

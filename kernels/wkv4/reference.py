@@ -20,32 +20,49 @@ represents the same state.  The default initial state is ``(0, 0, -1e38)``.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
-from .._contract import Instrumentation, ScanOutput, check_tensor, compute_dtype
+from .._contract import (
+    Instrumentation,
+    ScanOutput,
+    check_tensor,
+    compute_dtype,
+    sequence_dims,
+    sequence_shape,
+)
 
 EMPTY_MAX = -1e38  # pp of the empty state, as transformers and the CUDA kernel use
 
 
-def validate(w, u, k, v, instrumentation) -> Instrumentation:
+@functools.lru_cache(maxsize=32)
+def empty_state(channels: int, dtype: torch.dtype) -> torch.Tensor:
+    """The empty ``[3, C]`` state ``(0, 0, EMPTY_MAX)`` on the CPU (read, never written)."""
+    empty = torch.zeros(3, channels, dtype=dtype)
+    empty[2] = EMPTY_MAX
+    return empty
+
+
+def validate(w, u, k, v, instrumentation, token: bool = False) -> Instrumentation:
     """Check the inputs' shapes and devices; return the validated :class:`Instrumentation`
-    (compute dtype, empty state ``(0, 0, EMPTY_MAX)``).  Shared by every backend."""
-    check_tensor("k", k, (None, None, None), ("B", "L", "C"))
-    batch, length, channels = k.shape
+    (compute dtype, empty state ``(0, 0, EMPTY_MAX)``).  Shared by every backend.  ``token``:
+    one decode token, ``k, v`` ``[B, C]`` without the time axis (``L = 1``)."""
+    names = sequence_dims(("B", "L", "C"), token)
+    check_tensor("k", k, (None,) * len(names), names)
+    batch, length, channels = sequence_shape(k.shape, token)
     device = k.device
-    check_tensor("v", v, (batch, length, channels), ("B", "L", "C"), device=device)
+    check_tensor("v", v, tuple(k.shape), names, device=device)
     check_tensor("w", w, (channels,), ("C",), device=device)
     check_tensor("u", u, (channels,), ("C",), device=device)
     dtype = compute_dtype(w, u, k, v)
-    empty = torch.zeros(3, channels, dtype=dtype)
-    empty[2] = EMPTY_MAX
     return Instrumentation(
         batch=batch,
         length=length,
         state_shape=(3, channels),
         device=device,
         dtype=dtype,
-        default_initial=empty,
+        default_initial=empty_state(channels, dtype),
         **instrumentation,
     )
 

@@ -6,7 +6,7 @@ Arguments and semantics as :mod:`statetap.kernels.wkv6.step` (``L = 1`` instrume
 from __future__ import annotations
 
 from .._contract import ScanOutput, check_state, float64_runs
-from ..wkv6.step import one_token, reference_step
+from ..wkv6.step import reference_step
 from .fused_recurrent import run_wkv4
 from .reference import wkv4
 
@@ -50,6 +50,5 @@ def wkv4_step_triton(w, u, k, v, state, **instrumentation) -> ScanOutput:
         True
     """
     check_state(state, (k.shape[0], 3, k.shape[-1]), ("B", "3", "C"), k.device)
-    k, v = one_token(k, v)
     out = run_wkv4(w, u, k, v, instrumentation, state=state)
-    return ScanOutput(out.y[:, 0], state, out.states)
+    return ScanOutput(out.y, state, out.states)

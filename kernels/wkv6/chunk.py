@@ -21,6 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .. import _triton
 from .._triton import close_matrix_row, emit_next, inject_step, open_matrix_row, piece_end
 
 CHUNK = 16  # BT: tokens per piece
@@ -187,18 +188,17 @@ def chunk_blocks(key_dim: int, value_dim: int) -> tuple[int, int, int]:
         raise ValueError(
             f"the chunked kernel takes K <= {MAX_KEY_DIM}, got K={key_dim}; use the recurrent form"
         )
-    bk = max(16, triton.next_power_of_2(key_dim))
+    bk = max(16, _triton.next_power_of_2(key_dim))
     if bk == MAX_KEY_DIM:
         return bk, 16, 8
-    return bk, min(max(16, triton.next_power_of_2(value_dim)), 32), 4
+    return bk, min(max(16, _triton.next_power_of_2(value_dim)), 32), 4
 
 
 def launch_chunked(launch) -> None:
     """Run :func:`wkv6_chunk_kernel` on a prepared :class:`~.launch.Launch`."""
-    batch, _, heads, key_dim = launch.r.shape
-    value_dim = launch.v.shape[-1]
+    batch, _, heads, key_dim, value_dim = launch.dims()
     bk, bv, warps = chunk_blocks(key_dim, value_dim)
-    grid = (triton.cdiv(value_dim, bv), batch * heads)
+    grid = (_triton.cdiv(value_dim, bv), batch * heads)
     wkv6_chunk_kernel[grid](
         *launch.kernel_args(),
         BK=bk,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .. import _triton
 from .._triton import close_matrix_row, end_of_step, open_matrix_row
 
 
@@ -93,17 +94,16 @@ def wkv6_recurrent_kernel(
 def recurrent_blocks(key_dim: int, value_dim: int) -> tuple[int, int, int]:
     """``(BK, BV, num_warps)``: all of K in one program, about 1K state elements per program
     (8 per thread: K = V = 64 runs 4 V blocks per head, a few waves at B * H = 64)."""
-    bk = triton.next_power_of_2(key_dim)
-    bv = min(triton.next_power_of_2(value_dim), max(16, 1024 // bk))
+    bk = _triton.next_power_of_2(key_dim)
+    bv = min(_triton.next_power_of_2(value_dim), max(16, 1024 // bk))
     return bk, bv, 4 if bk * bv >= 1024 else 2
 
 
 def launch_recurrent(launch) -> None:
     """Run :func:`wkv6_recurrent_kernel` on a prepared :class:`~.launch.Launch`."""
-    batch, _, heads, key_dim = launch.r.shape
-    value_dim = launch.v.shape[-1]
+    batch, _, heads, key_dim, value_dim = launch.dims()
     bk, bv, warps = recurrent_blocks(key_dim, value_dim)
-    grid = (triton.cdiv(value_dim, bv), batch * heads)
+    grid = (_triton.cdiv(value_dim, bv), batch * heads)
     wkv6_recurrent_kernel[grid](
         *launch.kernel_args(),
         BK=bk,

@@ -30,7 +30,8 @@ class Launch:
 
     ``r, k`` ``[B, L, H, K]``, ``v`` ``[B, L, H, V]`` contiguous; ``w`` with strides
     ``(w_strides[0], w_strides[1], K, 1)`` (zeros over batch and time for RWKV-5's static
-    decay); ``u`` ``[H, K]``; ``y`` ``[B, L, H, V]`` in ``v.dtype`` (uninitialised).
+    decay); ``u`` ``[H, K]``; ``y`` ``[B, L, H, V]`` in ``v.dtype`` (uninitialised).  A decode
+    step's tensors have no time axis (``[B, H, K]``, the same memory as ``L = 1``).
     """
 
     r: torch.Tensor
@@ -46,9 +47,14 @@ class Launch:
     def output(self) -> ScanOutput:
         return self.instr.output(self.y)
 
+    def dims(self) -> tuple[int, int, int, int, int]:
+        """``(B, L, H, K, V)`` (a decode step's inputs have no time axis: ``L = 1``)."""
+        instr = self.instr.instr
+        return (instr.batch, instr.length, *instr.state_shape)
+
     def kernel_args(self) -> tuple:
         """The positional arguments of ``wkv6_recurrent_kernel`` / ``wkv6_chunk_kernel``."""
-        batch, length, heads, key_dim = self.r.shape
+        _, length, heads, key_dim, value_dim = self.dims()
         return (
             self.r,
             self.k,
@@ -61,7 +67,7 @@ class Launch:
             length,
             heads,
             key_dim,
-            self.v.shape[-1],
+            value_dim,
             self.instr.emit_count,
             self.instr.inject_count,
             *self.w_strides,
@@ -71,8 +77,10 @@ class Launch:
 
 def prepare(r, k, v, w, u, scale, instrumentation: dict, state=None) -> Launch:
     """Validate (as the reference) and lay out one launch.  ``w`` may be a broadcast view
-    ``[B, L, H, K]`` of a ``[H, K]`` decay.  ``state``: decode in place (see ``step.py``)."""
-    scale, instr = validate(r, k, v, w, u, scale, instrumentation)
+    ``[B, L, H, K]`` of a ``[H, K]`` decay.  ``state``: decode one token in place, inputs
+    ``[B, H, K]`` (see ``step.py``)."""
+    token = state is not None
+    scale, instr = validate(r, k, v, w, u, scale, instrumentation, token=token)
     key_dim = r.shape[-1]
     if w.stride(-1) != 1 or w.stride(-2) != key_dim:
         w = w.contiguous()
@@ -82,10 +90,10 @@ def prepare(r, k, v, w, u, scale, instrumentation: dict, state=None) -> Launch:
         k=k,
         v=v,
         w=w,
-        w_strides=(w.stride(0), w.stride(1)),
+        w_strides=(w.stride(0), 0 if token else w.stride(1)),
         u=u,
         scale=scale,
-        y=torch.empty(v.shape, device=v.device, dtype=v.dtype),
+        y=torch.empty_like(v),
         instr=KernelInstrumentation.build(instr, state),
     )
 
@@ -95,8 +103,9 @@ def run(launch: Launch, form: str = "auto") -> ScanOutput:
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
     if form == "auto":
-        long = launch.r.shape[1] > RECURRENT_MAX_LENGTH
-        form = "chunked" if long and launch.r.shape[-1] <= MAX_KEY_DIM else "recurrent"
+        _, length, _, key_dim, _ = launch.dims()
+        long = length > RECURRENT_MAX_LENGTH
+        form = "chunked" if long and key_dim <= MAX_KEY_DIM else "recurrent"
     (launch_chunked if form == "chunked" else launch_recurrent)(launch)
     return launch.output()
 

@@ -21,7 +21,14 @@ from dataclasses import dataclass
 import torch
 
 from .._chunk_math import causal_decay
-from .._contract import Instrumentation, ScanOutput, check_tensor, compute_dtype
+from .._contract import (
+    Instrumentation,
+    ScanOutput,
+    check_tensor,
+    compute_dtype,
+    sequence_dims,
+    sequence_shape,
+)
 
 #: Default tokens per chunk of the reference: every token costs ``chunk_size`` pairwise decays
 #: (exps), every chunk a few dozen torch ops; 8 balances the two on CPU.
@@ -40,15 +47,20 @@ class _Inputs:
     instr: Instrumentation
 
 
-def validate(r, k, v, w, u, scale, instrumentation) -> tuple[float, Instrumentation]:
+def validate(
+    r, k, v, w, u, scale, instrumentation, token: bool = False
+) -> tuple[float, Instrumentation]:
     """Check the inputs' shapes and devices; return ``scale`` (default applied) and the
-    validated :class:`Instrumentation` in the compute dtype.  Shared by every backend."""
-    check_tensor("r", r, (None, None, None, None), ("B", "L", "H", "K"))
-    batch, length, heads, key_dim = r.shape
+    validated :class:`Instrumentation` in the compute dtype.  Shared by every backend.
+    ``token``: one decode token, inputs ``[B, H, K]`` without the time axis (``L = 1``)."""
+    names = sequence_dims(("B", "L", "H", "K"), token)
+    check_tensor("r", r, (None,) * len(names), names)
+    batch, length, heads, key_dim = sequence_shape(r.shape, token)
     device = r.device
-    check_tensor("k", k, (batch, length, heads, key_dim), ("B", "L", "H", "K"), device=device)
-    check_tensor("v", v, (batch, length, heads, None), ("B", "L", "H", "V"), device=device)
-    check_tensor("w", w, (batch, length, heads, key_dim), ("B", "L", "H", "K"), device=device)
+    shape = sequence_dims((batch, length, heads, key_dim), token)
+    check_tensor("k", k, shape, names, device=device)
+    check_tensor("v", v, (*shape[:-1], None), (*names[:-1], "V"), device=device)
+    check_tensor("w", w, shape, names, device=device)
     check_tensor("u", u, (heads, key_dim), ("H", "K"), device=device)
     if scale is None:
         scale = key_dim**-0.5

@@ -76,6 +76,5 @@ def wkv6_step_triton(r, k, v, w, u, state, scale=None, **instrumentation) -> Sca
         True
     """
     check_state(state, (r.shape[0], *u.shape, v.shape[-1]), ("B", "H", "K", "V"), r.device)
-    r, k, v, w = one_token(r, k, v, w)
     out = run(prepare(r, k, v, w, u, scale, instrumentation, state=state), "recurrent")
-    return ScanOutput(out.y[:, 0], state, out.states)
+    return ScanOutput(out.y, state, out.states)

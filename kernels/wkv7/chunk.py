@@ -21,6 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .. import _triton
 from .._triton import close_matrix_row, emit_next, end_of_step, open_matrix_row, piece_end
 from ..wkv6.chunk import CHUNK, STAGES
 from ..wkv6.chunk import chunk_blocks as wkv6_chunk_blocks
@@ -212,16 +213,15 @@ def chunk_blocks(key_dim: int, value_dim: int) -> tuple[int, int, int]:
     """``(BK, BV, num_warps)``: all of K in one program; ``BK * BV <= 1024`` on 8 warps (no
     spills on sm_80/sm_90 up to ``K = 64``)."""
     bk = wkv6_chunk_blocks(key_dim, value_dim)[0]  # raises past K = 64
-    bv = min(max(16, triton.next_power_of_2(value_dim)), 1024 // bk, 32)
+    bv = min(max(16, _triton.next_power_of_2(value_dim)), 1024 // bk, 32)
     return bk, bv, 8 if bk * bv >= 1024 else 4
 
 
 def launch_chunked(launch) -> None:
     """Run :func:`wkv7_chunk_kernel` on a prepared :class:`~.launch.Launch7` (``K <= 64``)."""
-    batch, _, heads, key_dim = launch.inputs[0].shape
-    value_dim = launch.inputs[3].shape[-1]
+    batch, _, heads, key_dim, value_dim = launch.dims()
     bk, bv, warps = chunk_blocks(key_dim, value_dim)
-    wkv7_chunk_kernel[(triton.cdiv(value_dim, bv), batch * heads)](
+    wkv7_chunk_kernel[(_triton.cdiv(value_dim, bv), batch * heads)](
         *launch.kernel_args(),
         BK=bk,
         BV=bv,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .. import _triton
 from .._triton import close_matrix_row, end_of_step, open_matrix_row
 from ..wkv6.fused_recurrent import recurrent_blocks
 
@@ -87,10 +88,9 @@ def wkv7_recurrent_kernel(
 
 def launch_recurrent(launch) -> None:
     """Run :func:`wkv7_recurrent_kernel` on a prepared :class:`~.launch.Launch7`."""
-    batch, _, heads, key_dim = launch.inputs[0].shape
-    value_dim = launch.inputs[3].shape[-1]
+    batch, _, heads, key_dim, value_dim = launch.dims()
     bk, bv, warps = recurrent_blocks(key_dim, value_dim)
-    wkv7_recurrent_kernel[(triton.cdiv(value_dim, bv), batch * heads)](
+    wkv7_recurrent_kernel[(_triton.cdiv(value_dim, bv), batch * heads)](
         *launch.kernel_args(),
         BK=bk,
         BV=bv,

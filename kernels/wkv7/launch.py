@@ -24,16 +24,22 @@ from .reference import validate, wkv7_chunked
 @dataclass
 class Launch7:
     """One RWKV-7 launch: ``inputs`` ``(r, w, k, v, a, b)`` contiguous ``[B, L, H, K|V]``,
-    ``y`` ``[B, L, H, V]`` in ``v.dtype`` (uninitialised), the instrumentation."""
+    ``y`` ``[B, L, H, V]`` in ``v.dtype`` (uninitialised), the instrumentation.  A decode step's
+    tensors have no time axis (``[B, H, K|V]``, the same memory as ``L = 1``)."""
 
     inputs: tuple[torch.Tensor, ...]
     scale: float
     y: torch.Tensor
     instr: KernelInstrumentation
 
+    def dims(self) -> tuple[int, int, int, int, int]:
+        """``(B, L, H, K, V)`` (a decode step's inputs have no time axis: ``L = 1``)."""
+        instr = self.instr.instr
+        return (instr.batch, instr.length, *instr.state_shape)
+
     def kernel_args(self) -> tuple:
         """The positional arguments of ``wkv7_recurrent_kernel`` / ``wkv7_chunk_kernel``."""
-        batch, length, heads, key_dim = self.inputs[0].shape
+        _, length, heads, key_dim, value_dim = self.dims()
         return (
             *self.inputs,
             self.y,
@@ -42,7 +48,7 @@ class Launch7:
             length,
             heads,
             key_dim,
-            self.inputs[3].shape[-1],
+            value_dim,
             self.instr.emit_count,
             self.instr.inject_count,
             *self.instr.value_strides(),
@@ -52,7 +58,7 @@ class Launch7:
         """Run the kernel ``form`` names (``"auto"``: by length) and return the result."""
         if form not in FORMS:
             raise ValueError(f"form must be one of {FORMS}, got {form!r}")
-        length, key_dim = self.inputs[0].shape[1], self.inputs[0].shape[-1]
+        _, length, _, key_dim, _ = self.dims()
         if form == "auto":
             long = length > RECURRENT_MAX_LENGTH
             form = "chunked" if long and key_dim <= MAX_KEY_DIM else "recurrent"
@@ -61,13 +67,14 @@ class Launch7:
 
 
 def prepare7(r, w, k, v, a, b, scale, instrumentation: dict, state=None) -> Launch7:
-    """Validate as the reference does and lay out one launch (``state``: decode in place)."""
-    scale, instr = validate(r, w, k, v, a, b, scale, instrumentation)
+    """Validate as the reference does and lay out one launch (``state``: decode one token in
+    place, inputs ``[B, H, K|V]``)."""
+    scale, instr = validate(r, w, k, v, a, b, scale, instrumentation, token=state is not None)
     inputs = tuple(t.contiguous() for t in (r, w, k, v, a, b))
     return Launch7(
         inputs=inputs,
         scale=scale,
-        y=torch.empty(v.shape, device=v.device, dtype=v.dtype),
+        y=torch.empty_like(inputs[3]),
         instr=KernelInstrumentation.build(instr, state),
     )
 

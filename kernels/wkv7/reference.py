@@ -24,7 +24,14 @@ from dataclasses import dataclass
 import torch
 
 from .._chunk_math import causal_decay
-from .._contract import Instrumentation, ScanOutput, check_tensor, compute_dtype
+from .._contract import (
+    Instrumentation,
+    ScanOutput,
+    check_tensor,
+    compute_dtype,
+    sequence_dims,
+    sequence_shape,
+)
 
 #: Default tokens per chunk of the reference: every token costs ``chunk_size`` pairwise decays
 #: (exps), every chunk a few dozen torch ops and one triangular solve; 8 balances them on CPU.
@@ -44,15 +51,20 @@ class _Inputs:
     instr: Instrumentation
 
 
-def validate(r, w, k, v, a, b, scale, instrumentation) -> tuple[float, Instrumentation]:
+def validate(
+    r, w, k, v, a, b, scale, instrumentation, token: bool = False
+) -> tuple[float, Instrumentation]:
     """Check the inputs' shapes and devices; return ``scale`` and the validated
-    :class:`Instrumentation` in the compute dtype.  Shared by every backend."""
-    check_tensor("r", r, (None, None, None, None), ("B", "L", "H", "K"))
-    batch, length, heads, key_dim = r.shape
+    :class:`Instrumentation` in the compute dtype.  Shared by every backend.  ``token``: one
+    decode token, inputs ``[B, H, K]`` without the time axis (``L = 1``)."""
+    names = sequence_dims(("B", "L", "H", "K"), token)
+    check_tensor("r", r, (None,) * len(names), names)
+    batch, length, heads, key_dim = sequence_shape(r.shape, token)
     device = r.device
+    shape = tuple(r.shape)
     for name, value in (("w", w), ("k", k), ("a", a), ("b", b)):
-        check_tensor(name, value, tuple(r.shape), ("B", "L", "H", "K"), device=device)
-    check_tensor("v", v, (batch, length, heads, None), ("B", "L", "H", "V"), device=device)
+        check_tensor(name, value, shape, names, device=device)
+    check_tensor("v", v, (*shape[:-1], None), (*names[:-1], "V"), device=device)
     if not isinstance(scale, (int, float)):
         raise TypeError(f"scale must be a float, got {type(scale).__name__}")
     dtype = compute_dtype(r, w, k, v, a, b)

@@ -6,7 +6,7 @@ Arguments and semantics as :mod:`statetap.kernels.wkv6.step` (``L = 1`` instrume
 from __future__ import annotations
 
 from .._contract import ScanOutput, check_state, float64_runs
-from ..wkv6.step import one_token, reference_step
+from ..wkv6.step import reference_step
 from .launch import prepare7
 from .reference import wkv7_sequential
 
@@ -46,6 +46,5 @@ def wkv7_step_triton(r, w, k, v, a, b, state, scale=1.0, **instrumentation) -> S
         True
     """
     check_state(state, (*r.shape, v.shape[-1]), ("B", "H", "K", "V"), r.device)
-    inputs = one_token(r, w, k, v, a, b)
-    out = prepare7(*inputs, scale, instrumentation, state=state).run()
-    return ScanOutput(out.y[:, 0], state, out.states)
+    out = prepare7(r, w, k, v, a, b, scale, instrumentation, state=state).run("recurrent")
+    return ScanOutput(out.y, state, out.states)
