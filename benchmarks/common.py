@@ -128,6 +128,7 @@ def write_results(name: str, env: dict, rows: Sequence[dict], extra: dict | None
         json.dump(payload, handle, indent=2, allow_nan=False, default=str)
         handle.flush()
         os.fsync(handle.fileno())
+    os.chmod(handle.name, 0o644)  # NamedTemporaryFile makes it 0600
     os.replace(handle.name, path)
     return path
 

@@ -75,10 +75,11 @@ def _reason(error: BaseException) -> str:
 
 
 def cuda_extension_state() -> str:
-    """``"real"``, ``"stub"`` (ours, in sys.modules) or ``"absent"`` for ``selective_scan_cuda``."""
+    """``"real"``, ``"stub"`` (a module without a file in sys.modules: ours or another
+    stand-in) or ``"absent"`` for ``selective_scan_cuda``."""
     module = sys.modules.get(STUB_NAME)
     if module is not None:
-        return "stub" if getattr(module, "__statetap_stub__", False) else "real"
+        return "real" if getattr(module, "__file__", None) else "stub"
     return "real" if importlib.util.find_spec(STUB_NAME) is not None else "absent"
 
 
@@ -92,7 +93,6 @@ def stub_selective_scan_cuda() -> bool:
         return False
     if state == "absent":
         stub = types.ModuleType(STUB_NAME, "statetap's stand-in for mamba-ssm's CUDA extension")
-        stub.__statetap_stub__ = True
 
         def attribute(name: str):
             if name.startswith("__"):
