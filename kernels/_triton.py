@@ -48,8 +48,10 @@ def check_launchable(device: torch.device, op: str) -> None:
         )
 
 
+@functools.lru_cache(maxsize=16)
 def dummy(device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """A one-element tensor for a pointer argument the specialisation never reads."""
+    """A one-element tensor for a pointer argument the specialisation never reads or writes
+    (one per device and dtype, shared by every launch)."""
     return torch.zeros(1, dtype=dtype, device=device)
 
 

@@ -242,51 +242,67 @@ def step_via_sequence(state, inject_value, inject_mode, inject_scale, emit, run)
     return out, target
 
 
+#: a tensor and the strides the step kernel reads it with (any view, without building it)
+Strided = tuple[torch.Tensor, tuple[int, ...]]
+
+
+def split_strides(t: torch.Tensor, axis: int, rows: int) -> tuple[int, ...]:
+    """Strides of ``t`` with ``axis`` (size ``G * rows``) read as ``[G, rows]``."""
+    strides = t.stride()
+    return (*strides[:axis], strides[axis] * rows, strides[axis], *strides[axis + 1 :])
+
+
 def launch_state_update(
-    state4, x3, dt3, A3, B3, C3, D2, z3, bias2, dt_softplus, dt_limit, value4, scale1, set_, emit4
-) -> torch.Tensor:
-    """Launch the step kernel on the generic views (state ``[B, H, P, N]``, ``x/dt/z [B, H, P]``,
-    ``A [H, P, N]``, ``B/C [B, G, N]``, ``D/bias [H, P]``, value ``[B, H, P, N]``, scale ``[B]``,
-    emit ``[B, H, P, N]``); returns ``y [B, H, P]`` contiguous in ``x``'s dtype."""
-    batch, heads, head_dim, n = state4.shape
-    y = _triton.empty((batch, heads, head_dim), x3.dtype, x3.device)
-    spare = _triton.dummy(x3.device)
+    state4: Strided,
+    dims: tuple[int, int, int, int, int],
+    x3: Strided,
+    dt3: Strided,
+    A3: Strided,
+    B3: Strided,
+    C3: Strided,
+    D2: Strided | None,
+    z3: Strided | None,
+    bias2: Strided | None,
+    dt_softplus: bool,
+    dt_limit: tuple[float, float],
+    value4: torch.Tensor | None,
+    scale1: torch.Tensor | None,
+    set_: bool,
+    emit: torch.Tensor | None,
+    y: torch.Tensor,
+) -> None:
+    """Launch the step kernel on strided operands (each a tensor and the strides of its view, so
+    no view is built): state ``[B, H, P, N]`` (``dims`` = ``(B, H, P, N, G)``),
+    ``x/dt/z [B, H, P]``, ``A [H, P, N]``, ``B/C [B, G, N]``, ``D/bias [H, P]``; value
+    ``[B, H, P, N]`` (a tensor of that shape, any strides), scale ``[B]``; ``emit`` and ``y``
+    contiguous buffers of ``B * H * P * N`` and ``B * H * P`` elements (written)."""
+    batch, heads, head_dim, n, groups = dims
+    spare = _triton.dummy(y.device)
     block_p, block_n, warps = block_sizes(head_dim, n)
     limited = tuple(dt_limit) != (0.0, math.inf)
 
-    def strides(t, rank):
-        return t.stride() if t is not None else (0,) * rank
+    def operand(pair, rank):
+        return (spare, *(0,) * rank) if pair is None else (pair[0], *pair[1])
 
     grid = (_triton.cdiv(head_dim, block_p), batch, heads)
     _state_update_kernel[grid](
-        state4,
-        *state4.stride(),
-        x3,
-        *x3.stride(),
-        dt3,
-        *dt3.stride(),
-        A3,
-        *A3.stride(),
-        B3,
-        *B3.stride(),
-        C3,
-        *C3.stride(),
-        spare if D2 is None else D2,
-        *strides(D2, 2),
-        spare if bias2 is None else bias2,
-        *strides(bias2, 2),
-        spare if z3 is None else z3,
-        *strides(z3, 3),
+        *operand(state4, 4),
+        *operand(x3, 3),
+        *operand(dt3, 3),
+        *operand(A3, 3),
+        *operand(B3, 3),
+        *operand(C3, 3),
+        *operand(D2, 2),
+        *operand(bias2, 2),
+        *operand(z3, 3),
         y,
-        spare if emit4 is None else emit4,
-        spare if value4 is None else value4,
-        *strides(value4, 4),
-        spare if scale1 is None else scale1,
-        *strides(scale1, 1),
+        spare if emit is None else emit,
+        *operand(None if value4 is None else (value4, value4.stride()), 4),
+        *operand(None if scale1 is None else (scale1, scale1.stride()), 1),
         heads,
         head_dim,
         n,
-        heads // B3.shape[1],
+        heads // groups,
         float(dt_limit[0]),
         float(min(dt_limit[1], 3.0e38)),
         HAS_D=D2 is not None,
@@ -294,7 +310,7 @@ def launch_state_update(
         HAS_BIAS=bias2 is not None,
         SOFTPLUS=bool(dt_softplus),
         HAS_LIMIT=limited,
-        HAS_EMIT=emit4 is not None,
+        HAS_EMIT=emit is not None,
         HAS_INJECT=value4 is not None,
         INJECT_SET=value4 is not None and set_,
         HAS_SCALE=scale1 is not None,
@@ -303,7 +319,6 @@ def launch_state_update(
         num_warps=warps,
         num_stages=1,
     )
-    return y
 
 
 def _check_step(state, u, delta, A, B, C, D, z, delta_bias):
@@ -349,36 +364,51 @@ def selective_scan_step_triton(
     value, scale = check_step_injection(inject_value, inject_mode, inject_scale, state)
     _triton.check_launchable(state.device, "selective_scan_step")
     batch, dim, n = state.shape
-    B = B if B.dim() == 3 else B[:, None]
-    C = C if C.dim() == 3 else C[:, None]
-    groups = math.lcm(B.shape[1], C.shape[1])
-    B = B.repeat_interleave(groups // B.shape[1], 1) if B.shape[1] != groups else B
-    C = C.repeat_interleave(groups // C.shape[1], 1) if C.shape[1] != groups else C
+    groups = math.lcm(_groups(B), _groups(C))
     heads, rows = groups, dim // groups  # channel d = head d // rows, row d % rows
-
-    def split(t, axis):  # [.., D, ..] -> [.., G, D/G, ..] without a copy
-        return None if t is None else t.unflatten(axis, (heads, rows))
-
-    out = emit_buffer(emit, state)
     f32 = torch.float32
-    y = launch_state_update(
-        state.view(batch, heads, rows, n),
+
+    def split(t, axis):  # [.., D, ..] read as [.., G, D/G, ..]: strides only, no view
+        return None if t is None else (t, split_strides(t, axis, rows))
+
+    A, D, delta_bias = (None if t is None else t.to(f32) for t in (A, D, delta_bias))
+    out = emit_buffer(emit, state)
+    y = _triton.empty((batch, dim), u.dtype, u.device)
+    launch_state_update(
+        split(state, 1),
+        (batch, heads, rows, n, groups),
         split(u, 1),
         split(delta, 1),
-        split(A.to(f32), 0),
-        B,
-        C,
-        split(None if D is None else D.to(f32), 0),
+        split(A, 0),
+        _grouped(B, groups),
+        _grouped(C, groups),
+        split(D, 0),
         split(z, 1),
-        split(None if delta_bias is None else delta_bias.to(f32), 0),
+        split(delta_bias, 0),
         delta_softplus,
         (0.0, math.inf),
-        split(value, 1),
+        None if value is None else value.view(batch, heads, rows, n),
         scale,
         inject_mode == "set",
-        None if out is None else out.view(batch, heads, rows, n),
+        out,
+        y,
     )
-    return StepOutput(y.view(batch, dim), out)
+    return StepOutput(y, out)
+
+
+def _groups(t: torch.Tensor) -> int:
+    """``G`` of ``B``/``C`` given as ``[B, N]`` (one group) or ``[B, G, N]``."""
+    return 1 if t.dim() == 2 else t.shape[1]
+
+
+def _grouped(t: torch.Tensor, groups: int) -> Strided:
+    """``B``/``C`` (``[B, N]`` or ``[B, G', N]``) as ``[B, groups, N]`` operands: a ``[B, N]``
+    one reads its one group with stride 0 over heads; other group counts are repeated."""
+    if t.dim() == 2:
+        return t, (t.stride(0), 0, t.stride(1))
+    if t.shape[1] != groups:
+        t = t.repeat_interleave(groups // t.shape[1], 1)
+    return t, t.stride()
 
 
 def selective_scan_step_reference(

@@ -77,32 +77,30 @@ def ssd_step_triton(
     batch, heads, head_dim, n = state.shape
     f32 = torch.float32
 
-    def per_head(t, *dims):  # [.., H] -> [.., H, P(, N)] with stride 0
-        return (
-            None
-            if t is None
-            else t.to(f32).reshape(*t.shape, *(1,) * len(dims)).expand(*t.shape, *dims)
-        )
+    def per_head(t, rank):  # [.., H] read as [.., H, P(, N)]: stride 0, no view
+        return None if t is None else (t, (*t.stride(), *(0,) * rank))
 
-    if D is not None:
-        D = D.to(f32) if D.dim() == 2 else per_head(D, head_dim)
+    A, D, dt_bias = (None if t is None else t.to(f32) for t in (A, D, dt_bias))
     out = emit_buffer(emit, state)
-    y = launch_state_update(
-        state,
-        x,
-        dt[..., None].expand(batch, heads, head_dim),
-        per_head(A, head_dim, n),
-        B,
-        C,
-        D,
-        z,
-        per_head(dt_bias, head_dim),
+    y = _triton.empty((batch, heads, head_dim), x.dtype, x.device)
+    launch_state_update(
+        (state, state.stride()),
+        (batch, heads, head_dim, n, B.shape[1]),
+        (x, x.stride()),
+        per_head(dt, 1),
+        per_head(A, 2),
+        (B, B.stride()),
+        (C, C.stride()),
+        None if D is None else (D, D.stride()) if D.dim() == 2 else per_head(D, 1),
+        None if z is None else (z, z.stride()),
+        per_head(dt_bias, 1),
         dt_softplus,
         dt_limit,
         value,
         scale,
         inject_mode == "set",
         out,
+        y,
     )
     return StepOutput(y, out)
 
