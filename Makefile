@@ -18,12 +18,15 @@
 #   make bench-cpu      -- the CPU benchmark suite (benchmarks/cpu/, pytest-benchmark): statetap's
 #                          cpu and torch backends beside the peers; a table and a JSON under
 #                          benchmarks/results/ (STATETAP_BENCH_THREADS, default 2)
+#   make gpu-model      -- the compiled performance model (benchmarks/gpu_model.py): statetap's and
+#                          the peers' Triton kernels compiled for sm_90 at the goal shapes, their
+#                          predicted H100 floors; a table and a JSON under benchmarks/results/
 
 PY := .venv/bin/python
 ARGS ?=
 PINS ?=
 
-.PHONY: venv test demo upgrade-check upgrade-matrix lock gpu-wheels bench-cpu
+.PHONY: venv test demo upgrade-check upgrade-matrix lock gpu-wheels bench-cpu gpu-model
 
 venv:
 	@bash scripts/bootstrap.sh
@@ -52,3 +55,6 @@ gpu-wheels:
 bench-cpu: venv
 	PYTHONSAFEPATH=1 $(PY) -m pytest -p no:xdist -p no:cacheprovider -q benchmarks/cpu \
 		--benchmark-columns=median,rounds --benchmark-sort=name $(ARGS)
+
+gpu-model: venv
+	PYTHONSAFEPATH=1 $(PY) benchmarks/gpu_model.py $(ARGS)

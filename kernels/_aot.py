@@ -112,6 +112,8 @@ class KernelStats:
         shared: shared memory per block in bytes (Triton's dynamic allocation + static).
         num_warps: warps per block.
         ptxas: version of the ptxas that produced these numbers, e.g. ``"13.0"``.
+        sass: the cubin's SASS (``nvdisasm -c``, see ``_sass.py``) when asked for with
+            ``compile_specs(..., sass=True)``; empty otherwise.
     """
 
     kernel: str
@@ -125,6 +127,7 @@ class KernelStats:
     shared: int
     num_warps: int
     ptxas: str
+    sass: str = field(default="", repr=False, compare=False)
 
     @property
     def spills(self) -> bool:
@@ -390,7 +393,7 @@ def _label(spec: KernelSpec, signature: Mapping[str, str]) -> str:
     return f"{consts} | {' '.join(opts)}" if consts else " ".join(opts)
 
 
-def _compile_one(spec: KernelSpec, cc: int, ptxas: str | None) -> KernelStats:
+def _compile_one(spec: KernelSpec, cc: int, ptxas: str | None, sass: bool = False) -> KernelStats:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -413,6 +416,11 @@ def _compile_one(spec: KernelSpec, cc: int, ptxas: str | None) -> KernelStats:
     if name not in parsed:
         raise RuntimeError(f"ptxas output has no entry for {name!r}:\n{log}")
     info = parsed[name]
+    text = ""
+    if sass:
+        from ._sass import disassemble
+
+        text = disassemble(compiled.asm["cubin"])
     return KernelStats(
         kernel=name,
         specialisation=_label(spec, signature),
@@ -425,13 +433,14 @@ def _compile_one(spec: KernelSpec, cc: int, ptxas: str | None) -> KernelStats:
         shared=int(getattr(compiled.metadata, "shared", 0) or 0) + info.shared,
         num_warps=spec.num_warps,
         ptxas=version,
+        sass=text,
     )
 
 
 def _compile_in_process(
-    specs: Sequence[KernelSpec], targets: Sequence[int], ptxas: str | None
+    specs: Sequence[KernelSpec], targets: Sequence[int], ptxas: str | None, sass: bool = False
 ) -> list[KernelStats]:
-    return [_compile_one(spec, cc, ptxas) for spec in specs for cc in targets]
+    return [_compile_one(spec, cc, ptxas, sass) for spec in specs for cc in targets]
 
 
 # -- child process (used when this process runs Triton's interpreter) -------------------------
@@ -488,14 +497,14 @@ class _Unpickler(pickle.Unpickler):
 
 
 def _compile_in_child(
-    specs: Sequence[KernelSpec], targets: Sequence[int], ptxas: str | None
+    specs: Sequence[KernelSpec], targets: Sequence[int], ptxas: str | None, sass: bool = False
 ) -> list[KernelStats]:
     buf = io.BytesIO()
     # First the parent's sys.path, made absolute (so kernel modules and test files import by the
     # same names), then the jobs; jit functions travel as (module, file, qualname) references.
     pickle.dump([os.path.abspath(p) for p in sys.path], buf)
     jobs = [{f.name: getattr(s, f.name) for f in dataclasses.fields(KernelSpec)} for s in specs]
-    _Pickler(buf).dump((jobs, list(targets), ptxas))
+    _Pickler(buf).dump((jobs, list(targets), ptxas, sass))
     # PYTHONSAFEPATH and a neutral cwd: nothing of the script's folder (kernels/) or the cwd on
     # sys.path before the parent's path replaces it.
     env = dict(os.environ, TRITON_INTERPRET="0", PYTHONSAFEPATH="1")
@@ -522,9 +531,9 @@ def _child_main(out_path: str) -> int:
     try:
         stream = io.BytesIO(sys.stdin.buffer.read())
         sys.path[:] = pickle.load(stream)
-        jobs, targets, ptxas = _Unpickler(stream).load()
+        jobs, targets, ptxas, sass = _Unpickler(stream).load()
         specs = [KernelSpec(**job) for job in jobs]
-        stats = _compile_in_process(specs, targets, ptxas)
+        stats = _compile_in_process(specs, targets, ptxas, sass)
     except Exception:
         traceback.print_exc()
         return 1
@@ -542,6 +551,7 @@ def compile_specs(
     *,
     ptxas: str | None = None,
     subprocess_mode: bool | None = None,
+    sass: bool = False,
 ) -> list[KernelStats]:
     """Compile every spec for every target; return one ``KernelStats`` per (spec, target).
 
@@ -551,6 +561,7 @@ def compile_specs(
         ptxas: path of the ptxas to use; default: see ``find_ptxas``.
         subprocess_mode: compile in a child process with the interpreter off. Default: when
             ``TRITON_INTERPRET`` is set or any kernel is an interpreter object.
+        sass: also disassemble each cubin into ``KernelStats.sass`` (needs ``nvdisasm``).
 
     Raises:
         RuntimeError: a kernel does not compile or ptxas fails; ``ValueError`` for a
@@ -565,8 +576,8 @@ def compile_specs(
     for s in specs:  # validate in the caller's process, for clear errors
         _normalise(s)
     if subprocess_mode:
-        return _compile_in_child(specs, targets, ptxas)
-    return _compile_in_process(specs, targets, ptxas)
+        return _compile_in_child(specs, targets, ptxas, sass)
+    return _compile_in_process(specs, targets, ptxas, sass)
 
 
 def compile_kernel(

@@ -1,0 +1,490 @@
+"""What ``gpu_model.py`` models: each op's statetap calls and peer calls at the goal shapes, and
+each kernel's loop trip counts.
+
+Shapes and inputs follow ``bench_mamba.py`` / ``bench_rwkv.py`` (bf16 activations, fp32 state;
+``D``, ``z``, bias and softplus on for Mamba), so the model's rows stand beside the suite's
+measured ones. Values do not matter (nothing runs); inputs are zeros, or in range where a
+wrapper checks it (negative decays).
+
+A :class:`Case` is one row: ``op`` and ``shape``, ``impl`` (``statetap chunked``, ``mamba_ssm
+mamba_chunk_scan_combined`` ...), ``variant`` (``plain``, ``emit 1%``, ``emit /64``), ``call``
+(runs the public entry point: under ``gpu_model_capture.capture`` it launches nothing),
+``emit`` (the emitted positions of every row) and ``analytic`` (a cost stated by hand, for the
+one peer that is not Triton: mamba-ssm's CUDA ``selective_scan_fn``).
+
+:data:`TRIPS` maps a kernel name to a function ``(values, emit) -> [LoopSpec, ...]``: the loop
+nest and trip counts of one program, from the launch's argument values (``values``: every
+non-tensor argument, constexprs included). ``_sass.dynamic_count`` checks the nest against the
+compiled code and raises when they differ.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from statetap.kernels._sass import LoopSpec
+
+BF16 = torch.bfloat16
+F32 = torch.float32
+#: the ``lower_bound`` fla's RWKV-7 layer passes to ``chunk_rwkv7`` (its decay is
+#: ``-exp(-0.5) * sigmoid(.)``; see research/kernels.md, fla ``layers/rwkv7.py``), which licenses
+#: fla's 64-token tensor-core chunks
+RWKV7_LOWER_BOUND = -math.exp(-0.5)
+#: thread-instructions per (t, n) state element of mamba-ssm's CUDA ``selective_scan_fwd``
+SCAN_CUDA_THREAD_INSTR = 15
+
+
+@dataclass
+class Analytic:
+    """A kernel modelled by hand: ``warp_instr`` (dynamic total), ``mufu`` warp-instructions,
+    ``bytes`` moved, ``programs`` x ``warps``, and ``note`` saying where the figure comes from."""
+
+    kernel: str
+    warp_instr: float
+    mufu: float
+    bytes: int
+    programs: int
+    warps: int
+    note: str
+
+
+@dataclass
+class Case:
+    op: str
+    shape: str
+    impl: str
+    variant: str
+    call: Callable[[], Any] | None
+    emit: tuple[int, ...] = ()
+    analytic: Analytic | None = None
+
+    @property
+    def events(self) -> int:
+        """Emissions per sequence row."""
+        return len(self.emit)
+
+    @property
+    def key(self) -> str:
+        return f"{self.op} | {self.shape} | {self.impl} | {self.variant}"
+
+
+def _z(*shape, dtype=BF16, fill: float = 0.0) -> torch.Tensor:
+    t = torch.empty(shape, dtype=dtype)
+    return t.fill_(fill) if fill else t.zero_()
+
+
+def _every(length: int, step: int) -> torch.Tensor:
+    return torch.arange(step - 1, length, step)
+
+
+def _one_percent(length: int) -> torch.Tensor:
+    return torch.linspace(0, length - 1, max(1, length // 100)).long()
+
+
+def _emit_variants(length: int) -> dict[str, torch.Tensor | None]:
+    return {"plain": None, "emit 1%": _one_percent(length), "emit /64": _every(length, 64)}
+
+
+# --------------------------------------------------------------------------------------------
+# Mamba-1 selective scan
+
+
+def _mamba1(batch, length, dim, n):
+    return dict(
+        u=_z(batch, dim, length),
+        delta=_z(batch, dim, length),
+        A=_z(dim, n, dtype=F32, fill=-1.0),
+        B=_z(batch, 1, n, length),
+        C=_z(batch, 1, n, length),
+        D=_z(dim, dtype=F32),
+        z=_z(batch, dim, length),
+        delta_bias=_z(dim, dtype=F32),
+        delta_softplus=True,
+    )
+
+
+def selective_scan_cases(batch=8, length=2048, dim=1536, n=16) -> list[Case]:
+    from statetap.kernels.selective_scan.fused_recurrent import selective_scan_triton
+
+    shape = f"B{batch} L{length} D{dim} N{n}"
+    cases = []
+    for variant, emit in _emit_variants(length).items():
+        kw = {} if emit is None else dict(emit_at=emit)
+
+        def call(kw=kw):
+            return selective_scan_triton(**_mamba1(batch, length, dim, n), **kw)
+
+        cases.append(
+            Case(
+                "selective_scan",
+                shape,
+                "statetap",
+                variant,
+                call,
+                () if emit is None else tuple(emit.tolist()),
+            )
+        )
+    elements = batch * dim * length * n
+    # u, delta, z, out [B, D, L] bf16; B, C [B, 1, N, L] bf16; A [D, N], D, bias fp32
+    moved = 4 * batch * dim * length * 2 + 2 * batch * n * length * 2 + (dim * n + 2 * dim) * 4
+    cases.append(
+        Case(
+            "selective_scan",
+            shape,
+            "mamba_ssm selective_scan_fn (CUDA)",
+            "plain",
+            None,
+            analytic=Analytic(
+                kernel="selective_scan_fwd_kernel (CUDA, analytic)",
+                warp_instr=elements * SCAN_CUDA_THREAD_INSTR / 32,
+                mufu=elements / 32,  # one ex2 per (t, n)
+                bytes=moved,
+                programs=batch * dim,
+                warps=4,
+                note=f"{SCAN_CUDA_THREAD_INSTR} thread-instructions per (t, n) element",
+            ),
+        )
+    )
+    return cases
+
+
+# --------------------------------------------------------------------------------------------
+# Mamba-2 SSD
+
+
+def _mamba2(batch, length, heads, head_dim, n):
+    return dict(
+        x=_z(batch, length, heads, head_dim),
+        dt=_z(batch, length, heads),
+        A=_z(heads, dtype=F32, fill=-1.0),
+        B=_z(batch, length, 1, n),
+        C=_z(batch, length, 1, n),
+        D=_z(heads, dtype=F32),
+        z=_z(batch, length, heads, head_dim),
+        dt_bias=_z(heads, dtype=F32),
+        dt_softplus=True,
+    )
+
+
+def ssd_cases(batch=8, length=2048, heads=24, head_dim=64, n=128, variants=True) -> list[Case]:
+    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+    from statetap.kernels.ssd.chunk import ssd_triton
+
+    shape = f"B{batch} L{length} H{heads} P{head_dim} N{n}"
+    cases = []
+    chosen = _emit_variants(length) if variants else {"plain": None}
+    for variant, emit in chosen.items():
+        kw = {} if emit is None else dict(emit_at=emit)
+
+        def call(kw=kw):
+            return ssd_triton(**_mamba2(batch, length, heads, head_dim, n), chunk_size=256, **kw)
+
+        cases.append(
+            Case(
+                "ssd",
+                shape,
+                "statetap",
+                variant,
+                call,
+                () if emit is None else tuple(emit.tolist()),
+            )
+        )
+
+    def peer():
+        return mamba_chunk_scan_combined(
+            **_mamba2(batch, length, heads, head_dim, n), chunk_size=256
+        )
+
+    cases.append(Case("ssd", shape, "mamba_ssm mamba_chunk_scan_combined", "plain", peer))
+    return cases
+
+
+# --------------------------------------------------------------------------------------------
+# RWKV
+
+
+def _rwkv6(batch, length, heads, dim):
+    s = (batch, length, heads, dim)
+    return dict(r=_z(*s), k=_z(*s), v=_z(*s), w=_z(*s, fill=-0.5), u=_z(heads, dim))
+
+
+def _rwkv7(batch, length, heads, dim):
+    s = (batch, length, heads, dim)
+    return dict(r=_z(*s), w=_z(*s, fill=-0.5), k=_z(*s), v=_z(*s), a=_z(*s), b=_z(*s))
+
+
+def wkv_cases(op: str, batch=8, length=2048, heads=64, dim=64) -> list[Case]:
+    from statetap.kernels.wkv6.launch import wkv6_triton
+    from statetap.kernels.wkv7.launch import wkv7_triton
+
+    inputs = _rwkv6 if op == "wkv6" else _rwkv7
+    fused = wkv6_triton if op == "wkv6" else wkv7_triton
+    shape = f"B{batch} L{length} H{heads} K{dim} V{dim}"
+    cases = []
+    for form in ("chunked", "recurrent"):
+        for variant, emit in _emit_variants(length).items():
+            kw = {} if emit is None else dict(emit_at=emit)
+
+            def call(kw=kw, form=form):
+                return fused(**inputs(batch, length, heads, dim), scale=1.0, form=form, **kw)
+
+            cases.append(
+                Case(
+                    op,
+                    shape,
+                    f"statetap {form}",
+                    variant,
+                    call,
+                    () if emit is None else tuple(emit.tolist()),
+                )
+            )
+    if op == "wkv6":
+        from fla.ops.rwkv6 import chunk_rwkv6
+
+        def peer():
+            return chunk_rwkv6(**inputs(batch, length, heads, dim), scale=1.0)
+
+        cases.append(Case(op, shape, "fla chunk_rwkv6", "plain", peer))
+    else:
+        from fla.ops.rwkv7 import chunk_rwkv7
+
+        def peer():
+            return chunk_rwkv7(
+                **inputs(batch, length, heads, dim), scale=1.0, lower_bound=RWKV7_LOWER_BOUND
+            )
+
+        cases.append(Case(op, shape, "fla chunk_rwkv7 (lower_bound)", "plain", peer))
+    return cases
+
+
+def wkv4_cases(batch=8, length=2048, channels=4096) -> list[Case]:
+    from statetap.kernels.wkv4.fused_recurrent import wkv4_triton
+
+    shape = f"B{batch} L{length} C{channels}"
+    cases = []
+    for variant, emit in _emit_variants(length).items():
+        kw = {} if emit is None else dict(emit_at=emit)
+
+        def call(kw=kw):
+            return wkv4_triton(
+                _z(channels, dtype=F32, fill=-0.5),
+                _z(channels, dtype=F32),
+                _z(batch, length, channels),
+                _z(batch, length, channels),
+                **kw,
+            )
+
+        cases.append(
+            Case(
+                "wkv4",
+                shape,
+                "statetap",
+                variant,
+                call,
+                () if emit is None else tuple(emit.tolist()),
+            )
+        )
+    return cases
+
+
+# --------------------------------------------------------------------------------------------
+# decode steps
+
+
+def step_cases(batch=64) -> list[Case]:
+    from mamba_ssm.ops.triton.selective_state_update import selective_state_update
+
+    from statetap.kernels.selective_scan.step import selective_scan_step_triton
+    from statetap.kernels.ssd.step import ssd_step_triton
+    from statetap.kernels.wkv6.step import wkv6_step_triton
+    from statetap.kernels.wkv7.step import wkv7_step_triton
+
+    cases = []
+    dim, n = 5120, 16
+    m1 = {
+        k: (v.select(-1, 0) if k in ("u", "delta", "z", "B", "C") else v)
+        for k, v in _mamba1(batch, 1, dim, n).items()
+    }
+
+    def scan_step():
+        return selective_scan_step_triton(_z(batch, dim, n, dtype=F32), **m1)
+
+    def scan_peer():
+        return selective_state_update(
+            _z(batch, dim, n, dtype=F32),
+            m1["u"],
+            m1["delta"],
+            m1["A"],
+            m1["B"],
+            m1["C"],
+            m1["D"],
+            m1["z"],
+            dt_bias=m1["delta_bias"],
+            dt_softplus=True,
+        )
+
+    shape = f"B{batch} D{dim} N{n}"
+    cases += [
+        Case("selective_scan_step", shape, "statetap", "plain", scan_step),
+        Case("selective_scan_step", shape, "mamba_ssm selective_state_update", "plain", scan_peer),
+    ]
+    heads, head_dim, n2 = 80, 64, 128
+    m2 = {
+        k: (v.select(1, 0) if k in ("x", "dt", "z", "B", "C") else v)
+        for k, v in _mamba2(batch, 1, heads, head_dim, n2).items()
+    }
+
+    def ssd_step():
+        return ssd_step_triton(_z(batch, heads, head_dim, n2, dtype=F32), **m2)
+
+    def ssd_peer():
+        return selective_state_update(
+            _z(batch, heads, head_dim, n2, dtype=F32),
+            m2["x"],
+            m2["dt"][..., None].expand(-1, -1, head_dim),
+            m2["A"][:, None, None].expand(heads, head_dim, n2),
+            m2["B"],
+            m2["C"],
+            m2["D"][:, None].expand(heads, head_dim),
+            m2["z"],
+            dt_bias=m2["dt_bias"][:, None].expand(heads, head_dim),
+            dt_softplus=True,
+        )
+
+    shape = f"B{batch} H{heads} P{head_dim} N{n2}"
+    cases += [
+        Case("ssd_step", shape, "statetap", "plain", ssd_step),
+        Case("ssd_step", shape, "mamba_ssm selective_state_update", "plain", ssd_peer),
+    ]
+    h, d = 64, 64
+
+    def tok(fill=0.0):
+        return _z(batch, h, d, fill=fill)
+
+    def wkv6_step():
+        return wkv6_step_triton(
+            tok(), tok(), tok(), tok(-0.5), _z(h, d), _z(batch, h, d, d, dtype=F32), 1.0
+        )
+
+    def wkv7_step():
+        return wkv7_step_triton(
+            tok(), tok(-0.5), tok(), tok(), tok(), tok(), _z(batch, h, d, d, dtype=F32)
+        )
+
+    shape = f"B{batch} H{h} K{d} V{d}"
+    cases += [
+        Case("wkv6_step", shape, "statetap", "plain", wkv6_step),
+        Case("wkv7_step", shape, "statetap", "plain", wkv7_step),
+    ]
+    return cases
+
+
+def all_cases() -> list[Case]:
+    """Every row ``gpu_model.py`` prints, in table order."""
+    return (
+        selective_scan_cases()
+        + ssd_cases()
+        + ssd_cases(heads=80, variants=False)
+        + wkv_cases("wkv6")
+        + wkv_cases("wkv7")
+        + wkv4_cases()
+        + step_cases()
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# loop trip counts per program, by kernel name: (values, emit positions) -> [LoopSpec, ...]
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-int(a) // int(b))
+
+
+def _pieces(length: int, block: int) -> int:
+    return _cdiv(length, block)
+
+
+def _mid_piece(emit: tuple[int, ...], block: int) -> int:
+    """Emissions that fall inside a piece of ``block`` tokens, not on its last token."""
+    return sum(1 for t in emit if t % block != block - 1)
+
+
+def _emission_loop(count: int, parent_trips: int) -> tuple[LoopSpec, ...]:
+    """The loop over one piece's emissions, run ``count`` times in all per program."""
+    return (LoopSpec(trips=count / parent_trips),)
+
+
+def _ssd(v, emit):
+    pieces = _pieces(v["L"], v["BLOCK_T"])
+    extra = _emission_loop(_mid_piece(emit, v["BLOCK_T"]), pieces) if emit else ()
+    return [LoopSpec(trips=pieces, children=extra)]
+
+
+def _wkv6_chunk(v, emit):
+    pieces = _pieces(v["L"], v["BT"])
+    extra = _emission_loop(len(emit), pieces) if emit else ()
+    return [LoopSpec(trips=pieces, children=(LoopSpec(trips=v["BT"]), *extra))]
+
+
+def _wkv7_chunk(v, emit):
+    pieces = _pieces(v["L"], v["BT"])
+    extra = _emission_loop(_mid_piece(emit, v["BT"]), pieces) if emit else ()
+    inner = (LoopSpec(trips=v["BT"]), LoopSpec(trips=v["BT"] - 1))
+    return [LoopSpec(trips=pieces, children=(*inner, *extra))]
+
+
+def _per_token(v, emit):
+    return [LoopSpec(trips=v["L"])] if v["L"] > 1 else []
+
+
+def _chunk_scan(v, emit):
+    chunk, bm, bk = v["chunk_size"], v["BLOCK_SIZE_M"], v["BLOCK_SIZE_K"]
+    tiles = _cdiv(chunk, bm)
+    if v.get("IS_CAUSAL", True):
+        trips = sum(_cdiv(min((m + 1) * bm, chunk), bk) for m in range(tiles)) / tiles
+    else:
+        trips = _cdiv(chunk, bk)
+    return [LoopSpec(trips=trips)]
+
+
+TRIPS: dict[str, Callable[[dict, tuple[int, ...]], list[LoopSpec]]] = {
+    # statetap
+    "_selective_scan_fwd_kernel": _per_token,
+    "_ssd_fwd_kernel": _ssd,
+    "wkv6_chunk_kernel": _wkv6_chunk,
+    "wkv6_recurrent_kernel": _per_token,
+    "wkv7_chunk_kernel": _wkv7_chunk,
+    "wkv7_recurrent_kernel": _per_token,
+    "wkv4_recurrent_kernel": _per_token,
+    "_state_update_kernel": lambda v, e: [],
+    # mamba-ssm
+    "_chunk_cumsum_fwd_kernel": lambda v, e: [],
+    "_chunk_state_fwd_kernel": lambda v, e: [
+        LoopSpec(trips=_cdiv(v["chunk_size"], v["BLOCK_SIZE_K"]))
+    ],
+    "_state_passing_fwd_kernel": lambda v, e: [LoopSpec(trips=v["nchunks"])],
+    "_bmm_chunk_fwd_kernel": lambda v, e: [LoopSpec(trips=_cdiv(v["K"], v["BLOCK_SIZE_K"]))],
+    "_chunk_scan_fwd_kernel": _chunk_scan,
+    "_selective_scan_update_kernel": lambda v, e: [],
+    # fla
+    "chunk_rwkv6_fwd_cumsum_kernel": lambda v, e: [],
+    "chunk_fwd_kernel_h": lambda v, e: [LoopSpec(trips=_cdiv(v["T"], v["BT"]))],
+    "chunk_rwkv6_fwd_A_kernel_intra_sub_inter": lambda v, e: [
+        LoopSpec(trips=_cdiv(v["K"], v["BK"]))
+    ],
+    "chunk_rwkv6_fwd_A_kernel_intra_sub_intra": lambda v, e: [LoopSpec(trips=v["BC"])],
+    "chunk_gla_fwd_kernel_o": lambda v, e: [LoopSpec(trips=_cdiv(v["K"], v["BK"]))],
+    "chunk_dplr_fwd_A_kernel_intra_tensorcore": lambda v, e: [],
+    "prepare_wy_repr_fwd_kernel_safe": lambda v, e: [],
+    "wu_fwd_kernel": lambda v, e: [],
+    "chunk_dplr_fwd_kernel_h": lambda v, e: [
+        LoopSpec(trips=_cdiv(v["T"], v["BT"]), children=(LoopSpec(trips=_cdiv(v["BT"], v["BC"])),))
+    ],
+    "chunk_dplr_fwd_kernel_o": lambda v, e: [],
+}
