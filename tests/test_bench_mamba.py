@@ -22,8 +22,13 @@ def test_help_documents_the_run():
     assert "--quick" in result.stdout and "mamba.json" in result.stdout
 
 
+def test_unknown_ops_are_refused():
+    result = run("--ops", "ssd,scan")
+    assert result.returncode == 2 and "unknown ['scan']" in result.stderr
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device would run the benchmark")
 def test_exits_with_a_clear_message_without_cuda():
-    result = run("--quick", "--no-write")
+    result = run("--quick")
     assert result.returncode != 0
     assert "needs a CUDA GPU" in result.stderr
