@@ -3,9 +3,10 @@
 # machine's image, at the versions locked in constraints.txt. That machine has no package index;
 # the device tool carries .whl/ (name it in `carry`), and gpu_suite.sh installs it first.
 #
-#   scripts/gpu_wheels.sh                 # make gpu-wheels: the wheels below (cp312, x86_64)
-#   scripts/gpu_wheels.sh --mamba-ssm     # also build mamba-ssm's pure-Python wheel (a baseline
-#                                         # of bench_mamba.py; needs .venv, ~10 s)
+#   scripts/gpu_wheels.sh                 # make gpu-wheels: the wheels below (cp312, x86_64) and
+#                                         # mamba-ssm's pure-Python wheel (needs .venv, ~10 s)
+#   scripts/gpu_wheels.sh --no-mamba-ssm  # without mamba-ssm (bench_mamba's peer rows then
+#                                         # come back "missing")
 #
 # What the image (Python 3.12, torch 2.11, triton 3.6) lacks, and why (see
 # /work/.library/device/KINDS.md for its package list):
@@ -17,6 +18,11 @@
 #   click, idna, anyio, h11
 #   kernels, tomlkit transformers 5.25 requires kernels>=0.19.1 (which needs tomlkit)
 #   concept-erasure  not in the image; statetap.interp.elk.probes imports it at import time
+#   fla-core         the RWKV peers of bench_rwkv.py (chunk_rwkv6/7); pure Python, needs only
+#                    einops (in the image)
+#   mamba-ssm        the Mamba peers of bench_mamba.py (mamba_chunk_scan_combined,
+#                    selective_state_update): built here without its CUDA extension; its
+#                    requirements (torch, triton, einops, ninja, packaging, transformers) are there
 # The image's peft, matplotlib, safetensors, tqdm, accelerate, numpy, einops, pytest* serve as they are.
 # Older versions of these packages are removed from .whl/ (two versions of one package stop the
 # install on the device). .whl/ is ignored by git.
@@ -25,12 +31,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 LOCK=constraints.txt
 DEST=.whl
 WHEELS=(transformers huggingface-hub hf-xet httpx2 httpcore2 truststore click idna anyio h11
-    kernels tomlkit concept-erasure)
-MAMBA=0
+    kernels tomlkit concept-erasure fla-core)
+MAMBA=1
 for arg in "$@"; do
     case "$arg" in
-        --mamba-ssm) MAMBA=1 ;;
-        *) echo "usage: $0 [--mamba-ssm]" >&2; exit 2 ;;
+        --no-mamba-ssm) MAMBA=0 ;;
+        *) echo "usage: $0 [--no-mamba-ssm]" >&2; exit 2 ;;
     esac
 done
 
@@ -69,7 +75,7 @@ done
 
 if [[ $MAMBA == 1 ]]; then
     version="$(lock_version mamba-ssm)"
-    [[ -x .venv/bin/python ]] || { echo "gpu-wheels: --mamba-ssm builds with .venv (make venv)" >&2; exit 1; }
+    [[ -x .venv/bin/python ]] || { echo "gpu-wheels: mamba-ssm is built with .venv (make venv), or pass --no-mamba-ssm" >&2; exit 1; }
     drop_others mamba-ssm "$version"
     # the Triton kernels and python code only; the device's CUDA extension stays unbuilt
     MAMBA_FORCE_BUILD=TRUE MAMBA_SKIP_CUDA_BUILD=TRUE .venv/bin/python -m pip wheel -q \
