@@ -76,9 +76,7 @@ def check_tensor(
             f"got {value.dtype}"
         )
     got = value.shape
-    if got != shape and (
-        len(got) != len(shape) or any(w is not None and g != w for g, w in zip(got, shape))
-    ):
+    if got != shape and not _fits(got, shape):
         raise ValueError(f"{name} must have shape {_expected(shape, names)}, got {shape_str(got)}")
     if device is not None:
         check_device(name, value, device)
@@ -94,6 +92,16 @@ def sequence_dims(dims: Sequence, token: bool) -> tuple:
 def sequence_shape(shape: Sequence[int], token: bool) -> tuple[int, ...]:
     """``shape`` read as ``[B, L, ...]``: a one-token ``[B, ...]`` shape gets ``L = 1``."""
     return (shape[0], 1, *shape[1:]) if token else tuple(shape)
+
+
+def _fits(got: Sequence[int], shape: Sequence[int | None]) -> bool:
+    """Whether a tensor shape ``got`` matches ``shape`` (None matches any size)."""
+    if len(got) != len(shape):
+        return False
+    for size, want in zip(got, shape):
+        if want is not None and size != want:
+            return False
+    return True
 
 
 def _expected(shape: Sequence[int | None], names: Sequence[str]) -> str:
@@ -121,14 +129,18 @@ def check_state(state: object, shape: tuple[int, ...], names: tuple[str, ...], d
 
 def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
     """float64 when any input is float64 (the exact oracle), float32 otherwise."""
-    if any(t is not None and t.dtype == torch.float64 for t in tensors):
-        return torch.float64
+    for t in tensors:
+        if t is not None and t.dtype == torch.float64:
+            return torch.float64
     return torch.float32
 
 
 def is_exact_oracle(*tensors: torch.Tensor) -> bool:
     """float64 inputs: the caller wants the exact definition, which the reference computes."""
-    return any(isinstance(t, torch.Tensor) and t.dtype == torch.float64 for t in tensors)
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.dtype == torch.float64:
+            return True
+    return False
 
 
 def float64_runs(reference: Callable) -> Callable[[Callable], Callable]:
@@ -185,8 +197,6 @@ class Instrumentation:
         self.state_shape = tuple(state_shape)
         self._state_ones = (1,) * len(self.state_shape)  # broadcasts [B] or [B, P] over S
         self.device, self.dtype = device, dtype
-        full = (batch, *self.state_shape)
-        dims = ("B", *(f"S{i}" for i in range(len(self.state_shape))))
 
         if not isinstance(output_final_state, bool):
             raise TypeError(
@@ -195,6 +205,8 @@ class Instrumentation:
         self.output_final_state = output_final_state
 
         if initial_state is not None:
+            full = (batch, *self.state_shape)
+            dims = ("B", *(f"S{i}" for i in range(len(self.state_shape))))
             check_tensor("initial_state", initial_state, full, dims, device=device)
         #: the caller's validated ``[B, *S]`` initial state (read, never written), or None
         self.initial_state = initial_state
@@ -260,7 +272,8 @@ class Instrumentation:
                 "inject_scale applies to inject_mode='add' only; 'set' writes inject_value as is"
             )
         if isinstance(inject_scale, (int, float)):
-            inject_scale = torch.tensor(float(inject_scale), device=self.device, dtype=self.dtype)
+            # a fill on the device, not a copy from the host: capturable in a CUDA graph
+            inject_scale = torch.full((), float(inject_scale), device=self.device, dtype=self.dtype)
         if not isinstance(inject_scale, torch.Tensor) or not inject_scale.is_floating_point():
             raise TypeError(
                 "inject_scale must be a float or a floating-point tensor of shape [B] or [B, Q]"

@@ -41,6 +41,7 @@ def selective_scan_cpu(
     inject_value: torch.Tensor | None = None,
     inject_mode: str = "add",
     inject_scale: torch.Tensor | float | None = None,
+    states_out: torch.Tensor | None = None,
 ) -> ScanOutput:
     """Mamba-1 selective scan, C++ forward with fused emission and injection.
 
@@ -54,7 +55,7 @@ def selective_scan_cpu(
         delta_softplus: False.
         initial_state ``[B, D, N]``, output_final_state (False), emit_at ``[B, P]``/``[P]``,
         inject_at ``[B, Q]``/``[Q]``, inject_value (broadcastable to ``[B, Q, D, N]``),
-        inject_mode (``"add"``), inject_scale (None): the state contract.
+        inject_mode (``"add"``), inject_scale (None), states_out (None): the state contract.
 
     Returns:
         ``ScanOutput(y [B, D, L] in u.dtype, final_state [B, D, N] fp32 or None,
@@ -76,6 +77,7 @@ def selective_scan_cpu(
         inject_value=inject_value,
         inject_mode=inject_mode,
         inject_scale=inject_scale,
+        states_out=states_out,
     )
     B, C, instr = validate(u, delta, A, B, C, D, z, delta_bias, instrumentation)
     _cpu.check_device(u.device, "selective_scan")

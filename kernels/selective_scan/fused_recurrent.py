@@ -193,6 +193,7 @@ def selective_scan_triton(
     inject_value: torch.Tensor | None = None,
     inject_mode: str = "add",
     inject_scale: torch.Tensor | float | None = None,
+    states_out: torch.Tensor | None = None,
 ) -> ScanOutput:
     """Mamba-1 selective scan, Triton forward with fused emission and injection.
 
@@ -207,7 +208,7 @@ def selective_scan_triton(
         delta_softplus: False.
         initial_state ``[B, D, N]``, output_final_state (False), emit_at ``[B, P]``/``[P]``,
         inject_at ``[B, Q]``/``[Q]``, inject_value (broadcastable to ``[B, Q, D, N]``),
-        inject_mode (``"add"``), inject_scale (None): the state contract.
+        inject_mode (``"add"``), inject_scale (None), states_out (None): the state contract.
 
     Returns:
         ``ScanOutput(y [B, D, L] in u.dtype, final_state [B, D, N] fp32 or None,
@@ -233,6 +234,7 @@ def selective_scan_triton(
         inject_value=inject_value,
         inject_mode=inject_mode,
         inject_scale=inject_scale,
+        states_out=states_out,
     )
     B, C, instr = validate(u, delta, A, B, C, D, z, delta_bias, instrumentation)
     _triton.check_launchable(u.device, "selective_scan")

@@ -94,6 +94,7 @@ def selective_scan(
     inject_value: torch.Tensor | None = None,
     inject_mode: str = "add",
     inject_scale: torch.Tensor | float | None = None,
+    states_out: torch.Tensor | None = None,
 ) -> ScanOutput:
     """Mamba-1 selective scan with state emission and injection (reference).
 
@@ -107,7 +108,7 @@ def selective_scan(
         delta_bias: ``[D]`` added to ``delta`` before the softplus.
         delta_softplus: apply softplus to ``delta``.
         initial_state, output_final_state, emit_at, inject_at, inject_value, inject_mode,
-        inject_scale: the instrumentation arguments (``docs/semantics.md``); the state
+        inject_scale, states_out: the instrumentation arguments (``docs/semantics.md``); the state
             ``S`` is ``[D, N]``.
 
     Returns:
@@ -139,6 +140,7 @@ def selective_scan(
             inject_value=inject_value,
             inject_mode=inject_mode,
             inject_scale=inject_scale,
+            states_out=states_out,
         ),
     )
     batch, dim, length = u.shape

@@ -197,7 +197,8 @@ def check_step_injection(inject_value, inject_mode, inject_scale, state: torch.T
     if inject_mode == "set":
         raise ValueError("inject_scale applies to inject_mode='add' only")
     if isinstance(inject_scale, (int, float)):
-        inject_scale = torch.tensor(float(inject_scale), device=state.device)
+        # a fill on the device, not a copy from the host: capturable in a CUDA graph
+        inject_scale = torch.full((), float(inject_scale), device=state.device)
     if not isinstance(inject_scale, torch.Tensor) or inject_scale.dim() > 1:
         raise TypeError(f"inject_scale must be a float or a [B={batch}] tensor")
     try:

@@ -80,6 +80,7 @@ def wkv4(
     inject_value=None,
     inject_mode="add",
     inject_scale=None,
+    states_out=None,
 ) -> ScanOutput:
     """RWKV-4 WKV with state emission and injection (reference, sequential).
 
@@ -88,8 +89,8 @@ def wkv4(
         u: ``[C]`` bonus for the current token (``time_first``).
         k, v: ``[B, L, C]`` key and value.
         initial_state, output_final_state, emit_at, inject_at, inject_value, inject_mode,
-        inject_scale: the instrumentation arguments (``docs/semantics.md``); the state
-            ``S`` is ``[3, C]`` = ``(aa, bb, pp)``.
+        inject_scale, states_out: the instrumentation arguments (``docs/semantics.md``); the
+            state ``S`` is ``[3, C]`` = ``(aa, bb, pp)``.
 
     Returns:
         ``ScanOutput(y [B, L, C] in v.dtype, final_state [B, 3, C], states [B, P, 3, C])``.
@@ -113,6 +114,7 @@ def wkv4(
             inject_value=inject_value,
             inject_mode=inject_mode,
             inject_scale=inject_scale,
+            states_out=states_out,
         ),
     )
     dtype = instr.dtype
