@@ -37,9 +37,10 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-os.environ["TRITON_INTERPRET"] = "0"  # real @triton.jit kernels: they are compiled, not run
-# mamba-ssm 2.3.2 imports its CUDA extension at import; the model never calls it
-sys.modules.setdefault("selective_scan_cuda", type(sys)("selective_scan_cuda"))
+if __name__ == "__main__":  # before any kernel module is imported (tests import this file)
+    os.environ["TRITON_INTERPRET"] = "0"  # real @triton.jit kernels: compiled, never run
+    # mamba-ssm 2.3.2 imports its CUDA extension at import; the model never calls it
+    sys.modules.setdefault("selective_scan_cuda", type(sys)("selective_scan_cuda"))
 sys.path.insert(0, str(Path(__file__).parent))
 
 HERE = Path(__file__).parent

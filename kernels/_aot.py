@@ -418,7 +418,7 @@ def _compile_one(spec: KernelSpec, cc: int, ptxas: str | None, sass: bool = Fals
     info = parsed[name]
     text = ""
     if sass:
-        from ._sass import disassemble
+        from statetap.kernels._sass import disassemble  # absolute: the child runs this file
 
         text = disassemble(compiled.asm["cubin"])
     return KernelStats(

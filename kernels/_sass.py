@@ -105,7 +105,7 @@ def classify(opcode: str) -> str:
     return _CLASS_OF.get(opcode.split(".", 1)[0], "other")
 
 
-_RE_MMA_SHAPE = re.compile(r"^(?:HMMA|IMMA)\.(\d)(\d)(\d+)")
+_RE_MMA_SHAPE = re.compile(r"^(?:HMMA|IMMA)\.(16|8)(8|16)(\d+)\b")  # 16816: m16 n8 k16
 _RE_GMMA_SHAPE = re.compile(r"^[HIQB]GMMA\.(\d+)x(\d+)x(\d+)")
 
 
