@@ -115,3 +115,52 @@ def test_the_report_refuses_dry_run_rows_unless_it_is_a_dry_run(tmp_path, dry_ru
     else:
         assert result.returncode == 1
         assert "holds dry-run rows (no measurements): refusing" in result.stderr
+
+
+def test_the_benchmark_rows_run_end_to_end_at_tiny_shapes(tmp_path, monkeypatch):
+    """Every row's setup and call, on the CPU at tiny shapes (timing replaced by one call, CUDA
+    graphs by the eager call, the peers reported missing): statetap's rows come back timed, and
+    nothing a row raises escapes the Recorder."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_mamba
+    import bench_rwkv
+    import common
+    import peers
+    import torch
+
+    def unavailable():
+        raise peers.PeerUnavailable("not in this test")
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path)
+    monkeypatch.setattr(common, "time_ms", lambda fn, rep=100: (fn(), 1.0)[1])
+    monkeypatch.setattr(common, "graph_replay", lambda fn: fn)
+    monkeypatch.setattr(peers, "mamba_triton", unavailable)
+    monkeypatch.setattr(peers, "fla", unavailable)
+    for table, small in (
+        (bench_mamba.SCAN, dict(dim=8, n=4)),
+        (bench_mamba.STEP_SCAN, dict(dim=8, n=4)),
+        (bench_mamba.SSD, dict(heads=2, head_dim=4, n=8)),
+        (bench_mamba.STEP_SSD, dict(heads=2, head_dim=4, n=8)),
+    ):
+        for key, value in small.items():
+            monkeypatch.setitem(table, key, value)
+    monkeypatch.setattr(bench_mamba, "CHUNK", 16)
+    monkeypatch.setitem(bench_rwkv.SHAPES, "7b", (2, 8))
+    cpu = torch.device("cpu")
+    with common.Recorder("rows", {"device": "cpu"}, 100.0) as run, torch.inference_mode():
+        quick = bench_mamba.parse_args(["--quick"])
+        bench_mamba.bench_selective_scan(run, [(2, 300)], cpu, quick)
+        bench_mamba.bench_ssd(run, [(2, 300)], cpu, quick)
+        bench_mamba.bench_steps(run, (2,), cpu)
+        quick = bench_rwkv.parse_args(["--quick"])
+        bench_rwkv.bench_wkv4(run, "7b", 2, 300, cpu, quick)
+        bench_rwkv.bench_decode(run, "7b", 2, cpu, quick)
+    rows = json.loads(run.path.read_text())["rows"]
+    assert len(rows) == 4 + 5 + 12 + 3 + 12
+    ours = [r for r in rows if r["impl"].startswith("statetap")]
+    ok = {(r["op"], r["variant"]) for r in ours if r["status"] == "ok"}
+    for op in ("ssd", "selective_scan_step", "ssd_step", "wkv4", "wkv6_step", "wkv7_step"):
+        assert (op, "plain") in ok, op
+    assert ("ssd", "emit 1%") in ok and ("wkv7_step", "emit") in ok
+    peer_rows = [r for r in rows if r.get("role") in ("peer", "chained")]
+    assert peer_rows and all(r["status"] == "missing" for r in peer_rows)
