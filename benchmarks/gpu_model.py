@@ -505,6 +505,26 @@ def format_table(rows: list[OpRow]) -> str:
     return "\n".join(lines)
 
 
+def format_summary(rows: list[OpRow]) -> str:
+    """One line per op row: predicted floor, what bounds it, the floor over the time its bytes
+    take at HBM bandwidth (``/HBM``), ratios to the peer and to the plain kernel."""
+    head = ("op", "shape", "impl", "variant", "floor us", "bound", "/HBM", "vs peer", "vs plain")
+    out = []
+    for r in rows:
+        bounds = "+".join(sorted({k.bound for k in r.kernels})) if r.kernels else ""
+        out.append((
+            r.op, r.shape, r.impl, r.variant,
+            "ERROR" if r.error else f"{r.floor_us:.1f}", bounds,
+            f"{r.floor_us / (r.bytes / HBM_BYTES_S * 1e6):.2f}" if r.bytes else "",
+            f"{r.vs_peer:.2f}" if r.vs_peer is not None else "",
+            f"{r.vs_plain:.3f}" if r.vs_plain is not None else "",
+        ))  # fmt: skip
+    widths = [max(len(row[i]) for row in [head, *out]) for i in range(len(head))]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in [head, *out]]
+    lines.insert(1, "-|-".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def write_json(rows: list[OpRow], meta: dict, path: Path | None = None) -> Path:
     """Write ``results/<date>-sm90-gpu-model.json`` atomically; return its path."""
     path = path or RESULTS / f"{datetime.date.today().isoformat()}-sm90-gpu-model.json"
@@ -584,6 +604,8 @@ def main(argv=None) -> int:
         "SASS/iter classes: F fp32, M mufu, S shfl, B bar, G gmem, s smem, H mma, W gmma, "
         "o other; Mwi: dynamic warp-instructions (millions); floors in microseconds"
     )
+    print()
+    print(format_summary(rows))
     path = write_json(rows, _meta(args), args.out)
     print(f"wrote {path}")
     return 1 if any(r.error for r in rows) else 0
