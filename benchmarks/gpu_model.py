@@ -533,6 +533,7 @@ def write_json(rows: list[OpRow], meta: dict, path: Path | None = None) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".gpu-model-", suffix=".json")
     with os.fdopen(fd, "w") as f:
         json.dump(payload, f, indent=1)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private
     os.replace(tmp, path)
     return path
 
