@@ -171,7 +171,8 @@ class Instrumentation:
         inject_scale: the contract arguments, as passed by the caller (positions as tensors or
             prebuilt :class:`~._schedule.Schedule` objects, which are not checked again).
         states_out: a ``[B, P, *S]`` contiguous buffer in the compute dtype for the emitted states
-            (reused across calls: no allocation), or None for a new one.
+            (reused across calls: no allocation; unused slots are left as they are), or None
+            for a new one (unused slots zero).
         default_initial: the op's neutral ``[*S]`` state (zeros when None).
     """
 
@@ -351,19 +352,20 @@ class Instrumentation:
     def new_states(self, allocate: Callable[[tuple[int, ...]], torch.Tensor] | None = None):
         """The ``[B, P, *S]`` buffer for the emitted states, or None without ``emit_at``.
 
-        The caller's ``states_out`` (no allocation), else ``allocate(shape)`` (an uninitialised
-        buffer), else new zeros; unused slots are zeroed in place (no host sync), every used slot
-        is the op's to write.
+        The caller's ``states_out`` as it is: the op writes every used slot and leaves the
+        unused ones (``-1``) untouched, so a buffer reused across calls costs no pass over its
+        memory.  Otherwise ``allocate(shape)`` (an uninitialised buffer) with its unused slots
+        zeroed, or new zeros.  No host sync either way.
         """
         schedule = self.emit_schedule
         if schedule is None:
             return None
-        states = self._states_out
-        if states is None:
-            shape = (self.batch, schedule.count, *self.state_shape)
-            if allocate is None:
-                return torch.zeros(shape, device=self.device, dtype=self.dtype)
-            states = allocate(shape)
+        if self._states_out is not None:
+            return self._states_out
+        shape = (self.batch, schedule.count, *self.state_shape)
+        if allocate is None:
+            return torch.zeros(shape, device=self.device, dtype=self.dtype)
+        states = allocate(shape)
         if schedule.unused is not None:
             states.masked_fill_(schedule.unused.view(*schedule.unused.shape, *self._state_ones), 0)
         return states

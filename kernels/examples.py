@@ -2,8 +2,9 @@
 
 Each :class:`OpCase` draws fresh inputs for ``B`` rows of ``L`` tokens at small default
 sizes (override any size by keyword), knows which inputs run along time and on which axis,
-and calls each pure-torch form of the op.  The contract tests, ``statetap check`` and the
-benchmarks use these so that every op is exercised the same way.
+and calls each pure-torch form of the op.  :func:`step_example` draws one decode token of each
+step.  The contract tests, ``statetap check`` and the benchmarks use these so that every op is
+exercised the same way.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ._schedule import Schedule
 from .selective_scan import selective_scan as public_selective_scan
 from .selective_scan.reference import selective_scan
 from .ssd import ssd as public_ssd
@@ -184,3 +186,69 @@ def rel_error(reference: torch.Tensor, value: torch.Tensor) -> float:
     """``||reference - value|| / ||reference||`` (flash-linear-attention's ratio)."""
     reference, value = reference.double(), value.double()
     return ((reference - value).norm() / reference.norm().clamp_min(1e-300)).item()
+
+
+def step_example(
+    step: str, batch: int, device="cpu", instrumented: bool = False, **sizes: int
+) -> dict:
+    """Keyword arguments of one decode token of ``step`` (a name in ``statetap.kernels.STEPS``),
+    the zero float32 ``state`` included, at small default sizes (override by keyword: ``D, N``;
+    ``H, P, G, N``; ``C``; ``H, K, V``).
+
+    ``instrumented``: also the step's instrumentation as a decode loop holds it across steps,
+    built once: even rows emit and inject (an add, per-row scales as a tensor); the RWKV steps
+    take prebuilt :class:`Schedule` objects and a ``states_out`` buffer ``[B, 2, *S]``, the
+    Mamba steps an ``emit`` buffer and an ``inject_value``.
+    """
+    f = dict(dtype=torch.float32, device=device)
+    if step == "selective_scan_step":
+        d, n = sizes.get("D", 10), sizes.get("N", 3)
+        inputs = dict(u=torch.randn(batch, d, **f), delta=torch.randn(batch, d, **f).sigmoid())
+        inputs |= dict(A=-torch.randn(d, n, **f).exp(), B=torch.randn(batch, n, **f))
+        inputs |= dict(C=torch.randn(batch, n, **f), D=torch.randn(d, **f))
+        state_shape = (d, n)
+    elif step == "ssd_step":
+        h, p, g, n = (sizes.get(k, v) for k, v in dict(H=4, P=3, G=2, N=5).items())
+        inputs = dict(x=torch.randn(batch, h, p, **f), dt=torch.randn(batch, h, **f).sigmoid())
+        inputs |= dict(A=-torch.randn(h, **f).exp(), B=torch.randn(batch, g, n, **f))
+        inputs |= dict(C=torch.randn(batch, g, n, **f), D=torch.randn(h, **f))
+        state_shape = (h, p, n)
+    elif step == "wkv4_step":
+        c = sizes.get("C", 7)
+        inputs = {k: v[:, 0] for k, v in _wkv4(batch, 1, f, C=c).items() if v.dim() == 3}
+        inputs |= dict(w=-torch.randn(c, **f).exp(), u=torch.randn(c, **f))
+        state_shape = (3, c)
+    elif step in ("wkv6_step", "wkv7_step"):
+        h, k, v = sizes.get("H", 2), sizes.get("K", 5), sizes.get("V", 3)
+        make = _wkv6 if step == "wkv6_step" else _wkv7
+        inputs = {name: t[:, 0] for name, t in make(batch, 1, f, h, k, v).items() if t.dim() == 4}
+        if step == "wkv6_step":
+            inputs["u"] = torch.randn(h, k, **f)
+        state_shape = (h, k, v)
+    else:
+        raise ValueError(f"step must be one of the decode steps, got {step!r}")
+    state = torch.zeros(batch, *state_shape, **f)
+    if not instrumented:
+        return inputs | dict(state=state)
+    even = torch.arange(batch) % 2 == 0
+    scale = torch.rand(batch, **f)
+    if step in ("selective_scan_step", "ssd_step"):
+        return inputs | dict(
+            state=state,
+            inject_value=torch.randn(state_shape, **f),
+            inject_scale=torch.where(even.to(device), scale, 0.0),
+            emit=torch.empty_like(state),
+        )
+    here = torch.where(even, 0, -1)[:, None]
+
+    def schedule(positions, name):
+        return Schedule.build(positions, batch=batch, length=1, device=device, name=name)
+
+    return inputs | dict(
+        state=state,
+        emit_at=schedule(torch.cat([here, -1 - here], 1), "emit_at"),
+        inject_at=schedule(here, "inject_at"),
+        inject_value=torch.randn(state_shape, **f),
+        inject_scale=scale[:, None],
+        states_out=torch.empty(batch, 2, *state_shape, **f),
+    )

@@ -17,7 +17,7 @@ from _device import DEVICE, needs_kernel_device
 
 from statetap import Emit, Tap, kernels
 from statetap.kernels import Schedule, _cpu
-from statetap.kernels.examples import CASES
+from statetap.kernels.examples import CASES, step_example
 
 READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__")
 B, L = 3, 37  # odd sizes
@@ -98,8 +98,8 @@ def test_an_instrumented_call_reads_no_device_value(op, backend, host_reads, stu
     out = run(**inputs, **arguments)
     assert host_reads == []
     assert out.states is buffer  # written in place, no new buffer
-    assert torch.equal(buffer[:, 3], torch.zeros_like(buffer[:, 3]))  # the unused slot, zeroed
-    if backend == "triton":  # the used slots are the (stubbed) kernel's: not zero-filled first
+    assert torch.isnan(buffer[:, 3]).all()  # the unused slot: left as it was, no pass over it
+    if backend == "triton":  # the used slots are the (stubbed) kernel's: not filled first
         assert torch.isnan(buffer[:, :3]).all() and stubbed_launches
 
 
@@ -112,55 +112,12 @@ def test_the_counter_sees_positions_checked_from_a_tensor(host_reads, stubbed_la
     assert host_reads
 
 
-def step_inputs(step: str, device) -> tuple[dict, tuple[int, ...]]:
-    """One decode token of ``step`` at odd sizes: its keyword inputs and the state shape."""
-
-    def rand(*shape):
-        return torch.randn(*shape, device=device)
-
-    if step == "selective_scan_step":
-        D, N = 10, 3
-        inputs = dict(u=rand(B, D), delta=rand(B, D).sigmoid(), A=-rand(D, N).exp(), B=rand(B, N))
-        return inputs | dict(C=rand(B, N), D=rand(D), z=rand(B, D)), (D, N)
-    if step == "ssd_step":
-        H, P, N = 4, 3, 5
-        inputs = dict(x=rand(B, H, P), dt=rand(B, H).sigmoid(), A=-rand(H).exp(), B=rand(B, 2, N))
-        return inputs | dict(C=rand(B, 2, N), D=rand(H), dt_bias=rand(H)), (H, P, N)
-    if step == "wkv4_step":
-        C = 7
-        inputs = dict(w=-rand(C).exp(), u=rand(C), k=rand(B, C), v=rand(B, C))
-        return inputs, (3, C)
-    H, K, V = 2, 5, 3
-    inputs = dict(r=rand(B, H, K), k=rand(B, H, K), v=rand(B, H, V), w=-rand(B, H, K).exp())
-    if step == "wkv6_step":
-        return inputs | dict(u=rand(H, K)), (H, K, V)
-    kappa = torch.nn.functional.normalize(rand(B, H, K), dim=-1)
-    return inputs | dict(a=-kappa, b=0.5 * kappa), (H, K, V)
-
-
-def step_call(step: str, device, instrumented: bool = True) -> dict:
-    """Keyword arguments of one decode token of ``step`` (state included), instrumented as a
-    decode loop holds it: prebuilt schedules or buffers, per-row scales as tensors."""
-    inputs, state_shape = step_inputs(step, device)
-    state = torch.zeros(B, *state_shape, device=device)
-    if not instrumented:
-        return inputs | dict(state=state)
-    if step in ("selective_scan_step", "ssd_step"):  # the Mamba steps' own arguments
-        return inputs | dict(
-            state=state,
-            inject_value=torch.randn(state.shape[1:], device=device),
-            inject_scale=torch.rand(B, device=device),
-            emit=torch.empty_like(state),
-        )
-    return inputs | dict(state=state) | instrumentation(state_shape, device, length=1)
-
-
 @needs_kernel_device
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("step", kernels.STEPS)
 def test_a_decode_step_reads_no_device_value(step, backend, host_reads, stubbed_launches):
     run = implementation(getattr(kernels, step), backend)
-    arguments = step_call(step, device_of(backend))
+    arguments = step_example(step, B, device_of(backend), instrumented=True)
     host_reads.clear()
     run(**arguments)
     assert host_reads == []
@@ -170,7 +127,7 @@ def test_a_decode_step_reads_no_device_value(step, backend, host_reads, stubbed_
 @pytest.mark.parametrize("step", kernels.STEPS)
 def test_a_decode_step_without_instrumentation_reads_nothing(step, host_reads, stubbed_launches):
     run = implementation(getattr(kernels, step), "triton")
-    arguments = step_call(step, DEVICE, instrumented=False)
+    arguments = step_example(step, B, DEVICE)
     host_reads.clear()
     run(**arguments)
     assert host_reads == [] and len(stubbed_launches) == 1
@@ -225,7 +182,7 @@ def test_no_sync_in_an_instrumented_call_on_cuda(op):
 @pytest.mark.parametrize("step", kernels.STEPS)
 def test_no_sync_in_a_decode_step_on_cuda(step):
     run = getattr(kernels, step).implementations["triton"]
-    arguments = step_call(step, torch.device("cuda"))
+    arguments = step_example(step, B, "cuda", instrumented=True)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
