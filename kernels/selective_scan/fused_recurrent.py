@@ -16,6 +16,7 @@ stored and before the emission at ``t``.  Without them the kernel is the plain s
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -161,6 +162,7 @@ def _selective_scan_fwd_kernel(
 NUM_STAGES = 2
 
 
+@functools.cache  # a pure function of ints, called on every launch
 def block_sizes(
     dim: int, state_size: int, interpreter: bool = _triton.INTERPRETING
 ) -> tuple[int, int, int]:

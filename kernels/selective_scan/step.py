@@ -15,6 +15,7 @@ injects (``HAS_INJECT``: ``S += scale * value`` or ``S = value``), writes the st
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -156,6 +157,7 @@ def _state_update_kernel(
         tl.store(emit_ptr + e_off, kept.to(tl.float32), mask=mask)
 
 
+@functools.cache  # a pure function of ints, called on every launch
 def block_sizes(
     head_dim: int, state_size: int, interpreter: bool = _triton.INTERPRETING
 ) -> tuple[int, int, int]:

@@ -30,6 +30,7 @@ under the interpreter, every dot is exact IEEE float32.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -228,6 +229,7 @@ def _ssd_fwd_kernel(
         tl.store(hT_ptr + state_base + pn, state, mask=mask_pn)
 
 
+@functools.cache  # a pure function of ints, called on every launch
 def block_sizes(
     head_dim: int, state_size: int, chunk_size: int, interpreter: bool = _triton.INTERPRETING
 ) -> tuple[int, int, int, int]:

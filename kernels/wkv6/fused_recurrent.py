@@ -11,6 +11,8 @@ Used for short sequences and for the decode step (``L = 1``, state read and writ
 
 from __future__ import annotations
 
+import functools
+
 import triton
 import triton.language as tl
 
@@ -91,6 +93,7 @@ def wkv6_recurrent_kernel(
     close_matrix_row(sT_ptr, S, tile, STORE_FINAL)
 
 
+@functools.cache  # a pure function of ints, called on every launch
 def recurrent_blocks(key_dim: int, value_dim: int) -> tuple[int, int, int]:
     """``(BK, BV, num_warps)``: all of K in one program, about 1K state elements per program
     (8 per thread: K = V = 64 runs 4 V blocks per head, a few waves at B * H = 64)."""

@@ -24,7 +24,7 @@ RECURRENT_MAX_LENGTH = 64
 FORMS = ("auto", "recurrent", "chunked")
 
 
-@dataclass
+@dataclass(slots=True)
 class Launch:
     """Everything a WKV-5/6 kernel launch reads and writes.
 
@@ -84,14 +84,14 @@ def prepare(r, k, v, w, u, scale, instrumentation: dict, state=None) -> Launch:
     key_dim = r.shape[-1]
     if w.stride(-1) != 1 or w.stride(-2) != key_dim:
         w = w.contiguous()
-    r, k, v, u = (t.contiguous() for t in (r, k, v, u))
+    v = v.contiguous()
     return Launch(
-        r=r,
-        k=k,
+        r=r.contiguous(),
+        k=k.contiguous(),
         v=v,
         w=w,
         w_strides=(w.stride(0), 0 if token else w.stride(1)),
-        u=u,
+        u=u.contiguous(),
         scale=scale,
         y=torch.empty_like(v),
         instr=KernelInstrumentation.build(instr, state),
