@@ -38,6 +38,8 @@ from pathlib import Path
 
 import torch
 
+from statetap.kernels import Schedule
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import peers  # noqa: E402
@@ -129,10 +131,10 @@ def instrumentation(variant, batch, length, state_shape, device) -> tuple[dict, 
     state_bytes = 4 * math.prod(state_shape)
     extra = batch * len(points) * state_bytes
     if variant.startswith("emit"):
-        sched = common.schedule(at, batch=batch, length=length, device=device, name="emit_at")
+        sched = Schedule.build(at, batch=batch, length=length, device=device, name="emit_at")
         states = torch.zeros(batch, len(points), *state_shape, device=device)
         return dict(emit_at=sched, states_out=states), extra
-    sched = common.schedule(at, batch=batch, length=length, device=device, name="inject_at")
+    sched = Schedule.build(at, batch=batch, length=length, device=device, name="inject_at")
     value = torch.randn(*state_shape, device=device) * 0.01
     return dict(inject_at=sched, inject_value=value), extra
 

@@ -41,6 +41,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from statetap.kernels import Schedule
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import peers  # noqa: E402
@@ -90,10 +92,10 @@ def instrumentation(variant, batch, length, state_shape, device) -> tuple[dict, 
         return {}, 0
     at = torch.tensor(emission_points(length, variant), dtype=torch.long)  # validated on the host
     if variant.startswith("emit"):
-        sched = common.schedule(at, batch=batch, length=length, device=device, name="emit_at")
+        sched = Schedule.build(at, batch=batch, length=length, device=device, name="emit_at")
         states = torch.zeros(batch, len(at), *state_shape, device=device)
         return dict(emit_at=sched, states_out=states), len(at)
-    sched = common.schedule(at, batch=batch, length=length, device=device, name="inject_at")
+    sched = Schedule.build(at, batch=batch, length=length, device=device, name="inject_at")
     value = torch.randn(*state_shape, device=device) * 0.01
     return dict(inject_at=sched, inject_value=value), len(at)
 
@@ -280,7 +282,7 @@ def bench_decode(run, model, batch, device, args):
                     kw = {}
                     if variant == "emit":
                         at = torch.zeros(1, dtype=torch.long)
-                        sched = common.schedule(
+                        sched = Schedule.build(
                             at, batch=batch, length=1, device=device, name="emit_at"
                         )
                         buffer = torch.zeros(batch, 1, *state.shape[1:], device=device)

@@ -206,20 +206,6 @@ def annotate(rows: Sequence[dict]) -> None:
             row["goal"], row["goal_met"] = goal
 
 
-def schedule(positions: torch.Tensor, *, batch: int, length: int, device, name: str):
-    """``statetap.kernels.Schedule.build(...)``: positions validated once, outside the timed
-    region; RuntimeError naming what is missing where statetap has no ``Schedule`` yet."""
-    try:
-        from statetap.kernels import Schedule
-    except ImportError as error:
-        raise RuntimeError(
-            "statetap.kernels.Schedule is not available in this statetap: the benchmarks time "
-            "emission and injection with a pre-validated schedule (no host work in the timed "
-            "call), so these rows cannot be timed"
-        ) from error
-    return Schedule.build(positions, batch=batch, length=length, device=device, name=name)
-
-
 def graph_replay(fn: Callable[[], object], warmup: int = 3) -> Callable[[], None]:
     """``fn`` captured as a CUDA graph (after ``warmup`` calls on a side stream); returns the
     graph's replay. ``fn`` must only touch static tensors; capture errors propagate."""

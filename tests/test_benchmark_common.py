@@ -106,11 +106,3 @@ def test_dry_run_results_never_go_to_the_results_folder(tmp_path, monkeypatch):
     path = common.write_results("unit", {"device": "Test GPU"}, [])
     assert path.parent == tmp_path and "-dry-run-unit.json" in path.name
     assert json.loads(path.read_text())["dry_run"] is True
-
-
-def test_schedule_names_what_is_missing(monkeypatch):
-    import statetap.kernels
-
-    monkeypatch.delattr(statetap.kernels, "Schedule", raising=False)
-    with pytest.raises(RuntimeError, match="Schedule is not available"):
-        common.schedule(torch.tensor([0]), batch=1, length=4, device="cpu", name="emit_at")
