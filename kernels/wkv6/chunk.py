@@ -196,7 +196,7 @@ def chunk_blocks(key_dim: int, value_dim: int) -> tuple[int, int, int]:
 
 def launch_chunked(launch) -> None:
     """Run :func:`wkv6_chunk_kernel` on a prepared :class:`~.launch.Launch`."""
-    batch, _, heads, key_dim, value_dim = launch.dims()
+    batch, _, heads, key_dim, value_dim = launch.dims
     bk, bv, warps = chunk_blocks(key_dim, value_dim)
     grid = (_triton.cdiv(value_dim, bv), batch * heads)
     wkv6_chunk_kernel[grid](

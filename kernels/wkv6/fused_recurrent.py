@@ -104,7 +104,7 @@ def recurrent_blocks(key_dim: int, value_dim: int) -> tuple[int, int, int]:
 
 def launch_recurrent(launch) -> None:
     """Run :func:`wkv6_recurrent_kernel` on a prepared :class:`~.launch.Launch`."""
-    batch, _, heads, key_dim, value_dim = launch.dims()
+    batch, _, heads, key_dim, value_dim = launch.dims
     bk, bv, warps = recurrent_blocks(key_dim, value_dim)
     grid = (_triton.cdiv(value_dim, bv), batch * heads)
     wkv6_recurrent_kernel[grid](

@@ -43,18 +43,14 @@ class Launch:
     scale: float
     y: torch.Tensor
     instr: KernelInstrumentation
+    dims: tuple[int, int, int, int, int]  # (B, L, H, K, V): a decode step's L is 1
 
     def output(self) -> ScanOutput:
         return self.instr.output(self.y)
 
-    def dims(self) -> tuple[int, int, int, int, int]:
-        """``(B, L, H, K, V)`` (a decode step's inputs have no time axis: ``L = 1``)."""
-        instr = self.instr.instr
-        return (instr.batch, instr.length, *instr.state_shape)
-
     def kernel_args(self) -> tuple:
         """The positional arguments of ``wkv6_recurrent_kernel`` / ``wkv6_chunk_kernel``."""
-        _, length, heads, key_dim, value_dim = self.dims()
+        _, length, heads, key_dim, value_dim = self.dims
         return (
             self.r,
             self.k,
@@ -95,6 +91,7 @@ def prepare(r, k, v, w, u, scale, instrumentation: dict, state=None) -> Launch:
         scale=scale,
         y=torch.empty_like(v),
         instr=KernelInstrumentation.build(instr, state),
+        dims=(instr.batch, instr.length, *instr.state_shape),
     )
 
 
@@ -103,7 +100,7 @@ def run(launch: Launch, form: str = "auto") -> ScanOutput:
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
     if form == "auto":
-        _, length, _, key_dim, _ = launch.dims()
+        _, length, _, key_dim, _ = launch.dims
         long = length > RECURRENT_MAX_LENGTH
         form = "chunked" if long and key_dim <= MAX_KEY_DIM else "recurrent"
     (launch_chunked if form == "chunked" else launch_recurrent)(launch)

@@ -219,7 +219,7 @@ def chunk_blocks(key_dim: int, value_dim: int) -> tuple[int, int, int]:
 
 def launch_chunked(launch) -> None:
     """Run :func:`wkv7_chunk_kernel` on a prepared :class:`~.launch.Launch7` (``K <= 64``)."""
-    batch, _, heads, key_dim, value_dim = launch.dims()
+    batch, _, heads, key_dim, value_dim = launch.dims
     bk, bv, warps = chunk_blocks(key_dim, value_dim)
     wkv7_chunk_kernel[(_triton.cdiv(value_dim, bv), batch * heads)](
         *launch.kernel_args(),

@@ -88,7 +88,7 @@ def wkv7_recurrent_kernel(
 
 def launch_recurrent(launch) -> None:
     """Run :func:`wkv7_recurrent_kernel` on a prepared :class:`~.launch.Launch7`."""
-    batch, _, heads, key_dim, value_dim = launch.dims()
+    batch, _, heads, key_dim, value_dim = launch.dims
     bk, bv, warps = recurrent_blocks(key_dim, value_dim)
     wkv7_recurrent_kernel[(_triton.cdiv(value_dim, bv), batch * heads)](
         *launch.kernel_args(),

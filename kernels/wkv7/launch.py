@@ -21,7 +21,7 @@ from .fused_recurrent import launch_recurrent
 from .reference import validate, wkv7_chunked
 
 
-@dataclass
+@dataclass(slots=True)
 class Launch7:
     """One RWKV-7 launch: ``inputs`` ``(r, w, k, v, a, b)`` contiguous ``[B, L, H, K|V]``,
     ``y`` ``[B, L, H, V]`` in ``v.dtype`` (uninitialised), the instrumentation.  A decode step's
@@ -31,15 +31,11 @@ class Launch7:
     scale: float
     y: torch.Tensor
     instr: KernelInstrumentation
-
-    def dims(self) -> tuple[int, int, int, int, int]:
-        """``(B, L, H, K, V)`` (a decode step's inputs have no time axis: ``L = 1``)."""
-        instr = self.instr.instr
-        return (instr.batch, instr.length, *instr.state_shape)
+    dims: tuple[int, int, int, int, int]  # (B, L, H, K, V): a decode step's L is 1
 
     def kernel_args(self) -> tuple:
         """The positional arguments of ``wkv7_recurrent_kernel`` / ``wkv7_chunk_kernel``."""
-        _, length, heads, key_dim, value_dim = self.dims()
+        _, length, heads, key_dim, value_dim = self.dims
         return (
             *self.inputs,
             self.y,
@@ -58,7 +54,7 @@ class Launch7:
         """Run the kernel ``form`` names (``"auto"``: by length) and return the result."""
         if form not in FORMS:
             raise ValueError(f"form must be one of {FORMS}, got {form!r}")
-        _, length, _, key_dim, _ = self.dims()
+        _, length, _, key_dim, _ = self.dims
         if form == "auto":
             long = length > RECURRENT_MAX_LENGTH
             form = "chunked" if long and key_dim <= MAX_KEY_DIM else "recurrent"
@@ -76,6 +72,7 @@ def prepare7(r, w, k, v, a, b, scale, instrumentation: dict, state=None) -> Laun
         scale=scale,
         y=torch.empty_like(inputs[3]),
         instr=KernelInstrumentation.build(instr, state),
+        dims=(instr.batch, instr.length, *instr.state_shape),
     )
 
 
