@@ -202,8 +202,9 @@ def bound_autotuning(mode: str | None = None) -> dict[str, str]:
     if mode not in ("first", "full"):
         raise ValueError(f"peer autotune mode {mode!r}: expected 'first' or 'full'")
     for module_name, kernels in FORWARD_KERNELS.items():
-        if module_name.split(".")[0] not in sys.modules:
-            continue  # that peer is not in use (not imported) here
+        if module_name not in sys.modules and module_name.split(".")[0] not in sys.modules:
+            continue  # that peer is not in use (not imported) here; a submodule can outlive
+            # its package's entry in sys.modules, so both are asked
         try:
             module = importlib.import_module(module_name)
         except Exception as error:  # noqa: BLE001
