@@ -226,9 +226,7 @@ def _model_kernel(launch, alt, compiled, case, twin_kernel) -> KernelRow:
     programs = math.prod(alt.grid)
     warps_total = programs * alt.spec.num_warps
     flops = count.flops * warps_total
-    issue, mufu, tensor, hbm = floors(per_warp, warps_total, per_warp_counts, flops, launch.bytes)
-    named = {"issue": issue, "MUFU": mufu, "tensor": tensor, "HBM": hbm}
-    bound = max(named, key=named.get)
+    bounds = _bounds(per_warp, warps_total, per_warp_counts, flops, launch.bytes)
     main = max((lp for _, lp in kernel.walk()), key=lambda lp: lp.per_iteration, default=None)
     return KernelRow(
         kernel=launch.kernel,
@@ -246,13 +244,8 @@ def _model_kernel(launch, alt, compiled, case, twin_kernel) -> KernelRow:
         warp_instr=per_warp * warps_total,
         counts={c: v * warps_total for c, v in per_warp_counts.items()},
         bytes=launch.bytes,
-        issue_us=issue,
-        mufu_us=mufu,
-        tensor_us=tensor,
-        hbm_us=hbm,
-        floor_us=named[bound],
-        bound=bound,
         note=note,
+        **bounds,
     )
 
 
@@ -265,16 +258,27 @@ def _iterations(specs, runs: float = 1.0) -> list[float]:
     return out
 
 
-def _analytic_row(a) -> KernelRow:
-    issue, mufu, tensor, hbm = floors(
-        a.warp_instr / (a.programs * a.warps),
-        a.programs * a.warps,
-        {"mufu": a.mufu / (a.programs * a.warps)},
-        0.0,
-        a.bytes,
-    )
+def _bounds(per_warp, warps_total, per_warp_counts, flops, nbytes) -> dict:
+    """A kernel's floors (µs) by :func:`floors`, the largest as ``floor_us`` and its name as
+    ``bound``: the :class:`KernelRow` fields."""
+    issue, mufu, tensor, hbm = floors(per_warp, warps_total, per_warp_counts, flops, nbytes)
     named = {"issue": issue, "MUFU": mufu, "tensor": tensor, "HBM": hbm}
     bound = max(named, key=named.get)
+    return dict(
+        issue_us=issue,
+        mufu_us=mufu,
+        tensor_us=tensor,
+        hbm_us=hbm,
+        floor_us=named[bound],
+        bound=bound,
+    )
+
+
+def _analytic_row(a) -> KernelRow:
+    warps_total = a.programs * a.warps
+    bounds = _bounds(
+        a.warp_instr / warps_total, warps_total, {"mufu": a.mufu / warps_total}, 0.0, a.bytes
+    )
     return KernelRow(
         kernel=a.kernel,
         config="-",
@@ -291,13 +295,8 @@ def _analytic_row(a) -> KernelRow:
         warp_instr=a.warp_instr,
         counts={"mufu": a.mufu},
         bytes=a.bytes,
-        issue_us=issue,
-        mufu_us=mufu,
-        tensor_us=tensor,
-        hbm_us=hbm,
-        floor_us=named[bound],
-        bound=bound,
         note=a.note,
+        **bounds,
     )
 
 
