@@ -3,8 +3,9 @@
 Every op follows the state contract of ``docs/semantics.md`` and returns a
 :class:`ScanOutput` ``(y, final_state, states)``.  Positions may be given as a prebuilt
 :class:`Schedule` (checked once, then reused by every call without a device sync) and the
-emitted states written into a caller's ``states_out`` buffer.  Each public function dispatches
-on the device of its inputs (``STATETAP_BACKEND`` forces a backend); ``*_sequential`` /
+emitted states written into a caller's ``states_out`` buffer; a decode loop binds a step's
+per-layer arguments once with :class:`PreparedStep`.  Each public function dispatches on the
+device of its inputs (``STATETAP_BACKEND`` forces a backend); ``*_sequential`` /
 ``*_chunked`` / ``*_reference`` are the pure-torch definitions every backend is tested against.
 """
 
@@ -19,6 +20,7 @@ if __name__ != "statetap.kernels":
     )
 
 from ._contract import ScanOutput
+from ._prepared_step import PreparedStep
 from ._schedule import Schedule
 from .selective_scan import selective_scan, selective_scan_step
 from .ssd import ssd, ssd_step
@@ -34,6 +36,7 @@ STEPS = ("selective_scan_step", "ssd_step", "wkv4_step", "wkv6_step", "wkv7_step
 __all__ = [
     "OPS",
     "STEPS",
+    "PreparedStep",
     "ScanOutput",
     "Schedule",
     "selective_scan",

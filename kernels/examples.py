@@ -188,6 +188,17 @@ def rel_error(reference: torch.Tensor, value: torch.Tensor) -> float:
     return ((reference - value).norm() / reference.norm().clamp_min(1e-300)).item()
 
 
+#: each decode step's per-token inputs (the rest of its arguments stay the same from token to
+#: token: what :class:`~._prepared_step.PreparedStep` binds)
+TOKEN_INPUTS = {
+    "selective_scan_step": ("u", "delta", "B", "C", "z"),
+    "ssd_step": ("x", "dt", "B", "C", "z"),
+    "wkv4_step": ("k", "v"),
+    "wkv6_step": ("r", "k", "v", "w"),
+    "wkv7_step": ("r", "w", "k", "v", "a", "b"),
+}
+
+
 def step_example(
     step: str, batch: int, device="cpu", instrumented: bool = False, **sizes: int
 ) -> dict:

@@ -6,7 +6,8 @@ The issue's target is 20 µs per call.  The inputs are the decode goal shapes at
 (Mamba-1 D 5120 N 16, Mamba-2 H 80 P 64 N 128, RWKV-6/7 H 64 K = V = 64, RWKV-4 C 4096) on CPU
 tensors: the wrappers do the same work whatever the device, and nothing here waits for a GPU.
 Each step is timed plain and instrumented as a decode loop holds it (prebuilt schedules and
-buffers, :func:`statetap.kernels.examples.step_example`)."""
+buffers, :func:`statetap.kernels.examples.step_example`), called as the function and as a
+:class:`statetap.kernels.PreparedStep` (its per-layer arguments bound and checked once)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import triton.runtime.jit
 
 from statetap import kernels
 from statetap.kernels import _triton
-from statetap.kernels.examples import step_example
+from statetap.kernels.examples import TOKEN_INPUTS, step_example
 
 GROUP = "decode step wrapper (launch stubbed)"
 BATCH = 64
@@ -42,16 +43,27 @@ def stubbed_launch(monkeypatch):
     monkeypatch.setattr(_triton, "INTERPRETING", True)
 
 
+@pytest.mark.parametrize("prepared", [False, True], ids=["function", "prepared"])
 @pytest.mark.parametrize("instrumented", [False, True], ids=["plain", "emit+inject"])
 @pytest.mark.parametrize("step", kernels.STEPS)
-def test_step_wrapper(record, stubbed_launch, step, instrumented):
+def test_step_wrapper(record, stubbed_launch, step, instrumented, prepared):
     run = getattr(kernels, step).implementations["triton"]
     arguments = step_example(step, BATCH, instrumented=instrumented, **SIZES[step])
     shape = " ".join(f"{k}{v}" for k, v in SIZES[step].items())
+
+    def make_call():
+        if not prepared:
+            return lambda: run(**arguments)
+        token = {k: v for k, v in arguments.items() if k in TOKEN_INPUTS[step]}
+        bound = {k: v for k, v in arguments.items() if k not in token}
+        step_call = kernels.PreparedStep(run, **bound)
+        return lambda: step_call(**token)
+
+    impl = "statetap triton " + ("PreparedStep" if prepared else "wrapper")
     record.time(
         GROUP,
         f"{step} B{BATCH} {shape}",
-        "statetap triton wrapper" + (" emit+inject" if instrumented else ""),
-        lambda: lambda: run(**arguments),
+        impl + (" emit+inject" if instrumented else ""),
+        make_call,
         ROUNDS,
     )
