@@ -16,7 +16,7 @@ N = 128, chunk 256; decode steps at Mamba-2.8B (D = 5120, N = 16) and Mamba-2 2.
   extension is not built), ``mamba_chunk_scan_combined`` un-instrumented and **chained**: called
   once per segment between emission points, each call starting from the previous final state
   (what a user writes to get the same states without statetap), and ``selective_state_update``;
-* decode steps timed eagerly and as CUDA-graph replays (``timing`` column);
+* decode steps timed eagerly, as a ``PreparedStep`` and as CUDA-graph replays (``timing``);
 * the pure-torch per-token loop (full grid only, up to ``--torch-max-l``).
 
 The peers' autotuning is bounded (``benchmarks/peers.py``: one config per kernel unless
@@ -271,8 +271,9 @@ def step_cases(batch, device):
         m1 = first_token(m1, ("u", "delta", "z", "B", "C"), -1)
         state = torch.randn(batch, dim, n, device=device)
 
-        def ours(emit):
-            return lambda: selective_scan_step(state, **m1, emit=emit)
+        def ours(emit, prepared=False):
+            arguments = dict(m1, state=state, emit=emit)
+            return common.step_call(selective_scan_step, arguments, prepared)
 
         def peer_fn(fn):
             args = [state, m1["u"], m1["delta"], m1["A"], m1["B"], m1["C"], m1["D"], m1["z"]]
@@ -288,8 +289,8 @@ def step_cases(batch, device):
         m2 = first_token(m2, ("x", "dt", "z", "B", "C"), 1)
         state = torch.randn(batch, heads, head_dim, n, device=device)
 
-        def ours(emit):
-            return lambda: ssd_step(state, **m2, emit=emit)
+        def ours(emit, prepared=False):
+            return common.step_call(ssd_step, dict(m2, state=state, emit=emit), prepared)
 
         def peer_fn(fn):  # selective_state_update's per-channel layout, broadcast views
             A = m2["A"][:, None, None].expand(heads, head_dim, n)
@@ -319,17 +320,17 @@ def bench_steps(run: common.Recorder, batches, device):
                     built["state"], built["ours"], built["peer"] = setup()
                 return built
 
-            for timing in ("eager", "graph"):
+            for timing in ("eager", "prepared", "graph"):
 
                 def wrap(fn, timing=timing):
                     return common.graph_replay(fn) if timing == "graph" else fn
 
-                def plain(wrap=wrap):
-                    return wrap(case()["ours"](False)), io
+                def plain(wrap=wrap, prepared=timing == "prepared"):
+                    return wrap(case()["ours"](False, prepared)), io
 
-                def emitting(wrap=wrap):
+                def emitting(wrap=wrap, prepared=timing == "prepared"):
                     buffer = torch.empty_like(case()["state"])
-                    return wrap(case()["ours"](buffer)), io + buffer.numel() * 4
+                    return wrap(case()["ours"](buffer, prepared)), io + buffer.numel() * 4
 
                 def peer_step(wrap=wrap):
                     fn = peer("selective_state_update", run)
@@ -338,6 +339,8 @@ def bench_steps(run: common.Recorder, batches, device):
                 row = base | dict(timing=timing, impl="statetap", role="ours")
                 run.measure(row | dict(variant="plain"), plain)
                 run.measure(row | dict(variant="emit"), emitting)
+                if timing == "prepared":  # the peer has no prepared form
+                    continue
                 impl = "mamba_ssm selective_state_update"
                 run.measure(
                     base | dict(timing=timing, variant="plain", impl=impl, role="peer", main=True),

@@ -18,8 +18,8 @@ Rows, side by side in one run:
   passes), un-instrumented and **chained**: called once per segment between emission points,
   each call starting from the previous final state.
 * ``wkv4``: statetap's recurrent kernel (C = H * K channels), no peer.
-* decode: ``wkv6_step`` / ``wkv7_step`` / ``wkv4_step``, plain and emitting, timed eagerly
-  and as CUDA-graph replays (``timing`` column).
+* decode: ``wkv6_step`` / ``wkv7_step`` / ``wkv4_step``, plain and emitting, timed eagerly,
+  as a ``PreparedStep`` and as CUDA-graph replays (``timing`` column).
 
 Columns: ms (median, L2 flushed), GB/s of compulsory traffic (benchmarks/README.md gives the
 formulas), percent of the measured copy bandwidth, ``vs_plain`` (over the same kernel
@@ -229,7 +229,7 @@ def bench_wkv4(run, model, batch, length, device, args):
 
 
 def decode_steps(model, batch, device) -> dict:
-    """``{op: (call(**instrumentation) -> fn, state, bytes moved)}`` for one batch."""
+    """``{op: (step, keyword arguments, state, bytes moved)}`` for one batch."""
     from statetap.kernels import wkv4_step, wkv6_step, wkv7_step
 
     heads, dim = SHAPES[model]
@@ -246,17 +246,20 @@ def decode_steps(model, batch, device) -> dict:
     token = common.tensor_bytes(r)
     return {
         "wkv6_step": (
-            lambda **kw: lambda: wkv6_step(r, k, v, w, u, state6, 1.0, **kw),
+            wkv6_step,
+            dict(r=r, k=k, v=v, w=w, u=u, state=state6, scale=1.0),
             state6,
             2 * common.tensor_bytes(state6) + 5 * token,
         ),
         "wkv7_step": (
-            lambda **kw: lambda: wkv7_step(r, w, k, v, a, b, state7, **kw),
+            wkv7_step,
+            dict(r=r, w=w, k=k, v=v, a=a, b=b, state=state7),
             state7,
             2 * common.tensor_bytes(state7) + 7 * token,
         ),
         "wkv4_step": (
-            lambda **kw: lambda: wkv4_step(w4, u4, k4, v4, triple, **kw),
+            wkv4_step,
+            dict(w=w4, u=u4, k=k4, v=v4, state=triple),
             triple,
             2 * common.tensor_bytes(triple) + 3 * token,
         ),
@@ -274,11 +277,11 @@ def bench_decode(run, model, batch, device, args):
 
     for op in ("wkv6_step", "wkv7_step", "wkv4_step"):
         base = dict(op=op, model=model, shape=f"B{batch} H{heads} K{dim}", B=batch, decode=True)
-        for timing in ("eager", "graph"):
+        for timing in ("eager", "prepared", "graph"):
             for variant in ("plain", "emit"):
 
                 def case(op=op, timing=timing, variant=variant):
-                    call, state, moved = step(op)
+                    function, arguments, state, moved = step(op)
                     kw = {}
                     if variant == "emit":
                         at = torch.zeros(1, dtype=torch.long)
@@ -288,7 +291,7 @@ def bench_decode(run, model, batch, device, args):
                         buffer = torch.zeros(batch, 1, *state.shape[1:], device=device)
                         kw = dict(emit_at=sched, states_out=buffer)
                         moved += common.tensor_bytes(buffer)
-                    fn = call(**kw)
+                    fn = common.step_call(function, arguments | kw, timing == "prepared")
                     return (common.graph_replay(fn) if timing == "graph" else fn), moved
 
                 row = base | dict(timing=timing, variant=variant, impl="statetap", role="ours")

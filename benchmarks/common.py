@@ -206,6 +206,24 @@ def annotate(rows: Sequence[dict]) -> None:
             row["goal"], row["goal_met"] = goal
 
 
+def step_call(step: Callable, arguments: dict, prepared: bool) -> Callable[[], object]:
+    """A call of the decode ``step`` (a public ``statetap.kernels`` step) on ``arguments`` by
+    keyword: the function itself, or (``prepared``) a ``PreparedStep`` bound to every argument
+    but the token's inputs, built here (its first call, which checks and launches, too), so
+    only the per-token relaunch is timed."""
+    if not prepared:
+        return lambda: step(**arguments)
+    from statetap.kernels import PreparedStep
+    from statetap.kernels.examples import TOKEN_INPUTS
+
+    names = TOKEN_INPUTS[step.__name__]
+    token = {k: v for k, v in arguments.items() if k in names}
+    bound = {k: v for k, v in arguments.items() if k not in token}
+    call = PreparedStep(step, **bound)
+    call(**token)
+    return lambda: call(**token)
+
+
 def graph_replay(fn: Callable[[], object], warmup: int = 3) -> Callable[[], None]:
     """``fn`` captured as a CUDA graph (after ``warmup`` calls on a side stream); returns the
     graph's replay. ``fn`` must only touch static tensors; capture errors propagate."""

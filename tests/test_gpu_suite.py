@@ -54,7 +54,7 @@ def test_dry_run_copies_each_parts_json_to_out_as_the_part_ends(tmp_path):
         "mamba_ssm mamba_chunk_scan_combined chained",
         "mamba_ssm selective_state_update",
     }
-    assert {r["timing"] for r in mamba if r["op"] == "ssd_step"} == {"eager", "graph"}
+    assert {r["timing"] for r in mamba if r["op"] == "ssd_step"} == {"eager", "prepared", "graph"}
     report = json.loads(files[-1].read_text())
     assert [p["name"] for p in report["parts"]] == [
         "install", "check", "bench_mamba", "bench_rwkv6", "bench_rwkv7", "tests"
@@ -156,7 +156,7 @@ def test_the_benchmark_rows_run_end_to_end_at_tiny_shapes(tmp_path, monkeypatch)
         bench_rwkv.bench_wkv4(run, "7b", 2, 300, cpu, quick)
         bench_rwkv.bench_decode(run, "7b", 2, cpu, quick)
     rows = json.loads(run.path.read_text())["rows"]
-    assert len(rows) == 4 + 5 + 12 + 3 + 12
+    assert len(rows) == 4 + 5 + 16 + 3 + 18
     ours = [r for r in rows if r["impl"].startswith("statetap")]
     ok = {(r["op"], r["variant"]) for r in ours if r["status"] == "ok"}
     for op in ("ssd", "selective_scan_step", "ssd_step", "wkv4", "wkv6_step", "wkv7_step"):
