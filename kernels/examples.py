@@ -261,5 +261,5 @@ def step_example(
         inject_at=schedule(here, "inject_at"),
         inject_value=torch.randn(state_shape, **f),
         inject_scale=scale[:, None],
-        states_out=torch.empty(batch, 2, *state_shape, **f),
+        states_out=torch.zeros(batch, 2, *state_shape, **f),
     )
