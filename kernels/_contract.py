@@ -321,13 +321,9 @@ class Instrumentation:
 
     @staticmethod
     def _distinct(schedule: Schedule | None) -> list[int]:
-        """The schedule's distinct times: known on the host, or read from the device (the
-        references walk time in Python; the kernels never ask)."""
-        if schedule is None:
-            return []
-        if schedule.distinct is not None:
-            return list(schedule.distinct)
-        return [t for t in schedule.positions.unique().tolist() if t >= 0]
+        """The schedule's distinct times (the references walk time in Python; the kernels never
+        ask)."""
+        return [] if schedule is None else schedule.distinct_times()
 
     @functools.cached_property
     def _inject_times(self) -> set[int]:

@@ -133,7 +133,6 @@ class Schedule:
         if on_host or check:
             _check_values(name, positions, times, length)
             distinct = tuple(t for t in positions.unique().tolist() if t >= 0)
-        sentinel = torch.full((batch, 1), length, dtype=torch.int32, device=positions.device)
         unused = positions < 0
         if distinct is not None and not bool(unused.any()):
             unused = None
@@ -145,11 +144,18 @@ class Schedule:
             positions=_place(positions.contiguous(), device),
             times=_place(times, device),
             slots=_place(slots, device),
-            kernel_times=_place(torch.cat([times, sentinel], 1), device),
-            kernel_slots=_place(torch.cat([slots, torch.zeros_like(sentinel)], 1), device),
+            kernel_times=_place(with_sentinel(times, length), device),
+            kernel_slots=_place(with_sentinel(slots, 0), device),
             unused=None if unused is None else _place(unused, device),
             distinct=distinct,
         )
+
+    def distinct_times(self) -> list[int]:
+        """The sorted distinct timesteps some row names: known on the host since the build, or
+        read from the device (one sync) where the positions were built there unchecked."""
+        if self.distinct is not None:
+            return list(self.distinct)
+        return [t for t in self.positions.unique().tolist() if t >= 0]
 
     def matching(self, name: str, batch: int, length: int, device: torch.device) -> Schedule:
         """This schedule, after checking it was built for a call of ``batch`` rows, ``length``
@@ -177,6 +183,13 @@ def time_order(positions: torch.Tensor, length: int) -> tuple[torch.Tensor, torc
     times = torch.where(positions < 0, length, positions)
     times, slots = times.sort(dim=1, stable=True)
     return times.to(torch.int32).contiguous(), slots.to(torch.int32).contiguous()
+
+
+def with_sentinel(rows: torch.Tensor, last: int) -> torch.Tensor:
+    """``rows`` ``[B, P]`` with a column of ``last`` appended: ``[B, P + 1]`` contiguous, as the
+    kernels walk a schedule (a sentinel time ``L`` that a row's cursor never passes)."""
+    sentinel = torch.full((rows.shape[0], 1), last, dtype=rows.dtype, device=rows.device)
+    return torch.cat([rows, sentinel], 1)
 
 
 def _check_values(name: str, positions: torch.Tensor, times: torch.Tensor, length: int) -> None:

@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from ._contract import Instrumentation, ScanOutput
-from ._schedule import Schedule
+from ._schedule import Schedule, with_sentinel
 
 INTERPRETING = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 
@@ -55,22 +55,13 @@ def dummy(device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Ten
     return torch.zeros(1, dtype=dtype, device=device)
 
 
-def with_sentinel(
-    times: torch.Tensor, batch: int, length: int, device: torch.device
-) -> torch.Tensor:
-    """Per-row ascending times ``[B, P]`` int32 (:func:`~._schedule.time_order`) as the kernels
-    walk them: ``[B, P + 1]`` contiguous, a sentinel ``L`` last."""
-    sentinel = torch.full((batch, 1), length, device=device, dtype=torch.int32)
-    return torch.cat([times, sentinel], 1).contiguous()
-
-
 @functools.lru_cache(maxsize=64)
 def no_schedule(batch: int, length: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """``(times, slots)`` ``[B, 1]`` int32 of a schedule that names nothing: the sentinel ``L``
     alone.  Kernels only read it, so one pair per shape serves every call (no allocation in a
     decode loop or a captured CUDA graph)."""
-    times = torch.full((batch, 1), length, device=device, dtype=torch.int32)
-    return times, torch.zeros_like(times)
+    nothing = torch.empty(batch, 0, dtype=torch.int32, device=device)
+    return with_sentinel(nothing, length), with_sentinel(nothing, 0)
 
 
 @triton.jit

@@ -39,7 +39,7 @@ import triton.language as tl
 
 from .. import _triton
 from .._contract import ScanOutput, float64_runs
-from .._schedule import time_order
+from .._schedule import time_order, with_sentinel
 from .._triton import KernelInstrumentation, emit_tile, inject_tile, open_schedules, softplus
 from .reference import ssd_chunked, validate
 
@@ -311,7 +311,7 @@ def ssd_triton(
     if reset is not None:
         marks = torch.arange(length, device=x.device).expand(batch, -1)
         resets, _ = time_order(torch.where(reset, marks, -1), length)
-        reset_times = _triton.with_sentinel(resets, batch, length, x.device)
+        reset_times = with_sentinel(resets, length)
     if D is not None:
         D = (D[:, None].expand(heads, head_dim) if D.dim() == 1 else D).to(**f32)
     block_t, block_p, block_n, warps = block_sizes(head_dim, state_size, chunk_size)

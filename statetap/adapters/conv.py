@@ -138,10 +138,10 @@ def _window_pass(pass_: Pass, original, hidden_states, weight, bias, activation)
     padded = torch.nn.functional.pad(hidden_states, (width, 0))  # index i -> i + width
     out = original(hidden_states, weight, bias=bias, activation=activation)
     injection = ops.injection
-    times = set() if ops.emit_at is None else set(ops.emit_at.unique().tolist())
-    if injection is not None:
-        times |= set(injection.positions.unique().tolist())
-    times.discard(-1)  # an unused slot
+    times = set()
+    for schedule in (ops.emit_schedule, None if injection is None else injection.schedule):
+        if schedule is not None:
+            times |= set(schedule.distinct_times())
     windows = None
     if ops.emit_at is not None:
         windows = padded.new_zeros(*ops.emit_at.shape, padded.shape[1], width, dtype=torch.float32)
