@@ -39,20 +39,24 @@ def _first_slots(positions: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Injection:
-    """One injection at a site: padded ``positions`` ``[B, Q]``, ``value`` ``[B, Q, *shape]``,
-    ``mode`` ``"add"`` / ``"set"``, an optional ``scale`` ``[B, Q]`` (add only), and the
-    positions' kernel ``schedule`` (built once per pass and shared by every layer's call)."""
+    """One injection at a site: its positions' kernel ``schedule`` (padded positions ``[B, Q]``,
+    checked once per pass and shared by every layer's call), ``value`` ``[B, Q, *shape]``,
+    ``mode`` ``"add"`` / ``"set"`` and an optional ``scale`` ``[B, Q]`` (add only)."""
 
-    positions: torch.Tensor
+    schedule: Schedule
     value: torch.Tensor
     mode: str = "add"
     scale: torch.Tensor | None = None
-    schedule: Schedule | None = None
+
+    @property
+    def positions(self) -> torch.Tensor:
+        """The padded positions ``[B, Q]`` (``-1``: no injection in that slot)."""
+        return self.schedule.positions
 
     def kernel_arguments(self) -> dict:
         """The injection as a ``statetap.kernels`` op takes it."""
         return dict(
-            inject_at=self.positions if self.schedule is None else self.schedule,
+            inject_at=self.schedule,
             inject_value=self.value,
             inject_mode=self.mode,
             inject_scale=self.scale,
@@ -95,15 +99,13 @@ class SiteOps:
 
     emit_at: torch.Tensor | None = None
     injection: Injection | None = None
-    emit_schedule: Schedule | None = None
+    emit_schedule: Schedule | None = None  # of first_occurrences(emit_at), set with emit_at
 
     def kernel_arguments(self) -> dict:
         """The work as a ``statetap.kernels`` op takes it."""
         arguments = {} if self.injection is None else self.injection.kernel_arguments()
         if self.emit_schedule is not None:
             arguments["emit_at"] = self.emit_schedule
-        elif self.emit_at is not None:
-            arguments["emit_at"] = first_occurrences(self.emit_at)
         return arguments
 
     def expand_states(self, states: torch.Tensor) -> torch.Tensor:

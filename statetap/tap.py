@@ -371,8 +371,9 @@ class Tap:
             raise ValueError(
                 f"({request.site!r}, layer {layer}) has two injections; merge them into one"
             )
-        schedule = self._schedule(positions, pass_, name)
-        ops.injection = Injection(positions.to(self.device), value, request.mode, scale, schedule)
+        ops.injection = Injection(
+            self._schedule(positions, pass_, name), value, request.mode, scale
+        )
 
     def generate(self, input_ids, attention_mask=None, emit=(), inject=(), **generate_kwargs):
         """``model.generate`` with emissions and injections: see :mod:`statetap.generate`."""
