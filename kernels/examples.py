@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import STEPS
 from ._schedule import Schedule
 from .selective_scan import selective_scan as public_selective_scan
 from .selective_scan.reference import selective_scan
@@ -188,56 +189,36 @@ def rel_error(reference: torch.Tensor, value: torch.Tensor) -> float:
     return ((reference - value).norm() / reference.norm().clamp_min(1e-300)).item()
 
 
-#: each decode step's per-token inputs (the rest of its arguments stay the same from token to
-#: token: what :class:`~._prepared_step.PreparedStep` binds)
+#: each decode step's per-token inputs, its op's time-varying ones (the rest of its arguments
+#: stay the same from token to token: what :class:`~._prepared_step.PreparedStep` binds)
 TOKEN_INPUTS = {
-    "selective_scan_step": ("u", "delta", "B", "C", "z"),
-    "ssd_step": ("x", "dt", "B", "C", "z"),
-    "wkv4_step": ("k", "v"),
-    "wkv6_step": ("r", "k", "v", "w"),
-    "wkv7_step": ("r", "w", "k", "v", "a", "b"),
+    f"{name}_step": tuple(case.time_axes) for name, case in CASES.items() if f"{name}_step" in STEPS
 }
 
 
 def step_example(
     step: str, batch: int, device="cpu", instrumented: bool = False, **sizes: int
 ) -> dict:
-    """Keyword arguments of one decode token of ``step`` (a name in ``statetap.kernels.STEPS``),
-    the zero float32 ``state`` included, at small default sizes (override by keyword: ``D, N``;
-    ``H, P, G, N``; ``C``; ``H, K, V``).
+    """Keyword arguments of one decode token of ``step`` (a name in ``statetap.kernels.STEPS``):
+    its op's :class:`OpCase` inputs for ``L = 1`` with the time axis taken out of the
+    time-varying ones, and the zero float32 ``state``; sizes as the op's case takes them.
 
     ``instrumented``: also the step's instrumentation as a decode loop holds it across steps,
     built once: even rows emit and inject (an add, per-row scales as a tensor); the RWKV steps
     take prebuilt :class:`Schedule` objects and a ``states_out`` buffer ``[B, 2, *S]``, the
     Mamba steps an ``emit`` buffer and an ``inject_value``.
     """
+    if step not in TOKEN_INPUTS:
+        raise ValueError(f"step must be one of {tuple(TOKEN_INPUTS)}, got {step!r}")
+    case = CASES[step.removesuffix("_step")]
+    sequence = case.make(batch, 1, device=device, **sizes)
+    inputs = {
+        name: t.select(case.time_axes[name], 0) if name in case.time_axes else t
+        for name, t in sequence.items()
+    }
+    final = case.call("sequential", sequence, output_final_state=True).final_state
+    state_shape = tuple(final.shape[1:])
     f = dict(dtype=torch.float32, device=device)
-    if step == "selective_scan_step":
-        d, n = sizes.get("D", 10), sizes.get("N", 3)
-        inputs = dict(u=torch.randn(batch, d, **f), delta=torch.randn(batch, d, **f).sigmoid())
-        inputs |= dict(A=-torch.randn(d, n, **f).exp(), B=torch.randn(batch, n, **f))
-        inputs |= dict(C=torch.randn(batch, n, **f), D=torch.randn(d, **f))
-        state_shape = (d, n)
-    elif step == "ssd_step":
-        h, p, g, n = (sizes.get(k, v) for k, v in dict(H=4, P=3, G=2, N=5).items())
-        inputs = dict(x=torch.randn(batch, h, p, **f), dt=torch.randn(batch, h, **f).sigmoid())
-        inputs |= dict(A=-torch.randn(h, **f).exp(), B=torch.randn(batch, g, n, **f))
-        inputs |= dict(C=torch.randn(batch, g, n, **f), D=torch.randn(h, **f))
-        state_shape = (h, p, n)
-    elif step == "wkv4_step":
-        c = sizes.get("C", 7)
-        inputs = {k: v[:, 0] for k, v in _wkv4(batch, 1, f, C=c).items() if v.dim() == 3}
-        inputs |= dict(w=-torch.randn(c, **f).exp(), u=torch.randn(c, **f))
-        state_shape = (3, c)
-    elif step in ("wkv6_step", "wkv7_step"):
-        h, k, v = sizes.get("H", 2), sizes.get("K", 5), sizes.get("V", 3)
-        make = _wkv6 if step == "wkv6_step" else _wkv7
-        inputs = {name: t[:, 0] for name, t in make(batch, 1, f, h, k, v).items() if t.dim() == 4}
-        if step == "wkv6_step":
-            inputs["u"] = torch.randn(h, k, **f)
-        state_shape = (h, k, v)
-    else:
-        raise ValueError(f"step must be one of the decode steps, got {step!r}")
     state = torch.zeros(batch, *state_shape, **f)
     if not instrumented:
         return inputs | dict(state=state)
