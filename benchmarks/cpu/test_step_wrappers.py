@@ -22,7 +22,7 @@ from statetap.kernels.examples import TOKEN_INPUTS, step_example
 GROUP = "decode step wrapper (launch stubbed)"
 BATCH = 64
 SIZES = {
-    "selective_scan_step": dict(D=5120, N=16),
+    "selective_scan_step": dict(D=5120, N=16, G=1),
     "ssd_step": dict(H=80, P=64, G=1, N=128),
     "wkv4_step": dict(C=4096),
     "wkv6_step": dict(H=64, K=64, V=64),
