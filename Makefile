@@ -21,12 +21,15 @@
 #   make gpu-model      -- the compiled performance model (benchmarks/gpu_model.py): statetap's and
 #                          the peers' Triton kernels compiled for sm_90 at the goal shapes, their
 #                          predicted H100 floors; a table and a JSON under benchmarks/results/
+#   make compile-check  -- every Triton launch at its run-time specialisation compiled for sm_80
+#                          and sm_90 against the register budget (benchmarks/compile_check.py; in
+#                          CI as tests/test_aot_kernels.py); PY=/path/to/python for another triton
 
 PY := .venv/bin/python
 ARGS ?=
 PINS ?=
 
-.PHONY: venv test demo upgrade-check upgrade-matrix lock gpu-wheels bench-cpu gpu-model
+.PHONY: venv test demo upgrade-check upgrade-matrix lock gpu-wheels bench-cpu gpu-model compile-check
 
 venv:
 	@bash scripts/bootstrap.sh
@@ -58,3 +61,6 @@ bench-cpu: venv
 
 gpu-model: venv
 	PYTHONSAFEPATH=1 $(PY) benchmarks/gpu_model.py $(ARGS)
+
+compile-check: venv
+	PYTHONSAFEPATH=1 $(PY) benchmarks/compile_check.py $(ARGS)
