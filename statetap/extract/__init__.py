@@ -17,7 +17,7 @@ Example:
     ...                                      num_hidden_layers=2, state_size=4)).eval()
     >>> out = tempfile.mkdtemp()
     >>> manifest = ex.extract(model, tokenizer, ["a text", "another text"],
-    ...                       ex.ExtractConfig(out=out, positions="all", progress=False), "tiny")
+    ...                       ex.ExtractConfig(out=out, positions="0:64", progress=False), "tiny")
     >>> rows = ex.open_extraction(out)
     >>> len(rows), rows[1]["residual.1"].shape, rows[1]["ssm.0"].shape
     (2, torch.Size([12, 16]), torch.Size([12, 32, 4]))

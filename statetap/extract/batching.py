@@ -17,13 +17,15 @@ import torch
 @dataclass
 class Tokenized:
     """A window of texts as token ids: ``rows`` (input indices) and ``ids`` of the texts that
-    have tokens (cut at ``max_length``), ``truncated`` (texts longer than that) and ``empty``
-    (texts with no tokens, which are left out)."""
+    are stored (cut at ``max_length``), the number ``truncated`` (texts longer than that), and
+    the input indices of the texts left out: ``empty`` (no tokens) and ``short`` (fewer tokens
+    than the positions need)."""
 
     rows: list[int]
     ids: list[list[int]]
     truncated: int
-    empty: int
+    empty: list[int]
+    short: list[int]
 
     @property
     def tokens(self) -> int:
@@ -41,15 +43,38 @@ class Batch:
     lengths: torch.Tensor
 
 
-def tokenize(tokenizer, rows: Sequence[int], texts: Sequence[str], max_length: int) -> Tokenized:
-    """Token ids of ``texts`` (no special tokens added), each cut to ``max_length``."""
+def tokenize(
+    tokenizer,
+    rows: Sequence[int],
+    texts: Sequence[str],
+    max_length: int,
+    min_tokens: int = 1,
+    short_texts: str = "skip",
+) -> Tokenized:
+    """Token ids of ``texts`` (no special tokens added), each cut to ``max_length``; texts with
+    no tokens, or fewer than ``min_tokens``, are left out (``short_texts="skip"``) or refused
+    (``"error"``).
+
+    Raises:
+        ValueError: with ``short_texts="error"``, a text shorter than ``min_tokens``, naming its
+            input row and the ways on.
+    """
     encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
-    kept = [(row, ids) for row, ids in zip(rows, encoded) if ids]
+    empty = [row for row, ids in zip(rows, encoded) if not ids]
+    short = [row for row, ids in zip(rows, encoded) if 0 < len(ids) < min_tokens]
+    if short and short_texts == "error":
+        raise ValueError(
+            f"the positions need texts of at least {min_tokens} tokens, but input rows {short} "
+            "have fewer; short_texts='skip' (--short-texts skip) leaves such texts out and "
+            f"counts them, and a span ('0:{min_tokens}') keeps what each text has"
+        )
+    kept = [(row, ids) for row, ids in zip(rows, encoded) if len(ids) >= max(min_tokens, 1)]
     return Tokenized(
         rows=[row for row, _ in kept],
         ids=[ids[:max_length] for _, ids in kept],
         truncated=sum(len(ids) > max_length for ids in encoded),
-        empty=len(encoded) - len(kept),
+        empty=empty,
+        short=short,
     )
 
 

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import torch
 
+from statetap.adapters.base import COMMON_SITES
 from statetap.tap import STATE_GROUP
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+SHORT_TEXTS = ("skip", "error")
 
 
 @dataclass(frozen=True)
@@ -80,12 +82,22 @@ class ExtractConfig:
             None for no budget; at least ``max_length``, so that every text fits.
         max_length: texts are cut to this many tokens (counted in the manifest, with a
             warning).
+        short_texts: what to do with a text too short for the fixed positions (``[0, -2]``
+            needs 2 tokens): ``"skip"`` leaves it out like an empty text (listed per shard and
+            counted as ``short_texts`` in the manifest, with a warning); ``"error"`` stops the
+            run at the first one (the finished shards are kept).
         shard_rows: input rows per shard; also the window inside which texts are sorted by
             length before batching (results do not depend on it).
         dtype: dtype of the stored tensors.
         logits: also store the logits at the positions (``"logits"``); without it the forward
             stops after the last requested layer and computes no logits.
         progress: show a progress bar (texts, tokens/s, ETA) on rank 0.
+        max_bytes: refuse to start when the output is estimated above this many bytes
+            (:mod:`~statetap.extract.size`), or None for no budget.
+
+    ``batch_size``, ``max_tokens``, ``short_texts``, ``progress`` and ``max_bytes`` change how
+    the work is done, not what is stored, so a resumed run may change them (after running out
+    of memory, say); each shard records the batching it was made with.
     """
 
     out: Path
@@ -99,6 +111,8 @@ class ExtractConfig:
     dtype: str = "float32"
     logits: bool = False
     progress: bool = True
+    short_texts: str = "skip"
+    max_bytes: int | None = None
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -117,21 +131,49 @@ class ExtractConfig:
             )
         if isinstance(self.sites, str) or not self.sites:
             raise ValueError(f"sites must be a non-empty list of site names, got {self.sites!r}")
+        if self.short_texts not in SHORT_TEXTS:
+            raise ValueError(f"short_texts must be one of {SHORT_TEXTS}, got {self.short_texts!r}")
+        if self.max_bytes is not None and (
+            not isinstance(self.max_bytes, int)
+            or isinstance(self.max_bytes, bool)
+            or self.max_bytes < 1
+        ):
+            raise ValueError(f"max_bytes must be a positive int or None, got {self.max_bytes!r}")
         self.positions = parse_positions(self.positions)
+        if self.min_tokens > self.max_length:
+            raise ValueError(
+                f"positions {self.positions} need texts of at least {self.min_tokens} tokens, "
+                f"but max_length={self.max_length} cuts every text shorter"
+            )
+        states = [site for site in self.sites if site not in COMMON_SITES]
+        if self.span is not None and self.span.stop is None and states:
+            raise ValueError(
+                f"positions={str(self.positions)!r} is for the residual and mixer sites (as in "
+                f"Tap.run); the state sites {states} take explicit positions or a span with an "
+                f"end, such as '{self.span.start}:{self.max_length}' (a state at every token is "
+                "large: the size is estimated before the first batch)"
+            )
 
     @property
     def span(self) -> Span | None:
         """The token span of a ragged extraction; None for fixed positions."""
         return self.positions if isinstance(self.positions, Span) else None
 
+    @property
+    def min_tokens(self) -> int:
+        """Tokens a text needs to be stored: enough for every fixed position (``[0, -3]``: 3),
+        or 1 for a span."""
+        if self.span is not None:
+            return 1
+        return max(max(p + 1 if p >= 0 else -p for p in self.positions), 1)
+
     def record(self) -> dict:
         """The settings that decide the stored tensors, as the manifest keeps them (a resumed
-        run must match them; ``out`` and ``progress`` do not count)."""
+        run must match them; the batching, ``short_texts``, ``progress`` and ``max_bytes`` do
+        not count: see the class docstring)."""
         return {
             "sites": list(self.sites),
             "positions": str(self.positions) if self.span else list(self.positions),
-            "batch_size": self.batch_size,
-            "max_tokens": self.max_tokens,
             "max_length": self.max_length,
             "shard_rows": self.shard_rows,
             "dtype": self.dtype,

@@ -3,8 +3,10 @@
 The manifest records the full settings (model, sites, layers, positions, batching, dtype) and
 the input (its description, fingerprint, ``skip`` and ``limit``); a run on a folder that holds a
 manifest resumes only when both are the same, and otherwise is refused with the differences
-named.  It also records the versions of statetap, torch, transformers and the kernel backend
-of each op, the shards, and the counts of texts cut at ``max_length`` and of empty texts.
+named (settings that change no stored tensor, such as the batch size, may change).  It also
+records the versions of statetap, torch, transformers and the kernel backend of each op, the
+shards with their SHA-256, the counts of texts cut at ``max_length`` and of texts left out
+(empty, or too short for the positions), and what the last run did.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import statetap
 from statetap.extract.atomic import write_json_atomically
 
 MANIFEST = "manifest.json"
-FORMAT = "statetap-extraction/2"
+FORMAT = "statetap-extraction/3"
 
 
 @dataclass
@@ -35,11 +37,22 @@ class Manifest:
         layout: ``"fixed"`` (``[rows, P, *shape]``) or ``"ragged"`` (``[tokens, *shape]`` plus
             ``offsets``).
         tensors: per stored name, its per-token ``shape`` and ``dtype``.
-        shards: per shard file, its window, input ``rows`` range, row and token counts.
-        rows, tokens: stored rows (texts with tokens) and tokens run through the model.
+        shards: per shard file, its window, ``input_rows`` range, row and token counts, the
+            input rows it left out (``left_out``: ``empty`` and ``short``), the batching it
+            was made with, and its ``sha256`` (None while a rank's shard is not yet recorded).
+        rows, tokens: stored rows and tokens run through the model.
         truncated_texts: texts longer than ``max_length`` tokens, cut there.
         empty_texts: texts with no tokens, left out.
+        short_texts: texts shorter than the fixed positions need, left out.
+        estimated_bytes: the output size estimated before the first batch.
+        bytes: the size of the shard files.
+        last_run: what the last call did: shards ``written``, ``reused`` and ``recomputed``
+            (found damaged or missing).
         complete: every window has its shard.
+
+    Stored rows are the input's texts minus those left out, so row ``i`` is input row ``i``
+    only when nothing was left out: each row's ``row`` tensor, and
+    :meth:`~statetap.extract.reader.Extraction.index_of`, map the two.
     """
 
     config: dict
@@ -52,6 +65,10 @@ class Manifest:
     tokens: int = 0
     truncated_texts: int = 0
     empty_texts: int = 0
+    short_texts: int = 0
+    estimated_bytes: int | None = None
+    bytes: int = 0
+    last_run: dict = field(default_factory=dict)
     complete: bool = False
     format: str = FORMAT
 
@@ -76,12 +93,36 @@ class Manifest:
         return write_json_atomically(Path(out) / MANIFEST, asdict(self))
 
 
+class DamagedManifest(ValueError):
+    """A ``manifest.json`` that does not read as one (truncated, edited, another format)."""
+
+
 def read_manifest(out: str | Path) -> dict:
-    """The manifest of the extraction in ``out``, as a dict."""
+    """The manifest of the extraction in ``out``, as a dict.
+
+    Raises:
+        FileNotFoundError: ``out`` holds no manifest.
+        DamagedManifest: it does not read as a manifest of this format; the message names the
+            file and the way out.
+    """
     path = Path(out) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{out} holds no {MANIFEST}: not a statetap extraction")
-    return json.loads(path.read_text(encoding="utf-8"))
+    way_out = (
+        "run the same extract command again: it rebuilds the manifest from the shards made "
+        "with its settings, checks them, and computes the rest"
+    )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DamagedManifest(f"{path} is damaged ({error}); {way_out}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise DamagedManifest(
+            f"{path} is not a {FORMAT} manifest (format {found!r}); {way_out}, or read it with "
+            "the statetap version that wrote it"
+        )
+    return manifest
 
 
 def versions(device: torch.device) -> dict:
@@ -113,19 +154,25 @@ def differences(before: dict, now: dict, prefix: str = "") -> list[str]:
     return lines
 
 
-def check_resumable(out: Path, existing: dict, manifest: Manifest) -> None:
-    """Refuse to continue ``existing`` (the manifest found in ``out``) with other settings.
-
-    Raises:
-        ValueError: the format, config or input differ; the message names each difference.
-    """
+def setting_differences(existing: dict, manifest: Manifest) -> list[str]:
+    """``"key: there -> now"`` for every setting or input entry in which ``existing`` (a
+    manifest found on disk) differs from ``manifest``."""
     found = {
         "format": existing.get("format"),
         "config": existing.get("config", {}),
         "input": existing.get("input", {}),
     }
     wanted = {"format": manifest.format, "config": manifest.config, "input": manifest.input}
-    changed = differences(found, wanted)
+    return differences(found, wanted)
+
+
+def check_resumable(out: Path, existing: dict, manifest: Manifest) -> None:
+    """Refuse to continue ``existing`` (the manifest found in ``out``) with other settings.
+
+    Raises:
+        ValueError: the format, config or input differ; the message names each difference.
+    """
+    changed = setting_differences(existing, manifest)
     if changed:
         raise ValueError(
             f"{out} holds an extraction made with other settings, so it cannot be resumed; "

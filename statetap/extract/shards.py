@@ -8,19 +8,22 @@ holding, for the rows that have tokens:
   ``offsets`` ``[rows + 1]`` (row ``i``'s tokens are ``offsets[i] : offsets[i + 1]``);
 * ``row`` ``[rows]``: each row's index in the input.
 
-Its safetensors metadata records the window, the rank that wrote it, the rows, tokens, cut and
-empty texts, and the hash of the settings it was made with.  A shard file present is a finished
-window: that is what a resumed run skips.
+Its safetensors metadata records the window, the rank that wrote it, the rows, tokens, cut
+texts, the input rows left out (empty or too short), the batching, and the hash of the settings
+it was made with.  A shard file present is a finished window: that is what a resumed run skips.
+The file's SHA-256, taken before it is moved into place, goes into the manifest
+(:func:`file_sha256` checks it again).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from statetap.extract.atomic import TEMPORARY_SUFFIX, write_atomically
@@ -75,23 +78,63 @@ def assemble(
     return tensors | {ROW: rows[order], POSITIONS: positions, OFFSETS: offsets}
 
 
-def write_shard(out: Path, window: int, tensors: dict[str, torch.Tensor], metadata: dict) -> Path:
-    """Write window ``window``'s shard atomically; ``metadata`` values are stored as strings."""
+def write_shard(out: Path, window: int, tensors: dict[str, torch.Tensor], metadata: dict) -> str:
+    """Write window ``window``'s shard atomically; ``metadata`` values are stored as strings.
+    Returns the file's SHA-256 (hex), taken before the file is moved into place."""
     path = out / shard_name(window)
     text = {key: str(value) for key, value in metadata.items()}
     contiguous = {name: tensor.contiguous() for name, tensor in tensors.items()}
-    write_atomically(path, lambda temporary: save_file(contiguous, temporary, metadata=text))
-    return path
+    digest = []
+
+    def write(temporary: str) -> None:
+        save_file(contiguous, temporary, metadata=text)
+        digest.append(file_sha256(temporary))
+
+    write_atomically(path, write)
+    return digest[0]
 
 
-def finished_shards(out: Path) -> dict[int, dict[str, str]]:
-    """``{window: metadata}`` of the shard files in ``out`` (only the headers are read)."""
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 (hex) of a file's bytes, read in chunks."""
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def read_header(path: Path) -> dict[str, str] | None:
+    """A shard's metadata, or None when its header does not read (a truncated or damaged
+    file: safetensors checks that the header covers the file)."""
+    try:
+        with safe_open(path, framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except (SafetensorError, OSError):
+        return None
+
+
+def shard_files(out: Path) -> dict[int, Path]:
+    """``{window: path}`` of the shard files in ``out``."""
     found = {}
     for path in sorted(out.glob("shard-*.safetensors")):
         match = SHARD_PATTERN.match(path.name)
         if match:
-            with safe_open(path, framework="pt") as handle:
-                found[int(match.group(1))] = dict(handle.metadata() or {})
+            found[int(match.group(1))] = path
+    return found
+
+
+def finished_shards(out: Path) -> dict[int, dict[str, str]]:
+    """``{window: metadata}`` of the shard files in ``out`` (only the headers are read).
+
+    Raises:
+        ValueError: a shard whose header does not read, naming the file.
+    """
+    found = {}
+    for window, path in shard_files(out).items():
+        header = read_header(path)
+        if header is None:
+            raise ValueError(
+                f"{path} is damaged (its safetensors header does not read); run the same "
+                "extract command again: it recomputes that window"
+            )
+        found[window] = header
     return found
 
 
