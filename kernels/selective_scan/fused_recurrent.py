@@ -1,17 +1,27 @@
 """Mamba-1 selective scan forward in Triton, with fused state emission and injection.
 
-Algorithm (the recurrent form, as mamba-ssm's decode kernel, run over the whole sequence): one
-program per (block of ``BLOCK_D`` channels, batch row).  The state ``[BLOCK_D, N]`` float32 stays
-in registers while the program walks ``t = 0 .. L-1``; per token it loads ``u_t``, ``delta_t``
-(and ``B_t``, ``C_t``, ``z_t`` where they vary), updates the state
-``S = exp2(dt * A * log2 e) * S + dt * u * B_t``, and stores ``y_t = S C_t + D u_t`` (gated by
-``silu(z_t)``) from the post-update state.
+Algorithm: **a thread per channel, walking coalesced time tiles**.  One program of one warp owns
+``BLOCK_D = 32`` channels of one batch row; each thread keeps its channel's whole fp32 state
+``[N]`` in registers, so the recurrence
 
-Instrumentation is compile-time: with ``HAS_EMIT`` the program keeps a cursor into its row's
-time-sorted emission times (:class:`~.._schedule.Schedule`) and, when ``t`` reaches the next
-one, stores the state into ``states[b, slot]`` and loads the following time; ``HAS_INJECT``
-likewise adds ``scale * value[b, slot]`` (or writes ``value``, ``INJECT_SET``) after ``y_t`` was
-stored and before the emission at ``t``.  Without them the kernel is the plain scan.
+    ``S_t = exp2(dt_t * A * log2 e) * S_{t-1} + dt_t * u_t * B_t``,   ``y_t = S_t . C_t``
+
+is ``N`` independent in-thread FMA chains and ``y_t`` an in-thread sum: no shuffle, no barrier.
+The sequence is read in tiles of ``BLOCK_T`` tokens (16 bytes of each ``[B, D, L]`` row: one
+vector load per thread for ``u``, ``delta``, ``z`` and one vector store for ``y``); the
+per-token elementwise work (bias, softplus, ``dt * u``, the ``D`` skip, ``silu(z)``) is done on
+the whole tile, and the ``BLOCK_T`` tokens of the tile are unrolled, each token's column picked
+out of the thread's registers at compile time (:func:`_column`).  ``B_t`` and ``C_t`` are read
+by every thread of the program; a small first kernel (:func:`_token_major_kernel`) lays them out
+token-major in fp32 (``[B, G, L, BLOCK_N]``), so each token's ``[N]`` is a few vector loads that
+the whole warp shares.  The last, partial tile runs the same code with masks.
+
+Instrumentation is compile-time and per token, exactly as the contract orders it: ``y_t`` is
+computed from ``S_t``, then with ``HAS_INJECT`` an injection at ``t`` adds ``scale * value``
+(or writes ``value``, ``INJECT_SET``), then with ``HAS_EMIT`` an emission at ``t`` stores the
+(injected) state into ``states[b, slot]``.  Each is one compare of ``t`` with the row's next
+scheduled time (:class:`~.._schedule.Schedule`, a cursor per row) and a branch the whole warp
+takes together.  Without them the kernel is the plain scan.
 """
 
 from __future__ import annotations
@@ -29,14 +39,174 @@ from .._triton import KernelInstrumentation, emit_tile, inject_tile, open_schedu
 from .reference import selective_scan as selective_scan_reference
 from .reference import validate
 
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _bit_or(a, b):
+    return a | b
+
+
+@triton.jit
+def _column(tile, offs_t, j: tl.constexpr):
+    """Column ``j`` of a ``[BLOCK_T, BLOCK_D]`` fp32 tile whose rows each live in one thread:
+    ``[BLOCK_D]``.  The select is known per register at compile time and OR with zero folds, so
+    this is a register rename, not arithmetic."""
+    bits = tl.where(offs_t[:, None] == j, tile.to(tl.int32, bitcast=True), 0)
+    return tl.reduce(bits, 0, _bit_or).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _token_major_kernel(
+    src_ptr,  # [B, G, N, L], any strides, float
+    dst_ptr,  # [B, G, L, BLOCK_N] fp32 contiguous
+    s_b,
+    s_g,
+    s_n,
+    s_l,
+    L,
+    N,
+    BLOCK_L: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """``dst[b, g, t, n] = src[b, g, n, t]`` in fp32, zero for ``n >= N``."""
+    pid_l = tl.program_id(0)
+    g = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_l = offs_l < L
+    src = src_ptr + b * s_b + g * s_g + offs_n[None, :] * s_n + offs_l[:, None] * s_l
+    tile = tl.load(src, mask=mask_l[:, None] & (offs_n < N)[None, :], other=0.0)
+    row = (b * tl.num_programs(1) + g) * L + offs_l  # [BLOCK_L] token rows of dst
+    dst = dst_ptr + row[:, None] * BLOCK_N + offs_n[None, :]
+    tl.store(dst, tile.to(tl.float32), mask=mask_l[:, None])
+
+
+@triton.jit
+def _token_input(
+    ptr,  # token-major [B, G, L, BLOCK_N] fp32 (VARYING) or [D, N] fp32
+    per_channel,  # VARYING: [BLOCK_N] (ONE_GROUP) or [BLOCK_N, BLOCK_D] offsets of token 0
+    t,
+    in_range,  # scalar: t < L
+    mask,  # like per_channel
+    VARYING: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """``B_t`` or ``C_t`` for this program's channels, fp32 (the shared ``[D, N]`` value as it
+    was loaded, when not ``VARYING``)."""
+    value = ptr
+    if VARYING:
+        value = tl.load(ptr + per_channel + t * BLOCK_N, mask=mask & in_range, other=0.0)
+    return value
+
+
+@triton.jit
+def _token_events(
+    state, t, e_cur, e_next, i_cur, i_next, events, HAS_EMIT: tl.constexpr, HAS_INJECT: tl.constexpr
+):
+    """After ``y_t``: the injection at ``t`` (if any), then the emission at ``t`` (if any)."""
+    emit, inject, slot_stride, dn, v_off, mask = events
+    if HAS_INJECT:
+        state, i_cur, i_next = inject_tile(state, t, i_cur, i_next, inject, v_off, mask)
+    if HAS_EMIT:
+        e_cur, e_next = emit_tile(state, t, e_cur, e_next, emit, slot_stride, dn, mask)
+    return state, e_cur, e_next, i_cur, i_next
+
+
+@triton.jit
+def _scan_tile(
+    t0,
+    state,  # [BLOCK_N, BLOCK_D] fp32
+    A,  # [BLOCK_N, BLOCK_D] fp32, times log2 e
+    channel,  # (Dv, bias) [BLOCK_D] fp32 (unused ones are placeholders)
+    io,  # (u_ptr, delta_ptr, z_ptr, y_ptr)
+    rows,  # [BLOCK_D] offsets of (b, d, t = 0) in the [B, D, L] tensors
+    mask_d,
+    bc,  # (B, C): token-major pointers, or the shared [BLOCK_N, BLOCK_D] values
+    bc_off,  # offsets of token 0 in the token-major B and C, [BLOCK_N] or [BLOCK_N, BLOCK_D]
+    bc_mask,
+    events,  # (emit, inject, slot_stride, dn, v_off, mask): see open_schedules
+    cursors,  # (e_cur, e_next, i_cur, i_next)
+    L,
+    MASKED: tl.constexpr,  # the tile may run past L
+    B_VARYING: tl.constexpr,
+    C_VARYING: tl.constexpr,
+    ONE_GROUP: tl.constexpr,
+    HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    HAS_EMIT: tl.constexpr,
+    HAS_INJECT: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """Tokens ``t0 .. t0 + BLOCK_T - 1``: store ``y`` for them, return the state after the
+    last and the cursors."""
+    u_ptr, delta_ptr, z_ptr, y_ptr = io
+    Dv, bias = channel
+    B_ptr, C_ptr = bc
+    e_cur, e_next, i_cur, i_next = cursors
+    offs_t = tl.arange(0, BLOCK_T)
+    t = t0 + offs_t
+    tile = rows[None, :] + t[:, None]
+    if MASKED:
+        tile_mask = mask_d[None, :] & (t < L)[:, None]
+    else:
+        tile_mask = mask_d[None, :]
+    u = tl.load(u_ptr + tile, mask=tile_mask, other=0.0).to(tl.float32)
+    dt = tl.load(delta_ptr + tile, mask=tile_mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dt += bias[None, :]
+    if SOFTPLUS:
+        dt = softplus(dt)
+    if MASKED:  # past L: exp2(0) = 1 and no input, the state passes through
+        dt = tl.where(tile_mask, dt, 0.0)
+    dtu = dt * u
+    y = tl.zeros_like(dt)
+    for j in tl.static_range(BLOCK_T):
+        now = t0 + j
+        in_range = now < L
+        dt_j = _column(dt, offs_t, j)
+        dtu_j = _column(dtu, offs_t, j)
+        B_j = _token_input(B_ptr, bc_off, now, in_range, bc_mask, B_VARYING, BLOCK_N)
+        C_j = _token_input(C_ptr, bc_off, now, in_range, bc_mask, C_VARYING, BLOCK_N)
+        if ONE_GROUP and B_VARYING:
+            dBu = B_j[:, None] * dtu_j[None, :]
+        else:
+            dBu = B_j * dtu_j[None, :]
+        state = tl.exp2(A * dt_j[None, :]) * state + dBu
+        if ONE_GROUP and C_VARYING:
+            y_j = tl.sum(state * C_j[:, None], axis=0)
+        else:
+            y_j = tl.sum(state * C_j, axis=0)
+        y = tl.where(offs_t[:, None] == j, y_j[None, :], y)
+        if MASKED:  # the schedules' sentinel is L: no event past the sequence
+            if in_range:
+                state, e_cur, e_next, i_cur, i_next = _token_events(
+                    state, now, e_cur, e_next, i_cur, i_next, events, HAS_EMIT, HAS_INJECT
+                )
+        else:
+            state, e_cur, e_next, i_cur, i_next = _token_events(
+                state, now, e_cur, e_next, i_cur, i_next, events, HAS_EMIT, HAS_INJECT
+            )
+    if HAS_D:
+        y += Dv[None, :] * u
+    if HAS_Z:
+        z = tl.load(z_ptr + tile, mask=tile_mask, other=0.0).to(tl.float32)
+        y *= z * tl.sigmoid(z)
+    tl.store(y_ptr + tile, y.to(y_ptr.dtype.element_ty), mask=tile_mask)
+    return state, (e_cur, e_next, i_cur, i_next)
+
 
 @triton.jit
 def _selective_scan_fwd_kernel(
     u_ptr,  # [B, D, L]
     delta_ptr,  # [B, D, L]
     A_ptr,  # [D, N] fp32
-    B_ptr,  # [B, G, N, L] (B_VARYING) or [D, N]
-    C_ptr,  # [B, G, N, L] (C_VARYING) or [D, N]
+    Bt_ptr,  # token-major [B, G, L, BLOCK_N] fp32 (B_VARYING) or [D, N] fp32
+    Ct_ptr,  # token-major [B, G, L, BLOCK_N] fp32 (C_VARYING) or [D, N] fp32
     D_ptr,  # [D] fp32
     bias_ptr,  # [D] fp32
     z_ptr,  # [B, D, L]
@@ -75,6 +245,7 @@ def _selective_scan_fwd_kernel(
     INJECT_SET: tl.constexpr,
     HAS_SCALE: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    BLOCK_T: tl.constexpr,  # tokens per time tile: 16 bytes of u
     BLOCK_N: tl.constexpr,
 ):
     pid_d = tl.program_id(0)
@@ -83,23 +254,27 @@ def _selective_scan_fwd_kernel(
     offs_n = tl.arange(0, BLOCK_N)
     mask_d = offs_d < dim
     mask_n = offs_n < N
-    mask = mask_d[:, None] & mask_n[None, :]
-    dn = offs_d[:, None] * N + offs_n[None, :]  # [BLOCK_D, BLOCK_N]
+    mask = mask_n[:, None] & mask_d[None, :]
+    dn = offs_n[:, None] + offs_d[None, :] * N  # [BLOCK_N, BLOCK_D]
 
     A = tl.load(A_ptr + dn, mask=mask, other=0.0) * 1.4426950408889634
-    row = b * dim * L + offs_d * L  # [BLOCK_D] offsets of (b, d, t=0)
+    rows = (b * dim + offs_d) * L  # [BLOCK_D] offsets of (b, d, t = 0)
     if ONE_GROUP:
         g = (pid_d * BLOCK_D) // group_size
-        bc = ((b * n_groups + g) * N + offs_n) * L  # [BLOCK_N]
+        bc_off = (b * n_groups + g) * L * BLOCK_N + offs_n  # [BLOCK_N]
         bc_mask = mask_n
     else:
         g = offs_d // group_size
-        bc = ((b * n_groups + g[:, None]) * N + offs_n[None, :]) * L  # [BLOCK_D, BLOCK_N]
+        bc_off = offs_n[:, None] + ((b * n_groups + g) * L * BLOCK_N)[None, :]
         bc_mask = mask
+    Bt = Bt_ptr
+    Ct = Ct_ptr
     if not B_VARYING:
-        Bt = tl.load(B_ptr + dn, mask=mask, other=0.0).to(tl.float32)
+        Bt = tl.load(Bt_ptr + dn, mask=mask, other=0.0)
     if not C_VARYING:
-        Ct = tl.load(C_ptr + dn, mask=mask, other=0.0).to(tl.float32)
+        Ct = tl.load(Ct_ptr + dn, mask=mask, other=0.0)
+    Dv = offs_d * 0.0
+    bias = Dv
     if HAS_D:
         Dv = tl.load(D_ptr + offs_d, mask=mask_d, other=0.0)
     if HAS_BIAS:
@@ -107,13 +282,12 @@ def _selective_scan_fwd_kernel(
     if HAS_INITIAL:
         state = tl.load(h0_ptr + b * dim * N + dn, mask=mask, other=0.0)
     else:
-        state = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+        state = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     emit = (emit_t_ptr, emit_s_ptr, states_ptr + b * P * dim * N, HAS_EMIT)
-    inj_v_ptr += b * sv_b
     inject = (
         inj_t_ptr,
         inj_s_ptr,
-        inj_v_ptr,
+        inj_v_ptr + b * sv_b,
         sv_q,
         inj_scale_ptr,
         HAS_INJECT,
@@ -121,59 +295,68 @@ def _selective_scan_fwd_kernel(
         HAS_SCALE,
     )
     emit, inject, cursors = open_schedules(emit, inject, tl.program_id(1), L, P, Q)  # int32 row
-    e_cur, e_next, i_cur, i_next = cursors
-    v_off = offs_d[:, None] * sv_d + offs_n[None, :] * sv_n
+    v_off = offs_n[:, None] * sv_n + offs_d[None, :] * sv_d
+    events = (emit, inject, dim * N, dn, v_off, mask)
+    io = (u_ptr, delta_ptr, z_ptr, y_ptr)
+    channel = (Dv, bias)
 
-    for t in range(L):
-        u = tl.load(u_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32)
-        dt = tl.load(delta_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dt += bias
-        if SOFTPLUS:
-            dt = softplus(dt)
-        if B_VARYING:
-            Bt = tl.load(B_ptr + bc + t, mask=bc_mask, other=0.0).to(tl.float32)
-        if C_VARYING:
-            Ct = tl.load(C_ptr + bc + t, mask=bc_mask, other=0.0).to(tl.float32)
-        if ONE_GROUP and B_VARYING:
-            dBu = (dt * u)[:, None] * Bt[None, :]
-        else:
-            dBu = (dt * u)[:, None] * Bt
-        state = tl.exp2(dt[:, None] * A) * state + dBu
-        if ONE_GROUP and C_VARYING:
-            y = tl.sum(state * Ct[None, :], axis=1)
-        else:
-            y = tl.sum(state * Ct, axis=1)
-        if HAS_D:
-            y += Dv * u
-        if HAS_Z:
-            z = tl.load(z_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32)
-            y *= z * tl.sigmoid(z)
-        tl.store(y_ptr + row + t, y.to(y_ptr.dtype.element_ty), mask=mask_d)
-        if HAS_INJECT:
-            state, i_cur, i_next = inject_tile(state, t, i_cur, i_next, inject, v_off, mask)
-        if HAS_EMIT:
-            e_cur, e_next = emit_tile(state, t, e_cur, e_next, emit, dim * N, dn, mask)
+    full = L // BLOCK_T
+    for tile in range(full):
+        state, cursors = _scan_tile(
+            tile * BLOCK_T, state, A, channel, io, rows, mask_d, (Bt, Ct), bc_off, bc_mask,
+            events, cursors, L, False, B_VARYING, C_VARYING, ONE_GROUP, HAS_D, HAS_Z, HAS_BIAS,
+            SOFTPLUS, HAS_EMIT, HAS_INJECT, BLOCK_T, BLOCK_N,
+        )  # fmt: skip
+    if full * BLOCK_T < L:
+        state, cursors = _scan_tile(
+            full * BLOCK_T, state, A, channel, io, rows, mask_d, (Bt, Ct), bc_off, bc_mask,
+            events, cursors, L, True, B_VARYING, C_VARYING, ONE_GROUP, HAS_D, HAS_Z, HAS_BIAS,
+            SOFTPLUS, HAS_EMIT, HAS_INJECT, BLOCK_T, BLOCK_N,
+        )  # fmt: skip
 
     if STORE_FINAL:
         tl.store(hT_ptr + b * dim * N + dn, state, mask=mask)
 
 
-NUM_STAGES = 2
+NUM_STAGES = 1
+TOKEN_MAJOR_BLOCK_L = 64
 
 
 @functools.cache  # a pure function of ints, called on every launch
 def block_sizes(
     dim: int, state_size: int, interpreter: bool = _triton.INTERPRETING
 ) -> tuple[int, int, int]:
-    """``(BLOCK_D, BLOCK_N, num_warps)``: the whole ``N`` per program and about 512 state
-    elements on a GPU, 4 per thread, or 2 per thread from ``N = 64`` on (with 4 there the
-    kernel took 110 registers, and triton 3.9's code for sm_90a spilled; with 2, 59); under
-    the interpreter few, large programs."""
+    """``(BLOCK_D, BLOCK_N, num_warps)``: a thread per channel holding the whole ``N``, one warp
+    of 32 channels per program (at B 8, D 1536: 384 single-warp programs, under a warp per
+    SM scheduler); under the interpreter one program for up to 64 channels."""
     block_n = _triton.next_power_of_2(state_size)
-    per_program = 4096 if interpreter else 512
-    block_d = max(1, min(_triton.next_power_of_2(dim), per_program // block_n))
-    return block_d, block_n, 8 if block_n >= 64 else 4
+    block_d = min(_triton.next_power_of_2(dim), 64) if interpreter else 32
+    return block_d, block_n, 1
+
+
+def time_tile(dtype: torch.dtype) -> int:
+    """``BLOCK_T``: tokens per time tile, 16 bytes of a ``[B, D, L]`` row of ``dtype`` (one
+    vector load per thread: 8 tokens of bf16/fp16, 4 of fp32)."""
+    return 16 // dtype.itemsize
+
+
+def _token_major(value: torch.Tensor, block_n: int) -> torch.Tensor:
+    """Grouped ``[B, G, N, L]`` B or C as token-major fp32 ``[B, G, L, block_n]`` (zero past
+    ``N``), as the scan kernel reads it: each token's ``[N]`` contiguous."""
+    batch, groups, state_size, length = value.shape
+    out = _triton.empty((batch, groups, length, block_n), torch.float32, value.device)
+    grid = (_triton.cdiv(length, TOKEN_MAJOR_BLOCK_L), groups, batch)
+    _token_major_kernel[grid](
+        value,
+        out,
+        *value.stride(),
+        length,
+        state_size,
+        BLOCK_L=TOKEN_MAJOR_BLOCK_L,
+        BLOCK_N=block_n,
+        num_warps=4,
+    )
+    return out
 
 
 @float64_runs(selective_scan_reference)
@@ -259,8 +442,8 @@ def selective_scan_triton(
         u.contiguous(),
         delta.contiguous(),
         A.to(**f32).contiguous(),
-        B.contiguous(),
-        C.contiguous(),
+        _token_major(B, block_n) if B_varying else B.to(**f32).contiguous(),
+        _token_major(C, block_n) if C_varying else C.to(**f32).contiguous(),
         spare if D is None else D.to(**f32).contiguous(),
         spare if delta_bias is None else delta_bias.to(**f32).contiguous(),
         y if z is None else z.contiguous(),
@@ -283,6 +466,7 @@ def selective_scan_triton(
         SOFTPLUS=bool(delta_softplus),
         **launch.flags(),
         BLOCK_D=block_d,
+        BLOCK_T=time_tile(u.dtype),
         BLOCK_N=block_n,
         num_warps=warps,
         num_stages=NUM_STAGES,
