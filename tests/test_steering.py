@@ -22,6 +22,7 @@ from transformers import (
 )
 
 import statetap
+from statetap.interp.provenance import model_identity
 from statetap.interp.steering import (
     TEMPLATES,
     ContrastPairs,
@@ -125,7 +126,7 @@ def _random_vectors(tap, scale: float = 1.0) -> SteeringVectors:
             vectors[site, layer] = scale * torch.randn(tap.site_shape(site))
             if site == "wkv":
                 vectors[site, layer][1] = 0.0
-    return SteeringVectors(vectors)
+    return SteeringVectors(vectors, dict(identity=model_identity(tap.model)))
 
 
 def _hand_p(logits: torch.Tensor, yes: int, no: int) -> tuple[float, float]:
@@ -449,11 +450,12 @@ def test_bad_input_raises_errors_naming_the_argument(mamba):
     vectors.vectors["residual", 1] = torch.zeros(31)  # as from a model with another width
     with pytest.raises(ValueError, match=r"vectors\['residual', 1\] has shape \[31\], but this"):
         sweep(tap, pairs, vectors, [1.0], progress=False)
-    rwkv = statetap.attach(_build("rwkv"))
+    rwkv = statetap.attach(_build("rwkv"))  # allowed as another model, still refused as unfit
     with pytest.raises(ValueError, match="vectors hold the state components"):
-        sweep(tap, pairs, _random_vectors(rwkv), [1.0], modes=["state"], progress=False)
+        sweep(tap, pairs, _random_vectors(rwkv), [1.0], modes=["state"], other_model=True)
     with pytest.raises(ValueError, match="vectors have no 'residual' vector at layer 2"):
-        sweep(tap, pairs, SteeringVectors({("residual", 0): torch.zeros(32)}), [1.0], layers=[2])
+        only = SteeringVectors({("residual", 0): torch.zeros(32)})
+        sweep(tap, pairs, only, [1.0], layers=[2], other_model=True)
     with pytest.raises(TypeError, match="pairs must be ContrastPairs"):
         sweep(tap, pairs.prompts, _random_vectors(tap), [1.0])
     short = ContrastPairs(Prompts([[5, 6]]), torch.tensor([1]), torch.tensor([2]))
@@ -540,6 +542,81 @@ def test_cli_vectors_then_sweep(tmp_path, capsys):
         "modes.png",
     }
     assert "unsteered p_match" in capsys.readouterr().out
+
+
+@torch.no_grad()
+def test_vectors_of_another_model_are_refused_naming_both(mamba):
+    """The issue's case: residual widths match (32), so only the recorded identity can tell."""
+    pairs = _pairs(3)
+    rwkv_vectors = mean_difference(
+        statetap.attach(_build("rwkv")), *pairs.completions(), progress=False
+    )
+    tap = statetap.attach(mamba)
+    with pytest.raises(ValueError, match="RwkvForCausalLM.*MambaForCausalLM"):
+        sweep(tap, pairs, rwkv_vectors, [1.0], modes=["residual"], progress=False)
+    with pytest.raises(ValueError, match="RwkvForCausalLM.*MambaForCausalLM"):
+        generate_steered(tap, pairs.prompts, rwkv_vectors, 0, 1.0, max_new_tokens=2)
+    # the same class with another config (a fifth of the state) is another model too
+    torch.manual_seed(0)
+    other = MambaForCausalLM(
+        MambaConfig(vocab_size=VOCAB, hidden_size=32, state_size=4, num_hidden_layers=3)
+    ).eval()
+    other_vectors = mean_difference(statetap.attach(other), *pairs.completions(), progress=False)
+    with pytest.raises(ValueError, match="config_sha256"):
+        sweep(tap, pairs, other_vectors, [1.0], progress=False)
+    with pytest.raises(ValueError, match="no 'identity'"):
+        sweep(tap, pairs, SteeringVectors(rwkv_vectors.vectors), [1.0], progress=False)
+    # asked for, it runs and says so in the result
+    result = sweep(tap, pairs, rwkv_vectors, [1.0], progress=False, other_model=True)
+    assert result.meta["other_model"] is True
+    assert result.meta["vectors"]["identity"]["model_class"] == "RwkvForCausalLM"
+    assert result.meta["identity"]["model_class"] == "MambaForCausalLM"
+
+
+def test_cli_sweep_refuses_vectors_of_another_model_or_prompt_format(tmp_path):
+    import argparse
+
+    for name in ("mamba", "rwkv"):
+        _build(name).save_pretrained(tmp_path / name)
+        TOKENIZER.save_pretrained(tmp_path / name)
+    (tmp_path / "rows.json").write_text(json.dumps(_rows(3)))
+    parser = argparse.ArgumentParser(prog="statetap")
+    add_steer_commands(parser.add_subparsers(dest="command", required=True))
+
+    def run(line: str) -> int:
+        args = parser.parse_args(f"{line} --dataset {tmp_path}/rows.json".split())
+        return args.run(args)
+
+    assert run(f"steer vectors --model {tmp_path}/rwkv --letters 1-2 --out {tmp_path}/v") == 0
+    sweep_line = f"steer sweep --vectors {tmp_path}/v --multipliers 1 --out {tmp_path}/s"
+    with pytest.raises(ValueError, match="letters: recorded '1-2', this run 'A-B'"):
+        run(f"{sweep_line} --model {tmp_path}/rwkv --letters A-B")
+    with pytest.raises(ValueError, match="RwkvForCausalLM.*MambaForCausalLM"):
+        run(f"{sweep_line} --model {tmp_path}/mamba --letters 1-2")
+    assert not (tmp_path / "s").exists()  # nothing recorded for the other model
+    assert run(f"{sweep_line} --model {tmp_path}/mamba --letters 1-2 --other-model") == 0
+    record = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    assert record["meta"]["other_model"] is True
+    assert record["meta"]["vectors"]["model"] == f"{tmp_path}/rwkv"
+    assert record["meta"]["model"] == f"{tmp_path}/mamba"
+
+
+def test_cli_dtype_loads_the_model_in_that_dtype(tmp_path):
+    import argparse
+
+    _build("mamba").save_pretrained(tmp_path / "m")
+    TOKENIZER.save_pretrained(tmp_path / "m")
+    (tmp_path / "rows.json").write_text(json.dumps(_rows(2)))
+    parser = argparse.ArgumentParser(prog="statetap")
+    add_steer_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(
+        f"steer vectors --model {tmp_path}/m --dtype bfloat16 --dataset {tmp_path}/rows.json "
+        f"--out {tmp_path}/v".split()
+    )
+    assert args.run(args) == 0
+    assert load_vectors(tmp_path / "v").meta["identity"]["model_class"] == "MambaForCausalLM"
+    with pytest.raises(SystemExit):
+        parser.parse_args(f"steer vectors --dtype float8 --dataset x --out {tmp_path}/w".split())
 
 
 @pytest.mark.parametrize("module", ["dataset", "vectors", "sweep", "generate"])

@@ -14,6 +14,7 @@ import dataclasses
 from pathlib import Path
 
 import statetap
+from statetap.interp.provenance import check_same, tokenizer_identity
 from statetap.interp.steering.dataset import LETTERS, TEMPLATES, ab_pairs, load_ab_items
 from statetap.interp.steering.modes import MODE_NAMES, steering_mode
 from statetap.interp.steering.plots import plot_layers, plot_modes
@@ -24,11 +25,22 @@ from statetap.interp.steering.vectors import mean_difference
 PAPER_MULTIPLIERS = [-3.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 3.0]
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
 def _model_and_pairs(args: argparse.Namespace):
-    """The model's tap, its name, the dataset's contrast pairs, and where they came from."""
+    """The model's tap, its name, the dataset's contrast pairs, and how the prompts were made
+    (dataset, template, letters, limit, the tokenizer's identity)."""
+    import torch
+
     from statetap.defaults import DEFAULT_MODEL, default_model, load_model
 
-    model, tokenizer = load_model(args.model) if args.model else default_model()
+    if args.model:
+        model, tokenizer = load_model(args.model, args.dtype)
+    else:
+        model, tokenizer = default_model()
+        if args.dtype:
+            model.to(getattr(torch, args.dtype))
     if args.device:
         model.to(args.device)
     items = load_ab_items(args.dataset)[: args.limit]
@@ -43,6 +55,7 @@ def _model_and_pairs(args: argparse.Namespace):
         template=dataclasses.asdict(template),
         letters=args.letters,
         limit=args.limit,
+        tokenizer=tokenizer_identity(tokenizer),
     )
     return statetap.attach(model), args.model or DEFAULT_MODEL, pairs, source
 
@@ -67,9 +80,20 @@ def _vectors(args: argparse.Namespace) -> int:
     return 0
 
 
+# how the prompts were made: what vectors and the prompts they steer must share
+PROMPT_FORMAT = ("template", "letters", "tokenizer")
+
+
 def _sweep(args: argparse.Namespace) -> int:
     vectors = load_vectors(args.vectors)
     tap, name, pairs, source = _model_and_pairs(args)
+    if not args.other_model:
+        recorded = vectors.meta.get("source", {})
+        check_same(
+            {key: recorded.get(key) for key in PROMPT_FORMAT} | {"name": vectors.meta.get("model")},
+            {key: source[key] for key in PROMPT_FORMAT} | {"name": name},
+            f"the vectors in {args.vectors} (prompt template, letters, tokenizer)",
+        )
     modes = [steering_mode(mode, args.last, args.state_scale) for mode in args.modes]
     result = sweep(
         tap,
@@ -80,6 +104,7 @@ def _sweep(args: argparse.Namespace) -> int:
         modes=modes,
         batch_size=args.batch_size,
         same_length=args.same_length,
+        other_model=args.other_model,
     )
     result.meta |= dict(model=name, source=source, vectors_folder=str(args.vectors))
     out = save_sweep(result, args.out)
@@ -89,6 +114,8 @@ def _sweep(args: argparse.Namespace) -> int:
     spread, effect = result.behaviour_range(), result.max_effect_over_layers()
     plot_modes({behaviour: dict(zip(result.mode_names, spread.tolist()))}, out / "modes.png")
     header = " ".join(f"{m:>+7g}" for m in result.multipliers)
+    if args.other_model:
+        print(f"vectors from {vectors.meta.get('model')} steering {name} (--other-model)")
     print(f"unsteered p_match {100 * result.baseline_p_match.mean():.1f}%")
     print(f"{'mode':<16} {'range pp':>8}   max effect over layers (pp) per multiplier")
     print(f"{'':<28}{header}")
@@ -102,6 +129,9 @@ def _sweep(args: argparse.Namespace) -> int:
 def _data_arguments(parser: argparse.ArgumentParser) -> None:
     """The options both sub-commands share: model, dataset, prompt template, batching."""
     parser.add_argument("--model", help="transformers model folder or hub id (default: embedded)")
+    parser.add_argument(
+        "--dtype", choices=DTYPES, help="load the model in this dtype (default: transformers')"
+    )
     parser.add_argument(
         "--dataset", required=True, help="A/B dataset: .json list or .jsonl rows (Rimsky et al.)"
     )
@@ -173,5 +203,11 @@ def add_steer_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     sweep_parser.add_argument(
         "--state-scale", type=float, default=1.0, help="state multiplier / residual multiplier"
+    )
+    sweep_parser.add_argument(
+        "--other-model",
+        action="store_true",
+        help="allow vectors made on another model, template, letters or tokenizer (refused by "
+        "default; recorded in sweep.json)",
     )
     sweep_parser.set_defaults(run=_sweep)

@@ -42,6 +42,7 @@ def generate_steered(
     mode: Mode | str = "residual",
     steer_new: bool = True,
     pad_id: int = 0,
+    other_model: bool = False,
     **generate_kwargs,
 ) -> GenerationResult:
     """Generate from ``prompts`` steered by ``multiplier`` times the vectors of ``layer``.
@@ -55,6 +56,7 @@ def generate_steered(
         multiplier: the vectors' multiplier (the state's is ``multiplier * mode.state_scale``).
         mode: a :class:`Mode` or a name of :data:`MODE_NAMES`.
         steer_new: residual modes also steer every generated token (needs ``max_new_tokens``).
+        other_model: allow vectors computed on another model (see ``sweep``).
         generate_kwargs: passed to ``model.generate`` (``max_new_tokens``, ``do_sample`` …).
 
     Returns:
@@ -66,7 +68,7 @@ def generate_steered(
         raise TypeError(f"vectors must be SteeringVectors, got {type(vectors).__name__}")
     mode = mode if isinstance(mode, Mode) else steering_mode(mode)
     (layer,) = layer_indices(tap, [layer])
-    vectors.check(tap, [layer], state=mode.state)
+    vectors.check(tap, [layer], mode.state, other_model)
     new = 0
     if steer_new and mode.residual is not None:
         new = generate_kwargs.get("max_new_tokens")

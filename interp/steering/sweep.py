@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 import statetap
 from statetap import Emit, Inject, RecurrentState, Tap
 from statetap.interp.batches import last_logits, length_batches, pad
+from statetap.interp.provenance import model_identity
 from statetap.interp.steering import metrics
 from statetap.interp.steering.dataset import ContrastPairs
 from statetap.interp.steering.modes import Mode, steering_mode
@@ -55,8 +56,10 @@ class SweepResult:
         modes, layers, multipliers: the sweep's axes.
         p_match, nonsense: ``[modes, layers, multipliers, N]`` float32.
         baseline_p_match, baseline_nonsense: ``[N]``, the unsteered model.
-        meta: ``model``, ``model_class``, ``dataset`` (sha256 of the pairs' token ids),
-            ``vectors`` (the vectors' model, dataset and variant), ``statetap_version``.
+        meta: ``model``, ``model_class``, ``identity`` (the model's), ``dataset`` (sha256 of
+            the pairs' token ids), ``vectors`` (the vectors' model, identity, dataset and
+            variant), ``other_model`` (vectors from another model allowed),
+            ``statetap_version``.
     """
 
     modes: list[Mode]
@@ -116,6 +119,7 @@ def sweep(
     batch_size: int = 32,
     same_length: bool = False,
     progress: bool = True,
+    other_model: bool = False,
 ) -> SweepResult:
     """Steer each prompt at each layer with each multiplier in each mode; measure ``p_match``.
 
@@ -129,13 +133,16 @@ def sweep(
         batch_size: prompts per unsteered pass, and rows per continuation pass.
         same_length: batches hold prompts of one length only (models without a mask).
         progress: show a progress bar.
+        other_model: steer with vectors computed on another model (another class or config;
+            the shapes must still fit); recorded in ``meta``. By default that is refused.
 
     Returns:
         :class:`SweepResult` with ``p_match`` / ``nonsense`` ``[modes, layers, M, N]``.
 
     Raises:
         TypeError: ``pairs`` or ``vectors`` of the wrong type.
-        ValueError: vectors that do not fit the model, prompts too short for a mode.
+        ValueError: vectors computed on another model (both named) or that do not fit it,
+            prompts too short for a mode.
     """
     if not isinstance(pairs, ContrastPairs):
         raise TypeError(f"pairs must be ContrastPairs, got {type(pairs).__name__}")
@@ -146,7 +153,7 @@ def sweep(
     if not modes or len(set(names)) != len(names):
         raise ValueError(f"modes must be distinct and at least one, got {names}")
     layers = layer_indices(tap, vectors.layers if layers is None else layers)
-    vectors.check(tap, layers, state=any(mode.state for mode in modes))
+    vectors.check(tap, layers, any(mode.state for mode in modes), other_model)
     scales = torch.tensor([float(m) for m in multipliers], dtype=torch.float32)
     if scales.dim() != 1 or not len(scales):
         raise ValueError(f"multipliers must be a non-empty list of numbers, got {multipliers!r}")
@@ -197,7 +204,11 @@ def sweep(
         model=model_name(tap),
         model_class=type(tap.model).__name__,
         dataset=pairs.fingerprint(),
-        vectors={key: vectors.meta.get(key) for key in ("model", "dataset", "whitened")},
+        identity=model_identity(tap.model),
+        vectors={
+            key: vectors.meta.get(key) for key in ("model", "identity", "dataset", "whitened")
+        },
+        other_model=other_model,
         statetap_version=statetap.__version__,
     )
     return SweepResult(

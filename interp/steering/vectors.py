@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 import statetap
 from statetap import Emit, Tap
 from statetap.interp.batches import length_batches, pad
+from statetap.interp.provenance import check_same, model_identity
 from statetap.interp.steering.dataset import Prompts, fingerprint
 
 RESIDUAL = "residual"
@@ -46,8 +47,9 @@ class SteeringVectors:
     Attributes:
         vectors: ``("residual", l)`` -> ``[H]``; ``(component, l)`` -> the component's
             per-row shape (``tap.site_shape``), float32, on the CPU.
-        meta: ``model``, ``model_class``, ``layers``, ``sites`` (name -> shape),
-            ``dataset`` (sha256 of the token ids), ``n_positive``, ``n_negative``,
+        meta: ``model``, ``model_class``, ``identity`` (:func:`model_identity` of the model
+            they were computed on; the CLI adds its tokenizer), ``layers``, ``sites`` (name ->
+            shape), ``dataset`` (sha256 of the token ids), ``n_positive``, ``n_negative``,
             ``whitened``, ``statetap_version``.
     """
 
@@ -71,14 +73,28 @@ class SteeringVectors:
         """Every state component's vector at ``layer``."""
         return {site: self[site, layer] for site in self.state_sites}
 
-    def check(self, tap: Tap, layers: Sequence[int], state: bool) -> None:
+    def check(
+        self, tap: Tap, layers: Sequence[int], state: bool, other_model: bool = False
+    ) -> None:
         """Raise unless these vectors fit ``tap``'s model at ``layers`` (the residual vector,
-        and with ``state`` every state component).
+        and with ``state`` every state component) and were computed on that model (its class
+        and config, :func:`~statetap.interp.provenance.model_identity`; ``other_model=True``
+        skips this comparison, for vectors deliberately carried to another model).
 
         Raises:
-            ValueError: naming ``vectors``: a missing layer or component, or a shape that is
-                not the model's (vectors from another model).
+            ValueError: naming ``vectors``: no recorded model identity, another model's class or
+                config (both named), a missing layer or component, or a shape that is not the
+                model's.
         """
+        if not other_model:
+            identity = self.meta.get("identity")
+            if identity is None:
+                raise ValueError(
+                    "vectors.meta holds no 'identity' (vectors made by hand, or by an older "
+                    "statetap): set meta['identity'] = statetap.interp.provenance."
+                    "model_identity(model) of the model they come from, or pass other_model=True"
+                )
+            check_same(identity, model_identity(tap.model), "the vectors")
         sites = [RESIDUAL] + (list(tap.adapter.state_sites) if state else [])
         if state and set(self.state_sites) != set(tap.adapter.state_sites):
             raise ValueError(
@@ -184,6 +200,7 @@ def mean_difference(
     meta = dict(
         model=model_name(tap),
         model_class=type(tap.model).__name__,
+        identity=model_identity(tap.model),
         layers=layers,
         sites={site: list(tap.site_shape(site)) for site in dict.fromkeys(s for s, _ in vectors)},
         dataset=fingerprint(positive.ids, negative.ids),
