@@ -134,12 +134,21 @@ def test_texts_cut_at_max_length_are_counted_recorded_and_warned_about(rwkv, tmp
             torch.testing.assert_close(tensors[name][row], value, msg=name)
 
 
-def test_texts_too_short_for_the_positions_are_named(rwkv, tmp_path):
-    config = ExtractConfig(out=tmp_path, positions=[2, -1], progress=False)
+def test_texts_too_short_for_the_positions_are_left_out_or_named(rwkv, tmp_path):
+    config = ExtractConfig(out=tmp_path / "skip", positions=[2, -1], progress=False)
+    with pytest.warns(UserWarning, match=r"2 of 7 texts are too short for positions \[2, -1\]"):
+        manifest = extract(rwkv, TOKENIZER, TEXTS, config, "m")
+    assert manifest.short_texts == 2 and manifest.rows == 5
+    assert load_extraction(tmp_path / "skip")[1]["row"].tolist() == [0, 2, 3, 5, 6]
+    config = ExtractConfig(
+        out=tmp_path / "error", positions=[2, -1], short_texts="error", progress=False
+    )
     with pytest.raises(
         ValueError, match=r"need texts of at least 3 tokens, but input rows \[1, 4\]"
     ):
         extract(rwkv, TOKENIZER, TEXTS, config, "m")
+    with pytest.raises(ValueError, match="max_length=2 cuts every text shorter"):
+        ExtractConfig(out=tmp_path, positions=[2, -1], max_length=2)
 
 
 def test_empty_texts_are_counted_left_out_and_warned_about(rwkv, tmp_path):

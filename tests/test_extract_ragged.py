@@ -19,7 +19,7 @@ TEXTS = random_texts([13, 1, 29, 6, 21, 2], seed=9)
 def extracted(request, tmp_path_factory):
     model = build(request.param)
     out = tmp_path_factory.mktemp(f"all-{request.param}")
-    config = ExtractConfig(out=out, positions="all", batch_size=4, shard_rows=4, progress=False)
+    config = ExtractConfig(out=out, positions="0:64", batch_size=4, shard_rows=4, progress=False)
     extract(model, TOKENIZER, TEXTS, config, "m")
     return model, out
 
@@ -76,7 +76,7 @@ def test_a_span_holds_those_tokens_of_each_row(extracted, tmp_path):
         assert torch.equal(span[name], whole[name][chosen]), name
 
 
-def test_cli_takes_all_and_spans(tmp_path):
+def test_cli_takes_all_and_spans(tmp_path, capsys):
     (tmp_path / "texts.txt").write_text("\n".join(TEXTS) + "\n")
     base = ["extract", "--text-file", str(tmp_path / "texts.txt"), "--no-progress"]
     assert (
@@ -84,5 +84,10 @@ def test_cli_takes_all_and_spans(tmp_path):
         == 0
     )
     assert open_extraction(tmp_path / "a").manifest["config"]["positions"] == "0:3"
-    with pytest.raises(SystemExit, match="--positions takes ints, or one of all / start:stop"):
-        main([*base, "--positions", "0", "all", "--out", str(tmp_path / "b")])
+    assert (
+        main([*base, "--positions", "all", "--sites", "residual", "--out", str(tmp_path / "c")])
+        == 0
+    )
+    assert open_extraction(tmp_path / "c").manifest["config"]["positions"] == "all"
+    assert main([*base, "--positions", "0", "all", "--out", str(tmp_path / "b")]) == 2
+    assert "--positions takes ints, or one of all / start:stop" in capsys.readouterr().err

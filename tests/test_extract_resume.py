@@ -31,7 +31,7 @@ from statetap.extract import ExtractConfig, extract, text_file_source
 folder, text_file, out = sys.argv[1:]
 model, tokenizer = load_model(folder)
 model.rwkv.blocks[0].register_forward_pre_hook(lambda *args: time.sleep(0.25))
-config = ExtractConfig(out=out, positions="all", batch_size=2, shard_rows=2, progress=False)
+config = ExtractConfig(out=out, positions="0:64", batch_size=2, shard_rows=2, progress=False)
 extract(model, tokenizer, text_file_source(text_file), config, "m")
 """
 
@@ -46,7 +46,7 @@ def model_and_texts(tmp_path_factory):
 
 
 def _config(out, **changes):
-    settings = dict(positions="all", batch_size=2, shard_rows=2, progress=False)
+    settings = dict(positions="0:64", batch_size=2, shard_rows=2, progress=False)
     return ExtractConfig(out=out, **(settings | changes))
 
 
@@ -100,7 +100,7 @@ def test_other_settings_or_input_are_refused_naming_the_difference(model_and_tex
     extract(model, TOKENIZER, source, _config(out), "m")
     with pytest.raises(ValueError, match=r"config\.max_length: 256 -> 128"):
         extract(model, TOKENIZER, source, _config(out, max_length=128), "m")
-    with pytest.raises(ValueError, match=r"config\.positions: 'all' -> \[-1\]"):
+    with pytest.raises(ValueError, match=r"config\.positions: '0:64' -> \[-1\]"):
         extract(model, TOKENIZER, source, _config(out, positions=[-1]), "m")
     with pytest.raises(ValueError, match=r"input\.skip: 0 -> 1"):
         extract(model, TOKENIZER, source, _config(out), "m", skip=1)

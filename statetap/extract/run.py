@@ -242,7 +242,8 @@ def _estimate(
             slots = 0.0
         basis = f"{slots:.1f} token(s) in the span per text, over the first {len(first)} texts"
     count = source.count(skip, limit)
-    per_text = estimate_bytes(manifest.tensors, 1, slots)
+    ragged = config.span is not None
+    per_text = estimate_bytes(manifest.tensors, 1, slots, ragged)
     if count is None:
         if config.max_bytes is not None:
             raise ValueError(
@@ -256,7 +257,7 @@ def _estimate(
                 file=sys.stderr,
             )
         return None
-    total = estimate_bytes(manifest.tensors, count, slots)
+    total = estimate_bytes(manifest.tensors, count, slots, ragged)
     said = f"{format_size(total)} for {count} texts ({format_size(per_text)} per text: {basis})"
     if config.max_bytes is not None and total > config.max_bytes:
         raise ValueError(

@@ -1,10 +1,11 @@
 """How big an extraction will be, said before the first batch: :func:`estimate_bytes`, and
 sizes as people write them (``"20G"``, ``"512MB"``): :func:`parse_size`, :func:`format_size`.
 
-The estimate counts the tensors the shards will hold (safetensors adds a header of a few
-kilobytes per shard): for fixed positions every text's ``P`` slots of every stored tensor plus
-its ``row`` and ``positions``; for a span, the tokens per text (measured on the first window of
-texts) times the bytes per token, plus ``row`` and ``offsets`` per text.
+The estimate counts the bytes of the tensors the shards will hold (safetensors adds a header of
+a few kilobytes per shard): for fixed positions every text's ``P`` slots of every stored tensor
+plus its ``positions`` and ``row`` (exact when no text is left out); for a span, the tokens per
+text (measured on the first window of texts) times the bytes per token, plus ``row`` and
+``offsets`` per text.
 """
 
 from __future__ import annotations
@@ -54,8 +55,10 @@ def bytes_per_slot(tensors: Mapping[str, Mapping]) -> int:
     return total
 
 
-def estimate_bytes(tensors: Mapping[str, Mapping], texts: int, slots_per_text: float) -> int:
-    """Bytes of the shards' tensors for ``texts`` texts of ``slots_per_text`` positions or
-    tokens each (module docstring)."""
-    per_text = slots_per_text * bytes_per_slot(tensors) + 2 * INDEX_BYTES
+def estimate_bytes(
+    tensors: Mapping[str, Mapping], texts: int, slots_per_text: float, ragged: bool
+) -> int:
+    """Bytes of the shards' tensors for ``texts`` texts of ``slots_per_text`` positions (fixed)
+    or tokens (``ragged``) each (module docstring)."""
+    per_text = slots_per_text * bytes_per_slot(tensors) + INDEX_BYTES * (2 if ragged else 1)
     return math.ceil(texts * per_text)
