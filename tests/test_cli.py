@@ -1,8 +1,13 @@
-"""``statetap check`` compares every dispatched op and decode step with its references."""
+"""``statetap check`` compares every dispatched op and decode step with its references; the
+command line tells a usage error in one line, before any model loads."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -148,3 +153,147 @@ def test_a_peer_that_cannot_be_resolved_is_an_error_row_and_the_check_goes_on(mo
     assert "wkv4: transformers.models.rwkv.modeling_rwkv.rwkv_linear_attention_cpu -> " in (
         captured.out
     )
+
+
+# --- usage errors: told in one line, before any model loads ---------------------------------
+
+
+@pytest.fixture
+def no_model(monkeypatch, tmp_path):
+    """Loading any model fails the test; the working folder is a fresh one holding ``models/``
+    (so that ``models/x`` looks local), a JSONL with a ``text`` column and a bad A/B file."""
+    import statetap.defaults
+    from statetap import zoo
+
+    def loads(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    for module, name in ((statetap.defaults, "load_model"), (statetap.defaults, "default_model")):
+        monkeypatch.setattr(module, name, loads)
+    monkeypatch.setattr(zoo, "load", loads)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "data.jsonl").write_text('{"text": "a"}\n{"text": "b"}\n')
+    (tmp_path / "ab.json").write_text('[{"question": "q?", "answer_matching_behavior": "(A)"}]')
+    return tmp_path
+
+
+USAGE_ERRORS = {
+    "positions": (["extract", "--positions", "0:abc", "--out", "o"], "positions must be ints"),
+    "all-on-states": (["extract", "--positions", "all", "--out", "o"], "residual and mixer sites"),
+    "batch-size": (["extract", "--batch-size", "0", "--out", "o"], "--batch-size must be a posit"),
+    "max-output": (["extract", "--max-output", "5Q", "--out", "o"], "--max-output: a size is"),
+    "no-out": (["extract"], "--out is required"),
+    "missing-dataset": (
+        ["extract", "--dataset", "data/nonexistent.jsonl", "--out", "o"],
+        "--dataset data/nonexistent.jsonl: no such file or directory",
+    ),
+    "missing-model": (
+        ["extract", "--model", "models/mamba-rnd", "--out", "o"],
+        "--model models/mamba-rnd: no such file or directory",
+    ),
+    "text-field": (
+        ["extract", "--dataset", "data.jsonl", "--text-field", "body", "--out", "o"],
+        "has no text_field 'body'; its columns are ['text']",
+    ),
+    "steer-dataset": (
+        ["steer", "vectors", "--dataset", "nothing.json", "--out", "o"],
+        "--dataset nothing.json: no such file or directory",
+    ),
+    "steer-rows": (["steer", "vectors", "--dataset", "ab.json", "--out", "o"], "row 0"),
+    "elk-operation": (
+        ["elk", "lora", "--model", "m", "--operation", "division", "--out", "o"],
+        "--operation must be one of addition, subtraction",
+    ),
+    "lens-text": (
+        ["lens", "train", "--text-file", "missing.txt", "--out", "o"],
+        "--text-file missing.txt: no such file or directory",
+    ),
+    "demo-models": (["demo", "--models", "no-such-model"], "no zoo recipe named 'no-such-model'"),
+}
+
+
+@pytest.mark.parametrize("case", USAGE_ERRORS)
+def test_a_usage_error_exits_2_in_one_line_without_loading_a_model(no_model, capsys, case):
+    argv, message = USAGE_ERRORS[case]
+    started = time.perf_counter()
+    status = main(argv)
+    elapsed = time.perf_counter() - started
+    lines = capsys.readouterr().err.splitlines()
+    command = " ".join(["statetap", *argv[: 2 if argv[0] in ("steer", "elk", "lens") else 1]])
+    assert status == 2, lines
+    assert len(lines) == 2 and lines[0].startswith(f"{command}: error: "), lines
+    assert message in lines[0]
+    assert lines[1] == f"see '{command} --help'"
+    if case != "text-field":  # which reads the dataset's first row: imports datasets (~2 s)
+        assert elapsed < 2.0
+
+
+def test_argparse_errors_are_one_line_too(no_model, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["extract", "--batch-size", "two", "--out", "o"])
+    lines = capsys.readouterr().err.splitlines()
+    assert exit.value.code == 2
+    assert lines == [
+        "statetap extract: error: argument --batch-size: invalid int value: 'two'",
+        "see 'statetap extract --help'",
+    ]
+
+
+def test_debug_shows_the_traceback(no_model):
+    with pytest.raises(ValueError, match="positions must be ints"):
+        main(["extract", "--positions", "0:abc", "--out", "o", "--debug"])
+
+
+def test_a_hub_id_goes_to_the_loader_and_its_failure_is_one_line(no_model, monkeypatch, capsys):
+    import statetap.defaults
+
+    names = []
+
+    def unreachable(name, *args, **kwargs):
+        names.append(name)
+        raise OSError(f"We couldn't connect to 'https://huggingface.co' to load {name}")
+
+    monkeypatch.setattr(statetap.defaults, "load_model", unreachable)
+    assert main(["extract", "--model", "someone/mamba-hf", "--out", "o", "--no-progress"]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert names == ["someone/mamba-hf"]  # no local folder someone/: a hub id
+    assert lines == [
+        "statetap extract: error: We couldn't connect to 'https://huggingface.co' to load "
+        "someone/mamba-hf",
+        "rerun with --debug for the traceback",
+    ]
+
+
+def test_threads_are_set_before_the_model_loads(no_model, monkeypatch):
+    import statetap.defaults
+
+    seen, before = [], torch.get_num_threads()
+
+    def record(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        raise OSError("stop here")
+
+    monkeypatch.setattr(statetap.defaults, "load_model", record)
+    try:
+        assert main(["extract", "--model", "m", "--threads", "1", "--out", "o"]) == 1
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1]
+
+
+def test_the_console_entry_point_exits_2_with_two_lines(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "statetap", "extract", "--positions", "0:abc", "--out", "o"],
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONSAFEPATH="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 2
+    assert run.stderr.splitlines() == [
+        "statetap extract: error: positions must be ints, 'all' or a span 'start:stop' with "
+        "0 <= start < stop, got '0:abc'",
+        "see 'statetap extract --help'",
+    ]
