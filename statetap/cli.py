@@ -211,8 +211,6 @@ def _positions(values: list[str]) -> list[int] | str:
 def _distributed_device(requested: str | None) -> torch.device | None:
     """The model's device, joining the ``torchrun`` process group first when there is one
     (NCCL on CUDA, gloo on the CPU; each rank on the GPU of its ``LOCAL_RANK``)."""
-    import os
-
     device = torch.device(requested) if requested else None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
         cuda = (device or torch.device("cuda" if torch.cuda.is_available() else "cpu")).type

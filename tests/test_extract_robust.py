@@ -12,7 +12,7 @@ import json
 
 import pytest
 import torch
-from _extract_models import TOKENIZER, alone, build, random_texts
+from _extract_models import TOKENIZER, alone, build, random_texts, save
 from safetensors.torch import load, load_file
 
 import statetap
@@ -217,6 +217,33 @@ def test_a_truncated_shard_is_named_on_read_and_recomputed_by_the_rerun(rwkv, fi
         "recomputed": ["shard-00002.safetensors"],
     }
     _same_tensors(target, original)
+
+
+def test_the_command_says_what_it_wrote_recomputed_and_kept(rwkv, tmp_path, capsys):
+    save(rwkv, tmp_path / "model")
+    (tmp_path / "texts.txt").write_text("\n".join(TEXTS[:6]) + "\n")
+    out = tmp_path / "run"
+    argv = [
+        "extract",
+        "--model",
+        str(tmp_path / "model"),
+        "--text-file",
+        str(tmp_path / "texts.txt"),
+    ]
+    argv += ["--positions", "0", "-1", "--shard-rows", "2", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    assert "wrote 3 shard(s); " in capsys.readouterr().out
+    target = out / "shard-00001.safetensors"
+    target.write_bytes(target.read_bytes()[:-100])
+    with pytest.warns(UserWarning, match="shard-00001.safetensors'\\] did not match"):
+        assert main(argv) == 0
+    said = capsys.readouterr().out
+    assert (
+        "wrote 1 shard(s) (1 recomputed: shard-00001.safetensors), kept 2 checked shard(s); "
+        in said
+    )
+    assert main(argv) == 0
+    assert "wrote 0 shard(s), kept 3 checked shard(s); " in capsys.readouterr().out
 
 
 def test_a_truncated_manifest_is_named_with_the_way_out_and_the_rerun_rebuilds_it(
