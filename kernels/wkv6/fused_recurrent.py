@@ -1,11 +1,23 @@
-"""RWKV-5/6 WKV, recurrent Triton forward: one token per step, the state tile on chip.
+"""RWKV-5/6 WKV, recurrent Triton forward: a thread per value column, one token per step.
 
-One program per ``(V block, batch row, head)`` keeps the whole key dimension and a block of
-values of the fp32 state ``S`` ``[K, BV]`` in registers and walks ``t = 0 .. L-1``::
+One program per ``(V block, batch row, head)`` keeps the fp32 state ``S`` ``[K, BV]`` in
+registers and walks ``t = 0 .. L-1``::
 
     y_t = (scale r_t)^T (S + diag(u) k_t v_t^T);   S <- diag(exp(w_t)) S + k_t v_t^T
     inject at t (S += scale * value, or S = value); emit at t (store S)
 
+Layout (:func:`column_tile`): ``BV = 32 x num_warps``, so Triton's default blocked layout gives
+each thread one value column with its whole ``K``-row in registers: ``r^T S`` is ``K``
+in-thread FMAs, and the state update touches no other thread's data.  The per-token key vectors
+``r, k, w`` ``[K]`` are loaded once per program, spread over the threads (one or two elements
+each: ``exp(w)`` and the bonus ``sum(r u k)`` are computed once per program, not once per
+column) and handed to every column through one shared-memory round trip.  The column offsets
+carry ``max_contiguous(.., 1)`` so that no load or store of the state tile imposes a
+vectorised layout on the loop; ``K`` and ``V`` are compile-time (``KD``, ``VD``), so the
+tile's offsets are immediates and cost no registers.
+
+Instrumentation at the end of each step: the row's injection at ``t`` (the value tile's
+offsets are built inside the taken branch), then its emission (:func:`end_of_column_step`).
 Used for short sequences and for the decode step (``L = 1``, state read and written in place).
 """
 
@@ -17,7 +29,110 @@ import triton
 import triton.language as tl
 
 from .. import _triton
-from .._triton import close_matrix_row, end_of_step, open_matrix_row
+from .._triton import injected_value, open_schedules
+
+
+@triton.jit
+def column_tile(i_v, KD: tl.constexpr, VD: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """Key and value offsets of V block ``i_v`` (``o_k [BK]``, ``o_v [BV]``, the latter marked
+    non-contiguous: one column per thread) and the tile's offsets and mask ``[BK, BV]`` in one
+    ``[K, V]`` state."""
+    o_k = tl.arange(0, BK)
+    o_v = tl.max_contiguous(i_v * BV + tl.arange(0, BV), 1)
+    mask = (o_k < KD)[:, None] & (o_v < VD)[None, :]
+    return o_k, o_v, o_k[:, None] * VD + o_v[None, :], mask
+
+
+@triton.jit
+def open_column_row(
+    s0_ptr,  # [B, H, K, V] fp32
+    emit,  # (emit_t_ptr, emit_s_ptr, states_ptr [B, P, H, K, V], HAS_EMIT)
+    inject,  # (inj_t_ptr, inj_s_ptr, inj_v_ptr [B, Q, H, K, V], iv_sq, inj_scale_ptr,
+    #          HAS_INJECT, INJECT_SET, HAS_SCALE)
+    iv_sb,
+    iv_sh,
+    L,
+    H,
+    P,
+    Q,
+    KD: tl.constexpr,
+    VD: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    HAS_INITIAL: tl.constexpr,
+):
+    """Start a program of grid ``(V blocks, B * H)``: ``S, (i_b, i_h), state_off, emit, inject,
+    cursors`` (the initial tile ``[BK, BV]`` fp32, the row and head, the row's and head's offset
+    in ``[B, H, K, V]``, both schedules positioned on the row with their bases on this row and
+    head, see :func:`~statetap.kernels._triton.open_schedules`)."""
+    i_bh = tl.program_id(1)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    state_off = i_bh.to(tl.int64) * KD * VD
+    if HAS_INITIAL:
+        _, _, o_kv, m_kv = column_tile(tl.program_id(0), KD, VD, BK, BV)
+        S = tl.load(s0_ptr + state_off + o_kv, mask=m_kv, other=0.0).to(tl.float32)
+    else:
+        S = tl.zeros([BK, BV], dtype=tl.float32)
+    emit, inject, cursors = open_schedules(emit, inject, i_b, L, P, Q)
+    e_times, e_slots, states_ptr, HAS_EMIT = emit
+    states_ptr += i_b.to(tl.int64) * P * H * KD * VD + i_h * KD * VD
+    i_times, i_slots, inj_v_ptr, iv_sq, inj_scale_ptr, HAS_INJECT, INJECT_SET, HAS_SCALE = inject
+    inj_v_ptr += i_b.to(tl.int64) * iv_sb + i_h * iv_sh
+    emit = (e_times, e_slots, states_ptr, HAS_EMIT)
+    inject = (i_times, i_slots, inj_v_ptr, iv_sq, inj_scale_ptr, HAS_INJECT, INJECT_SET, HAS_SCALE)
+    return S, (i_b, i_h), state_off, emit, inject, cursors
+
+
+@triton.jit
+def end_of_column_step(
+    S,
+    t,
+    cursors,
+    emit,
+    inject,
+    value_strides,  # (iv_sk, iv_sv): inject_value's strides over K and V
+    H,
+    KD: tl.constexpr,
+    VD: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+):
+    """Steps 4 and 5 of the contract at the end of step ``t`` on the program's tile: the row's
+    injection at ``t`` (``S += scale * value`` or ``S = value``), then its emission.  The
+    offsets are built inside the taken branches, so the loop carries no offset registers.
+    Returns ``S, cursors``."""
+    e_cur, e_next, i_cur, i_next = cursors
+    i_times, i_slots, inj_v_ptr, iv_sq, inj_scale_ptr, HAS_INJECT, INJECT_SET, HAS_SCALE = inject
+    if HAS_INJECT:
+        if t == i_next:
+            o_k, o_v, _, m_kv = column_tile(tl.program_id(0), KD, VD, BK, BV)
+            o_val = o_k[:, None] * value_strides[0] + o_v[None, :] * value_strides[1]
+            slot = tl.load(i_slots + i_cur).to(tl.int64)
+            value = injected_value(slot, inj_v_ptr, iv_sq, inj_scale_ptr, o_val, m_kv, HAS_SCALE)
+            if INJECT_SET:
+                S = value
+            else:
+                S = S + value
+            i_cur += 1
+            i_next = tl.load(i_times + i_cur)
+    e_times, e_slots, states_ptr, HAS_EMIT = emit
+    if HAS_EMIT:
+        if t == e_next:
+            slot = tl.load(e_slots + e_cur).to(tl.int64)
+            o_k, o_v, _, m_kv = column_tile(tl.program_id(0), KD, VD, BK, BV)
+            slot_ptr = states_ptr + slot * (H * KD * VD)
+            tl.store(slot_ptr + o_v[None, :] + o_k[:, None] * VD, S, mask=m_kv)
+            e_cur += 1
+            e_next = tl.load(e_times + e_cur)
+    return S, (e_cur, e_next, i_cur, i_next)
+
+
+@triton.jit
+def close_column_row(sT_ptr, S, state_off, KD, VD, BK: tl.constexpr, BV: tl.constexpr):
+    """Store the final tile ``S`` ``[BK, BV]`` into ``sT`` ``[B, H, K, V]``."""
+    _, _, o_kv, m_kv = column_tile(tl.program_id(0), KD, VD, BK, BV)
+    tl.store(sT_ptr + state_off + o_kv, S, mask=m_kv)
 
 
 @triton.jit
@@ -40,8 +155,8 @@ def wkv6_recurrent_kernel(
     scale,
     L,
     H,
-    K,
-    V,
+    K,  # (unused: KD)
+    V,  # (unused: VD)
     P,
     Q,
     w_sb,
@@ -51,6 +166,8 @@ def wkv6_recurrent_kernel(
     iv_sh,
     iv_sk,
     iv_sv,
+    KD: tl.constexpr,  # K
+    VD: tl.constexpr,  # V
     BK: tl.constexpr,
     BV: tl.constexpr,
     HAS_INITIAL: tl.constexpr,
@@ -62,44 +179,47 @@ def wkv6_recurrent_kernel(
 ):
     emit = (emit_t_ptr, emit_s_ptr, states_ptr, HAS_EMIT)
     inj = (inj_t_ptr, inj_s_ptr, inj_v_ptr, iv_sq, inj_scale_ptr, HAS_INJECT, INJECT_SET, HAS_SCALE)
-    S, at, tile, emit, inject, cursors = open_matrix_row(
-        s0_ptr, emit, inj, (iv_sb, iv_sh, iv_sk, iv_sv), L, H, K, V, P, Q, BK, BV, HAS_INITIAL
+    S, (i_b, i_h), state_off, emit, inject, cursors = open_column_row(
+        s0_ptr, emit, inj, iv_sb, iv_sh, L, H, P, Q, KD, VD, BK, BV, HAS_INITIAL
     )
-    i_b, i_h, o_k, o_v, m_k, m_v = at
-    u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.0).to(tl.float32)
+    o_k, o_v, _, _ = column_tile(tl.program_id(0), KD, VD, BK, BV)
+    m_k = o_k < KD
+    m_v = o_v < VD
+    u = tl.load(u_ptr + i_h * KD + o_k, mask=m_k, other=0.0).to(tl.float32)
     row = i_b.to(tl.int64) * L * H + i_h  # (b, t = 0, h); pointers advance one token per step
-    r_ptr += row * K
-    k_ptr += row * K
-    v_ptr += row * V
-    y_ptr += row * V
-    w_ptr += i_b.to(tl.int64) * w_sb + i_h * K
+    r_ptr += row * KD
+    k_ptr += row * KD
+    v_ptr += row * VD
+    y_ptr += row * VD
+    w_ptr += i_b.to(tl.int64) * w_sb + i_h * KD
 
     for t in range(L):
         r = tl.load(r_ptr + o_k, mask=m_k, other=0.0).to(tl.float32) * scale
         k = tl.load(k_ptr + o_k, mask=m_k, other=0.0).to(tl.float32)
         v = tl.load(v_ptr + o_v, mask=m_v, other=0.0).to(tl.float32)
         w = tl.load(w_ptr + o_k, mask=m_k, other=0.0).to(tl.float32)
-        kv = k[:, None] * v[None, :]  # [BK, BV]
-        y = tl.sum(r[:, None] * (S + u[:, None] * kv), 0)  # [BV]
+        y = tl.sum(r[:, None] * S, 0) + v * tl.sum(r * u * k, 0)  # [BV]
         tl.store(y_ptr + o_v, y.to(y_ptr.dtype.element_ty), mask=m_v)
-        S = S * tl.exp(w)[:, None] + kv
-        S, cursors = end_of_step(S, t, cursors, emit, inject, tile, H * K * V)
-        r_ptr += H * K
-        k_ptr += H * K
-        v_ptr += H * V
-        y_ptr += H * V
+        S = S * tl.exp(w)[:, None] + k[:, None] * v[None, :]
+        S, cursors = end_of_column_step(
+            S, t, cursors, emit, inject, (iv_sk, iv_sv), H, KD, VD, BK, BV
+        )
+        r_ptr += H * KD
+        k_ptr += H * KD
+        v_ptr += H * VD
+        y_ptr += H * VD
         w_ptr += w_st
 
-    close_matrix_row(sT_ptr, S, tile, STORE_FINAL)
+    if STORE_FINAL:
+        close_column_row(sT_ptr, S, state_off, KD, VD, BK, BV)
 
 
 @functools.cache  # a pure function of ints, called on every launch
 def recurrent_blocks(key_dim: int, value_dim: int) -> tuple[int, int, int]:
-    """``(BK, BV, num_warps)``: all of K in one program, about 1K state elements per program
-    (8 per thread: K = V = 64 runs 4 V blocks per head, a few waves at B * H = 64)."""
-    bk = _triton.next_power_of_2(key_dim)
-    bv = min(_triton.next_power_of_2(value_dim), max(16, 1024 // bk))
-    return bk, bv, 4 if bk * bv >= 1024 else 2
+    """``(BK, BV, num_warps)``: all of K in one program and a thread per value column, 32
+    columns (one warp) per program, fewer when ``V`` is smaller."""
+    bv = min(_triton.next_power_of_2(value_dim), 16)
+    return _triton.next_power_of_2(key_dim), bv, 1
 
 
 def launch_recurrent(launch) -> None:
@@ -109,6 +229,8 @@ def launch_recurrent(launch) -> None:
     grid = (_triton.cdiv(value_dim, bv), batch * heads)
     wkv6_recurrent_kernel[grid](
         *launch.kernel_args(),
+        KD=key_dim,
+        VD=value_dim,
         BK=bk,
         BV=bv,
         num_warps=warps,

@@ -1,7 +1,10 @@
 """RWKV-7 WKV, recurrent Triton forward (the generalised delta rule), with fused emit/inject.
 
 One program per ``(V block, batch row, head)`` keeps all of K (``a^T S`` needs every key row)
-and a block of values of the fp32 state ``S`` ``[K, BV]`` in registers::
+and a block of values of the fp32 state ``S`` ``[K, BV]`` in registers, in the column layout of
+:mod:`statetap.kernels.wkv6.fused_recurrent` (a value column per thread, or per pair of threads:
+the reductions over ``K`` are in-thread FMAs plus at most one shuffle; ``r, w, k, a, b`` are
+loaded and ``exp(w)`` computed once per program, then shared through shared memory)::
 
     S <- diag(exp(w_t)) S + b_t (a_t^T S) + k_t v_t^T;   y_t = S^T (scale r_t)
     inject at t (S += scale * value, or S = value); emit at t (store S)
@@ -17,8 +20,13 @@ import triton
 import triton.language as tl
 
 from .. import _triton
-from .._triton import close_matrix_row, end_of_step, open_matrix_row
-from ..wkv6.fused_recurrent import recurrent_blocks
+from ..wkv6.fused_recurrent import (
+    close_column_row,
+    column_tile,
+    end_of_column_step,
+    open_column_row,
+    recurrent_blocks,
+)
 
 
 @triton.jit
@@ -42,8 +50,8 @@ def wkv7_recurrent_kernel(
     scale,
     L,
     H,
-    K,
-    V,
+    K,  # (unused: KD)
+    V,  # (unused: VD)
     P,
     Q,
     iv_sb,
@@ -51,6 +59,8 @@ def wkv7_recurrent_kernel(
     iv_sh,
     iv_sk,
     iv_sv,
+    KD: tl.constexpr,  # K
+    VD: tl.constexpr,  # V
     BK: tl.constexpr,
     BV: tl.constexpr,
     HAS_INITIAL: tl.constexpr,
@@ -62,12 +72,14 @@ def wkv7_recurrent_kernel(
 ):
     emit = (emit_t_ptr, emit_s_ptr, states_ptr, HAS_EMIT)
     inj = (inj_t_ptr, inj_s_ptr, inj_v_ptr, iv_sq, inj_scale_ptr, HAS_INJECT, INJECT_SET, HAS_SCALE)
-    S, at, tile, emit, inject, cursors = open_matrix_row(
-        s0_ptr, emit, inj, (iv_sb, iv_sh, iv_sk, iv_sv), L, H, K, V, P, Q, BK, BV, HAS_INITIAL
+    S, (i_b, i_h), state_off, emit, inject, cursors = open_column_row(
+        s0_ptr, emit, inj, iv_sb, iv_sh, L, H, P, Q, KD, VD, BK, BV, HAS_INITIAL
     )
-    i_b, i_h, o_k, o_v, m_k, m_v = at
-    p_k = (i_b.to(tl.int64) * L * H + i_h) * K  # r, w, k, a, b at (b, t = 0, h)
-    p_v = (i_b.to(tl.int64) * L * H + i_h) * V  # v, y
+    o_k, o_v, _, _ = column_tile(tl.program_id(0), KD, VD, BK, BV)
+    m_k = o_k < KD
+    m_v = o_v < VD
+    p_k = (i_b.to(tl.int64) * L * H + i_h) * KD  # r, w, k, a, b at (b, t = 0, h)
+    p_v = (i_b.to(tl.int64) * L * H + i_h) * VD  # v, y
     for t in range(L):
         r = tl.load(r_ptr + p_k + o_k, mask=m_k, other=0.0).to(tl.float32) * scale
         w = tl.load(w_ptr + p_k + o_k, mask=m_k, other=0.0).to(tl.float32)
@@ -79,11 +91,14 @@ def wkv7_recurrent_kernel(
         S = S * tl.exp(w)[:, None] + b[:, None] * sa[None, :] + k[:, None] * v[None, :]
         y = tl.sum(r[:, None] * S, 0)  # [BV]
         tl.store(y_ptr + p_v + o_v, y.to(y_ptr.dtype.element_ty), mask=m_v)
-        S, cursors = end_of_step(S, t, cursors, emit, inject, tile, H * K * V)
-        p_k += H * K
-        p_v += H * V
+        S, cursors = end_of_column_step(
+            S, t, cursors, emit, inject, (iv_sk, iv_sv), H, KD, VD, BK, BV
+        )
+        p_k += H * KD
+        p_v += H * VD
 
-    close_matrix_row(sT_ptr, S, tile, STORE_FINAL)
+    if STORE_FINAL:
+        close_column_row(sT_ptr, S, state_off, KD, VD, BK, BV)
 
 
 def launch_recurrent(launch) -> None:
@@ -92,6 +107,8 @@ def launch_recurrent(launch) -> None:
     bk, bv, warps = recurrent_blocks(key_dim, value_dim)
     wkv7_recurrent_kernel[(_triton.cdiv(value_dim, bv), batch * heads)](
         *launch.kernel_args(),
+        KD=key_dim,
+        VD=value_dim,
         BK=bk,
         BV=bv,
         num_warps=warps,
