@@ -314,6 +314,12 @@ def test_load_refuses_another_models_lens(tmp_path):
         TunedLens.load(folder, _build("mamba", layers=2))
     with pytest.raises(ValueError, match="model_class: lens 'MambaForCausalLM'"):
         TunedLens.load(folder, _build("rwkv"))
+    torch.manual_seed(0)  # the same class, width and depth with another config
+    other = MambaForCausalLM(
+        MambaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, state_size=3, num_hidden_layers=LAYERS)
+    )
+    with pytest.raises(ValueError, match="config_sha256: recorded"):
+        TunedLens.load(folder, other)
 
 
 def test_load_refuses_damaged_folders(mamba, tmp_path):
@@ -443,6 +449,48 @@ def test_torchrun_two_processes_train_the_lens_one_process_trains(tmp_path, caps
     assert main(["lens", "plot", "--lens", str(tmp_path / "lens"), "--prompt", "abc"]) == 0
     for name in ("bits-per-byte.png", "trajectory-tuned.png", "trajectory-logit.png"):
         assert (tmp_path / "lens" / name).exists()
+
+
+def test_cli_trains_on_a_dataset_column_and_refuses_a_wrong_corpus(tmp_path, capsys):
+    """``lens train --dataset --text-field`` on a random model folder trains on that column's
+    texts (the same translators as :func:`train` on them), after printing the recipe's token
+    count and an estimate; a JSONL as ``--text-file``, JSON rows in a text file and a non-zoo
+    model without a corpus are refused."""
+    folder = tmp_path / "model"
+    model = _build("mamba", hidden=16, layers=2)
+    model.save_pretrained(folder)
+    TOKENIZER.save_pretrained(folder)
+    texts = ["".join(chr(c) for c in torch.randint(32, 127, (n,)).tolist()) for n in (90, 70, 80)]
+    rows = [dict(body=text, other=len(text)) for text in texts]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = TrainConfig(steps=2, tokens_per_step=4 * 12, seq_len=12, batch_size=2, seed=1)
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in dataclasses.asdict(config).items()]
+    flags = [f for f in flags if not f.startswith("--nesterov")]
+    train_line = ["lens", "train", "--model", str(folder), "--out", str(tmp_path / "lens")]
+    dataset = ["--dataset", str(tmp_path / "rows.jsonl"), "--text-field", "body"]
+    assert main([*train_line, *dataset, *flags]) == 0
+    printed = capsys.readouterr().out
+    stream, _ = token_stream(TOKENIZER, texts)
+    assert f"= {2 * 48} tokens" in printed and f"over {len(stream)} tokens" in printed
+    assert "estimated" in printed
+    single = TunedLens(model)
+    train(single, stream, config, progress=False)
+    trained = TunedLens.load(tmp_path / "lens", model)
+    for got, want in zip(trained.translators.parameters(), single.translators.parameters()):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert trained.meta["identity"]["tokenizer"]["class"] == "ByT5Tokenizer"
+    assert main(["lens", "eval", "--lens", str(tmp_path / "lens"), *dataset]) == 0
+    capsys.readouterr()
+
+    with pytest.raises(SystemExit) as exit_:  # argparse: a usage error
+        main([*train_line, "--text-file", str(tmp_path / "rows.jsonl")])
+    assert exit_.value.code == 2
+    assert "pass it as --dataset" in capsys.readouterr().err
+    (tmp_path / "rows.txt").write_text((tmp_path / "rows.jsonl").read_text())
+    assert main([*train_line, "--text-file", str(tmp_path / "rows.txt")]) != 0
+    assert "holds JSON rows: pass it as --dataset" in capsys.readouterr().err
+    assert main(train_line) != 0
+    assert "is not a zoo text model: give its corpus" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------- acceptance (slow)

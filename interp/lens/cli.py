@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -31,41 +32,78 @@ from statetap.interp.lens.data import token_stream, zoo_corpus
 from statetap.interp.lens.evaluate import LensEvaluation, evaluate
 from statetap.interp.lens.lens import LogitLens, TunedLens, read_config
 from statetap.interp.lens.plots import plot_bits_per_byte, plot_trajectory
-from statetap.interp.lens.train import rank_and_world, train
+from statetap.interp.lens.train import estimate_seconds, rank_and_world, train
+from statetap.interp.loading import load_named_model
+from statetap.interp.provenance import check_same, model_identity
 
 DEFAULT_MODEL = "text-mamba"
 DEFAULT_PROMPT = "Return the number of items in a container."
 EVALUATION = "evaluation.json"
 
 
-def _model(name: str):
-    """``(model, tokenizer, zoo recipe or None)`` for a zoo name or a transformers folder."""
-    from statetap import zoo
-    from statetap.defaults import load_model
+# files that hold rows of a dataset, not one text: --dataset reads them
+DATASET_SUFFIXES = (".jsonl", ".json", ".parquet", ".arrow")
 
+
+def text_file(value: str) -> str:
+    """argparse type of ``--text-file``: refuses a dataset file (pass it as ``--dataset``)."""
+    if Path(value).suffix.lower() in DATASET_SUFFIXES:
+        raise argparse.ArgumentTypeError(
+            f"{value} is a dataset file, not one text: pass it as --dataset (with --text-field)"
+        )
+    return value
+
+
+def _require_corpus(args: argparse.Namespace, name: str) -> None:
+    """Without ``--text-file`` or ``--dataset`` only a zoo text model has a corpus (the zoo's):
+    raise ValueError for any other model before it loads."""
+    from statetap import zoo
+
+    if args.text_file or args.dataset:
+        return
     try:
         recipe = zoo.resolve(name)
     except KeyError:
-        model, tokenizer = load_model(name)
-        return model, tokenizer, None
-    model, tokenizer = zoo.load(recipe)
-    return model, tokenizer, recipe
+        recipe = None
+    if recipe is None or recipe.task != "text":
+        raise ValueError(
+            f"{name} is not a zoo text model: give its corpus as --text-file (one text) or "
+            "--dataset (with --text-field)"
+        )
 
 
 def _data(args: argparse.Namespace, tokenizer, recipe, held_out: bool):
     """The token stream, its bytes per token (None for the zoo's training split) and a
-    description: ``--text-file`` (one document), or the zoo corpus split (the model's own split
-    for a zoo text model)."""
+    description: ``--text-file`` (one document), ``--dataset`` (every row's ``--text-field``,
+    read by ``datasets``), or the zoo corpus split of a zoo text model (:func:`_require_corpus`).
+    """
+    from statetap.extract import dataset_source
+
     if args.text_file:
         text = Path(args.text_file).read_text(encoding="utf-8")
+        first = next((line for line in text.splitlines() if line.strip()), "")
+        if first.lstrip().startswith("{") and _is_json_object(first):
+            raise ValueError(
+                f"--text-file {args.text_file} holds JSON rows: pass it as --dataset (with "
+                "--text-field)"
+            )
         return (*token_stream(tokenizer, [text]), str(args.text_file))
-    byte_level = recipe is not None and recipe.task == "text"
-    train_stream, held_out_stream, bytes_per_token = zoo_corpus(
-        recipe if byte_level else None, None if byte_level else tokenizer
-    )
+    if args.dataset:
+        source = dataset_source(args.dataset, args.split, args.text_field)
+        stream, bytes_per_token = token_stream(tokenizer, list(source.open()))
+        description = f"{args.dataset} ({args.split or 'train'} split, field {args.text_field})"
+        return stream, bytes_per_token, description
+    train_stream, held_out_stream, bytes_per_token = zoo_corpus(recipe, None)
     split = "held-out" if held_out else "training"
-    source = f"zoo text corpus ({recipe.name if byte_level else DEFAULT_MODEL}), {split} documents"
+    source = f"zoo text corpus ({recipe.name}), {split} documents"
     return (held_out_stream, bytes_per_token, source) if held_out else (train_stream, None, source)
+
+
+def _is_json_object(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
 
 
 def _device(requested: str | None) -> torch.device:
@@ -91,13 +129,31 @@ def _config(args: argparse.Namespace) -> TrainConfig:
 
 def _train(args: argparse.Namespace) -> int:
     config = _config(args)
+    _require_corpus(args, args.model)
     device = _device(args.device)
-    model, tokenizer, recipe = _model(args.model)
+    model, tokenizer, recipe = load_named_model(args.model)
     model.to(device)
     stream, _, source = _data(args, tokenizer, recipe, held_out=False)
-    lens = TunedLens(model, meta=dict(model=args.model, data=source, recipe=args.recipe))
-    losses = train(lens, stream, config)
+    lens = TunedLens(
+        model,
+        meta=dict(
+            model=args.model,
+            identity=model_identity(model, tokenizer),
+            data=source,
+            recipe=args.recipe,
+        ),
+    )
     rank, _ = rank_and_world()
+    if rank == 0:
+        tokens = config.steps * config.tokens_per_step
+        seconds = estimate_seconds(lens, stream, config)
+        print(
+            f"recipe {args.recipe}: {config.steps} steps x {config.tokens_per_step:,} tokens = "
+            f"{tokens:,} tokens ({tokens / len(stream):.1f} passes over {len(stream):,} tokens "
+            f"of {source}); estimated {_duration(seconds)} on {device} (one timed pass)",
+            flush=True,
+        )
+    losses = train(lens, stream, config)
     if rank == 0:
         lens.save(args.out)
         print(
@@ -113,18 +169,36 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lens_and_model(args: argparse.Namespace):
+def _duration(seconds: float) -> str:
+    """``seconds`` as ``"42 s"``, ``"12.5 min"`` or ``"3.2 h"``."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def _lens_and_model(args: argparse.Namespace, data: bool):
+    """The saved lens on its model (``--model`` or the one it records), the tokenizer, the zoo
+    recipe or None and the model's name; with ``data``, the corpus is checked first
+    (:func:`_require_corpus`). The lens's recorded identity must be the model's (tokenizer
+    included)."""
     record = read_config(args.lens)
     name = args.model or record["meta"].get("model")
     if not name:
-        raise SystemExit(f"{args.lens} does not name its model; pass --model")
-    model, tokenizer, recipe = _model(name)
+        raise ValueError(f"{args.lens} does not name its model; pass --model")
+    if data:
+        _require_corpus(args, name)
+    model, tokenizer, recipe = load_named_model(name)
     model.to(_device(args.device))
-    return TunedLens.load(args.lens, model), tokenizer, recipe, name
+    lens = TunedLens.load(args.lens, model)
+    # TunedLens.load compared the model; the CLI's record adds the tokenizer
+    check_same(
+        lens.meta.get("identity"), model_identity(model, tokenizer), f"the lens in {args.lens}"
+    )
+    return lens, tokenizer, recipe, name
 
 
 def _eval(args: argparse.Namespace) -> int:
-    lens, tokenizer, recipe, name = _lens_and_model(args)
+    lens, tokenizer, recipe, name = _lens_and_model(args, data=True)
     stream, bytes_per_token, source = _data(args, tokenizer, recipe, held_out=True)
     seq_len = args.seq_len or lens.meta.get("train", {}).get("seq_len", 2048)
     evaluation = evaluate(
@@ -144,7 +218,7 @@ def _plot(args: argparse.Namespace) -> int:
     out = Path(args.out or args.lens)
     evaluation = LensEvaluation.load(evaluation_file)
     written = [plot_bits_per_byte(evaluation, out / "bits-per-byte.png", title=args.lens)]
-    lens, tokenizer, _, _ = _lens_and_model(args)
+    lens, tokenizer, _, _ = _lens_and_model(args, data=False)
     ids = torch.tensor(tokenizer(args.prompt, add_special_tokens=False)["input_ids"])
     for each in (lens, LogitLens(lens.model)):
         path = out / f"trajectory-{each.name}.png"
@@ -158,9 +232,18 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--text-file", help="UTF-8 text, one document (default: the zoo's text corpus)"
+    data = parser.add_argument_group(
+        "corpus (one of them; default for a zoo text model: the zoo's text corpus)"
     )
+    either = data.add_mutually_exclusive_group()
+    either.add_argument("--text-file", type=text_file, help="UTF-8 text, one document")
+    either.add_argument(
+        "--dataset",
+        help="JSONL/JSON, parquet or arrow file, a save_to_disk folder, or a hub dataset, "
+        "read with datasets",
+    )
+    data.add_argument("--split", help="dataset split (default: train)")
+    data.add_argument("--text-field", default="text", help="dataset column (default: text)")
 
 
 def _lens_arguments(parser: argparse.ArgumentParser) -> None:

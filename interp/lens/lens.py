@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 import statetap
+from statetap.interp.provenance import check_same, model_identity
 from statetap.interp.tensor_files import read_tensors, require_files, write_pair
 
 TRANSLATORS = "translators.safetensors"
@@ -168,6 +169,7 @@ class TunedLens(LogitLens):
         record = dict(
             kind=KIND,
             model_class=type(self.model).__name__,
+            identity=model_identity(self.model),
             hidden_size=self.hidden_size,
             n_layers=self.n_layers,
             statetap_version=statetap.__version__,
@@ -184,7 +186,9 @@ class TunedLens(LogitLens):
 
         Raises:
             FileNotFoundError: a file is missing; ValueError: the folder holds something else,
-                or the lens does not fit ``model`` (the message names the mismatch).
+                or the lens does not fit ``model`` or was trained on another model (another
+                class, width, depth or config: the message names the mismatch); TypeError: the
+                lens records no model identity (saved by an older statetap).
         """
         folder = Path(folder)
         require_files("tuned lens", folder / TRANSLATORS, folder / CONFIG)
@@ -201,6 +205,7 @@ class TunedLens(LogitLens):
             raise ValueError(
                 f"the lens in {folder} was trained on another model: {'; '.join(wrong)}"
             )
+        check_same(record.get("identity"), model_identity(model), f"the lens in {folder}")
         lens.load_state_dict({k: v.to(lens.tap.device) for k, v in tensors.items()})
         return lens
 

@@ -20,6 +20,7 @@ same stream and config.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from dataclasses import asdict
 
@@ -87,6 +88,26 @@ def train(
     lens.meta["train"] = asdict(config)
     lens.meta["losses"] = losses
     return losses
+
+
+def estimate_seconds(lens: TunedLens, stream: torch.Tensor, config: TrainConfig) -> float:
+    """Seconds :func:`train` will take with ``config`` on this process, estimated by timing one
+    pass of ``config.batch_size`` windows of ``stream`` (forward and backward, as training runs
+    them; the gradients it leaves are discarded, :func:`train` zeroes them every step) and
+    scaling to the recipe's passes (this rank's share of them under ``torch.distributed``)."""
+    import time
+
+    data = windows(stream, config.seq_len)
+    _, world = rank_and_world()
+    batch = data[: config.batch_size].to(lens.tap.device)
+    with frozen(lens.model):
+        start = time.perf_counter()
+        backward_kl(lens, batch, 0.0)
+        seconds = time.perf_counter() - start
+    for parameter in lens.translators.parameters():
+        parameter.grad = None
+    passes = math.ceil(config.windows_per_step / world / config.batch_size) * config.steps
+    return seconds * passes * config.batch_size / len(batch)
 
 
 def backward_kl(lens: TunedLens, input_ids: torch.Tensor, scale: float) -> torch.Tensor:
