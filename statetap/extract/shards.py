@@ -120,24 +120,6 @@ def shard_files(out: Path) -> dict[int, Path]:
     return found
 
 
-def finished_shards(out: Path) -> dict[int, dict[str, str]]:
-    """``{window: metadata}`` of the shard files in ``out`` (only the headers are read).
-
-    Raises:
-        ValueError: a shard whose header does not read, naming the file.
-    """
-    found = {}
-    for window, path in shard_files(out).items():
-        header = read_header(path)
-        if header is None:
-            raise ValueError(
-                f"{path} is damaged (its safetensors header does not read); run the same "
-                "extract command again: it recomputes that window"
-            )
-        found[window] = header
-    return found
-
-
 def remove_temporaries(out: Path) -> list[str]:
     """Delete the temporary files a killed writer left in ``out``; returns their names."""
     left = [path for path in out.glob(f".*{TEMPORARY_SUFFIX}") if path.is_file()]
