@@ -420,10 +420,25 @@ def _emission_loop(count: int, parent_trips: int) -> tuple[LoopSpec, ...]:
     return (LoopSpec(trips=count / parent_trips),)
 
 
-def _ssd(v, emit):
-    pieces = _pieces(v["L"], v["BLOCK_T"])
-    extra = _emission_loop(_mid_piece(emit, v["BLOCK_T"]), pieces) if emit else ()
-    return [LoopSpec(trips=pieces, children=extra)]
+def _ssd_chunk_output(v, emit):
+    """The causal K-block loop (tile m of a chunk runs its blocks up to the tile's end), then,
+    when emitting, the loop over the tile's emissions, over their column tiles, with the partial
+    local product over the chunk up to ``t``."""
+    chunk, tile, block = v["T"], v["BM"], v["BK"]
+    loops = [LoopSpec(trips=tile / block * (chunk // tile + 1) / 2)]
+    if v["HAS_INJECT"]:
+        loops.append(LoopSpec(trips=0))
+    if v["HAS_EMIT"]:
+        blocks = sum((t % chunk) // block + 1 for t in emit) / max(1, len(emit))
+        inner = (LoopSpec(trips=blocks),) + ((LoopSpec(trips=0),) if v["HAS_INJECT"] else ())
+        columns = LoopSpec(trips=_cdiv(v["N"], v["BNE"]), children=inner)
+        loops.append(LoopSpec(trips=len(emit) / (v["LP"] // tile), children=(columns,)))
+    return loops
+
+
+def _ssd_state_passing(v, emit):
+    inject = (LoopSpec(trips=0),) if v["HAS_INJECT"] else ()
+    return [LoopSpec(trips=v["LP"] // v["T"], children=inject)]
 
 
 def _wkv6_chunk(v, emit):
@@ -456,7 +471,9 @@ def _chunk_scan(v, emit):
 TRIPS: dict[str, Callable[[dict, tuple[int, ...]], list[LoopSpec]]] = {
     # statetap
     "_selective_scan_fwd_kernel": _per_token,
-    "_ssd_fwd_kernel": _ssd,
+    "ssd_chunk_state_kernel": lambda v, e: [LoopSpec(trips=v["T"] // v["BK"])],
+    "ssd_state_passing_kernel": _ssd_state_passing,
+    "ssd_chunk_output_kernel": _ssd_chunk_output,
     "wkv6_chunk_kernel": _wkv6_chunk,
     "wkv6_recurrent_kernel": _per_token,
     "wkv7_chunk_kernel": _wkv7_chunk,

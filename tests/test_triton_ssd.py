@@ -3,8 +3,9 @@
 Runs the Triton kernels under the Triton interpreter on CPU tensors (or compiled, on CUDA, with
 ``TRITON_INTERPRET=0``), and the C++ kernels (``statetap._C``) with the widest ISA of this CPU and
 on their scalar path; outputs start as NaN, so every element must be written.  The Triton
-kernel's time block is 16 here (``chunk_size=16``), so positions 15, 16, 17, 31, 32 are chunk
-edges (the cpu kernel is recurrent: every position is alike to it).
+kernels' chunk is 16 here (``chunk_size=16``), so positions 15, 16, 17, 31, 32 are chunk edges,
+and one test runs 64-token chunks of four interpreter tiles (the cpu kernel is recurrent: every
+position is alike to it).
 """
 
 from __future__ import annotations
@@ -169,6 +170,38 @@ def test_fp16_emission_and_injection(scan):
         inject_at=positions([[20], [4]]),
         inject_value=torch.randn(2, 1, 2, 16, 16, device=DEVICE),
     )
+
+
+@pytest.mark.parametrize("mode", ["add", "set"])
+@pytest.mark.parametrize("seq_idx", [False, True], ids=["", "seq_idx"])
+def test_long_chunks_with_events_in_every_tile(mode, seq_idx, scan):
+    """``chunk_size=64``: a Triton chunk holds four 16-token tiles (the interpreter's), so
+    emissions and injections fall in the first, a middle and the last tile of a chunk, on tile
+    and chunk edges, at 0 and at L - 1 (L = 83, not a multiple of the chunk); per-row scales."""
+    length, heads, head_dim, n = 83, 3, 5, 7
+    inputs = make(2, length, H=heads, P=head_dim, G=1, N=n)
+    instrumentation = dict(
+        initial_state=torch.randn(2, heads, head_dim, n, device=DEVICE),
+        output_final_state=True,
+        emit_at=positions(
+            [[0, 15, 16, 40, 63, 64, 70, 82, -1], [1, 17, 31, 32, 47, 62, 65, 80, 81]]
+        ),
+        inject_at=positions([[0, 16, 40, 62, 82], [31, 47, 63, 64, -1]]),
+        inject_value=torch.randn(2, 5, heads, head_dim, n, device=DEVICE),
+        inject_mode=mode,
+    )
+    if mode == "add":
+        instrumentation["inject_scale"] = torch.randn(2, 5, device=DEVICE)
+    if seq_idx:
+        inputs["seq_idx"] = positions([[0] * 30 + [1] * 53, [0] * 64 + [1] * 19])
+    out = scan(**inputs, chunk_size=64, **instrumentation)
+    oracle = ssd_sequential(**as_double(inputs), **as_double(instrumentation))
+    assert_outputs_close(oracle, out, torch.float32)
+    # y and the final state do not depend on the chunk size; emission leaves y as it is
+    other = scan(**inputs, chunk_size=32, **instrumentation)
+    assert_outputs_close(oracle, other, torch.float32)
+    plain = {k: v for k, v in instrumentation.items() if k != "emit_at"}
+    assert torch.equal(scan(**inputs, chunk_size=64, **plain).y, out.y)
 
 
 def test_empty_instrumentation_is_bit_identical(scan):

@@ -1,0 +1,256 @@
+"""Stage 3 of the chunked SSD forward: the outputs of a chunk, and the states emitted in it.
+
+One program per (tile of ``BM`` tokens and ``BP`` head channels, head, batch row and chunk),
+with ``g`` and ``dt`` from :mod:`.chunk_state` and ``S`` the state entering the chunk from
+:mod:`.state_passing`; for the tokens ``i`` of the tile::
+
+    y_i = 2^(g_i) C_i S^T + sum_{j <= i} (C_i . B_j) 2^(g_i - g_j) dt_j x_j      (tl.dot, K-blocks
+          + sum_{injections q at t < i} 2^(g_i - g_t) C_i v_q^T                   of BK tokens)
+    y_i = (y_i + D x_i) * silu(z_i)
+
+Each term counts only where its segment is the token's (``seq_idx`` resets and ``set``
+injections cut segments: see :mod:`.state_passing`).  An emission at ``t`` falls in exactly one
+token tile; its programs (one per channel tile) store rows ``p`` of
+
+    S_t = 2^(g_t) S + sum_{j <= t} 2^(g_t - g_j) dt_j x_j B_j^T
+          + sum_{injections q at t' <= t} 2^(g_t - g_t') v_q
+
+(the entering state decayed, a partial local product, the injections so far), after the tile's
+outputs, so ``y`` is the same with or without emission.  The row's emissions of a tile and
+injections of a chunk are found from per-(row, tile) and per-(row, chunk) start indices into its
+sorted schedule, computed on the device by the wrapper.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .._triton import injected_value
+from .chunk_state import dot
+
+
+@triton.jit
+def ssd_chunk_output_kernel(
+    x_ptr,  # [B, L, H, P]
+    z_ptr,  # [B, L, H, P]
+    y_ptr,  # [B, L, H, P]
+    B_ptr,  # [B, L, G, N]
+    C_ptr,  # [B, L, G, N]
+    D_ptr,  # [H, P] fp32, strided (d_h, d_p)
+    d_h,
+    d_p,
+    dt_ptr,  # [B, H, LP] fp32
+    g_ptr,  # [B, H, LP] fp32
+    entering_ptr,  # [B, NC, H, P, N] fp32
+    token_seg_ptr,  # [B, L] int32
+    state_seg_ptr,  # [B, L] int32
+    emit_t_ptr,  # [B, E + 1] int32 ascending, sentinel L
+    emit_s_ptr,  # [B, E + 1] int32
+    emit_first_ptr,  # [B, NC * T / BM] int32: the row's first emission at or after each tile
+    states_ptr,  # [B, E, H, P, N] fp32
+    inj_t_ptr,  # [B, Q + 1] int32 ascending, sentinel L
+    inj_s_ptr,  # [B, Q + 1] int32
+    inj_first_ptr,  # [B, NC] int32: the row's first injection at or after each chunk
+    inj_v_ptr,  # [B, Q, H, P, N] fp32, strided
+    inj_scale_ptr,  # [B, Q] fp32
+    v_b,
+    v_q,
+    v_h,
+    v_p,
+    v_n,
+    L,
+    H,
+    P,
+    N,
+    G,
+    heads_per_group,
+    LP,
+    E,
+    Q,
+    HAS_D: tl.constexpr,
+    HAS_Z: tl.constexpr,
+    HAS_SEGMENTS: tl.constexpr,
+    HAS_EMIT: tl.constexpr,
+    HAS_INJECT: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    IEEE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    T: tl.constexpr,
+    BM: tl.constexpr,
+    BK: tl.constexpr,
+    BP: tl.constexpr,
+    BN: tl.constexpr,
+    BNE: tl.constexpr,  # state columns per emission tile
+):
+    M_TILES: tl.constexpr = T // BM
+    m = tl.program_id(0) % M_TILES
+    offs_p = (tl.program_id(0) // M_TILES) * BP + tl.arange(0, BP)
+    h = tl.program_id(1)
+    chunks = LP // T
+    b = (tl.program_id(2) // chunks).to(tl.int64)
+    c = tl.program_id(2) % chunks
+    start = c * T
+    row = b * L + start  # int64: the chunk's first token; tile offsets below are int32
+    valid = L - start  # tokens of this chunk that exist
+    X_STEP = H * P  # elements between tokens in x, z, y
+    BC_STEP = G * N  # in B, C
+    grp = h // heads_per_group
+    x_chunk = x_ptr + (row * H + h) * P
+    B_chunk = B_ptr + (row * G + grp) * N
+    g_chunk = g_ptr + (b * H + h) * LP + start
+    dt_chunk = dt_ptr + (b * H + h) * LP + start
+    entering = entering_ptr + ((b * chunks + c) * H + h) * P * N
+    offs_i = m * BM + tl.arange(0, BM)  # in the chunk
+    offs_n = tl.arange(0, BN)
+    mask_i = offs_i < valid
+    mask_p = offs_p < P
+    mask_n = offs_n < N
+
+    g_i = tl.load(g_chunk + offs_i)
+    C_i = tl.load(
+        C_ptr + (row * G + grp) * N + offs_i[:, None] * BC_STEP + offs_n[None, :],
+        mask=mask_i[:, None] & mask_n[None, :],
+        other=0.0,
+    ).to(DOT_DTYPE)
+    from_start = tl.exp2(g_i)
+    if HAS_SEGMENTS:
+        seg_i = tl.load(token_seg_ptr + row + offs_i, mask=mask_i, other=-1)
+        seg_in = tl.load(state_seg_ptr + tl.maximum(row - 1, 0))
+        seg_in = tl.where(c > 0, seg_in, 0)  # the entering state's segment
+        from_start = tl.where(seg_i == seg_in, from_start, 0.0)
+    S_t = tl.load(
+        entering + offs_p[None, :] * N + offs_n[:, None],
+        mask=mask_n[:, None] & mask_p[None, :],
+        other=0.0,
+    )  # [BN, BP]
+    acc = dot(C_i, S_t.to(DOT_DTYPE), tl.zeros([BM, BP], dtype=tl.float32), IEEE)
+    acc = acc * from_start[:, None]
+    for k in range(0, (m + 1) * BM, BK):  # K-blocks up to the tile's last token
+        offs_j = k + tl.arange(0, BK)
+        mask_j = offs_j < valid
+        B_j = tl.load(
+            B_chunk + offs_j[:, None] * BC_STEP + offs_n[None, :],
+            mask=mask_j[:, None] & mask_n[None, :],
+            other=0.0,
+        ).to(DOT_DTYPE)
+        CB = dot(C_i, tl.trans(B_j), tl.zeros([BM, BK], dtype=tl.float32), IEEE)
+        g_j = tl.load(g_chunk + offs_j)
+        dt_j = tl.load(dt_chunk + offs_j)
+        causal = offs_i[:, None] >= offs_j[None, :]
+        w = tl.exp2(tl.where(causal, g_i[:, None] - g_j[None, :], float("-inf"))) * dt_j[None, :]
+        if HAS_SEGMENTS:
+            seg_j = tl.load(token_seg_ptr + row + offs_j, mask=mask_j, other=-2)
+            w = tl.where(seg_i[:, None] == seg_j[None, :], w, 0.0)
+        x_j = tl.load(
+            x_chunk + offs_j[:, None] * X_STEP + offs_p[None, :],
+            mask=mask_j[:, None] & mask_p[None, :],
+            other=0.0,
+        ).to(DOT_DTYPE)
+        acc = dot((CB * w).to(DOT_DTYPE), x_j, acc, IEEE)
+
+    if HAS_INJECT:  # injections at t < i inside this chunk
+        inj_t_ptr += b * (Q + 1)
+        inj_s_ptr += b * (Q + 1)
+        inj_scale_ptr += b * Q
+        inj_v_ptr += b * v_b + h * v_h
+        first_q = tl.load(inj_first_ptr + b * chunks + c)
+        q = first_q
+        t_q = tl.load(inj_t_ptr + q) - start  # in the chunk
+        last = tl.minimum(m * BM + BM, valid) - 1
+        mask_np = mask_n[:, None] & mask_p[None, :]
+        while t_q < last:
+            slot = tl.load(inj_s_ptr + q).to(tl.int64)
+            v_t = injected_value(
+                slot,
+                inj_v_ptr,
+                v_q,
+                inj_scale_ptr,
+                offs_n[:, None] * v_n + offs_p[None, :] * v_p,
+                mask_np,
+                HAS_SCALE,
+            )  # [BN, BP]
+            g_q = tl.load(g_chunk + t_q)
+            w_q = tl.exp2(tl.where(offs_i > t_q, g_i - g_q, float("-inf")))
+            if HAS_SEGMENTS:
+                w_q = tl.where(seg_i == tl.load(state_seg_ptr + row + t_q), w_q, 0.0)
+            seen = dot(C_i, v_t.to(DOT_DTYPE), tl.zeros([BM, BP], dtype=tl.float32), IEEE)
+            acc += seen * w_q[:, None]
+            q += 1
+            t_q = tl.load(inj_t_ptr + q) - start
+
+    mask_ip = mask_i[:, None] & mask_p[None, :]
+    io = (row * H + h) * P + offs_i[:, None] * X_STEP + offs_p[None, :]
+    if HAS_D:
+        D = tl.load(D_ptr + h * d_h + offs_p * d_p, mask=mask_p, other=0.0)
+        x_i = tl.load(x_ptr + io, mask=mask_ip, other=0.0).to(tl.float32)
+        acc += D[None, :] * x_i
+    if HAS_Z:
+        z = tl.load(z_ptr + io, mask=mask_ip, other=0.0).to(tl.float32)
+        acc *= z * tl.sigmoid(z)
+    tl.store(y_ptr + io, acc.to(y_ptr.dtype.element_ty), mask=mask_ip)
+
+    if HAS_EMIT:  # the states at this tile's emission times, rows offs_p, BNE columns at a time
+        emit_t_ptr += b * (E + 1)
+        emit_s_ptr += b * (E + 1)
+        e = tl.load(emit_first_ptr + b * (LP // BM) + c * M_TILES + m)
+        t_e = tl.load(emit_t_ptr + e) - start  # in the chunk
+        while t_e < tl.minimum(m * BM + BM, valid):  # the sentinel L stops it
+            g_e = tl.load(g_chunk + t_e)
+            decay = tl.exp2(g_e)
+            if HAS_SEGMENTS:
+                seg_e = tl.load(state_seg_ptr + row + t_e)
+                decay = tl.where(seg_e == seg_in, decay, 0.0)
+            slot = tl.load(emit_s_ptr + e).to(tl.int64)
+            emitted = states_ptr + ((b * E + slot) * H + h) * P * N
+            for n0 in tl.range(0, N, BNE, num_stages=1):
+                cols = n0 + tl.arange(0, BNE)
+                mask_pn = mask_p[:, None] & (cols < N)[None, :]
+                S_e = tl.load(
+                    entering + offs_p[:, None] * N + cols[None, :], mask=mask_pn, other=0.0
+                )
+                S_e = S_e * decay  # [BP, BNE]
+                for k in tl.range(0, t_e + 1, BK, num_stages=1):
+                    offs_j = k + tl.arange(0, BK)
+                    mask_j = offs_j < valid
+                    g_j = tl.load(g_chunk + offs_j)
+                    dt_j = tl.load(dt_chunk + offs_j)
+                    w = tl.exp2(tl.where(offs_j <= t_e, g_e - g_j, float("-inf"))) * dt_j
+                    if HAS_SEGMENTS:
+                        seg_j = tl.load(token_seg_ptr + row + offs_j, mask=mask_j, other=-2)
+                        w = tl.where(seg_j == seg_e, w, 0.0)
+                    x_j = tl.load(
+                        x_chunk + offs_j[:, None] * X_STEP + offs_p[None, :],
+                        mask=mask_j[:, None] & mask_p[None, :],
+                        other=0.0,
+                    )
+                    B_j = tl.load(
+                        B_chunk + offs_j[:, None] * BC_STEP + cols[None, :],
+                        mask=mask_j[:, None] & (cols < N)[None, :],
+                        other=0.0,
+                    ).to(DOT_DTYPE)
+                    xw = (x_j.to(tl.float32) * w[:, None]).to(DOT_DTYPE)
+                    S_e = dot(tl.trans(xw), B_j, S_e, IEEE)
+                if HAS_INJECT:  # injections at t' <= t_e inside this chunk
+                    q = first_q
+                    t_q = tl.load(inj_t_ptr + q) - start
+                    while t_q <= t_e:
+                        v = injected_value(
+                            tl.load(inj_s_ptr + q).to(tl.int64),
+                            inj_v_ptr,
+                            v_q,
+                            inj_scale_ptr,
+                            offs_p[:, None] * v_p + cols[None, :] * v_n,
+                            mask_pn,
+                            HAS_SCALE,
+                        )
+                        w_q = tl.exp2(g_e - tl.load(g_chunk + t_q))
+                        if HAS_SEGMENTS:
+                            own = tl.load(state_seg_ptr + row + t_q)
+                            w_q = tl.where(own == seg_e, w_q, 0.0)
+                        S_e += w_q * v
+                        q += 1
+                        t_q = tl.load(inj_t_ptr + q) - start
+                tl.store(emitted + offs_p[:, None] * N + cols[None, :], S_e, mask=mask_pn)
+            e += 1
+            t_e = tl.load(emit_t_ptr + e) - start
