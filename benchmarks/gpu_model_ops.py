@@ -458,6 +458,16 @@ def _per_token(v, emit):
     return [LoopSpec(trips=v["L"])] if v["L"] > 1 else []
 
 
+def _column_segments(v, emit):
+    """The wkv6/wkv7 recurrent walk: segments ending at each emission (and at L), tokens
+    inside them (a decode step, L = 1, compiles to straight-line code)."""
+    length, events = v["L"], sorted(set(emit))
+    if length == 1:
+        return []
+    segments = len(events) + (0 if events and events[-1] == length - 1 else 1)
+    return [LoopSpec(trips=segments, children=(LoopSpec(trips=length / segments),))]
+
+
 def _chunk_scan(v, emit):
     chunk, bm, bk = v["chunk_size"], v["BLOCK_SIZE_M"], v["BLOCK_SIZE_K"]
     tiles = _cdiv(chunk, bm)
@@ -475,9 +485,9 @@ TRIPS: dict[str, Callable[[dict, tuple[int, ...]], list[LoopSpec]]] = {
     "ssd_state_passing_kernel": _ssd_state_passing,
     "ssd_chunk_output_kernel": _ssd_chunk_output,
     "wkv6_chunk_kernel": _wkv6_chunk,
-    "wkv6_recurrent_kernel": _per_token,
+    "wkv6_recurrent_kernel": _column_segments,
     "wkv7_chunk_kernel": _wkv7_chunk,
-    "wkv7_recurrent_kernel": _per_token,
+    "wkv7_recurrent_kernel": _column_segments,
     "wkv4_recurrent_kernel": _per_token,
     "_state_update_kernel": lambda v, e: [],
     # mamba-ssm

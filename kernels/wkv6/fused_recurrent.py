@@ -16,8 +16,10 @@ carry ``max_contiguous(.., 1)`` so that no load or store of the state tile impos
 vectorised layout on the loop; ``K`` and ``V`` are compile-time (``KD``, ``VD``), so the
 tile's offsets are immediates and cost no registers.
 
-Instrumentation at the end of each step: the row's injection at ``t`` (the value tile's
-offsets are built inside the taken branch), then its emission (:func:`end_of_column_step`).
+Instrumentation: the walk is cut into segments that end at the row's next emission or
+injection step (:func:`segment_end`; one segment when nothing is scheduled), so the per-token
+loop carries no schedule checks; at a segment's last step come the row's injection (the value
+tile's offsets built inside the taken branch), then its emission (:func:`end_of_column_step`).
 Used for short sequences and for the decode step (``L = 1``, state read and written in place).
 """
 
@@ -40,7 +42,8 @@ def column_tile(i_v, KD: tl.constexpr, VD: tl.constexpr, BK: tl.constexpr, BV: t
     o_k = tl.arange(0, BK)
     o_v = tl.max_contiguous(i_v * BV + tl.arange(0, BV), 1)
     mask = (o_k < KD)[:, None] & (o_v < VD)[None, :]
-    return o_k, o_v, o_k[:, None] * VD + o_v[None, :], mask
+    o_kv = o_k.to(tl.int64)[:, None] * VD + o_v.to(tl.int64)[None, :]  # 64-bit: immediates
+    return o_k, o_v, o_kv, mask
 
 
 @triton.jit
@@ -85,6 +88,14 @@ def open_column_row(
 
 
 @triton.jit
+def segment_end(cursors, L):
+    """The end (exclusive) of the segment of steps that ends at the row's next emission or
+    injection (``L`` when there is none left): the steps inside it carry no schedule checks."""
+    e_cur, e_next, i_cur, i_next = cursors
+    return tl.minimum(tl.minimum(e_next, i_next) + 1, L)
+
+
+@triton.jit
 def end_of_column_step(
     S,
     t,
@@ -120,9 +131,8 @@ def end_of_column_step(
     if HAS_EMIT:
         if t == e_next:
             slot = tl.load(e_slots + e_cur).to(tl.int64)
-            o_k, o_v, _, m_kv = column_tile(tl.program_id(0), KD, VD, BK, BV)
-            slot_ptr = states_ptr + slot * (H * KD * VD)
-            tl.store(slot_ptr + o_v[None, :] + o_k[:, None] * VD, S, mask=m_kv)
+            _, _, o_kv, m_kv = column_tile(tl.program_id(0), KD, VD, BK, BV)
+            tl.store(states_ptr + slot * (H * KD * VD) + o_kv, S, mask=m_kv)
             e_cur += 1
             e_next = tl.load(e_times + e_cur)
     return S, (e_cur, e_next, i_cur, i_next)
@@ -193,22 +203,26 @@ def wkv6_recurrent_kernel(
     y_ptr += row * VD
     w_ptr += i_b.to(tl.int64) * w_sb + i_h * KD
 
-    for t in range(L):
-        r = tl.load(r_ptr + o_k, mask=m_k, other=0.0).to(tl.float32) * scale
-        k = tl.load(k_ptr + o_k, mask=m_k, other=0.0).to(tl.float32)
-        v = tl.load(v_ptr + o_v, mask=m_v, other=0.0).to(tl.float32)
-        w = tl.load(w_ptr + o_k, mask=m_k, other=0.0).to(tl.float32)
-        y = tl.sum(r[:, None] * S, 0) + v * tl.sum(r * u * k, 0)  # [BV]
-        tl.store(y_ptr + o_v, y.to(y_ptr.dtype.element_ty), mask=m_v)
-        S = S * tl.exp(w)[:, None] + k[:, None] * v[None, :]
+    t0 = i_b * 0  # int32: the first step of the segment
+    while t0 < L:  # segments that end at the row's next instrumented step (or at L)
+        end = segment_end(cursors, L)
+        for t in range(t0, end):
+            r = tl.load(r_ptr + o_k, mask=m_k, other=0.0).to(tl.float32) * scale
+            k = tl.load(k_ptr + o_k, mask=m_k, other=0.0).to(tl.float32)
+            v = tl.load(v_ptr + o_v, mask=m_v, other=0.0).to(tl.float32)
+            w = tl.load(w_ptr + o_k, mask=m_k, other=0.0).to(tl.float32)
+            y = tl.sum(r[:, None] * S, 0) + v * tl.sum(r * u * k, 0)  # [BV]
+            tl.store(y_ptr + o_v, y.to(y_ptr.dtype.element_ty), mask=m_v)
+            S = S * tl.exp(w)[:, None] + k[:, None] * v[None, :]
+            r_ptr += H * KD
+            k_ptr += H * KD
+            v_ptr += H * VD
+            y_ptr += H * VD
+            w_ptr += w_st
         S, cursors = end_of_column_step(
-            S, t, cursors, emit, inject, (iv_sk, iv_sv), H, KD, VD, BK, BV
+            S, end - 1, cursors, emit, inject, (iv_sk, iv_sv), H, KD, VD, BK, BV
         )
-        r_ptr += H * KD
-        k_ptr += H * KD
-        v_ptr += H * VD
-        y_ptr += H * VD
-        w_ptr += w_st
+        t0 = end
 
     if STORE_FINAL:
         close_column_row(sT_ptr, S, state_off, KD, VD, BK, BV)

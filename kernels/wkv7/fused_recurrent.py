@@ -26,6 +26,7 @@ from ..wkv6.fused_recurrent import (
     end_of_column_step,
     open_column_row,
     recurrent_blocks,
+    segment_end,
 )
 
 
@@ -80,22 +81,26 @@ def wkv7_recurrent_kernel(
     m_v = o_v < VD
     p_k = (i_b.to(tl.int64) * L * H + i_h) * KD  # r, w, k, a, b at (b, t = 0, h)
     p_v = (i_b.to(tl.int64) * L * H + i_h) * VD  # v, y
-    for t in range(L):
-        r = tl.load(r_ptr + p_k + o_k, mask=m_k, other=0.0).to(tl.float32) * scale
-        w = tl.load(w_ptr + p_k + o_k, mask=m_k, other=0.0).to(tl.float32)
-        k = tl.load(k_ptr + p_k + o_k, mask=m_k, other=0.0).to(tl.float32)
-        a = tl.load(a_ptr + p_k + o_k, mask=m_k, other=0.0).to(tl.float32)
-        b = tl.load(b_ptr + p_k + o_k, mask=m_k, other=0.0).to(tl.float32)
-        v = tl.load(v_ptr + p_v + o_v, mask=m_v, other=0.0).to(tl.float32)
-        sa = tl.sum(a[:, None] * S, 0)  # [BV]: a^T S_{t-1}
-        S = S * tl.exp(w)[:, None] + b[:, None] * sa[None, :] + k[:, None] * v[None, :]
-        y = tl.sum(r[:, None] * S, 0)  # [BV]
-        tl.store(y_ptr + p_v + o_v, y.to(y_ptr.dtype.element_ty), mask=m_v)
+    t0 = i_b * 0  # int32: the first step of the segment
+    while t0 < L:  # segments that end at the row's next instrumented step (or at L)
+        end = segment_end(cursors, L)
+        for t in range(t0, end):
+            r = tl.load(r_ptr + p_k + o_k, mask=m_k, other=0.0).to(tl.float32) * scale
+            w = tl.load(w_ptr + p_k + o_k, mask=m_k, other=0.0).to(tl.float32)
+            k = tl.load(k_ptr + p_k + o_k, mask=m_k, other=0.0).to(tl.float32)
+            a = tl.load(a_ptr + p_k + o_k, mask=m_k, other=0.0).to(tl.float32)
+            b = tl.load(b_ptr + p_k + o_k, mask=m_k, other=0.0).to(tl.float32)
+            v = tl.load(v_ptr + p_v + o_v, mask=m_v, other=0.0).to(tl.float32)
+            sa = tl.sum(a[:, None] * S, 0)  # [BV]: a^T S_{t-1}
+            S = S * tl.exp(w)[:, None] + b[:, None] * sa[None, :] + k[:, None] * v[None, :]
+            y = tl.sum(r[:, None] * S, 0)  # [BV]
+            tl.store(y_ptr + p_v + o_v, y.to(y_ptr.dtype.element_ty), mask=m_v)
+            p_k += H * KD
+            p_v += H * VD
         S, cursors = end_of_column_step(
-            S, t, cursors, emit, inject, (iv_sk, iv_sv), H, KD, VD, BK, BV
+            S, end - 1, cursors, emit, inject, (iv_sk, iv_sv), H, KD, VD, BK, BV
         )
-        p_k += H * KD
-        p_v += H * VD
+        t0 = end
 
     if STORE_FINAL:
         close_column_row(sT_ptr, S, state_off, KD, VD, BK, BV)
