@@ -136,6 +136,34 @@ def test_final_layer_reproduces_the_models_logits(model):
     assert not torch.equal(lens(hidden[0], 0), LogitLens(model)(hidden[0], 0))
 
 
+@pytest.mark.parametrize("version", [5, 6, 7])
+def test_statetap_rwkv_models_read_like_the_others(version):
+    """statetap's own RWKV-5/6/7 (``statetap.models``): the final layer is the model's logits,
+    and a training step moves the translators below it."""
+    from statetap import models
+
+    ranks = {
+        5: {},
+        6: dict(mix_lora_rank=4, decay_lora_rank=4),
+        7: dict(decay_lora_rank=4, a_lora_rank=4, value_lora_rank=4, gate_lora_rank=4),
+    }[version]
+    config = getattr(models, f"Rwkv{version}Config")(
+        vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, head_size=8, **ranks
+    )
+    torch.manual_seed(0)
+    model = getattr(models, f"Rwkv{version}ForCausalLM")(config).eval()
+    ids = torch.randint(0, VOCAB, (2, 11))
+    lens = TunedLens(model)
+    hidden, _ = lens.residuals(ids)
+    with torch.no_grad():
+        plain = model(ids).logits
+    assert rel_error(plain, lens(hidden[-1], layer=1)) <= 1e-5
+    before = lens.translators[0].weight.detach().clone()
+    losses = train(lens, _stream(200), TINY, progress=False)
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert not torch.equal(lens.translators[0].weight, before)
+
+
 def test_docstring_example_runs():
     from statetap.interp.lens import lens
 
