@@ -619,6 +619,21 @@ def test_cli_dtype_loads_the_model_in_that_dtype(tmp_path):
         parser.parse_args(f"steer vectors --dtype float8 --dataset x --out {tmp_path}/w".split())
 
 
+def test_layer_plot_ticks_are_whole_layers(mamba, monkeypatch, tmp_path):
+    """Two layers (0 and 2) gave matplotlib's ticks 0, 0.25, ... 2."""
+    import statetap.interp.steering.plots as plots
+
+    tap = statetap.attach(mamba)
+    pairs = _pairs(2)
+    vectors = mean_difference(tap, *pairs.completions(), layers=[0, 2], progress=False)
+    result = sweep(tap, pairs, vectors, [1.0], progress=False)
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda figure, path: figures.append(figure))
+    plot_layers(result, "residual", tmp_path / "layers.png")
+    ticks = figures[0].axes[0].get_xticks()
+    assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
+
+
 @pytest.mark.parametrize("module", ["dataset", "vectors", "sweep", "generate"])
 def test_docstring_examples(module):
     """tests/test_docs.py walks the ``statetap/`` folder only; ``interp/`` is checked here."""

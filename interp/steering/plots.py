@@ -1,7 +1,7 @@
 """The paper's steering figures, with matplotlib (no pyplot state; files written atomically).
 
-* :func:`plot_layers`: mean ``p_match`` (%) against layer, one line per multiplier, the
-  unsteered model dashed;
+* :func:`plot_layers`: mean ``p_match`` (%) against layer (whole-number ticks), one line per
+  multiplier, the unsteered model dashed;
 * :func:`plot_modes`: "maximum behaviour % difference" bars, one group per behaviour, one bar
   per mode (matplotlib's first colours are the paper's: residual / state / both in blue /
   orange / green).
@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from statetap.interp.figures import save_figure
 from statetap.interp.steering.sweep import SweepResult
@@ -29,6 +30,7 @@ def plot_layers(result: SweepResult, mode: str, path: str | Path, title: str = "
         axes.plot(result.layers, means[:, j].tolist(), marker="o", label=f"{multiplier:+g}")
     axes.axhline(100 * result.baseline_p_match.mean().item(), color="grey", ls="--", label="none")
     axes.set(xlabel="layer", ylabel="p(answer matching behaviour) %", title=title or mode)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are whole numbers
     axes.legend(title="multiplier", fontsize="small")
     return save_figure(figure, path)
 
