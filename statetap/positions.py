@@ -103,9 +103,10 @@ def text_indices(
     if bool(bad.any()):
         row, slot = (int(i) for i in bad.nonzero()[0])
         n = int(counts[row])
+        valid = f"positions -{n} .. {n - 1}" if n else "its attention_mask is all padding"
         raise ValueError(
             f"{name}[{row}, {slot}] = {int(spec[row, slot])} is outside row {row}, which has "
-            f"{n} real tokens (positions -{n} .. {n - 1})"
+            f"{n} real tokens ({valid})"
         )
     return text
 

@@ -44,6 +44,9 @@ def test_per_row_positions_and_errors():
         ValueError, match=r"positions\[0, 0\] = 3 is outside row 0, which has 3 real tokens"
     ):
         resolve_positions(3, 2, 5, mask)
+    padding = torch.tensor([[0, 0, 0, 0, 0], [1, 1, 1, 1, 1]])  # no "positions -0 .. -1"
+    with pytest.raises(ValueError, match=r"has 0 real tokens \(its attention_mask is all padding"):
+        resolve_positions(-1, 2, 5, padding)
     with pytest.raises(ValueError, match=r"must have shape \[P\] or \[B=2, P\]"):
         resolve_positions(torch.zeros(3, 1, dtype=torch.long), 2, 5, mask)
     with pytest.raises(TypeError, match="integer tensor"):
