@@ -14,9 +14,8 @@ import torch
 
 from .._contract import ScanOutput, float64_runs
 from .._triton import KernelInstrumentation
-from ..wkv6.chunk import MAX_KEY_DIM
 from ..wkv6.launch import FORMS, RECURRENT_MAX_LENGTH
-from .chunk import launch_chunked
+from .chunk import MAX_KEY_DIM, launch_chunked
 from .fused_recurrent import launch_recurrent
 from .reference import validate, wkv7_chunked
 
@@ -34,7 +33,8 @@ class Launch7:
     dims: tuple[int, int, int, int, int]  # (B, L, H, K, V): a decode step's L is 1
 
     def kernel_args(self) -> tuple:
-        """The positional arguments of ``wkv7_recurrent_kernel`` / ``wkv7_chunk_kernel``."""
+        """The leading positional arguments of ``wkv7_recurrent_kernel`` /
+        ``wkv7_chunk_state_kernel``."""
         _, length, heads, key_dim, value_dim = self.dims
         return (
             *self.inputs,

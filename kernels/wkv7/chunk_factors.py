@@ -1,0 +1,263 @@
+"""RWKV-7 chunked prefill, stage 1: each chunk's WY factors, in parallel over chunks.
+
+One program per ``(chunk, batch row and head, V tile)``.  Within a chunk of ``BT`` tokens, with
+``g_i = w_0 + .. + w_i`` the cumulative log-decay (``g_{-1} = 0``), ``S0`` the state entering
+the chunk and ``x_j = a_j^T S_{j-1}`` (the removed value)::
+
+    A_qk[i, j] = sum_c r_ic e^{g_ic - g_jc} k_jc   (j <= i)     A_qb: b_j for k_j
+    A_ak[i, j] = sum_c a_ic e^{g_{i-1}c - g_jc} k_jc  (j < i)   A_ab: b_j for k_j
+    x = T (a e^{g_{i-1}}) S0 + T A_ak v = W S0 + U,   T = (I - A_ab)^{-1}
+    y = (r e^{g} + A_qb W) S0 + (A_qb U + A_qk v)  = q_eff S0 + y_local
+    S_end = (diag(e^{g_last}) + B^T W) S0 + (B^T U + K^T v) = M S0 + D,  B = b e^{g_last - g}
+
+The four pair matrices are ``[BT, BT]`` tensor-core products of gated operands factorised
+around the chunk's middle token ``c`` (``r e^{g - g_c}`` against ``k e^{g_c - g}``, as fla does
+under a ``lower_bound``).  The factorisation is used only when every exponent it forms stays
+within :data:`FACTOR_BOUND` (checked per chunk on the device: RWKV-7's decay,
+``-exp(-0.5) sigmoid(.) >= -0.61`` a token, always passes at ``BT = 64``); a chunk with a
+stronger decay builds the matrices one column at a time with per-element exponentials of
+non-positive sums, so no input produces inf or NaN.  ``T`` is a blocked inverse: the 16 x 16
+diagonal blocks inverted by repeated squaring (``(I + N)(I + N^2)(I + N^4)(I + N^8)``), the
+blocks below them combined with dots (``T_IJ = T_II sum_m A_Im T_mJ``), all in IEEE fp32.
+
+Outputs, float32: ``q_eff`` ``[BT, K]`` and ``M`` ``[K, K]`` (V tile 0), ``y_local`` ``[BT, V]``
+and ``D`` ``[K, V]`` per V tile.  Emission inside a chunk (not on its last token) at ``t``
+needs ``S_t = P_t S0 + Q_t``, the same sums cut at ``t``: for each of the row's emission times
+in the chunk the program stores ``P_t`` ``[K, K]`` and ``Q_t`` ``[K, V]`` at the emission's
+index in the row's sorted schedule (work proportional to emissions).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+__all__ = ["FACTOR_BOUND", "SUB", "wkv7_chunk_factors_kernel"]
+
+#: Largest exponent the factorised pair products may form (``|g_i - g_c|`` per channel): the
+#: gated operands stay below ``e^30``, a masked-out pair below ``e^60``, far from fp32's ``e^88``
+FACTOR_BOUND = 30.0
+#: Rows of the diagonal blocks of the triangular inverse
+SUB = tl.constexpr(16)
+
+
+@triton.jit
+def _unit_lower_inverse(n):
+    """``(I - n)^{-1}`` for a strictly lower ``[SUB, SUB]`` ``n`` (nilpotent: ``n^16 = 0``),
+    as ``(I + n)(I + n^2)(I + n^4)(I + n^8)``, IEEE fp32 dots."""
+    o = tl.arange(0, SUB)
+    inv = tl.where(o[:, None] == o[None, :], 1.0, 0.0) + n
+    for _ in tl.static_range(3):
+        n = tl.dot(n, n, input_precision="ieee")
+        inv = inv + tl.dot(inv, n, input_precision="ieee")
+    return inv
+
+
+@triton.jit
+def _blocked_inverse(ptr, BT: tl.constexpr):
+    """``(I - A)^{-1}`` ``[BT, BT]`` of a strictly lower ``A`` stored row-major at ``ptr``,
+    overwritten in place block row by block row (``T_IJ = T_II sum_{J <= m < I} A_Im T_mJ``,
+    ``J`` ascending: ``A_IJ`` is last read just before ``T_IJ`` replaces it), and returned
+    (blocks above the diagonal read as zeros)."""
+    o = tl.arange(0, SUB)
+    block = o[:, None] * BT + o[None, :]  # a [SUB, SUB] block's offsets
+    for i in tl.static_range(BT // SUB):
+        t_ii = _unit_lower_inverse(tl.load(ptr + (i * SUB) * (BT + 1) + block))
+        for j in tl.static_range(i):
+            acc = tl.zeros([SUB, SUB], dtype=tl.float32)
+            for m in tl.static_range(j, i):
+                a_im = tl.load(ptr + (i * SUB) * BT + m * SUB + block)
+                t_mj = tl.load(ptr + (m * SUB) * BT + j * SUB + block)
+                acc = tl.dot(a_im, t_mj, acc, input_precision="ieee")
+            t_ij = tl.dot(t_ii, acc, input_precision="ieee")
+            tl.debug_barrier()  # every thread has read A_IJ
+            tl.store(ptr + (i * SUB) * BT + j * SUB + block, t_ij)
+        tl.debug_barrier()
+        tl.store(ptr + (i * SUB) * (BT + 1) + block, t_ii)
+        tl.debug_barrier()  # the next block row reads these blocks from other threads
+    o_t = tl.arange(0, BT)
+    lower = o_t[None, :] // SUB <= o_t[:, None] // SUB
+    return tl.load(ptr + o_t[:, None] * BT + o_t[None, :], mask=lower, other=0.0)
+
+
+@triton.jit
+def _cumulative_decay(w_ptr, offsets, mask):
+    """``g`` ``[BT, BK]``, the inclusive cumulative log-decay over the chunk (rows past it repeat
+    the last), and ``w``."""
+    w = tl.load(w_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    return tl.cumsum(w, 0), w
+
+
+@triton.jit
+def _pairs_exact(x, g_x, k_row_ptr, b_row_ptr, w_row_ptr, n, stride, o_k, m_k, BT: tl.constexpr):
+    """``sum_c x_ic e^{g_x,ic - g_jc} k_jc`` and the same with ``b_j`` (``[BT, BT]``, unmasked),
+    one column ``j`` a step, each exponent clamped at 0 (exact for every pair kept): the pair
+    matrices of chunks whose decay is too strong to factorise."""
+    o_t = tl.arange(0, BT)
+    with_k = tl.zeros([BT, BT], dtype=tl.float32)
+    with_b = tl.zeros([BT, BT], dtype=tl.float32)
+    g_j = tl.sum(g_x, 0) * 0.0  # [BK] zeros in g's layout
+    for j in range(0, n):
+        k_j = tl.load(k_row_ptr + j * stride + o_k, mask=m_k, other=0.0).to(tl.float32)
+        b_j = tl.load(b_row_ptr + j * stride + o_k, mask=m_k, other=0.0).to(tl.float32)
+        g_j += tl.load(w_row_ptr + j * stride + o_k, mask=m_k, other=0.0).to(tl.float32)
+        decayed = x * tl.exp(tl.minimum(g_x - g_j[None, :], 0.0))
+        col = o_t[None, :] == j
+        with_k = tl.where(col, tl.sum(decayed * k_j[None, :], 1)[:, None], with_k)
+        with_b = tl.where(col, tl.sum(decayed * b_j[None, :], 1)[:, None], with_b)
+    return with_k, with_b
+
+
+@triton.jit
+def wkv7_chunk_factors_kernel(
+    r_ptr,  # [B, L, H, K]
+    w_ptr,  # [B, L, H, K] log-decay
+    k_ptr,  # [B, L, H, K]
+    v_ptr,  # [B, L, H, V]
+    a_ptr,  # [B, L, H, K]
+    b_ptr,  # [B, L, H, K]
+    q_eff_ptr,  # [B, H, NT, BT, K] fp32
+    y_local_ptr,  # [B, H, NT, BT, V] fp32
+    trans_ptr,  # [B, H, NT, K, K] fp32: M
+    drive_ptr,  # [B, H, NT, K, V] fp32: D
+    work_ptr,  # [B, H, NT, VT, 3, BT, BT] fp32 scratch: A_ab then T, A_qb, A_ak v
+    emit_t_ptr,  # [B, P + 1] int32, sorted, sentinel L
+    snap_p_ptr,  # [B, P, H, K, K] fp32: P_t at the emission's sorted index
+    snap_q_ptr,  # [B, P, H, K, V] fp32: Q_t
+    scale,
+    L,
+    H,
+    K,
+    V,
+    NT,
+    P,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    BP: tl.constexpr,  # power of two > P
+    HAS_EMIT: tl.constexpr,
+    PRECISION: tl.constexpr,
+    FACTOR_BOUND: tl.constexpr,
+):
+    i_c = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_v = tl.program_id(2)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    c0 = i_c * BT
+    n = tl.minimum(BT, L - c0)
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_t = o_t < n
+    m_k = o_k < K
+    m_v = o_v < V
+    m_tk = m_t[:, None] & m_k[None, :]
+    m_tv = m_t[:, None] & m_v[None, :]
+    m_kk = m_k[:, None] & m_k[None, :]
+    m_kv = m_k[:, None] & m_v[None, :]
+    first = (i_b.to(tl.int64) * L + c0) * H + i_h  # the chunk's first (row, token, head)
+    r_ptr += first * K
+    w_ptr += first * K
+    k_ptr += first * K
+    a_ptr += first * K
+    b_ptr += first * K
+    v_ptr += first * V
+    p_k = o_t[:, None] * (H * K) + o_k[None, :]  # [BT, BK] int32 offsets from the chunk
+    p_v = o_t[:, None] * (H * V) + o_v[None, :]
+
+    g, w = _cumulative_decay(w_ptr, p_k, m_tk)
+    g_last = tl.sum(w, 0)
+    g_mid = tl.sum(tl.where(o_t[:, None] <= (n - 1) // 2, w, 0.0), 0)
+    span = tl.max(tl.maximum(-g_mid, g_mid - g_last), 0)  # largest |g - g_mid| in the chunk
+
+    # Phase 1: the pair matrices.  Each phase hands its results to the next through memory (the
+    # scratch: A_ab, A_qb, A_ak v; y_local: A_qk v), so few [BT, BT] tiles are live at once.
+    work = work_ptr + ((i_bh.to(tl.int64) * NT + i_c) * tl.num_programs(2) + i_v) * 3 * BT * BT
+    square_t = o_t[:, None] * BT + o_t[None, :]
+    square_v = o_t[:, None] * BV + tl.arange(0, BV)[None, :]
+    strict = o_t[:, None] > o_t[None, :]
+    inclusive = o_t[:, None] >= o_t[None, :]
+    chunk = i_bh.to(tl.int64) * NT + i_c  # this chunk's index in the factor buffers
+    p_y_local = y_local_ptr + chunk * BT * V + (o_t[:, None] * V + o_v[None, :])
+    v = tl.load(v_ptr + p_v, mask=m_tv, other=0.0).to(tl.float32)
+    if span <= FACTOR_BOUND:
+        to_mid = tl.exp(g_mid[None, :] - g)
+        k_side = tl.trans(tl.load(k_ptr + p_k, mask=m_tk, other=0.0).to(tl.float32) * to_mid)
+        b_side = tl.trans(tl.load(b_ptr + p_k, mask=m_tk, other=0.0).to(tl.float32) * to_mid)
+        a_side = tl.load(a_ptr + p_k, mask=m_tk, other=0.0).to(tl.float32)
+        a_side = a_side * tl.exp(g - w - g_mid[None, :])
+        a_ab = tl.dot(a_side, b_side, input_precision=PRECISION)
+        tl.store(work + square_t, tl.where(strict, a_ab, 0.0))
+        a_ak = tl.dot(a_side, k_side, input_precision=PRECISION)
+        tl.store(work + 2 * BT * BT + square_v,
+                 tl.dot(tl.where(strict, a_ak, 0.0), v, input_precision=PRECISION))
+        q_side = tl.load(r_ptr + p_k, mask=m_tk, other=0.0).to(tl.float32)
+        q_side = q_side * (scale * tl.exp(g - g_mid[None, :]))
+        a_qb = tl.dot(q_side, b_side, input_precision=PRECISION)
+        tl.store(work + BT * BT + square_t, tl.where(inclusive, a_qb, 0.0))
+        a_qk = tl.dot(q_side, k_side, input_precision=PRECISION)
+        tl.store(p_y_local, tl.dot(tl.where(inclusive, a_qk, 0.0), v, input_precision=PRECISION),
+                 mask=m_tv)
+    else:
+        rows = (k_ptr, b_ptr, w_ptr)
+        a = tl.load(a_ptr + p_k, mask=m_tk, other=0.0).to(tl.float32)
+        a_ak, a_ab = _pairs_exact(a, g - w, *rows, n, H * K, o_k, m_k, BT)
+        tl.store(work + square_t, tl.where(strict, a_ab, 0.0))
+        tl.store(work + 2 * BT * BT + square_v,
+                 tl.dot(tl.where(strict, a_ak, 0.0), v, input_precision=PRECISION))
+        r = tl.load(r_ptr + p_k, mask=m_tk, other=0.0).to(tl.float32) * scale
+        a_qk, a_qb = _pairs_exact(r, g, *rows, n, H * K, o_k, m_k, BT)
+        tl.store(work + BT * BT + square_t, tl.where(inclusive, a_qb, 0.0))
+        tl.store(p_y_local, tl.dot(tl.where(inclusive, a_qk, 0.0), v, input_precision=PRECISION),
+                 mask=m_tv)
+    tl.debug_barrier()
+
+    # Phase 2: T = (I - A_ab)^{-1} (in place of A_ab), W = T (a e^{g_prev}), U = T A_ak v
+    inv = _blocked_inverse(work, BT)
+    g, w = _cumulative_decay(w_ptr, p_k, m_tk)
+    a = tl.load(a_ptr + p_k, mask=m_tk, other=0.0).to(tl.float32)
+    wy_w = tl.dot(inv, a * tl.exp(g - w), input_precision=PRECISION)  # [BT, BK]
+    wy_u = tl.dot(inv, tl.load(work + 2 * BT * BT + square_v), input_precision=PRECISION)
+
+    # Phase 3: what the state pass reads
+    a_qb = tl.load(work + BT * BT + square_t)
+    y_local = tl.load(p_y_local, mask=m_tv, other=0.0)
+    tl.store(p_y_local, tl.dot(a_qb, wy_u, y_local, input_precision=PRECISION), mask=m_tv)
+    square_kk = o_k[:, None] * K + o_k[None, :]
+    square_kv = o_k[:, None] * V + o_v[None, :]
+    eye = o_k[:, None] == o_k[None, :]
+    to_end = tl.exp(g_last[None, :] - g)
+    b = tl.load(b_ptr + p_k, mask=m_tk, other=0.0).to(tl.float32)
+    b_end = tl.trans(b * to_end)
+    if i_v == 0:
+        r = tl.load(r_ptr + p_k, mask=m_tk, other=0.0).to(tl.float32) * scale
+        q_eff = tl.dot(a_qb, wy_w, r * tl.exp(g), input_precision=PRECISION)
+        tl.store(q_eff_ptr + chunk * BT * K + (o_t[:, None] * K + o_k[None, :]), q_eff, mask=m_tk)
+        trans = tl.dot(b_end, wy_w, tl.where(eye, tl.exp(g_last)[:, None], 0.0),
+                       input_precision=PRECISION)
+        tl.store(trans_ptr + chunk * K * K + square_kk, trans, mask=m_kk)
+    k = tl.load(k_ptr + p_k, mask=m_tk, other=0.0).to(tl.float32)
+    v = tl.load(v_ptr + p_v, mask=m_tv, other=0.0).to(tl.float32)
+    drive = tl.dot(b_end, wy_u, input_precision=PRECISION)
+    drive = tl.dot(tl.trans(k * to_end), v, drive, input_precision=PRECISION)
+    tl.store(drive_ptr + chunk * K * V + square_kv, drive, mask=m_kv)
+
+    if HAS_EMIT:  # S_t = P_t S0 + Q_t at the row's emissions inside the chunk, before its end
+        o_p = tl.arange(0, BP)
+        times = tl.load(emit_t_ptr + i_b * (P + 1) + o_p, mask=o_p <= P, other=L)
+        first = tl.sum((times < c0).to(tl.int32), 0)
+        last = tl.sum((times < c0 + n - 1).to(tl.int32), 0)
+        for e in range(first, last):
+            t = tl.load(emit_t_ptr + i_b * (P + 1) + e) - c0
+            g_t = tl.sum(tl.where(o_t[:, None] == t, g, 0.0), 0)
+            upto = tl.where(o_t[:, None] <= t, tl.exp(tl.minimum(g_t[None, :] - g, 0.0)), 0.0)
+            b_t = tl.trans(b * upto)
+            snap = (i_b.to(tl.int64) * P + e) * H + i_h
+            q_t = tl.dot(b_t, wy_u, input_precision=PRECISION)
+            q_t = tl.dot(tl.trans(k * upto), v, q_t, input_precision=PRECISION)
+            tl.store(snap_q_ptr + snap * K * V + square_kv, q_t, mask=m_kv)
+            if i_v == 0:
+                p_t = tl.dot(b_t, wy_w, tl.where(eye, tl.exp(g_t)[:, None], 0.0),
+                             input_precision=PRECISION)
+                tl.store(snap_p_ptr + snap * K * K + square_kk, p_t, mask=m_kk)
