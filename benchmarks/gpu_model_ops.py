@@ -447,11 +447,19 @@ def _wkv6_chunk(v, emit):
     return [LoopSpec(trips=pieces, children=(LoopSpec(trips=v["BT"]), *extra))]
 
 
-def _wkv7_chunk(v, emit):
-    pieces = _pieces(v["L"], v["BT"])
-    extra = _emission_loop(_mid_piece(emit, v["BT"]), pieces) if emit else ()
-    inner = (LoopSpec(trips=v["BT"]), LoopSpec(trips=v["BT"] - 1))
-    return [LoopSpec(trips=pieces, children=(*inner, *extra))]
+def _wkv7_chunk_factors(v, emit):
+    """One chunk per program: the two column loops of chunks whose decay is too strong to
+    factorise (never at RWKV-7's decay, the model's inputs), then one snapshot per emission
+    inside the chunk."""
+    chunks = _pieces(v["L"], v["BT"])
+    snapshots = (LoopSpec(trips=_mid_piece(emit, v["BT"]) / chunks),) if v["HAS_EMIT"] else ()
+    return [LoopSpec(trips=0), LoopSpec(trips=0), *snapshots]
+
+
+def _wkv7_chunk_state(v, emit):
+    chunks = _pieces(v["L"], v["BT"])
+    extra = _emission_loop(_mid_piece(emit, v["BT"]), chunks) if v["HAS_EMIT"] else ()
+    return [LoopSpec(trips=chunks, children=extra)]
 
 
 def _per_token(v, emit):
@@ -486,7 +494,8 @@ TRIPS: dict[str, Callable[[dict, tuple[int, ...]], list[LoopSpec]]] = {
     "ssd_chunk_output_kernel": _ssd_chunk_output,
     "wkv6_chunk_kernel": _wkv6_chunk,
     "wkv6_recurrent_kernel": _column_segments,
-    "wkv7_chunk_kernel": _wkv7_chunk,
+    "wkv7_chunk_factors_kernel": _wkv7_chunk_factors,
+    "wkv7_chunk_state_kernel": _wkv7_chunk_state,
     "wkv7_recurrent_kernel": _column_segments,
     "wkv4_recurrent_kernel": _per_token,
     "_state_update_kernel": lambda v, e: [],
