@@ -476,6 +476,17 @@ def _column_segments(v, emit):
     return [LoopSpec(trips=segments, children=(LoopSpec(trips=length / segments),))]
 
 
+def _wkv4_segments(v, emit):
+    """RWKV-4's segmented walk; with emission the compiled code nests it one level deeper (an
+    outer loop over the segments that end in an emission, entering the segment loop once)."""
+    if v["L"] == 1:
+        return []
+    (walk,) = _column_segments(v, emit)
+    if not emit:
+        return [walk]
+    return [LoopSpec(trips=walk.trips, children=(LoopSpec(trips=1, children=walk.children),))]
+
+
 def _chunk_scan(v, emit):
     chunk, bm, bk = v["chunk_size"], v["BLOCK_SIZE_M"], v["BLOCK_SIZE_K"]
     tiles = _cdiv(chunk, bm)
@@ -497,7 +508,7 @@ TRIPS: dict[str, Callable[[dict, tuple[int, ...]], list[LoopSpec]]] = {
     "wkv7_chunk_factors_kernel": _wkv7_chunk_factors,
     "wkv7_chunk_state_kernel": _wkv7_chunk_state,
     "wkv7_recurrent_kernel": _column_segments,
-    "wkv4_recurrent_kernel": _per_token,
+    "wkv4_recurrent_kernel": _wkv4_segments,
     "_state_update_kernel": lambda v, e: [],
     # mamba-ssm
     "_chunk_cumsum_fwd_kernel": lambda v, e: [],

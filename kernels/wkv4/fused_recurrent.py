@@ -1,9 +1,13 @@
 """RWKV-4 WKV, recurrent Triton forward in the stable ``(aa, bb, pp)`` form, with fused emit/inject.
 
-One program per ``(channel block, batch row)`` carries the three fp32 vectors of the state
-``S = (aa, bb, pp)`` ``[3, BC]`` in registers through ``t = 0 .. L-1`` (reference.py has the
-update).  Emission stores the triple as carried; ``add`` adds to it elementwise and ``set``
-replaces it (docs/semantics.md), after ``y_t``.  Also the decode step (``L = 1``, in place).
+One program (one warp) per ``(channel block, batch row)`` carries the three fp32 vectors of the
+state ``S = (aa, bb, pp)`` ``[3, BC]`` in registers through ``t = 0 .. L-1`` (reference.py has
+the update), a thread per channel; ``BC = 32`` spreads a row's channels over ``C / 32``
+programs, so a small batch still fills the SMs.  The walk is cut into segments that end at the
+row's next emission or injection step (one segment when nothing is scheduled), so the
+per-token loop carries no schedule checks.  Emission stores the triple as carried; ``add``
+adds to it elementwise and ``set`` replaces it (docs/semantics.md), after ``y_t``.  Also the
+decode step (``L = 1``, in place).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from .._contract import ScanOutput, float64_runs
 from .._triton import KernelInstrumentation, emit_tile, inject_tile, open_schedules
 from .reference import EMPTY_MAX, validate, wkv4
 
-BLOCK_C = 128  # channels per program: one per thread at 4 warps
+BLOCK_C = 32  # channels per program: one per thread, one warp (C / 32 programs per row)
 
 
 @triton.jit
@@ -93,29 +97,33 @@ def wkv4_recurrent_kernel(
     e_cur, e_next, i_cur, i_next = cursors
 
     p = i_b.to(tl.int64) * L * C + o_c  # k, v, y at (b, t = 0)
-    for t in range(L):
-        kt = tl.load(k_ptr + p, mask=m, other=0.0).to(tl.float32)
-        vt = tl.load(v_ptr + p, mask=m, other=0.0).to(tl.float32)
-        bonus = u + kt
-        top = tl.maximum(pp, bonus)
-        old = tl.exp(pp - top)
-        new = tl.exp(bonus - top)
-        y = (old * aa + new * vt) / (old * bb + new)
-        tl.store(y_ptr + p, y.to(y_ptr.dtype.element_ty), mask=m)
-        decayed = pp + w
-        top = tl.maximum(decayed, kt)
-        old = tl.exp(decayed - top)
-        new = tl.exp(kt - top)
-        aa = old * aa + new * vt
-        bb = old * bb + new
-        pp = top
+    t0 = i_b * 0  # int32: the first step of the segment
+    while t0 < L:  # segments that end at the row's next instrumented step (or at L)
+        end = tl.minimum(tl.minimum(e_next, i_next) + 1, L)
+        for _step in range(t0, end):
+            kt = tl.load(k_ptr + p, mask=m, other=0.0).to(tl.float32)
+            vt = tl.load(v_ptr + p, mask=m, other=0.0).to(tl.float32)
+            bonus = u + kt
+            top = tl.maximum(pp, bonus)
+            old = tl.exp(pp - top)
+            new = tl.exp(bonus - top)
+            y = (old * aa + new * vt) / (old * bb + new)
+            tl.store(y_ptr + p, y.to(y_ptr.dtype.element_ty), mask=m)
+            decayed = pp + w
+            top = tl.maximum(decayed, kt)
+            old = tl.exp(decayed - top)
+            new = tl.exp(kt - top)
+            aa = old * aa + new * vt
+            bb = old * bb + new
+            pp = top
+            p += C
         if HAS_INJECT:
             aa, bb, pp, i_cur, i_next = _inject_triple(
-                aa, bb, pp, t, i_cur, i_next, inject, o_c * iv_sc, iv_sr, m
+                aa, bb, pp, end - 1, i_cur, i_next, inject, o_c * iv_sc, iv_sr, m
             )
         if HAS_EMIT:
-            e_cur, e_next = _emit_triple(aa, bb, pp, t, e_cur, e_next, emit, C, o_c, m)
-        p += C
+            e_cur, e_next = _emit_triple(aa, bb, pp, end - 1, e_cur, e_next, emit, C, o_c, m)
+        t0 = end
 
     if STORE_FINAL:
         tl.store(sT_ptr + state_off + o_c, aa, mask=m)
@@ -148,7 +156,7 @@ def run_wkv4(w, u, k, v, instrumentation: dict, state=None, y=None) -> ScanOutpu
         *instr.value_strides(),
         BC=BLOCK_C,
         EMPTY=EMPTY_MAX,
-        num_warps=4,
+        num_warps=1,
         **instr.flags(),
     )
     return instr.output(y)

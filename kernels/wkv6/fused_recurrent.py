@@ -206,7 +206,7 @@ def wkv6_recurrent_kernel(
     t0 = i_b * 0  # int32: the first step of the segment
     while t0 < L:  # segments that end at the row's next instrumented step (or at L)
         end = segment_end(cursors, L)
-        for t in range(t0, end):
+        for _step in range(t0, end):
             r = tl.load(r_ptr + o_k, mask=m_k, other=0.0).to(tl.float32) * scale
             k = tl.load(k_ptr + o_k, mask=m_k, other=0.0).to(tl.float32)
             v = tl.load(v_ptr + o_v, mask=m_v, other=0.0).to(tl.float32)
