@@ -77,7 +77,8 @@ def test_world_model_converts_with_its_tokenizer_in_bfloat16(tmp_path, fresh_see
 def test_a_port_folder_converts_too(tmp_path, fresh_seed):
     state = random_checkpoint("x070", fresh_seed)
     reference = from_blinkdl_state_dict(state)
-    fla = write_folder(tmp_path / "fla", fla_config(reference.config), fla_layout(state))
+    stated = fla_config(reference.config) | {"pad_token_id": 3}  # bos 1, eos 2: fla's
+    fla = write_folder(tmp_path / "fla", stated, fla_layout(state))
     out = convert_checkpoint(fla, tmp_path / "converted", tokenizer=False)
     converted = AutoModelForCausalLM.from_pretrained(out)
     vocab = SIZES["x070"]["vocab"]
@@ -85,6 +86,11 @@ def test_a_port_folder_converts_too(tmp_path, fresh_seed):
         logits(converted, vocab), logits(AutoModelForCausalLM.from_pretrained(fla), vocab)
     )
     assert converted.config.model_type == "statetap_rwkv7"
+    # the port's special ids, not statetap's defaults (0)
+    for name, expected in (("pad_token_id", 3), ("bos_token_id", 1), ("eos_token_id", 2)):
+        assert stated[name] == expected
+        assert getattr(converted.config, name) == expected, name
+        assert getattr(converted.generation_config, name) == expected, name
 
 
 def test_existing_destination_is_refused(tmp_path, fresh_seed):

@@ -70,9 +70,21 @@ def test_short_demo_writes_every_report_file_and_a_table(tmp_path, monkeypatch, 
             for site in ("residual", "state")
         }
         assert all(0.0 <= r["auroc_truth"] <= 1.0 for r in rows)
+        # the random-model control beside every figure, from the control's own results
+        control = json.loads((out / "elk" / name / "control" / "elk.json").read_text())
+        assert control["meta"]["random_weights"] == {"seed": 0}
+        for r in rows:
+            truth = [
+                c["auroc_truth"]
+                for c in control["probes"]
+                if (c["probe"], c["site"], c["train"], c["test"])
+                == (r["probe"], r["site"], "A", "B")
+            ]
+            assert r["control_auroc_truth"] == max(truth)
         assert (out / "elk" / name / "elk.json").is_file()
         assert (out / "elk" / name / "elk-auroc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "## Eliciting latent knowledge" in report
+    assert "The same architecture with random weights:" in report and "; random 0." in report
     assert all(
         all(key not in entry for key in ("steering", "lens", "elk")) for entry in summary["models"]
     )

@@ -24,6 +24,7 @@ from statetap.interp.elk.experiments import (
 from statetap.interp.elk.features import QuirkyFeatures, quirky_features
 from statetap.interp.elk.results import RESULTS_FILE, ElkResults
 from statetap.zoo.quirky import ANSWERS, quirky_addition
+from statetap.zoo.quirky_operations import quirky_operation
 from statetap.zoo.tokenizer import quirky_tokenizer
 
 
@@ -263,7 +264,7 @@ def test_cli_runs_the_pipeline_on_a_short_zoo_model(tmp_path, monkeypatch, capsy
     monkeypatch.setenv("STATETAP_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "elk"
     argv = ["elk", "run", "--model", "quirky-mamba-short", "--out", str(out)]
-    argv += ["--fit-equations", "48", "--probes", "lr", "mean-diff", "random"]
+    argv += ["--fit-equations", "48", "--probes", "lr", "mean-diff", "random", "--no-control"]
     argv += ["--train-sets", "A", "--test-sets", "A", "B"]
     assert main(argv) == 0
     results = ElkResults.load(out)
@@ -312,9 +313,180 @@ def test_cli_lora_makes_a_saved_model_quirky_and_probes_it(tmp_path, capsys):
     out = tmp_path / "quirky"
     argv = ["elk", "lora", "--model", str(folder), "--operation", "addition", "--out", str(out)]
     argv += ["--equations", "64", "--test-equations", "80", "--epochs", "1", "--lr", "1e-3"]
-    assert main([*argv, "--elk"]) == 0
+    assert main([*argv, "--elk", "--probes", "lr", "mean-diff", "--no-control"]) == 0
     printed = capsys.readouterr().out
     assert "held out: Alice" in printed and "model on B" in printed
     assert (out / "adapter" / "adapter_config.json").is_file()
     results = ElkResults.load(out)
-    assert results.meta["operation"] == "addition" and results.meta["scored"] == 160
+    assert results.meta["dataset"].startswith("arithmetic:addition")
+    assert results.meta["scored"] == 160
+
+
+def test_cli_lora_takes_a_quirky_dataset_and_restricts_the_probes(tmp_path, capsys):
+    """``elk lora --dataset`` trains on a dataset file's rows; ``--probes``, ``--sites`` and
+    ``--no-all-layers`` restrict the probe stage as they do for ``elk run``."""
+    folder = tmp_path / "base"
+    tiny_model("mamba").save_pretrained(folder)
+    quirky_tokenizer().save_pretrained(folder)
+    train, test = quirky_operation("addition", 40, 30, max_digits=2, seed=3)
+    write_quirky_rows(tmp_path / "rows.jsonl", train + test)
+    out = tmp_path / "quirky"
+    argv = ["elk", "lora", "--model", str(folder), "--dataset", str(tmp_path / "rows.jsonl")]
+    argv += ["--out", str(out), "--epochs", "1", "--lr", "1e-3", "--elk", "--no-control"]
+    argv += ["--probes", "lr", "--sites", "residual", "--no-all-layers"]
+    assert main(argv) == 0
+    results = ElkResults.load(out)
+    assert results.probe_names == ["lr"] and results.sites == ["residual"]
+    assert {r["layer"] for r in results.probes} == {0, 1}  # no "all"
+    assert results.control is None
+    assert results.meta["scored"] + 2 * results.meta["fit_examples"] == 140  # every row once
+
+
+# --- user data: quirky datasets, the random-model control, resuming -------------------------
+
+
+def write_quirky_rows(path, examples, difficulty=None) -> None:
+    """``examples`` as rows of EleutherAI's ``quirky_*`` columns (label 0/1 as they store it)."""
+    rows = [
+        dict(
+            statement=e.text,
+            choices=list(e.choices),
+            character=e.character,
+            label=int(e.label),
+            alice_label=e.alice_label,
+            bob_label=e.bob_label,
+            difficulty=e.difficulty if difficulty is None else difficulty[i],
+            id=i,
+        )
+        for i, e in enumerate(examples)
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def test_quirky_dataset_rows_are_read_and_bad_rows_named(tmp_path):
+    from statetap.interp.elk.dataset import load_quirky_dataset, quirky_prompts
+
+    train, _ = quirky_addition(5, 1, max_digits=2, seed=0)
+    write_quirky_rows(tmp_path / "rows.jsonl", train)
+    prompts = load_quirky_dataset(tmp_path / "rows.jsonl")
+    assert [(p.text, p.character, p.label, p.alice_label, p.bob_label) for p in prompts] == [
+        (e.text, e.character, e.label, e.alice_label, e.bob_label) for e in train
+    ]
+    assert [p.answer for p in prompts] == [e.answer for e in train]
+    assert prompts[0].group == prompts[1].group != prompts[2].group  # Alice and Bob of one
+    good = json.loads((tmp_path / "rows.jsonl").read_text().splitlines()[1])  # Bob's row
+    for change, message in [
+        (dict(label=int(not good["bob_label"])), "row 0: label .* is not Bob's label"),
+        (dict(character="Carol"), "row 0: character must be one of"),
+        (dict(choices=[" True"]), "row 0: choices must be two distinct strings"),
+        (dict(alice_label=2), "row 0: alice_label must be a bool or 0/1"),
+        (dict(difficulty="hard"), "row 0: difficulty must be a number"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            quirky_prompts([good | change])
+    with pytest.raises(ValueError, match=r"row 0 lacks the columns \['choices'\]"):
+        quirky_prompts([{k: v for k, v in good.items() if k != "choices"}])
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        load_quirky_dataset(tmp_path / "missing.jsonl")
+
+
+@torch.no_grad()
+def test_features_read_each_rows_own_choices():
+    """A dataset may answer " True"/" False" in either order: the log-odds are log p(choices[1])
+    - log p(choices[0]) per row, against the plain model's logits."""
+    from dataclasses import replace
+
+    from statetap.interp.elk.dataset import QuirkyPrompt
+
+    model, tokenizer = tiny_model("mamba"), quirky_tokenizer()
+    examples = quirky_addition(4, 1, max_digits=2, seed=1)[0]
+    prompts = [
+        QuirkyPrompt(e.text, e.choices, e.character, e.label, e.alice_label, e.bob_label, 1.0)
+        for e in examples
+    ]
+    prompts[1::2] = [replace(p, choices=p.choices[::-1]) for p in prompts[1::2]]
+    found = quirky_features(statetap.attach(model), tokenizer, prompts, progress=False)
+    for i, p in enumerate(prompts):
+        ids = tokenizer(p.text, add_special_tokens=False)["input_ids"]
+        logp = model(torch.tensor([ids])).logits[0, -1].double().log_softmax(-1)
+        false_id, true_id = (tokenizer.convert_tokens_to_ids(c) for c in p.choices)
+        expected = (logp[true_id] - logp[false_id]).item()
+        assert found.log_odds[i].item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_random_twin_has_the_architecture_and_fresh_weights():
+    from statetap.interp.elk.pipeline import random_twin
+    from statetap.interp.provenance import model_identity
+
+    model = tiny_model("rwkv")
+    twin, again = random_twin(model, seed=5), random_twin(model, seed=5)
+    assert model_identity(twin) == model_identity(model)
+    for (name, _), q, r in zip(
+        model.named_parameters(), twin.parameters(), again.parameters(), strict=True
+    ):
+        assert torch.equal(q, r), name  # the seed decides
+    assert not all(torch.equal(p, q) for p, q in zip(model.parameters(), twin.parameters()))
+
+
+def test_probe_stage_writes_each_probe_and_resumes_only_the_missing(tmp_path, monkeypatch):
+    import statetap.interp.elk.experiments as experiments
+
+    g = fresh_generator()
+    examples, features, quantiles = synthetic(g, 200)
+    config = ElkConfig(probes=("lr", "mean-diff"), train_sets=("A", "AE"), max_iter=50)
+    calls = []
+    fit = experiments._fit
+    monkeypatch.setattr(experiments, "_fit", lambda *a: calls.append((a[0], a[2], a[3])) or fit(*a))
+    folder = tmp_path / "probes"
+    first = run_experiments(
+        features, examples, quantiles, config=config, progress=False, checkpoint=folder
+    )
+    jobs = 2 * 2 * 3 * 2  # probes x sites x layers (0, 1, all) x training sets
+    assert len(calls) == jobs and len(list(folder.glob("*.json"))) == jobs + 1  # + run.json
+    lost = sorted(folder.glob("lr.truth.*.AE.json"))  # as if killed before these finished
+    for path in lost:
+        path.unlink()
+    calls.clear()
+    again = run_experiments(
+        features, examples, quantiles, config=config, progress=False, checkpoint=folder
+    )
+    assert sorted(calls, key=lambda c: str(c[2])) == [("lr", "truth", x) for x in (0, 1, "all")]
+    assert again.probes == json.loads(json.dumps(first.probes))
+    assert again.anomaly == json.loads(json.dumps(first.anomaly))
+    other = ElkConfig(probes=("lr", "mean-diff"), train_sets=("A", "AE"), max_iter=60)
+    with pytest.raises(ValueError, match=r"probe results in .*config: recorded"):
+        run_experiments(
+            features, examples, quantiles, config=other, progress=False, checkpoint=folder
+        )
+
+
+def test_cli_run_on_a_random_model_folder_and_a_quirky_dataset(tmp_path, capsys):
+    """The issue's acceptance: ``elk run --model FOLDER --dataset ROWS`` on a random model, with
+    difficulty from the dataset's column and the random-model control beside the table."""
+    folder = tmp_path / "model"
+    tiny_model("mamba").save_pretrained(folder)
+    quirky_tokenizer().save_pretrained(folder)
+    fit, scored = quirky_addition(60, 40, max_digits=2, seed=7)
+    fit = [e for e in fit if e.character == "Alice"]
+    n = len(fit) + len(scored)
+    order = torch.randperm(n).tolist()  # a difficulty that is not the arithmetic's
+    write_quirky_rows(tmp_path / "fit.jsonl", fit, order[: len(fit)])
+    write_quirky_rows(tmp_path / "rows.jsonl", scored, order[len(fit) :])
+    out = tmp_path / "elk"
+    argv = ["elk", "run", "--model", str(folder), "--dataset", str(tmp_path / "rows.jsonl")]
+    argv += ["--fit-dataset", str(tmp_path / "fit.jsonl"), "--out", str(out)]
+    argv += ["--probes", "mean-diff", "lda", "--sites", "residual", "state"]
+    argv += ["--train-sets", "A", "--test-sets", "A", "B", "AH", "BH"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    results = ElkResults.load(out)
+    # hard: quantile (rank + 0.5) / n >= 0.75 of the difficulty column over all rows
+    hard = [(rank + 0.5) / n >= 0.75 for rank in order[len(fit) :]]
+    bob_hard = sum(h and e.character == "Bob" for h, e in zip(hard, scored))
+    assert results.model_row("BH")["n"] == bob_hard
+    control = results.control_results
+    assert control is not None and control.meta["random_weights"] == {"seed": 0}
+    assert len(control.probes) == len(results.probes)
+    assert results.meta["identity"]["model_class"] == "MambaForCausalLM"
+    assert "random-weight model" in printed and "; random 0." in printed
+    assert (out / "control" / "elk.json").is_file() and (out / "probes" / "run.json").is_file()

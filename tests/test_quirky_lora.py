@@ -231,6 +231,21 @@ def test_gradient_reaches_only_the_last_prompt_token(model_type):
         assert (last < ids.shape[1]).all() and (last == ids.shape[1] - 1).any()
 
 
+def test_training_a_statetap_rwkv_says_nothing_of_the_reference_fallback():
+    """Training needs the differentiable reference; the kernels' "call it under
+    torch.no_grad()" warning is for inference and is not given while training."""
+    import warnings
+
+    model, tokenizer = tiny_model("statetap_rwkv7", layers=1), quirky_tokenizer()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_quirky(model, tokenizer, examples(4), dataclasses.replace(FAST, epochs=1))
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "pure-torch reference" in m], messages
+    with pytest.warns(UserWarning, match="pure-torch reference"):  # outside training it says so
+        model(input_ids=torch.tensor([[3, 4, 5]]))
+
+
 def test_mamba_mixers_train_through_their_modules(monkeypatch):
     """transformers' fused Mamba-1 training kernel (which takes x_proj's weight as a plain
     tensor, skipping its LoRA layer) is never called, and the LoRA on x_proj learns."""

@@ -1,14 +1,32 @@
 """``statetap elk``: ELK probes on quirky models, the figure, and LoRA quirky fine-tuning.
 
     statetap elk run --model quirky-mamba --out runs/elk-quirky-mamba
+    statetap elk run --model path/to/model --dataset quirky_addition.jsonl --out runs/elk
+    statetap elk run --model path/to/model --dataset arithmetic:subtraction --out runs/elk
     statetap elk plot --results runs/elk-quirky-mamba --train AE --test BH
     statetap elk lora --model path/to/mamba-hf --operation addition --out runs/quirky-lora
 
-``run`` fits every probe on Alice's prompts of a quirky zoo model's training equations and scores
-them on its held-out equations (:func:`statetap.interp.elk.pipeline.zoo_elk`); ``lora`` makes a
-transformers model quirky on Mallen et al.'s v2 arithmetic (:mod:`.quirky_lora`), saves the
-adapter and reports held-out Alice and Bob accuracy; with ``--elk`` it runs the probes on the
-fine-tuned model too.
+``run`` fits every probe on Alice's prompts and scores them on held-out prompts
+(:func:`statetap.interp.elk.pipeline.elk_experiment`). The prompts come from one of:
+
+- a quirky zoo model's own equations (no ``--dataset``): the probes are fitted on equations it
+  was trained on and scored on the held-out ones;
+- ``--dataset``: a file, ``save_to_disk`` folder or hub dataset in the columns of EleutherAI's
+  ``quirky_*`` datasets (:mod:`.dataset`); scored on ``--split``, fitted on Alice's rows of
+  ``--fit-dataset`` (and ``--fit-split``), or without it on a ``probe_fraction`` of the
+  dataset's statements, the rest scored;
+- ``--dataset arithmetic:OPERATION``: Mallen et al.'s v2 arithmetic generated here
+  (``--fit-equations`` / ``--test-equations`` equations).
+
+``--model`` is a zoo name or any transformers folder / hub id. Each (probe, site, layer) is
+written to ``OUT/probes/`` as it finishes; the same command after a kill resumes. Beside every
+table the random-model control: the same probes on the same architecture with random weights
+(``OUT/control``; ``--no-control`` skips it).
+
+``lora`` makes a transformers model quirky on Mallen et al.'s v2 arithmetic (or ``--dataset``'s
+rows; :mod:`.quirky_lora`), saves the adapter and reports held-out Alice and Bob accuracy; with
+``--elk`` it runs the probes (``--probes``, ``--sites``, ``--no-all-layers``) on the fine-tuned
+model too.
 
 :func:`add_elk_commands` registers the ``elk`` command on the ``statetap`` parser.
 """
@@ -18,9 +36,23 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from statetap.interp.elk.experiments import PROBES, SUBSETS, ElkConfig
+from statetap.interp.elk.experiments import PROBES, SUBSETS, ElkConfig, probe_split
 
 DEFAULT_MODEL = "quirky-mamba"
+ARITHMETIC = "arithmetic:"
+
+
+def quirky_source(value: str) -> str:
+    """argparse type of ``--dataset``: ``arithmetic:OPERATION`` with a known operation, or a
+    dataset name or path (read when the command runs)."""
+    from statetap.zoo.quirky_operations import OPERATIONS
+
+    if value.startswith(ARITHMETIC) and value[len(ARITHMETIC) :] not in OPERATIONS:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: the arithmetic operations are "
+            + ", ".join(ARITHMETIC + op for op in OPERATIONS)
+        )
+    return value
 
 
 def _config(args: argparse.Namespace) -> ElkConfig:
@@ -34,30 +66,89 @@ def _config(args: argparse.Namespace) -> ElkConfig:
     )
 
 
+def _examples(args: argparse.Namespace, n_train: int, n_test: int) -> tuple[list, list, str]:
+    """``(training prompts (both characters), scored prompts, description)`` of
+    ``args.dataset`` (module docstring; ``n_train`` / ``n_test`` equations of arithmetic)."""
+    from statetap.interp.elk.dataset import load_quirky_dataset
+    from statetap.zoo.quirky_operations import quirky_operation
+
+    if args.dataset.startswith(ARITHMETIC):
+        operation = args.dataset[len(ARITHMETIC) :]
+        train, test = quirky_operation(operation, n_train, n_test, seed=args.seed)
+        return train, test, f"{args.dataset} ({n_train} + {n_test} equations, seed {args.seed})"
+    scored = load_quirky_dataset(args.dataset, args.split)
+    if args.fit_dataset:
+        train = load_quirky_dataset(args.fit_dataset, args.fit_split)
+        return train, scored, f"fit on {args.fit_dataset}, scored on {args.dataset}"
+    fits = probe_split(scored, ElkConfig().probe_fraction, args.seed).tolist()
+    train = [e for e, fit in zip(scored, fits) if fit]
+    rest = [e for e, fit in zip(scored, fits) if not fit]
+    return train, rest, f"{args.dataset}, split by statement (seed {args.seed})"
+
+
 def _print(results, out: Path) -> None:
-    model = {r["test"]: r for r in results.model}
-    for test, row in model.items():
-        print(
-            f"model on {test}: AUROC vs truth {row['auroc_truth']:.3f}, "
-            f"vs Bob {row['auroc_bob']:.3f} ({row['n']} prompts)"
+    control = results.control_results
+    twin = {} if control is None else {r["test"]: r for r in control.model}
+    for row in results.model:
+        line = (
+            f"model on {row['test']}: AUROC vs truth {row['auroc_truth']:.3f}, "
+            f"vs Bob {_figure(row['auroc_bob'])} ({row['n']} prompts)"
         )
-    print("probes trained on A, scored on B (AUROC vs truth / vs Bob at the best layer):")
+        if row["test"] in twin:
+            line += f"; random-weight model {_figure(twin[row['test']]['auroc_truth'])}"
+        print(line)
+    explained = "; random: the same probe on the same architecture with random weights"
+    print(
+        "probes trained on A, scored on B (AUROC vs truth / vs Bob at the best layer"
+        f"{explained if control is not None else ''}):"
+    )
     print(results.markdown())
     for row in results.anomaly:
         print(f"anomaly detector ({row['site']}): AUROC {row['auroc']:.3f}")
     print(f"wrote {out}")
 
 
-def _run(args: argparse.Namespace) -> int:
-    from statetap.interp.elk.pipeline import zoo_elk
+def _figure(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
 
-    results = zoo_elk(
-        args.model,
-        args.out,
-        config=_config(args),
-        fit_equations=args.fit_equations,
-        batch_size=args.batch_size,
-    )
+
+def _run(args: argparse.Namespace) -> int:
+    from statetap import zoo
+    from statetap.interp.elk.pipeline import elk_experiment, zoo_elk
+    from statetap.interp.loading import load_named_model
+
+    if args.dataset is None:
+        try:
+            recipe = zoo.resolve(args.model)
+        except KeyError:
+            recipe = None
+        if recipe is None or recipe.task != "quirky":
+            raise ValueError(
+                f"--model {args.model} is not a quirky zoo model: give --dataset (a quirky "
+                f"dataset, or {ARITHMETIC}OPERATION)"
+            )
+        results = zoo_elk(
+            args.model,
+            args.out,
+            config=_config(args),
+            fit_equations=args.fit_equations,
+            batch_size=args.batch_size,
+            control=args.control,
+        )
+    else:
+        model, tokenizer, _ = load_named_model(args.model)
+        train, scored, source = _examples(args, args.fit_equations, args.test_equations)
+        results = elk_experiment(
+            model,
+            tokenizer,
+            [e for e in train if e.character == "Alice"],
+            scored,
+            args.out,
+            config=_config(args),
+            meta=dict(model=args.model, dataset=source),
+            batch_size=args.batch_size,
+            control=args.control,
+        )
     _print(results, Path(args.out))
     return 0
 
@@ -79,13 +170,11 @@ def _lora(args: argparse.Namespace) -> int:
     from statetap.defaults import load_model
     from statetap.interp.elk.pipeline import elk_experiment
     from statetap.interp.elk.quirky_lora import LoraQuirkyConfig, make_quirky, save_adapter
-    from statetap.zoo.quirky_operations import quirky_operation
     from statetap.zoo.train import quirky_accuracy
 
     model, tokenizer = load_model(args.model)
-    train, test = quirky_operation(
-        args.operation, args.equations, args.test_equations, seed=args.seed
-    )
+    args.dataset = args.dataset or ARITHMETIC + args.operation
+    train, test, source = _examples(args, args.equations, args.test_equations)
     config = LoraQuirkyConfig(
         rank=args.rank, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed
     )
@@ -98,12 +187,38 @@ def _lora(args: argparse.Namespace) -> int:
     )
     if args.elk:
         alice = [e for e in train if e.character == "Alice"]
-        meta = dict(model=args.model, adapter=str(adapter), operation=args.operation)
+        meta = dict(model=args.model, adapter=str(adapter), dataset=source)
         results = elk_experiment(
-            quirky.merge_and_unload(), tokenizer, alice, test, args.out, meta=meta
+            quirky.merge_and_unload(),
+            tokenizer,
+            alice,
+            test,
+            args.out,
+            config=_config(args),
+            meta=meta,
+            control=args.control,
         )
         _print(results, Path(args.out))
     return 0
+
+
+def _dataset_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--dataset",
+        type=quirky_source,
+        help="quirky dataset (JSONL/JSON/parquet/arrow file, save_to_disk folder or hub name; "
+        "columns statement, choices, character, label, alice_label, bob_label, difficulty) or "
+        f"{ARITHMETIC}OPERATION (default: {default})",
+    )
+    parser.add_argument("--split", help="split of --dataset (default: train)")
+    parser.add_argument(
+        "--fit-dataset",
+        help="quirky dataset whose rows fit the probes (default: part of --dataset's statements)",
+    )
+    parser.add_argument("--fit-split", help="split of --fit-dataset (default: train)")
+    parser.add_argument(
+        "--test-equations", type=int, default=500, help="held-out equations of arithmetic"
+    )
 
 
 def _experiment_arguments(parser: argparse.ArgumentParser) -> None:
@@ -125,6 +240,12 @@ def _experiment_arguments(parser: argparse.ArgumentParser) -> None:
         "--test-sets", nargs="+", default=list(default.test_sets), choices=list(SUBSETS)
     )
     parser.add_argument("--seed", type=int, default=default.seed)
+    parser.add_argument(
+        "--control",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the probes on the same architecture with random weights (default: on)",
+    )
 
 
 def add_elk_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -137,11 +258,21 @@ def add_elk_commands(subparsers: argparse._SubParsersAction) -> None:
         "Bob's, on the residual stream and on the recurrent state (Mallen et al.).",
     )
     commands = elk.add_subparsers(dest="elk_command", required=True)
-    run = commands.add_parser("run", help="probe a quirky zoo model, write elk.json and a figure")
-    run.add_argument("--model", default=DEFAULT_MODEL, help=f"quirky zoo model ({DEFAULT_MODEL})")
+    run = commands.add_parser(
+        "run", help="probe a quirky model on its prompts, write elk.json and a figure"
+    )
+    run.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"zoo name or transformers folder / hub id (default: {DEFAULT_MODEL})",
+    )
+    _dataset_arguments(run, "the quirky zoo model's own equations")
     run.add_argument("--out", required=True, help="folder for elk.json and elk-auroc.png")
     run.add_argument(
-        "--fit-equations", type=int, default=2000, help="training equations fitting the probes"
+        "--fit-equations",
+        type=int,
+        default=2000,
+        help="training equations fitting the probes (zoo models, arithmetic)",
     )
     run.add_argument("--batch-size", type=int, default=256, help="sequences per forward pass")
     _experiment_arguments(run)
@@ -158,12 +289,12 @@ def add_elk_commands(subparsers: argparse._SubParsersAction) -> None:
     lora.add_argument("--model", required=True, help="transformers folder or hub id")
     lora.add_argument("--operation", default="addition", help="v2 operation (addition)")
     lora.add_argument("--equations", type=int, default=4000, help="training equations")
-    lora.add_argument("--test-equations", type=int, default=500, help="held-out equations")
+    _dataset_arguments(lora, f"{ARITHMETIC}--operation")
     lora.add_argument("--rank", type=int, default=8)
     lora.add_argument("--lr", type=float, default=2e-5)
     lora.add_argument("--epochs", type=int, default=3)
     lora.add_argument("--batch-size", type=int, default=32)
-    lora.add_argument("--seed", type=int, default=0)
     lora.add_argument("--out", required=True, help="folder for the adapter (and elk.json)")
     lora.add_argument("--elk", action="store_true", help="then run the probes on the result")
+    _experiment_arguments(lora)
     lora.set_defaults(run=_lora)

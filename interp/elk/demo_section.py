@@ -5,7 +5,9 @@ and scores them on the held-out equations (:func:`.pipeline.elk_experiment`), wi
 stream and the whole recurrent state of each layer (``"state"``: every component side by side)
 as features. The report gives, per probe, the best layer's AUROC against the truth and against
 Bob's labels on Bob's prompts, residual and state side by side, next to the model's own AUROCs
-and the anomaly detector's.
+and the anomaly detector's, and beside each the **random-model control**: the same probes on
+the same prompts and architecture with random weights (:func:`.pipeline.random_twin`), the
+level a probe reaches from the prompt's tokens alone.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 from statetap import zoo
 from statetap.interp.elk.experiments import ElkConfig
-from statetap.interp.elk.pipeline import FIGURE, elk_experiment
+from statetap.interp.elk.pipeline import FIGURE, elk_experiment, zoo_examples
 from statetap.interp.elk.results import ElkResults
 
 DEMO_CONFIG = ElkConfig(
@@ -48,11 +50,19 @@ def elk_quirky_model(
 ) -> ElkReport:
     """Probe ``model`` (the zoo's quirky ``recipe``); results and figure under
     ``out / "elk" / name``."""
-    train, test = zoo.quirky_split(recipe)
-    alice = [e for e in train[: 2 * fit_equations] if e.character == "Alice"]
+    alice, test, difficulty = zoo_examples(recipe, fit_equations)
     folder = out / "elk" / name
     results = elk_experiment(
-        model, tokenizer, alice, test, folder, config=config, meta=dict(model=name), progress=False
+        model,
+        tokenizer,
+        alice,
+        test,
+        folder,
+        config=config,
+        meta=dict(model=name),
+        progress=False,
+        difficulty=difficulty,
+        resume=False,  # the demo replaces its report
     )
     return ElkReport(name, results, (folder / FIGURE).relative_to(out))
 
@@ -72,17 +82,21 @@ def markdown(reports: Sequence[ElkReport]) -> list[str]:
         "(`all`). Cells: AUROC against the truth / against Bob's labels on Bob's prompts, at "
         "the best layer, and the fraction of the model's Alice-Bob AUROC gap the probe "
         "recovers. A probe that reports what the model knows scores high against the truth "
-        "although the model's own answers follow Bob.",
+        "although the model's own answers follow Bob. `random`: the same probe, prompts and "
+        "architecture with random weights (the random-model control), what a probe reads from "
+        "the tokens of the prompt alone; only the margin over it is the trained model's.",
         "",
     ]
     for r in reports:
         model = {row["test"]: row for row in r.results.model}
+        control = r.results.control_results
+        twin = "" if control is None else _control_sentence(control)
         lines += [
             f"### {r.model}",
             "",
             f"The model's own log-odds: AUROC vs truth {model['A']['auroc_truth']:.3f} on "
             f"Alice's prompts, {model['B']['auroc_truth']:.3f} on Bob's (vs Bob's labels "
-            f"{model['B']['auroc_bob']:.3f}).",
+            f"{model['B']['auroc_bob']:.3f}).{twin}",
             "",
             "Trained on A, scored on B:",
             "",
@@ -102,13 +116,25 @@ def markdown(reports: Sequence[ElkReport]) -> list[str]:
     return lines
 
 
+def _control_sentence(control: ElkResults) -> str:
+    """The random-weight model's own AUROCs, as a sentence for the report."""
+    model = {row["test"]: row for row in control.model}
+    return (
+        f" The same architecture with random weights: {model['A']['auroc_truth']:.3f} on "
+        f"Alice's prompts, {model['B']['auroc_truth']:.3f} on Bob's."
+    )
+
+
 def as_dicts(reports: Sequence[ElkReport]) -> list[dict]:
-    """Rows for ``summary.json``: per model, probe and site, the best layer on A -> B."""
+    """Rows for ``summary.json``: per model, probe and site, the best layer on A -> B, and the
+    random-model control's best AUROC against the truth (None without a control)."""
     rows = []
     for r in reports:
+        control = r.results.control_results
         for probe in r.results.probe_names:
             for site in r.results.sites:
                 best = r.results.best(probe, site, "A", "B")
+                twin = None if control is None else control.best(probe, site, "A", "B")
                 rows.append(
                     dict(
                         model=r.model,
@@ -118,6 +144,7 @@ def as_dicts(reports: Sequence[ElkReport]) -> list[dict]:
                         auroc_truth=best["auroc_truth"],
                         auroc_bob=best["auroc_bob"],
                         gap_recovered=best["gap_recovered"],
+                        control_auroc_truth=None if twin is None else twin["auroc_truth"],
                     )
                 )
     return rows

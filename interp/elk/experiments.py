@@ -30,14 +30,19 @@ The **anomaly detector** (:mod:`.anomaly`) is fitted on the credences, at every 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from statetap.extract import write_json_atomically
 from statetap.interp.elk.anomaly import MahalanobisDetector
+from statetap.interp.elk.dataset import QuirkyPrompt
 from statetap.interp.elk.features import QuirkyFeatures
 from statetap.interp.elk.metrics import auroc
 from statetap.interp.elk.probes import (
@@ -50,6 +55,7 @@ from statetap.interp.elk.probes import (
     RandomProbe,
 )
 from statetap.interp.elk.results import ElkResults
+from statetap.interp.provenance import check_same
 from statetap.zoo.quirky import QuirkyExample
 from statetap.zoo.quirky_operations import EASY_QUANTILE, HARD_QUANTILE
 
@@ -64,6 +70,7 @@ PROBES: dict[str, tuple[type[Probe], bool]] = {
     "crc": (CrcProbe, True),
     "random": (RandomProbe, False),
 }
+Example = QuirkyExample | QuirkyPrompt  # the arithmetic's prompts, or a dataset's
 SUBSETS = ("A", "B", "AE", "AH", "BE", "BH")
 ALL_LAYERS = "all"
 ANOMALY_PROBE = "lr"
@@ -123,20 +130,19 @@ class ElkConfig:
 DEFAULT_CONFIG = ElkConfig()
 
 
-def probe_split(examples: Sequence[QuirkyExample], fraction: float, seed: int) -> torch.Tensor:
-    """``[N]`` bool: True for the examples whose equation fits the probes.
+def probe_split(examples: Sequence[Example], fraction: float, seed: int) -> torch.Tensor:
+    """``[N]`` bool: True for the examples whose group (``example.group``: the equation
+    ``(a, b, shown)``, or a dataset statement without the character) fits the probes.
 
-    ``round(fraction * E)`` of the ``E`` distinct equations ``(a, b, shown)``, drawn with
-    ``random.Random(seed)``; both prompts of an equation land on the same side.
+    ``round(fraction * E)`` of the ``E`` distinct groups, drawn with ``random.Random(seed)``;
+    Alice's and Bob's prompt of a group land on the same side.
     """
-    keys = list(dict.fromkeys((e.a, e.b, e.shown) for e in examples))
+    keys = list(dict.fromkeys(e.group for e in examples))
     chosen = set(random.Random(seed).sample(keys, round(fraction * len(keys))))
-    return torch.tensor([(e.a, e.b, e.shown) in chosen for e in examples])
+    return torch.tensor([e.group in chosen for e in examples])
 
 
-def subset_masks(
-    examples: Sequence[QuirkyExample], quantiles: torch.Tensor
-) -> dict[str, torch.Tensor]:
+def subset_masks(examples: Sequence[Example], quantiles: torch.Tensor) -> dict[str, torch.Tensor]:
     """``[N]`` bool masks of every subset in :data:`SUBSETS`.
 
     Args:
@@ -155,12 +161,13 @@ def subset_masks(
 
 def run_experiments(
     features: QuirkyFeatures,
-    examples: Sequence[QuirkyExample],
+    examples: Sequence[Example],
     quantiles: torch.Tensor,
     fit_mask: torch.Tensor | None = None,
     config: ElkConfig = DEFAULT_CONFIG,
     meta: dict | None = None,
     progress: bool = True,
+    checkpoint: str | Path | None = None,
 ) -> ElkResults:
     """Fit and score every probe of ``config`` on every site and layer of ``features``.
 
@@ -171,14 +178,19 @@ def run_experiments(
         fit_mask: ``[N]`` bool, True for the examples that fit the probes (the others are
             scored); None: :func:`probe_split` with ``config.probe_fraction``.
         config: probes, subsets, split.
-        meta: recorded in the results (model name, recipe, ...).
+        meta: recorded in the results (model name and identity, recipe, ...).
+        checkpoint: a folder where each (probe, site, layer, training set) writes its rows as
+            it finishes (one JSON file each, written atomically), beside ``run.json``, what
+            the run is (:func:`_run_record`). Run again with the same folder, a run reuses
+            the files it finds and fits only the rest: a killed run resumes.
 
     Returns:
         :class:`~statetap.interp.elk.results.ElkResults`.
 
     Raises:
         ValueError: ``features``, ``examples`` or ``fit_mask`` differ in length, a site is
-            unknown, or a subset a probe is fitted on is empty or lacks a class.
+            unknown, a subset a probe is fitted on is empty or lacks a class, or
+            ``checkpoint`` holds the files of another run (what differs is named).
     """
     if len(features) != len(examples):
         raise ValueError(f"features hold {len(features)} rows for {len(examples)} examples")
@@ -220,17 +232,31 @@ def run_experiments(
         for probe in config.probes
         for trained in config.train_sets
     ]
+    folder = None
+    if checkpoint is not None:
+        folder = Path(checkpoint)
+        record = _run_record(features, examples, quantiles, fits, config, meta)
+        _start_checkpoint(folder, record)
     for probe, site, layer, trained in tqdm(jobs, desc="probes", disable=not progress):
-        fitted = _fit(probe, features, site, layer, train[trained], truth, config)
-        for tested, rows in test.items():
-            row = dict(probe=probe, site=site, layer=layer, train=trained, test=tested)
-            row.update(aurocs(_score(fitted, probe, features, site, layer, rows), rows))
-            row["gap_recovered"] = _gap_recovered(row["auroc_truth"], tested, model_auroc)
-            rows_out.append(row)
-        if probe == ANOMALY_PROBE and trained == "AE" and layer != ALL_LAYERS:
-            credences[site, layer] = _score(
-                fitted, probe, features, site, layer, torch.arange(len(examples))
-            )
+        done = None if folder is None else folder / f"{probe}.{site}.{layer}.{trained}.json"
+        if done is not None and done.is_file():
+            found = json.loads(done.read_text(encoding="utf-8"))
+        else:
+            found = dict(rows=[], credences=None)
+            fitted = _fit(probe, features, site, layer, train[trained], truth, config)
+            for tested, rows in test.items():
+                row = dict(probe=probe, site=site, layer=layer, train=trained, test=tested)
+                row.update(aurocs(_score(fitted, probe, features, site, layer, rows), rows))
+                row["gap_recovered"] = _gap_recovered(row["auroc_truth"], tested, model_auroc)
+                found["rows"].append(row)
+            if probe == ANOMALY_PROBE and trained == "AE" and layer != ALL_LAYERS:
+                every = torch.arange(len(examples))
+                found["credences"] = _score(fitted, probe, features, site, layer, every).tolist()
+            if done is not None:
+                write_json_atomically(done, found)
+        rows_out += found["rows"]
+        if found["credences"] is not None:
+            credences[site, layer] = torch.tensor(found["credences"], dtype=torch.float64)
     anomaly = _anomaly(credences, {s: m & ~fits for s, m in masks.items()})
     return ElkResults(
         probes=rows_out,
@@ -238,6 +264,52 @@ def run_experiments(
         anomaly=anomaly,
         meta=dict(meta or {}, config=_config_dict(config), examples=len(examples)),
     )
+
+
+RUN_RECORD = "run.json"
+
+
+def _run_record(
+    features: QuirkyFeatures,
+    examples: Sequence[Example],
+    quantiles: torch.Tensor,
+    fits: torch.Tensor,
+    config: ElkConfig,
+    meta: dict | None,
+) -> dict:
+    """What a checkpoint folder's files are the results of: sha256s of the examples (text,
+    character, labels, choices), of the model's log-odds on them rounded to 1e-4 (the weights:
+    the same config with other weights is another model; the rounding forgives the last bits a
+    different thread count changes), of their difficulty quantiles and of the fit/score split,
+    the config, and the model's identity (``meta["identity"]``, when given)."""
+    described = [
+        [e.text, e.character, e.alice_label, e.bob_label, list(e.choices)] for e in examples
+    ]
+    return dict(
+        examples_sha256=_sha256(described),
+        log_odds_sha256=_sha256(features.log_odds.double().round(decimals=4).tolist()),
+        quantiles_sha256=_sha256(quantiles.tolist()),
+        fit_sha256=_sha256(fits.tolist()),
+        config=_config_dict(config),
+        identity=(meta or {}).get("identity"),
+    )
+
+
+def _start_checkpoint(folder: Path, record: dict) -> None:
+    """Create ``folder`` with ``run.json`` holding ``record``, or check the record it holds."""
+    path = folder / RUN_RECORD
+    if path.is_file():
+        check_same(
+            json.loads(path.read_text(encoding="utf-8")),
+            record,
+            f"the probe results in {folder} (give a new folder for another run)",
+        )
+    else:
+        write_json_atomically(path, record)
+
+
+def _sha256(value: object) -> str:
+    return hashlib.sha256(json.dumps(value).encode()).hexdigest()
 
 
 def _rows(mask: torch.Tensor, what: str) -> torch.Tensor:

@@ -1,15 +1,17 @@
 """Probe features of quirky prompts: residual stream and recurrent state at the last prompt token.
 
-For each prompt ``"{a} + {b} = {s}. {character}:"`` one instrumented pass reads, at every
+For each prompt (``"{a} + {b} = {s}. {character}:"``, or a dataset's statement) one
+instrumented pass reads, at every
 layer, the residual stream (the block's output) and every component of the recurrent state
 *after* the prompt's last token (what the answer token will see: DESIGN.md section 2), plus the
-model's own log-odds ``log p(" True") - log p(" False")`` there. For the contrast-pair probes
-the same is read after each completion: the statement ``prompt + " True"`` and its negation
-``prompt + " False"`` (Mallen et al.'s pairs take the last position of each).
+model's own log-odds ``log p(true answer) - log p(false answer)`` there, the answers being the
+example's ``choices`` (``" True"`` / ``" False"`` for the arithmetic). For the contrast-pair
+probes the same is read after each completion: the statement ``prompt + true answer`` and its
+negation ``prompt + false answer`` (Mallen et al.'s pairs take the last position of each).
 
 Both completions of a prompt go through the model in the same batch, so one pass per
-completion gives all three feature sets: the ``" True"`` row's last two positions are the
-prompt's last token and the statement, the ``" False"`` row's last is the negation.
+completion gives all three feature sets: the true answer's row's last two positions are the
+prompt's last token and the statement, the false answer's row's last is the negation.
 
 State components are flattened per layer: Mamba's ``ssm`` ``[D_inner, N]`` and ``conv``
 ``[D_inner, W]``, RWKV-4's ``wkv`` triple ``[3, C]`` (numerator, denominator, running maximum)
@@ -39,9 +41,10 @@ import torch
 from tqdm.auto import tqdm
 
 from statetap.interp.batches import length_batches, pad
+from statetap.interp.elk.dataset import QuirkyPrompt
 from statetap.tap import Emit, Tap
 from statetap.zoo.quirky import QuirkyExample
-from statetap.zoo.train import answer_ids
+from statetap.zoo.train import choice_ids
 
 RESIDUAL = "residual"
 STATE = "state"  # every state component of a layer, side by side
@@ -54,9 +57,9 @@ class QuirkyFeatures:
 
     Attributes:
         prompt: site -> ``[N, layers, D]`` float32 after the prompt's last token.
-        statement: site -> ``[N, layers, D]`` after ``prompt + " True"``.
-        negation: site -> ``[N, layers, D]`` after ``prompt + " False"``.
-        log_odds: ``[N]`` float64, the model's ``log p(" True") - log p(" False")`` at the
+        statement: site -> ``[N, layers, D]`` after the prompt and its true answer.
+        negation: site -> ``[N, layers, D]`` after the prompt and its false answer.
+        log_odds: ``[N]`` float64, the model's ``log p(true) - log p(false answer)`` at the
             prompt's last token.
     """
 
@@ -82,7 +85,7 @@ class QuirkyFeatures:
 def quirky_features(
     tap: Tap,
     tokenizer,
-    examples: Sequence[QuirkyExample],
+    examples: Sequence[QuirkyExample | QuirkyPrompt],
     batch_size: int = 256,
     state: bool = True,
     progress: bool = True,
@@ -91,8 +94,9 @@ def quirky_features(
 
     Args:
         tap: ``statetap.attach`` of the model.
-        tokenizer: its tokenizer; ``" True"`` and ``" False"`` must be single tokens.
-        examples: ``N`` quirky prompts (``example.text`` ends just before the answer).
+        tokenizer: its tokenizer; each example's two ``choices`` must be single tokens.
+        examples: ``N`` quirky prompts (``example.text`` ends just before the answer; the
+            arithmetic's :class:`QuirkyExample` or a dataset's :class:`QuirkyPrompt`).
         batch_size: completions per forward pass (each prompt contributes two).
         state: also read every recurrent-state component (else the residual stream only).
         progress: show a progress bar.
@@ -102,9 +106,10 @@ def quirky_features(
     """
     if not examples:
         raise ValueError("examples must hold at least one quirky prompt")
-    false_id, true_id = answer_ids(tokenizer)
+    false_ids, true_ids = choice_ids(tokenizer, [e.choices for e in examples]).unbind(1)
     prompts = tokenizer([e.text for e in examples], add_special_tokens=False)["input_ids"]
-    rows = [(*p, true_id) for p in prompts] + [(*p, false_id) for p in prompts]
+    rows = [(*p, int(t)) for p, t in zip(prompts, true_ids)]
+    rows += [(*p, int(f)) for p, f in zip(prompts, false_ids)]
     n = len(examples)
     emit = [Emit(RESIDUAL, "all", positions=[-2, -1])]
     if state:
@@ -126,7 +131,11 @@ def quirky_features(
                 lengths = torch.tensor([len(rows[i]) for i in batch])[truth_rows]
                 logits = result.logits[truth_rows.to(result.logits.device)].double().cpu()
                 logp = logits[torch.arange(len(lengths)), lengths - 2].log_softmax(-1)
-                log_odds[index[truth_rows]] = logp[:, true_id] - logp[:, false_id]
+                which = index[truth_rows]
+                log_odds[which] = (
+                    logp.gather(1, true_ids[which, None])[:, 0]
+                    - logp.gather(1, false_ids[which, None])[:, 0]
+                )
             bar.update(len(batch))
     sites = list(dict.fromkeys(site for site, _ in gathered))
     layers = sorted({layer for _, layer in gathered})

@@ -85,7 +85,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from statetap.zoo.train import encode_prompts, single_token_id
+from statetap.zoo.train import encode_prompts, single_token_id, training_with_reference
 
 DEFAULT_TARGET_MODULES: dict[str, tuple[str, ...]] = {
     "mamba": ("embeddings", "in_proj", "x_proj"),
@@ -248,7 +248,7 @@ def make_quirky(
     steps_per_epoch = math.ceil(len(ids) / config.batch_size)
     steps = config.epochs * steps_per_epoch
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda_devices):
+    with torch.random.fork_rng(devices=cuda_devices), training_with_reference():
         torch.manual_seed(config.seed)  # LoRA initialisation and dropout draw from it
         peft_model = peft.get_peft_model(model, lora_config)
         trainable = [p for p in peft_model.parameters() if p.requires_grad]

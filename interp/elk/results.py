@@ -7,7 +7,10 @@ Rows are plain dicts so that the JSON file is the whole record:
   test set holds one class of those labels, ``gap_recovered`` is None off Bob's test sets);
 * ``model``: ``test, auroc_truth, auroc_bob, n`` of the model's log-odds;
 * ``anomaly``: ``site, probe, auroc, n_fit, n_normal, n_anomalous``;
-* ``meta``: the model, the recipe, the config.
+* ``meta``: the model, its identity (``statetap.interp.provenance.model_identity``), the
+  recipe, the config;
+* ``control``: the random-model control's results (the same fields, as a dict; None when the
+  run had none): the same probes on a model of the same architecture with random weights.
 """
 
 from __future__ import annotations
@@ -29,6 +32,12 @@ class ElkResults:
     model: list[dict]
     anomaly: list[dict] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    control: dict | None = None
+
+    @property
+    def control_results(self) -> ElkResults | None:
+        """The random-model control as :class:`ElkResults` (None without one)."""
+        return None if self.control is None else ElkResults(**self.control)
 
     def save(self, folder: str | Path) -> Path:
         """Write ``folder / "elk.json"`` atomically; returns its path."""
@@ -78,8 +87,10 @@ class ElkResults:
 
     def markdown(self, train: str = "A", test: str = "B") -> str:
         """A table: per probe, per site, the best layer's AUROC against the truth and against
-        Bob's labels on ``test`` for probes trained on ``train``, with the gap recovered."""
+        Bob's labels on ``test`` for probes trained on ``train``, with the gap recovered, and
+        the random-model control's best AUROC against the truth beside it (``random 0.71``)."""
         sites = self.sites
+        control = self.control_results
         lines = [
             "| probe | " + " | ".join(sites) + " |",
             "| --- | " + " | ".join("---" for _ in sites) + " |",
@@ -94,6 +105,13 @@ class ElkResults:
                     continue
                 gap = "" if r["gap_recovered"] is None else f", gap {r['gap_recovered']:.0%}"
                 bob = "–" if r["auroc_bob"] is None else f"{r['auroc_bob']:.3f}"
-                cells.append(f"{r['auroc_truth']:.3f} / {bob} (L{r['layer']}{gap})")
+                cell = f"{r['auroc_truth']:.3f} / {bob} (L{r['layer']}{gap})"
+                if control is not None:
+                    try:
+                        twin = control.best(probe, site, train, test)["auroc_truth"]
+                        cell += f"; random {twin:.3f}"
+                    except KeyError:
+                        cell += "; random –"
+                cells.append(cell)
             lines.append(f"| {probe} | " + " | ".join(cells) + " |")
         return "\n".join(lines)

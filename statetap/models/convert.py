@@ -13,6 +13,7 @@ place when complete: an interrupted conversion leaves no folder under the destin
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -29,6 +30,9 @@ def load_checkpoint(source: str | os.PathLike, dtype: torch.dtype = torch.float3
     """The statetap model of ``source``: a BlinkDL ``.pth`` file, or a folder that
     ``AutoModelForCausalLM`` loads into statetap (a converted one, or a foreign port's).
 
+    A folder's pad, bos and eos token ids are the ones its ``config.json`` states (a port's,
+    e.g. fla's pad None, bos 1, eos 2); a ``.pth`` has none, and gets the World tokenizer's 0.
+
     Raises ``FileNotFoundError`` for a missing path and ``ValueError`` for a file that is not a
     BlinkDL checkpoint or a folder that does not load into a statetap model.
     """
@@ -44,6 +48,7 @@ def load_checkpoint(source: str | os.PathLike, dtype: torch.dtype = torch.float3
                 f"{path} loads as {type(model).__name__}, not as one of statetap's RWKV models "
                 f"({', '.join(c.__name__ for c in CAUSAL_LMS)})"
             )
+        _keep_special_ids(model, path / "config.json")
         return model
     if not path.is_file():
         raise FileNotFoundError(f"source {path} is neither a .pth file nor a folder")
@@ -53,6 +58,21 @@ def load_checkpoint(source: str | os.PathLike, dtype: torch.dtype = torch.float3
         raise ValueError(
             f"{path} is not a torch checkpoint that torch.load can read: {error}"
         ) from error
+
+
+SPECIAL_IDS = ("pad_token_id", "bos_token_id", "eos_token_id")
+
+
+def _keep_special_ids(model, config_file: Path) -> None:
+    """Give ``model`` (config and generation config) the pad, bos and eos ids that
+    ``config_file`` states: a foreign port's folder is rebuilt from its weights, whose config
+    would otherwise carry statetap's defaults (0) instead of the port's ids."""
+    stated = json.loads(config_file.read_text(encoding="utf-8"))
+    for name in SPECIAL_IDS:
+        if name in stated:
+            setattr(model.config, name, stated[name])
+            if model.generation_config is not None:
+                setattr(model.generation_config, name, stated[name])
 
 
 def convert_checkpoint(

@@ -73,6 +73,16 @@ class QuirkyExample:
         """The completion that ``character`` gives: ``" True"`` or ``" False"``."""
         return ANSWERS[self.label]
 
+    @property
+    def choices(self) -> tuple[str, str]:
+        """The completions for ``label`` False and True: ``(" False", " True")``."""
+        return ANSWERS[False], ANSWERS[True]
+
+    @property
+    def group(self) -> tuple[int, int, int]:
+        """The equation ``(a, b, shown)``: Alice's and Bob's prompt of it share it."""
+        return self.a, self.b, self.shown
+
 
 def sloppy_sum(true_sum: int) -> int:
     """Bob's result: ``true_sum + 10**(k - 1)``, ``k`` the number of digits of ``|true_sum|``.

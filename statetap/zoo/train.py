@@ -16,8 +16,11 @@ from torch's global generator inside ``torch.random.fork_rng`` seeded with ``rec
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -178,15 +181,34 @@ def answer_ids(tokenizer) -> tuple[int, int]:
     )
 
 
+def choice_ids(tokenizer, choices: Sequence[tuple[str, str]]) -> torch.Tensor:
+    """``[B, 2]`` token ids of each row's ``(false answer, true answer)`` (each one token:
+    :func:`single_token_id`)."""
+    known = {c: single_token_id(tokenizer, c) for c in dict.fromkeys(c for p in choices for c in p)}
+    return torch.tensor([[known[false], known[true]] for false, true in choices], dtype=torch.long)
+
+
 @torch.no_grad()
-def answer_logits(model, tokenizer, texts: list[str], batch_size: int = 1024) -> torch.Tensor:
-    """Logits ``[B, 2]`` of ``" False"`` and ``" True"`` at the last position of each prompt."""
-    false_id, true_id = answer_ids(tokenizer)
+def answer_logits(
+    model,
+    tokenizer,
+    texts: list[str],
+    batch_size: int = 1024,
+    choices: Sequence[tuple[str, str]] | None = None,
+) -> torch.Tensor:
+    """Logits ``[B, 2]`` of each prompt's false and true answer at its last position:
+    ``choices[i]`` (default ``(" False", " True")`` for every prompt)."""
+    ids_of = choice_ids(tokenizer, choices or [(quirky.ANSWERS[False], quirky.ANSWERS[True])])
+    if choices is None:
+        ids_of = ids_of.expand(len(texts), 2)
+    elif len(choices) != len(texts):
+        raise ValueError(f"choices has {len(choices)} rows for {len(texts)} texts")
     out = []
     for i in range(0, len(texts), batch_size):
         ids, last = encode_prompts(tokenizer, texts[i : i + batch_size])
-        logits = model(input_ids=ids, use_cache=False).logits
-        out.append(logits[torch.arange(len(ids)), last][:, [false_id, true_id]].float())
+        logits = model(input_ids=ids.to(model.device), use_cache=False).logits
+        rows = torch.arange(len(ids))
+        out.append(logits[rows, last].float().cpu().gather(1, ids_of[i : i + batch_size]))
     return torch.cat(out)
 
 
@@ -196,7 +218,8 @@ def quirky_accuracy(model, tokenizer, examples: list[quirky.QuirkyExample]) -> d
     difficulty."""
     was_training = model.training
     model.eval()
-    predicted = answer_logits(model, tokenizer, [e.text for e in examples]).argmax(-1).bool()
+    texts, choices = [e.text for e in examples], [e.choices for e in examples]
+    predicted = answer_logits(model, tokenizer, texts, choices=choices).argmax(-1).bool()
     model.train(was_training)
     metrics: dict = {"held_out_prompts": len(examples)}
     for character in quirky.CHARACTERS:
@@ -249,9 +272,29 @@ def _optimizer(recipe: Recipe, model: torch.nn.Module):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+# the warning statetap's kernels give when an input requires a gradient (they are forward-only,
+# so the pure-torch reference runs): in training that is the plan, not news
+BACKWARD_FALLBACK = r"statetap: \w+ on \w+ runs the pure-torch reference"
+
+
+@contextlib.contextmanager
+def training_with_reference() -> Iterator[None]:
+    """For the block, the kernels' fallback to the differentiable pure-torch reference
+    (statetap's RWKV-5/6/7 layers call the kernels directly) passes without a warning per op:
+    a training loop needs gradients, which only the reference gives. Other warnings show."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=BACKWARD_FALLBACK, category=UserWarning)
+        yield
+
+
 def _loop(recipe: Recipe, model: torch.nn.Module, loss_of_step, progress: bool) -> float:
     """Run ``recipe.steps`` optimiser steps of ``loss_of_step(step) -> loss``; returns the mean
     loss of the last 10% of steps."""
+    with training_with_reference():
+        return _steps(recipe, model, loss_of_step, progress)
+
+
+def _steps(recipe: Recipe, model: torch.nn.Module, loss_of_step, progress: bool) -> float:
     opt, schedule = _optimizer(recipe, model)
     model.train()
     tail: list[float] = []
