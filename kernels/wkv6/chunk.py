@@ -1,211 +1,130 @@
-"""RWKV-5/6 WKV, chunked Triton forward for prefill.
+"""RWKV-5/6 WKV, chunk-parallel Triton forward for prefill: the launcher.
 
-One program per ``(V block, batch row, head)`` carries the fp32 state ``S`` ``[K, BV]`` on chip
-from piece to piece.  A piece is ``BT`` tokens, cut short right after an injection time (so an
-injection, ``add`` or ``set``, acts on a piece's end state: a ``set`` is then a segment
-boundary).  With ``g_i = w_0 + .. + w_i`` (log-decay summed over the piece up to ``i``) and
-``S0`` the state entering the piece::
+Two kernels over chunks of :data:`CHUNK_SIZE` tokens:
 
-    y_i   = (r_i e^{g_{i-1}}) S0 + (r_i . u . k_i) v_i + sum_{j<i} A_ij v_j,
-    A_ij  = sum_c r_ic k_jc e^{g_{i-1,c} - g_{j,c}}            (exponent <= 0)
-    S_end = e^{g_last} S0 + (k e^{g_last - g})^T v
-    S_i   = e^{g_i} S0 + (k e^{g_i - g} [j <= i])^T v            (only where a row emits)
+1. :func:`.chunk_states.wkv6_chunk_states_kernel`, grid ``(V tiles, B * H)``: the serial state
+   pass, one tensor-core update per chunk; writes the state entering every chunk into ``h``
+   ``[B, NT, H, K, V]`` and the final state; emissions and injections act here, per event.
+2. :func:`.chunk_output.wkv6_chunk_output_kernel`, grid ``(V tiles, B * H, NT)``: every chunk's
+   outputs at once from ``h``, its intra-chunk matrix and the injections' corrections.
 
-``A v`` is accumulated one token ``j`` at a time (no factorised ``e^{g} e^{-g}``), so no
-exponent is ever positive whatever the decay; the two state products run on tensor cores in
-3xTF32 (about fp32 accuracy).
+``h`` is kept in the dtype of the dots (the inputs' 16-bit dtype, float32 for float32 inputs,
+whose dots run in exact IEEE arithmetic); the state itself is carried and emitted in float32.
 """
 
 from __future__ import annotations
 
-import triton
-import triton.language as tl
+import torch
 
 from .. import _triton
-from .._triton import close_matrix_row, emit_next, inject_step, open_matrix_row, piece_end
+from .chunk_output import wkv6_chunk_output_kernel
+from .chunk_states import wkv6_chunk_states_kernel
 
-CHUNK = 16  # BT: tokens per piece
-STAGES = 1  # the loads are consumed at once: software pipelining would only cost registers
-PRECISION = "tf32x3"  # tl.dot: tensor cores at about fp32 accuracy
-
-
-@triton.jit
-def _intra_chunk(
-    r,  # [BT, BK] fp32, scale applied
-    g_prev,  # [BT, BK] g_{i-1}
-    u,  # [BK]
-    k_ptr,  # row `start` of k (scalar pointer)
-    v_ptr,  # row `start` of v (scalar pointer)
-    w_ptr,  # row `start` of w (scalar pointer)
-    n,  # tokens in the piece
-    stride_k,
-    stride_v,
-    stride_w,
-    o_k,
-    m_k,
-    o_v,
-    m_v,
-    BT: tl.constexpr,
-    BV: tl.constexpr,
-):
-    """``sum_{j<=i} A_ij v_j``: ``A_ij = sum_c r_ic k_jc e^{g_{i-1,c} - g_{j,c}}`` below the
-    diagonal (exponent <= 0) and ``r_i . u . k_i`` on it (the bonus); one token ``j`` a step."""
-    o_t = tl.arange(0, BT)
-    y = tl.zeros([BT, BV], dtype=tl.float32)
-    g_j = tl.sum(g_prev, 0) * 0.0  # [BK] zeros in g's layout
-    for j in range(0, n):
-        k_j = tl.load(k_ptr + j * stride_k + o_k, mask=m_k, other=0.0).to(tl.float32)
-        v_j = tl.load(v_ptr + j * stride_v + o_v, mask=m_v, other=0.0).to(tl.float32)
-        g_j += tl.load(w_ptr + j * stride_w + o_k, mask=m_k, other=0.0).to(tl.float32)
-        decay = tl.exp(tl.minimum(g_prev - g_j[None, :], 0.0))
-        coef = tl.where((o_t > j)[:, None], decay, tl.where((o_t == j)[:, None], u[None, :], 0.0))
-        y += tl.sum(r * k_j[None, :] * coef, 1)[:, None] * v_j[None, :]
-    return y
-
-
-@triton.jit
-def wkv6_chunk_kernel(
-    r_ptr,  # [B, L, H, K]
-    k_ptr,  # [B, L, H, K]
-    v_ptr,  # [B, L, H, V]
-    w_ptr,  # [B, L, H, K] log-decay, strides (w_sb, w_st, K, 1)
-    u_ptr,  # [H, K]
-    y_ptr,  # [B, L, H, V]
-    s0_ptr,  # [B, H, K, V] fp32
-    sT_ptr,  # [B, H, K, V] fp32
-    emit_t_ptr,  # [B, P + 1] int32
-    emit_s_ptr,  # [B, P + 1] int32
-    states_ptr,  # [B, P, H, K, V] fp32
-    inj_t_ptr,  # [B, Q + 1] int32
-    inj_s_ptr,  # [B, Q + 1] int32
-    inj_v_ptr,  # [B, Q, H, K, V] strided
-    inj_scale_ptr,  # [B, Q] fp32
-    scale,
-    L,
-    H,
-    K,
-    V,
-    P,
-    Q,
-    w_sb,
-    w_st,
-    iv_sb,
-    iv_sq,
-    iv_sh,
-    iv_sk,
-    iv_sv,
-    BK: tl.constexpr,
-    BV: tl.constexpr,
-    HAS_INITIAL: tl.constexpr,
-    STORE_FINAL: tl.constexpr,
-    HAS_EMIT: tl.constexpr,
-    HAS_INJECT: tl.constexpr,
-    INJECT_SET: tl.constexpr,
-    HAS_SCALE: tl.constexpr,
-    BT: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
-    emit = (emit_t_ptr, emit_s_ptr, states_ptr, HAS_EMIT)
-    inj = (inj_t_ptr, inj_s_ptr, inj_v_ptr, iv_sq, inj_scale_ptr, HAS_INJECT, INJECT_SET, HAS_SCALE)
-    S, at, tile, emit, inject, cursors = open_matrix_row(
-        s0_ptr, emit, inj, (iv_sb, iv_sh, iv_sk, iv_sv), L, H, K, V, P, Q, BK, BV, HAS_INITIAL
-    )
-    i_b, i_h, o_k, o_v, m_k, m_v = at
-    o_t = tl.arange(0, BT)
-    u = tl.load(u_ptr + i_h * K + o_k, mask=m_k, other=0.0).to(tl.float32)
-    row = i_b.to(tl.int64) * L * H + i_h
-    w_row = i_b.to(tl.int64) * w_sb + i_h * K
-
-    start = cursors[0] * 0
-    while start < L:
-        end = piece_end(start, L, cursors, inject, BT)
-        t = start + o_t
-        m_t = t < end
-        p_rk = (row + t.to(tl.int64) * H)[:, None] * K  # [BT, 1]
-        p_v = (row + t.to(tl.int64) * H)[:, None] * V + o_v[None, :]  # [BT, BV]
-        p_w = (w_row + t.to(tl.int64) * w_st)[:, None]
-        m_tk = m_t[:, None] & m_k[None, :]
-        m_tv = m_t[:, None] & m_v[None, :]
-        r = tl.load(r_ptr + p_rk + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32) * scale
-        k = tl.load(k_ptr + p_rk + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
-        w = tl.load(w_ptr + p_w + o_k[None, :], mask=m_tk, other=0.0).to(tl.float32)
-        v = tl.load(v_ptr + p_v, mask=m_tv, other=0.0).to(tl.float32)
-        g = tl.cumsum(w, 0)  # [BT, BK]; rows past the piece add 0
-        g_last = tl.sum(w, 0)  # [BK]
-
-        y = tl.dot(r * tl.exp(g - w), S, input_precision=PRECISION)
-        y += _intra_chunk(
-            r,
-            g - w,
-            u,
-            k_ptr + row * K + start.to(tl.int64) * H * K,
-            v_ptr + row * V + start.to(tl.int64) * H * V,
-            w_ptr + w_row + start.to(tl.int64) * w_st,
-            end - start,
-            H * K,
-            H * V,
-            w_st,
-            o_k,
-            m_k,
-            o_v,
-            m_v,
-            BT,
-            BV,
-        )
-        tl.store(y_ptr + p_v, y.to(y_ptr.dtype.element_ty), mask=m_tv)
-
-        S0 = S
-        k_end = k * tl.exp(g_last[None, :] - g)
-        S = tl.exp(g_last)[:, None] * S0 + tl.dot(tl.trans(k_end), v, input_precision=PRECISION)
-        S, cursors = inject_step(S, end - 1, cursors, inject, tile)
-        if HAS_EMIT:
-            while cursors[1] < end:  # the piece's emissions, its end state (injected) last
-                if cursors[1] == end - 1:
-                    S_t = S
-                else:
-                    here = o_t[:, None] == cursors[1] - start
-                    g_t = tl.sum(tl.where(here, g, 0.0), 0)  # [BK]
-                    upto = o_t[:, None] <= cursors[1] - start
-                    k_t = tl.where(upto, k * tl.exp(tl.minimum(g_t[None, :] - g, 0.0)), 0.0)
-                    S_t = tl.exp(g_t)[:, None] * S0 + tl.dot(
-                        tl.trans(k_t), v, input_precision=PRECISION
-                    )
-                cursors = emit_next(S_t, cursors, emit, H * K * V, tile)
-        start = end
-
-    close_matrix_row(sT_ptr, S, tile, STORE_FINAL)
-
-
-#: Largest key dimension of the chunked kernel (RWKV-5/6/7 models use 64); larger heads run the
-#: recurrent kernel.
+#: Tokens per chunk of the chunked kernels.
+CHUNK_SIZE = 64
+#: Tokens per diagonal sub-block of a chunk (exact per-element decays inside).
+SUB_BLOCK = 16
+#: Largest key dimension of the chunked kernels (RWKV-5/6/7 models use 64); larger heads run
+#: the recurrent kernel.
 MAX_KEY_DIM = 64
+#: Largest value tile: the intra-chunk matrix is built once per chunk up to ``V = 64``.
+MAX_VALUE_TILE = 64
+#: Launch shapes (at most 128 registers, no spills, on sm_80 and sm_90): the state pass's loads
+#: are software-pipelined across chunks; the output kernel's small loops are not (buffers for
+#: their loads would cost registers).
+STATE_WARPS, STATE_STAGES, STATE_VALUE_TILE = 8, 3, 32
+OUTPUT_WARPS, OUTPUT_STAGES = 8, 1
 
 
-def chunk_blocks(key_dim: int, value_dim: int) -> tuple[int, int, int]:
-    """``(BK, BV, num_warps)`` of the chunked kernel (all of K in one program; no spills on
-    sm_80/sm_90 up to ``K = 64``)."""
+def dot_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    """The dtype the kernels' ``tl.dot`` operands take: the inputs' 16-bit dtype, else float32."""
+    dtype = tensors[0].dtype
+    if dtype in (torch.float16, torch.bfloat16) and all(t.dtype == dtype for t in tensors):
+        return dtype
+    return torch.float32
+
+
+def launch_chunked(launch) -> None:
+    """Run the state pass and the output kernel on a prepared :class:`~.launch.Launch`."""
+    batch, length, heads, key_dim, value_dim = launch.dims
     if key_dim > MAX_KEY_DIM:
         raise ValueError(
             f"the chunked kernel takes K <= {MAX_KEY_DIM}, got K={key_dim}; use the recurrent form"
         )
-    bk = max(16, _triton.next_power_of_2(key_dim))
-    if bk == MAX_KEY_DIM:
-        return bk, 16, 8
-    return bk, min(max(16, _triton.next_power_of_2(value_dim)), 32), 4
-
-
-def launch_chunked(launch) -> None:
-    """Run :func:`wkv6_chunk_kernel` on a prepared :class:`~.launch.Launch`."""
-    batch, _, heads, key_dim, value_dim = launch.dims
-    bk, bv, warps = chunk_blocks(key_dim, value_dim)
-    grid = (_triton.cdiv(value_dim, bv), batch * heads)
-    wkv6_chunk_kernel[grid](
-        *launch.kernel_args(),
+    instr = launch.instr
+    flags = instr.flags()
+    bk = _triton.block_size(key_dim)
+    bv = min(_triton.block_size(value_dim), MAX_VALUE_TILE)
+    chunks = _triton.cdiv(length, CHUNK_SIZE)
+    dtype = dot_dtype(launch.r, launch.k, launch.v)
+    precision = "ieee" if dtype == torch.float32 else "tf32"
+    h = torch.empty(
+        (batch, chunks, heads, key_dim, value_dim), dtype=dtype, device=launch.v.device
+    )
+    (initial, final, emit_t, emit_s, states, inj_t, inj_s, inj_v, inj_scale) = instr.pointers(
+        launch.y
+    )
+    value_strides = instr.value_strides()
+    bv_state = min(bv, STATE_VALUE_TILE)
+    wkv6_chunk_states_kernel[(_triton.cdiv(value_dim, bv_state), batch * heads)](
+        launch.k,
+        launch.v,
+        launch.w,
+        h,
+        initial,
+        final,
+        emit_t,
+        emit_s,
+        states,
+        inj_t,
+        inj_s,
+        inj_v,
+        inj_scale,
+        length,
+        heads,
+        key_dim,
+        value_dim,
+        instr.emit_count,
+        instr.inject_count,
+        *launch.w_strides,
+        *value_strides,
+        BK=bk,
+        BV=bv_state,
+        BT=CHUNK_SIZE,
+        PRECISION=precision,
+        num_warps=STATE_WARPS,
+        num_stages=STATE_STAGES,
+        **flags,
+    )
+    wkv6_chunk_output_kernel[(_triton.cdiv(value_dim, bv), batch * heads, chunks)](
+        launch.r,
+        launch.k,
+        launch.v,
+        launch.w,
+        launch.u,
+        launch.y,
+        h,
+        inj_t,
+        inj_s,
+        inj_v,
+        inj_scale,
+        launch.scale,
+        length,
+        heads,
+        key_dim,
+        value_dim,
+        instr.inject_count,
+        *launch.w_strides,
+        *value_strides,
         BK=bk,
         BV=bv,
-        BT=CHUNK,
-        PRECISION=PRECISION,
-        num_warps=warps,
-        num_stages=STAGES,
-        **launch.instr.flags(),
+        BT=CHUNK_SIZE,
+        BC=SUB_BLOCK,
+        HAS_INJECT=flags["HAS_INJECT"],
+        INJECT_SET=flags["INJECT_SET"],
+        HAS_SCALE=flags["HAS_SCALE"],
+        PRECISION=precision,
+        num_warps=OUTPUT_WARPS,
+        num_stages=OUTPUT_STAGES,
     )
+
