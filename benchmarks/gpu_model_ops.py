@@ -441,10 +441,16 @@ def _ssd_state_passing(v, emit):
     return [LoopSpec(trips=v["LP"] // v["T"], children=inject)]
 
 
-def _wkv6_chunk(v, emit):
-    pieces = _pieces(v["L"], v["BT"])
-    extra = _emission_loop(len(emit), pieces) if emit else ()
-    return [LoopSpec(trips=pieces, children=(LoopSpec(trips=v["BT"]), *extra))]
+def _wkv6_chunk_states(v, emit):
+    chunks = _pieces(v["L"], v["BT"])
+    return [LoopSpec(trips=chunks, children=_emission_loop(len(emit), chunks) if emit else ())]
+
+
+def _wkv6_chunk_output(v, emit):
+    """The diagonal sub-blocks a key column a step; then per row sub-block the earlier ones."""
+    blocks = v["BT"] // v["BC"]
+    earlier = LoopSpec(trips=(blocks - 1) / 2)
+    return [LoopSpec(trips=v["BC"]), LoopSpec(trips=blocks, children=(earlier,))]
 
 
 def _wkv7_chunk_factors(v, emit):
@@ -503,7 +509,8 @@ TRIPS: dict[str, Callable[[dict, tuple[int, ...]], list[LoopSpec]]] = {
     "ssd_chunk_state_kernel": lambda v, e: [LoopSpec(trips=v["T"] // v["BK"])],
     "ssd_state_passing_kernel": _ssd_state_passing,
     "ssd_chunk_output_kernel": _ssd_chunk_output,
-    "wkv6_chunk_kernel": _wkv6_chunk,
+    "wkv6_chunk_states_kernel": _wkv6_chunk_states,
+    "wkv6_chunk_output_kernel": _wkv6_chunk_output,
     "wkv6_recurrent_kernel": _column_segments,
     "wkv7_chunk_factors_kernel": _wkv7_chunk_factors,
     "wkv7_chunk_state_kernel": _wkv7_chunk_state,
