@@ -490,3 +490,13 @@ def test_cli_run_on_a_random_model_folder_and_a_quirky_dataset(tmp_path, capsys)
     assert results.meta["identity"]["model_class"] == "MambaForCausalLM"
     assert "random-weight model" in printed and "; random 0." in printed
     assert (out / "control" / "elk.json").is_file() and (out / "probes" / "run.json").is_file()
+
+
+@pytest.mark.parametrize("module", ["statetap.interp.elk.dataset", "statetap.interp.provenance"])
+def test_docstring_examples(module):
+    """tests/test_docs.py walks the ``statetap/`` folder only; these ``interp/`` modules here."""
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

@@ -7,7 +7,8 @@ and a random-direction baseline (:mod:`.probes`), all scored by exact rank AUROC
 (:mod:`.metrics`). On top: features of quirky prompts, residual stream and recurrent state
 (:mod:`.features`), the transfer experiments and the anomaly detector (:mod:`.experiments`,
 :mod:`.anomaly`), results and figure (:mod:`.results`, :mod:`.plots`), the end-to-end pipeline
-(:mod:`.pipeline`, ``statetap elk``) and LoRA quirky fine-tuning (:mod:`.quirky_lora`, which
+(:mod:`.pipeline`, ``statetap elk``, with the random-model control), quirky datasets in
+EleutherAI's columns (:mod:`.dataset`) and LoRA quirky fine-tuning (:mod:`.quirky_lora`, which
 imports peft). See docs/elk.md.
 
 Example:
@@ -22,10 +23,11 @@ Example:
 """
 
 from statetap.interp.elk.anomaly import MahalanobisDetector
+from statetap.interp.elk.dataset import QuirkyPrompt, load_quirky_dataset, quirky_prompts
 from statetap.interp.elk.experiments import ElkConfig, run_experiments
 from statetap.interp.elk.features import QuirkyFeatures, quirky_features
 from statetap.interp.elk.metrics import auroc
-from statetap.interp.elk.pipeline import elk_experiment, zoo_elk
+from statetap.interp.elk.pipeline import elk_experiment, random_twin, zoo_elk
 from statetap.interp.elk.probes import (
     CcsProbe,
     CrcProbe,
@@ -45,6 +47,7 @@ __all__ = [
     "ElkResults",
     "MahalanobisDetector",
     "QuirkyFeatures",
+    "QuirkyPrompt",
     "LdaProbe",
     "LogisticProbe",
     "MeanDiffProbe",
@@ -53,7 +56,10 @@ __all__ = [
     "auroc",
     "elk_experiment",
     "fit_eraser",
+    "load_quirky_dataset",
     "quirky_features",
+    "quirky_prompts",
+    "random_twin",
     "run_experiments",
     "zoo_elk",
 ]
