@@ -454,12 +454,9 @@ def _wkv6_chunk_output(v, emit):
 
 
 def _wkv7_chunk_factors(v, emit):
-    """One chunk per program: the two column loops of chunks whose decay is too strong to
-    factorise (never at RWKV-7's decay, the model's inputs), then one snapshot per emission
-    inside the chunk."""
+    """One chunk per program: one snapshot per emission inside the chunk."""
     chunks = _pieces(v["L"], v["BT"])
-    snapshots = (LoopSpec(trips=_mid_piece(emit, v["BT"]) / chunks),) if v["HAS_EMIT"] else ()
-    return [LoopSpec(trips=0), LoopSpec(trips=0), *snapshots]
+    return [LoopSpec(trips=_mid_piece(emit, v["BT"]) / chunks)] if v["HAS_EMIT"] else []
 
 
 def _wkv7_chunk_state(v, emit):
@@ -512,6 +509,9 @@ TRIPS: dict[str, Callable[[dict, tuple[int, ...]], list[LoopSpec]]] = {
     "wkv6_chunk_states_kernel": _wkv6_chunk_states,
     "wkv6_chunk_output_kernel": _wkv6_chunk_output,
     "wkv6_recurrent_kernel": _column_segments,
+    # the two column loops of chunks whose decay is too strong to factorise: never at
+    # RWKV-7's decay, the model's inputs
+    "wkv7_chunk_pairs_kernel": lambda v, e: [LoopSpec(trips=0), LoopSpec(trips=0)],
     "wkv7_chunk_factors_kernel": _wkv7_chunk_factors,
     "wkv7_chunk_state_kernel": _wkv7_chunk_state,
     "wkv7_recurrent_kernel": _column_segments,

@@ -187,3 +187,58 @@ def test_decode_step_in_place(mode):
     assert out.final_state is state
     for a, b in ((ref.y[:, 0], out.y), (ref.final_state, state), (ref.states, out.states)):
         assert rel_error(a, b) <= TOL[torch.float32]
+
+
+def test_chunked_mixes_factorised_and_exact_chunks():
+    """A chunk whose decay is too strong to factorise (built column by column) between two at
+    RWKV-7's decay (tensor-core pair products), odd L; emission and injection at 0, inside
+    chunks, on chunk edges and at L - 1, per-row positions and scales."""
+    B, L, H, K, V = 2, 2 * CHUNK + 7, 1, 32, 16
+    inputs = inputs_of(B, L, H, K, V)
+    w = -0.6065 * torch.rand(B, L, H, K, device=DEVICE)  # within RWKV-7's bound
+    w[:, CHUNK : 2 * CHUNK] *= 100.0  # the middle chunk: far past the factorisation's bound
+    inputs["w"] = w
+    emit = torch.tensor(
+        [[0, 5, CHUNK - 1, CHUNK + 3, 2 * CHUNK + 2, L - 1], [1, -1, CHUNK, 7, L - 2, -1]]
+    )
+    steer = dict(
+        initial_state=torch.randn(B, H, K, V),
+        output_final_state=True,
+        emit_at=emit,
+        inject_at=torch.tensor([[CHUNK + 9, L - 1], [0, 2 * CHUNK - 1]]),
+        inject_value=torch.randn(B, 2, H, K, V),
+        inject_scale=torch.tensor([0.5, -2.0]),
+    )
+    assert_close(reference(inputs, 0.7, **steer), poisoned_run(inputs, 0.7, "chunked", **steer))
+    plain = dict(steer, inject_at=None, inject_value=None, inject_scale=None)
+    plain = {n: x for n, x in plain.items() if x is not None}
+    assert_close(reference(inputs, 0.7, **plain), poisoned_run(inputs, 0.7, "chunked", **plain))
+
+
+@pytest.mark.parametrize("mode", ["add", "set"])
+def test_chunked_injection_inside_a_chunk_then_emission(mode):
+    """An injection at 0 and one inside a chunk, each followed by emissions in the same chunk
+    (that chunk runs token by token); the other chunks run from their factors."""
+    B, L, H, K, V = 2, CHUNK + 11, 2, 16, 16
+    inputs = inputs_of(B, L, H, K, V)
+    steer = dict(
+        output_final_state=True,
+        emit_at=torch.tensor([[0, 2, CHUNK + 4, L - 1], [3, CHUNK - 1, CHUNK + 6, -1]]),
+        inject_at=torch.tensor([[0, CHUNK + 2], [1, -1]]),
+        inject_value=torch.randn(1, 2, H, K, V),
+        inject_mode=mode,
+    )
+    assert_close(reference(inputs, 1.0, **steer), poisoned_run(inputs, 1.0, "chunked", **steer))
+
+
+def test_chunked_emission_leaves_y_unchanged():
+    """Emission inside chunks, at chunk edges and at L - 1 reads the factors: y and the final
+    state are bit-identical to the plain run's."""
+    B, L, H, K = 2, 2 * CHUNK + 1, 1, 16
+    inputs = inputs_of(B, L, H, K, K)
+    plain = poisoned_run(inputs, 1.0, "chunked", output_final_state=True)
+    emit = torch.tensor([[0, 9, CHUNK - 1, CHUNK + 30, L - 1], [L - 2, CHUNK, 1, -1, -1]])
+    out = poisoned_run(inputs, 1.0, "chunked", output_final_state=True, emit_at=emit)
+    assert torch.equal(plain.y, out.y) and torch.equal(plain.final_state, out.final_state)
+    ref = reference(inputs, 1.0, emit_at=emit, output_final_state=True)
+    assert rel_error(ref.states, out.states) <= TOL[torch.float32]

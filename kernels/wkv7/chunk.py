@@ -1,11 +1,12 @@
 """RWKV-7 WKV, chunk-parallel Triton forward for prefill (the generalised delta rule in WY form).
 
-Two kernels, one after the other, on chunks of :data:`CHUNK` tokens:
+Three kernels, one after the other, on chunks of :data:`CHUNK` tokens:
 
-1. :mod:`.chunk_factors`, programs over (chunk, batch row and head, V tile): the chunk's pair
-   matrices on tensor cores, the blocked triangular inverse, the WY factors, and from them what
-   the state pass needs: ``q_eff``, ``y_local``, the chunk transition ``M`` and drive ``D``
-   (``S_end = M S0 + D``), and ``P_t, Q_t`` for emissions inside the chunk;
+1. :mod:`.chunk_factors`, two kernels with programs over (chunk, batch row and head, V tile):
+   the chunk's pair matrices on tensor cores, then the blocked triangular inverse, the WY
+   factors, and from them what the state pass needs: ``q_eff``, ``y_local``, the chunk
+   transition ``M`` and drive ``D`` (``S_end = M S0 + D``), and ``P_t, Q_t`` for emissions
+   inside the chunk;
 2. :mod:`.chunk_state`, programs over (V tile, batch row and head): the light serial pass
    ``y = y_local + q_eff S``, ``S <- M S + D`` with emission and injection fused in.
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from .. import _triton
-from .chunk_factors import FACTOR_BOUND, wkv7_chunk_factors_kernel
+from .chunk_factors import FACTOR_BOUND, wkv7_chunk_factors_kernel, wkv7_chunk_pairs_kernel
 from .chunk_state import wkv7_chunk_state_kernel
 
 __all__ = ["CHUNK", "MAX_KEY_DIM", "launch_chunked"]
@@ -68,14 +69,26 @@ def launch_chunked(launch) -> None:
         snap_p = snap_q = _triton.dummy(device)
     exact = launch.inputs[0].dtype == torch.float32 or _triton.INTERPRETING
     precision = "ieee" if exact else "tf32"
-    r, w, k, v, a, b = launch.inputs
-    wkv7_chunk_factors_kernel[(chunks, batch * heads, value_tiles)](
-        r,
-        w,
-        k,
-        v,
-        a,
-        b,
+    grid = (chunks, batch * heads, value_tiles)
+    wkv7_chunk_pairs_kernel[grid](
+        *launch.inputs,
+        y_local,
+        work,
+        launch.scale,
+        length,
+        heads,
+        key_dim,
+        value_dim,
+        chunks,
+        BT=CHUNK,
+        BK=bk,
+        BV=factor_bv,
+        PRECISION=precision,
+        FACTOR_BOUND=FACTOR_BOUND,
+        num_warps=8,
+    )
+    wkv7_chunk_factors_kernel[grid](
+        *launch.inputs,
         q_eff,
         y_local,
         trans,
@@ -97,7 +110,6 @@ def launch_chunked(launch) -> None:
         BP=_triton.next_power_of_2(events + 1),
         HAS_EMIT=instr.states is not None,
         PRECISION=precision,
-        FACTOR_BOUND=FACTOR_BOUND,
         num_warps=8,
     )
     wkv7_chunk_state_kernel[(_triton.cdiv(value_dim, bv), batch * heads)](

@@ -1,8 +1,11 @@
 """RWKV-7 chunked prefill, stage 1: each chunk's WY factors, in parallel over chunks.
 
-One program per ``(chunk, batch row and head, V tile)``.  Within a chunk of ``BT`` tokens, with
-``g_i = w_0 + .. + w_i`` the cumulative log-decay (``g_{-1} = 0``), ``S0`` the state entering
-the chunk and ``x_j = a_j^T S_{j-1}`` (the removed value)::
+Two kernels, programs over ``(chunk, batch row and head, V tile)``:
+:func:`wkv7_chunk_pairs_kernel` builds the pair matrices, :func:`wkv7_chunk_factors_kernel` the
+inverse and the factors; they hand over through a per-program fp32 scratch (so each keeps few
+``[BT, BT]`` tiles live).  Within a chunk of ``BT`` tokens, with ``g_i = w_0 + .. + w_i`` the
+cumulative log-decay (``g_{-1} = 0``), ``S0`` the state entering the chunk and
+``x_j = a_j^T S_{j-1}`` (the removed value)::
 
     A_qk[i, j] = sum_c r_ic e^{g_ic - g_jc} k_jc   (j <= i)     A_qb: b_j for k_j
     A_ak[i, j] = sum_c a_ic e^{g_{i-1}c - g_jc} k_jc  (j < i)   A_ab: b_j for k_j
@@ -15,8 +18,8 @@ around the chunk's middle token ``c`` (``r e^{g - g_c}`` against ``k e^{g_c - g}
 under a ``lower_bound``).  The factorisation is used only when every exponent it forms stays
 within :data:`FACTOR_BOUND` (checked per chunk on the device: RWKV-7's decay,
 ``-exp(-0.5) sigmoid(.) >= -0.61`` a token, always passes at ``BT = 64``); a chunk with a
-stronger decay builds the matrices one column at a time with per-element exponentials of
-non-positive sums, so no input produces inf or NaN.  ``T`` is a blocked inverse: the 16 x 16
+stronger decay (never RWKV-7's) builds them one column at a time with per-element exponentials
+of non-positive sums, so no input produces inf or NaN.  ``T`` is a blocked inverse: the 16 x 16
 diagonal blocks inverted by repeated squaring (``(I + N)(I + N^2)(I + N^4)(I + N^8)``), the
 blocks below them combined with dots (``T_IJ = T_II sum_m A_Im T_mJ``), all in IEEE fp32.
 
@@ -32,7 +35,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-__all__ = ["FACTOR_BOUND", "SUB", "wkv7_chunk_factors_kernel"]
+__all__ = ["FACTOR_BOUND", "SUB", "wkv7_chunk_factors_kernel", "wkv7_chunk_pairs_kernel"]
 
 #: Largest exponent the factorised pair products may form (``|g_i - g_c|`` per channel): the
 #: gated operands stay below ``e^30``, a masked-out pair below ``e^60``, far from fp32's ``e^88``
@@ -89,23 +92,173 @@ def _cumulative_decay(w_ptr, offsets, mask):
 
 
 @triton.jit
-def _pairs_exact(x, g_x, k_row_ptr, b_row_ptr, w_row_ptr, n, stride, o_k, m_k, BT: tl.constexpr):
-    """``sum_c x_ic e^{g_x,ic - g_jc} k_jc`` and the same with ``b_j`` (``[BT, BT]``, unmasked),
-    one column ``j`` a step, each exponent clamped at 0 (exact for every pair kept): the pair
-    matrices of chunks whose decay is too strong to factorise."""
+def _pairs_exact(
+    x,
+    g_x,
+    k_ptr,
+    b_ptr,
+    w_ptr,
+    v_ptr,
+    n,
+    H,
+    K,
+    V,
+    o_k,
+    o_v,
+    with_b_ptr,
+    STRICT: tl.constexpr,
+    BT: tl.constexpr,
+    BV: tl.constexpr,
+):
+    """The pair matrices of ``x`` for a chunk whose decay is too strong to factorise, one column
+    ``j`` a step with per-element ``e^{g_x,ic - g_jc}`` (exponent clamped at 0, exact for every
+    pair kept): ``sum_c x_ic e^{..} b_jc`` stored column by column at ``with_b_ptr`` (row-major
+    ``[BT, BT]``), and ``(sum_c x_ic e^{..} k_jc) v`` ``[BT, BV]`` returned, accumulated a rank
+    one term a column (pairs ``j < i``, or ``j <= i`` unless ``STRICT``)."""
     o_t = tl.arange(0, BT)
-    with_k = tl.zeros([BT, BT], dtype=tl.float32)
-    with_b = tl.zeros([BT, BT], dtype=tl.float32)
+    m_k = o_k < K
+    m_v = o_v < V
+    with_k_v = tl.zeros([BT, BV], dtype=tl.float32)
     g_j = tl.sum(g_x, 0) * 0.0  # [BK] zeros in g's layout
     for j in range(0, n):
-        k_j = tl.load(k_row_ptr + j * stride + o_k, mask=m_k, other=0.0).to(tl.float32)
-        b_j = tl.load(b_row_ptr + j * stride + o_k, mask=m_k, other=0.0).to(tl.float32)
-        g_j += tl.load(w_row_ptr + j * stride + o_k, mask=m_k, other=0.0).to(tl.float32)
+        k_j = tl.load(k_ptr + j * H * K + o_k, mask=m_k, other=0.0).to(tl.float32)
+        b_j = tl.load(b_ptr + j * H * K + o_k, mask=m_k, other=0.0).to(tl.float32)
+        v_j = tl.load(v_ptr + j * H * V + o_v, mask=m_v, other=0.0).to(tl.float32)
+        g_j += tl.load(w_ptr + j * H * K + o_k, mask=m_k, other=0.0).to(tl.float32)
         decayed = x * tl.exp(tl.minimum(g_x - g_j[None, :], 0.0))
-        col = o_t[None, :] == j
-        with_k = tl.where(col, tl.sum(decayed * k_j[None, :], 1)[:, None], with_k)
-        with_b = tl.where(col, tl.sum(decayed * b_j[None, :], 1)[:, None], with_b)
-    return with_k, with_b
+        if STRICT:
+            kept = o_t > j
+        else:
+            kept = o_t >= j
+        with_k = tl.where(kept, tl.sum(decayed * k_j[None, :], 1), 0.0)
+        tl.store(with_b_ptr + o_t * BT + j, tl.where(kept, tl.sum(decayed * b_j[None, :], 1), 0.0))
+        with_k_v += with_k[:, None] * v_j[None, :]
+    return with_k_v
+
+
+@triton.jit
+def _open_chunk(ptrs, L, H, K, V, NT, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """A program's chunk (grid ``(chunk, B * H, V tile)``): ``ptrs`` ``(r, w, k, v, a, b)`` moved
+    to the chunk's first token, and ``(c0, n, chunk, o_t, o_k, o_v, m_tk, m_tv, m_kk, m_kv, p_k,
+    p_v)``: its first token, length, index in the factor buffers, offsets, masks, and the
+    ``[BT, BK]`` / ``[BT, BV]`` int32 offsets of its tokens from ``ptrs``."""
+    i_c = tl.program_id(0)
+    i_bh = tl.program_id(1)
+    i_b = i_bh // H
+    i_h = i_bh % H
+    c0 = i_c * BT
+    n = tl.minimum(BT, L - c0)
+    o_t = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    o_v = tl.program_id(2) * BV + tl.arange(0, BV)
+    m_t = o_t < n
+    m_k = o_k < K
+    m_v = o_v < V
+    first = (i_b.to(tl.int64) * L + c0) * H + i_h  # the chunk's first (row, token, head)
+    r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr = ptrs
+    ptrs = (
+        r_ptr + first * K,
+        w_ptr + first * K,
+        k_ptr + first * K,
+        v_ptr + first * V,
+        a_ptr + first * K,
+        b_ptr + first * K,
+    )
+    at = (
+        c0,
+        n,
+        i_bh.to(tl.int64) * NT + i_c,
+        o_t,
+        o_k,
+        o_v,
+        m_t[:, None] & m_k[None, :],
+        m_t[:, None] & m_v[None, :],
+        m_k[:, None] & m_k[None, :],
+        m_k[:, None] & m_v[None, :],
+        o_t[:, None] * (H * K) + o_k[None, :],
+        o_t[:, None] * (H * V) + o_v[None, :],
+    )
+    return ptrs, at
+
+
+@triton.jit
+def _work_tile(work_ptr, chunk, BT: tl.constexpr):
+    """This program's ``[3, BT, BT]`` fp32 scratch in ``work`` ``[B, H, NT, VT, 3, BT, BT]``."""
+    return work_ptr + (chunk * tl.num_programs(2) + tl.program_id(2)) * 3 * BT * BT
+
+
+@triton.jit
+def wkv7_chunk_pairs_kernel(
+    r_ptr,  # [B, L, H, K]
+    w_ptr,  # [B, L, H, K] log-decay
+    k_ptr,  # [B, L, H, K]
+    v_ptr,  # [B, L, H, V]
+    a_ptr,  # [B, L, H, K]
+    b_ptr,  # [B, L, H, K]
+    y_local_ptr,  # [B, H, NT, BT, V] fp32: A_qk v
+    work_ptr,  # [B, H, NT, VT, 3, BT, BT] fp32 scratch: A_ab, A_qb, A_ak v
+    scale,
+    L,
+    H,
+    K,
+    V,
+    NT,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    BV: tl.constexpr,
+    PRECISION: tl.constexpr,
+    FACTOR_BOUND: tl.constexpr,
+):
+    """Stage 1a: the chunk's pair matrices; ``A_ab`` and ``A_qb`` to the scratch, with
+    ``A_ak v``, and ``A_qk v`` to ``y_local``."""
+    ptrs, at = _open_chunk((r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr), L, H, K, V, NT, BT, BK, BV)
+    r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr = ptrs
+    c0, n, chunk, o_t, o_k, o_v, m_tk, m_tv, m_kk, m_kv, p_k, p_v = at
+    g, w = _cumulative_decay(w_ptr, p_k, m_tk)
+    g_last = tl.sum(w, 0)
+    g_mid = tl.sum(tl.where(o_t[:, None] <= (n - 1) // 2, w, 0.0), 0)
+    span = tl.max(tl.maximum(-g_mid, g_mid - g_last), 0)  # largest |g - g_mid| in the chunk
+    work = _work_tile(work_ptr, chunk, BT)
+    square_t = o_t[:, None] * BT + o_t[None, :]
+    square_v = o_t[:, None] * BV + tl.arange(0, BV)[None, :]
+    strict = o_t[:, None] > o_t[None, :]
+    inclusive = o_t[:, None] >= o_t[None, :]
+    p_y_local = y_local_ptr + chunk * BT * V + (o_t[:, None] * V + o_v[None, :])
+    v = tl.load(v_ptr + p_v, mask=m_tv, other=0.0).to(tl.float32)
+    if span <= FACTOR_BOUND:
+        to_mid = tl.exp(g_mid[None, :] - g)
+        k_side = tl.trans(tl.load(k_ptr + p_k, mask=m_tk, other=0.0).to(tl.float32) * to_mid)
+        b_side = tl.trans(tl.load(b_ptr + p_k, mask=m_tk, other=0.0).to(tl.float32) * to_mid)
+        a_side = tl.load(a_ptr + p_k, mask=m_tk, other=0.0).to(tl.float32)
+        a_side = a_side * tl.exp(g - w - g_mid[None, :])
+        a_ab = tl.dot(a_side, b_side, input_precision=PRECISION)
+        tl.store(work + square_t, tl.where(strict, a_ab, 0.0))
+        a_ak = tl.dot(a_side, k_side, input_precision=PRECISION)
+        tl.store(
+            work + 2 * BT * BT + square_v,
+            tl.dot(tl.where(strict, a_ak, 0.0), v, input_precision=PRECISION),
+        )
+        q_side = tl.load(r_ptr + p_k, mask=m_tk, other=0.0).to(tl.float32)
+        q_side = q_side * (scale * tl.exp(g - g_mid[None, :]))
+        a_qb = tl.dot(q_side, b_side, input_precision=PRECISION)
+        tl.store(work + BT * BT + square_t, tl.where(inclusive, a_qb, 0.0))
+        a_qk = tl.dot(q_side, k_side, input_precision=PRECISION)
+        tl.store(
+            p_y_local,
+            tl.dot(tl.where(inclusive, a_qk, 0.0), v, input_precision=PRECISION),
+            mask=m_tv,
+        )
+    else:  # columns past the chunk stay zero: the scratch starts zeroed there
+        tl.store(work + square_t, tl.zeros([BT, BT], dtype=tl.float32))
+        tl.store(work + BT * BT + square_t, tl.zeros([BT, BT], dtype=tl.float32))
+        tl.debug_barrier()
+        rows = (k_ptr, b_ptr, w_ptr, v_ptr, n, H, K, V, o_k, o_v)
+        a = tl.load(a_ptr + p_k, mask=m_tk, other=0.0).to(tl.float32)
+        ak_v = _pairs_exact(a, g - w, *rows, work, True, BT, BV)
+        tl.store(work + 2 * BT * BT + square_v, ak_v)
+        r = tl.load(r_ptr + p_k, mask=m_tk, other=0.0).to(tl.float32) * scale
+        qk_v = _pairs_exact(r, g, *rows, work + BT * BT, False, BT, BV)
+        tl.store(p_y_local, qk_v, mask=m_tv)
 
 
 @triton.jit
@@ -120,7 +273,7 @@ def wkv7_chunk_factors_kernel(
     y_local_ptr,  # [B, H, NT, BT, V] fp32
     trans_ptr,  # [B, H, NT, K, K] fp32: M
     drive_ptr,  # [B, H, NT, K, V] fp32: D
-    work_ptr,  # [B, H, NT, VT, 3, BT, BT] fp32 scratch: A_ab then T, A_qb, A_ak v
+    work_ptr,  # [B, H, NT, VT, 3, BT, BT] fp32 scratch: A_ab (then T), A_qb, A_ak v
     emit_t_ptr,  # [B, P + 1] int32, sorted, sentinel L
     snap_p_ptr,  # [B, P, H, K, K] fp32: P_t at the emission's sorted index
     snap_q_ptr,  # [B, P, H, K, V] fp32: Q_t
@@ -137,85 +290,22 @@ def wkv7_chunk_factors_kernel(
     BP: tl.constexpr,  # power of two > P
     HAS_EMIT: tl.constexpr,
     PRECISION: tl.constexpr,
-    FACTOR_BOUND: tl.constexpr,
 ):
-    i_c = tl.program_id(0)
-    i_bh = tl.program_id(1)
-    i_v = tl.program_id(2)
-    i_b = i_bh // H
-    i_h = i_bh % H
-    c0 = i_c * BT
-    n = tl.minimum(BT, L - c0)
-    o_t = tl.arange(0, BT)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_t = o_t < n
-    m_k = o_k < K
-    m_v = o_v < V
-    m_tk = m_t[:, None] & m_k[None, :]
-    m_tv = m_t[:, None] & m_v[None, :]
-    m_kk = m_k[:, None] & m_k[None, :]
-    m_kv = m_k[:, None] & m_v[None, :]
-    first = (i_b.to(tl.int64) * L + c0) * H + i_h  # the chunk's first (row, token, head)
-    r_ptr += first * K
-    w_ptr += first * K
-    k_ptr += first * K
-    a_ptr += first * K
-    b_ptr += first * K
-    v_ptr += first * V
-    p_k = o_t[:, None] * (H * K) + o_k[None, :]  # [BT, BK] int32 offsets from the chunk
-    p_v = o_t[:, None] * (H * V) + o_v[None, :]
-
-    g, w = _cumulative_decay(w_ptr, p_k, m_tk)
-    g_last = tl.sum(w, 0)
-    g_mid = tl.sum(tl.where(o_t[:, None] <= (n - 1) // 2, w, 0.0), 0)
-    span = tl.max(tl.maximum(-g_mid, g_mid - g_last), 0)  # largest |g - g_mid| in the chunk
-
-    # Phase 1: the pair matrices.  Each phase hands its results to the next through memory (the
-    # scratch: A_ab, A_qb, A_ak v; y_local: A_qk v), so few [BT, BT] tiles are live at once.
-    work = work_ptr + ((i_bh.to(tl.int64) * NT + i_c) * tl.num_programs(2) + i_v) * 3 * BT * BT
+    """Stage 1b: T, the WY factors, and what the state pass reads."""
+    ptrs, at = _open_chunk((r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr), L, H, K, V, NT, BT, BK, BV)
+    r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr = ptrs
+    c0, n, chunk, o_t, o_k, o_v, m_tk, m_tv, m_kk, m_kv, p_k, p_v = at
+    i_b = tl.program_id(1) // H
+    i_h = tl.program_id(1) % H
+    work = _work_tile(work_ptr, chunk, BT)
     square_t = o_t[:, None] * BT + o_t[None, :]
     square_v = o_t[:, None] * BV + tl.arange(0, BV)[None, :]
-    strict = o_t[:, None] > o_t[None, :]
-    inclusive = o_t[:, None] >= o_t[None, :]
-    chunk = i_bh.to(tl.int64) * NT + i_c  # this chunk's index in the factor buffers
     p_y_local = y_local_ptr + chunk * BT * V + (o_t[:, None] * V + o_v[None, :])
-    v = tl.load(v_ptr + p_v, mask=m_tv, other=0.0).to(tl.float32)
-    if span <= FACTOR_BOUND:
-        to_mid = tl.exp(g_mid[None, :] - g)
-        k_side = tl.trans(tl.load(k_ptr + p_k, mask=m_tk, other=0.0).to(tl.float32) * to_mid)
-        b_side = tl.trans(tl.load(b_ptr + p_k, mask=m_tk, other=0.0).to(tl.float32) * to_mid)
-        a_side = tl.load(a_ptr + p_k, mask=m_tk, other=0.0).to(tl.float32)
-        a_side = a_side * tl.exp(g - w - g_mid[None, :])
-        a_ab = tl.dot(a_side, b_side, input_precision=PRECISION)
-        tl.store(work + square_t, tl.where(strict, a_ab, 0.0))
-        a_ak = tl.dot(a_side, k_side, input_precision=PRECISION)
-        tl.store(work + 2 * BT * BT + square_v,
-                 tl.dot(tl.where(strict, a_ak, 0.0), v, input_precision=PRECISION))
-        q_side = tl.load(r_ptr + p_k, mask=m_tk, other=0.0).to(tl.float32)
-        q_side = q_side * (scale * tl.exp(g - g_mid[None, :]))
-        a_qb = tl.dot(q_side, b_side, input_precision=PRECISION)
-        tl.store(work + BT * BT + square_t, tl.where(inclusive, a_qb, 0.0))
-        a_qk = tl.dot(q_side, k_side, input_precision=PRECISION)
-        tl.store(p_y_local, tl.dot(tl.where(inclusive, a_qk, 0.0), v, input_precision=PRECISION),
-                 mask=m_tv)
-    else:
-        rows = (k_ptr, b_ptr, w_ptr)
-        a = tl.load(a_ptr + p_k, mask=m_tk, other=0.0).to(tl.float32)
-        a_ak, a_ab = _pairs_exact(a, g - w, *rows, n, H * K, o_k, m_k, BT)
-        tl.store(work + square_t, tl.where(strict, a_ab, 0.0))
-        tl.store(work + 2 * BT * BT + square_v,
-                 tl.dot(tl.where(strict, a_ak, 0.0), v, input_precision=PRECISION))
-        r = tl.load(r_ptr + p_k, mask=m_tk, other=0.0).to(tl.float32) * scale
-        a_qk, a_qb = _pairs_exact(r, g, *rows, n, H * K, o_k, m_k, BT)
-        tl.store(work + BT * BT + square_t, tl.where(inclusive, a_qb, 0.0))
-        tl.store(p_y_local, tl.dot(tl.where(inclusive, a_qk, 0.0), v, input_precision=PRECISION),
-                 mask=m_tv)
-    tl.debug_barrier()
 
     # Phase 2: T = (I - A_ab)^{-1} (in place of A_ab), W = T (a e^{g_prev}), U = T A_ak v
     inv = _blocked_inverse(work, BT)
     g, w = _cumulative_decay(w_ptr, p_k, m_tk)
+    g_last = tl.sum(w, 0)
     a = tl.load(a_ptr + p_k, mask=m_tk, other=0.0).to(tl.float32)
     wy_w = tl.dot(inv, a * tl.exp(g - w), input_precision=PRECISION)  # [BT, BK]
     wy_u = tl.dot(inv, tl.load(work + 2 * BT * BT + square_v), input_precision=PRECISION)
@@ -230,12 +320,13 @@ def wkv7_chunk_factors_kernel(
     to_end = tl.exp(g_last[None, :] - g)
     b = tl.load(b_ptr + p_k, mask=m_tk, other=0.0).to(tl.float32)
     b_end = tl.trans(b * to_end)
-    if i_v == 0:
+    if tl.program_id(2) == 0:
         r = tl.load(r_ptr + p_k, mask=m_tk, other=0.0).to(tl.float32) * scale
         q_eff = tl.dot(a_qb, wy_w, r * tl.exp(g), input_precision=PRECISION)
         tl.store(q_eff_ptr + chunk * BT * K + (o_t[:, None] * K + o_k[None, :]), q_eff, mask=m_tk)
-        trans = tl.dot(b_end, wy_w, tl.where(eye, tl.exp(g_last)[:, None], 0.0),
-                       input_precision=PRECISION)
+        trans = tl.dot(
+            b_end, wy_w, tl.where(eye, tl.exp(g_last)[:, None], 0.0), input_precision=PRECISION
+        )
         tl.store(trans_ptr + chunk * K * K + square_kk, trans, mask=m_kk)
     k = tl.load(k_ptr + p_k, mask=m_tk, other=0.0).to(tl.float32)
     v = tl.load(v_ptr + p_v, mask=m_tv, other=0.0).to(tl.float32)
@@ -257,7 +348,8 @@ def wkv7_chunk_factors_kernel(
             q_t = tl.dot(b_t, wy_u, input_precision=PRECISION)
             q_t = tl.dot(tl.trans(k * upto), v, q_t, input_precision=PRECISION)
             tl.store(snap_q_ptr + snap * K * V + square_kv, q_t, mask=m_kv)
-            if i_v == 0:
-                p_t = tl.dot(b_t, wy_w, tl.where(eye, tl.exp(g_t)[:, None], 0.0),
-                             input_precision=PRECISION)
+            if tl.program_id(2) == 0:
+                p_t = tl.dot(
+                    b_t, wy_w, tl.where(eye, tl.exp(g_t)[:, None], 0.0), input_precision=PRECISION
+                )
                 tl.store(snap_p_ptr + snap * K * K + square_kk, p_t, mask=m_kk)

@@ -32,8 +32,9 @@ __all__ = ["wkv7_chunk_state_kernel"]
 
 
 @triton.jit
-def _walk_chunk(S, c0, end, row, cursors, emit, inject, tile, inputs, y_ptr, scale, H, K, V,
-                o_k, o_v, m_k, m_v):
+def _walk_chunk(
+    S, c0, end, row, cursors, emit, inject, tile, inputs, y_ptr, scale, H, K, V, o_k, o_v, m_k, m_v
+):
     """The chunk ``[c0, end)`` one token at a time (exact, fp32), with the contract's injection
     and emission after each token.  ``inputs = (r, w, k, v, a, b)`` pointers, ``row`` the
     (batch row, head) index of token 0.  Returns ``S, cursors``."""
@@ -57,8 +58,28 @@ def _walk_chunk(S, c0, end, row, cursors, emit, inject, tile, inputs, y_ptr, sca
 
 
 @triton.jit
-def _chunk_from_factors(S, i_c, c0, end, row, cursors, emit, inject, tile, factors, y_ptr, L, H,
-                        K, V, P, NT, at, BT: tl.constexpr, PRECISION: tl.constexpr):
+def _chunk_from_factors(
+    S,
+    i_c,
+    c0,
+    end,
+    row,
+    cursors,
+    emit,
+    inject,
+    tile,
+    factors,
+    y_ptr,
+    L,
+    H,
+    K,
+    V,
+    P,
+    NT,
+    at,
+    BT: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
     """The chunk ``[c0, end)`` from stage 1's factors: its outputs, its emissions before its last
     token, the state after it, then the contract's injection and emission on its last token.
     Returns ``S, cursors``."""
@@ -71,10 +92,12 @@ def _chunk_from_factors(S, i_c, c0, end, row, cursors, emit, inject, tile, facto
     m_tv = m_t[:, None] & m_v[None, :]
     m_kk = m_k[:, None] & m_k[None, :]
     m_kv = tile[1]
-    q_eff = tl.load(q_eff_ptr + chunk * BT * K + (o_t[:, None] * K + o_k[None, :]), mask=m_tk,
-                    other=0.0)
-    y = tl.load(y_local_ptr + chunk * BT * V + (o_t[:, None] * V + o_v[None, :]), mask=m_tv,
-                other=0.0)
+    q_eff = tl.load(
+        q_eff_ptr + chunk * BT * K + (o_t[:, None] * K + o_k[None, :]), mask=m_tk, other=0.0
+    )
+    y = tl.load(
+        y_local_ptr + chunk * BT * V + (o_t[:, None] * V + o_v[None, :]), mask=m_tv, other=0.0
+    )
     y = tl.dot(q_eff, S, y, input_precision=PRECISION)
     p_y = y_ptr + (row + c0.to(tl.int64) * H) * V + (o_t[:, None] * (H * V) + o_v[None, :])
     tl.store(p_y, y.to(y_ptr.dtype.element_ty), mask=m_tv)
@@ -155,15 +178,71 @@ def wkv7_chunk_state_kernel(
         if HAS_INJECT:
             if cursors[3] < end - 1:  # an injection inside the chunk: token by token
                 inputs = (r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr)
-                S, cursors = _walk_chunk(S, c0, end, row, cursors, emit, inject, tile, inputs,
-                                         y_ptr, scale, H, K, V, o_k, o_v, m_k, m_v)
+                S, cursors = _walk_chunk(
+                    S,
+                    c0,
+                    end,
+                    row,
+                    cursors,
+                    emit,
+                    inject,
+                    tile,
+                    inputs,
+                    y_ptr,
+                    scale,
+                    H,
+                    K,
+                    V,
+                    o_k,
+                    o_v,
+                    m_k,
+                    m_v,
+                )
             else:
-                S, cursors = _chunk_from_factors(S, i_c, c0, end, row, cursors, emit, inject,
-                                                 tile, factors, y_ptr, L, H, K, V, P, NT, at,
-                                                 BT, PRECISION)
+                S, cursors = _chunk_from_factors(
+                    S,
+                    i_c,
+                    c0,
+                    end,
+                    row,
+                    cursors,
+                    emit,
+                    inject,
+                    tile,
+                    factors,
+                    y_ptr,
+                    L,
+                    H,
+                    K,
+                    V,
+                    P,
+                    NT,
+                    at,
+                    BT,
+                    PRECISION,
+                )
         else:
-            S, cursors = _chunk_from_factors(S, i_c, c0, end, row, cursors, emit, inject, tile,
-                                             factors, y_ptr, L, H, K, V, P, NT, at, BT,
-                                             PRECISION)
+            S, cursors = _chunk_from_factors(
+                S,
+                i_c,
+                c0,
+                end,
+                row,
+                cursors,
+                emit,
+                inject,
+                tile,
+                factors,
+                y_ptr,
+                L,
+                H,
+                K,
+                V,
+                P,
+                NT,
+                at,
+                BT,
+                PRECISION,
+            )
 
     close_matrix_row(sT_ptr, S, tile, STORE_FINAL)
