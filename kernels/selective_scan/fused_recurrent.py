@@ -35,11 +35,36 @@ import triton.language as tl
 
 from .. import _triton
 from .._contract import ScanOutput, float64_runs
-from .._triton import KernelInstrumentation, emit_tile, inject_tile, open_schedules, softplus
+from .._triton import KernelInstrumentation, emit_tile, inject_tile, open_schedules
 from .reference import selective_scan as selective_scan_reference
 from .reference import validate
 
-LOG2E = 1.4426950408889634
+LOG2E = tl.constexpr(1.4426950408889634)
+INTERPRETING = tl.constexpr(_triton.INTERPRETING)
+
+
+@triton.jit
+def _softplus(x):
+    """``log(1 + e^x)`` to fp32 precision (mamba-ssm's ``log1pf(expf(x))``) in about 15
+    instructions, a third of ``tl.log``'s: ``max(x, 0) + log1p(e)`` with ``e = e^-|x| <= 1``,
+    and ``log1p(e) = 2 atanh(s)``, ``s = e / (2 + e) <= 1/3``, by its odd series to ``s^13``
+    (truncation below 2e-8 relative)."""
+    e = tl.exp2(-tl.abs(x) * LOG2E)
+    s = tl.fdiv(e, 2.0 + e)
+    s2 = s * s
+    series = 1.0 / 13.0
+    series = series * s2 + 1.0 / 11.0
+    series = series * s2 + 1.0 / 9.0
+    series = series * s2 + 1.0 / 7.0
+    series = series * s2 + 1.0 / 5.0
+    series = series * s2 + 1.0 / 3.0
+    return tl.maximum(x, 0.0) + (2.0 * s) * (series * s2 + 1.0)
+
+
+@triton.jit
+def _silu(z):
+    """``z * sigmoid(z)``, with a fast division."""
+    return tl.fdiv(z, 1.0 + tl.exp2(-z * LOG2E))
 
 
 @triton.jit
@@ -48,12 +73,27 @@ def _bit_or(a, b):
 
 
 @triton.jit
-def _column(tile, offs_t, j: tl.constexpr):
-    """Column ``j`` of a ``[BLOCK_T, BLOCK_D]`` fp32 tile whose rows each live in one thread:
-    ``[BLOCK_D]``.  The select is known per register at compile time and OR with zero folds, so
-    this is a register rename, not arithmetic."""
-    bits = tl.where(offs_t[:, None] == j, tile.to(tl.int32, bitcast=True), 0)
+def _column(tile, offs, j: tl.constexpr):
+    """Row ``j`` of a ``[R, BLOCK_D]`` (or ``[R, 1]``) fp32 tile whose columns each live in one
+    thread: ``[BLOCK_D]``.  The select is known per register at compile time and OR with zero
+    folds, so this is a register rename, not arithmetic."""
+    bits = tl.where(offs[:, None] == j, tile.to(tl.int32, bitcast=True), 0)
     return tl.reduce(bits, 0, _bit_or).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _dot_over_n(state, C):
+    """``sum_n state[n, :] * C[n, :]`` as one in-thread chain of FMAs, ``[BLOCK_D]``
+    (``tl.sum`` adds the products as a tree: a multiply and an add for half of them)."""
+    if INTERPRETING:  # one operation, not BLOCK_N: the interpreter pays per operation
+        return tl.sum(state * C, axis=0)
+    BLOCK_N: tl.constexpr = state.shape[0]
+    offs_n = tl.arange(0, BLOCK_N)
+    C = tl.broadcast_to(C, state.shape)
+    y = _column(state, offs_n, 0) * _column(C, offs_n, 0)
+    for n in tl.static_range(1, BLOCK_N):
+        y += _column(state, offs_n, n) * _column(C, offs_n, n)
+    return y
 
 
 @triton.jit
@@ -85,70 +125,31 @@ def _token_major_kernel(
 
 @triton.jit
 def _token_input(
-    ptr,  # token-major [B, G, L, BLOCK_N] fp32 (VARYING) or [D, N] fp32
-    per_channel,  # VARYING: [BLOCK_N] (ONE_GROUP) or [BLOCK_N, BLOCK_D] offsets of token 0
+    ptr,  # VARYING: token 0 of this program's group(s) in the token-major [B, G, L, BLOCK_N]
+    #       fp32 (a pointer, or [1, BLOCK_D] of them); else the loaded [D, N] values
     t,
-    in_range,  # scalar: t < L
-    mask,  # like per_channel
     VARYING: tl.constexpr,
     BLOCK_N: tl.constexpr,
 ):
-    """``B_t`` or ``C_t`` for this program's channels, fp32 (the shared ``[D, N]`` value as it
-    was loaded, when not ``VARYING``)."""
+    """``B_t`` or ``C_t`` (``t < L``) for this program's channels, fp32 (the shared ``[D, N]``
+    values as they were loaded, when not ``VARYING``).  The token-major rows are ``BLOCK_N``
+    wide and zero past ``N``: no mask."""
     value = ptr
     if VARYING:
-        value = tl.load(ptr + per_channel + t * BLOCK_N, mask=mask & in_range, other=0.0)
+        value = tl.load(ptr + t * BLOCK_N + tl.arange(0, BLOCK_N)[:, None])
     return value
 
 
 @triton.jit
-def _token_events(
-    state, t, e_cur, e_next, i_cur, i_next, events, HAS_EMIT: tl.constexpr, HAS_INJECT: tl.constexpr
-):
-    """After ``y_t``: the injection at ``t`` (if any), then the emission at ``t`` (if any)."""
-    emit, inject, slot_stride, dn, v_off, mask = events
-    if HAS_INJECT:
-        state, i_cur, i_next = inject_tile(state, t, i_cur, i_next, inject, v_off, mask)
-    if HAS_EMIT:
-        e_cur, e_next = emit_tile(state, t, e_cur, e_next, emit, slot_stride, dn, mask)
-    return state, e_cur, e_next, i_cur, i_next
-
-
-@triton.jit
-def _scan_tile(
-    t0,
-    state,  # [BLOCK_N, BLOCK_D] fp32
-    A,  # [BLOCK_N, BLOCK_D] fp32, times log2 e
-    channel,  # (Dv, bias) [BLOCK_D] fp32 (unused ones are placeholders)
-    io,  # (u_ptr, delta_ptr, z_ptr, y_ptr)
-    rows,  # [BLOCK_D] offsets of (b, d, t = 0) in the [B, D, L] tensors
-    mask_d,
-    bc,  # (B, C): token-major pointers, or the shared [BLOCK_N, BLOCK_D] values
-    bc_off,  # offsets of token 0 in the token-major B and C, [BLOCK_N] or [BLOCK_N, BLOCK_D]
-    bc_mask,
-    events,  # (emit, inject, slot_stride, dn, v_off, mask): see open_schedules
-    cursors,  # (e_cur, e_next, i_cur, i_next)
-    L,
-    MASKED: tl.constexpr,  # the tile may run past L
-    B_VARYING: tl.constexpr,
-    C_VARYING: tl.constexpr,
-    ONE_GROUP: tl.constexpr,
-    HAS_D: tl.constexpr,
-    HAS_Z: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-    SOFTPLUS: tl.constexpr,
-    HAS_EMIT: tl.constexpr,
-    HAS_INJECT: tl.constexpr,
-    BLOCK_T: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
-    """Tokens ``t0 .. t0 + BLOCK_T - 1``: store ``y`` for them, return the state after the
-    last and the cursors."""
+def _tile_inputs(
+    t0, offs_t, rows, mask_d, channel, io, L,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, MASKED: tl.constexpr,
+):  # fmt: skip
+    """Tokens ``t0 .. t0 + BLOCK_T - 1`` of this program's rows: their ``[BLOCK_T, BLOCK_D]``
+    offsets and mask, ``u``, and ``dt = softplus(delta + bias)`` (zero past ``L``, so a token
+    there leaves the state as it is: ``exp2(0) = 1``, no input), fp32."""
     u_ptr, delta_ptr, z_ptr, y_ptr = io
     Dv, bias = channel
-    B_ptr, C_ptr = bc
-    e_cur, e_next, i_cur, i_next = cursors
-    offs_t = tl.arange(0, BLOCK_T)
     t = t0 + offs_t
     tile = rows[None, :] + t[:, None]
     if MASKED:
@@ -160,43 +161,87 @@ def _scan_tile(
     if HAS_BIAS:
         dt += bias[None, :]
     if SOFTPLUS:
-        dt = softplus(dt)
-    if MASKED:  # past L: exp2(0) = 1 and no input, the state passes through
+        dt = _softplus(dt)
+    if MASKED:
         dt = tl.where(tile_mask, dt, 0.0)
-    dtu = dt * u
-    y = tl.zeros_like(dt)
-    for j in tl.static_range(BLOCK_T):
-        now = t0 + j
-        in_range = now < L
-        dt_j = _column(dt, offs_t, j)
-        dtu_j = _column(dtu, offs_t, j)
-        B_j = _token_input(B_ptr, bc_off, now, in_range, bc_mask, B_VARYING, BLOCK_N)
-        C_j = _token_input(C_ptr, bc_off, now, in_range, bc_mask, C_VARYING, BLOCK_N)
-        if ONE_GROUP and B_VARYING:
-            dBu = B_j[:, None] * dtu_j[None, :]
-        else:
-            dBu = B_j * dtu_j[None, :]
-        state = tl.exp2(A * dt_j[None, :]) * state + dBu
-        if ONE_GROUP and C_VARYING:
-            y_j = tl.sum(state * C_j[:, None], axis=0)
-        else:
-            y_j = tl.sum(state * C_j, axis=0)
-        y = tl.where(offs_t[:, None] == j, y_j[None, :], y)
-        if MASKED:  # the schedules' sentinel is L: no event past the sequence
-            if in_range:
-                state, e_cur, e_next, i_cur, i_next = _token_events(
-                    state, now, e_cur, e_next, i_cur, i_next, events, HAS_EMIT, HAS_INJECT
-                )
-        else:
-            state, e_cur, e_next, i_cur, i_next = _token_events(
-                state, now, e_cur, e_next, i_cur, i_next, events, HAS_EMIT, HAS_INJECT
-            )
+    return tile, tile_mask, u, dt
+
+
+@triton.jit
+def _tile_output(y, u, tile, tile_mask, channel, io, HAS_D: tl.constexpr, HAS_Z: tl.constexpr):
+    """Store ``(y + D u) * silu(z)`` for the tile."""
+    u_ptr, delta_ptr, z_ptr, y_ptr = io
+    Dv, bias = channel
     if HAS_D:
         y += Dv[None, :] * u
     if HAS_Z:
         z = tl.load(z_ptr + tile, mask=tile_mask, other=0.0).to(tl.float32)
-        y *= z * tl.sigmoid(z)
+        y *= _silu(z)
     tl.store(y_ptr + tile, y.to(y_ptr.dtype.element_ty), mask=tile_mask)
+
+
+@triton.jit
+def _token(
+    state, A, dt, dtu, t, bc, B_VARYING: tl.constexpr, C_VARYING: tl.constexpr
+):  # fmt: skip
+    """One token: ``S_t = exp2(dt A log2 e) S_{t-1} + dt u B_t`` and ``y_t = S_t . C_t``
+    (``[BLOCK_D]``, before the ``D`` skip and the gate); ``dt``, ``dtu``: ``[BLOCK_D]``."""
+    B_ptr, C_ptr = bc
+    B_t = _token_input(B_ptr, t, B_VARYING, A.shape[0])
+    C_t = _token_input(C_ptr, t, C_VARYING, A.shape[0])
+    state = tl.exp2(A * dt[None, :]) * state + B_t * dtu[None, :]
+    return state, _dot_over_n(state, C_t)
+
+
+@triton.jit
+def _plain_tile(
+    t0, state, A, channel, io, rows, mask_d, bc, L,
+    B_VARYING: tl.constexpr, C_VARYING: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_T: tl.constexpr,
+):  # fmt: skip
+    """A whole tile with no event in it: its tokens unrolled, each one's ``dt`` and ``dt u``
+    read out of the thread's registers at compile time.  Returns the state after it."""
+    offs_t = tl.arange(0, BLOCK_T)
+    tile, tile_mask, u, dt = _tile_inputs(
+        t0, offs_t, rows, mask_d, channel, io, L, HAS_BIAS, SOFTPLUS, False
+    )
+    dtu = dt * u
+    y = tl.zeros_like(dt)
+    for j in tl.static_range(BLOCK_T):
+        dt_j = _column(dt, offs_t, j)
+        dtu_j = _column(dtu, offs_t, j)
+        state, y_j = _token(state, A, dt_j, dtu_j, t0 + j, bc, B_VARYING, C_VARYING)
+        y = tl.where(offs_t[:, None] == j, y_j[None, :], y)
+    _tile_output(y, u, tile, tile_mask, channel, io, HAS_D, HAS_Z)
+    return state
+
+
+@triton.jit
+def _event_tokens(
+    t_start, t_end, state, A, channel, io, rows, mask_d, bc, L, events, cursors,
+    B_VARYING: tl.constexpr, C_VARYING: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_EMIT: tl.constexpr,
+    HAS_INJECT: tl.constexpr,
+):  # fmt: skip
+    """Tokens ``t_start .. t_end - 1`` one by one, reading and writing memory per token (a
+    tile that holds an emission or injection, and the tokens past the last whole tile: rare,
+    so they hold no tile in registers).  After ``y_t``, as the contract orders it: the
+    injection at ``t`` (if any: ``S += scale value``, or ``S = value``), then the emission at
+    ``t`` (if any: the injected state into its slot).  Returns the state and the cursors."""
+    emit, inject, slot_stride, dn, v_off, mask = events
+    e_cur, e_next, i_cur, i_next = cursors
+    token = tl.arange(0, 1)
+    for t in range(t_start, t_end):
+        offsets, token_mask, u, dt = _tile_inputs(
+            t, token, rows, mask_d, channel, io, L, HAS_BIAS, SOFTPLUS, False
+        )  # [1, BLOCK_D]
+        dt_t = tl.sum(dt, axis=0)
+        dtu_t = tl.sum(dt * u, axis=0)
+        state, y_t = _token(state, A, dt_t, dtu_t, t, bc, B_VARYING, C_VARYING)
+        _tile_output(y_t[None, :], u, offsets, token_mask, channel, io, HAS_D, HAS_Z)
+        if HAS_INJECT:
+            state, i_cur, i_next = inject_tile(state, t, i_cur, i_next, inject, v_off, mask)
+        if HAS_EMIT:
+            e_cur, e_next = emit_tile(state, t, e_cur, e_next, emit, slot_stride, dn, mask)
     return state, (e_cur, e_next, i_cur, i_next)
 
 
@@ -255,24 +300,25 @@ def _selective_scan_fwd_kernel(
     mask_d = offs_d < dim
     mask_n = offs_n < N
     mask = mask_n[:, None] & mask_d[None, :]
-    dn = offs_n[:, None] + offs_d[None, :] * N  # [BLOCK_N, BLOCK_D]
+    # [BLOCK_N, BLOCK_D] addresses as a pointer per channel plus the constant n: the
+    # per-element part folds into the load/store instruction, no address is kept per element
+    n_col = offs_n[:, None]
+    dn = offs_d[None, :] * N  # [1, BLOCK_D] offsets of (d, n = 0) in a [D, N] state
 
-    A = tl.load(A_ptr + dn, mask=mask, other=0.0) * 1.4426950408889634
+    A = tl.load(A_ptr + dn + n_col, mask=mask, other=0.0) * LOG2E
     rows = (b * dim + offs_d) * L  # [BLOCK_D] offsets of (b, d, t = 0)
     if ONE_GROUP:
         g = (pid_d * BLOCK_D) // group_size
-        bc_off = (b * n_groups + g) * L * BLOCK_N + offs_n  # [BLOCK_N]
-        bc_mask = mask_n
-    else:
-        g = offs_d // group_size
-        bc_off = offs_n[:, None] + ((b * n_groups + g) * L * BLOCK_N)[None, :]
-        bc_mask = mask
-    Bt = Bt_ptr
-    Ct = Ct_ptr
+        bc_row = (b * n_groups + g) * L * BLOCK_N  # offset of (b, g, t = 0)
+    else:  # (channels past D read the last group)
+        g = tl.minimum(offs_d, dim - 1) // group_size
+        bc_row = ((b * n_groups + g) * L * BLOCK_N)[None, :]  # [1, BLOCK_D]
+    Bt = Bt_ptr + bc_row
+    Ct = Ct_ptr + bc_row
     if not B_VARYING:
-        Bt = tl.load(Bt_ptr + dn, mask=mask, other=0.0)
+        Bt = tl.load(Bt_ptr + dn + n_col, mask=mask, other=0.0)
     if not C_VARYING:
-        Ct = tl.load(Ct_ptr + dn, mask=mask, other=0.0)
+        Ct = tl.load(Ct_ptr + dn + n_col, mask=mask, other=0.0)
     Dv = offs_d * 0.0
     bias = Dv
     if HAS_D:
@@ -280,14 +326,14 @@ def _selective_scan_fwd_kernel(
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
     if HAS_INITIAL:
-        state = tl.load(h0_ptr + b * dim * N + dn, mask=mask, other=0.0)
+        state = tl.load(h0_ptr + b * dim * N + dn + n_col, mask=mask, other=0.0)
     else:
         state = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    emit = (emit_t_ptr, emit_s_ptr, states_ptr + b * P * dim * N, HAS_EMIT)
+    emit = (emit_t_ptr, emit_s_ptr, states_ptr + b * P * dim * N + dn, HAS_EMIT)
     inject = (
         inj_t_ptr,
         inj_s_ptr,
-        inj_v_ptr + b * sv_b,
+        inj_v_ptr + b * sv_b + offs_d[None, :] * sv_d,
         sv_q,
         inj_scale_ptr,
         HAS_INJECT,
@@ -295,27 +341,34 @@ def _selective_scan_fwd_kernel(
         HAS_SCALE,
     )
     emit, inject, cursors = open_schedules(emit, inject, tl.program_id(1), L, P, Q)  # int32 row
-    v_off = offs_n[:, None] * sv_n + offs_d[None, :] * sv_d
-    events = (emit, inject, dim * N, dn, v_off, mask)
+    events = (emit, inject, dim * N, n_col, n_col * sv_n, mask)
     io = (u_ptr, delta_ptr, z_ptr, y_ptr)
     channel = (Dv, bias)
 
+    bc = (Bt, Ct)
+    # Whole tiles with no event run unrolled (_plain_tile); the tile of each emission or
+    # injection, and the tokens past the last whole tile, run token by token (_event_tokens).
+    tiles = tl.cdiv(L, BLOCK_T)
     full = L // BLOCK_T
-    for tile in range(full):
-        state, cursors = _scan_tile(
-            tile * BLOCK_T, state, A, channel, io, rows, mask_d, (Bt, Ct), bc_off, bc_mask,
-            events, cursors, L, False, B_VARYING, C_VARYING, ONE_GROUP, HAS_D, HAS_Z, HAS_BIAS,
-            SOFTPLUS, HAS_EMIT, HAS_INJECT, BLOCK_T, BLOCK_N,
-        )  # fmt: skip
-    if full * BLOCK_T < L:
-        state, cursors = _scan_tile(
-            full * BLOCK_T, state, A, channel, io, rows, mask_d, (Bt, Ct), bc_off, bc_mask,
-            events, cursors, L, True, B_VARYING, C_VARYING, ONE_GROUP, HAS_D, HAS_Z, HAS_BIAS,
-            SOFTPLUS, HAS_EMIT, HAS_INJECT, BLOCK_T, BLOCK_N,
-        )  # fmt: skip
+    start = 0
+    while start < tiles:
+        e_cur, e_next, i_cur, i_next = cursors
+        stop = tl.minimum(tl.minimum(e_next, i_next) // BLOCK_T, full)
+        for tile in range(start, stop):
+            state = _plain_tile(
+                tile * BLOCK_T, state, A, channel, io, rows, mask_d, bc, L,
+                B_VARYING, C_VARYING, HAS_D, HAS_Z, HAS_BIAS, SOFTPLUS, BLOCK_T,
+            )  # fmt: skip
+        if stop < tiles:
+            state, cursors = _event_tokens(
+                stop * BLOCK_T, tl.minimum(stop * BLOCK_T + BLOCK_T, L), state, A, channel, io,
+                rows, mask_d, bc, L, events, cursors, B_VARYING, C_VARYING, HAS_D, HAS_Z,
+                HAS_BIAS, SOFTPLUS, HAS_EMIT, HAS_INJECT,
+            )  # fmt: skip
+        start = stop + 1
 
     if STORE_FINAL:
-        tl.store(hT_ptr + b * dim * N + dn, state, mask=mask)
+        tl.store(hT_ptr + b * dim * N + dn + n_col, state, mask=mask)
 
 
 NUM_STAGES = 1
