@@ -26,8 +26,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import triton
 
 from statetap.kernels._sass import LoopSpec
+
+_TRITON = tuple(int(part) for part in triton.__version__.split(".")[:2])
 
 BF16 = torch.bfloat16
 F32 = torch.float32
@@ -480,12 +483,12 @@ def _column_segments(v, emit):
 
 
 def _wkv4_segments(v, emit):
-    """RWKV-4's segmented walk; with emission the compiled code nests it one level deeper (an
+    """RWKV-4's segmented walk; with emission, triton 3.8's LLVM nests it one level deeper (an
     outer loop over the segments that end in an emission, entering the segment loop once)."""
     if v["L"] == 1:
         return []
     (walk,) = _column_segments(v, emit)
-    if not emit:
+    if not emit or _TRITON < (3, 8):
         return [walk]
     return [LoopSpec(trips=walk.trips, children=(LoopSpec(trips=1, children=walk.children),))]
 

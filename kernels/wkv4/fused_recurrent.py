@@ -18,7 +18,7 @@ import triton.language as tl
 
 from .. import _triton
 from .._contract import ScanOutput, float64_runs
-from .._triton import KernelInstrumentation, emit_tile, inject_tile, open_schedules
+from .._triton import KernelInstrumentation, injected_value, open_schedules
 from .reference import EMPTY_MAX, validate, wkv4
 
 BLOCK_C = 32  # channels per program: one per thread, one warp (C / 32 programs per row)
@@ -26,19 +26,38 @@ BLOCK_C = 32  # channels per program: one per thread, one warp (C / 32 programs 
 
 @triton.jit
 def _inject_triple(aa, bb, pp, t, cur, nxt, inject, o_val, sr, m):
-    """Injection into each row of the triple (row offsets ``0, sr, 2 sr`` in the value)."""
-    aa, _, _ = inject_tile(aa, t, cur, nxt, inject, o_val, m)
-    bb, _, _ = inject_tile(bb, t, cur, nxt, inject, o_val + sr, m)
-    pp, cur, nxt = inject_tile(pp, t, cur, nxt, inject, o_val + 2 * sr, m)
+    """At ``t == nxt``: the injection into each row of the triple (row offsets ``0, sr, 2 sr``
+    in the value), in one branch; advances the cursor."""
+    times_ptr, slots_ptr, value_ptr, value_slot_stride, scale_ptr, _, INJECT_SET, HAS_SCALE = inject
+    if t == nxt:
+        slot = tl.load(slots_ptr + cur).to(tl.int64)
+        values = (value_ptr, value_slot_stride, scale_ptr)
+        da = injected_value(slot, *values, o_val, m, HAS_SCALE)
+        db = injected_value(slot, *values, o_val + sr, m, HAS_SCALE)
+        dp = injected_value(slot, *values, o_val + 2 * sr, m, HAS_SCALE)
+        if INJECT_SET:
+            aa, bb, pp = da, db, dp
+        else:
+            aa, bb, pp = aa + da, bb + db, pp + dp
+        cur += 1
+        nxt = tl.load(times_ptr + cur)
     return aa, bb, pp, cur, nxt
 
 
 @triton.jit
 def _emit_triple(aa, bb, pp, t, cur, nxt, emit, C, o_c, m):
-    """Emission of the triple into ``states[b, slot]`` ``[3, C]``."""
-    emit_tile(aa, t, cur, nxt, emit, 3 * C, o_c, m)
-    emit_tile(bb, t, cur, nxt, emit, 3 * C, C + o_c, m)
-    return emit_tile(pp, t, cur, nxt, emit, 3 * C, 2 * C + o_c, m)
+    """At ``t == nxt``: the triple into ``states[b, slot]`` ``[3, C]``, in one branch; advances
+    the cursor."""
+    times_ptr, slots_ptr, states_ptr, _ = emit
+    if t == nxt:
+        slot = tl.load(slots_ptr + cur).to(tl.int64)
+        row = states_ptr + slot * 3 * C + o_c
+        tl.store(row, aa, mask=m)
+        tl.store(row + C, bb, mask=m)
+        tl.store(row + 2 * C, pp, mask=m)
+        cur += 1
+        nxt = tl.load(times_ptr + cur)
+    return cur, nxt
 
 
 @triton.jit

@@ -64,7 +64,7 @@ def open_column_row(
     BV: tl.constexpr,
     HAS_INITIAL: tl.constexpr,
 ):
-    """Start a program of grid ``(V blocks, B * H)``: ``S, (i_b, i_h), state_off, emit, inject,
+    """Start a program of grid ``(V blocks, B * H)``: ``S, i_b, i_h, state_off, emit, inject,
     cursors`` (the initial tile ``[BK, BV]`` fp32, the row and head, the row's and head's offset
     in ``[B, H, K, V]``, both schedules positioned on the row with their bases on this row and
     head, see :func:`~statetap.kernels._triton.open_schedules`)."""
@@ -84,7 +84,7 @@ def open_column_row(
     inj_v_ptr += i_b.to(tl.int64) * iv_sb + i_h * iv_sh
     emit = (e_times, e_slots, states_ptr, HAS_EMIT)
     inject = (i_times, i_slots, inj_v_ptr, iv_sq, inj_scale_ptr, HAS_INJECT, INJECT_SET, HAS_SCALE)
-    return S, (i_b, i_h), state_off, emit, inject, cursors
+    return S, i_b, i_h, state_off, emit, inject, cursors
 
 
 @triton.jit
@@ -189,7 +189,7 @@ def wkv6_recurrent_kernel(
 ):
     emit = (emit_t_ptr, emit_s_ptr, states_ptr, HAS_EMIT)
     inj = (inj_t_ptr, inj_s_ptr, inj_v_ptr, iv_sq, inj_scale_ptr, HAS_INJECT, INJECT_SET, HAS_SCALE)
-    S, (i_b, i_h), state_off, emit, inject, cursors = open_column_row(
+    S, i_b, i_h, state_off, emit, inject, cursors = open_column_row(
         s0_ptr, emit, inj, iv_sb, iv_sh, L, H, P, Q, KD, VD, BK, BV, HAS_INITIAL
     )
     o_k, o_v, _, _ = column_tile(tl.program_id(0), KD, VD, BK, BV)

@@ -73,7 +73,7 @@ def wkv7_recurrent_kernel(
 ):
     emit = (emit_t_ptr, emit_s_ptr, states_ptr, HAS_EMIT)
     inj = (inj_t_ptr, inj_s_ptr, inj_v_ptr, iv_sq, inj_scale_ptr, HAS_INJECT, INJECT_SET, HAS_SCALE)
-    S, (i_b, i_h), state_off, emit, inject, cursors = open_column_row(
+    S, i_b, i_h, state_off, emit, inject, cursors = open_column_row(
         s0_ptr, emit, inj, iv_sb, iv_sh, L, H, P, Q, KD, VD, BK, BV, HAS_INITIAL
     )
     o_k, o_v, _, _ = column_tile(tl.program_id(0), KD, VD, BK, BV)
