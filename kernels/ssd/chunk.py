@@ -106,6 +106,10 @@ def first_at_or_after(times: torch.Tensor, starts: torch.Tensor) -> torch.Tensor
     return found.clamp_(max=times.shape[1] - 1)
 
 
+#: stage 1 is held to 128 registers a thread (two CTAs of 8 warps per SM), which ptxas meets
+#: without spilling on sm_80 and sm_90 (checked ahead of time); not an interpreter option
+REGISTER_CAP = {} if _triton.INTERPRETING else {"maxnreg": 128}
+
 DOT_DTYPES = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
 
 
@@ -202,6 +206,7 @@ def ssd_triton(
         state_seg,
         dt_tokens,
         g_tokens,
+        torch.empty(batch, heads, padded, **f32),
         states,
         length,
         heads,
@@ -224,6 +229,7 @@ def ssd_triton(
         BN=tiles["BN_STATE"],
         num_warps=tiles["warps"],
         num_stages=2,
+        **REGISTER_CAP,
     )
     flags = launch.flags()
     state_elements = head_dim * state_size

@@ -1,18 +1,26 @@
 """Stage 3 of the chunked SSD forward: the outputs of a chunk, and the states emitted in it.
 
 One program per (tile of ``BM`` tokens and ``BP`` head channels, head, batch row and chunk),
-with ``g`` and ``dt`` from :mod:`.chunk_state` and ``S`` the state entering the chunk from
-:mod:`.state_passing`; for the tokens ``i`` of the tile::
+with ``g`` and ``dt`` from :mod:`.chunk_state` and ``S_in`` the state entering the chunk from
+:mod:`.state_passing`.  For the tile starting at token ``r`` of the chunk it first builds the
+state after token ``r - 1`` (transposed, ``[N, P]``)::
 
-    y_i = 2^(g_i) C_i S^T + sum_{j <= i} (C_i . B_j) 2^(g_i - g_j) dt_j x_j      (tl.dot, K-blocks
-          + sum_{injections q at t < i} 2^(g_i - g_t) C_i v_q^T                   of BK tokens)
+    S = 2^(g_{r-1}) S_in + sum_{j < r} 2^(g_{r-1} - g_j) dt_j B_j x_j^T
+        + sum_{injections q at t < r} 2^(g_{r-1} - g_t) v_q^T
+
+(a ``[N, BK] x [BK, P]`` tl.dot per K-block before the tile, with no pair matrix), then for the
+tile's tokens ``i``::
+
+    y_i = 2^(g_i - g_{r-1}) C_i S  +  sum_{r <= j <= i} (C_i . B_j) 2^(g_i - g_j) dt_j x_j
+          + sum_{injections q at r <= t < i} 2^(g_i - g_t) C_i v_q^T
     y_i = (y_i + D x_i) * silu(z_i)
 
-Each term counts only where its segment is the token's (``seq_idx`` resets and ``set``
-injections cut segments: see :mod:`.state_passing`).  An emission at ``t`` falls in exactly one
-token tile; its programs (one per channel tile) store rows ``p`` of
+so the ``[BM, BK]`` pair products with their per-element exps are built only on the tile's own
+(diagonal) K-blocks.  Each term counts only where its segment is the token's (``seq_idx``
+resets and ``set`` injections cut segments: see :mod:`.state_passing`).  An emission at ``t``
+falls in exactly one token tile; its programs (one per channel tile) store rows ``p`` of
 
-    S_t = 2^(g_t) S + sum_{j <= t} 2^(g_t - g_j) dt_j x_j B_j^T
+    S_t = 2^(g_t) S_in + sum_{j <= t} 2^(g_t - g_j) dt_j x_j B_j^T
           + sum_{injections q at t' <= t} 2^(g_t - g_t') v_q
 
 (the entering state decayed, a partial local product, the injections so far), after the tile's
@@ -108,26 +116,78 @@ def ssd_chunk_output_kernel(
     mask_n = offs_n < N
 
     g_i = tl.load(g_chunk + offs_i)
+    ref = m * BM  # the tile's first token, in the chunk
+    g_prev = tl.where(m > 0, tl.load(g_chunk + tl.maximum(ref - 1, 0)), 0.0)
+    C_chunk = C_ptr + (row * G + grp) * N
     C_i = tl.load(
-        C_ptr + (row * G + grp) * N + offs_i[:, None] * BC_STEP + offs_n[None, :],
+        C_chunk + offs_i[:, None] * BC_STEP + offs_n[None, :],
         mask=mask_i[:, None] & mask_n[None, :],
         other=0.0,
     ).to(DOT_DTYPE)
-    from_start = tl.exp2(g_i)
+    mask_np = mask_n[:, None] & mask_p[None, :]
+
+    # S: the state after token ref - 1 (transposed, [BN, BP]): the entering state decayed, plus
+    # the chunk's tokens and injections before the tile
+    S = tl.load(entering + offs_p[None, :] * N + offs_n[:, None], mask=mask_np, other=0.0)
+    S = S * tl.exp2(g_prev)
     if HAS_SEGMENTS:
         seg_i = tl.load(token_seg_ptr + row + offs_i, mask=mask_i, other=-1)
         seg_in = tl.load(state_seg_ptr + tl.maximum(row - 1, 0))
         seg_in = tl.where(c > 0, seg_in, 0)  # the entering state's segment
-        from_start = tl.where(seg_i == seg_in, from_start, 0.0)
-    S_t = tl.load(
-        entering + offs_p[None, :] * N + offs_n[:, None],
-        mask=mask_n[:, None] & mask_p[None, :],
-        other=0.0,
-    )  # [BN, BP]
-    acc = dot(C_i, S_t.to(DOT_DTYPE), tl.zeros([BM, BP], dtype=tl.float32), IEEE)
-    acc = acc * from_start[:, None]
-    for k in range(0, (m + 1) * BM, BK):  # K-blocks up to the tile's last token
+        seg_prev = tl.load(state_seg_ptr + row + tl.maximum(ref - 1, 0))
+        seg_prev = tl.where(m > 0, seg_prev, seg_in)  # the segment of S
+        S = S * tl.where(seg_prev == seg_in, 1.0, 0.0)
+    for k in range(0, ref, BK):  # the chunk's K-blocks before the tile
         offs_j = k + tl.arange(0, BK)
+        mask_j = offs_j < valid
+        c_j = tl.exp2(g_prev - tl.load(g_chunk + offs_j)) * tl.load(dt_chunk + offs_j)
+        if HAS_SEGMENTS:
+            seg_j = tl.load(token_seg_ptr + row + offs_j, mask=mask_j, other=-2)
+            c_j = tl.where(seg_j == seg_prev, c_j, 0.0)
+        B_j = tl.load(
+            B_chunk + offs_j[:, None] * BC_STEP + offs_n[None, :],
+            mask=mask_j[:, None] & mask_n[None, :],
+            other=0.0,
+        )
+        B_j = (B_j.to(tl.float32) * c_j[:, None]).to(DOT_DTYPE)
+        x_j = tl.load(
+            x_chunk + offs_j[:, None] * X_STEP + offs_p[None, :],
+            mask=mask_j[:, None] & mask_p[None, :],
+            other=0.0,
+        ).to(DOT_DTYPE)
+        S = dot(tl.trans(B_j), x_j, S, IEEE)
+    if HAS_INJECT:  # injections inside this chunk before the tile
+        inj_t_ptr += b * (Q + 1)
+        inj_s_ptr += b * (Q + 1)
+        inj_scale_ptr += b * Q
+        inj_v_ptr += b * v_b + h * v_h
+        first_q = tl.load(inj_first_ptr + b * chunks + c)
+        q = first_q
+        t_q = tl.load(inj_t_ptr + q) - start  # in the chunk
+        while t_q < tl.minimum(ref, valid):  # (the sentinel L stops it)
+            w_q = tl.exp2(g_prev - tl.load(g_chunk + t_q))
+            if HAS_SEGMENTS:
+                w_q = tl.where(tl.load(state_seg_ptr + row + t_q) == seg_prev, w_q, 0.0)
+            v_t = injected_value(
+                tl.load(inj_s_ptr + q).to(tl.int64),
+                inj_v_ptr,
+                v_q,
+                inj_scale_ptr,
+                offs_n[:, None] * v_n + offs_p[None, :] * v_p,
+                mask_np,
+                HAS_SCALE,
+            )  # [BN, BP]
+            S += w_q * v_t
+            q += 1
+            t_q = tl.load(inj_t_ptr + q) - start
+
+    to_tile = tl.exp2(g_i - g_prev)
+    if HAS_SEGMENTS:
+        to_tile = tl.where(seg_i == seg_prev, to_tile, 0.0)
+    acc = dot(C_i, S.to(DOT_DTYPE), tl.zeros([BM, BP], dtype=tl.float32), IEEE)
+    acc = acc * to_tile[:, None]
+    for kk in tl.static_range(0, BM, BK):  # the tile's own tokens: the causal pair products
+        offs_j = ref + kk + tl.arange(0, BK)
         mask_j = offs_j < valid
         B_j = tl.load(
             B_chunk + offs_j[:, None] * BC_STEP + offs_n[None, :],
@@ -149,32 +209,31 @@ def ssd_chunk_output_kernel(
         ).to(DOT_DTYPE)
         acc = dot((CB * w).to(DOT_DTYPE), x_j, acc, IEEE)
 
-    if HAS_INJECT:  # injections at t < i inside this chunk
-        inj_t_ptr += b * (Q + 1)
-        inj_s_ptr += b * (Q + 1)
-        inj_scale_ptr += b * Q
-        inj_v_ptr += b * v_b + h * v_h
-        first_q = tl.load(inj_first_ptr + b * chunks + c)
-        q = first_q
-        t_q = tl.load(inj_t_ptr + q) - start  # in the chunk
-        last = tl.minimum(m * BM + BM, valid) - 1
-        mask_np = mask_n[:, None] & mask_p[None, :]
+    if HAS_INJECT:  # injections inside the tile, at t < i
+        last = tl.minimum(ref + BM, valid) - 1
         while t_q < last:
             slot = tl.load(inj_s_ptr + q).to(tl.int64)
-            v_t = injected_value(
-                slot,
-                inj_v_ptr,
-                v_q,
-                inj_scale_ptr,
-                offs_n[:, None] * v_n + offs_p[None, :] * v_p,
-                mask_np,
-                HAS_SCALE,
-            )  # [BN, BP]
-            g_q = tl.load(g_chunk + t_q)
-            w_q = tl.exp2(tl.where(offs_i > t_q, g_i - g_q, float("-inf")))
+            w_q = tl.exp2(tl.where(offs_i > t_q, g_i - tl.load(g_chunk + t_q), float("-inf")))
             if HAS_SEGMENTS:
                 w_q = tl.where(seg_i == tl.load(state_seg_ptr + row + t_q), w_q, 0.0)
-            seen = dot(C_i, v_t.to(DOT_DTYPE), tl.zeros([BM, BP], dtype=tl.float32), IEEE)
+            seen = tl.zeros([BM, BP], dtype=tl.float32)
+            for n0 in tl.range(0, N, BNE, num_stages=1):  # C_i v^T, BNE state columns at a time
+                cols = n0 + tl.arange(0, BNE)
+                C_cols = tl.load(
+                    C_chunk + offs_i[:, None] * BC_STEP + cols[None, :],
+                    mask=mask_i[:, None] & (cols < N)[None, :],
+                    other=0.0,
+                ).to(DOT_DTYPE)
+                v_t = injected_value(
+                    slot,
+                    inj_v_ptr,
+                    v_q,
+                    inj_scale_ptr,
+                    cols[:, None] * v_n + offs_p[None, :] * v_p,
+                    (cols < N)[:, None] & mask_p[None, :],
+                    HAS_SCALE,
+                )  # [BNE, BP]
+                seen = dot(C_cols, v_t.to(DOT_DTYPE), seen, IEEE)
             acc += seen * w_q[:, None]
             q += 1
             t_q = tl.load(inj_t_ptr + q) - start
@@ -203,34 +262,34 @@ def ssd_chunk_output_kernel(
                 decay = tl.where(seg_e == seg_in, decay, 0.0)
             slot = tl.load(emit_s_ptr + e).to(tl.int64)
             emitted = states_ptr + ((b * E + slot) * H + h) * P * N
-            for n0 in tl.range(0, N, BNE, num_stages=1):
+            for n0 in tl.range(0, N, BNE, num_stages=1, disable_licm=True):
                 cols = n0 + tl.arange(0, BNE)
                 mask_pn = mask_p[:, None] & (cols < N)[None, :]
                 S_e = tl.load(
                     entering + offs_p[:, None] * N + cols[None, :], mask=mask_pn, other=0.0
                 )
                 S_e = S_e * decay  # [BP, BNE]
-                for k in tl.range(0, t_e + 1, BK, num_stages=1):
-                    offs_j = k + tl.arange(0, BK)
-                    mask_j = offs_j < valid
-                    g_j = tl.load(g_chunk + offs_j)
-                    dt_j = tl.load(dt_chunk + offs_j)
-                    w = tl.exp2(tl.where(offs_j <= t_e, g_e - g_j, float("-inf"))) * dt_j
+                for k_e in tl.range(0, t_e + 1, BK, num_stages=1, disable_licm=True):
+                    offs_e = k_e + tl.arange(0, BK)
+                    mask_e = offs_e < valid
+                    g_t = tl.load(g_chunk + offs_e)
+                    dt_t = tl.load(dt_chunk + offs_e)
+                    w_e = tl.exp2(tl.where(offs_e <= t_e, g_e - g_t, float("-inf"))) * dt_t
                     if HAS_SEGMENTS:
-                        seg_j = tl.load(token_seg_ptr + row + offs_j, mask=mask_j, other=-2)
-                        w = tl.where(seg_j == seg_e, w, 0.0)
-                    x_j = tl.load(
-                        x_chunk + offs_j[:, None] * X_STEP + offs_p[None, :],
-                        mask=mask_j[:, None] & mask_p[None, :],
+                        seg_t = tl.load(token_seg_ptr + row + offs_e, mask=mask_e, other=-2)
+                        w_e = tl.where(seg_t == seg_e, w_e, 0.0)
+                    x_t = tl.load(
+                        x_chunk + offs_e[:, None] * X_STEP + offs_p[None, :],
+                        mask=mask_e[:, None] & mask_p[None, :],
                         other=0.0,
                     )
-                    B_j = tl.load(
-                        B_chunk + offs_j[:, None] * BC_STEP + cols[None, :],
-                        mask=mask_j[:, None] & (cols < N)[None, :],
+                    B_t = tl.load(
+                        B_chunk + offs_e[:, None] * BC_STEP + cols[None, :],
+                        mask=mask_e[:, None] & (cols < N)[None, :],
                         other=0.0,
                     ).to(DOT_DTYPE)
-                    xw = (x_j.to(tl.float32) * w[:, None]).to(DOT_DTYPE)
-                    S_e = dot(tl.trans(xw), B_j, S_e, IEEE)
+                    xw = (x_t.to(tl.float32) * w_e[:, None]).to(DOT_DTYPE)
+                    S_e = dot(tl.trans(xw), B_t, S_e, IEEE)
                 if HAS_INJECT:  # injections at t' <= t_e inside this chunk
                     q = first_q
                     t_q = tl.load(inj_t_ptr + q) - start

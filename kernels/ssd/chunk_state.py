@@ -7,6 +7,8 @@ For the chunk of tokens ``[s, s + T)`` (the last one cut at ``L``) and head ``h`
     g_j  = sum_{s <= m <= j} dt_m A log2(e)                 (log2 decay from the chunk start)
     U    = sum_j 2^(g_end - g_j) dt_j x_j B_j^T            ([P, T] x [T, N], one tl.dot per K-block)
 
+(``g_end - g_j`` summed from the chunk's end, not subtracted).
+
 ``dt`` and ``g`` are stored per token (``[B, H, NC * T]``, the index is the token) for the later
 stages; ``U`` is what the chunk adds to the state carried into it, which the state pass
 (:mod:`.state_passing`) decays and sums across chunks.  With segments (``seq_idx`` resets or
@@ -45,6 +47,7 @@ def ssd_chunk_state_kernel(
     state_seg_ptr,  # [B, L] int32: the segment of the state after step t
     dt_out_ptr,  # [B, H, LP] fp32: discretised dt per token
     g_out_ptr,  # [B, H, LP] fp32: in-chunk cumulative log2 decay per token
+    to_end_ptr,  # [B, H, LP] fp32 scratch: log2 decay from each token to the chunk's end
     local_ptr,  # [B, NC, H, P, N] fp32: the chunk-local end state U
     L,
     H,
@@ -97,9 +100,11 @@ def ssd_chunk_state_kernel(
         dt = tl.minimum(tl.maximum(dt, dt_low), dt_high)
     dt = tl.where(mask_t, dt, 0.0)
     dA = dt * (tl.load(A_ptr + h) * LOG2E)
-    total = tl.sum(dA, axis=0)
     tl.store(dt_chunk + offs_t, dt)
     tl.store(g_chunk + offs_t, tl.cumsum(dA, axis=0))
+    # sum_{j < m} dA_m summed from the end (not g_end - g_j: no cancellation of large sums)
+    to_end_chunk = to_end_ptr + (b * H + h) * LP + start
+    tl.store(to_end_chunk + offs_t, tl.cumsum(dA, axis=0, reverse=True) - dA)
     tl.debug_barrier()  # the K-blocks below read back what this CTA just stored
     if HAS_SEGMENTS:
         end_segment = tl.load(state_seg_ptr + row + tl.minimum(T, valid) - 1)
@@ -110,7 +115,7 @@ def ssd_chunk_state_kernel(
     for k in range(0, T, BK):
         offs_k = k + tl.arange(0, BK)
         mask_k = offs_k < valid
-        w = tl.exp2(total - tl.load(g_chunk + offs_k)) * tl.load(dt_chunk + offs_k)  # 0 past L
+        w = tl.exp2(tl.load(to_end_chunk + offs_k)) * tl.load(dt_chunk + offs_k)  # 0 past L
         if HAS_SEGMENTS:
             seg = tl.load(token_seg_ptr + row + offs_k, mask=mask_k, other=-1)
             w = tl.where(seg == end_segment, w, 0.0)
