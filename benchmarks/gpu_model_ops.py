@@ -26,8 +26,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import triton
 
 from statetap.kernels._sass import LoopSpec
+
+_TRITON = tuple(int(part) for part in triton.__version__.split(".")[:2])
 
 BF16 = torch.bfloat16
 F32 = torch.float32
@@ -442,21 +445,53 @@ def _ssd_state_passing(v, emit):
     return [LoopSpec(trips=v["LP"] // v["T"], children=inject)]
 
 
-def _wkv6_chunk(v, emit):
-    pieces = _pieces(v["L"], v["BT"])
-    extra = _emission_loop(len(emit), pieces) if emit else ()
-    return [LoopSpec(trips=pieces, children=(LoopSpec(trips=v["BT"]), *extra))]
+def _wkv6_chunk_states(v, emit):
+    chunks = _pieces(v["L"], v["BT"])
+    return [LoopSpec(trips=chunks, children=_emission_loop(len(emit), chunks) if emit else ())]
 
 
-def _wkv7_chunk(v, emit):
-    pieces = _pieces(v["L"], v["BT"])
-    extra = _emission_loop(_mid_piece(emit, v["BT"]), pieces) if emit else ()
-    inner = (LoopSpec(trips=v["BT"]), LoopSpec(trips=v["BT"] - 1))
-    return [LoopSpec(trips=pieces, children=(*inner, *extra))]
+def _wkv6_chunk_output(v, emit):
+    """The diagonal sub-blocks a key column a step; then per row sub-block the earlier ones."""
+    blocks = v["BT"] // v["BC"]
+    earlier = LoopSpec(trips=(blocks - 1) / 2)
+    return [LoopSpec(trips=v["BC"]), LoopSpec(trips=blocks, children=(earlier,))]
+
+
+def _wkv7_chunk_factors(v, emit):
+    """One chunk per program: one snapshot per emission inside the chunk."""
+    chunks = _pieces(v["L"], v["BT"])
+    return [LoopSpec(trips=_mid_piece(emit, v["BT"]) / chunks)] if v["HAS_EMIT"] else []
+
+
+def _wkv7_chunk_state(v, emit):
+    chunks = _pieces(v["L"], v["BT"])
+    extra = _emission_loop(_mid_piece(emit, v["BT"]), chunks) if v["HAS_EMIT"] else ()
+    return [LoopSpec(trips=chunks, children=extra)]
 
 
 def _per_token(v, emit):
     return [LoopSpec(trips=v["L"])] if v["L"] > 1 else []
+
+
+def _column_segments(v, emit):
+    """The wkv6/wkv7 recurrent walk: segments ending at each emission (and at L), tokens
+    inside them (a decode step, L = 1, compiles to straight-line code)."""
+    length, events = v["L"], sorted(set(emit))
+    if length == 1:
+        return []
+    segments = len(events) + (0 if events and events[-1] == length - 1 else 1)
+    return [LoopSpec(trips=segments, children=(LoopSpec(trips=length / segments),))]
+
+
+def _wkv4_segments(v, emit):
+    """RWKV-4's segmented walk; with emission, triton 3.8's LLVM nests it one level deeper (an
+    outer loop over the segments that end in an emission, entering the segment loop once)."""
+    if v["L"] == 1:
+        return []
+    (walk,) = _column_segments(v, emit)
+    if not emit or _TRITON < (3, 8):
+        return [walk]
+    return [LoopSpec(trips=walk.trips, children=(LoopSpec(trips=1, children=walk.children),))]
 
 
 def _chunk_scan(v, emit):
@@ -475,11 +510,16 @@ TRIPS: dict[str, Callable[[dict, tuple[int, ...]], list[LoopSpec]]] = {
     "ssd_chunk_state_kernel": lambda v, e: [LoopSpec(trips=v["T"] // v["BK"])],
     "ssd_state_passing_kernel": _ssd_state_passing,
     "ssd_chunk_output_kernel": _ssd_chunk_output,
-    "wkv6_chunk_kernel": _wkv6_chunk,
-    "wkv6_recurrent_kernel": _per_token,
-    "wkv7_chunk_kernel": _wkv7_chunk,
-    "wkv7_recurrent_kernel": _per_token,
-    "wkv4_recurrent_kernel": _per_token,
+    "wkv6_chunk_states_kernel": _wkv6_chunk_states,
+    "wkv6_chunk_output_kernel": _wkv6_chunk_output,
+    "wkv6_recurrent_kernel": _column_segments,
+    # the two column loops of chunks whose decay is too strong to factorise: never at
+    # RWKV-7's decay, the model's inputs
+    "wkv7_chunk_pairs_kernel": lambda v, e: [LoopSpec(trips=0), LoopSpec(trips=0)],
+    "wkv7_chunk_factors_kernel": _wkv7_chunk_factors,
+    "wkv7_chunk_state_kernel": _wkv7_chunk_state,
+    "wkv7_recurrent_kernel": _column_segments,
+    "wkv4_recurrent_kernel": _wkv4_segments,
     "_state_update_kernel": lambda v, e: [],
     # mamba-ssm
     "_chunk_cumsum_fwd_kernel": lambda v, e: [],
