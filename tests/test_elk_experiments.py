@@ -340,6 +340,13 @@ def test_cli_lora_takes_a_quirky_dataset_and_restricts_the_probes(tmp_path, caps
     assert {r["layer"] for r in results.probes} == {0, 1}  # no "all"
     assert results.control is None
     assert results.meta["scored"] + 2 * results.meta["fit_examples"] == 140  # every row once
+    # run again (as after a kill in the probe stage): the adapter and the probes are reused
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "reusing the adapter" in capsys.readouterr().out
+    assert ElkResults.load(out).probes == results.probes
+    assert main([*argv, "--epochs", "2"]) == 1  # another recipe: refused, naming it
+    assert "'epochs': 1" in capsys.readouterr().err
 
 
 # --- user data: quirky datasets, the random-model control, resuming -------------------------

@@ -24,9 +24,11 @@ table the random-model control: the same probes on the same architecture with ra
 (``OUT/control``; ``--no-control`` skips it).
 
 ``lora`` makes a transformers model quirky on Mallen et al.'s v2 arithmetic (or ``--dataset``'s
-rows; :mod:`.quirky_lora`), saves the adapter and reports held-out Alice and Bob accuracy; with
-``--elk`` it runs the probes (``--probes``, ``--sites``, ``--no-all-layers``) on the fine-tuned
-model too.
+rows; :mod:`.quirky_lora`), saves the adapter (with ``lora.json``: the model, data and recipe
+it was trained from) and reports held-out Alice and Bob accuracy; with ``--elk`` it runs the
+probes (``--probes``, ``--sites``, ``--no-all-layers``) on the fine-tuned model too. Run again
+with the same ``--out`` (after a kill in the probe stage), it reuses the adapter when
+``lora.json`` matches (else it refuses, naming what differs) and the finished probes.
 
 :func:`add_elk_commands` registers the ``elk`` command on the ``statetap`` parser.
 """
@@ -34,6 +36,8 @@ model too.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 from pathlib import Path
 
 from statetap.interp.elk.experiments import PROBES, SUBSETS, ElkConfig, probe_split
@@ -168,8 +172,15 @@ def _plot(args: argparse.Namespace) -> int:
 
 def _lora(args: argparse.Namespace) -> int:
     from statetap.defaults import load_model
+    from statetap.extract import write_json_atomically
     from statetap.interp.elk.pipeline import elk_experiment
-    from statetap.interp.elk.quirky_lora import LoraQuirkyConfig, make_quirky, save_adapter
+    from statetap.interp.elk.quirky_lora import (
+        LoraQuirkyConfig,
+        load_adapter,
+        make_quirky,
+        save_adapter,
+    )
+    from statetap.interp.provenance import check_same, model_identity
     from statetap.zoo.train import quirky_accuracy
 
     model, tokenizer = load_model(args.model)
@@ -178,8 +189,26 @@ def _lora(args: argparse.Namespace) -> int:
     config = LoraQuirkyConfig(
         rank=args.rank, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed
     )
-    quirky = make_quirky(model, tokenizer, train, config)
-    adapter = save_adapter(quirky, Path(args.out) / "adapter")
+    out = Path(args.out)
+    record = json.loads(
+        json.dumps(
+            dict(
+                model=args.model,
+                identity=model_identity(model, tokenizer),
+                dataset=source,
+                config=dataclasses.asdict(config),
+            )
+        )
+    )
+    adapter = out / "adapter"
+    if adapter.exists():  # a finished LoRA stage: reused when it is this command's
+        check_same(_read_json(out / LORA_RECORD), record, f"the adapter in {adapter}")
+        quirky = load_adapter(model, adapter)
+        print(f"reusing the adapter in {adapter} (same model, data and recipe)")
+    else:
+        write_json_atomically(out / LORA_RECORD, record)
+        quirky = make_quirky(model, tokenizer, train, config)
+        save_adapter(quirky, adapter)
     accuracy = quirky_accuracy(quirky, tokenizer, test)
     print(
         f"held out: Alice {accuracy['alice_accuracy']:.1%} (truth), "
@@ -198,8 +227,16 @@ def _lora(args: argparse.Namespace) -> int:
             meta=meta,
             control=args.control,
         )
-        _print(results, Path(args.out))
+        _print(results, out)
     return 0
+
+
+LORA_RECORD = "lora.json"  # what the adapter in OUT/adapter was trained from
+
+
+def _read_json(path: Path) -> dict | None:
+    """``path``'s JSON, or None when it does not exist."""
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def _dataset_arguments(parser: argparse.ArgumentParser, default: str) -> None:
