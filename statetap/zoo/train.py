@@ -206,7 +206,7 @@ def answer_logits(
     out = []
     for i in range(0, len(texts), batch_size):
         ids, last = encode_prompts(tokenizer, texts[i : i + batch_size])
-        logits = model(input_ids=ids.to(model.device), use_cache=False).logits
+        logits = model(input_ids=ids, use_cache=False).logits
         rows = torch.arange(len(ids))
         out.append(logits[rows, last].float().cpu().gather(1, ids_of[i : i + batch_size]))
     return torch.cat(out)
