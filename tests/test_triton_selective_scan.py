@@ -154,6 +154,48 @@ def test_inject_set_fp16(scan):
     )
 
 
+@pytest.mark.parametrize("mode", ["add", "set"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_events_at_time_tile_edges(dtype, mode, scan):
+    """Emission and injection at 0, at the last token of a time tile and the first of the next,
+    mid-tile, among the tokens past the last whole tile and at L - 1, per row (the Triton kernel
+    runs whole event-free tiles unrolled, 4 tokens in fp32 and 8 in fp16, and an event's tile and
+    the tail token by token); L not a multiple of the tile, two channel blocks of which the
+    second is partial, groups that split a block, N not a power of two."""
+    batch, length, dim, n = 3, 37, 70, 5
+    inputs = make(batch, length, dtype, D=dim, N=n, G=2)
+    emit_at = torch.tensor(
+        [[0, 7, 8, 19, 36, 33], [3, 4, -1, 35, 16, 15], [-1, -1, -1, -1, -1, 32]], device=DEVICE
+    )
+    inject_at = torch.tensor([[8, 0, 36], [4, 23, -1], [7, -1, 31]], device=DEVICE)
+    check(
+        scan,
+        inputs,
+        dtype,
+        initial_state=torch.randn(batch, dim, n, device=DEVICE),
+        output_final_state=True,
+        emit_at=emit_at,
+        inject_at=inject_at,
+        inject_value=torch.randn(batch, 3, dim, n, device=DEVICE),
+        inject_mode=mode,
+        inject_scale=torch.randn(batch, 3, device=DEVICE) if mode == "add" else None,
+    )
+
+
+def test_emission_leaves_y_and_final_state_unchanged(scan):
+    """Emitting (at 0, mid-tile, at tile edges and in the tail) changes neither y nor the final
+    state: an event's tile runs token by token with the same arithmetic as a whole tile."""
+    inputs = make(2, 29, D=9, N=16, G=1)
+    plain = scan(**inputs, output_final_state=True)
+    emitted = scan(
+        **inputs,
+        output_final_state=True,
+        emit_at=torch.tensor([[0, 3, 4, 13, 28], [27, 8, 9, -1, 1]], device=DEVICE),
+    )
+    assert torch.equal(plain.y, emitted.y)
+    assert torch.equal(plain.final_state, emitted.final_state)
+
+
 def test_empty_instrumentation_is_bit_identical(scan):
     inputs = make(2, 8, D=6, N=3, G=2)
     plain = scan(**inputs, output_final_state=True)

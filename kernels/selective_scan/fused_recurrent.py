@@ -300,8 +300,9 @@ def _selective_scan_fwd_kernel(
     mask_d = offs_d < dim
     mask_n = offs_n < N
     mask = mask_n[:, None] & mask_d[None, :]
-    # [BLOCK_N, BLOCK_D] addresses as a pointer per channel plus the constant n: the
-    # per-element part folds into the load/store instruction, no address is kept per element
+    # [BLOCK_N, BLOCK_D] addresses as a pointer per channel plus the constant n (the
+    # per-element part folds into the instruction; addresses kept per element, live across the
+    # scan, cost ~30 registers)
     n_col = offs_n[:, None]
     dn = offs_d[None, :] * N  # [1, BLOCK_D] offsets of (d, n = 0) in a [D, N] state
 
@@ -326,14 +327,14 @@ def _selective_scan_fwd_kernel(
     if HAS_BIAS:
         bias = tl.load(bias_ptr + offs_d, mask=mask_d, other=0.0)
     if HAS_INITIAL:
-        state = tl.load(h0_ptr + b * dim * N + dn + n_col, mask=mask, other=0.0)
+        state = tl.load((h0_ptr + (b * dim + offs_d) * N)[None, :] + n_col, mask=mask, other=0.0)
     else:
         state = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    emit = (emit_t_ptr, emit_s_ptr, states_ptr + b * P * dim * N + dn, HAS_EMIT)
+    emit = (emit_t_ptr, emit_s_ptr, (states_ptr + (b * P * dim + offs_d) * N)[None, :], HAS_EMIT)
     inject = (
         inj_t_ptr,
         inj_s_ptr,
-        inj_v_ptr + b * sv_b + offs_d[None, :] * sv_d,
+        (inj_v_ptr + b * sv_b + offs_d * sv_d)[None, :],
         sv_q,
         inj_scale_ptr,
         HAS_INJECT,
@@ -368,7 +369,7 @@ def _selective_scan_fwd_kernel(
         start = stop + 1
 
     if STORE_FINAL:
-        tl.store(hT_ptr + b * dim * N + dn + n_col, state, mask=mask)
+        tl.store((hT_ptr + (b * dim + offs_d) * N)[None, :] + n_col, state, mask=mask)
 
 
 NUM_STAGES = 1
