@@ -494,6 +494,25 @@ def _wkv4_segments(v, emit):
     return [LoopSpec(trips=walk.trips, children=(LoopSpec(trips=1, children=walk.children),))]
 
 
+def _selective_scan(v, emit):
+    """The kernel's loop over segments, as it runs on a row that emits at ``emit``: whole tiles
+    with no event (unrolled), then the tile of the next event, or the tokens past the last whole
+    tile, token by token; one segment when nothing is emitted."""
+    length, block = v["L"], v["BLOCK_T"]
+    tiles, full = _cdiv(length, block), length // block
+    event_tiles = sorted({t // block for t in emit})
+    segments = plain = tokens = start = 0
+    while start < tiles:
+        stop = min(next((k for k in event_tiles if k >= start), full), full)
+        plain += stop - start
+        if stop < tiles:
+            tokens += min(block, length - stop * block)
+        segments += 1
+        start = stop + 1
+    inner = (LoopSpec(trips=plain / segments), LoopSpec(trips=tokens / segments))
+    return [LoopSpec(trips=segments, children=inner)]
+
+
 def _chunk_scan(v, emit):
     chunk, bm, bk = v["chunk_size"], v["BLOCK_SIZE_M"], v["BLOCK_SIZE_K"]
     tiles = _cdiv(chunk, bm)
@@ -506,7 +525,8 @@ def _chunk_scan(v, emit):
 
 TRIPS: dict[str, Callable[[dict, tuple[int, ...]], list[LoopSpec]]] = {
     # statetap
-    "_selective_scan_fwd_kernel": _per_token,
+    "_selective_scan_fwd_kernel": _selective_scan,
+    "_token_major_kernel": lambda v, e: [],
     "ssd_chunk_state_kernel": lambda v, e: [LoopSpec(trips=v["T"] // v["BK"])],
     "ssd_state_passing_kernel": _ssd_state_passing,
     "ssd_chunk_output_kernel": _ssd_chunk_output,
