@@ -469,10 +469,6 @@ def _wkv7_chunk_state(v, emit):
     return [LoopSpec(trips=chunks, children=extra)]
 
 
-def _per_token(v, emit):
-    return [LoopSpec(trips=v["L"])] if v["L"] > 1 else []
-
-
 def _column_segments(v, emit):
     """The wkv6/wkv7 recurrent walk: segments ending at each emission (and at L), tokens
     inside them (a decode step, L = 1, compiles to straight-line code)."""
