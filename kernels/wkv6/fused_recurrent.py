@@ -1,18 +1,19 @@
-"""RWKV-5/6 WKV, recurrent Triton forward: a thread per value column, one token per step.
+"""RWKV-5/6 WKV, recurrent Triton forward: value columns in threads, one token per step.
 
-One program per ``(V block, batch row, head)`` keeps the fp32 state ``S`` ``[K, BV]`` in
-registers and walks ``t = 0 .. L-1``::
+One program (one warp) per ``(V block, batch row, head)`` keeps the fp32 state ``S``
+``[K, BV]`` in registers and walks ``t = 0 .. L-1``::
 
     y_t = (scale r_t)^T (S + diag(u) k_t v_t^T);   S <- diag(exp(w_t)) S + k_t v_t^T
     inject at t (S += scale * value, or S = value); emit at t (store S)
 
-Layout (:func:`column_tile`): ``BV = 32 x num_warps``, so Triton's default blocked layout gives
-each thread one value column with its whole ``K``-row in registers: ``r^T S`` is ``K``
-in-thread FMAs, and the state update touches no other thread's data.  The per-token key vectors
-``r, k, w`` ``[K]`` are loaded once per program, spread over the threads (one or two elements
+Layout (:func:`column_tile`): ``BV = 16`` columns on one warp, so Triton's default blocked
+layout gives each thread one value column and half of its ``K``-row (32 entries at K = 64):
+``r^T S`` is in-thread FMAs and one shuffle, and the state update touches no other thread's
+data (16 rather than 32 columns a warp keeps the registers under 128).  The per-token key
+vectors ``r, k, w`` ``[K]`` are loaded once per program, spread over the threads (two elements
 each: ``exp(w)`` and the bonus ``sum(r u k)`` are computed once per program, not once per
-column) and handed to every column through one shared-memory round trip.  The column offsets
-carry ``max_contiguous(.., 1)`` so that no load or store of the state tile imposes a
+column) and handed to every column through shared memory (:func:`shared_vectors`).  The column
+offsets carry ``max_contiguous(.., 1)`` so that no load or store of the state tile imposes a
 vectorised layout on the loop; ``K`` and ``V`` are compile-time (``KD``, ``VD``), so the
 tile's offsets are immediates and cost no registers.
 
@@ -85,6 +86,18 @@ def open_column_row(
     emit = (e_times, e_slots, states_ptr, HAS_EMIT)
     inject = (i_times, i_slots, inj_v_ptr, iv_sq, inj_scale_ptr, HAS_INJECT, INJECT_SET, HAS_SCALE)
     return S, i_b, i_h, state_off, emit, inject, cursors
+
+
+@triton.jit
+def shared_vectors(a, b, c, d):
+    """``a, b, c, d`` (``[BK]`` fp32) through one ``join`` (``[BK, 2, 2]``): the layout change
+    that hands them to every column then moves the values as computed, once per program
+    (triton 3.6 otherwise moves the raw bf16 inputs and redoes the conversions and the exps in
+    every column)."""
+    ab, cd = tl.split(tl.join(tl.join(a, b), tl.join(c, d)))
+    a, b = tl.split(ab)
+    c, d = tl.split(cd)
+    return a, b, c, d
 
 
 @triton.jit
@@ -211,9 +224,11 @@ def wkv6_recurrent_kernel(
             k = tl.load(k_ptr + o_k, mask=m_k, other=0.0).to(tl.float32)
             v = tl.load(v_ptr + o_v, mask=m_v, other=0.0).to(tl.float32)
             w = tl.load(w_ptr + o_k, mask=m_k, other=0.0).to(tl.float32)
-            y = tl.sum(r[:, None] * S, 0) + v * tl.sum(r * u * k, 0)  # [BV]
+            bonus = tl.sum(r * u * k, 0)
+            r, k, e, _e = shared_vectors(r, k, tl.exp(w), w)
+            y = tl.sum(r[:, None] * S, 0) + v * bonus  # [BV]
             tl.store(y_ptr + o_v, y.to(y_ptr.dtype.element_ty), mask=m_v)
-            S = S * tl.exp(w)[:, None] + k[:, None] * v[None, :]
+            S = S * e[:, None] + k[:, None] * v[None, :]
             r_ptr += H * KD
             k_ptr += H * KD
             v_ptr += H * VD
@@ -230,8 +245,8 @@ def wkv6_recurrent_kernel(
 
 @functools.cache  # a pure function of ints, called on every launch
 def recurrent_blocks(key_dim: int, value_dim: int) -> tuple[int, int, int]:
-    """``(BK, BV, num_warps)``: all of K in one program and a thread per value column, 32
-    columns (one warp) per program, fewer when ``V`` is smaller."""
+    """``(BK, BV, num_warps)``: all of K in one program, 16 value columns on one warp (each
+    column on two threads), fewer when ``V`` is smaller."""
     bv = min(_triton.next_power_of_2(value_dim), 16)
     return _triton.next_power_of_2(key_dim), bv, 1
 

@@ -2,8 +2,8 @@
 
 One program per ``(V block, batch row, head)`` keeps all of K (``a^T S`` needs every key row)
 and a block of values of the fp32 state ``S`` ``[K, BV]`` in registers, in the column layout of
-:mod:`statetap.kernels.wkv6.fused_recurrent` (a value column per thread, or per pair of threads:
-the reductions over ``K`` are in-thread FMAs plus at most one shuffle; ``r, w, k, a, b`` are
+:mod:`statetap.kernels.wkv6.fused_recurrent` (a value column on a pair of threads:
+the reductions over ``K`` are in-thread FMAs plus one shuffle; ``r, w, k, a, b`` are
 loaded and ``exp(w)`` computed once per program, then shared through shared memory)::
 
     S <- diag(exp(w_t)) S + b_t (a_t^T S) + k_t v_t^T;   y_t = S^T (scale r_t)
@@ -27,6 +27,7 @@ from ..wkv6.fused_recurrent import (
     open_column_row,
     recurrent_blocks,
     segment_end,
+    shared_vectors,
 )
 
 
@@ -91,8 +92,10 @@ def wkv7_recurrent_kernel(
             a = tl.load(a_ptr + p_k + o_k, mask=m_k, other=0.0).to(tl.float32)
             b = tl.load(b_ptr + p_k + o_k, mask=m_k, other=0.0).to(tl.float32)
             v = tl.load(v_ptr + p_v + o_v, mask=m_v, other=0.0).to(tl.float32)
+            r, k, a, b = shared_vectors(r, k, a, b)
+            e, _r, _k, _a = shared_vectors(tl.exp(w), r, k, a)
             sa = tl.sum(a[:, None] * S, 0)  # [BV]: a^T S_{t-1}
-            S = S * tl.exp(w)[:, None] + b[:, None] * sa[None, :] + k[:, None] * v[None, :]
+            S = S * e[:, None] + b[:, None] * sa[None, :] + k[:, None] * v[None, :]
             y = tl.sum(r[:, None] * S, 0)  # [BV]
             tl.store(y_ptr + p_v + o_v, y.to(y_ptr.dtype.element_ty), mask=m_v)
             p_k += H * KD
