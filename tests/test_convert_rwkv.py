@@ -93,11 +93,14 @@ def test_a_port_folder_converts_too(tmp_path, fresh_seed):
         assert getattr(converted.generation_config, name) == expected, name
 
 
-def test_existing_destination_is_refused(tmp_path, fresh_seed):
+def test_existing_destination_is_refused(tmp_path, fresh_seed, capsys):
     pth = save_pth(random_checkpoint("x052", fresh_seed), tmp_path)
     (tmp_path / "taken").mkdir()
+    # the command line checks it before loading anything: a usage error, status 2
+    assert main(["convert-rwkv", str(pth), str(tmp_path / "taken"), "--no-tokenizer"]) == 2
+    assert "taken exists" in capsys.readouterr().err
     with pytest.raises(FileExistsError, match="taken exists"):
-        main(["convert-rwkv", str(pth), str(tmp_path / "taken"), "--no-tokenizer"])
+        convert_checkpoint(pth, tmp_path / "taken")
 
 
 @pytest.mark.parametrize(
