@@ -16,7 +16,7 @@ from statetap.kernels.examples import rel_error
 from statetap.kernels.wkv5.fused_recurrent import wkv5_triton
 from statetap.kernels.wkv5.reference import wkv5_sequential
 from statetap.kernels.wkv6.chunk import CHUNK_SIZE as CHUNK
-from statetap.kernels.wkv6.launch import prepare, run
+from statetap.kernels.wkv6.launch import choose_form, prepare, run
 from statetap.kernels.wkv6.reference import wkv6_sequential
 from statetap.kernels.wkv6.step import wkv6_step_triton
 
@@ -247,3 +247,18 @@ def test_chunked_emission_leaves_y_bit_identical():
     plain = poisoned_run(inputs, 1.0, "chunked")
     emitting = poisoned_run(inputs, 1.0, "chunked", emit_at=torch.tensor([[0, 30, L - 1]] * B))
     assert torch.equal(plain.y, emitting.y)
+
+
+def test_auto_form_is_recurrent_for_short_rows_wide_keys_and_batches_that_fill_the_gpu():
+    """The documented rule: recurrent for L <= 64, K above the chunked kernel's limit, or
+    B * H * ceil(V / 16) >= 1056 warps (two per H100 scheduler); chunked otherwise."""
+    assert choose_form("auto", (1, 64, 64, 64, 64), 64) == "recurrent"
+    assert choose_form("auto", (1, 65, 64, 64, 64), 64) == "chunked"
+    assert choose_form("auto", (1, 4096, 8, 128, 64), 64) == "recurrent"
+    assert choose_form("auto", (32, 2048, 8, 64, 64), 64) == "chunked"  # 1024 warps
+    assert choose_form("auto", (33, 2048, 8, 64, 64), 64) == "recurrent"  # 1056 warps
+    assert choose_form("auto", (66, 2048, 8, 64, 24), 64) == "recurrent"  # ceil(24 / 16) = 2
+    assert choose_form("chunked", (64, 2048, 64, 64, 64), 64) == "chunked"
+    assert choose_form("recurrent", (1, 4096, 1, 64, 64), 64) == "recurrent"
+    with pytest.raises(ValueError, match="form must be one of"):
+        choose_form("fast", (1, 2, 1, 4, 4), 64)

@@ -2,9 +2,9 @@
 
 ``wkv6_triton`` validates exactly as the reference does (:func:`.reference.validate`), prepares
 a :class:`Launch` (inputs made contiguous where needed, output allocated, instrumentation
-scheduled) and runs the chunked kernel for prefill (``L > 64``, as flash-linear-attention
-switches) or the recurrent one for short sequences.  Forward only; float64 inputs (the exact
-oracle) run the reference.
+scheduled) and runs the kernel :func:`choose_form` picks: the recurrent one for short
+sequences and for batches that fill the GPU with its warps, the chunked one otherwise.  Forward
+only; float64 inputs (the exact oracle) run the reference.
 """
 
 from __future__ import annotations
@@ -19,9 +19,33 @@ from .chunk import MAX_KEY_DIM, launch_chunked
 from .fused_recurrent import launch_recurrent
 from .reference import validate, wkv6_chunked
 
-#: Sequences longer than this run the chunked kernel; shorter ones the recurrent kernel.
+#: ``form="auto"`` runs sequences up to this length with the recurrent kernel.
 RECURRENT_MAX_LENGTH = 64
+#: ``form="auto"`` runs longer sequences with the recurrent kernel when it launches at least this
+#: many warps (one per 16 value columns of a row and head): two per scheduler of an H100 (132 SMs
+#: x 4). The compiled performance model (``make gpu-model``, a prediction) puts the recurrent form
+#: below the chunked one at B 8, H 64, K = V = 64 (2048 warps; 0.82x for RWKV-6, 0.73x for
+#: RWKV-7, 0.68x and 0.70x of fla's chunked kernels) but its per-token chain is serial: with
+#: fewer warps than this the latency the model leaves out is not hidden, and the chunked form's
+#: B x H x L/64 programs fill the GPU instead.
+RECURRENT_MIN_WARPS = 2 * 132 * 4
 FORMS = ("auto", "recurrent", "chunked")
+
+
+def choose_form(form: str, dims: tuple[int, ...], max_key_dim: int) -> str:
+    """The kernel form a call runs: ``form`` itself unless ``"auto"``, which picks
+    ``"recurrent"`` for ``L <= RECURRENT_MAX_LENGTH``, for ``K > max_key_dim`` (the chunked
+    kernel's limit) and when ``B * H * ceil(V / 16) >= RECURRENT_MIN_WARPS``, else
+    ``"chunked"``. ``dims`` is ``(B, L, H, K, V)``."""
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+    if form != "auto":
+        return form
+    batch, length, heads, key_dim, value_dim = dims
+    if length <= RECURRENT_MAX_LENGTH or key_dim > max_key_dim:
+        return "recurrent"
+    warps = batch * heads * -(-value_dim // 16)
+    return "recurrent" if warps >= RECURRENT_MIN_WARPS else "chunked"
 
 
 @dataclass(slots=True)
@@ -96,13 +120,8 @@ def prepare(r, k, v, w, u, scale, instrumentation: dict, state=None) -> Launch:
 
 
 def run(launch: Launch, form: str = "auto") -> ScanOutput:
-    """Run the kernel ``form`` names (``"auto"``: by length) and return the result."""
-    if form not in FORMS:
-        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
-    if form == "auto":
-        _, length, _, key_dim, _ = launch.dims
-        long = length > RECURRENT_MAX_LENGTH
-        form = "chunked" if long and key_dim <= MAX_KEY_DIM else "recurrent"
+    """Run the kernel ``form`` names (``"auto"``: :func:`choose_form`) and return the result."""
+    form = choose_form(form, launch.dims, MAX_KEY_DIM)
     (launch_chunked if form == "chunked" else launch_recurrent)(launch)
     return launch.output()
 
@@ -117,8 +136,8 @@ def wkv6_triton(r, k, v, w, u, scale=None, *, form="auto", **instrumentation) ->
         w: ``[B, L, H, K]`` log-decay (``<= 0``).
         u: ``[H, K]`` bonus.
         scale: multiplies ``r``; default ``K ** -0.5`` (RWKV-6 models use 1.0).
-        form: ``"auto"`` (chunked when ``L > 64`` and ``K <= 64``, else recurrent),
-            ``"recurrent"`` or ``"chunked"``.
+        form: ``"auto"`` (:func:`choose_form`: recurrent for ``L <= 64``, ``K > 64`` or
+            ``B * H * ceil(V / 16) >= 1056``, else chunked), ``"recurrent"`` or ``"chunked"``.
         initial_state, output_final_state, emit_at, inject_at, inject_value, inject_mode,
         inject_scale: the instrumentation arguments of ``docs/semantics.md``; the state ``S``
             is ``[H, K, V]``, carried and emitted in float32.

@@ -1,8 +1,8 @@
 """RWKV-7 WKV on Triton: the public forward, its validation and the choice of kernel.
 
 ``wkv7_triton`` validates exactly as the reference does (:func:`.reference.validate`), prepares
-a :class:`Launch7` and runs the chunked kernel for prefill (``L > 64`` and ``K <= 64``, as for
-RWKV-6) or the recurrent one for short sequences (and the decode step).  Forward only; float64
+a :class:`Launch7` and runs the kernel ``choose_form`` picks, as for RWKV-6 (the recurrent one
+also for the decode step).  Forward only; float64
 inputs (the exact oracle) run the reference.
 """
 
@@ -14,7 +14,7 @@ import torch
 
 from .._contract import ScanOutput, float64_runs
 from .._triton import KernelInstrumentation
-from ..wkv6.launch import FORMS, RECURRENT_MAX_LENGTH
+from ..wkv6.launch import choose_form
 from .chunk import MAX_KEY_DIM, launch_chunked
 from .fused_recurrent import launch_recurrent
 from .reference import validate, wkv7_chunked
@@ -51,13 +51,9 @@ class Launch7:
         )
 
     def run(self, form: str = "auto") -> ScanOutput:
-        """Run the kernel ``form`` names (``"auto"``: by length) and return the result."""
-        if form not in FORMS:
-            raise ValueError(f"form must be one of {FORMS}, got {form!r}")
-        _, length, _, key_dim, _ = self.dims
-        if form == "auto":
-            long = length > RECURRENT_MAX_LENGTH
-            form = "chunked" if long and key_dim <= MAX_KEY_DIM else "recurrent"
+        """Run the kernel ``form`` names (``"auto"``: :func:`~..wkv6.launch.choose_form`) and
+        return the result."""
+        form = choose_form(form, self.dims, MAX_KEY_DIM)
         (launch_chunked if form == "chunked" else launch_recurrent)(self)
         return self.instr.output(self.y)
 
@@ -84,7 +80,7 @@ def wkv7_triton(r, w, k, v, a, b, scale=1.0, *, form="auto", **instrumentation) 
         r, w, k, a, b: ``[B, L, H, K]`` (``w`` log-decay ``<= 0``; transition
             ``diag(exp(w_t)) + b_t a_t^T``); v: ``[B, L, H, V]``.
         scale: multiplies ``r`` (default 1.0, as RWKV-7 models use).
-        form: ``"auto"`` (chunked when ``L > 64`` and ``K <= 64``, else recurrent),
+        form: ``"auto"`` (as RWKV-6: :func:`~..wkv6.launch.choose_form`),
             ``"recurrent"`` or ``"chunked"`` (``K <= 64``).
         initial_state, output_final_state, emit_at, inject_at, inject_value, inject_mode,
         inject_scale: the instrumentation arguments of ``docs/semantics.md``; the state ``S``
