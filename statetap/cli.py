@@ -25,7 +25,7 @@ FILE_SUFFIXES = {".json", ".jsonl", ".parquet", ".arrow", ".txt", ".csv", ".pth"
 # arguments that name an input path (``model`` and ``dataset`` may also name a hub id or a zoo
 # model: those are checked only when they look local)
 PATHS = ("text_file", "vectors", "lens", "results", "evaluation", "source", "vocab_file", "folder")
-NAMES = ("model", "dataset")
+NAMES = ("model", "dataset", "fit_dataset")
 # integer arguments that must be positive (and ``skip``, which may be 0), by their dest
 POSITIVE = (
     "batch_size",
@@ -444,7 +444,11 @@ COMMANDS = {
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The ``statetap`` parser: every command, or only ``command`` (its modules alone are
     imported, so that a usage error is told at once). Every parser takes ``--debug``."""
-    parser = Parser(prog="statetap", description=__doc__.split("\n\n")[0])
+    parser = Parser(
+        prog="statetap",
+        description="statetap: emit and inject the recurrent state of Mamba and RWKV models, and "
+        "the interpretability methods built on it (steering, tuned lens, ELK).",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     for name, add in COMMANDS.items():
         if command in (None, name):

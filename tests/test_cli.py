@@ -205,6 +205,11 @@ USAGE_ERRORS = {
         ["elk", "lora", "--model", "m", "--operation", "division", "--out", "o"],
         "--operation must be one of addition, subtraction",
     ),
+    "elk-fit-dataset": (
+        ["elk", "run", "--model", "m", "--dataset", "ab.json", "--fit-dataset", "data/no.jsonl"]
+        + ["--out", "o"],
+        "--fit-dataset data/no.jsonl: no such file or directory",
+    ),
     "lens-text": (
         ["lens", "train", "--text-file", "missing.txt", "--out", "o"],
         "--text-file missing.txt: no such file or directory",

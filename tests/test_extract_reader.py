@@ -153,3 +153,15 @@ def test_extract_info_prints_the_manifest_as_a_table(extraction, capsys):
     assert int(table["rows"]) == len(TEXTS) and int(table["shards"]) == 3
     assert any(line.split()[:2] == ["ssm.1", "[32,"] for line in lines)
     assert any(line.startswith("shard-00002.safetensors") for line in lines)
+
+
+def test_to_datasets_is_quiet_unless_asked_and_restores_the_setting(extraction, tmp_path, capfd):
+    import datasets
+
+    rows = open_extraction(extraction)
+    datasets.enable_progress_bars()
+    rows.to_datasets(cache_dir=tmp_path / "quiet")
+    assert "Generating" not in capfd.readouterr().err
+    assert not datasets.are_progress_bars_disabled()
+    rows.to_datasets(cache_dir=tmp_path / "loud", progress=True)
+    assert "Generating" in capfd.readouterr().err

@@ -159,22 +159,31 @@ class Extraction(torch.utils.data.Dataset):
         for start in range(0, len(self), size):
             yield self.rows(start, min(start + size, len(self)))
 
-    def to_datasets(self, cache_dir: str | Path | None = None):
+    def to_datasets(self, cache_dir: str | Path | None = None, progress: bool = False):
         """The rows as a ``datasets.Dataset`` (written to arrow files under ``cache_dir``, default
-        the ``datasets`` cache): one column per name, tensors as nested lists."""
+        the ``datasets`` cache): one column per name, tensors as nested lists. ``progress``:
+        show ``datasets``' progress bars while it converts (off by default; the setting is
+        restored afterwards)."""
         import datasets
 
-        return datasets.Dataset.from_generator(
-            _row_dicts,
-            # the manifest is part of the cache key: a folder extracted again converts again
-            gen_kwargs={
-                "folder": str(self.folder),
-                "manifest": json.dumps(self.manifest),
-                "partial": self.partial,
-                "verify": self.verify,
-            },
-            cache_dir=None if cache_dir is None else str(cache_dir),
-        )
+        was_disabled = datasets.are_progress_bars_disabled()
+        if not progress:
+            datasets.disable_progress_bars()
+        try:
+            return datasets.Dataset.from_generator(
+                _row_dicts,
+                # the manifest is part of the cache key: a folder extracted again converts again
+                gen_kwargs={
+                    "folder": str(self.folder),
+                    "manifest": json.dumps(self.manifest),
+                    "partial": self.partial,
+                    "verify": self.verify,
+                },
+                cache_dir=None if cache_dir is None else str(cache_dir),
+            )
+        finally:
+            if not was_disabled:
+                datasets.enable_progress_bars()
 
     def _handle(self, shard: int):
         """Shard ``shard`` opened (and, with ``verify``, checked) on first use."""
