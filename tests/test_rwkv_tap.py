@@ -15,6 +15,7 @@ import statetap
 from statetap.adapters.upstream import UpstreamDrift
 from statetap.extract import ExtractConfig, extract, load_extraction
 from statetap.interp.lens import LogitLens
+from statetap.interp.provenance import model_identity
 from statetap.interp.steering import ContrastPairs, Prompts, SteeringVectors, sweep
 from statetap.models import RwkvWorldTokenizer, from_blinkdl_state_dict
 
@@ -136,7 +137,8 @@ def test_state_steering_sweep_equals_editing_the_cache(version, fresh_seed):
             (site, layer): 0.5 * random_value(tap, site)
             for layer in range(tap.adapter.n_layers)
             for site in ("residual", *STATE_SITES)
-        }
+        },
+        meta={"identity": model_identity(model)},
     )
     multipliers, layer = [-1.5, 2.0], 1
     result = sweep(tap, pairs, vectors, multipliers, [layer], modes=["state"], progress=False)

@@ -157,7 +157,9 @@ def ssd_triton(
         >>> B, C = torch.randn(1, 10, 1, 16, device=dev), torch.randn(1, 10, 1, 16, device=dev)
         >>> out = ssd_triton(x, dt, A, B, C, chunk_size=16, dt_softplus=True,
         ...                  emit_at=torch.tensor([3, 9], device=dev), output_final_state=True)
-        >>> torch.equal(out.states[:, 1], out.final_state)
+        >>> # S_9 emitted (by the output kernel) and returned as the final state (by the state
+        >>> # pass): the same state, summed in another order
+        >>> torch.allclose(out.states[:, 1], out.final_state, rtol=1e-5, atol=1e-5)
         True
     """
     if not isinstance(chunk_size, int) or chunk_size < 1:
