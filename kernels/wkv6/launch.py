@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import _triton
 from .._contract import ScanOutput, float64_runs
 from .._triton import KernelInstrumentation
 from .chunk import MAX_KEY_DIM, launch_chunked
-from .fused_recurrent import launch_recurrent
+from .fused_recurrent import launch_recurrent, recurrent_blocks
 from .reference import validate, wkv6_chunked
 
 #: ``form="auto"`` runs sequences up to this length with the recurrent kernel.
@@ -35,7 +36,8 @@ FORMS = ("auto", "recurrent", "chunked")
 def choose_form(form: str, dims: tuple[int, ...], max_key_dim: int) -> str:
     """The kernel form a call runs: ``form`` itself unless ``"auto"``, which picks
     ``"recurrent"`` for ``L <= RECURRENT_MAX_LENGTH``, for ``K > max_key_dim`` (the chunked
-    kernel's limit) and when ``B * H * ceil(V / 16) >= RECURRENT_MIN_WARPS``, else
+    kernel's limit) and when the recurrent kernel launches at least ``RECURRENT_MIN_WARPS``
+    warps (``B * H * ceil(V / 16)``, from :func:`.fused_recurrent.recurrent_blocks`), else
     ``"chunked"``. ``dims`` is ``(B, L, H, K, V)``."""
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
@@ -44,7 +46,8 @@ def choose_form(form: str, dims: tuple[int, ...], max_key_dim: int) -> str:
     batch, length, heads, key_dim, value_dim = dims
     if length <= RECURRENT_MAX_LENGTH or key_dim > max_key_dim:
         return "recurrent"
-    warps = batch * heads * -(-value_dim // 16)
+    _, block_v, warps_per_program = recurrent_blocks(key_dim, value_dim)
+    warps = batch * heads * _triton.cdiv(value_dim, block_v) * warps_per_program
     return "recurrent" if warps >= RECURRENT_MIN_WARPS else "chunked"
 
 
