@@ -55,6 +55,12 @@ class OpCase:
             out[name] = inputs[name].narrow(axis, start, end - start)
         return out
 
+    def state_shape(self, inputs: dict) -> tuple[int, ...]:
+        """The per-row state shape ``S`` of ``inputs`` (the sequential definition's final state
+        after their first token, without its batch axis)."""
+        first = self.call("sequential", self.slice(inputs, 0, 1), output_final_state=True)
+        return tuple(first.final_state.shape[1:])
+
     def y_slice(self, y: torch.Tensor, start: int, end: int) -> torch.Tensor:
         """The output restricted to tokens ``start .. end-1``."""
         return y.narrow(self.y_time_axis, start, end - start)
@@ -216,8 +222,7 @@ def step_example(
         name: t.select(case.time_axes[name], 0) if name in case.time_axes else t
         for name, t in sequence.items()
     }
-    final = case.call("sequential", sequence, output_final_state=True).final_state
-    state_shape = tuple(final.shape[1:])
+    state_shape = case.state_shape(sequence)
     f = dict(dtype=torch.float32, device=device)
     state = torch.zeros(batch, *state_shape, **f)
     if not instrumented:
