@@ -5,11 +5,34 @@ recurrent state at chosen timesteps, or inject into it (``statetap.kernels``); m
 adapters that do the same at any site, layer and position of a whole model in one pass
 (:func:`attach`); and interpretability methods built on them (``statetap.interp``).
 See ``docs/semantics.md`` for the state contract.
+
+The public names load on first use: ``import statetap`` alone imports neither torch nor
+transformers, so the command line can refuse a bad argument at once.
 """
+
+import importlib
 
 __version__ = "0.1.0"
 
-from statetap.state import RecurrentState
-from statetap.tap import Emit, Inject, Tap, TapResult, attach
+#: public name -> the module that defines it
+_PUBLIC = {
+    "RecurrentState": "statetap.state",
+    "Emit": "statetap.tap",
+    "Inject": "statetap.tap",
+    "Tap": "statetap.tap",
+    "TapResult": "statetap.tap",
+    "attach": "statetap.tap",
+}
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(_PUBLIC[name]), name)
+    raise AttributeError(f"module 'statetap' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])
+
 
 __all__ = ["Emit", "Inject", "RecurrentState", "Tap", "TapResult", "__version__", "attach"]

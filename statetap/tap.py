@@ -29,14 +29,13 @@ import torch
 from torch import nn
 
 from statetap.adapters import Adapter, adapter_for
-from statetap.adapters.base import COMMON_SITES, ForwardStopped
+from statetap.adapters.base import ForwardStopped
 from statetap.adapters.upstream import check_transformers_version
 from statetap.kernels import Schedule
 from statetap.plan import Injection, Pass, SiteOps, first_occurrences
 from statetap.positions import PositionSpec, resolve_positions
+from statetap.sites import COMMON_SITES, STATE_GROUP
 from statetap.state import RecurrentState
-
-STATE_GROUP = "state"  # every recurrent-state component of the architecture
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,7 @@ from torch import nn
 
 from statetap.adapters.upstream import drift, package_version
 from statetap.plan import Pass, gather_positions
-
-COMMON_SITES = ("residual", "mixer")
+from statetap.sites import COMMON_SITES
 
 
 def describe_layout(layout: tuple[int | str, ...]) -> str:
@@ -127,6 +126,13 @@ class Adapter:
     @property
     def n_layers(self) -> int:
         return len(self.blocks)
+
+    @property
+    def state_layers(self) -> tuple[int, ...]:
+        """The layers whose mixer holds a recurrent state, ascending: the only layers with the
+        :attr:`state_sites`.  Every layer here; hybrids (attention or MLP layers between the
+        recurrent ones) list their recurrent layers."""
+        return tuple(range(self.n_layers))
 
     @property
     def hidden_size(self) -> int:
@@ -304,12 +310,19 @@ class Adapter:
         """Called as ``layer``'s mixer starts, with the mixer's keyword arguments; sets
         ``pass_.layer`` and ``pass_.cache`` (the model's cache handed to the mixer, or None)."""
         pass_.layer = layer
-        pass_.cache = kwargs.get(self.mixer_cache_argument)
+        name = self.layer_cache_argument(layer)
+        pass_.cache = None if name is None else kwargs.get(name)
 
     @property
     def mixer_cache_argument(self) -> str:
         """The keyword under which a block hands its mixer the model's cache."""
         raise NotImplementedError
+
+    def layer_cache_argument(self, layer: int) -> str | None:
+        """The keyword under which block ``layer`` hands its mixer the model's cache (None: that
+        mixer takes no cache, as an MLP layer of a hybrid).  Here :attr:`mixer_cache_argument`
+        for every layer; hybrids, whose attention and recurrent mixers differ, read each."""
+        return self.mixer_cache_argument
 
     @property
     def probe_passes(self) -> int:
@@ -321,7 +334,8 @@ class Adapter:
 
         A probe pass (one row, :attr:`probe_calls`: a prefill, then continuations from the
         cache, in eval mode without gradients; the model and its cache are left as they were)
-        records which substitutions ran and whether every mixer was handed the cache.  One more
+        records which substitutions ran and whether every mixer that takes the cache
+        (:meth:`layer_cache_argument`) was handed it.  One more
         pass with ``output_hidden_states`` reads :attr:`hidden_states_layout` off the model.
 
         Raises:
@@ -376,12 +390,18 @@ class Adapter:
                             f"{self.modeling_module}.{name}",
                             f"was not called during {what}",
                         )
-                if call > 0 and len(handed) < self.n_layers:
-                    mixer = type(self.mixer(0)).__name__
+                unhanded = [
+                    layer
+                    for layer in range(self.n_layers)
+                    if layer not in handed and self.layer_cache_argument(layer) is not None
+                ]
+                if call > 0 and unhanded:
+                    layer = unhanded[0]
                     raise drift(
                         self.package,
-                        f"{mixer}.forward",
-                        f"was not handed the cache as {self.mixer_cache_argument!r} during {what}",
+                        f"{type(self.mixer(layer)).__name__}.forward",
+                        f"was not handed the cache as {self.layer_cache_argument(layer)!r} "
+                        f"during {what} (layer {layer})",
                     )
             if self.records_hidden_states:
                 pass_.length = 3

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import torch
 
-from statetap.adapters.base import COMMON_SITES
-from statetap.tap import STATE_GROUP
+from statetap.sites import COMMON_SITES, STATE_GROUP
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SHORT_TEXTS = ("skip", "error")
