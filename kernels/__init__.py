@@ -22,6 +22,7 @@ if __name__ != "statetap.kernels":
 from ._contract import ScanOutput
 from ._prepared_step import PreparedStep
 from ._schedule import Schedule
+from .delta_rule import delta_rule, delta_rule_step
 from .selective_scan import selective_scan, selective_scan_step
 from .ssd import ssd, ssd_step
 from .wkv4 import wkv4, wkv4_step
@@ -39,6 +40,8 @@ __all__ = [
     "PreparedStep",
     "ScanOutput",
     "Schedule",
+    "delta_rule",
+    "delta_rule_step",
     "selective_scan",
     "selective_scan_step",
     "ssd",

@@ -40,7 +40,7 @@ MODULES = [
 
 def test_every_reference_has_an_example():
     references = [name for name in ALL_MODULES if name.endswith(".reference")]
-    assert len(references) == 6 and set(references) <= set(MODULES)
+    assert len(references) == 7 and set(references) <= set(MODULES)
 
 
 @pytest.mark.parametrize("name", MODULES)
