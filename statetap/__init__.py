@@ -10,29 +10,20 @@ The public names load on first use: ``import statetap`` alone imports neither to
 transformers, so the command line can refuse a bad argument at once.
 """
 
-import importlib
+from statetap._lazy import lazy_names
 
 __version__ = "0.1.0"
 
-#: public name -> the module that defines it
-_PUBLIC = {
-    "RecurrentState": "statetap.state",
-    "Emit": "statetap.tap",
-    "Inject": "statetap.tap",
-    "Tap": "statetap.tap",
-    "TapResult": "statetap.tap",
-    "attach": "statetap.tap",
-}
-
-
-def __getattr__(name: str):
-    if name in _PUBLIC:
-        return getattr(importlib.import_module(_PUBLIC[name]), name)
-    raise AttributeError(f"module 'statetap' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_PUBLIC])
-
+__getattr__, __dir__ = lazy_names(
+    __name__,
+    {
+        "RecurrentState": "statetap.state",
+        "Emit": "statetap.tap",
+        "Inject": "statetap.tap",
+        "Tap": "statetap.tap",
+        "TapResult": "statetap.tap",
+        "attach": "statetap.tap",
+    },
+)
 
 __all__ = ["Emit", "Inject", "RecurrentState", "Tap", "TapResult", "__version__", "attach"]

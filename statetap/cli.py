@@ -15,10 +15,15 @@ import math
 import os
 import sys
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from statetap.signals import exit_on_sigterm
+
+if TYPE_CHECKING:
+    import torch
+
+# torch, transformers and the commands' modules are imported by the functions that need them:
+# a usage error is told before any of them loads.
 
 # input files by their suffix: a name ending so is a local path, never a hub id
 FILE_SUFFIXES = {".json", ".jsonl", ".parquet", ".arrow", ".txt", ".csv", ".pth", ".safetensors"}
@@ -64,6 +69,8 @@ class Parser(argparse.ArgumentParser):
 def _check(args: argparse.Namespace) -> int:
     from statetap.adapters.upstream import package_version, tested_range
     from statetap.check import check, describe_peers, format_table
+    import torch
+
     from statetap.kernels import OPS, STEPS
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -98,6 +105,8 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _extract(args: argparse.Namespace) -> int:
+    import torch
+
     from statetap.defaults import DEFAULT_MODEL, default_model, load_model
     from statetap.extract import extract, manifest_table, read_manifest
     from statetap.extract.run import rank_and_world
@@ -151,10 +160,13 @@ def _extract_preflight(args: argparse.Namespace) -> None:
         raise UsageError("--out is required")
     if args.text_file and args.dataset:
         raise UsageError("give --text-file or --dataset, not both")
-    if args.dtype is not None and not isinstance(getattr(torch, args.dtype, None), torch.dtype):
-        raise UsageError(
-            f"--dtype must name a torch dtype (float32, bfloat16, ...), got {args.dtype!r}"
-        )
+    if args.dtype is not None:
+        import torch
+
+        if not isinstance(getattr(torch, args.dtype, None), torch.dtype):
+            raise UsageError(
+                f"--dtype must name a torch dtype (float32, bfloat16, ...), got {args.dtype!r}"
+            )
     args.extract_config = ExtractConfig(
         out=args.out,
         sites=args.sites,
@@ -211,6 +223,8 @@ def _positions(values: list[str]) -> list[int] | str:
 def _distributed_device(requested: str | None) -> torch.device | None:
     """The model's device, joining the ``torchrun`` process group first when there is one
     (NCCL on CUDA, gloo on the CPU; each rank on the GPU of its ``LOCAL_RANK``)."""
+    import torch
+
     device = torch.device(requested) if requested else None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
         cuda = (device or torch.device("cuda" if torch.cuda.is_available() else "cpu")).type

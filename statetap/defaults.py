@@ -8,13 +8,17 @@ byte-level ``ByT5Tokenizer``, which needs no files.  The default texts are the p
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_MODEL = "statetap-default-mamba"
 
 
 def default_model() -> tuple[torch.nn.Module, object]:
     """A small ``MambaForCausalLM`` (seeded) and a byte-level tokenizer."""
+    import torch
     from transformers import ByT5Tokenizer, MambaConfig, MambaForCausalLM
 
     tokenizer = ByT5Tokenizer()
@@ -54,7 +58,10 @@ def load_model(
     (``from_pretrained``): ``dtype`` a torch dtype name (default: transformers'), ``device_map`` as
     transformers takes it (``"auto"``, ``"cpu"``, ``"cuda:0"``; needs accelerate), ``revision``
     a branch, tag or commit, ``trust_remote_code`` to run the checkpoint's own modeling code."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import statetap.models  # noqa: F401  (registers statetap's RWKV-5/6/7 with the Auto classes)
 
     options = dict(revision=revision, trust_remote_code=trust_remote_code)
     if dtype is not None:

@@ -23,12 +23,31 @@ Example:
     (2, torch.Size([12, 16]), torch.Size([12, 32, 4]))
 """
 
-from statetap.extract.atomic import write_atomically, write_json_atomically
-from statetap.extract.config import DTYPES, ExtractConfig, Span
-from statetap.extract.inputs import TextSource, dataset_source, text_file_source, texts_source
-from statetap.extract.manifest import MANIFEST, Manifest, manifest_table, read_manifest
-from statetap.extract.reader import Extraction, load_extraction, open_extraction
-from statetap.extract.run import extract
+from statetap._lazy import lazy_names
+
+# loaded on first use: the command line checks an ExtractConfig before torch loads
+__getattr__, __dir__ = lazy_names(
+    __name__,
+    {
+        "write_atomically": "statetap.extract.atomic",
+        "write_json_atomically": "statetap.extract.atomic",
+        "DTYPES": "statetap.extract.config",
+        "ExtractConfig": "statetap.extract.config",
+        "Span": "statetap.extract.config",
+        "TextSource": "statetap.extract.inputs",
+        "dataset_source": "statetap.extract.inputs",
+        "text_file_source": "statetap.extract.inputs",
+        "texts_source": "statetap.extract.inputs",
+        "MANIFEST": "statetap.extract.manifest",
+        "Manifest": "statetap.extract.manifest",
+        "manifest_table": "statetap.extract.manifest",
+        "read_manifest": "statetap.extract.manifest",
+        "Extraction": "statetap.extract.reader",
+        "load_extraction": "statetap.extract.reader",
+        "open_extraction": "statetap.extract.reader",
+        "extract": "statetap.extract.run",
+    },
+)
 
 __all__ = [
     "DTYPES",

@@ -11,11 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from statetap.sites import COMMON_SITES, STATE_GROUP
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: the dtypes a shard may store, by their torch names (:attr:`ExtractConfig.torch_dtype`)
+DTYPES = ("float32", "float16", "bfloat16")
 SHORT_TEXTS = ("skip", "error")
 
 
@@ -116,7 +115,7 @@ class ExtractConfig:
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         for name in ("batch_size", "max_length", "shard_rows"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -152,6 +151,14 @@ class ExtractConfig:
                 f"end, such as '{self.span.start}:{self.max_length}' (a state at every token is "
                 "large: the size is estimated before the first batch)"
             )
+
+    @property
+    def torch_dtype(self):
+        """The storage dtype as a ``torch.dtype`` (torch is imported here, not with the module:
+        the command line checks a config before it loads torch)."""
+        import torch
+
+        return getattr(torch, self.dtype)
 
     @property
     def span(self) -> Span | None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from statetap.extract.batching import Batch
-from statetap.extract.config import DTYPES, ExtractConfig, Span
+from statetap.extract.config import ExtractConfig, Span
 from statetap.plan import gather_positions
 from statetap.positions import resolve_positions
 from statetap.tap import Emit, Tap
@@ -62,7 +62,7 @@ def run_batch(
         offload=True,
         stop_after=stop_after,
     )
-    dtype = DTYPES[config.dtype]
+    dtype = config.torch_dtype
     tensors = {
         f"{site}.{layer}": tensor.to("cpu", dtype)
         for (site, layer), tensor in result.activations.items()

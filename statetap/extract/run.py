@@ -29,7 +29,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from statetap.extract.batching import Tokenized, batches, pad_id, tokenize
-from statetap.extract.config import DTYPES, ExtractConfig
+from statetap.extract.config import ExtractConfig
 from statetap.extract.forward import LOGITS, run_batch, span_positions
 from statetap.extract.inputs import TextSource, texts_source
 from statetap.extract.manifest import (
@@ -292,7 +292,7 @@ def _extract_window(
     parts = [run_batch(tap, batch, config, layers, stop_after) for batch in passes]
     slots = None if config.span is not None else len(config.positions)
     shapes = {name: tuple(entry["shape"]) for name, entry in manifest.tensors.items()}
-    tensors = assemble(parts, shapes, slots, DTYPES[config.dtype])
+    tensors = assemble(parts, shapes, slots, config.torch_dtype)
     metadata = {
         "window": window,
         "first_row": rows[0],

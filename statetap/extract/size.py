@@ -14,8 +14,6 @@ import math
 import re
 from collections.abc import Mapping
 
-import torch
-
 UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 INDEX_BYTES = 8  # row, positions and offsets are int64
@@ -48,6 +46,8 @@ def format_size(size: float) -> str:
 def bytes_per_slot(tensors: Mapping[str, Mapping]) -> int:
     """Bytes one position (or one token) of one text takes in every stored tensor: the
     manifest's ``tensors`` (per-token ``shape`` and ``dtype`` per name), plus its position index."""
+    import torch  # here, not with the module: --max-output is parsed before torch loads
+
     total = INDEX_BYTES
     for entry in tensors.values():
         itemsize = torch.empty((), dtype=getattr(torch, entry["dtype"])).element_size()
