@@ -67,10 +67,10 @@ class Parser(argparse.ArgumentParser):
 
 
 def _check(args: argparse.Namespace) -> int:
-    from statetap.adapters.upstream import package_version, tested_range
-    from statetap.check import check, describe_peers, format_table
     import torch
 
+    from statetap.adapters.upstream import package_version, tested_range
+    from statetap.check import check, describe_peers, format_table
     from statetap.kernels import OPS, STEPS
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
