@@ -74,6 +74,7 @@ OUTPUT_ONLY_ARGUMENTS = frozenset(
         "output_router_logits",
         "num_items_in_batch",
         "position_ids",
+        "use_cache",  # Qwen3-Next's blocks hand it on to the delta layers' functions
     }
 )
 
