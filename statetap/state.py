@@ -107,3 +107,8 @@ class RecurrentState:
             raise ValueError(f"{site!r} is not a state component; this model's are {components}")
         if not isinstance(layer, int) or not 0 <= layer < self.adapter.n_layers:
             raise ValueError(f"layer must be an int in [0, {self.adapter.n_layers}), got {layer!r}")
+        if layer not in self.adapter.state_layers:
+            raise ValueError(
+                f"layer {layer} holds no recurrent state; the layers with one are "
+                f"state_layers = {list(self.adapter.state_layers)}"
+            )

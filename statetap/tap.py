@@ -45,7 +45,9 @@ class Emit:
     Attributes:
         site: ``"residual"``, ``"mixer"``, a state component (``tap.adapter.state_sites``) or
             ``"state"`` for all of them.
-        layers: an int, a sequence of ints (negative counts from the last layer) or ``"all"``.
+        layers: an int, a sequence of ints (negative counts from the last layer) or ``"all"``
+            (for a state component or ``"state"``: every layer of ``tap.state_layers``, the
+            layers with a recurrent state; a hybrid's attention layers have none).
         positions: see :mod:`statetap.positions`; default the last real token of each row.
     """
 
@@ -125,6 +127,12 @@ class Tap:
         self.adapter: Adapter = adapter_for(model)
         check_transformers_version()
         self.adapter.verify()
+
+    @property
+    def state_layers(self) -> tuple[int, ...]:
+        """The layers whose mixer holds a recurrent state (every layer, except on hybrids, whose
+        attention and MLP layers have none): the only layers with state sites."""
+        return self.adapter.state_layers
 
     def site_shape(self, site: str) -> tuple[int, ...]:
         """Per-token shape of ``site``."""
@@ -282,18 +290,30 @@ class Tap:
         for request in inject:
             self._plan_injection(pass_, request, positions_of)
 
+    def _state_layer(self, site: str, layer: object) -> int:
+        """``layer`` checked, and for a state component one of :attr:`state_layers`."""
+        layer = self._layer(layer)
+        if site in self.adapter.state_sites and layer not in self.state_layers:
+            raise ValueError(
+                f"layer {layer} of {type(self.model).__name__} holds no recurrent state (its "
+                f"mixer is {type(self.adapter.mixer(layer)).__name__}), so it has no {site!r}; "
+                f"the layers with one are tap.state_layers = {list(self.state_layers)}"
+            )
+        return layer
+
     def emission_keys(self, request: Emit) -> list[tuple[str, int]]:
         """The ``(site, layer)`` pairs an :class:`Emit` request covers (checked)."""
         if not isinstance(request, Emit):
             raise TypeError(f"emit takes statetap.Emit requests, got {type(request).__name__}")
         self._check_site(request.site, allow_group=True)
+        state = request.site == STATE_GROUP or request.site in self.adapter.state_sites
         sites = self.adapter.state_sites if request.site == STATE_GROUP else (request.site,)
         layers = request.layers
         if layers == "all":
-            layers = range(self.adapter.n_layers)
+            layers = self.state_layers if state else range(self.adapter.n_layers)
         elif isinstance(layers, int):
             layers = [layers]
-        return [(site, self._layer(layer)) for site in sites for layer in layers]
+        return [(site, self._state_layer(site, layer)) for site in sites for layer in layers]
 
     def _plan_emission(self, pass_: Pass, request: Emit, positions_of) -> None:
         keys = self.emission_keys(request)
@@ -320,7 +340,7 @@ class Tap:
         if not isinstance(request, Inject):
             raise TypeError(f"inject takes statetap.Inject requests, got {type(request).__name__}")
         self._check_site(request.site, allow_group=False)
-        layer = self._layer(request.layer)
+        layer = self._state_layer(request.site, request.layer)
         name = f"Inject({request.site!r}).positions"
         positions = positions_of(request, name)
         ordered = positions.sort(1).values

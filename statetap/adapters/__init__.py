@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from statetap.adapters.base import Adapter
+from statetap.adapters.hybrid import BambaAdapter, GraniteMoeHybridAdapter, NemotronHAdapter
 from statetap.adapters.mamba import FalconMambaAdapter, Mamba2Adapter, MambaAdapter
 from statetap.adapters.mamba_ssm import MambaSsmAdapter
 from statetap.adapters.rwkv import RwkvAdapter
@@ -23,6 +24,9 @@ ADAPTERS: dict[str, type[Adapter]] = {
         MambaSsmAdapter,
         RwkvAdapter,
         StatetapRwkvAdapter,
+        BambaAdapter,
+        GraniteMoeHybridAdapter,
+        NemotronHAdapter,
     )
     for name in adapter.model_classes
 }

@@ -85,7 +85,12 @@ def transformers_selective_scan(
 
 
 class _MambaFamily(Adapter):
+    """The Mamba layers of a transformers model (every layer here; a hybrid's
+    :attr:`state_layers`, :mod:`statetap.adapters.hybrid`), with the scan of its subclass."""
+
     state_sites = ("ssm", "conv")
+    backbone_name = "backbone"  # the model's attribute holding the blocks and the final norm
+    final_norm_name = "norm_f"  # the backbone's attribute holding the final norm
     scan_name: str = ""  # the modeling module's prefill scan
     step_name: str = ""  # its one-token state update (decode)
     conv_name = "causal_conv1d_fn"  # its prefill convolution
@@ -95,7 +100,8 @@ class _MambaFamily(Adapter):
     def __init__(self, model) -> None:
         super().__init__(model)
         names = self.cache_arguments
-        mixer_name = cache_argument(self.package, type(self.mixer(0)).forward, names)
+        mixer = self.mamba_mixer(self.state_layers[0])
+        mixer_name = cache_argument(self.package, type(mixer).forward, names)
         model_name = cache_argument(self.package, type(model).forward, names)
         if mixer_name != model_name:
             raise drift(
@@ -115,18 +121,26 @@ class _MambaFamily(Adapter):
         return self.cache_name
 
     @property
+    def backbone(self):
+        return getattr(self.model, self.backbone_name)
+
+    @property
     def blocks(self):
-        return self.model.backbone.layers
+        return self.backbone.layers
 
     @property
     def final_norm(self):
-        return self.model.backbone.norm_f
+        return getattr(self.backbone, self.final_norm_name)
 
     def mixer(self, layer: int):
         return self.blocks[layer].mixer
 
+    def mamba_mixer(self, layer: int):
+        """The Mamba mixer of ``layer`` (a state layer), whose scan statetap routes."""
+        return self.mixer(layer)
+
     def site_shape(self, site: str) -> tuple[int, ...]:
-        mixer = self.mixer(0)
+        mixer = self.mamba_mixer(self.state_layers[0])
         if site == "conv":
             return (mixer.conv1d.weight.shape[0], mixer.conv_kernel_size)
         if site == "ssm":
@@ -143,11 +157,16 @@ class _MambaFamily(Adapter):
         return {self.cache_name: cache, "use_cache": True}
 
     def select_rows(self, cache, rows: torch.Tensor):
+        """Rows ``rows`` of every layer of ``cache``: the Mamba layers' windows and states and,
+        on a hybrid, the attention layers' keys and values (each layer's own reorder)."""
         for layer in cache.layers:  # deepcopy refuses tensors with autograd history
-            for states in (layer.conv_states, layer.recurrent_states):  # {state index: tensor}
-                for key, tensor in states.items():
-                    if isinstance(tensor, torch.Tensor):
-                        states[key] = tensor.detach()
+            for name, value in list(vars(layer).items()):
+                if isinstance(value, torch.Tensor):  # an attention layer's keys, values
+                    setattr(layer, name, value.detach())
+                elif isinstance(value, dict):  # a Mamba layer's {state index: tensor}
+                    for key, tensor in value.items():
+                        if isinstance(tensor, torch.Tensor):
+                            value[key] = tensor.detach()
         selected = copy.deepcopy(cache)
         selected.reorder_cache(rows)
         return selected
@@ -176,7 +195,11 @@ class _MambaFamily(Adapter):
                 "on a cache that does not record its past"
             )
         # The state before this pass, read before the mixer updates the cache.
-        pass_.layer_state = None if cache is None else cache.get_recurrent_state(layer, state_idx=0)
+        pass_.layer_state = (
+            None
+            if cache is None or layer not in self.state_layers
+            else cache.get_recurrent_state(layer, state_idx=0)
+        )
 
     def substitutions(self, pass_: Pass) -> dict:
         module = importlib.import_module(self.modeling_module)
@@ -356,7 +379,7 @@ class Mamba2Adapter(_MambaFamily):
         def hand_on(module, args, backbone_kwargs):
             return args, backbone_kwargs | {"seq_idx": seq_idx}
 
-        handle = self.model.backbone.register_forward_pre_hook(hand_on, with_kwargs=True)
+        handle = self.backbone.register_forward_pre_hook(hand_on, with_kwargs=True)
         try:
             return super().forward(input_ids, attention_mask, cache, keep_state, **kwargs)
         finally:
