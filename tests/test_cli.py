@@ -287,18 +287,53 @@ def test_threads_are_set_before_the_model_loads(no_model, monkeypatch):
     assert seen == [1]
 
 
-def test_the_console_entry_point_exits_2_with_two_lines(tmp_path):
+def cold_start(tmp_path, argv: list[str]) -> tuple[subprocess.CompletedProcess, float, set]:
+    """``python -X importtime -m statetap *argv`` in a fresh process: the run (its stderr
+    without the import lines), its wall time and the top-level packages it imported."""
+    started = time.perf_counter()
     run = subprocess.run(
-        [sys.executable, "-m", "statetap", "extract", "--positions", "0:abc", "--out", "o"],
+        [sys.executable, "-X", "importtime", "-m", "statetap", *argv],
         cwd=tmp_path,
         env=dict(os.environ, PYTHONSAFEPATH="1"),
         capture_output=True,
         text=True,
         timeout=300,
     )
+    elapsed = time.perf_counter() - started
+    lines = run.stderr.splitlines()
+    imported = {
+        line.rsplit("|", 1)[1].strip().split(".")[0]
+        for line in lines
+        if line.startswith("import time:") and "|" in line
+    }
+    run.stderr = "\n".join(line for line in lines if not line.startswith("import time:"))
+    return run, elapsed, imported
+
+
+def test_the_console_entry_point_exits_2_with_two_lines_before_torch_loads(tmp_path):
+    run, elapsed, imported = cold_start(tmp_path, ["extract", "--positions", "0:abc", "--out", "o"])
     assert run.returncode == 2
     assert run.stderr.splitlines() == [
         "statetap extract: error: positions must be ints, 'all' or a span 'start:stop' with "
         "0 <= start < stop, got '0:abc'",
         "see 'statetap extract --help'",
     ]
+    assert not imported & {"torch", "transformers", "datasets"}, imported
+    assert elapsed < 2.0
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["steer", "sweep", "--dataset", "ab.json", "--out", "o"],
+        ["elk", "lora", "--model", "m", "--operation", "division", "--out", "o"],
+        ["lens", "train", "--text-file", "a.jsonl", "--out", "o"],
+        ["demo", "--models", "no-such-model"],
+    ],
+    ids=lambda argv: argv[0],
+)
+def test_the_methods_usage_errors_come_before_transformers_loads(tmp_path, argv):
+    run, _, imported = cold_start(tmp_path, argv)
+    assert run.returncode == 2, run.stderr
+    assert len(run.stderr.splitlines()) == 2, run.stderr
+    assert not imported & {"transformers", "datasets", "matplotlib", "peft"}, imported

@@ -22,23 +22,35 @@ Example:
     True
 """
 
-from statetap.interp.elk.anomaly import MahalanobisDetector
-from statetap.interp.elk.dataset import QuirkyPrompt, load_quirky_dataset, quirky_prompts
-from statetap.interp.elk.experiments import ElkConfig, run_experiments
-from statetap.interp.elk.features import QuirkyFeatures, quirky_features
-from statetap.interp.elk.metrics import auroc
-from statetap.interp.elk.pipeline import elk_experiment, random_twin, zoo_elk
-from statetap.interp.elk.probes import (
-    CcsProbe,
-    CrcProbe,
-    LdaProbe,
-    LogisticProbe,
-    MeanDiffProbe,
-    Probe,
-    RandomProbe,
-    fit_eraser,
+from statetap._lazy import lazy_names
+
+# loaded on first use: the command line parses its arguments before torch or transformers loads
+__getattr__, __dir__ = lazy_names(
+    __name__,
+    {
+        "MahalanobisDetector": "statetap.interp.elk.anomaly",
+        "QuirkyPrompt": "statetap.interp.elk.dataset",
+        "load_quirky_dataset": "statetap.interp.elk.dataset",
+        "quirky_prompts": "statetap.interp.elk.dataset",
+        "ElkConfig": "statetap.interp.elk.experiments",
+        "run_experiments": "statetap.interp.elk.experiments",
+        "QuirkyFeatures": "statetap.interp.elk.features",
+        "quirky_features": "statetap.interp.elk.features",
+        "auroc": "statetap.interp.elk.metrics",
+        "elk_experiment": "statetap.interp.elk.pipeline",
+        "random_twin": "statetap.interp.elk.pipeline",
+        "zoo_elk": "statetap.interp.elk.pipeline",
+        "CcsProbe": "statetap.interp.elk.probes",
+        "CrcProbe": "statetap.interp.elk.probes",
+        "LdaProbe": "statetap.interp.elk.probes",
+        "LogisticProbe": "statetap.interp.elk.probes",
+        "MeanDiffProbe": "statetap.interp.elk.probes",
+        "Probe": "statetap.interp.elk.probes",
+        "RandomProbe": "statetap.interp.elk.probes",
+        "fit_eraser": "statetap.interp.elk.probes",
+        "ElkResults": "statetap.interp.elk.results",
+    },
 )
-from statetap.interp.elk.results import ElkResults
 
 __all__ = [
     "CcsProbe",

@@ -36,6 +36,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -43,7 +44,6 @@ from tqdm.auto import tqdm
 from statetap.extract import write_json_atomically
 from statetap.interp.elk.anomaly import MahalanobisDetector
 from statetap.interp.elk.dataset import QuirkyPrompt
-from statetap.interp.elk.features import QuirkyFeatures
 from statetap.interp.elk.metrics import auroc
 from statetap.interp.elk.probes import (
     CcsProbe,
@@ -58,6 +58,9 @@ from statetap.interp.elk.results import ElkResults
 from statetap.interp.provenance import check_same
 from statetap.zoo.quirky import QuirkyExample
 from statetap.zoo.quirky_operations import EASY_QUANTILE, HARD_QUANTILE
+
+if TYPE_CHECKING:  # features load the model adapters: not needed to name a config
+    from statetap.interp.elk.features import QuirkyFeatures
 
 # name -> (probe class, fitted on contrast pairs)
 PROBES: dict[str, tuple[type[Probe], bool]] = {

@@ -10,18 +10,31 @@ the model's logits; :mod:`.plots` draws bits per byte against depth and predicti
 trajectories. See ``docs/lens.md``.
 """
 
-from statetap.interp.lens.config import (
-    DEMO_RECIPE,
-    PAPER_RECIPE,
-    PRESETS,
-    ZOO_RECIPE,
-    TrainConfig,
+from statetap._lazy import lazy_names
+
+# loaded on first use: the command line parses its arguments before torch or transformers loads
+__getattr__, __dir__ = lazy_names(
+    __name__,
+    {
+        "DEMO_RECIPE": "statetap.interp.lens.config",
+        "PAPER_RECIPE": "statetap.interp.lens.config",
+        "PRESETS": "statetap.interp.lens.config",
+        "ZOO_RECIPE": "statetap.interp.lens.config",
+        "TrainConfig": "statetap.interp.lens.config",
+        "step_windows": "statetap.interp.lens.data",
+        "token_stream": "statetap.interp.lens.data",
+        "windows": "statetap.interp.lens.data",
+        "zoo_corpus": "statetap.interp.lens.data",
+        "FINAL_LAYER_TOLERANCE": "statetap.interp.lens.evaluate",
+        "LensEvaluation": "statetap.interp.lens.evaluate",
+        "evaluate": "statetap.interp.lens.evaluate",
+        "LogitLens": "statetap.interp.lens.lens",
+        "TunedLens": "statetap.interp.lens.lens",
+        "plot_bits_per_byte": "statetap.interp.lens.plots",
+        "plot_trajectory": "statetap.interp.lens.plots",
+        "train": "statetap.interp.lens.train",
+    },
 )
-from statetap.interp.lens.data import step_windows, token_stream, windows, zoo_corpus
-from statetap.interp.lens.evaluate import FINAL_LAYER_TOLERANCE, LensEvaluation, evaluate
-from statetap.interp.lens.lens import LogitLens, TunedLens
-from statetap.interp.lens.plots import plot_bits_per_byte, plot_trajectory
-from statetap.interp.lens.train import train
 
 __all__ = [
     "DEMO_RECIPE",

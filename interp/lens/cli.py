@@ -28,13 +28,9 @@ import torch
 import torch.distributed as dist
 
 from statetap.interp.lens.config import PRESETS, TrainConfig
-from statetap.interp.lens.data import token_stream, zoo_corpus
-from statetap.interp.lens.evaluate import LensEvaluation, evaluate
-from statetap.interp.lens.lens import LogitLens, TunedLens, read_config
-from statetap.interp.lens.plots import plot_bits_per_byte, plot_trajectory
-from statetap.interp.lens.train import estimate_seconds, rank_and_world, train
-from statetap.interp.loading import load_named_model
-from statetap.interp.provenance import check_same, model_identity
+
+# the modules that load transformers, datasets and matplotlib are imported by the commands that
+# use them, after the arguments are checked
 
 DEFAULT_MODEL = "text-mamba"
 DEFAULT_PROMPT = "Return the number of items in a container."
@@ -78,6 +74,7 @@ def _data(args: argparse.Namespace, tokenizer, recipe, held_out: bool):
     read by ``datasets``), or the zoo corpus split of a zoo text model (:func:`_require_corpus`).
     """
     from statetap.extract import dataset_source
+    from statetap.interp.lens.data import token_stream, zoo_corpus
 
     if args.text_file:
         text = Path(args.text_file).read_text(encoding="utf-8")
@@ -128,6 +125,11 @@ def _config(args: argparse.Namespace) -> TrainConfig:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from statetap.interp.lens.lens import TunedLens
+    from statetap.interp.lens.train import estimate_seconds, rank_and_world, train
+    from statetap.interp.loading import load_named_model
+    from statetap.interp.provenance import model_identity
+
     config = _config(args)
     _require_corpus(args, args.model)
     device = _device(args.device)
@@ -181,6 +183,10 @@ def _lens_and_model(args: argparse.Namespace, data: bool):
     recipe or None and the model's name; with ``data``, the corpus is checked first
     (:func:`_require_corpus`). The lens's recorded identity must be the model's (tokenizer
     included)."""
+    from statetap.interp.lens.lens import TunedLens, read_config
+    from statetap.interp.loading import load_named_model
+    from statetap.interp.provenance import check_same, model_identity
+
     record = read_config(args.lens)
     name = args.model or record["meta"].get("model")
     if not name:
@@ -198,6 +204,8 @@ def _lens_and_model(args: argparse.Namespace, data: bool):
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from statetap.interp.lens.evaluate import evaluate
+
     lens, tokenizer, recipe, name = _lens_and_model(args, data=True)
     stream, bytes_per_token, source = _data(args, tokenizer, recipe, held_out=True)
     seq_len = args.seq_len or lens.meta.get("train", {}).get("seq_len", 2048)
@@ -212,6 +220,10 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
+    from statetap.interp.lens.evaluate import LensEvaluation
+    from statetap.interp.lens.lens import LogitLens
+    from statetap.interp.lens.plots import plot_bits_per_byte, plot_trajectory
+
     evaluation_file = Path(args.evaluation or Path(args.lens) / EVALUATION)
     if not evaluation_file.exists():
         raise SystemExit(f"{evaluation_file} does not exist: run 'statetap lens eval' first")

@@ -10,27 +10,39 @@ measure ``p_match`` (:mod:`.metrics`).  The core takes any prompts with two answ
 (:func:`load_ab_items`, :func:`ab_pairs`).  See ``docs/steering.md``.
 """
 
-from statetap.interp.steering.dataset import (
-    LETTERS,
-    TEMPLATES,
-    ABItem,
-    ContrastPairs,
-    Prompts,
-    PromptTemplate,
-    ab_pairs,
-    load_ab_items,
+from statetap._lazy import lazy_names
+
+# loaded on first use: the command line parses its arguments before torch or transformers loads
+__getattr__, __dir__ = lazy_names(
+    __name__,
+    {
+        "LETTERS": "statetap.interp.steering.dataset",
+        "TEMPLATES": "statetap.interp.steering.dataset",
+        "ABItem": "statetap.interp.steering.dataset",
+        "ContrastPairs": "statetap.interp.steering.dataset",
+        "Prompts": "statetap.interp.steering.dataset",
+        "PromptTemplate": "statetap.interp.steering.dataset",
+        "ab_pairs": "statetap.interp.steering.dataset",
+        "load_ab_items": "statetap.interp.steering.dataset",
+        "generate_steered": "statetap.interp.steering.generate",
+        "answer_probabilities": "statetap.interp.steering.metrics",
+        "behaviour_range": "statetap.interp.steering.metrics",
+        "max_effect_over_layers": "statetap.interp.steering.metrics",
+        "MODE_NAMES": "statetap.interp.steering.modes",
+        "Mode": "statetap.interp.steering.modes",
+        "steering_mode": "statetap.interp.steering.modes",
+        "plot_layers": "statetap.interp.steering.plots",
+        "plot_modes": "statetap.interp.steering.plots",
+        "load_sweep": "statetap.interp.steering.store",
+        "load_vectors": "statetap.interp.steering.store",
+        "save_sweep": "statetap.interp.steering.store",
+        "save_vectors": "statetap.interp.steering.store",
+        "SweepResult": "statetap.interp.steering.sweep",
+        "sweep": "statetap.interp.steering.sweep",
+        "SteeringVectors": "statetap.interp.steering.vectors",
+        "mean_difference": "statetap.interp.steering.vectors",
+    },
 )
-from statetap.interp.steering.generate import generate_steered
-from statetap.interp.steering.metrics import (
-    answer_probabilities,
-    behaviour_range,
-    max_effect_over_layers,
-)
-from statetap.interp.steering.modes import MODE_NAMES, Mode, steering_mode
-from statetap.interp.steering.plots import plot_layers, plot_modes
-from statetap.interp.steering.store import load_sweep, load_vectors, save_sweep, save_vectors
-from statetap.interp.steering.sweep import SweepResult, sweep
-from statetap.interp.steering.vectors import SteeringVectors, mean_difference
 
 __all__ = [
     "LETTERS",

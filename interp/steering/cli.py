@@ -17,10 +17,9 @@ import statetap
 from statetap.interp.provenance import check_same, tokenizer_identity
 from statetap.interp.steering.dataset import LETTERS, TEMPLATES, ab_pairs, load_ab_items
 from statetap.interp.steering.modes import MODE_NAMES, steering_mode
-from statetap.interp.steering.plots import plot_layers, plot_modes
-from statetap.interp.steering.store import load_vectors, save_sweep, save_vectors
-from statetap.interp.steering.sweep import sweep
-from statetap.interp.steering.vectors import mean_difference
+
+# the modules that load transformers and matplotlib are imported by the commands that use them,
+# after the arguments are checked
 
 PAPER_MULTIPLIERS = [-3.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 3.0]
 
@@ -61,6 +60,9 @@ def _model_and_pairs(args: argparse.Namespace):
 
 
 def _vectors(args: argparse.Namespace) -> int:
+    from statetap.interp.steering.store import save_vectors
+    from statetap.interp.steering.vectors import mean_difference
+
     tap, name, pairs, source = _model_and_pairs(args)
     vectors = mean_difference(
         tap,
@@ -85,6 +87,10 @@ PROMPT_FORMAT = ("template", "letters", "tokenizer")
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    from statetap.interp.steering.plots import plot_layers, plot_modes
+    from statetap.interp.steering.store import load_vectors, save_sweep
+    from statetap.interp.steering.sweep import sweep
+
     vectors = load_vectors(args.vectors)
     tap, name, pairs, source = _model_and_pairs(args)
     if not args.other_model:

@@ -22,10 +22,12 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
+from statetap._lazy import lazy_names
 from statetap.zoo import cache
-from statetap.zoo import train as _train
 from statetap.zoo.recipes import RECIPES, Recipe, short
-from statetap.zoo.train import quirky_split
+
+# training loads transformers: imported when a model is built, not with the zoo's names
+__getattr__, __dir__ = lazy_names(__name__, {"quirky_split": "statetap.zoo.train"})
 
 __all__ = ["RECIPES", "Recipe", "load", "metrics", "path", "quirky_split", "short"]
 
@@ -49,7 +51,9 @@ def path(name_or_recipe: str | Recipe, progress: bool = True) -> Path:
     recipe = resolve(name_or_recipe)
 
     def build(folder: Path) -> dict:
-        trained = _train.train(recipe, progress=progress)
+        from statetap.zoo.train import train
+
+        trained = train(recipe, progress=progress)
         with _transformers_bars(progress):
             trained.model.save_pretrained(folder)  # transformers 5: always safetensors
         trained.tokenizer.save_pretrained(folder)
