@@ -64,7 +64,8 @@ def drift(package: str, function: str, problem: str) -> UpstreamDrift:
 
 #: keyword arguments of a model's forward (transformers' ``TransformersKwargs``) that
 #: transformers 5.25 hands on through the mixers to the functions statetap substitutes, and that
-#: change nothing a recurrence computes: the drop-ins accept and ignore them.  Others of that
+#: change nothing a recurrence computes: the drop-ins accept and ignore them (Zamba2's layers
+#: also hand their Mamba mixer the attention's rotary ``position_embeddings``).  Others of that
 #: family (``cu_seq_lens_q``, ``max_length_q``, ``is_causal``, ...) would change the result and
 #: are refused like any unknown argument.
 OUTPUT_ONLY_ARGUMENTS = frozenset(
