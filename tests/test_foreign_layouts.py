@@ -68,6 +68,23 @@ def test_hf_remote_code_folder_loads_to_the_blinkdl_logits(tmp_path, version, fr
 X070_HEAD_64 = SIZES["x070"] | {"heads": 2, "head_size": 64, "ffn": 67}
 
 
+@pytest.mark.parametrize("layout", ["hf-x060", "fla-x070"])
+def test_a_port_folder_keeps_its_special_token_ids(tmp_path, layout, fresh_seed):
+    kind, version = layout.split("-")
+    state = random_checkpoint(version, fresh_seed)
+    reference = from_blinkdl_state_dict(state)
+    if kind == "hf":
+        stated = hf_config(reference.config, version) | {"pad_token_id": 5, "eos_token_id": 7}
+        tensors = hf_layout(state, version)
+    else:
+        stated = fla_config(reference.config) | {"pad_token_id": None}  # bos 1, eos 2: fla's
+        tensors = fla_layout(state)
+    model = AutoModelForCausalLM.from_pretrained(write_folder(tmp_path / kind, stated, tensors))
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        assert getattr(model.config, name) == stated[name], name
+        assert getattr(model.generation_config, name) == stated[name], name
+
+
 @pytest.mark.parametrize("model_type", ["rwkv7", "rwkv7_fla"])
 def test_fla_folder_loads_to_the_blinkdl_logits(tmp_path, model_type, fresh_seed):
     state = random_checkpoint("x070", fresh_seed, X070_HEAD_64)

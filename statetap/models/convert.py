@@ -13,7 +13,6 @@ place when complete: an interrupted conversion leaves no folder under the destin
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -48,8 +47,7 @@ def load_checkpoint(source: str | os.PathLike, dtype: torch.dtype = torch.float3
                 f"{path} loads as {type(model).__name__}, not as one of statetap's RWKV models "
                 f"({', '.join(c.__name__ for c in CAUSAL_LMS)})"
             )
-        _keep_special_ids(model, path / "config.json")
-        return model
+        return model  # a port's pad, bos and eos ids kept (foreign_layouts.keep_special_ids)
     if not path.is_file():
         raise FileNotFoundError(f"source {path} is neither a .pth file nor a folder")
     try:
@@ -58,21 +56,6 @@ def load_checkpoint(source: str | os.PathLike, dtype: torch.dtype = torch.float3
         raise ValueError(
             f"{path} is not a torch checkpoint that torch.load can read: {error}"
         ) from error
-
-
-SPECIAL_IDS = ("pad_token_id", "bos_token_id", "eos_token_id")
-
-
-def _keep_special_ids(model, config_file: Path) -> None:
-    """Give ``model`` (config and generation config) the pad, bos and eos ids that
-    ``config_file`` states: a foreign port's folder is rebuilt from its weights, whose config
-    would otherwise carry statetap's defaults (0) instead of the port's ids."""
-    stated = json.loads(config_file.read_text(encoding="utf-8"))
-    for name in SPECIAL_IDS:
-        if name in stated:
-            setattr(model.config, name, stated[name])
-            if model.generation_config is not None:
-                setattr(model.generation_config, name, stated[name])
 
 
 def convert_checkpoint(

@@ -464,7 +464,23 @@ def load_foreign_folder(
     ]
     if disagree:
         raise ValueError(f"{path}: config.json disagrees with the weights: {'; '.join(disagree)}")
+    keep_special_ids(model, config)
     return model.eval()
+
+
+#: the token ids a port's config states and the rebuilt model keeps (:func:`keep_special_ids`)
+SPECIAL_IDS = ("pad_token_id", "bos_token_id", "eos_token_id")
+
+
+def keep_special_ids(model, config: PreTrainedConfig) -> None:
+    """Give ``model`` (its config and generation config) the pad, bos and eos ids of the port's
+    ``config`` (fla's RWKV-7: pad None, bos 1, eos 2): the model is rebuilt from the weights,
+    whose config would otherwise carry the World tokenizer's ids (0) instead of the port's."""
+    for name in SPECIAL_IDS:
+        value = getattr(config, name, None)
+        setattr(model.config, name, value)
+        if model.generation_config is not None:
+            setattr(model.generation_config, name, value)
 
 
 def set_norm_epsilons(model, group_norm_epsilon: float, layer_norm_epsilon: float) -> None:
