@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from statetap.adapters.base import Adapter
+from statetap.adapters.delta_rule import KimiLinearAdapter, OlmoHybridAdapter, Qwen3NextAdapter
 from statetap.adapters.hybrid import BambaAdapter, GraniteMoeHybridAdapter, NemotronHAdapter
 from statetap.adapters.mamba import FalconMambaAdapter, Mamba2Adapter, MambaAdapter
 from statetap.adapters.mamba_ssm import MambaSsmAdapter
@@ -27,6 +28,9 @@ ADAPTERS: dict[str, type[Adapter]] = {
         BambaAdapter,
         GraniteMoeHybridAdapter,
         NemotronHAdapter,
+        Qwen3NextAdapter,
+        OlmoHybridAdapter,
+        KimiLinearAdapter,
     )
     for name in adapter.model_classes
 }

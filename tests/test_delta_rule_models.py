@@ -1,0 +1,294 @@
+"""The gated delta-rule hybrids (Qwen3-Next, OLMo-hybrid, Kimi Linear) against transformers' own
+torch code.
+
+Tiny models from configs with fixed seeds (``tests/_delta_rule_models.py``), each a delta layer,
+an attention layer and a delta layer.  Every reference is the model's own forward with
+transformers' torch delta rule and convolution forced (``transformers_torch_path``: whatever
+fla or causal-conv1d would have been routed to), and the model's own hybrid cache read and
+edited through its cache layers: logits with nothing requested, emitted states against the
+cache after the prefix, a state injection against editing that cache between two tokens and
+continuing with the model, padded rows against each row alone, and steered generation against a
+greedy loop over the edited cache.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+from _delta_rule_models import ARCHITECTURES, MODELS, STATE_LAYERS, VOCAB, build
+from _delta_rule_models import transformers_torch_path as torch_path
+
+import statetap
+from statetap.adapters.upstream import UpstreamDrift
+from statetap.kernels.examples import rel_error
+
+LENGTH = 11
+#: transformers' cache-layer attribute holding each state component of a delta layer
+CACHE_FIELDS = {"recurrent": "recurrent_states", "conv": "conv_states"}
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def model(request):
+    """A tiny model; the test runs with transformers' torch delta rule and convolution forced
+    (statetap's passes substitute their own over them)."""
+    with torch_path(request.param):
+        yield build(request.param)
+
+
+@pytest.fixture(scope="module")
+def tap(model):
+    return statetap.attach(model)
+
+
+def _ids(batch: int = 3, length: int = LENGTH) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (batch, length))
+
+
+def _close(reference: torch.Tensor, value: torch.Tensor, tol: float = 1e-5) -> None:
+    """float32 through chunked (statetap) and sequential or chunked (transformers) forms of the
+    recurrence: equal to rounding, 1e-7..1e-6 relative."""
+    assert reference.shape == value.shape, (reference.shape, value.shape)
+    assert rel_error(reference, value) <= tol, rel_error(reference, value)
+
+
+def _state(cache, site: str, layer: int) -> torch.Tensor:
+    """``site`` of ``layer`` as transformers' own cache layer holds it (a view: writable)."""
+    return getattr(cache.layers[layer], CACHE_FIELDS[site])[0]
+
+
+def _greedy(model, cache, logits: torch.Tensor, steps: int, after_each=None):
+    """Greedy tokens from ``logits`` ``[B, V]`` feeding each back after ``cache`` (in place)
+    with the model's own forward; ``after_each(cache)`` edits the cache after each fed token.
+    Returns the tokens ``[B, steps]`` and the logits each step was chosen from."""
+    tokens, scores = [], [logits]
+    for k in range(steps):
+        tokens.append(scores[-1].argmax(-1))
+        if k == steps - 1:
+            break
+        scores.append(model(tokens[-1][:, None], cache=cache, use_cache=True).logits[:, -1])
+        if after_each is not None:
+            after_each(cache)
+    return torch.stack(tokens, 1), scores
+
+
+@torch.no_grad()
+def test_nothing_requested_reproduces_the_logits(model, tap):
+    ids = _ids()
+    _close(model(ids).logits, tap.run(ids).logits)
+
+
+@torch.no_grad()
+def test_passes_run_whatever_transformers_routes_the_functions_to(model):
+    """With fla-core installed transformers may route the delta rule to fla's Triton kernels
+    even on a CPU (``RuntimeError: 0 active drivers``): statetap's passes call none of the
+    functions it substitutes, so attach and a run work and give the torch path's logits."""
+    ids = _ids()
+    reference = model(ids).logits
+    _, _, _, modeling, functions = ARCHITECTURES[_name(model)]
+    module = importlib.import_module(modeling)
+
+    def unusable(*args, **kwargs):
+        raise RuntimeError("0 active drivers ([]). There should only be one.")
+
+    saved = {name: getattr(module, name) for name in functions}
+    try:
+        for name in functions:
+            setattr(module, name, unusable)
+        with pytest.raises(RuntimeError, match="0 active drivers"):
+            model(ids)
+        _close(reference, statetap.attach(model).run(ids).logits)
+    finally:
+        for name, function in saved.items():
+            setattr(module, name, function)
+
+
+def _name(model) -> str:
+    return next(name for name, entry in ARCHITECTURES.items() if isinstance(model, entry[1]))
+
+
+def test_state_sites_exist_on_the_delta_layers_only(model, tap):
+    assert tap.state_layers == STATE_LAYERS
+    assert tap.adapter.state_sites == ("recurrent", "conv")
+    ids = _ids()
+    with pytest.raises(ValueError, match=r"no recurrent state .* tap.state_layers = \[0, 2\]"):
+        tap.run(ids, emit=[statetap.Emit("recurrent", 1)])
+    with pytest.raises(ValueError, match=r"tap.state_layers = \[0, 2\]"):
+        tap.run(ids, inject=[statetap.Inject("conv", 1, torch.zeros(tap.site_shape("conv")))])
+    with torch.no_grad():
+        everything = tap.run(ids, emit=[statetap.Emit("state"), statetap.Emit("mixer")])
+    expected = {(site, layer) for site in CACHE_FIELDS for layer in STATE_LAYERS}
+    expected |= {("mixer", layer) for layer in range(3)}
+    assert set(everything.activations) == expected
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("t", [0, 4, LENGTH - 1])
+def test_emitted_state_equals_the_models_cache_after_the_prefix(model, tap, t):
+    ids = _ids()
+    result = tap.run(ids, emit=[statetap.Emit("state", positions=[t, -1])], keep_state=True)
+    prefix = model(ids[:, : t + 1], use_cache=True).cache
+    whole = model(ids, use_cache=True).cache
+    for site in CACHE_FIELDS:
+        for layer in STATE_LAYERS:
+            emitted = result[site, layer]
+            assert emitted.dtype == torch.float32
+            assert emitted.shape[2:] == tap.site_shape(site)
+            _close(_state(prefix, site, layer).float(), emitted[:, 0])
+            _close(_state(whole, site, layer).float(), emitted[:, 1])
+            _close(_state(whole, site, layer).float(), result.state.get(site, layer))
+    # the attention layer's keys and values are the model's own
+    _close(whole.layers[1].keys, result.state.cache.layers[1].keys)
+    _close(whole.layers[1].values, result.state.cache.layers[1].values)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("mode", ["add", "set"])
+@pytest.mark.parametrize("site", ["recurrent", "conv"])
+def test_state_injection_equals_editing_the_cache_between_two_tokens(model, tap, site, mode):
+    """The paper's procedure with the model's own code: prefill to t, edit the delta layer's
+    entry of the hybrid cache, feed the rest (which reads the attention layer's keys and
+    values too); the first delta layer, so that every later layer sees the change."""
+    ids, t, layer = _ids(), 5, STATE_LAYERS[0]
+    shape = tap.site_shape(site)
+    value = torch.randn(*shape)
+    scale = torch.tensor([0.5, -1.0, 2.0]) if mode == "add" else None
+    inject = statetap.Inject(site, layer, value, positions=t, mode=mode, scale=scale)
+    injected = tap.run(ids, inject=[inject]).logits
+    prefix = model(ids[:, : t + 1], use_cache=True)
+    state = _state(prefix.cache, site, layer)
+    if mode == "set":
+        state.copy_(value.expand_as(state))
+    else:
+        state.add_(scale.view(-1, *[1] * len(shape)) * value)
+    rest = model(ids[:, t + 1 :], cache=prefix.cache, use_cache=True).logits
+    _close(prefix.logits, injected[:, : t + 1])
+    _close(rest, injected[:, t + 1 :])
+    assert rel_error(model(ids).logits[:, t + 1 :], injected[:, t + 1 :]) > 1e-3
+
+
+@torch.no_grad()
+def test_steered_generation_equals_a_greedy_loop_on_the_edited_cache(model, tap):
+    """tap.generate with the matrix state injected at the last prompt token and the
+    convolution window at every fed-back token (the one-token decode path) == the model's own
+    greedy loop editing its cache at the same points; the emitted states are that cache's."""
+    prompt, new, layer = _ids(2, 6), 4, STATE_LAYERS[-1]
+    recurrent = torch.randn(tap.site_shape("recurrent"))
+    window = torch.randn(tap.site_shape("conv"))
+    options = dict(
+        max_new_tokens=new,
+        do_sample=False,
+        eos_token_id=[],
+        pad_token_id=0,
+        output_scores=True,
+        return_dict_in_generate=True,
+        attention_mask=torch.ones_like(prompt),
+    )
+    generated = tap.generate(
+        prompt,
+        inject=[
+            statetap.Inject("recurrent", layer, recurrent, positions=-1, scale=1.5),
+            statetap.Inject("conv", STATE_LAYERS[0], window, positions="new", scale=0.5),
+        ],
+        emit=[statetap.Emit("recurrent", layer, positions="new")],
+        **options,
+    )
+    out = model(prompt, use_cache=True)
+    _state(out.cache, "recurrent", layer).add_(1.5 * recurrent)
+    states = []
+
+    def edit(cache):
+        _state(cache, "conv", STATE_LAYERS[0]).add_(0.5 * window)
+        states.append(_state(cache, "recurrent", layer).clone())
+
+    tokens, scores = _greedy(model, out.cache, out.logits[:, -1], new, edit)
+    assert torch.equal(generated.sequences, torch.cat([prompt, tokens], 1))
+    for mine, theirs in zip(generated.output.scores, scores, strict=True):
+        _close(theirs, mine)
+    _close(torch.stack(states, 1), generated["recurrent", layer])
+    plain = model.generate(prompt, **options)
+    assert rel_error(plain.scores[-1], generated.output.scores[-1]) > 1e-3
+
+
+@torch.no_grad()
+def test_left_padded_rows_equal_each_row_alone(model, tap):
+    """A pad token's input is zeroed: no bias anywhere before the recurrence, so it writes
+    nothing into the window or the (zero) state, and a left-padded row computes exactly what
+    the row alone computes, its final states included."""
+    ids = _ids()
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    mask[2, :1] = 0
+    batch = tap.run(
+        ids, attention_mask=mask, emit=[statetap.Emit("state", positions=-1)], keep_state=True
+    )
+    for row in range(ids.shape[0]):
+        real = int(mask[row].sum())
+        alone = model(ids[row : row + 1, -real:], use_cache=True)
+        _close(alone.logits[0], batch.logits[row, -real:])
+        for site in CACHE_FIELDS:
+            for layer in STATE_LAYERS:
+                own = _state(alone.cache, site, layer).float()[0]
+                _close(own, batch[site, layer][row, 0])
+                _close(own, batch.state.get(site, layer)[row])
+
+
+@torch.no_grad()
+def test_right_padding_keeps_the_outputs_and_refuses_what_it_would_change(model, tap):
+    """Right pads come after a row's real tokens: its outputs and the states emitted at real
+    tokens are exact, but each pad decays the state, so the state after the row (keep_state)
+    and padding in a pass that continues from a state are refused."""
+    ids = _ids(2)
+    mask = torch.ones_like(ids)
+    mask[1, -4:] = 0
+    result = tap.run(ids, attention_mask=mask, emit=[statetap.Emit("recurrent", 0, positions=-1)])
+    alone = model(ids[1:, :-4], use_cache=True)
+    _close(alone.logits[0], result.logits[1, :-4])
+    _close(_state(alone.cache, "recurrent", 0)[0], result["recurrent", 0][1, 0])
+    with pytest.raises(ValueError, match="pad on the left"):
+        tap.run(ids, attention_mask=mask, keep_state=True)
+    state = tap.run(ids, keep_state=True).state
+    with pytest.raises(ValueError, match="continuing from a state must have no padding"):
+        tap.run(ids, attention_mask=mask.flip(1), state=state)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("rest", [1, 4], ids=["one-token", "several-tokens"])
+def test_resuming_from_a_state_equals_one_pass(model, tap, rest):
+    ids, cut = _ids(), LENGTH - rest
+    whole = tap.run(ids, emit=[statetap.Emit("state", positions=[cut - 1, cut])])
+    prompt = tap.run(ids[:, :cut], keep_state=True)
+    resumed = tap.run(ids[:, cut:], state=prompt.state, emit=[statetap.Emit("state", positions=0)])
+    _close(model(ids).logits[:, cut:], resumed.logits)
+    for site in CACHE_FIELDS:
+        for layer in STATE_LAYERS:
+            _close(whole[site, layer][:, 0], prompt.state.get(site, layer))
+            _close(whole[site, layer][:, 1], resumed[site, layer][:, 0])
+
+
+def test_attach_refuses_a_model_that_no_longer_calls_a_substitution(model):
+    """The probe pass at attach proves each substituted function exists and runs."""
+    name = _name(model)
+    _, _, _, modeling, functions = ARCHITECTURES[name]
+    module = importlib.import_module(modeling)
+    chunk = functions[0]
+    saved = getattr(module, chunk)
+    delattr(module, chunk)
+    try:
+        with pytest.raises(UpstreamDrift, match=f"{chunk} does not exist any more"):
+            statetap.attach(model)
+    finally:
+        setattr(module, chunk, saved)
+    mixer = type(statetap.attach(model).adapter.mixer(0))
+    forward = mixer.forward
+
+    def skip_the_delta_rule(self, hidden_states, cache=None, attention_mask=None, **kwargs):
+        return torch.zeros_like(hidden_states)  # a rewritten mixer that calls none of them
+
+    mixer.forward = skip_the_delta_rule
+    try:
+        with pytest.raises(UpstreamDrift, match="was not called during a prefill"):
+            statetap.attach(model)
+    finally:
+        mixer.forward = forward
