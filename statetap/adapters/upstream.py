@@ -75,6 +75,7 @@ OUTPUT_ONLY_ARGUMENTS = frozenset(
         "output_router_logits",
         "num_items_in_batch",
         "position_ids",
+        "position_embeddings",  # Zamba2's layers hand the rotary cos/sin to the Mamba mixer
         "use_cache",  # Qwen3-Next's blocks hand it on to the delta layers' functions
     }
 )
