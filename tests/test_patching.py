@@ -1,0 +1,339 @@
+"""Activation patching, causal tracing and state transplants against naive loops.
+
+Every entry of a batched sweep is compared with a separate un-batched run of the model's own
+code: a state patch is the corrupted prefix run with ``use_cache``, the clean prefix's state
+written into that cache, and the rest fed after it (transformers' paths; Mamba one token at a
+time); a residual or mixer patch is the plain corrupted forward with a forward hook that puts
+the clean activation (caught by the same hook on the clean forward) at the token.  Mamba,
+Mamba-2, transformers' RWKV-4 and statetap's RWKV-7, random weights, fresh random prompts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+from rwkv_blinkdl_cases import random_checkpoint
+from test_model_tap import _build, _continue_from
+
+import statetap
+from statetap.interp.patching import (
+    STATE,
+    activation_patching,
+    answer_probability,
+    causal_trace,
+    logit_difference,
+    patch_sweep,
+)
+from statetap.interp.patching.tracing import embedding_noise, subject_mask
+from statetap.interp.patching.transplant import transplant_state
+from statetap.kernels.examples import rel_error
+from statetap.models import from_blinkdl_state_dict
+
+PAIRS, LENGTH = 2, 7
+MODELS = ("mamba", "mamba2", "rwkv", "rwkv7")
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def tap(request):
+    if request.param == "rwkv7":
+        model = from_blinkdl_state_dict(random_checkpoint("x070", 4321))
+    else:
+        model = _build(request.param)
+    return statetap.attach(model)
+
+
+def _prompts(tap, pairs=PAIRS, length=LENGTH):
+    """Clean prompts and corrupted ones differing at two random positions (not the last)."""
+    vocab = tap.model.config.vocab_size
+    clean = torch.randint(1, vocab, (pairs, length))
+    corrupt = clean.clone()
+    for row in range(pairs):
+        changed = torch.randperm(length - 1)[:2]
+        corrupt[row, changed] = (clean[row, changed] + torch.randint(1, vocab - 1, (2,))) % vocab
+    return clean, corrupt
+
+
+def _answers(tap, pairs=PAIRS):
+    vocab = tap.model.config.vocab_size
+    answer = torch.randint(0, vocab, (pairs,))
+    return answer, (answer + torch.randint(1, vocab, (pairs,))) % vocab
+
+
+# ------------------------------------------------------------------ naive references
+@contextlib.contextmanager
+def _noised(tap, offset):
+    """Within the block, each forward's input embeddings get the next tokens' rows of
+    ``offset`` ``[1, L, d]`` added, in the order the tokens are fed (nothing with None)."""
+    if offset is None:
+        yield
+        return
+    fed = [0]
+
+    def add(module, args, output):
+        n = output.shape[1]
+        output = output + offset[:, fed[0] : fed[0] + n]
+        fed[0] += n
+        return output
+
+    handle = tap.model.get_input_embeddings().register_forward_hook(add)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _naive_state_patch(tap, clean, corrupt, components, layer, t, offset=None):
+    """Last-token logits ``[V]``: corrupted prefix to ``t``, the clean state of ``components``
+    at ``layer`` written into its cache, the rest fed after it."""
+    length = corrupt.shape[1]
+    clean_cache = tap.adapter.output_cache(tap.model(clean[:, : t + 1], use_cache=True))
+    with _noised(tap, offset):
+        prefix = tap.model(corrupt[:, : t + 1], use_cache=True)
+        if t == length - 1:
+            return prefix.logits[0, -1]
+        cache = tap.adapter.output_cache(prefix)
+        for component in components:
+            state = tap.adapter.cached_state(clean_cache, component, layer)
+            tap.adapter.write_state(cache, component, layer, state)
+        return _continue_from(tap.model, tap, cache, corrupt, t + 1)[0, -1]
+
+
+def _naive_activation_patch(tap, clean, corrupt, site, layer, t, offset=None):
+    """Last-token logits ``[V]`` of the corrupted forward with ``site`` of ``layer`` at token
+    ``t`` replaced by the clean forward's, by a forward hook on the model's own module."""
+    caught = {}
+
+    def swap(tensor, key):
+        if key == "clean":
+            caught["value"] = tensor[:, t].clone()
+            return tensor
+        tensor = tensor.clone()
+        tensor[:, t] = caught["value"]
+        return tensor
+
+    logits = {}
+    for key, ids in (("clean", clean), ("corrupt", corrupt)):
+        if site == "residual":
+            handle = tap.adapter.following(layer).register_forward_pre_hook(
+                lambda module, args, key=key: (swap(args[0], key), *args[1:])
+            )
+        else:
+            handle = tap.adapter.mixer(layer).register_forward_hook(
+                lambda module, args, out, key=key: tap.adapter.with_mixer_output(
+                    out, swap(tap.adapter.mixer_output(out), key)
+                )
+            )
+        try:
+            with _noised(tap, offset if key == "corrupt" else None):
+                logits[key] = tap.model(ids).logits[0, -1]
+        finally:
+            handle.remove()
+    return logits["corrupt"]
+
+
+def _naive(tap, clean, corrupt, site, layer, t, offset=None):
+    if site in ("residual", "mixer"):
+        return _naive_activation_patch(tap, clean, corrupt, site, layer, t, offset)
+    components = tap.adapter.state_sites if site == STATE else [site]
+    return _naive_state_patch(tap, clean, corrupt, components, layer, t, offset)
+
+
+# ------------------------------------------------------------------ activation patching
+@torch.no_grad()
+def test_every_patch_equals_an_unbatched_run_with_the_cache_edited_by_hand(tap):
+    clean, corrupt = _prompts(tap)
+    answer, wrong = _answers(tap)
+    sites = ["residual", "mixer", *tap.adapter.state_sites, STATE]
+    # a small budget: several passes per site, rows of different lengths in each
+    result = activation_patching(
+        tap, clean, corrupt, (answer, wrong), sites=sites, batch_tokens=3 * LENGTH
+    )
+    metric = logit_difference(answer, wrong)
+    n_layers = tap.adapter.n_layers
+    for site in sites:
+        assert result.layers[site] == list(range(n_layers))
+        expected = torch.empty(PAIRS, n_layers, LENGTH)
+        for pair in range(PAIRS):
+            for layer in range(n_layers):
+                for t in range(LENGTH):
+                    logits = _naive(tap, clean[pair : pair + 1], corrupt[pair : pair + 1], site, layer, t)
+                    expected[pair, layer, t] = metric(logits[None], torch.tensor([pair]))
+        assert rel_error(expected, result.patched[site]) <= 1e-5, site
+        # the fraction of the gap, to the rounding of the metrics it is made of
+        gap = (result.clean - result.corrupt).view(-1, 1, 1)
+        fraction = (expected - result.corrupt.view(-1, 1, 1)) / gap
+        rounding = 1e-5 * float(expected.abs().max() / gap.abs().min())
+        assert float((fraction - result.effect[site]).abs().max()) <= rounding, site
+    plain_clean = tap.model(clean).logits[:, -1]
+    plain_corrupt = tap.model(corrupt).logits[:, -1]
+    pairs = torch.arange(PAIRS)
+    assert rel_error(metric(plain_clean, pairs), result.clean) <= 1e-5
+    assert rel_error(metric(plain_corrupt, pairs), result.corrupt) <= 1e-5
+
+
+@torch.no_grad()
+def test_patching_the_clean_run_into_itself_changes_nothing(tap):
+    clean, _ = _prompts(tap, pairs=3, length=5)
+    answer, wrong = _answers(tap, 3)
+    result = activation_patching(tap, clean, clean, (answer, wrong))
+    for site in result.sites:
+        expected = result.clean.view(-1, 1, 1).expand_as(result.patched[site])
+        assert rel_error(expected, result.patched[site]) <= 1e-5
+        assert bool(result.effect[site].isnan().all())  # no gap to recover
+
+
+@torch.no_grad()
+def test_the_last_residual_at_the_last_token_recovers_everything_and_earlier_tokens_nothing(tap):
+    """The final residual at the last token is the whole clean answer (fraction 1); a patch
+    before the first token that differs puts back what was there (fraction 0)."""
+    clean = torch.randint(1, tap.model.config.vocab_size, (1, 9))
+    corrupt = clean.clone()
+    corrupt[0, 4] = (clean[0, 4] + 1) % tap.model.config.vocab_size
+    answer, wrong = _answers(tap, 1)
+    result = activation_patching(tap, clean, corrupt, (answer, wrong))
+    last = tap.adapter.n_layers - 1
+    assert abs(float(result.effect["residual"][0, last, -1]) - 1.0) <= 1e-4
+    for site in result.sites:
+        assert float(result.effect[site][0, :, :4].abs().max()) <= 1e-4, site
+
+
+def test_a_callable_metric_and_chosen_layers_and_positions(tap):
+    clean, corrupt = _prompts(tap)
+    answer = torch.randint(0, tap.model.config.vocab_size, (PAIRS,))
+    site = tap.adapter.state_sites[0]
+    chosen = activation_patching(
+        tap, clean, corrupt, answer_probability(answer), sites=[site], layers=[-1], positions=[1, -2]
+    )
+    everything = activation_patching(tap, clean, corrupt, answer_probability(answer), sites=[site])
+    last = tap.adapter.n_layers - 1
+    assert chosen.layers[site] == [last] and chosen.positions == [1, LENGTH - 2]
+    expected = everything.patched[site][:, last:, [1, LENGTH - 2]]
+    assert rel_error(expected, chosen.patched[site]) <= 1e-5
+
+
+def test_bad_input_names_the_argument(tap):
+    clean, corrupt = _prompts(tap)
+    metric = _answers(tap)
+    with pytest.raises(ValueError, match=r"aligned token by token .*\[2, 7\] and \[2, 6\]"):
+        activation_patching(tap, clean, corrupt[:, :-1], metric)
+    with pytest.raises(ValueError, match="has no site 'bogus'"):
+        activation_patching(tap, clean, corrupt, metric, sites=["bogus"])
+    with pytest.raises(ValueError, match="layers .* out of range"):
+        activation_patching(tap, clean, corrupt, metric, layers=[99])
+    with pytest.raises(ValueError, match=r"positions must be a non-empty list in -7 \.\. 6"):
+        activation_patching(tap, clean, corrupt, metric, positions=[7])
+    with pytest.raises(ValueError, match="batch_tokens must be a positive int"):
+        activation_patching(tap, clean, corrupt, metric, batch_tokens=0)
+    with pytest.raises(ValueError, match="answer and wrong must have one token per prompt"):
+        activation_patching(tap, clean, corrupt, (metric[0], metric[1][:1]))
+    with pytest.raises(TypeError, match="metric must be"):
+        activation_patching(tap, clean, corrupt, "logit difference")
+
+
+# ------------------------------------------------------------------ causal tracing
+@torch.no_grad()
+def test_causal_trace_equals_restoring_each_site_by_hand(tap, fresh_seed):
+    prompts = torch.randint(1, tap.model.config.vocab_size, (1, 6))
+    answer = torch.randint(0, tap.model.config.vocab_size, (1,))
+    samples, subject = 2, [1, 2]
+    result = causal_trace(
+        tap, prompts, subject, answer, samples=samples, seed=fresh_seed, batch_tokens=10
+    )
+    noise = embedding_noise(tap, subject_mask(subject, 1, 6), samples, 3.0, fresh_seed)
+    embeddings = tap.model.get_input_embeddings().weight
+    assert noise[:, [0, 3, 4, 5]].abs().max() == 0
+    assert abs(float(noise[:, 1:3].std()) / (3 * float(embeddings.std())) - 1) < 0.5
+    probability = answer_probability(answer)
+    pair = torch.tensor([0])
+    corrupted = []
+    for sample in range(samples):
+        with _noised(tap, noise[sample : sample + 1]):
+            corrupted.append(probability(tap.model(prompts).logits[:, -1], pair))
+    corrupt = torch.stack(corrupted).mean()
+    assert rel_error(corrupt, result.corrupt[0]) <= 1e-5
+    for site in result.sites:
+        for layer in result.layers[site]:
+            for t in result.positions:
+                restored = torch.stack([
+                    probability(_naive(tap, prompts, prompts, site, layer, t, noise[s : s + 1])[None], pair)
+                    for s in range(samples)
+                ]).mean()
+                assert abs(float(restored - corrupt) - float(result.effect[site][0, layer, t])) <= 1e-5
+
+
+def test_causal_trace_is_seeded_and_checks_its_input(tap):
+    prompts = torch.randint(1, tap.model.config.vocab_size, (2, 5))
+    answer = torch.randint(0, tap.model.config.vocab_size, (2,))
+    subject = torch.zeros(2, 5, dtype=torch.bool)
+    subject[0, 1], subject[1, 2:4] = True, True
+    first = causal_trace(tap, prompts, subject, answer, samples=2, seed=3, sites=["residual"], layers=[0])
+    again = causal_trace(tap, prompts, subject, answer, samples=2, seed=3, sites=["residual"], layers=[0])
+    assert torch.equal(first.effect["residual"], again.effect["residual"])
+    with pytest.raises(ValueError, match="subject must name at least one token of every prompt"):
+        causal_trace(tap, prompts, torch.zeros(2, 5, dtype=torch.bool), answer)
+    with pytest.raises(ValueError, match="samples must be a positive int"):
+        causal_trace(tap, prompts, [1], answer, samples=0)
+    with pytest.raises(ValueError, match="noise must be a positive finite number"):
+        causal_trace(tap, prompts, [1], answer, noise=-1.0)
+    with pytest.raises(ValueError, match=r"answer must be a \[N=2\] tensor"):
+        causal_trace(tap, prompts, [1], answer[:1])
+
+
+# ------------------------------------------------------------------ state transplant
+@torch.no_grad()
+@pytest.mark.parametrize("mode", ["set", "add"])
+def test_transplant_equals_writing_the_source_cache_into_the_target_cache(tap, mode):
+    vocab = tap.model.config.vocab_size
+    source = torch.randint(1, vocab, (1, 8))
+    target = torch.randint(1, vocab, (1, 6))
+    before, layers = 3, [0, tap.adapter.n_layers - 1]
+    result = transplant_state(tap, source, target, before=before, layers=layers, mode=mode,
+                              scale=None if mode == "set" else 0.5)
+    source_cache = tap.adapter.output_cache(tap.model(source, use_cache=True))
+    prefix = tap.model(target[:, :before], use_cache=True)
+    cache = tap.adapter.output_cache(prefix)
+    for site in tap.adapter.state_sites:
+        for layer in layers:
+            moved = tap.adapter.cached_state(source_cache, site, layer)
+            if mode == "add":
+                moved = tap.adapter.cached_state(cache, site, layer) + 0.5 * moved
+            tap.adapter.write_state(cache, site, layer, moved)
+    rest = _continue_from(tap.model, tap, cache, target, before)
+    assert rel_error(prefix.logits, result.logits[:, :before]) <= 1e-5
+    assert rel_error(rest, result.logits[:, before:]) <= 1e-5
+    assert rel_error(tap.model(target).logits[:, before:], result.logits[:, before:]) > 1e-4
+
+
+@torch.no_grad()
+def test_transplant_then_generate_continues_from_the_moved_state(tap):
+    vocab = tap.model.config.vocab_size
+    source, target = torch.randint(1, vocab, (1, 7)), torch.randint(1, vocab, (1, 5))
+    options = dict(max_new_tokens=2, do_sample=False, eos_token_id=[], pad_token_id=0,
+                   output_scores=True, return_dict_in_generate=True)
+    generated = transplant_state(
+        tap, source, target, target_mask=torch.ones_like(target), generate=options
+    )
+    # by hand: the target's cache with the source's state, then the first generated token
+    source_cache = tap.adapter.output_cache(tap.model(source, use_cache=True))
+    prompt = tap.model(target, use_cache=True)
+    cache = tap.adapter.output_cache(prompt)
+    for site in tap.adapter.state_sites:
+        for layer in range(tap.adapter.n_layers):
+            tap.adapter.write_state(cache, site, layer,
+                                    tap.adapter.cached_state(source_cache, site, layer))
+    first = generated.sequences[:, -2:-1]
+    assert torch.equal(first[0], prompt.logits[0, -1:].argmax(-1))
+    step = tap.model(first, **tap.adapter.cache_kwargs(cache)).logits[:, -1]
+    assert rel_error(step, generated.output.scores[1]) <= 1e-5
+
+
+def test_transplant_bad_input(tap):
+    ids = torch.randint(1, tap.model.config.vocab_size, (2, 5))
+    with pytest.raises(ValueError, match=r"before must be an int in 1 \.\. 5"):
+        transplant_state(tap, ids, ids, before=0)
+    with pytest.raises(ValueError, match="source must have 1 row or one per target row"):
+        transplant_state(tap, ids.repeat(2, 1), ids)
+    with pytest.raises(ValueError, match="sites must be state components"):
+        transplant_state(tap, ids, ids, sites=["residual"])
