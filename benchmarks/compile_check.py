@@ -52,6 +52,7 @@ SIZES = {
     "wkv5": dict(H=32, K=64, V=64),
     "wkv6": dict(H=32, K=64, V=64),
     "wkv7": dict(H=32, K=64, V=64),
+    "delta_rule": dict(HK=16, HV=32, K=128, V=128),  # Qwen3-Next's linear attention
 }
 STEP_BATCH = 64
 FORMS = {op: ("chunked", "recurrent") for op in ("wkv5", "wkv6", "wkv7")}

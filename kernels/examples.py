@@ -17,6 +17,9 @@ import torch.nn.functional as F
 
 from . import STEPS
 from ._schedule import Schedule
+from .delta_rule import delta_rule as public_delta_rule
+from .delta_rule.launch import delta_rule_chunked
+from .delta_rule.reference import delta_rule_sequential
 from .selective_scan import selective_scan as public_selective_scan
 from .selective_scan.reference import selective_scan
 from .ssd import ssd as public_ssd
@@ -140,6 +143,20 @@ def _wkv7(B, L, f, H=2, K=4, V=3):
     )
 
 
+def _delta_rule(B, L, f, HK=2, HV=4, K=5, V=3, channel_gate=False):
+    # the models' gate: g = -exp(A_log) softplus(.) (Qwen3-Next, OLMo-hybrid: one per head;
+    # Kimi Linear's KDA with channel_gate: one per key channel), beta = sigmoid(.)
+    gate_shape = (B, L, HV, K) if channel_gate else (B, L, HV)
+    return dict(
+        query=torch.randn(B, L, HK, K, **f),
+        key=torch.randn(B, L, HK, K, **f),
+        value=torch.randn(B, L, HV, V, **f),
+        g=-torch.exp(torch.randn(gate_shape[2:], **f)) * F.softplus(torch.randn(gate_shape, **f)),
+        beta=torch.sigmoid(torch.randn(B, L, HV, **f)),
+        use_qk_l2norm_in_kernel=True,
+    )
+
+
 _RWKV_TIME = dict(r=1, k=1, v=1)
 
 CASES = {
@@ -181,6 +198,13 @@ CASES = {
             {"sequential": wkv7_sequential, "chunked": wkv7_chunked},
             _wkv7,
             _RWKV_TIME | dict(w=1, a=1, b=1),
+        ),
+        OpCase(
+            "delta_rule",
+            public_delta_rule,
+            {"sequential": delta_rule_sequential, "chunked": delta_rule_chunked},
+            _delta_rule,
+            dict(query=1, key=1, value=1, g=1, beta=1),
         ),
     )
 }

@@ -7,7 +7,8 @@ positions and an add injection swept over a per-row multiplier.  The same call g
 * the sequential pure-torch definition in float64 on the CPU (every op), and
 * an independent implementation we did not write (:data:`statetap.check_references.PEERS`:
   transformers' torch paths for ``selective_scan`` and ``wkv4``, whose only CPU backend *is*
-  the definition, so that the first comparison cannot see a bug in the definition itself).
+  the definition, so that the first comparison cannot see a bug in the definition itself, and
+  for ``delta_rule``, whose backends run another op's kernels).
 
 Each decode step of ``statetap.kernels.STEPS`` runs token by token over the same kind of inputs,
 emitting and injecting at the same tokens, against its sequence op's float64 definition.

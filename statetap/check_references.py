@@ -10,7 +10,10 @@ inputs and driven one token at a time:
   state as its ``[aa, bb, pp]`` list (exact in float64);
 * ``selective_scan``: ``mamba_selective_state_update`` of
   ``transformers.models.mamba.modeling_mamba``, the one-token decode step, called once per group
-  of ``D / G`` channels (it has no groups); it updates the state in float32 whatever its inputs.
+  of ``D / G`` channels (it has no groups); it updates the state in float32 whatever its inputs;
+* ``delta_rule``: ``torch_recurrent_gated_delta_rule`` of
+  ``transformers.models.qwen3_next.modeling_qwen3_next``, called on one token at a time from the
+  state (it computes in float32 whatever its inputs).
 
 Both module attributes may stand in front of something else: a hub-kernel decorator that can
 route a call to mamba-ssm's or a hub's CUDA kernel, and from transformers 5.25 (which requires the
@@ -46,6 +49,7 @@ TokenStep = Callable[[torch.Tensor, dict], torch.Tensor]
 
 RWKV_MODULE = "transformers.models.rwkv.modeling_rwkv"
 MAMBA_MODULE = "transformers.models.mamba.modeling_mamba"
+QWEN3_NEXT_MODULE = "transformers.models.qwen3_next.modeling_qwen3_next"
 
 
 @dataclass(frozen=True)
@@ -225,6 +229,21 @@ def _mamba_peer(update: Callable) -> TokenStep:
     return token_step
 
 
+def _gated_delta_peer(recurrent: Callable) -> TokenStep:
+
+    def token_step(state: torch.Tensor, token: dict) -> torch.Tensor:
+        y, new = recurrent(
+            *(token[name][:, None] for name in ("query", "key", "value", "g", "beta")),
+            initial_state=state,
+            output_final_state=True,
+            use_qk_l2norm_in_kernel=token["use_qk_l2norm_in_kernel"],
+        )
+        state.copy_(new)
+        return y[:, 0]
+
+    return token_step
+
+
 @dataclass(frozen=True)
 class Peer:
     """An independent implementation of one op, run one token at a time: transformers' torch
@@ -261,4 +280,5 @@ class Peer:
 PEERS = {
     "selective_scan": Peer(MAMBA_MODULE, "mamba_selective_state_update", _mamba_peer),
     "wkv4": Peer(RWKV_MODULE, "rwkv_linear_attention_cpu", _rwkv4_peer),
+    "delta_rule": Peer(QWEN3_NEXT_MODULE, "torch_recurrent_gated_delta_rule", _gated_delta_peer),
 }

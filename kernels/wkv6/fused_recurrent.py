@@ -246,9 +246,12 @@ def wkv6_recurrent_kernel(
 @functools.cache  # a pure function of ints, called on every launch
 def recurrent_blocks(key_dim: int, value_dim: int) -> tuple[int, int, int]:
     """``(BK, BV, num_warps)``: all of K in one program, 16 value columns on one warp (each
-    column on two threads), fewer when ``V`` is smaller."""
-    bv = min(_triton.next_power_of_2(value_dim), 16)
-    return _triton.next_power_of_2(key_dim), bv, 1
+    column on two threads), fewer when ``V`` is smaller; for ``K > 64`` (the delta-rule models'
+    ``K = 128``) 4 columns, which keeps the ``[K, BV]`` state tile within 128 registers a thread
+    (16 columns take 206-255 with spills, ``benchmarks/compile_check.py --ops delta_rule``)."""
+    bk = _triton.next_power_of_2(key_dim)
+    bv = min(_triton.next_power_of_2(value_dim), 16 if bk <= 64 else 4)
+    return bk, bv, 1
 
 
 def launch_recurrent(launch) -> None:
