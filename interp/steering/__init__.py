@@ -4,7 +4,7 @@ Rimsky et al.'s CAA as the paper ("Does Transformer Interpretability Transfer to
 runs it, plus its state steering: vectors are mean differences of the residual stream at an
 answer token, and of every recurrent-state component after it, between matching and
 non-matching completions (:mod:`.vectors`); sweeps add them at each layer with each
-multiplier in the residual stream, in the state, or both (:mod:`.modes`, :mod:`.sweep`) and
+multiplier in the residual stream, in the state, or both (:mod:`.modes`, :mod:`.sweeps`) and
 measure ``p_match`` (:mod:`.metrics`).  The core takes any prompts with two answer tokens
 (:class:`ContrastPairs`) or two prompt sets; the A/B datasets are one front end
 (:func:`load_ab_items`, :func:`ab_pairs`).  See ``docs/steering.md``.
@@ -37,8 +37,8 @@ __getattr__, __dir__ = lazy_names(
         "load_vectors": "statetap.interp.steering.store",
         "save_sweep": "statetap.interp.steering.store",
         "save_vectors": "statetap.interp.steering.store",
-        "SweepResult": "statetap.interp.steering.sweep",
-        "sweep": "statetap.interp.steering.sweep",
+        "SweepResult": "statetap.interp.steering.sweeps",
+        "sweep": "statetap.interp.steering.sweeps",
         "SteeringVectors": "statetap.interp.steering.vectors",
         "mean_difference": "statetap.interp.steering.vectors",
     },

@@ -89,7 +89,7 @@ PROMPT_FORMAT = ("template", "letters", "tokenizer")
 def _sweep(args: argparse.Namespace) -> int:
     from statetap.interp.steering.plots import plot_layers, plot_modes
     from statetap.interp.steering.store import load_vectors, save_sweep
-    from statetap.interp.steering.sweep import sweep
+    from statetap.interp.steering.sweeps import sweep
 
     vectors = load_vectors(args.vectors)
     tap, name, pairs, source = _model_and_pairs(args)

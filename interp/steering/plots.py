@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from statetap.interp.figures import save_figure
-from statetap.interp.steering.sweep import SweepResult
+from statetap.interp.steering.sweeps import SweepResult
 
 
 def plot_layers(result: SweepResult, mode: str, path: str | Path, title: str = "") -> Path:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from statetap.interp.steering.dataset import ContrastPairs, Prompts
-from statetap.interp.steering.sweep import SweepResult, sweep
+from statetap.interp.steering.sweeps import SweepResult, sweep
 from statetap.interp.steering.vectors import SteeringVectors, mean_difference
 from statetap.tap import Tap
 from statetap.zoo.quirky import ANSWERS, QuirkyExample
@@ -98,7 +98,7 @@ def steer_alice_to_bob(
         tokenizer: its tokenizer (``" True"`` and ``" False"`` single tokens).
         vector_examples: examples holding both characters' prompts of each equation.
         test_examples: held-out examples; their disagreeing Alice prompts are steered.
-        multipliers, modes, batch_size, progress: see :func:`statetap.interp.steering.sweep`.
+        multipliers, modes, batch_size, progress: see :func:`statetap.interp.steering.sweeps.sweep`.
 
     Raises:
         ValueError: no Alice/Bob prompt pairs, or no disagreeing Alice prompt.

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from statetap.interp.steering.modes import Mode
-from statetap.interp.steering.sweep import SweepResult
+from statetap.interp.steering.sweeps import SweepResult
 from statetap.interp.steering.vectors import SteeringVectors
 from statetap.interp.tensor_files import read_tensors, require_files, write_pair
 
