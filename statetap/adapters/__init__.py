@@ -11,6 +11,9 @@ from torch import nn
 from statetap.adapters.base import Adapter
 from statetap.adapters.delta_rule import KimiLinearAdapter, OlmoHybridAdapter, Qwen3NextAdapter
 from statetap.adapters.hybrid import BambaAdapter, GraniteMoeHybridAdapter, NemotronHAdapter
+from statetap.adapters.hybrid_falcon_h1 import FalconH1Adapter
+from statetap.adapters.hybrid_jamba import JambaAdapter
+from statetap.adapters.hybrid_zamba import Zamba2Adapter, ZambaAdapter
 from statetap.adapters.mamba import FalconMambaAdapter, Mamba2Adapter, MambaAdapter
 from statetap.adapters.mamba_ssm import MambaSsmAdapter
 from statetap.adapters.rwkv import RwkvAdapter
@@ -28,6 +31,10 @@ ADAPTERS: dict[str, type[Adapter]] = {
         BambaAdapter,
         GraniteMoeHybridAdapter,
         NemotronHAdapter,
+        JambaAdapter,
+        ZambaAdapter,
+        Zamba2Adapter,
+        FalconH1Adapter,
         Qwen3NextAdapter,
         OlmoHybridAdapter,
         KimiLinearAdapter,

@@ -1,0 +1,294 @@
+"""Exactness checks for the hybrid adapters (Mamba layers beside attention), shared by the test
+modules of each family: import the ``test_*`` functions below into a module that defines a
+``tap`` fixture (``statetap.attach`` of a tiny hybrid causal LM in eval mode, attached once per
+model) and pytest runs them on it.
+
+Every reference is the model's own transformers code path, never statetap: logits and
+``output_hidden_states`` of a plain forward, the model's own cache (read and edited through
+transformers' cache layers: ``recurrent_states`` / ``conv_states``, keys and values), and a
+greedy loop of plain one-token forwards.  The model's multi-token continuation from a cache is
+never the reference: transformers' Mamba-1 scans (Jamba, Zamba) start it from a zero state.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import statetap
+from statetap.kernels.examples import rel_error
+
+VOCAB, LENGTH = 97, 11
+
+#: transformers' cache-layer attribute holding each state component of a Mamba layer
+CACHE_FIELDS = {"ssm": "recurrent_states", "conv": "conv_states"}
+
+
+def ids(batch: int = 3, length: int = LENGTH) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (batch, length))
+
+
+def left_padded(batch: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch whose row 1 has 3 pads on the left and row 2 one."""
+    tokens = ids(batch)
+    mask = torch.ones_like(tokens)
+    mask[1, :3] = 0
+    mask[2, :1] = 0
+    return tokens, mask
+
+
+def close(reference: torch.Tensor, value: torch.Tensor, tol: float = 1e-6) -> None:
+    assert reference.shape == value.shape, (reference.shape, value.shape)
+    assert rel_error(reference, value) <= tol, rel_error(reference, value)
+
+
+def model_state(cache, site: str, layer: int) -> torch.Tensor:
+    """``site`` of ``layer`` as transformers' own cache layer holds it (a view: writable)."""
+    return getattr(cache.layers[layer], CACHE_FIELDS[site])[0]
+
+
+def step_by_step(model, cache, tokens: torch.Tensor) -> torch.Tensor:
+    """Logits of ``tokens`` ``[B, L']`` fed one at a time after ``cache`` (updated in place)."""
+    logits = []
+    for t in range(tokens.shape[1]):
+        logits.append(model(tokens[:, t : t + 1], cache=cache, use_cache=True).logits)
+    return torch.cat(logits, 1)
+
+
+def own_cache(model, tokens: torch.Tensor):
+    """The model's own cache after a plain forward over ``tokens``."""
+    return model(tokens, use_cache=True).cache
+
+
+@torch.no_grad()
+def attention_layers(tap) -> list[int]:
+    """The layers whose cache holds keys and values (an attention block, shared or not)."""
+    return [
+        layer
+        for layer, entry in enumerate(own_cache(tap.model, ids(1, 2)).layers)
+        if isinstance(getattr(entry, "keys", None), torch.Tensor)
+    ]
+
+
+# ---------------------------------------------------------------- the checks (pytest tests)
+@torch.no_grad()
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
+def test_nothing_requested_reproduces_the_logits(tap, padded):
+    tokens, mask = left_padded() if padded else (ids(), None)
+    plain = tap.model(tokens, attention_mask=mask).logits
+    result = tap.run(tokens, attention_mask=mask)
+    close(plain, result.logits)
+
+
+@torch.no_grad()
+def test_residual_equals_output_hidden_states(tap):
+    tokens = ids()
+    model = tap.model
+    plain = model(tokens, output_hidden_states=True)
+    result = tap.run(tokens, emit=[statetap.Emit("residual", positions="all")])
+    close(plain.logits, result.logits)
+    layout = tap.adapter.hidden_states_layout
+    assert len(layout) == len(plain.hidden_states) and "other" not in layout
+    for entry, hidden in zip(layout, plain.hidden_states):
+        if isinstance(entry, int):
+            close(hidden, result["residual", entry])
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("t", [0, 4, LENGTH - 1])
+def test_emitted_state_equals_the_models_cache_after_the_prefix(tap, t):
+    model = tap.model
+    tokens = ids()
+    result = tap.run(tokens, emit=[statetap.Emit("state", positions=[t, -1])], keep_state=True)
+    prefix = own_cache(model, tokens[:, : t + 1])
+    whole = own_cache(model, tokens)
+    assert tap.state_layers and set(tap.state_layers) <= set(range(tap.adapter.n_layers))
+    for site in tap.adapter.state_sites:
+        for layer in tap.state_layers:
+            emitted = result[site, layer]
+            assert emitted.dtype == torch.float32
+            close(model_state(prefix, site, layer).float(), emitted[:, 0], 1e-5)
+            close(model_state(whole, site, layer).float(), emitted[:, 1], 1e-5)
+            close(model_state(whole, site, layer).float(), result.state.get(site, layer), 1e-5)
+    for layer in attention_layers(tap):  # the kept keys and values are the model's own
+        close(whole.layers[layer].keys, result.state.cache.layers[layer].keys, 1e-5)
+        close(whole.layers[layer].values, result.state.cache.layers[layer].values, 1e-5)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("mode", ["add", "set"])
+def test_state_injection_equals_editing_the_cache_between_two_tokens(tap, mode):
+    model = tap.model
+    tokens, t = ids(), 5
+    layer = tap.state_layers[len(tap.state_layers) // 2]
+    for site in tap.adapter.state_sites:
+        shape = tap.site_shape(site)
+        value = 3.0 * torch.randn(*shape)
+        scale = torch.tensor([0.5, -1.0, 2.0]) if mode == "add" else None
+        injected = tap.run(
+            tokens,
+            inject=[statetap.Inject(site, layer, value, positions=t, mode=mode, scale=scale)],
+        )
+        # The paper's procedure: prefill to t, edit the model's own cache, feed the rest.
+        prefix = model(tokens[:, : t + 1], use_cache=True)
+        state = model_state(prefix.cache, site, layer)
+        if mode == "set":
+            state.copy_(value.expand_as(state))
+        else:
+            state.add_(scale.view(-1, *[1] * len(shape)) * value)
+        rest = step_by_step(model, prefix.cache, tokens[:, t + 1 :])
+        close(prefix.logits, injected.logits[:, : t + 1])
+        close(rest, injected.logits[:, t + 1 :], 1e-5)
+        assert rel_error(model(tokens).logits[:, t + 1 :], injected.logits[:, t + 1 :]) > 1e-4
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("site", ["residual", "mixer"])
+def test_residual_and_mixer_injection_equal_a_forward_hook(tap, site):
+    model = tap.model
+    tokens, t = ids(), 6
+    value = torch.randn(tap.site_shape(site))
+
+    def add_at_t(tensor):
+        tensor = tensor.clone()
+        tensor[:, t] += 3.0 * value
+        return tensor
+
+    # a Mamba layer and a layer with keys and values (the same one on Falcon-H1)
+    for layer in sorted({tap.state_layers[0], attention_layers(tap)[0]}):
+        if site == "residual":
+            handle = tap.adapter.following(layer).register_forward_pre_hook(
+                lambda module, args: (add_at_t(args[0]), *args[1:])
+            )
+        else:
+            handle = tap.adapter.mixer(layer).register_forward_hook(
+                lambda module, args, out: (
+                    (add_at_t(out[0]), *out[1:]) if isinstance(out, tuple) else add_at_t(out)
+                )
+            )
+        try:
+            hooked = model(tokens).logits
+        finally:
+            handle.remove()
+        result = tap.run(
+            tokens, inject=[statetap.Inject(site, layer, value, positions=t, scale=3.0)]
+        )
+        close(hooked, result.logits)
+        close(model(tokens).logits[:, :t], result.logits[:, :t])
+
+
+@torch.no_grad()
+def test_padded_rows_equal_each_row_alone(tap):
+    """A left-padded batch: every row's logits and final states equal the row run alone."""
+    model = tap.model
+    tokens, mask = left_padded()
+    batch = tap.run(
+        tokens, attention_mask=mask, emit=[statetap.Emit("state", positions=-1)], keep_state=True
+    )
+    for row in range(tokens.shape[0]):
+        real = int(mask[row].sum())
+        alone = tokens[row : row + 1, -real:]
+        single = model(alone, use_cache=True)
+        close(single.logits[0], batch.logits[row, -real:], 1e-5)
+        for site in tap.adapter.state_sites:
+            for layer in tap.state_layers:
+                own = model_state(single.cache, site, layer).float()[0]
+                close(own, batch[site, layer][row, 0], 1e-5)
+                close(own, batch.state.get(site, layer)[row], 1e-5)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("rest", [1, 4], ids=["one-token", "several-tokens"])
+def test_resuming_from_a_state_equals_one_pass(tap, rest):
+    """keep_state then resume: the hybrid cache (recurrent states and keys/values) carries on."""
+    model = tap.model
+    tokens = ids()
+    cut = LENGTH - rest
+    whole = tap.run(tokens, emit=[statetap.Emit("state", positions=[cut - 1, cut])])
+    prompt = tap.run(tokens[:, :cut], keep_state=True)
+    resumed = tap.run(
+        tokens[:, cut:], state=prompt.state, emit=[statetap.Emit("state", positions=0)]
+    )
+    again = tap.run(tokens[:, cut:], state=prompt.state)  # the snapshot is left as it was
+    close(model(tokens).logits[:, cut:], resumed.logits, 1e-5)
+    assert torch.equal(resumed.logits, again.logits)
+    for site in tap.adapter.state_sites:
+        for layer in tap.state_layers:
+            close(whole[site, layer][:, 0], prompt.state.get(site, layer), 1e-5)
+            close(whole[site, layer][:, 1], resumed[site, layer][:, 0], 1e-5)
+
+
+@torch.no_grad()
+def test_fork_and_edit_equal_injections_in_one_pass(tap):
+    """A multiplier sweep from one prompt: fork(3) + edit == Inject with each scale."""
+    tokens, cut, layer = ids(2), 6, tap.state_layers[-1]
+    site = tap.adapter.state_sites[0]
+    value = torch.randn(tap.site_shape(site))
+    scales = torch.tensor([-1.0, 0.0, 2.0])
+    sweep = tap.run(tokens[:, :cut], keep_state=True).state.fork(3)
+    sweep.edit(site, layer, value, scale=scales.repeat(2))
+    branched = tap.run(tokens[:, cut:].repeat_interleave(3, 0), state=sweep).logits
+    for i, scale in enumerate(scales.tolist()):
+        inject = statetap.Inject(site, layer, value, positions=cut - 1, scale=scale)
+        single = tap.run(tokens, inject=[inject]).logits[:, cut:]
+        close(single, branched[i::3], 1e-5)
+
+
+@torch.no_grad()
+def test_steered_generation_equals_a_greedy_loop_on_the_edited_cache(tap):
+    """tap.generate with a state injection at the last prompt token == the model's own greedy
+    loop after editing its cache there (keys and values carried by the model's cache)."""
+    model = tap.model
+    prompt, new, layer = ids(2, 6), 4, tap.state_layers[0]
+    value = 2.0 * torch.randn(tap.site_shape("ssm"))
+    options = dict(
+        max_new_tokens=new,
+        do_sample=False,
+        eos_token_id=[],
+        pad_token_id=0,
+        output_scores=True,
+        return_dict_in_generate=True,
+        attention_mask=torch.ones_like(prompt),
+    )
+    generated = tap.generate(
+        prompt,
+        inject=[statetap.Inject("ssm", layer, value, positions=-1, scale=1.5)],
+        emit=[statetap.Emit("ssm", layer, positions="new")],
+        **options,
+    )
+    out = model(prompt, use_cache=True)
+    cache = out.cache
+    model_state(cache, "ssm", layer).add_(1.5 * value)
+    tokens, scores, states = [], [out.logits[:, -1]], []
+    for k in range(new):
+        tokens.append(scores[-1].argmax(-1))
+        if k == new - 1:
+            break
+        scores.append(model(tokens[-1][:, None], cache=cache, use_cache=True).logits[:, -1])
+        states.append(model_state(cache, "ssm", layer).float().clone())
+    assert torch.equal(generated.sequences, torch.cat([prompt, torch.stack(tokens, 1)], 1))
+    for mine, theirs in zip(generated.output.scores, scores):
+        close(theirs, mine, 1e-5)
+    close(torch.stack(states, 1), generated["ssm", layer], 1e-5)
+    plain = model.generate(prompt, **options)
+    # the first new token reads the prompt's last output, before the injection acts
+    close(plain.scores[0], generated.output.scores[0])
+    assert rel_error(plain.scores[1], generated.output.scores[1]) > 1e-4
+
+
+def check_padding_refused(model, bias_name: str) -> None:
+    """A model whose Mamba input projection has a bias does not honour padding (the bias of a
+    pad token enters the convolution window of the first real tokens): the padded row differs
+    from the row alone, and statetap refuses the padded batch, naming the bias."""
+    tokens, mask = left_padded()
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if name.endswith(".in_proj"):  # transformers initialises the biases to zero
+                module.bias.normal_()
+        padded = model(tokens, attention_mask=mask).logits[1, 3:]
+        alone = model(tokens[1:2, 3:]).logits[0]
+    assert rel_error(alone, padded) > 1e-4  # the model itself gets padded rows wrong
+    tap = statetap.attach(model)
+    with pytest.raises(ValueError, match=bias_name):
+        tap.run(tokens, attention_mask=mask)
+    tap.run(tokens, attention_mask=torch.ones_like(tokens))  # no padding: runs
