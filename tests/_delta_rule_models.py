@@ -121,14 +121,14 @@ ARCHITECTURES = {
 MODELS = list(ARCHITECTURES)
 
 
-def build(name: str) -> torch.nn.Module:
-    """The tiny model ``name`` with fixed weights, in eval mode.  Matrices and convolution
-    filters are redrawn at unit gain and the decay rates ``exp(A_log)`` in ``[0.05, 0.37]``
-    (transformers' 0.02 gain and rates up to 16 leave the states near zero and the logits
-    blind to them)."""
+def build(name: str, vocab: int = VOCAB) -> torch.nn.Module:
+    """The tiny model ``name`` over ``vocab`` tokens with fixed weights, in eval mode.
+    Matrices and convolution filters are redrawn at unit gain and the decay rates
+    ``exp(A_log)`` in ``[0.05, 0.37]`` (transformers' 0.02 gain and rates up to 16 leave the
+    states near zero and the logits blind to them)."""
     torch.manual_seed(4321)
     config_class, model_class, arguments, _, _ = ARCHITECTURES[name]
-    model = model_class(config_class(**arguments)).eval()
+    model = model_class(config_class(**arguments | dict(vocab_size=vocab))).eval()
     with torch.no_grad():
         for parameter_name, parameter in model.named_parameters():
             if parameter.dim() >= 2:  # linear [out, in], depthwise convolution [C, 1, K]

@@ -19,9 +19,16 @@ import pytest
 import torch
 from _delta_rule_models import ARCHITECTURES, MODELS, STATE_LAYERS, VOCAB, build
 from _delta_rule_models import transformers_torch_path as torch_path
+from transformers import ByT5Tokenizer
 
 import statetap
 from statetap.adapters.upstream import UpstreamDrift
+from statetap.extract import ExtractConfig, extract, load_extraction
+from statetap.interp.elk.dataset import QuirkyPrompt
+from statetap.interp.elk.features import quirky_features
+from statetap.interp.lens import LogitLens, TunedLens
+from statetap.interp.provenance import model_identity
+from statetap.interp.steering import ContrastPairs, Prompts, SteeringVectors, mean_difference, sweep
 from statetap.kernels.examples import rel_error
 
 LENGTH = 11
@@ -292,3 +299,147 @@ def test_attach_refuses_a_model_that_no_longer_calls_a_substitution(model):
             statetap.attach(model)
     finally:
         mixer.forward = forward
+
+
+@torch.no_grad()
+def test_resuming_after_a_left_padded_prompt_equals_each_row_alone(model, tap):
+    """The pads of a left-padded prompt leave the delta state at zero and stay masked in the
+    attention layer's keys when the snapshot continues."""
+    ids = _ids()
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    mask[2, :1] = 0
+    cut = 7
+    prompt = tap.run(ids[:, :cut], attention_mask=mask[:, :cut], keep_state=True)
+    resumed = tap.run(ids[:, cut:], state=prompt.state)
+    for row in range(3):
+        pads = int((mask[row] == 0).sum())
+        alone = model(ids[row : row + 1, pads:]).logits[0]
+        _close(alone[cut - pads :], resumed.logits[row])
+
+
+# ------------------------------------------------------- the methods on top of the model layer
+TOKENIZER = ByT5Tokenizer(extra_ids=0)  # byte x -> token x + 3
+
+
+@pytest.fixture(scope="module")
+def byte_model(request):
+    """Qwen3-Next (grouped heads) over the byte tokenizer, transformers' torch path forced."""
+    with torch_path("qwen3_next"):
+        yield build("qwen3_next", len(TOKENIZER))
+
+
+def _own_states(model, ids: list[int]) -> dict[tuple[str, int], torch.Tensor]:
+    """Every state component of every delta layer after ``ids``, from the model's own cache."""
+    cache = model(torch.tensor([ids]), use_cache=True).cache
+    return {(s, layer): _state(cache, s, layer)[0] for s in CACHE_FIELDS for layer in STATE_LAYERS}
+
+
+@torch.no_grad()
+def test_state_steering_vectors_and_sweep_equal_the_papers_procedure(model, tap):
+    """Steering vectors hold the state components of the delta layers only, each the mean
+    difference of the model's own cache; state-mode steering == prefill all but the last
+    token, add m * delta to the delta layer's state in the model's cache, step the last one."""
+    rows = [torch.randint(3, VOCAB, (int(n),)).tolist() for n in torch.randint(4, 9, (5,))]
+    answers = torch.randint(3, VOCAB, (5, 2))
+    answers[:, 1] = (answers[:, 0] + 1 - 3) % (VOCAB - 3) + 3  # differ in every row
+    pairs = ContrastPairs(Prompts(rows), answers[:, 0], answers[:, 1])
+    positive, negative = pairs.completions()
+    vectors = mean_difference(tap, positive, negative, batch_size=3, progress=False)
+    expected = {("residual", layer) for layer in range(3)}
+    expected |= {(site, layer) for site in CACHE_FIELDS for layer in STATE_LAYERS}
+    assert set(vectors.vectors) == expected
+    hand = {}
+    for sign, prompts in ((1.0, positive), (-1.0, negative)):
+        for ids in prompts.ids:
+            for key, value in _own_states(model, list(ids)).items():
+                hand[key] = hand.get(key, 0.0) + sign * value.double() / len(prompts.ids)
+    for key, value in hand.items():
+        _close(value.float(), vectors[key])
+    steer = {key: torch.randn(tap.site_shape(key[0])) for key in expected}
+    steer = SteeringVectors(steer, dict(identity=model_identity(model)))
+    multipliers = [-1.5, 2.0]
+    result = sweep(tap, pairs, steer, multipliers, list(STATE_LAYERS), ["state"], progress=False)
+    moved = 0.0
+    for row, ids in enumerate(pairs.prompts.ids):
+        yes, no = int(pairs.matching[row]), int(pairs.not_matching[row])
+        for i, layer in enumerate(STATE_LAYERS):
+            for j, m in enumerate(multipliers):
+                prefix = model(torch.tensor([ids[:-1]]), use_cache=True)
+                for site in CACHE_FIELDS:
+                    _state(prefix.cache, site, layer)[0] += m * steer[site, layer]
+                step = model(torch.tensor([ids[-1:]]), cache=prefix.cache, use_cache=True)
+                p = step.logits[0, -1].double().softmax(-1)
+                _close(p[yes] / (p[yes] + p[no]), result.p_match[0, i, j, row].double())
+                moved = max(
+                    moved, abs(float(p[yes] / (p[yes] + p[no]) - result.baseline_p_match[row]))
+                )
+    assert moved > 1e-3  # the edits changed the answer
+
+
+def _block_outputs(model, ids: torch.Tensor) -> list[torch.Tensor]:
+    """The residual stream after each block of the model's own forward of ``ids``."""
+    outputs = []
+    handles = [
+        block.register_forward_hook(lambda module, args, out: outputs.append(out))
+        for block in model.model.layers
+    ]
+    try:
+        model(ids)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [out[0] if isinstance(out, tuple) else out for out in outputs]
+
+
+@torch.no_grad()
+def test_lenses_read_every_layer_through_the_attention_layer(model):
+    """The logit lens at each layer == the model's final norm and unembedding of the residual
+    stream after that block (the attention layer's too); the last layer gives the logits."""
+    ids = _ids(2, 7)
+    predictions = LogitLens(model).predictions(ids)
+    assert predictions.shape == (3, 2, 7, VOCAB)
+    for layer, hidden in enumerate(_block_outputs(model, ids)):
+        _close(model.lm_head(model.model.norm(hidden)), predictions[layer])
+    _close(model(ids).logits, predictions[-1])
+    assert torch.equal(TunedLens(model).predictions(ids), predictions)
+
+
+@torch.no_grad()
+def test_extraction_stores_each_texts_own_cache(byte_model, tmp_path):
+    """``statetap extract`` of the state at the first and last token of each text == the
+    model's own cache after that prefix, for the delta layers only."""
+    texts = ["hello delta", "ab", "gated rule!"]
+    config = ExtractConfig(out=tmp_path / "run", sites=("state",), positions=(0, -1), batch_size=2)
+    extract(byte_model, TOKENIZER, texts, config, "tiny-qwen3-next")
+    _, tensors = load_extraction(tmp_path / "run")
+    assert set(tensors) == {f"{s}.{layer}" for s in CACHE_FIELDS for layer in STATE_LAYERS} | {
+        "row",
+        "positions",
+    }
+    for row, text in enumerate(texts):
+        ids = TOKENIZER(text, add_special_tokens=False)["input_ids"]
+        for slot, prefix in enumerate((ids[:1], ids)):
+            for (site, layer), value in _own_states(byte_model, prefix).items():
+                _close(value.float(), tensors[f"{site}.{layer}"][row, slot].float())
+
+
+@torch.no_grad()
+def test_elk_features_read_the_residual_stream_and_refuse_state_features(byte_model):
+    """Quirky-probe features of a hybrid: the residual stream after every block at the prompt's
+    last token (== the blocks' outputs in the model's own forward); state features, which the
+    probes index by the same layers as the residual, are refused naming the delta layers."""
+    examples = [
+        QuirkyPrompt(text, ("0", "1"), "Alice", bool(i % 2), bool(i % 2), False, 0.0)
+        for i, text in enumerate(["1 + 1 = 2. Alice:", "2 + 2 = 5. Alice:", "3 + 4 = 7. Bob:"])
+    ]
+    tap = statetap.attach(byte_model)
+    with pytest.raises(ValueError, match=r"tap.state_layers = \[0, 2\]"):
+        quirky_features(tap, TOKENIZER, examples, progress=False)
+    found = quirky_features(tap, TOKENIZER, examples, state=False, progress=False)
+    assert list(found.prompt) == ["residual"]
+    for n, example in enumerate(examples):
+        ids = TOKENIZER(example.text, add_special_tokens=False)["input_ids"]
+        outputs = _block_outputs(byte_model, torch.tensor([ids]))
+        expected = torch.stack([output[0, -1] for output in outputs])
+        _close(expected, found.prompt["residual"][n])

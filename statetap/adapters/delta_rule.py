@@ -73,10 +73,12 @@ class DeltaRuleHybrid(HybridMamba):
         return super().cached_state(cache, _FAMILY_SITE.get(site, site), layer)
 
     def forward(self, input_ids, attention_mask, cache, keep_state, **kwargs):
-        """As :meth:`HybridMamba.forward`; refuses pad tokens in a pass that continues from a
-        state: each would decay the state (``exp(g) < 1`` even on a zeroed input) and shift the
+        """As :meth:`HybridMamba.forward`; refuses pad tokens among the new tokens of a pass
+        that continues from a state (``attention_mask`` may hold the cached tokens' mask first):
+        each would decay the state (``exp(g) < 1`` even on a zeroed input) and shift the
         window, so the row would not compute what it computes alone."""
-        if cache is not None and attention_mask is not None and not bool(attention_mask.all()):
+        new = None if attention_mask is None else attention_mask[:, -input_ids.shape[1] :]
+        if cache is not None and new is not None and not bool(new.all()):
             raise ValueError(
                 f"{type(self.model).__name__}'s delta layers decay the state on every token, pad "
                 "tokens included: a pass continuing from a state must have no padding "
