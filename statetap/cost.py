@@ -33,7 +33,7 @@ class CostRow:
 def _variants(tap: Tap) -> dict[str, tuple[str, dict]]:
     """name -> (description, ``Tap.run`` keyword arguments)."""
     n_layers = tap.adapter.n_layers
-    middle = n_layers // 2
+    middle = tap.state_layers[len(tap.state_layers) // 2]  # a layer with a state (hybrids)
     state_site = tap.adapter.state_sites[0]
     return {
         "nothing": ("statetap attached, nothing requested", {}),
@@ -42,7 +42,8 @@ def _variants(tap: Tap) -> dict[str, tuple[str, dict]]:
             {"emit": [Emit("residual")]},
         ),
         "emit state": (
-            f"every state component of all {n_layers} layers at the last token",
+            f"every state component of all {len(tap.state_layers)} layers with a state at the "
+            "last token",
             {"emit": [Emit("state")]},
         ),
         "emit all positions": (

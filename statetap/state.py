@@ -27,10 +27,14 @@ from statetap.adapters import Adapter
 
 
 class RecurrentState:
-    """The model's cache after a pass, and the logits of its last token ``[B, V]``."""
+    """The model's cache after a pass, the logits of its last token ``[B, V]``, and the
+    attention mask ``[B, T]`` of the ``T`` tokens the cache has read (1: real, 0: padding), which
+    a hybrid's attention layers need to continue (their keys and values include the padding)."""
 
-    def __init__(self, adapter: Adapter, cache: object, logits: torch.Tensor) -> None:
-        self.adapter, self.cache, self.logits = adapter, cache, logits
+    def __init__(
+        self, adapter: Adapter, cache: object, logits: torch.Tensor, mask: torch.Tensor
+    ) -> None:
+        self.adapter, self.cache, self.logits, self.mask = adapter, cache, logits, mask
 
     @property
     def batch(self) -> int:
@@ -95,7 +99,12 @@ class RecurrentState:
     def select(self, rows: torch.Tensor) -> RecurrentState:
         """A new state made of the given rows ``[B']`` (repeats allowed)."""
         cache = self.adapter.select_rows(self.cache, rows)
-        return RecurrentState(self.adapter, cache, self.logits.index_select(0, rows))
+        return RecurrentState(
+            self.adapter,
+            cache,
+            self.logits.index_select(0, rows),
+            self.mask.index_select(0, rows.to(self.mask.device)),
+        )
 
     def clone(self) -> RecurrentState:
         """An independent copy."""

@@ -33,7 +33,7 @@ from statetap.adapters.base import ForwardStopped
 from statetap.adapters.upstream import check_transformers_version
 from statetap.kernels import Schedule
 from statetap.plan import Injection, Pass, SiteOps, first_occurrences
-from statetap.positions import PositionSpec, resolve_positions
+from statetap.positions import PositionSpec, real_tokens, resolve_positions
 from statetap.sites import COMMON_SITES, STATE_GROUP
 from statetap.state import RecurrentState
 
@@ -202,12 +202,17 @@ class Tap:
         if stop_after is not None:
             stop_after = self._check_stop(pass_, stop_after, keep_state)
         cache = None
+        mask = real_tokens(batch, length, attention_mask).to(input_ids.device)
+        model_mask = attention_mask
         if state is not None:
             if not isinstance(state, RecurrentState) or state.adapter.model is not self.model:
                 raise TypeError("state must be a RecurrentState taken from this model's Tap")
             if state.batch != batch:
                 raise ValueError(f"state has {state.batch} rows but input_ids has {batch}")
             cache = state.clone().cache
+            mask = torch.cat([state.mask.to(mask), mask], dim=1)
+            if self.adapter.takes_cache_mask and not bool(mask.all()):
+                model_mask = mask.long()  # the cached tokens' and this pass's
         if keep_state and attention_mask is not None and not bool(attention_mask[:, -1].all()):
             raise ValueError("keep_state needs every row's last token to be real: pad on the left")
         autograd = contextlib.nullcontext() if requires_grad else torch.no_grad()
@@ -219,7 +224,7 @@ class Tap:
         try:
             with autograd, self.adapter.instrument(pass_), stopping:
                 output, cache = self.adapter.forward(
-                    input_ids, attention_mask, cache, keep_state, **model_kwargs
+                    input_ids, model_mask, cache, keep_state, **model_kwargs
                 )
         except ForwardStopped:
             output = None
@@ -237,7 +242,7 @@ class Tap:
         logits = None if output is None else output.logits
         result = TapResult(logits=logits, activations=pass_.results, output=output)
         if keep_state:
-            result.state = RecurrentState(self.adapter, cache, output.logits[:, -1])
+            result.state = RecurrentState(self.adapter, cache, output.logits[:, -1], mask)
         return result
 
     def check_eval_mode(self) -> None:
@@ -300,6 +305,17 @@ class Tap:
                 f"the layers with one are tap.state_layers = {list(self.state_layers)}"
             )
         return layer
+
+    def layers_with(self, site: str, layers: Sequence[int] | None = None) -> list[int]:
+        """The layers among ``layers`` (default every layer; checked, negative from the last)
+        that have ``site``: for a state component or ``"state"`` those in :attr:`state_layers`,
+        for the residual and mixer sites all of them.  Sorted, without repeats."""
+        self._check_site(site, allow_group=True)
+        chosen = range(self.adapter.n_layers) if layers is None else layers
+        indices = sorted({self._layer(layer) for layer in chosen})
+        if site == STATE_GROUP or site in self.adapter.state_sites:
+            return [layer for layer in indices if layer in self.state_layers]
+        return indices
 
     def emission_keys(self, request: Emit) -> list[tuple[str, int]]:
         """The ``(site, layer)`` pairs an :class:`Emit` request covers (checked)."""

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _extract_models import TOKENIZER as BYTES
+from _extract_models import random_texts
 from transformers import (
     BambaConfig,
     BambaForCausalLM,
@@ -23,6 +25,10 @@ from transformers import (
 )
 
 import statetap
+from statetap.extract import ExtractConfig, extract, load_extraction
+from statetap.interp.provenance import model_identity
+from statetap.interp.steering import PromptTemplate, SteeringVectors, ab_pairs, load_ab_items
+from statetap.interp.steering import mean_difference, sweep
 from statetap.kernels.examples import rel_error
 
 VOCAB, LENGTH = 97, 11
@@ -35,7 +41,9 @@ HYBRIDS = {
     "bamba": (
         BambaConfig,
         BambaForCausalLM,
-        _ATTENTION | _MAMBA2 | dict(num_hidden_layers=3, intermediate_size=48, attn_layer_indices=[1]),
+        _ATTENTION
+        | _MAMBA2
+        | dict(num_hidden_layers=3, intermediate_size=48, attn_layer_indices=[1]),
         (0, 2),
     ),
     "granitemoehybrid": (
@@ -58,7 +66,13 @@ HYBRIDS = {
         NemotronHForCausalLM,
         _ATTENTION
         | dict(
-            layers_block_type=["linear_attention", "full_attention", "mlp", "linear_attention", "moe"],
+            layers_block_type=[
+                "linear_attention",
+                "full_attention",
+                "mlp",
+                "linear_attention",
+                "moe",
+            ],
             head_dim=8,
             intermediate_size=48,
             ssm_state_size=8,
@@ -78,10 +92,10 @@ HYBRIDS = {
 }
 
 
-def _build(name: str):
+def _build(name: str, vocab: int = VOCAB):
     torch.manual_seed(1234)
     config_class, model_class, arguments, _ = HYBRIDS[name]
-    return model_class(config_class(vocab_size=VOCAB, **arguments)).eval()
+    return model_class(config_class(vocab_size=vocab, **arguments)).eval()
 
 
 @pytest.fixture(scope="module", params=list(HYBRIDS))
@@ -127,7 +141,9 @@ def test_state_layers_are_the_mamba_layers(model):
     with pytest.raises(ValueError, match=r"holds no recurrent state .* tap.state_layers = \[0, "):
         tap.run(ids, emit=[statetap.Emit("ssm", attention)])
     with pytest.raises(ValueError, match=r"tap.state_layers"):
-        tap.run(ids, inject=[statetap.Inject("conv", attention, torch.zeros(tap.site_shape("conv")))])
+        tap.run(
+            ids, inject=[statetap.Inject("conv", attention, torch.zeros(tap.site_shape("conv")))]
+        )
     state = tap.run(ids, keep_state=True).state
     with pytest.raises(ValueError, match=r"state_layers = \[0, "):
         state.get("ssm", attention)
@@ -328,3 +344,112 @@ def test_steered_generation_equals_a_greedy_loop_over_the_edited_cache(model):
     for k in range(new):
         _close(scores[k], generated.output.scores[k], 1e-5)
     assert rel_error(model.generate(prompt, **options).scores[1], scores[1]) > 1e-4
+
+
+@torch.no_grad()
+def test_resuming_after_a_left_padded_prompt_masks_the_cached_padding(model):
+    """The snapshot remembers which cached tokens were padding: the attention layers' keys of the
+    pads stay masked in the continuation, so each row equals that row run alone in one pass."""
+    tap = statetap.attach(model)
+    ids, mask = _left_padded()
+    cut = 7
+    prompt = tap.run(ids[:, :cut], attention_mask=mask[:, :cut], keep_state=True)
+    rest = ids[:, cut:].repeat_interleave(2, 0)
+    resumed = tap.run(rest, state=prompt.state.fork(2))  # fork keeps the rows' masks
+    for row in range(3):
+        pads = int((mask[row] == 0).sum())
+        alone = model(ids[row : row + 1, pads:]).logits[0]
+        _close(alone[cut - pads :], resumed.logits[2 * row], 1e-5)
+        _close(alone[cut - pads :], resumed.logits[2 * row + 1], 1e-5)
+
+
+# ------------------------------------------------------------------ the layers above adapters
+@torch.no_grad()
+def test_extract_stores_residuals_and_the_mamba_layers_states(model, tmp_path):
+    """``statetap extract`` of every token: the residual of every layer equals the model's
+    ``output_hidden_states``, the states (stored for the Mamba layers only) its cache after each
+    prefix."""
+    model = _build(_name(model), vocab=len(BYTES))
+    tap = statetap.attach(model)
+    texts = random_texts([9, 2, 13], seed=3)
+    config = ExtractConfig(out=tmp_path, positions="0:64", batch_size=2, progress=False)
+    extract(model, BYTES, texts, config, "m")
+    _, tensors = load_extraction(tmp_path)
+    stored = {name for name in tensors if "." in name}
+    expected = {f"residual.{layer}" for layer in range(tap.adapter.n_layers)}
+    expected |= {f"{site}.{layer}" for site in ("ssm", "conv") for layer in tap.state_layers}
+    assert stored == expected
+    offsets = tensors["offsets"]
+    for row, text in enumerate(texts):
+        tokens = slice(int(offsets[row]), int(offsets[row + 1]))
+        ids = torch.tensor([BYTES(text, add_special_tokens=False)["input_ids"]])
+        hidden = model(ids, output_hidden_states=True).hidden_states
+        for layer in range(tap.adapter.n_layers - 1):
+            index = tap.adapter.hidden_states_index(layer)
+            _close(hidden[index][0], tensors[f"residual.{layer}"][tokens])
+        for t in (0, len(text) - 1):
+            cache = _cache(tap, model(ids[:, : t + 1], use_cache=True))
+            for site in ("ssm", "conv"):
+                for layer in tap.state_layers:
+                    own = tap.adapter.cached_state(cache, site, layer)[0].float()
+                    _close(own, tensors[f"{site}.{layer}"][tokens][t], 1e-5)
+
+
+TEMPLATE = PromptTemplate("Q: {question}", " A: (")
+
+
+def _pairs(n: int):
+    rows = []
+    for _ in range(n):
+        question = "".join(
+            "abcdefgh "[int(i)] for i in torch.randint(0, 9, (int(torch.randint(3, 9, ())),))
+        )
+        a_matches = bool(torch.rand(()) < 0.5)
+        rows.append(
+            {
+                "question": f"{question}\n(A) yes\n(B) no",
+                "answer_matching_behavior": "(A)" if a_matches else "(B)",
+                "answer_not_matching_behavior": "(B)" if a_matches else "(A)",
+            }
+        )
+    return ab_pairs(load_ab_items(rows), BYTES, TEMPLATE)
+
+
+@torch.no_grad()
+def test_state_steering_sweep_equals_editing_the_hybrid_cache(model):
+    """The sweep's state mode at a Mamba layer == the paper's procedure on the model's own code:
+    prefill all but the last token, add m * delta to that layer's ssm and conv entries of the
+    hybrid cache, step the last token.  A state mode at an attention layer is refused."""
+    model = _build(_name(model), vocab=len(BYTES))
+    tap = statetap.attach(model)
+    pairs, layer = _pairs(4), tap.state_layers[-1]
+    vectors = mean_difference(tap, *pairs.completions(), batch_size=3, progress=False)
+    assert {key for key in vectors.vectors if key[0] != "residual"} == {
+        (site, state_layer) for site in ("ssm", "conv") for state_layer in tap.state_layers
+    }
+    vectors = SteeringVectors(
+        {key: 3.0 * torch.randn(value.shape) for key, value in vectors.vectors.items()},
+        dict(identity=model_identity(model)),
+    )
+    multipliers = [-1.0, 2.0]
+    result = sweep(
+        tap, pairs, vectors, multipliers, [layer], modes=["state"], batch_size=3, progress=False
+    )
+    moved = 0.0
+    for row, ids in enumerate(pairs.prompts.ids):
+        yes, no = int(pairs.matching[row]), int(pairs.not_matching[row])
+        for j, m in enumerate(multipliers):
+            cache = _cache(tap, model(torch.tensor([ids[:-1]]), use_cache=True))
+            for site in ("ssm", "conv"):
+                state = tap.adapter.cached_state(cache, site, layer)
+                tap.adapter.write_state(cache, site, layer, state + m * vectors[site, layer])
+            logits = _continue(model, tap, cache, torch.tensor([ids[-1:]])).logits[0, -1]
+            p = logits.double().softmax(-1)
+            _close(p[yes] / (p[yes] + p[no]), result.p_match[0, 0, j, row].double(), 1e-5)
+            moved = max(
+                moved, abs(float(p[yes] / (p[yes] + p[no])) - float(result.baseline_p_match[row]))
+            )
+    assert moved > 1e-3
+    attention = _attention_layers(tap)[0]
+    with pytest.raises(ValueError, match=r"hold no recurrent state.*tap.state_layers"):
+        sweep(tap, pairs, vectors, multipliers, [attention], modes=["both"], progress=False)

@@ -98,7 +98,8 @@ def quirky_features(
         examples: ``N`` quirky prompts (``example.text`` ends just before the answer; the
             arithmetic's :class:`QuirkyExample` or a dataset's :class:`QuirkyPrompt`).
         batch_size: completions per forward pass (each prompt contributes two).
-        state: also read every recurrent-state component (else the residual stream only).
+        state: also read every recurrent-state component (else the residual stream only);
+            refused on hybrids, whose attention layers hold no state.
         progress: show a progress bar.
 
     Returns:
@@ -106,6 +107,13 @@ def quirky_features(
     """
     if not examples:
         raise ValueError("examples must hold at least one quirky prompt")
+    if state and len(tap.state_layers) < tap.adapter.n_layers:
+        # the features and the probes index every site by the same layers
+        raise ValueError(
+            f"state features need a state at every layer, but {type(tap.model).__name__} has "
+            f"one at tap.state_layers = {list(tap.state_layers)} only (a hybrid); pass "
+            f"state=False for residual features at every layer"
+        )
     false_ids, true_ids = choice_ids(tokenizer, [e.choices for e in examples]).unbind(1)
     prompts = tokenizer([e.text for e in examples], add_special_tokens=False)["input_ids"]
     rows = [(*p, int(t)) for p, t in zip(prompts, true_ids)]

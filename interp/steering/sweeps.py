@@ -254,8 +254,17 @@ def _fork(
     tap: Tap, sequences: list[tuple[int, ...]], cuts: list[int]
 ) -> tuple[RecurrentState, torch.Tensor]:
     """One unsteered pass over ``sequences``: a state holding each row's recurrent state after
-    its first ``cut`` tokens, and the logits ``[B, V]`` at each row's last token."""
+    its first ``cut`` tokens, and the logits ``[B, V]`` at each row's last token.
+
+    A hybrid's cache also holds its attention layers' keys and values of every token before the
+    cut, which setting the recurrent components cannot rebuild: there the prefixes themselves
+    run (left-padded) into the state."""
     ids, mask = pad(sequences, device=tap.device)
+    if tap.adapter.takes_cache_mask:
+        prefixes = [row[:cut] for row, cut in zip(sequences, cuts)]
+        prefix_ids, prefix_mask = pad(prefixes, side="left", device=tap.device)
+        start = tap.run(prefix_ids, prefix_mask, keep_state=True).state
+        return start, last_logits(tap.run(ids, mask).logits, mask)
     before_cut = torch.tensor(cuts)[:, None] - 1
     full = tap.run(ids, mask, emit=[Emit("state", "all", positions=before_cut)])
     # A state object with these rows (after any one token), then every component set.

@@ -101,6 +101,10 @@ class Adapter:
     mixer_returns_tuple: bool = False
     #: the model's forward takes ``output_hidden_states`` (:attr:`hidden_states_layout`)
     records_hidden_states: bool = True
+    #: the model reads the attention mask of the tokens its cache holds as well as the new ones
+    #: (a hybrid: its attention layers cache keys and values, padding included), so a pass that
+    #: continues from a state hands the model the state's mask followed by its own
+    takes_cache_mask: bool = False
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model

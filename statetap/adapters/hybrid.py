@@ -53,6 +53,7 @@ class HybridMamba(_MambaFamily):
 
     backbone_name = "model"
     final_norm_name = "norm"
+    takes_cache_mask = True
     #: block attributes that may hold the token mixer, in the order they are tried
     token_mixer_attributes: tuple[str, ...] = ()
     #: the class name, in :attr:`modeling_module`, of the Mamba mixer

@@ -48,7 +48,8 @@ def span_positions(span: Span, lengths: torch.Tensor) -> tuple[torch.Tensor, tor
 def run_batch(
     tap: Tap, batch: Batch, config: ExtractConfig, layers: Sequence[int], stop_after: int | None
 ) -> BatchTensors:
-    """Emit ``config.sites`` at ``layers`` for ``batch``; tensors on the CPU in ``config.dtype``."""
+    """Emit ``config.sites`` at ``layers`` (a state site at those of ``tap.state_layers``) for
+    ``batch``; tensors on the CPU in ``config.dtype``."""
     span = config.span
     counts = None
     if span is None:
@@ -58,7 +59,7 @@ def run_batch(
     result = tap.run(
         batch.input_ids,
         batch.attention_mask,
-        emit=[Emit(site, list(layers), spec) for site in config.sites],
+        emit=[Emit(site, tap.layers_with(site, layers), spec) for site in config.sites],
         offload=True,
         stop_after=stop_after,
     )

@@ -185,10 +185,16 @@ def _new_manifest(
     input, versions, layout and the per-token shape of every stored tensor."""
     model = tap.model
     layers = _layers(tap, config.layers)
+    for site_group in config.sites:
+        if not tap.layers_with(site_group, layers):
+            raise ValueError(
+                f"site {site_group!r} exists on tap.state_layers = {list(tap.state_layers)} only, "
+                f"and none of layers {layers} is one of them"
+            )
     shapes = {
         f"{site}.{layer}": tap.site_shape(site)
         for site_group in config.sites
-        for site, layer in tap.emission_keys(Emit(site_group, layers))
+        for site, layer in tap.emission_keys(Emit(site_group, tap.layers_with(site_group, layers)))
     }
     if config.logits:
         shapes[LOGITS] = (model.get_output_embeddings().weight.shape[0],)
