@@ -84,8 +84,16 @@ class SteeringVectors:
         Raises:
             ValueError: naming ``vectors``: no recorded model identity, another model's class or
                 config (both named), a missing layer or component, or a shape that is not the
-                model's.
+                model's; with ``state``, a layer without a recurrent state (a hybrid's attention
+                layer: ``tap.state_layers`` are named).
         """
+        stateless = [layer for layer in layers if layer not in tap.state_layers] if state else []
+        if stateless:
+            raise ValueError(
+                f"layers {stateless} hold no recurrent state, so a state steering mode has "
+                f"nothing to edit there; the layers with one are tap.state_layers = "
+                f"{list(tap.state_layers)} (steer the others in the residual mode)"
+            )
         if not other_model:
             identity = self.meta.get("identity")
             if identity is None:
@@ -164,13 +172,15 @@ def mean_difference(
 
     Returns:
         :class:`SteeringVectors` with ``("residual", l)`` ``[H]`` and, with ``state``,
-        ``(component, l)`` for every layer ``l``.
+        ``(component, l)`` for every layer ``l`` that holds a state (``tap.state_layers``).
     """
     for name, value in (("positive", positive), ("negative", negative)):
         if not isinstance(value, Prompts):
             raise TypeError(f"{name} must be Prompts, got {type(value).__name__}")
     layers = layer_indices(tap, layers)
-    emit = [Emit(RESIDUAL, layers, positions=-1)] + ([Emit("state", layers, -1)] if state else [])
+    state_layers = tap.layers_with("state", layers) if state else []
+    emit = [Emit(RESIDUAL, layers, positions=-1)]
+    emit += [Emit("state", state_layers, positions=-1)] if state_layers else []
     sequences = positive.ids + negative.ids
     is_positive = torch.arange(len(sequences)) < len(positive)
     sums: dict[tuple[str, int], torch.Tensor] = {}  # [2, *shape]: negative, positive
