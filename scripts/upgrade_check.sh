@@ -62,7 +62,7 @@ DEFAULT_TESTS="tests/test_model_tap.py tests/test_steering.py tests/test_steerin
     tests/test_extract_resume.py tests/test_extract_torchrun.py tests/test_rwkv_models.py
     tests/test_rwkv_official.py tests/test_rwkv_tap.py tests/test_foreign_layouts.py
     tests/test_convert_rwkv.py tests/test_world_tokenizer.py tests/test_hybrid_mamba1.py
-    tests/test_hybrid_zamba2_falcon_h1.py tests/test_delta_rule_models.py"
+    tests/test_hybrid_zamba2_falcon_h1.py tests/test_delta_rule_models.py tests/test_hybrid_mamba2.py"
 read -r -a TESTS <<< "$(echo ${TESTS:-$DEFAULT_TESTS})"
 # The Triton kernels under the interpreter, and their ahead-of-time compiles for sm_80/sm_90.
 TRITON_TESTS=(tests/test_triton_*.py tests/test_aot*.py)
