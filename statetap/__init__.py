@@ -14,7 +14,7 @@ from statetap._lazy import lazy_names
 
 __version__ = "0.1.0"
 
-__getattr__, __dir__ = lazy_names(
+lazy_names(
     __name__,
     {
         "RecurrentState": "statetap.state",

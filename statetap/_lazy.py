@@ -1,22 +1,34 @@
-"""Public names of a package that load on first use (PEP 562), so that importing the package
-imports none of the heavy libraries (torch, transformers, datasets) its modules need."""
+"""Public names of a package that load on first use, so that importing the package imports
+none of the heavy libraries (torch, transformers, datasets) its modules need."""
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Mapping
+import sys
+import types
+from collections.abc import Mapping
 
 
-def lazy_names(package: str, names: Mapping[str, str]) -> tuple[Callable, Callable]:
-    """``(__getattr__, __dir__)`` for ``package``: ``names`` maps each public name to the
-    module that defines it, imported when the name is first read."""
+def lazy_names(package: str, names: Mapping[str, str]) -> None:
+    """Make each of ``names`` (public name -> the module that defines it) an attribute of
+    ``package`` that imports its module when first read.
 
-    def __getattr__(name: str):
-        if name in names:
-            return getattr(importlib.import_module(names[name]), name)
-        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+    The names win over submodules of the same name (``lens.train`` is the function, even once
+    the module ``lens/train.py`` is imported, as it was with eager imports): the package's
+    module class looks them up before its own attributes, where the import system puts each
+    submodule it loads.  A value set on the package (``monkeypatch.setattr``) is read as set.
+    """
 
-    def __dir__() -> list[str]:
-        return sorted({*importlib.import_module(package).__dict__, *names})
+    class LazyPackage(types.ModuleType):
+        def __getattribute__(self, name: str):
+            if name in names:
+                value = super().__getattribute__("__dict__").get(name)
+                if value is None or isinstance(value, types.ModuleType):
+                    return getattr(importlib.import_module(names[name]), name)
+                return value
+            return super().__getattribute__(name)
 
-    return __getattr__, __dir__
+        def __dir__(self) -> list[str]:
+            return sorted({*super().__dir__(), *names})
+
+    sys.modules[package].__class__ = LazyPackage

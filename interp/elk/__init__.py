@@ -25,7 +25,7 @@ Example:
 from statetap._lazy import lazy_names
 
 # loaded on first use: the command line parses its arguments before torch or transformers loads
-__getattr__, __dir__ = lazy_names(
+lazy_names(
     __name__,
     {
         "MahalanobisDetector": "statetap.interp.elk.anomaly",

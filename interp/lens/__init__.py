@@ -13,7 +13,7 @@ trajectories. See ``docs/lens.md``.
 from statetap._lazy import lazy_names
 
 # loaded on first use: the command line parses its arguments before torch or transformers loads
-__getattr__, __dir__ = lazy_names(
+lazy_names(
     __name__,
     {
         "DEMO_RECIPE": "statetap.interp.lens.config",

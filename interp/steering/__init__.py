@@ -13,7 +13,7 @@ measure ``p_match`` (:mod:`.metrics`).  The core takes any prompts with two answ
 from statetap._lazy import lazy_names
 
 # loaded on first use: the command line parses its arguments before torch or transformers loads
-__getattr__, __dir__ = lazy_names(
+lazy_names(
     __name__,
     {
         "LETTERS": "statetap.interp.steering.dataset",

@@ -26,7 +26,7 @@ Example:
 from statetap._lazy import lazy_names
 
 # loaded on first use: the command line checks an ExtractConfig before torch loads
-__getattr__, __dir__ = lazy_names(
+lazy_names(
     __name__,
     {
         "write_atomically": "statetap.extract.atomic",

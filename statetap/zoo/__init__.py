@@ -27,7 +27,7 @@ from statetap.zoo import cache
 from statetap.zoo.recipes import RECIPES, Recipe, short
 
 # training loads transformers: imported when a model is built, not with the zoo's names
-__getattr__, __dir__ = lazy_names(__name__, {"quirky_split": "statetap.zoo.train"})
+lazy_names(__name__, {"quirky_split": "statetap.zoo.train"})
 
 __all__ = ["RECIPES", "Recipe", "load", "metrics", "path", "quirky_split", "short"]
 
