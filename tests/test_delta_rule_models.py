@@ -242,7 +242,7 @@ def test_left_padded_rows_equal_each_row_alone(model, tap):
 
 
 @torch.no_grad()
-def test_right_padding_keeps_the_outputs_and_refuses_what_it_would_change(model, tap):
+def test_right_padding_keeps_the_outputs_and_what_padding_would_change_is_refused(model, tap):
     """Right pads come after a row's real tokens: its outputs and the states emitted at real
     tokens are exact, but each pad decays the state, so the state after the row (keep_state)
     and padding in a pass that continues from a state are refused."""
@@ -258,6 +258,9 @@ def test_right_padding_keeps_the_outputs_and_refuses_what_it_would_change(model,
     state = tap.run(ids, keep_state=True).state
     with pytest.raises(ValueError, match="continuing from a state must have no padding"):
         tap.run(ids, attention_mask=mask.flip(1), state=state)
+    starts = torch.tensor([0, 4, LENGTH], dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"packed sequences \(cu_seq_lens_k, cu_seq_lens_q\)"):
+        tap.run(ids[:1], cu_seq_lens_q=starts, cu_seq_lens_k=starts)
 
 
 @torch.no_grad()

@@ -73,10 +73,17 @@ class DeltaRuleHybrid(HybridMamba):
         return super().cached_state(cache, _FAMILY_SITE.get(site, site), layer)
 
     def forward(self, input_ids, attention_mask, cache, keep_state, **kwargs):
-        """As :meth:`HybridMamba.forward`; refuses pad tokens among the new tokens of a pass
-        that continues from a state (``attention_mask`` may hold the cached tokens' mask first):
-        each would decay the state (``exp(g) < 1`` even on a zeroed input) and shift the
-        window, so the row would not compute what it computes alone."""
+        """As :meth:`HybridMamba.forward`; refuses packed sequences (``cu_seq_lens_*``), and
+        pad tokens among the new tokens of a pass that continues from a state
+        (``attention_mask`` may hold the cached tokens' mask first): each pad would decay the
+        state (``exp(g) < 1`` even on a zeroed input) and shift the window, so the row would
+        not compute what it computes alone."""
+        packed = sorted(name for name in kwargs if name.startswith("cu_seq_lens"))
+        if packed:
+            raise ValueError(
+                f"packed sequences ({', '.join(packed)}) are not supported on "
+                f"{type(self.model).__name__}: pass one sequence per row (padded) instead"
+            )
         new = None if attention_mask is None else attention_mask[:, -input_ids.shape[1] :]
         if cache is not None and new is not None and not bool(new.all()):
             raise ValueError(
