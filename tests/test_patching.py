@@ -337,3 +337,67 @@ def test_transplant_bad_input(tap):
         transplant_state(tap, ids.repeat(2, 1), ids)
     with pytest.raises(ValueError, match="sites must be state components"):
         transplant_state(tap, ids, ids, sites=["residual"])
+
+
+# ------------------------------------------------------------------ pairs and tasks
+def test_quirky_tasks_make_aligned_pairs_whose_answers_follow_the_rules():
+    from statetap.interp.patching.tasks import quirky_task_rows, tokenize_pairs
+    from statetap.zoo.quirky import ANSWERS, quirky_addition, sloppy_sum
+    from statetap.zoo.tokenizer import quirky_tokenizer
+
+    _, test = quirky_addition(50, 200, max_digits=3, seed=int(torch.randint(0, 10**6, ())))
+    tokenizer = quirky_tokenizer()
+    rows, patterns = quirky_task_rows("operand", test)
+    for row in rows:
+        a, rest = row["corrupt"].split(" + ")
+        b, rest = rest.split(" = ")
+        shown = int(rest.split(".")[0])
+        assert shown not in (int(a) + int(b), sloppy_sum(int(a) + int(b)))  # both say False
+        assert row["clean"].split(" + ")[1] == row["corrupt"].split(" + ")[1]
+    assert all((row["answer"], row["wrong"]) == (ANSWERS[True], ANSWERS[False]) for row in rows)
+    truthful = {e.text: e.label for e in test}
+    assert all(truthful[row["clean"]] for row in rows)
+    pairs = tokenize_pairs(rows, tokenizer, limit=5, groups=patterns)
+    assert pairs.clean.shape == pairs.corrupt.shape and pairs.kept <= 5
+    assert bool((pairs.subject.sum(1) == 1).all())  # one operand digit differs
+    rows, _ = quirky_task_rows("character", test)
+    by_text = {e.text: e for e in test}
+    for row in rows:
+        example = by_text[row["clean"]]
+        assert example.character == "Bob" and by_text[row["corrupt"]].character == "Alice"
+        assert row["answer"] == ANSWERS[example.bob_label] != row["wrong"]
+
+
+def test_pair_files_are_checked_line_by_line(tmp_path):
+    from statetap.interp.patching.tasks import read_pair_rows, tokenize_pairs
+    from statetap.zoo.tokenizer import quirky_tokenizer
+
+    path = tmp_path / "pairs.jsonl"
+    good = '{"clean": "1 + 2 = 3. Bob:", "corrupt": "1 + 5 = 3. Bob:", "answer": " True", "wrong": " False"}'
+    path.write_text(good + "\n\n" + '{"clean": "1", "corrupt": "2", "answer": " True"}\n')
+    with pytest.raises(ValueError, match=r"line 3 lacks \['wrong'\]"):
+        read_pair_rows(path)
+    path.write_text(good + "\n[1]\n")
+    with pytest.raises(ValueError, match="line 2 is not a JSON object"):
+        read_pair_rows(path)
+    path.write_text(good.replace('"1 + 5', '"1 + 55') + "\n")
+    with pytest.raises(ValueError, match="pair 0: clean and corrupt prompts must have the same"):
+        tokenize_pairs(read_pair_rows(path), quirky_tokenizer())
+    path.write_text(good.replace('" True"', '" True True"') + "\n")
+    with pytest.raises(ValueError, match="pair 0: answer ' True True' is 2 tokens, not one"):
+        tokenize_pairs(read_pair_rows(path), quirky_tokenizer())
+    path.write_text(good + "\n" + good.replace("\"1 + ", "\"11 + ") + "\n" + good + "\n")
+    pairs = tokenize_pairs(read_pair_rows(path), quirky_tokenizer())
+    assert (pairs.kept, pairs.total) == (2, 3) and pairs.clean.shape == (2, 8)
+
+
+def test_result_round_trips_through_its_json_file(tap, tmp_path):
+    from statetap.interp.patching import load_result
+
+    clean, corrupt = _prompts(tap, pairs=1, length=4)
+    result = activation_patching(tap, clean, clean, _answers(tap, 1), sites=["residual"])
+    result.tokens = [["a", "b", "c", "d"]]
+    loaded = load_result(result.save(tmp_path).parent)
+    assert loaded.sites == result.sites and loaded.tokens == result.tokens
+    assert torch.equal(loaded.patched["residual"], result.patched["residual"])
+    assert bool(loaded.effect["residual"].isnan().all())  # NaN survives JSON as null

@@ -53,6 +53,13 @@ class PatchingResult:
             raise KeyError(f"no site {site!r} in this result; it has {self.sites}")
         return self.effect[site].nanmean(0)
 
+    def peak(self, site: str) -> tuple[int, int, float]:
+        """``(layer, position, mean effect)`` where the mean effect at ``site`` is largest in
+        magnitude."""
+        mean = self.mean_effect(site).nan_to_num(0)
+        row, column = divmod(int(mean.abs().argmax()), mean.shape[1])
+        return self.layers[site][row], self.positions[column], float(mean[row, column])
+
     def to_json(self) -> dict:
         """Plain lists: every tensor as nested lists (NaN as null)."""
         plain = _nested
