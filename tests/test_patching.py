@@ -24,7 +24,6 @@ from statetap.interp.patching import (
     answer_probability,
     causal_trace,
     logit_difference,
-    patch_sweep,
 )
 from statetap.interp.patching.tracing import embedding_noise, subject_mask
 from statetap.interp.patching.transplant import transplant_state
@@ -158,7 +157,9 @@ def test_every_patch_equals_an_unbatched_run_with_the_cache_edited_by_hand(tap):
         for pair in range(PAIRS):
             for layer in range(n_layers):
                 for t in range(LENGTH):
-                    logits = _naive(tap, clean[pair : pair + 1], corrupt[pair : pair + 1], site, layer, t)
+                    logits = _naive(
+                        tap, clean[pair : pair + 1], corrupt[pair : pair + 1], site, layer, t
+                    )
                     expected[pair, layer, t] = metric(logits[None], torch.tensor([pair]))
         assert rel_error(expected, result.patched[site]) <= 1e-5, site
         # the fraction of the gap, to the rounding of the metrics it is made of
@@ -204,7 +205,13 @@ def test_a_callable_metric_and_chosen_layers_and_positions(tap):
     answer = torch.randint(0, tap.model.config.vocab_size, (PAIRS,))
     site = tap.adapter.state_sites[0]
     chosen = activation_patching(
-        tap, clean, corrupt, answer_probability(answer), sites=[site], layers=[-1], positions=[1, -2]
+        tap,
+        clean,
+        corrupt,
+        answer_probability(answer),
+        sites=[site],
+        layers=[-1],
+        positions=[1, -2],
     )
     everything = activation_patching(tap, clean, corrupt, answer_probability(answer), sites=[site])
     last = tap.adapter.n_layers - 1
@@ -256,11 +263,18 @@ def test_causal_trace_equals_restoring_each_site_by_hand(tap, fresh_seed):
     for site in result.sites:
         for layer in result.layers[site]:
             for t in result.positions:
-                restored = torch.stack([
-                    probability(_naive(tap, prompts, prompts, site, layer, t, noise[s : s + 1])[None], pair)
-                    for s in range(samples)
-                ]).mean()
-                assert abs(float(restored - corrupt) - float(result.effect[site][0, layer, t])) <= 1e-5
+                restored = torch.stack(
+                    [
+                        probability(
+                            _naive(tap, prompts, prompts, site, layer, t, noise[s : s + 1])[None],
+                            pair,
+                        )
+                        for s in range(samples)
+                    ]
+                ).mean()
+                assert (
+                    abs(float(restored - corrupt) - float(result.effect[site][0, layer, t])) <= 1e-5
+                )
 
 
 def test_causal_trace_is_seeded_and_checks_its_input(tap):
@@ -268,8 +282,12 @@ def test_causal_trace_is_seeded_and_checks_its_input(tap):
     answer = torch.randint(0, tap.model.config.vocab_size, (2,))
     subject = torch.zeros(2, 5, dtype=torch.bool)
     subject[0, 1], subject[1, 2:4] = True, True
-    first = causal_trace(tap, prompts, subject, answer, samples=2, seed=3, sites=["residual"], layers=[0])
-    again = causal_trace(tap, prompts, subject, answer, samples=2, seed=3, sites=["residual"], layers=[0])
+    first = causal_trace(
+        tap, prompts, subject, answer, samples=2, seed=3, sites=["residual"], layers=[0]
+    )
+    again = causal_trace(
+        tap, prompts, subject, answer, samples=2, seed=3, sites=["residual"], layers=[0]
+    )
     assert torch.equal(first.effect["residual"], again.effect["residual"])
     with pytest.raises(ValueError, match="subject must name at least one token of every prompt"):
         causal_trace(tap, prompts, torch.zeros(2, 5, dtype=torch.bool), answer)
@@ -289,8 +307,15 @@ def test_transplant_equals_writing_the_source_cache_into_the_target_cache(tap, m
     source = torch.randint(1, vocab, (1, 8))
     target = torch.randint(1, vocab, (1, 6))
     before, layers = 3, [0, tap.adapter.n_layers - 1]
-    result = transplant_state(tap, source, target, before=before, layers=layers, mode=mode,
-                              scale=None if mode == "set" else 0.5)
+    result = transplant_state(
+        tap,
+        source,
+        target,
+        before=before,
+        layers=layers,
+        mode=mode,
+        scale=None if mode == "set" else 0.5,
+    )
     source_cache = tap.adapter.output_cache(tap.model(source, use_cache=True))
     prefix = tap.model(target[:, :before], use_cache=True)
     cache = tap.adapter.output_cache(prefix)
@@ -310,8 +335,14 @@ def test_transplant_equals_writing_the_source_cache_into_the_target_cache(tap, m
 def test_transplant_then_generate_continues_from_the_moved_state(tap):
     vocab = tap.model.config.vocab_size
     source, target = torch.randint(1, vocab, (1, 7)), torch.randint(1, vocab, (1, 5))
-    options = dict(max_new_tokens=2, do_sample=False, eos_token_id=[], pad_token_id=0,
-                   output_scores=True, return_dict_in_generate=True)
+    options = dict(
+        max_new_tokens=2,
+        do_sample=False,
+        eos_token_id=[],
+        pad_token_id=0,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
     generated = transplant_state(
         tap, source, target, target_mask=torch.ones_like(target), generate=options
     )
@@ -321,8 +352,9 @@ def test_transplant_then_generate_continues_from_the_moved_state(tap):
     cache = tap.adapter.output_cache(prompt)
     for site in tap.adapter.state_sites:
         for layer in range(tap.adapter.n_layers):
-            tap.adapter.write_state(cache, site, layer,
-                                    tap.adapter.cached_state(source_cache, site, layer))
+            tap.adapter.write_state(
+                cache, site, layer, tap.adapter.cached_state(source_cache, site, layer)
+            )
     first = generated.sequences[:, -2:-1]
     assert torch.equal(first[0], prompt.logits[0, -1:].argmax(-1))
     step = tap.model(first, **tap.adapter.cache_kwargs(cache)).logits[:, -1]
@@ -373,7 +405,10 @@ def test_pair_files_are_checked_line_by_line(tmp_path):
     from statetap.zoo.tokenizer import quirky_tokenizer
 
     path = tmp_path / "pairs.jsonl"
-    good = '{"clean": "1 + 2 = 3. Bob:", "corrupt": "1 + 5 = 3. Bob:", "answer": " True", "wrong": " False"}'
+    good = (
+        '{"clean": "1 + 2 = 3. Bob:", "corrupt": "1 + 5 = 3. Bob:", '
+        '"answer": " True", "wrong": " False"}'
+    )
     path.write_text(good + "\n\n" + '{"clean": "1", "corrupt": "2", "answer": " True"}\n')
     with pytest.raises(ValueError, match=r"line 3 lacks \['wrong'\]"):
         read_pair_rows(path)
@@ -386,7 +421,7 @@ def test_pair_files_are_checked_line_by_line(tmp_path):
     path.write_text(good.replace('" True"', '" True True"') + "\n")
     with pytest.raises(ValueError, match="pair 0: answer ' True True' is 2 tokens, not one"):
         tokenize_pairs(read_pair_rows(path), quirky_tokenizer())
-    path.write_text(good + "\n" + good.replace("\"1 + ", "\"11 + ") + "\n" + good + "\n")
+    path.write_text(good + "\n" + good.replace('"1 + ', '"11 + ') + "\n" + good + "\n")
     pairs = tokenize_pairs(read_pair_rows(path), quirky_tokenizer())
     assert (pairs.kept, pairs.total) == (2, 3) and pairs.clean.shape == (2, 8)
 

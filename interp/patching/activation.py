@@ -16,7 +16,8 @@ Example:
     >>> tap = statetap.attach(model)
     >>> clean = torch.randint(0, 64, (2, 7))
     >>> corrupt = clean.clone(); corrupt[:, 2] = 5
-    >>> result = activation_patching(tap, clean, corrupt, (torch.tensor([1, 2]), torch.tensor([3, 4])))
+    >>> answers = torch.tensor([1, 2]), torch.tensor([3, 4])  # answer and wrong token per pair
+    >>> result = activation_patching(tap, clean, corrupt, answers)
     >>> result.effect["ssm"].shape, result.mean_effect("residual").shape  # [N, layers, L]
     (torch.Size([2, 2, 7]), torch.Size([2, 7]))
 """

@@ -94,8 +94,10 @@ def _run(args: argparse.Namespace) -> int:
     path = result.save(args.out)
     plot_all(result, args.out, title=f"{name}, {source}")
     length = pairs.clean.shape[1]
-    print(f"{result.method} on {name}, {source}: {pairs.kept} of {pairs.total} pairs "
-          f"(those of {length} tokens{', the most common digit pattern' if args.task else ''})")
+    print(
+        f"{result.method} on {name}, {source}: {pairs.kept} of {pairs.total} pairs "
+        f"(those of {length} tokens{', the most common digit pattern' if args.task else ''})"
+    )
     print(f"clean metric {result.clean.mean():.3f}, corrupted {result.corrupt.mean():.3f}")
     print(f"{'site':<12} {'largest mean effect':>20}  layer  position (token)")
     for site in result.sites:

@@ -204,8 +204,9 @@ def patch_sweep(
     context = _Context(
         tap, clean_run, corrupt_run, corrupt, corrupt_offset, positions, components, stateful
     )
-    for batch in _batches([row for row in rows if row.start < length], length, batch_tokens,
-                          same_length):
+    for batch in _batches(
+        [row for row in rows if row.start < length], length, batch_tokens, same_length
+    ):
         values = metric(context.run(batch), torch.tensor([row.pair for row in batch]))
         for row, value in zip(batch, values.tolist()):
             index = layers_of[row.site].index(row.layer), positions.index(row.position)
@@ -222,8 +223,10 @@ def _positions(positions: Sequence[int] | None, length: int) -> list[int]:
         raise TypeError(f"positions must be a list of ints, got {positions!r}")
     bad = [p for p in positions if not -length <= p < length]
     if bad or not positions:
-        raise ValueError(f"positions must be a non-empty list in -{length} .. {length - 1}, "
-                         f"got {list(positions)}")
+        raise ValueError(
+            f"positions must be a non-empty list in -{length} .. {length - 1}, "
+            f"got {list(positions)}"
+        )
     return sorted({p % length for p in positions})
 
 
@@ -264,8 +267,9 @@ class _Context:
     """What every patch pass reads: the clean run's emissions, the corrupted run's states
     after each token and its kept state (the template each pass's state is selected from)."""
 
-    def __init__(self, tap, clean_run, corrupt_run, corrupt, corrupt_offset, positions,
-                 components, stateful):
+    def __init__(
+        self, tap, clean_run, corrupt_run, corrupt, corrupt_offset, positions, components, stateful
+    ):
         self.tap, self.clean_run, self.corrupt_run = tap, clean_run, corrupt_run
         self.corrupt, self.corrupt_offset = corrupt, corrupt_offset
         self.positions = positions  # the clean run's emitted positions

@@ -79,13 +79,16 @@ def transplant_state(
     length = target.shape[1]
     before = length if before is None else before
     if not isinstance(before, int) or isinstance(before, bool) or not 1 <= before <= length:
-        raise ValueError(f"before must be an int in 1 .. {length} (the target's length), got "
-                         f"{before!r}")
+        raise ValueError(
+            f"before must be an int in 1 .. {length} (the target's length), got {before!r}"
+        )
     components = list(tap.adapter.state_sites) if sites is None else list(sites)
     unknown = [site for site in components if site not in tap.adapter.state_sites]
     if unknown or not components:
-        raise ValueError(f"sites must be state components of the model "
-                         f"({list(tap.adapter.state_sites)}), got {list(components)}")
+        raise ValueError(
+            f"sites must be state components of the model "
+            f"({list(tap.adapter.state_sites)}), got {list(components)}"
+        )
     chosen = {site: site_layers(tap, site, layers) for site in components}
     read = tap.run(
         source.to(tap.device),
