@@ -32,7 +32,14 @@ from .wkv7 import wkv7, wkv7_step
 
 OPS = ("selective_scan", "ssd", "wkv4", "wkv5", "wkv6", "wkv7", "delta_rule")
 #: one-token decode steps, state updated in place (RWKV-5 decodes with wkv6_step)
-STEPS = ("selective_scan_step", "ssd_step", "wkv4_step", "wkv6_step", "wkv7_step")
+STEPS = (
+    "selective_scan_step",
+    "ssd_step",
+    "wkv4_step",
+    "wkv6_step",
+    "wkv7_step",
+    "delta_rule_step",
+)
 
 __all__ = [
     "OPS",

@@ -90,6 +90,7 @@ STEP_OPS = {
     "wkv4_step": ("wkv4", RWKV_STEP),
     "wkv6_step": ("wkv6", RWKV_STEP),
     "wkv7_step": ("wkv7", RWKV_STEP),
+    "delta_rule_step": ("delta_rule", RWKV_STEP),
 }
 
 

@@ -97,10 +97,13 @@ KNOWN_OVER_BUDGET = """
     selective_scan_step | instrumented | B64 | _state_update_kernel | sm_90a
     wkv6_step | instrumented | B64 | wkv6_recurrent_kernel | sm_80
     wkv6_step | instrumented | B64 | wkv6_recurrent_kernel | sm_90a
-    delta_rule | add | bfloat16 L2048 | wkv7_recurrent_kernel | sm_80
-    delta_rule | set | bfloat16 L2048 | wkv7_recurrent_kernel | sm_80
+    delta_rule | add | bfloat16 L2048 | delta_rule_recurrent_kernel | sm_80
+    delta_rule | set | bfloat16 L2048 | delta_rule_recurrent_kernel | sm_80
+    delta_rule | set | bfloat16 L2048 | delta_rule_recurrent_kernel | sm_90a
     wkv7_step | instrumented | B64 | wkv7_recurrent_kernel | sm_80
     wkv7_step | instrumented | B64 | wkv7_recurrent_kernel | sm_90a
+    delta_rule_step | instrumented | B64 | delta_rule_recurrent_kernel | sm_80
+    delta_rule_step | instrumented | B64 | delta_rule_recurrent_kernel | sm_90a
 """
 LOCKED_TRITON = "3.8.0"
 

@@ -27,6 +27,7 @@ SIZES = {
     "wkv4_step": dict(C=4096),
     "wkv6_step": dict(H=64, K=64, V=64),
     "wkv7_step": dict(H=64, K=64, V=64),
+    "delta_rule_step": dict(HK=16, HV=32, K=128, V=128),  # Qwen3-Next's linear attention
 }
 ROUNDS = 2000
 

@@ -1,21 +1,30 @@
-"""The gated delta rule's fused backends: each maps its inputs onto ``wkv7`` (:mod:`.mapping`)
-and runs that op's backend of the same name, which validates the instrumentation and runs.
+"""The gated delta rule's fused backends and the choice of Triton kernel.
 
-``torch``: :func:`delta_rule_chunked` (``wkv7``'s chunked pure-torch form); ``triton``:
-:func:`delta_rule_triton` (``wkv7``'s Triton kernels); ``cpu``: :func:`delta_rule_cpu`
-(``wkv7``'s C++ kernel).  Float64 inputs compute in float64 (``wkv7``'s exact oracle).
+``torch``: :func:`delta_rule_chunked` (``wkv7``'s chunked pure-torch form on the mapped inputs,
+:mod:`.mapping`); ``cpu``: :func:`delta_rule_cpu` (``wkv7``'s C++ kernel, mapped likewise);
+``triton``: :func:`delta_rule_triton`, the recurrent kernel of :mod:`.fused_recurrent` on the
+models' own inputs, or ``wkv7``'s chunked kernels on the mapped ones.  Float64 inputs compute in
+float64 (the exact oracle).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from .._contract import ScanOutput
+import torch
+
+from .. import _triton
+from .._contract import Instrumentation, ScanOutput, float64_runs
+from .._triton import KernelInstrumentation
+from ..wkv6.launch import choose_form
+from ..wkv7.chunk import MAX_KEY_DIM
 from ..wkv7.cpu import wkv7_cpu
 from ..wkv7.launch import wkv7_triton
 from ..wkv7.reference import CHUNK_SIZE, wkv7_chunked
+from .fused_recurrent import launch_recurrent
 from .mapping import wkv7_arguments
-from .reference import delta_inputs
+from .reference import check_decode_state, delta_inputs, validate
 
 
 def through_wkv7(
@@ -90,6 +99,61 @@ def delta_rule_chunked(
     )
 
 
+@dataclass(slots=True)
+class DeltaLaunch:
+    """One launch of :func:`~.fused_recurrent.delta_rule_recurrent_kernel`: ``inputs``
+    ``(query, key, value, g, beta)`` contiguous as the caller passed them, ``y`` ``[B, L, HV, V]``
+    in ``value.dtype`` (uninitialised), the instrumentation.  A decode step's tensors have no
+    time axis (the same memory as ``L = 1``)."""
+
+    inputs: tuple[torch.Tensor, ...]
+    scale: float
+    y: torch.Tensor
+    instr: KernelInstrumentation
+    dims: tuple[int, int, int, int, int]  # (B, L, HV, K, V): a decode step's L is 1
+    group: int  # value heads per query/key head
+    gate_per_channel: bool
+    l2norm: bool
+
+    def run(self) -> ScanOutput:
+        launch_recurrent(self)
+        return self.instr.output(self.y)
+
+
+def prepare_delta(
+    query, key, value, g, beta, scale, use_qk_l2norm_in_kernel, instrumentation: dict, state=None
+) -> DeltaLaunch:
+    """Validate as the reference does and lay out one recurrent launch (``state``: decode one
+    token in place, inputs without the time axis)."""
+    token = state is not None
+    scale = validate(query, key, value, g, beta, scale, use_qk_l2norm_in_kernel, token=token)
+    if token:
+        check_decode_state(state, query, value)
+    _triton.check_launchable(query.device, "delta_rule")
+    batch, length = query.shape[0], 1 if token else query.shape[1]
+    heads, key_dim, value_dim = value.shape[-2], query.shape[-1], value.shape[-1]
+    instr = Instrumentation(
+        batch=batch,
+        length=length,
+        state_shape=(heads, key_dim, value_dim),
+        device=query.device,
+        dtype=torch.float32,
+        **instrumentation,
+    )
+    inputs = tuple(t.contiguous() for t in (query, key, value, g, beta))
+    return DeltaLaunch(
+        inputs=inputs,
+        scale=scale,
+        y=_triton.empty(value.shape, value.dtype, value.device),
+        instr=KernelInstrumentation.build(instr, state),
+        dims=(batch, length, heads, key_dim, value_dim),
+        group=heads // query.shape[-2],
+        gate_per_channel=g.dim() == query.dim(),
+        l2norm=use_qk_l2norm_in_kernel,
+    )
+
+
+@float64_runs(delta_rule_chunked)
 def delta_rule_triton(
     query,
     key,
@@ -104,10 +168,12 @@ def delta_rule_triton(
     form="auto",
     **instrumentation,
 ) -> ScanOutput:
-    """Gated delta rule on Triton: ``wkv7``'s kernels with emission and injection fused in.
+    """Gated delta rule on Triton, with emission and injection fused in.
 
-    Arguments and result as :func:`delta_rule_chunked`; ``form`` as ``wkv7``'s (``"auto"``,
-    ``"recurrent"``, or ``"chunked"`` for ``K <= 64``).
+    Arguments and result as :func:`delta_rule_chunked`; ``form``: ``"recurrent"`` (the kernel
+    of :mod:`.fused_recurrent` on these inputs), ``"chunked"`` (``wkv7``'s chunked kernels on
+    the mapped inputs, ``K <= 64``) or ``"auto"`` (``wkv7``'s rule,
+    :func:`~..wkv6.launch.choose_form`: recurrent for short sequences and ``K > 64``).
 
     Example (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``):
         >>> q, k = torch.randn(1, 20, 1, 16), torch.randn(1, 20, 1, 16)
@@ -118,10 +184,23 @@ def delta_rule_triton(
         True
     """
     options = dict(initial_state=initial_state, output_final_state=output_final_state)
-    options |= dict(form=form, **instrumentation)
-    return through_wkv7(
-        wkv7_triton, query, key, value, g, beta, use_qk_l2norm_in_kernel, scale, options
-    )
+    options |= instrumentation
+    validate(query, key, value, g, beta, scale, use_qk_l2norm_in_kernel)
+    dims = (query.shape[0], query.shape[1], value.shape[2], query.shape[3], value.shape[3])
+    if choose_form(form, dims, MAX_KEY_DIM) == "chunked":
+        return through_wkv7(
+            wkv7_triton,
+            query,
+            key,
+            value,
+            g,
+            beta,
+            use_qk_l2norm_in_kernel,
+            scale,
+            options | dict(form="chunked"),
+        )
+    launch = prepare_delta(query, key, value, g, beta, scale, use_qk_l2norm_in_kernel, options)
+    return launch.run()
 
 
 def delta_rule_cpu(
@@ -162,4 +241,11 @@ def delta_rule_cpu(
     )
 
 
-__all__ = ["delta_rule_chunked", "delta_rule_cpu", "delta_rule_triton", "through_wkv7"]
+__all__ = [
+    "DeltaLaunch",
+    "delta_rule_chunked",
+    "delta_rule_cpu",
+    "delta_rule_triton",
+    "prepare_delta",
+    "through_wkv7",
+]

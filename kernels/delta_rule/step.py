@@ -3,17 +3,18 @@
 Token inputs are the op's without the time axis (``query``/``key`` ``[B, HK, K]``, ``value``
 ``[B, HV, V]``, ``g`` ``[B, HV]`` or ``[B, HV, K]``, ``beta`` ``[B, HV]``); the instrumentation
 is the op's with ``L = 1`` (``emit_at`` / ``inject_at`` hold ``0`` or ``-1``), as every decode
-step of ``statetap.kernels``.  The fused steps map the token onto ``wkv7_step`` (:mod:`.mapping`).
+step of ``statetap.kernels``.  The Triton step runs :mod:`.fused_recurrent` on the token as
+given; the C++ step maps it onto ``wkv7_step`` (:mod:`.mapping`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from .._contract import ScanOutput
+from .._contract import ScanOutput, float64_runs
 from ..wkv6.step import one_token, reference_step
 from ..wkv7.cpu import wkv7_step_cpu
-from ..wkv7.step import wkv7_step_triton
+from .launch import prepare_delta
 from .mapping import wkv7_arguments
 from .reference import check_decode_state, delta_inputs, delta_rule_sequential, validate
 
@@ -71,6 +72,7 @@ def step_through_wkv7(
     return ScanOutput(out.y.to(value.dtype), state, out.states)
 
 
+@float64_runs(delta_rule_step_reference)
 def delta_rule_step_triton(
     query,
     key,
@@ -83,7 +85,9 @@ def delta_rule_step_triton(
     scale=None,
     **instrumentation,
 ) -> ScanOutput:
-    """One gated-delta-rule decode token on Triton (``wkv7_step``), the state updated in place.
+    """One gated-delta-rule decode token on Triton (the recurrent kernel of
+    :mod:`.fused_recurrent` with ``L = 1``, reading the token as given), the state updated in
+    place.
 
     Args:
         query, key: ``[B, HK, K]``; value: ``[B, HV, V]``; g: ``[B, HV]`` or ``[B, HV, K]``
@@ -104,18 +108,10 @@ def delta_rule_step_triton(
         >>> out.final_state is state
         True
     """
-    return step_through_wkv7(
-        wkv7_step_triton,
-        query,
-        key,
-        value,
-        g,
-        beta,
-        state,
-        use_qk_l2norm_in_kernel,
-        scale,
-        instrumentation,
+    launch = prepare_delta(
+        query, key, value, g, beta, scale, use_qk_l2norm_in_kernel, instrumentation, state=state
     )
+    return ScanOutput(launch.run().y, state, launch.instr.states)
 
 
 def delta_rule_step_cpu(
