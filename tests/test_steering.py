@@ -50,6 +50,7 @@ from statetap.interp.steering import (
     sweep,
 )
 from statetap.interp.steering.cli import add_steer_commands
+from statetap.interp.steering.vectors import whiten_difference
 from statetap.models import from_blinkdl_state_dict
 
 TOKENIZER = ByT5Tokenizer(extra_ids=0)  # pad 0, eos 1, unk 2, byte x -> x + 3
@@ -243,6 +244,46 @@ def test_whitened_vectors_equal_pinv_of_the_covariance_times_the_difference(mamb
     expected = torch.linalg.pinv(covariance, hermitian=True) @ difference
     _close(expected.float(), whitened["residual", 1], atol=1e-4 * float(expected.abs().max()))
     assert list(whitened.vectors) == [("residual", 1)] and whitened.meta["whitened"]
+    kept = whitened.meta["whitening"]["kept"]
+    assert kept == {1: int(torch.linalg.matrix_rank(covariance))} and kept[1] <= 16  # 17 samples
+
+
+def _near_singular_activations(samples: int, width: int) -> torch.Tensor:
+    """``[samples, width]`` float32 activations whose covariance has eigenvalues spread evenly
+    in log scale from 1 down to 1e-9, along random directions: full rank, near-singular."""
+    variances = torch.logspace(0, -9, width, dtype=torch.float64)
+    directions, _ = torch.linalg.qr(torch.randn(width, width, dtype=torch.float64))
+    acts = (torch.randn(samples, width, dtype=torch.float64) * variances.sqrt()) @ directions.T
+    return acts.float()
+
+
+def test_whitening_cut_off_paper_float32_and_float64():
+    """The paper's variant is torch.linalg.pinv of the float32 covariance with pinv's default
+    cut-off; the cut-off keeps the directions whose singular value is above rtol times the
+    largest (float32's default eps * H drops the low-variance half, float64's keeps them all)."""
+    width = 64
+    acts = _near_singular_activations(400, width)
+    difference = torch.randn(width, dtype=torch.float64)
+    covariance = torch.cov(acts.double().T)
+    paper, paper_kept = whiten_difference(acts, difference, torch.float32)
+    expected = torch.linalg.pinv(covariance.float()).double() @ difference
+    _close(expected, paper, atol=1e-6 * float(expected.abs().max()))
+    eigenvalues = torch.linalg.eigvalsh(covariance)  # float64, ascending
+    float32 = torch.linalg.svdvals(covariance.float())
+    assert paper_kept == int((float32 > torch.finfo(torch.float32).eps * width * float32[0]).sum())
+    assert 20 < paper_kept < 45  # eigenvalues above ~7.6e-6: about 36 of 64
+    exact, exact_kept = whiten_difference(acts, difference)  # the default: float64
+    assert exact_kept == width
+    _close(torch.linalg.solve(covariance, difference), exact, atol=1e-6 * float(exact.abs().max()))
+    for rtol in (1e-2, 1e-5):
+        _, kept = whiten_difference(acts, difference, torch.float64, rtol)
+        assert kept == int((eigenvalues > rtol * eigenvalues[-1]).sum())
+    # the two vectors point in nearly unrelated directions
+    assert torch.nn.functional.cosine_similarity(paper, exact, dim=0).abs() < 0.5
+    with pytest.raises(ValueError, match="pinv_dtype must be torch.float32 or torch.float64"):
+        whiten_difference(acts, difference, torch.bfloat16)
+    with pytest.raises(ValueError, match="pinv_rtol must be None or a number >= 0"):
+        whiten_difference(acts, difference, rtol=-1.0)
 
 
 # ---------------------------------------------------------------------------------- sweeps

@@ -176,3 +176,61 @@ def test_layers_and_multipliers_are_checked(tap):
     )
     with pytest.raises(ValueError, match="vectors have no 'residual' vector at layer 2"):
         generate_steered(tap, prompts, only_first, [0, 2], 1.0, max_new_tokens=2)
+
+
+def test_cli_generate_equals_the_api_and_vectors_record_the_whitening(tmp_path, capsys):
+    import argparse
+    import json
+
+    from test_steering import TOKENIZER, _rows
+
+    from statetap.interp.steering import load_vectors
+    from statetap.interp.steering.cli import add_steer_commands
+
+    model = _build("mamba")
+    model.save_pretrained(tmp_path / "model")
+    TOKENIZER.save_pretrained(tmp_path / "model")
+    (tmp_path / "rows.json").write_text(json.dumps(_rows(6)))
+    parser = argparse.ArgumentParser(prog="statetap")
+    add_steer_commands(parser.add_subparsers(dest="command", required=True))
+    common = f"--model {tmp_path}/model --template hermes"
+
+    def run(line: str) -> int:
+        args = parser.parse_args(line.split())
+        return args.run(args)
+
+    vectors_line = f"steer vectors {common} --dataset {tmp_path}/rows.json --whiten"
+    assert run(f"{vectors_line} --pinv-dtype float32 --out {tmp_path}/v") == 0
+    vectors = load_vectors(tmp_path / "v")
+    whitening = vectors.meta["whitening"]
+    assert whitening["pinv_dtype"] == "float32" and whitening["pinv_rtol"] is None
+    assert set(whitening["kept"]) == {"0", "1", "2"}  # JSON keys; 12 samples: rank <= 11
+    assert all(1 <= kept <= 11 for kept in whitening["kept"].values())
+    line = (
+        f"steer generate {common} --vectors {tmp_path}/v --prompt abc hello --layers 0 -1 "
+        f"--multipliers 1.5 -2 --mode both --max-new-tokens 6 --do-sample --temperature 0.7 "
+        f"--top-k 12 --seed 5 --out {tmp_path}/g.json"
+    )
+    assert run(line) == 0
+    record = json.loads((tmp_path / "g.json").read_text())
+    tap = statetap.attach(model)
+    for generation, question in zip(record["generations"], ["abc", "hello"]):
+        text = f"\x16user\n{question}\x17\n\x16assistant\n"
+        prompts = Prompts.from_texts(TOKENIZER, [text])
+        out = generate_steered(
+            tap,
+            prompts,
+            vectors,
+            [0, 2],
+            [1.5, -2.0],
+            mode="both",
+            seed=5,
+            max_new_tokens=6,
+            pad_token_id=TOKENIZER.pad_token_id,
+            do_sample=True,
+            temperature=0.7,
+            top_k=12,
+        )
+        assert generation["prompt"] == text
+        assert generation["generation"] == TOKENIZER.decode(out.sequences[0, -6:])
+    assert "wrote" in capsys.readouterr().out

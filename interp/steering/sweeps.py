@@ -206,7 +206,8 @@ def sweep(
         dataset=pairs.fingerprint(),
         identity=model_identity(tap.model),
         vectors={
-            key: vectors.meta.get(key) for key in ("model", "identity", "dataset", "whitened")
+            key: vectors.meta.get(key)
+            for key in ("model", "identity", "dataset", "whitened", "whitening")
         },
         other_model=other_model,
         statetap_version=statetap.__version__,

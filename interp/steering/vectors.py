@@ -4,10 +4,12 @@ For each layer, the residual-stream vector is ``mean(positive) - mean(negative)`
 residual stream after that block at each sequence's last token (for contrast pairs: the answer
 token); with ``whiten=True`` it becomes ``pinv(Cov) @ (mean(positive) - mean(negative))``, the
 covariance taken over all positive and negative activations of the layer (the paper's "LDA"
-variant).  State vectors are the mean difference of every recurrent-state component after the
-last token (Mamba: ``ssm`` and ``conv``; RWKV-4: the stored ``(aa, bb, pp)`` triple and the two
-token shifts), never whitened.  Everything comes from one pass over the data in batches, each
-batch emitting every requested layer at once.
+variant, :func:`whiten_difference`: the pseudo-inverse in float64 by default, or in float32 with
+``pinv_dtype=torch.float32`` as the paper's code computes it, which drops many more directions).
+State vectors are the mean difference of every recurrent-state component after the last token
+(Mamba: ``ssm`` and ``conv``; RWKV-4: the stored ``(aa, bb, pp)`` triple and the two token
+shifts), never whitened.  Everything comes from one pass over the data in batches, each batch
+emitting every requested layer at once.
 
 Example:
     >>> import torch, statetap
@@ -153,6 +155,8 @@ def mean_difference(
     layers: Sequence[int] | str = "all",
     state: bool = True,
     whiten: bool = False,
+    pinv_dtype: torch.dtype = torch.float64,
+    pinv_rtol: float | None = None,
     batch_size: int = 32,
     same_length: bool = False,
     progress: bool = True,
@@ -166,6 +170,9 @@ def mean_difference(
         layers: ``"all"`` or layer indices.
         state: also compute state vectors (every state component).
         whiten: the "LDA" variant of the residual vectors (see the module docstring).
+        pinv_dtype, pinv_rtol: the whitening's pseudo-inverse (:func:`whiten_difference`):
+            float64 (default) or float32 (the paper's), and its cut-off (None: torch's default
+            for the dtype).
         batch_size: sequences per forward pass (positive and negative share batches).
         same_length: batches hold sequences of one length only (models without a mask).
         progress: show a progress bar.
@@ -197,15 +204,18 @@ def mean_difference(
                 if whiten and key[0] == RESIDUAL:
                     residuals[key[1]].append(value.float().cpu())
             bar.update(len(rows))
+    if whiten:
+        check_pinv_arguments(pinv_dtype, pinv_rtol)
     counts = torch.tensor([len(negative), len(positive)], dtype=torch.float64)
-    vectors = {}
+    vectors, kept = {}, {}
     for key, total in sums.items():
         means = total.cpu() / counts.view(2, *[1] * (total.dim() - 1))
         difference = means[1] - means[0]
         if whiten and key[0] == RESIDUAL:
-            activations = torch.cat(residuals[key[1]]).double()
-            covariance = torch.cov(activations.T)
-            difference = torch.linalg.pinv(covariance, hermitian=True) @ difference
+            activations = torch.cat(residuals[key[1]])
+            difference, kept[key[1]] = whiten_difference(
+                activations, difference, pinv_dtype, pinv_rtol
+            )
         vectors[key] = difference.float()
     meta = dict(
         model=model_name(tap),
@@ -219,4 +229,52 @@ def mean_difference(
         whitened=whiten,
         statetap_version=statetap.__version__,
     )
+    if whiten:
+        meta["whitening"] = dict(
+            pinv_dtype=str(pinv_dtype).removeprefix("torch."), pinv_rtol=pinv_rtol, kept=kept
+        )
     return SteeringVectors(vectors, meta)
+
+
+def check_pinv_arguments(dtype: torch.dtype, rtol: float | None) -> None:
+    """Raise unless ``dtype`` is float32 or float64 and ``rtol`` None or a number >= 0."""
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"pinv_dtype must be torch.float32 or torch.float64, got {dtype!r}")
+    if rtol is not None and (
+        isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not rtol >= 0
+    ):
+        raise ValueError(f"pinv_rtol must be None or a number >= 0, got {rtol!r}")
+
+
+def whiten_difference(
+    activations: torch.Tensor,
+    difference: torch.Tensor,
+    dtype: torch.dtype = torch.float64,
+    rtol: float | None = None,
+) -> tuple[torch.Tensor, int]:
+    """``pinv(Cov) @ difference``: the "LDA" direction of a mean difference.
+
+    The covariance of ``activations`` is taken in float64, then rounded to ``dtype``, whose
+    ``torch.linalg.pinv`` (SVD) drops every direction whose singular value is at most ``rtol``
+    times the largest; None is torch's default, ``finfo(dtype).eps * H``.  In float32 that
+    cut-off (7.6e-6 at ``H = 64``) drops every direction the covariance barely varies along, as
+    the paper's code (``pinv(acts.T.cov().float())``) did; in float64 (1.4e-14) a near-singular
+    covariance keeps nearly all of them, each weighted by one over its tiny variance.
+
+    Args:
+        activations: ``[N, H]``, the positive and negative activations of the layer.
+        difference: ``[H]``, ``mean(positive) - mean(negative)``.
+        dtype: ``torch.float64`` or ``torch.float32`` (the paper's).
+        rtol: the relative cut-off, >= 0; None: torch's default for ``dtype``.
+
+    Returns:
+        The vector ``[H]`` (float64) and the number of directions kept (the pseudo-inverse's
+        rank).
+    """
+    check_pinv_arguments(dtype, rtol)
+    covariance = torch.cov(activations.double().T).to(dtype)
+    if rtol is None:
+        rtol = torch.finfo(dtype).eps * covariance.shape[0]
+    precision = torch.linalg.pinv(covariance, rtol=rtol)
+    kept = int(torch.linalg.matrix_rank(covariance, rtol=rtol))
+    return precision.double() @ difference.double(), kept
