@@ -248,7 +248,9 @@ def recurrent_blocks(key_dim: int, value_dim: int) -> tuple[int, int, int]:
     """``(BK, BV, num_warps)``: all of K in one program, 16 value columns on one warp (each
     column on two threads), fewer when ``V`` is smaller; for ``K > 64`` (the delta-rule models'
     ``K = 128``) 4 columns, which keeps the ``[K, BV]`` state tile within 128 registers a thread
-    (16 columns take 206-255 with spills, ``benchmarks/compile_check.py --ops delta_rule``)."""
+    without injection (``benchmarks/compile_check.py`` at ``K = V = 128``: 16 columns take
+    206-255 registers with spills in ``wkv7_recurrent_kernel``; 8 take 96-112 in
+    ``delta_rule_recurrent_kernel`` and 223-248 with injection, 4 take 72 and 127-154)."""
     bk = _triton.next_power_of_2(key_dim)
     bv = min(_triton.next_power_of_2(value_dim), 16 if bk <= 64 else 4)
     return bk, bv, 1
