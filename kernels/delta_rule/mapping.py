@@ -34,9 +34,10 @@ the mapped inputs are formed once in float32 (float64 for float64 inputs), so th
 kernels add one rounding of ``beta k``, ``exp(g) k`` and ``-beta k`` to their own;
 ``tests/test_delta_rule.py`` holds every backend to the float64 definition.  The price of the
 mapping: four extra ``[B, L, HV, K]`` float32 tensors (``w``, ``k``, ``a``, ``b``) are
-materialised and read, where a dedicated kernel would form them on the fly; and ``wkv7``'s
-chunked Triton form needs ``K <= 64``, so at Qwen3-Next's ``K = 128`` the Triton backend runs
-the recurrent form.
+materialised and read, and a query/key head is repeated for each of its value heads.  It serves
+the ``torch`` and ``cpu`` backends and Triton's chunked form (``wkv7``'s, ``K <= 64``); Triton's
+recurrent form and decode step (:mod:`.fused_recurrent`, what runs at the models' ``K = 128``)
+read the models' inputs directly.
 """
 
 from __future__ import annotations
