@@ -16,6 +16,7 @@ import pytest
 import torch
 from rwkv_blinkdl_cases import random_checkpoint
 from test_model_tap import _build, _continue_from
+from transformers import RwkvForCausalLM
 
 import statetap
 from statetap.interp.patching import (
@@ -218,6 +219,15 @@ def test_a_callable_metric_and_chosen_layers_and_positions(tap):
     assert chosen.layers[site] == [last] and chosen.positions == [1, LENGTH - 2]
     expected = everything.patched[site][:, last:, [1, LENGTH - 2]]
     assert rel_error(expected, chosen.patched[site]) <= 1e-5
+    # passes of one continuation length (models without attention masks): the same numbers;
+    # transformers' RWKV-4 then refuses its one-token passes of several rows
+    unpadded = dict(sites=[site], same_length=True)
+    if isinstance(tap.model, RwkvForCausalLM):
+        with pytest.raises(ValueError, match="one-token steps from a state wrong when B > 1"):
+            activation_patching(tap, clean, corrupt, answer_probability(answer), **unpadded)
+        return
+    alike = activation_patching(tap, clean, corrupt, answer_probability(answer), **unpadded)
+    assert rel_error(everything.patched[site], alike.patched[site]) <= 1e-5
 
 
 def test_bad_input_names_the_argument(tap):

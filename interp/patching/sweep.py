@@ -202,7 +202,15 @@ def patch_sweep(
         for site in sites
     }
     context = _Context(
-        tap, clean_run, corrupt_run, corrupt, corrupt_offset, positions, components, stateful
+        tap,
+        clean_run,
+        corrupt_run,
+        corrupt,
+        corrupt_offset,
+        positions,
+        components,
+        stateful,
+        same_length,
     )
     for batch in _batches(
         [row for row in rows if row.start < length], length, batch_tokens, same_length
@@ -268,12 +276,24 @@ class _Context:
     after each token and its kept state (the template each pass's state is selected from)."""
 
     def __init__(
-        self, tap, clean_run, corrupt_run, corrupt, corrupt_offset, positions, components, stateful
+        self,
+        tap,
+        clean_run,
+        corrupt_run,
+        corrupt,
+        corrupt_offset,
+        positions,
+        components,
+        stateful,
+        same_length,
     ):
         self.tap, self.clean_run, self.corrupt_run = tap, clean_run, corrupt_run
         self.corrupt, self.corrupt_offset = corrupt, corrupt_offset
         self.positions = positions  # the clean run's emitted positions
         self.components, self.stateful = components, stateful
+        # transformers' RWKV-4 refuses one-token steps from a state when B > 1: such passes
+        # get a pad column (not with same_length: the models it serves take no mask)
+        self.pad_one_token_rows = not same_length
 
     def run(self, batch: list[_Row]) -> torch.Tensor:
         """The last-token logits ``[B, V]`` of one pass of patched continuations."""
@@ -281,8 +301,8 @@ class _Context:
         length = self.corrupt.shape[1]
         starts = [row.start for row in batch]
         width = length - min(starts)
-        if len(batch) > 1:
-            width = max(width, 2)  # transformers' RWKV-4 refuses one-token steps when B > 1
+        if len(batch) > 1 and self.pad_one_token_rows:
+            width = max(width, 2)
         ids = torch.zeros(len(batch), width, dtype=torch.long, device=device)
         mask = torch.zeros_like(ids)
         offset = None
