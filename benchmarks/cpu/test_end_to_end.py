@@ -33,7 +33,8 @@ def token_loop(model, ids):
     return out.logits
 
 
-def make_call(impl, model, ids):
+def make_call(impl, model, ids, positions=POSITIONS):
+    """The call that ``impl`` times on ``model`` over ``ids`` (emissions at ``positions``)."""
     if impl == "transformers forward":
         return lambda: model(ids)
     if impl == "transformers token loop":
@@ -44,7 +45,7 @@ def make_call(impl, model, ids):
     emit = (
         []
         if impl == "tap.run nothing"
-        else [Emit("state", positions=POSITIONS), Emit("residual", positions=POSITIONS)]
+        else [Emit("state", positions=positions), Emit("residual", positions=positions)]
     )
     return lambda: tap.run(ids, emit=emit)
 
