@@ -411,7 +411,8 @@ def test_quirky_tasks_make_aligned_pairs_whose_answers_follow_the_rules():
 
 
 def test_pair_files_are_checked_line_by_line(tmp_path):
-    from statetap.interp.patching.tasks import read_pair_rows, tokenize_pairs
+    from statetap.interp.patching.pair_file import read_pair_rows
+    from statetap.interp.patching.tasks import tokenize_pairs
     from statetap.zoo.tokenizer import quirky_tokenizer
 
     path = tmp_path / "pairs.jsonl"

@@ -10,15 +10,25 @@ row its own patch), continuing from the corrupted run's state rather than re-run
 prefix (:mod:`.sweep`).  See ``docs/patching.md``.
 """
 
-from statetap.interp.patching.activation import activation_patching
-from statetap.interp.patching.metrics import (
-    answer_probability,
-    fraction_recovered,
-    logit_difference,
+from statetap._lazy import lazy_names
+
+# loaded on first use: the command line parses its arguments before torch or transformers loads
+lazy_names(
+    __name__,
+    {
+        "activation_patching": "statetap.interp.patching.activation",
+        "answer_probability": "statetap.interp.patching.metrics",
+        "fraction_recovered": "statetap.interp.patching.metrics",
+        "logit_difference": "statetap.interp.patching.metrics",
+        "PatchingResult": "statetap.interp.patching.result",
+        "load_result": "statetap.interp.patching.result",
+        "STATE": "statetap.interp.patching.sweep",
+        "SweepMetrics": "statetap.interp.patching.sweep",
+        "patch_sweep": "statetap.interp.patching.sweep",
+        "causal_trace": "statetap.interp.patching.tracing",
+        "transplant_state": "statetap.interp.patching.transplant",
+    },
 )
-from statetap.interp.patching.result import PatchingResult, load_result
-from statetap.interp.patching.sweep import STATE, SweepMetrics, patch_sweep
-from statetap.interp.patching.tracing import causal_trace
 
 __all__ = [
     "STATE",
@@ -31,4 +41,5 @@ __all__ = [
     "load_result",
     "logit_difference",
     "patch_sweep",
+    "transplant_state",
 ]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from statetap.interp.patching.tasks import TASKS
+from statetap.interp.patching.pair_file import TASKS
 
 METHODS = ("patch", "trace")
 DEFAULT_TASK_MODEL = "quirky-mamba"
@@ -24,7 +24,7 @@ DEFAULT_TASK_MODEL = "quirky-mamba"
 def patch_preflight(args: argparse.Namespace) -> None:
     """Checks before the model loads: the pair file's rows, a model for it, the counts and the
     noise (ValueError naming the option)."""
-    from statetap.interp.patching.tasks import read_pair_rows
+    from statetap.interp.patching.pair_file import read_pair_rows
 
     if args.pairs is not None:
         if args.model is None:
@@ -40,7 +40,8 @@ def patch_preflight(args: argparse.Namespace) -> None:
 
 def _pairs(args: argparse.Namespace, tokenizer, recipe):
     from statetap import zoo
-    from statetap.interp.patching.tasks import quirky_task_rows, read_pair_rows, tokenize_pairs
+    from statetap.interp.patching.pair_file import read_pair_rows
+    from statetap.interp.patching.tasks import quirky_task_rows, tokenize_pairs
 
     if args.pairs is not None:
         return tokenize_pairs(read_pair_rows(args.pairs), tokenizer, args.limit)

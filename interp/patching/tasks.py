@@ -1,8 +1,5 @@
-"""Clean/corrupted prompt pairs: from a JSONL file, or built from the zoo's quirky equations.
-
-A pair file has one JSON object per line: ``clean`` and ``corrupt`` (the two prompts, the same
-number of tokens, aligned token by token), ``answer`` (the clean prompt's next token) and
-``wrong`` (the corrupted prompt's), each one token of the model's tokenizer.
+"""Clean/corrupted prompt pairs as token ids: from a pair file's rows
+(:mod:`.pair_file`), or built from the zoo's quirky equations.
 
 Built-in tasks on the quirky addition prompts ``"{a} + {b} = {s}. {character}:"``
 (:mod:`statetap.zoo.quirky`), taken from the held-out equations:
@@ -20,18 +17,14 @@ says how many it kept.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
+from statetap.interp.patching.pair_file import TASKS
 from statetap.zoo.quirky import ANSWERS, QuirkyExample, sloppy_sum
-
-TASKS = ("operand", "character")
-PAIR_KEYS = ("clean", "corrupt", "answer", "wrong")
 
 
 @dataclass
@@ -58,36 +51,6 @@ class PromptPairs:
         """``[N, L]`` bool: the tokens where clean and corrupted prompts differ (what causal
         tracing noises)."""
         return self.clean != self.corrupt
-
-
-def read_pair_rows(path: str | Path) -> list[dict]:
-    """The rows of a JSONL pair file, each checked (:data:`PAIR_KEYS`, all strings).
-
-    Raises:
-        ValueError: naming the line: not a JSON object, a missing key, a value that is not a
-            non-empty string; or an empty file.
-    """
-    rows = []
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as error:
-                raise ValueError(f"{path} line {number} is not JSON: {error}") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path} line {number} is not a JSON object")
-            missing = [key for key in PAIR_KEYS if key not in row]
-            if missing:
-                raise ValueError(f"{path} line {number} lacks {missing}; a pair has {PAIR_KEYS}")
-            bad = [key for key in PAIR_KEYS if not isinstance(row[key], str) or not row[key]]
-            if bad:
-                raise ValueError(f"{path} line {number}: {bad} must be non-empty strings")
-            rows.append({key: row[key] for key in PAIR_KEYS})
-    if not rows:
-        raise ValueError(f"{path} holds no pairs")
-    return rows
 
 
 def tokenize_pairs(

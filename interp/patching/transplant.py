@@ -9,7 +9,7 @@ as a state?
 Example:
     >>> import torch, statetap
     >>> from transformers import MambaConfig, MambaForCausalLM
-    >>> from statetap.interp.patching.transplant import transplant_state
+    >>> from statetap.interp.patching import transplant_state
     >>> model = MambaForCausalLM(MambaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
     ...                                      state_size=4)).eval()
     >>> tap = statetap.attach(model)
