@@ -343,8 +343,8 @@ def test_state_steering_vectors_and_sweep_equal_the_papers_procedure(model, tap)
     """Steering vectors hold the state components of the delta layers only, each the mean
     difference of the model's own cache; state-mode steering == prefill all but the last
     token, add m * delta to the delta layer's state in the model's cache, step the last one."""
-    rows = [torch.randint(3, VOCAB, (int(n),)).tolist() for n in torch.randint(4, 9, (5,))]
-    answers = torch.randint(3, VOCAB, (5, 2))
+    rows = [torch.randint(3, VOCAB, (int(n),)).tolist() for n in torch.randint(4, 9, (3,))]
+    answers = torch.randint(3, VOCAB, (3, 2))
     answers[:, 1] = (answers[:, 0] + 1 - 3) % (VOCAB - 3) + 3  # differ in every row
     pairs = ContrastPairs(Prompts(rows), answers[:, 0], answers[:, 1])
     positive, negative = pairs.completions()
