@@ -53,6 +53,7 @@ fi
 # Every test file that imports transformers, peft or datasets, directly or through statetap.zoo,
 # statetap.models, statetap.extract, the adapters or interp.
 DEFAULT_TESTS="tests/test_model_tap.py tests/test_steering.py tests/test_steering_quirky.py
+    tests/test_patching.py
     tests/test_lens.py tests/test_elk_experiments.py tests/test_elk_probes.py
     tests/test_quirky_lora.py tests/test_quirky_operations.py tests/test_mamba_ssm.py
     tests/test_extract.py tests/test_zoo.py tests/test_zoo_prepare.py tests/test_demo.py
