@@ -219,6 +219,33 @@ def test_steered_generation_equals_a_greedy_loop_on_the_edited_cache(model, tap)
 
 
 @torch.no_grad()
+def test_steered_generation_from_left_padded_prompts_equals_each_prompt_alone(model, tap):
+    """Generation from a left-padded batch with a state injection at each prompt's last token:
+    every row generates, with the same scores, what its prompt generates alone."""
+    prompt, new = _ids(3, 6), 3
+    mask = torch.ones_like(prompt)
+    mask[1, :2] = 0
+    mask[2, :1] = 0
+    value = torch.randn(tap.site_shape("recurrent"))
+    inject = [statetap.Inject("recurrent", STATE_LAYERS[0], value, positions=-1)]
+    options = dict(
+        max_new_tokens=new,
+        do_sample=False,
+        eos_token_id=[],
+        pad_token_id=0,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
+    batch = tap.generate(prompt, attention_mask=mask, inject=inject, **options)
+    for row in range(3):
+        real = prompt[row : row + 1, mask[row] == 1]
+        alone = tap.generate(real, attention_mask=torch.ones_like(real), inject=inject, **options)
+        assert torch.equal(alone.sequences[0, -new:], batch.sequences[row, -new:])
+        for mine, theirs in zip(batch.output.scores, alone.output.scores, strict=True):
+            _close(theirs[0], mine[row])
+
+
+@torch.no_grad()
 def test_left_padded_rows_equal_each_row_alone(model, tap):
     """A pad token's input is zeroed: no bias anywhere before the recurrence, so it writes
     nothing into the window or the (zero) state, and a left-padded row computes exactly what
