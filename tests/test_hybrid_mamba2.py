@@ -92,10 +92,14 @@ HYBRIDS = {
 }
 
 
-def _build(name: str, vocab: int = VOCAB):
+def _build(name: str, vocab: int = VOCAB, **changes):
     torch.manual_seed(1234)
     config_class, model_class, arguments, _ = HYBRIDS[name]
-    return model_class(config_class(vocab_size=vocab, **arguments)).eval()
+    return model_class(config_class(vocab_size=vocab, **arguments | changes)).eval()
+
+
+#: the config option that gives each class's Mamba input projection a bias
+BIAS_OPTIONS = {"bamba": "mamba_proj_bias", "granitemoehybrid": "mamba_proj_bias", "nemotron_h": "use_bias"}
 
 
 @pytest.fixture(scope="module", params=list(HYBRIDS))
@@ -308,6 +312,24 @@ def test_padded_rows_equal_each_row_alone(model):
             _close(value[0], both[key][row], 1e-5)
         for layer in tap.state_layers:
             _close(alone.state.get("ssm", layer)[0], both.state.get("ssm", layer)[row], 1e-5)
+
+
+@torch.no_grad()
+def test_padding_is_refused_where_the_model_does_not_honour_it(model):
+    """With a bias in the Mamba input projection, a pad token's projection enters the first real
+    tokens' convolution window: the model's own padded row differs from the row alone, and
+    statetap refuses the padded batch, naming the option."""
+    name = _name(model)
+    biased = _build(name, **{BIAS_OPTIONS[name]: True})
+    tap = statetap.attach(biased)
+    for layer in tap.state_layers:  # transformers initialises biases to zero
+        tap.adapter.mamba_mixer(layer).in_proj.bias.normal_()
+    ids, mask = _left_padded()
+    alone = biased(ids[1:2, 3:]).logits[0]
+    assert rel_error(alone, biased(ids, attention_mask=mask).logits[1, 3:]) > 1e-4
+    with pytest.raises(ValueError, match=f"config.{BIAS_OPTIONS[name]}=True"):
+        tap.run(ids, attention_mask=mask)
+    _close(biased(ids).logits, tap.run(ids).logits)  # unpadded batches run
 
 
 @torch.no_grad()

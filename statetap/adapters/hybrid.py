@@ -39,6 +39,7 @@ import inspect
 
 import torch
 
+from statetap.adapters.hybrid_padding import BiasFreePadding
 from statetap.adapters.mamba import Mamba2Adapter, _MambaFamily
 from statetap.adapters.upstream import cache_argument, drift
 
@@ -143,7 +144,7 @@ class HybridMamba(_MambaFamily):
         return super().cached_state(cache, site, layer)
 
 
-class BambaAdapter(HybridMamba, Mamba2Adapter):
+class BambaAdapter(BiasFreePadding, HybridMamba, Mamba2Adapter):
     """transformers ``BambaForCausalLM``: Mamba-2 layers and attention layers
     (``config.layers_block_type``), each followed by a gated MLP."""
 
@@ -152,6 +153,7 @@ class BambaAdapter(HybridMamba, Mamba2Adapter):
     final_norm_name = "final_layernorm"
     token_mixer_attributes = ("mamba", "self_attn")
     mamba_mixer_class = "BambaMixer"
+    bias_option = "mamba_proj_bias"
 
     def forward(self, input_ids, attention_mask, cache, keep_state, **kwargs):
         """As :meth:`HybridMamba.forward`, with ``position_ids`` after the cached tokens when the
@@ -165,7 +167,7 @@ class BambaAdapter(HybridMamba, Mamba2Adapter):
         return super().forward(input_ids, attention_mask, cache, keep_state, **kwargs)
 
 
-class GraniteMoeHybridAdapter(HybridMamba, Mamba2Adapter):
+class GraniteMoeHybridAdapter(BiasFreePadding, HybridMamba, Mamba2Adapter):
     """transformers ``GraniteMoeHybridForCausalLM`` (Granite 4.0 hybrid): Mamba-2 layers and
     attention layers (``config.layer_types``), each followed by a mixture of experts and a shared
     MLP.  The ``"mixer"`` site is the mixer's output before ``config.residual_multiplier``."""
@@ -174,9 +176,10 @@ class GraniteMoeHybridAdapter(HybridMamba, Mamba2Adapter):
     modeling_module = "transformers.models.granitemoehybrid.modeling_granitemoehybrid"
     token_mixer_attributes = ("mamba", "self_attn")
     mamba_mixer_class = "GraniteMoeHybridMambaLayer"
+    bias_option = "mamba_proj_bias"
 
 
-class NemotronHAdapter(HybridMamba, Mamba2Adapter):
+class NemotronHAdapter(BiasFreePadding, HybridMamba, Mamba2Adapter):
     """transformers ``NemotronHForCausalLM``: one mixer per block, Mamba-2, attention, MLP or
     mixture of experts by ``config.layers_block_type``.  The ``"mixer"`` site of an MLP or MoE
     block is that block's MLP output (the block has no token mixer)."""
@@ -186,3 +189,4 @@ class NemotronHAdapter(HybridMamba, Mamba2Adapter):
     final_norm_name = "norm_f"
     token_mixer_attributes = ("mixer",)
     mamba_mixer_class = "NemotronHMamba2Mixer"
+    bias_option = "use_bias"
