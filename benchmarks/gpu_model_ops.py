@@ -425,18 +425,19 @@ def _emission_loop(count: int, parent_trips: int) -> tuple[LoopSpec, ...]:
 
 def _ssd_chunk_output(v, emit):
     """The K-blocks before the tile (tile m of a chunk runs m * BM / BK; the tile's own blocks
-    are unrolled), the injection loops, then, when emitting, the loop over the tile's emissions,
-    over their column tiles, with the partial local product over the chunk up to ``t``."""
+    are unrolled) and, when injecting, the injections before it; when emitting, the loop over
+    the tile's emissions, each over the tile's K-blocks up to its time (and the injections so
+    far); when injecting, the loop over the tile's injections."""
     chunk, tile, block = v["T"], v["BM"], v["BK"]
     loops = [LoopSpec(trips=tile / block * (chunk // tile - 1) / 2)]
     if v["HAS_INJECT"]:
-        columns = (LoopSpec(trips=_cdiv(v["N"], v["BNE"])),)
-        loops += [LoopSpec(trips=0), LoopSpec(trips=0, children=columns)]
+        loops.append(LoopSpec(trips=0))
     if v["HAS_EMIT"]:
-        blocks = sum((t % chunk) // block + 1 for t in emit) / max(1, len(emit))
+        blocks = sum((t % tile) // block + 1 for t in emit) / max(1, len(emit))
         inner = (LoopSpec(trips=blocks),) + ((LoopSpec(trips=0),) if v["HAS_INJECT"] else ())
-        columns = LoopSpec(trips=_cdiv(v["N"], v["BNE"]), children=inner)
-        loops.append(LoopSpec(trips=len(emit) / (v["LP"] // tile), children=(columns,)))
+        loops.append(LoopSpec(trips=len(emit) / (v["LP"] // tile), children=inner))
+    if v["HAS_INJECT"]:
+        loops.append(LoopSpec(trips=0))
     return loops
 
 

@@ -13,9 +13,10 @@ tokens (from ``chunk_size``, see :func:`block_sizes`) and three kernels run one 
 
 Instrumentation maps onto this shape (the state contract of ``docs/semantics.md``):
 
-* the final state is the state pass's last state; an emission at ``t`` is the entering state
-  decayed plus a partial local product (stage 3, in the tile that holds ``t``, after its
-  outputs: ``y`` is bit-identical with and without emission);
+* the final state is the state pass's last state; an emission at ``t`` is the state at the
+  start of the tile that holds ``t`` (which stage 3 builds for the tile's outputs) decayed, plus
+  the tile's tokens up to ``t`` (at most ``BM / BK`` K-block products; ``y`` is bit-identical
+  with and without emission);
 * an ``add`` injection at ``t`` is linear: stage 2 adds its value decayed to the chunk end, and
   stage 3 adds ``2^(g_i - g_t) C_i v`` to the outputs ``i > t`` of its chunk;
 * ``seq_idx`` resets and ``set`` injections cut the row into *segments*: a ``set`` at ``t`` is a
@@ -52,23 +53,24 @@ def block_sizes(
     head_dim: int, state_size: int, chunk_size: int, interpreter: bool = _triton.INTERPRETING
 ) -> dict[str, int]:
     """Tile sizes of the three kernels: ``T`` the chunk (``chunk_size`` rounded down to a power of
-    two in [16, 256]); ``BM`` the tokens of a stage-3 tile and of a stage-1 K-block (64, or 16
-    under the interpreter, at most ``T``); ``BK`` stage 3's K-block (32 on a GPU: with 64 its
-    ``[BM, BK]`` pair tiles take stage 3 over 128 registers); ``BP`` the head channels per
-    program (at most 64); ``BN`` the state (all of it in stage 3, at most 128 per stage-1
-    program); ``BNE`` the state columns of an emission tile; ``BLOCK`` the state elements per
-    state-pass program; ``warps`` of stages 1 and 3 (stage 2 runs 4)."""
+    two in [16, 256]); ``BM`` the tokens of a stage-3 tile (128: one 64-row wgmma per warpgroup
+    of its 8 warps, none duplicated; 16 under the interpreter; at most ``T``); ``BK`` the tokens
+    of a K-block of stages 1 and 3 (32 on a GPU: with 64 stage 3's ``[BM, BK]`` pair tiles take
+    it over 128 registers; stage 1 uses ``BK1`` = 64); ``BP`` the head channels per program (at
+    most 64); ``BN`` the state (all of it in stage 3, at most 128 per stage-1 program);
+    ``BLOCK`` the state elements per state-pass program; ``warps`` of stages 1 and 3 (stage 2
+    runs 4)."""
     chunk = min(256, max(16, 1 << (max(1, chunk_size).bit_length() - 1)))
-    tile = min(chunk, 16 if interpreter else 64)
+    small = min(chunk, 16)
     n = _triton.block_size(state_size)
     return dict(
         T=chunk,
-        BM=tile,
-        BK=tile if interpreter else min(tile, 32),
+        BM=small if interpreter else min(chunk, 128),
+        BK=small if interpreter else min(chunk, 32),
+        BK1=small if interpreter else min(chunk, 64),
         BP=min(64, _triton.block_size(head_dim)),
         BN=n,
         BN_STATE=min(n, 128),
-        BNE=min(n, 64),
         BLOCK=512,
         warps=4 if interpreter else 8,
     )
@@ -226,7 +228,7 @@ def ssd_triton(
         IEEE=ieee,
         DOT_DTYPE=dot_dtype,
         T=chunk,
-        BK=tile,
+        BK=tiles["BK1"],
         BP=tiles["BP"],
         BN=tiles["BN_STATE"],
         num_warps=tiles["warps"],
@@ -314,7 +316,6 @@ def ssd_triton(
         BK=tiles["BK"],
         BP=tiles["BP"],
         BN=tiles["BN"],
-        BNE=tiles["BNE"],
         num_warps=tiles["warps"],
         num_stages=2,
     )

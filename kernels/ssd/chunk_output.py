@@ -18,15 +18,16 @@ tile's tokens ``i``::
 so the ``[BM, BK]`` pair products with their per-element exps are built only on the tile's own
 (diagonal) K-blocks.  Each term counts only where its segment is the token's (``seq_idx``
 resets and ``set`` injections cut segments: see :mod:`.state_passing`).  An emission at ``t``
-falls in exactly one token tile; its programs (one per channel tile) store rows ``p`` of
+falls in exactly one token tile; its programs (one per channel tile) move ``S`` on over the
+tile's own tokens up to ``t``, before the tile's outputs::
 
-    S_t = 2^(g_t) S_in + sum_{j <= t} 2^(g_t - g_j) dt_j x_j B_j^T
-          + sum_{injections q at t' <= t} 2^(g_t - g_t') v_q
+    S_t = 2^(g_t - g_{r-1}) S + sum_{r <= j <= t} 2^(g_t - g_j) dt_j B_j x_j^T
+          + sum_{injections q at r <= t' <= t} 2^(g_t - g_t') v_q^T
 
-(the entering state decayed, a partial local product, the injections so far), after the tile's
-outputs, so ``y`` is the same with or without emission.  The row's emissions of a tile and
-injections of a chunk are found from per-(row, tile) and per-(row, chunk) start indices into its
-sorted schedule, computed on the device by the wrapper.
+(at most ``BM / BK`` K-blocks, the same products that built ``S``), and store rows ``p``; ``y``
+does not read ``S_t``, so it is the same with or without emission.  The row's emissions of a
+tile and injections of a chunk are found from per-(row, tile) and per-(row, chunk) start
+indices into its sorted schedule, computed on the device by the wrapper.
 """
 
 from __future__ import annotations
@@ -36,6 +37,89 @@ import triton.language as tl
 
 from .._triton import injected_value
 from .chunk_state import dot
+
+
+@triton.jit
+def add_tokens(
+    S,  # [BN, BP] fp32: a state, transposed
+    k_from,
+    k_to,  # the K-blocks [k_from, k_to) of the chunk, BK tokens each
+    last,  # tokens after it do not count
+    g_to,  # the log2 decay from the chunk's start to the state's token
+    seg_to,  # the state's segment (when HAS_SEGMENTS)
+    tokens,  # (x_chunk, B_chunk, g_chunk, dt_chunk, token_seg_chunk, X_STEP, BC_STEP)
+    offs_n,
+    offs_p,
+    mask_n,
+    mask_p,
+    HAS_SEGMENTS: tl.constexpr,
+    IEEE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    BK: tl.constexpr,
+):
+    """``S + sum_j 2^(g_to - g_j) dt_j B_j x_j^T`` over the tokens ``j <= last`` of the blocks
+    (those of the state's segment): an ``[N, BK] x [BK, P]`` tl.dot per block."""
+    x_chunk, B_chunk, g_chunk, dt_chunk, token_seg_chunk, X_STEP, BC_STEP = tokens
+    for k in range(k_from, k_to, BK):
+        offs_j = k + tl.arange(0, BK)
+        mask_j = offs_j <= last
+        c_j = tl.exp2(tl.where(mask_j, g_to - tl.load(g_chunk + offs_j), float("-inf")))
+        c_j *= tl.load(dt_chunk + offs_j)
+        if HAS_SEGMENTS:
+            seg_j = tl.load(token_seg_chunk + offs_j, mask=mask_j, other=-2)
+            c_j = tl.where(seg_j == seg_to, c_j, 0.0)
+        B_j = tl.load(
+            B_chunk + offs_j[:, None] * BC_STEP + offs_n[None, :],
+            mask=mask_j[:, None] & mask_n[None, :],
+            other=0.0,
+        )
+        B_j = (B_j.to(tl.float32) * c_j[:, None]).to(DOT_DTYPE)
+        x_j = tl.load(
+            x_chunk + offs_j[:, None] * X_STEP + offs_p[None, :],
+            mask=mask_j[:, None] & mask_p[None, :],
+            other=0.0,
+        ).to(DOT_DTYPE)
+        S = dot(tl.trans(B_j), x_j, S, IEEE)
+    return S
+
+
+@triton.jit
+def add_injections(
+    S,  # [BN, BP] fp32: a state, transposed
+    q,  # cursor into the row's sorted schedule
+    t_q,  # its time, in the chunk
+    last,  # injections up to this token (in the chunk) count
+    g_to,
+    seg_to,
+    inject,  # (times_ptr, slots_ptr, value_ptr, value_slot_stride, scale_ptr) of this row
+    start,
+    g_chunk,
+    state_seg_chunk,
+    v_at,  # [BN, BP] offsets within one slot of inject_value
+    mask_np,
+    HAS_SEGMENTS: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+):
+    """``S + sum_q 2^(g_to - g_q) v_q`` over the injections from the cursor up to ``last``
+    (those of the state's segment); returns ``(S, q, t_q)`` with the cursor past them."""
+    times_ptr, slots_ptr, value_ptr, value_slot_stride, scale_ptr = inject
+    while t_q <= last:  # (the sentinel L stops it)
+        w_q = tl.exp2(g_to - tl.load(g_chunk + t_q))
+        if HAS_SEGMENTS:
+            w_q = tl.where(tl.load(state_seg_chunk + t_q) == seg_to, w_q, 0.0)
+        value = injected_value(
+            tl.load(slots_ptr + q).to(tl.int64),
+            value_ptr,
+            value_slot_stride,
+            scale_ptr,
+            v_at,
+            mask_np,
+            HAS_SCALE,
+        )
+        S += w_q * value
+        q += 1
+        t_q = tl.load(times_ptr + q) - start
+    return S, q, t_q
 
 
 @triton.jit
@@ -89,7 +173,6 @@ def ssd_chunk_output_kernel(
     BK: tl.constexpr,
     BP: tl.constexpr,
     BN: tl.constexpr,
-    BNE: tl.constexpr,  # state columns per emission tile
 ):
     M_TILES: tl.constexpr = T // BM
     m = tl.program_id(0) % M_TILES
@@ -118,12 +201,6 @@ def ssd_chunk_output_kernel(
     g_i = tl.load(g_chunk + offs_i)
     ref = m * BM  # the tile's first token, in the chunk
     g_prev = tl.where(m > 0, tl.load(g_chunk + tl.maximum(ref - 1, 0)), 0.0)
-    C_chunk = C_ptr + (row * G + grp) * N
-    C_i = tl.load(
-        C_chunk + offs_i[:, None] * BC_STEP + offs_n[None, :],
-        mask=mask_i[:, None] & mask_n[None, :],
-        other=0.0,
-    ).to(DOT_DTYPE)
     mask_np = mask_n[:, None] & mask_p[None, :]
 
     # S: the state after token ref - 1 (transposed, [BN, BP]): the entering state decayed, plus
@@ -137,50 +214,62 @@ def ssd_chunk_output_kernel(
         seg_prev = tl.load(state_seg_ptr + row + tl.maximum(ref - 1, 0))
         seg_prev = tl.where(m > 0, seg_prev, seg_in)  # the segment of S
         S = S * tl.where(seg_prev == seg_in, 1.0, 0.0)
-    for k in range(0, ref, BK):  # the chunk's K-blocks before the tile
-        offs_j = k + tl.arange(0, BK)
-        mask_j = offs_j < valid
-        c_j = tl.exp2(g_prev - tl.load(g_chunk + offs_j)) * tl.load(dt_chunk + offs_j)
-        if HAS_SEGMENTS:
-            seg_j = tl.load(token_seg_ptr + row + offs_j, mask=mask_j, other=-2)
-            c_j = tl.where(seg_j == seg_prev, c_j, 0.0)
-        B_j = tl.load(
-            B_chunk + offs_j[:, None] * BC_STEP + offs_n[None, :],
-            mask=mask_j[:, None] & mask_n[None, :],
-            other=0.0,
-        )
-        B_j = (B_j.to(tl.float32) * c_j[:, None]).to(DOT_DTYPE)
-        x_j = tl.load(
-            x_chunk + offs_j[:, None] * X_STEP + offs_p[None, :],
-            mask=mask_j[:, None] & mask_p[None, :],
-            other=0.0,
-        ).to(DOT_DTYPE)
-        S = dot(tl.trans(B_j), x_j, S, IEEE)
+    token_seg_chunk = token_seg_ptr + row
+    state_seg_chunk = state_seg_ptr + row
+    if not HAS_SEGMENTS:
+        seg_prev = 0
+    tokens = (x_chunk, B_chunk, g_chunk, dt_chunk, token_seg_chunk, X_STEP, BC_STEP)
+    S = add_tokens(
+        S, 0, ref, tl.minimum(ref, valid) - 1, g_prev, seg_prev, tokens, offs_n, offs_p,
+        mask_n, mask_p, HAS_SEGMENTS, IEEE, DOT_DTYPE, BK,
+    )
     if HAS_INJECT:  # injections inside this chunk before the tile
         inj_t_ptr += b * (Q + 1)
         inj_s_ptr += b * (Q + 1)
-        inj_scale_ptr += b * Q
         inj_v_ptr += b * v_b + h * v_h
-        first_q = tl.load(inj_first_ptr + b * chunks + c)
-        q = first_q
+        inj_scale_ptr += b * Q
+        inject = (inj_t_ptr, inj_s_ptr, inj_v_ptr, v_q, inj_scale_ptr)
+        v_at = offs_n[:, None] * v_n + offs_p[None, :] * v_p
+        q = tl.load(inj_first_ptr + b * chunks + c)
         t_q = tl.load(inj_t_ptr + q) - start  # in the chunk
-        while t_q < tl.minimum(ref, valid):  # (the sentinel L stops it)
-            w_q = tl.exp2(g_prev - tl.load(g_chunk + t_q))
-            if HAS_SEGMENTS:
-                w_q = tl.where(tl.load(state_seg_ptr + row + t_q) == seg_prev, w_q, 0.0)
-            v_t = injected_value(
-                tl.load(inj_s_ptr + q).to(tl.int64),
-                inj_v_ptr,
-                v_q,
-                inj_scale_ptr,
-                offs_n[:, None] * v_n + offs_p[None, :] * v_p,
-                mask_np,
-                HAS_SCALE,
-            )  # [BN, BP]
-            S += w_q * v_t
-            q += 1
-            t_q = tl.load(inj_t_ptr + q) - start
+        S, q, t_q = add_injections(
+            S, q, t_q, tl.minimum(ref, valid) - 1, g_prev, seg_prev, inject, start, g_chunk,
+            state_seg_chunk, v_at, mask_np, HAS_SEGMENTS, HAS_SCALE,
+        )
 
+    if HAS_EMIT:  # the states at this tile's emission times: S moved on over the tile's tokens
+        emit_t_ptr += b * (E + 1)
+        emit_s_ptr += b * (E + 1)
+        e = tl.load(emit_first_ptr + b * (LP // BM) + c * M_TILES + m)
+        t_e = tl.load(emit_t_ptr + e) - start  # in the chunk
+        while t_e < tl.minimum(ref + BM, valid):  # the sentinel L stops it
+            g_e = tl.load(g_chunk + t_e)
+            decay = tl.exp2(g_e - g_prev)
+            seg_e = 0
+            if HAS_SEGMENTS:
+                seg_e = tl.load(state_seg_chunk + t_e)
+                decay = tl.where(seg_e == seg_prev, decay, 0.0)
+            S_e = add_tokens(
+                S * decay, ref, t_e + 1, t_e, g_e, seg_e, tokens, offs_n, offs_p, mask_n, mask_p,
+                HAS_SEGMENTS, IEEE, DOT_DTYPE, BK,
+            )
+            if HAS_INJECT:
+                S_e, _, _ = add_injections(
+                    S_e, q, t_q, t_e, g_e, seg_e, inject, start, g_chunk, state_seg_chunk,
+                    v_at, mask_np, HAS_SEGMENTS, HAS_SCALE,
+                )
+            slot = tl.load(emit_s_ptr + e).to(tl.int64)
+            emitted = states_ptr + ((b * E + slot) * H + h) * P * N
+            tl.store(emitted + offs_p[None, :] * N + offs_n[:, None], S_e, mask=mask_np)
+            e += 1
+            t_e = tl.load(emit_t_ptr + e) - start
+
+    C_chunk = C_ptr + (row * G + grp) * N
+    C_i = tl.load(
+        C_chunk + offs_i[:, None] * BC_STEP + offs_n[None, :],
+        mask=mask_i[:, None] & mask_n[None, :],
+        other=0.0,
+    ).to(DOT_DTYPE)
     to_tile = tl.exp2(g_i - g_prev)
     if HAS_SEGMENTS:
         to_tile = tl.where(seg_i == seg_prev, to_tile, 0.0)
@@ -210,30 +299,15 @@ def ssd_chunk_output_kernel(
         acc = dot((CB * w).to(DOT_DTYPE), x_j, acc, IEEE)
 
     if HAS_INJECT:  # injections inside the tile, at t < i
-        last = tl.minimum(ref + BM, valid) - 1
-        while t_q < last:
-            slot = tl.load(inj_s_ptr + q).to(tl.int64)
+        while t_q < tl.minimum(ref + BM, valid) - 1:
             w_q = tl.exp2(tl.where(offs_i > t_q, g_i - tl.load(g_chunk + t_q), float("-inf")))
             if HAS_SEGMENTS:
-                w_q = tl.where(seg_i == tl.load(state_seg_ptr + row + t_q), w_q, 0.0)
-            seen = tl.zeros([BM, BP], dtype=tl.float32)
-            for n0 in tl.range(0, N, BNE, num_stages=1):  # C_i v^T, BNE state columns at a time
-                cols = n0 + tl.arange(0, BNE)
-                C_cols = tl.load(
-                    C_chunk + offs_i[:, None] * BC_STEP + cols[None, :],
-                    mask=mask_i[:, None] & (cols < N)[None, :],
-                    other=0.0,
-                ).to(DOT_DTYPE)
-                v_t = injected_value(
-                    slot,
-                    inj_v_ptr,
-                    v_q,
-                    inj_scale_ptr,
-                    cols[:, None] * v_n + offs_p[None, :] * v_p,
-                    (cols < N)[:, None] & mask_p[None, :],
-                    HAS_SCALE,
-                )  # [BNE, BP]
-                seen = dot(C_cols, v_t.to(DOT_DTYPE), seen, IEEE)
+                w_q = tl.where(seg_i == tl.load(state_seg_chunk + t_q), w_q, 0.0)
+            v_t = injected_value(
+                tl.load(inj_s_ptr + q).to(tl.int64), inj_v_ptr, v_q, inj_scale_ptr, v_at, mask_np,
+                HAS_SCALE,
+            )  # [BN, BP]
+            seen = dot(C_i, v_t.to(DOT_DTYPE), tl.zeros([BM, BP], dtype=tl.float32), IEEE)
             acc += seen * w_q[:, None]
             q += 1
             t_q = tl.load(inj_t_ptr + q) - start
@@ -249,67 +323,3 @@ def ssd_chunk_output_kernel(
         acc *= z * tl.sigmoid(z)
     tl.store(y_ptr + io, acc.to(y_ptr.dtype.element_ty), mask=mask_ip)
 
-    if HAS_EMIT:  # the states at this tile's emission times, rows offs_p, BNE columns at a time
-        emit_t_ptr += b * (E + 1)
-        emit_s_ptr += b * (E + 1)
-        e = tl.load(emit_first_ptr + b * (LP // BM) + c * M_TILES + m)
-        t_e = tl.load(emit_t_ptr + e) - start  # in the chunk
-        while t_e < tl.minimum(m * BM + BM, valid):  # the sentinel L stops it
-            g_e = tl.load(g_chunk + t_e)
-            decay = tl.exp2(g_e)
-            if HAS_SEGMENTS:
-                seg_e = tl.load(state_seg_ptr + row + t_e)
-                decay = tl.where(seg_e == seg_in, decay, 0.0)
-            slot = tl.load(emit_s_ptr + e).to(tl.int64)
-            emitted = states_ptr + ((b * E + slot) * H + h) * P * N
-            for n0 in tl.range(0, N, BNE, num_stages=1, disable_licm=True):
-                cols = n0 + tl.arange(0, BNE)
-                mask_pn = mask_p[:, None] & (cols < N)[None, :]
-                S_e = tl.load(
-                    entering + offs_p[:, None] * N + cols[None, :], mask=mask_pn, other=0.0
-                )
-                S_e = S_e * decay  # [BP, BNE]
-                for k_e in tl.range(0, t_e + 1, BK, num_stages=1, disable_licm=True):
-                    offs_e = k_e + tl.arange(0, BK)
-                    mask_e = offs_e < valid
-                    g_t = tl.load(g_chunk + offs_e)
-                    dt_t = tl.load(dt_chunk + offs_e)
-                    w_e = tl.exp2(tl.where(offs_e <= t_e, g_e - g_t, float("-inf"))) * dt_t
-                    if HAS_SEGMENTS:
-                        seg_t = tl.load(token_seg_ptr + row + offs_e, mask=mask_e, other=-2)
-                        w_e = tl.where(seg_t == seg_e, w_e, 0.0)
-                    x_t = tl.load(
-                        x_chunk + offs_e[:, None] * X_STEP + offs_p[None, :],
-                        mask=mask_e[:, None] & mask_p[None, :],
-                        other=0.0,
-                    )
-                    B_t = tl.load(
-                        B_chunk + offs_e[:, None] * BC_STEP + cols[None, :],
-                        mask=mask_e[:, None] & (cols < N)[None, :],
-                        other=0.0,
-                    ).to(DOT_DTYPE)
-                    xw = (x_t.to(tl.float32) * w_e[:, None]).to(DOT_DTYPE)
-                    S_e = dot(tl.trans(xw), B_t, S_e, IEEE)
-                if HAS_INJECT:  # injections at t' <= t_e inside this chunk
-                    q = first_q
-                    t_q = tl.load(inj_t_ptr + q) - start
-                    while t_q <= t_e:
-                        v = injected_value(
-                            tl.load(inj_s_ptr + q).to(tl.int64),
-                            inj_v_ptr,
-                            v_q,
-                            inj_scale_ptr,
-                            offs_p[:, None] * v_p + cols[None, :] * v_n,
-                            mask_pn,
-                            HAS_SCALE,
-                        )
-                        w_q = tl.exp2(g_e - tl.load(g_chunk + t_q))
-                        if HAS_SEGMENTS:
-                            own = tl.load(state_seg_ptr + row + t_q)
-                            w_q = tl.where(own == seg_e, w_q, 0.0)
-                        S_e += w_q * v
-                        q += 1
-                        t_q = tl.load(inj_t_ptr + q) - start
-                tl.store(emitted + offs_p[:, None] * N + cols[None, :], S_e, mask=mask_pn)
-            e += 1
-            t_e = tl.load(emit_t_ptr + e) - start
