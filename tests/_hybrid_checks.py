@@ -14,11 +14,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _extract_models import TOKENIZER as BYTES
+from _extract_models import random_texts
 
 import statetap
+from statetap.extract import ExtractConfig, extract, load_extraction
+from statetap.interp.lens import LogitLens
+from statetap.interp.steering import Prompts, generate_steered, mean_difference
 from statetap.kernels.examples import rel_error
 
-VOCAB, LENGTH = 97, 11
+VOCAB, LENGTH = len(BYTES), 11  # the byte tokenizer's ids, for the extraction
 
 #: transformers' cache-layer attribute holding each state component of a Mamba layer
 CACHE_FIELDS = {"ssm": "recurrent_states", "conv": "conv_states"}
@@ -95,22 +100,24 @@ def test_residual_equals_output_hidden_states(tap):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("t", [0, 4, LENGTH - 1])
-def test_emitted_state_equals_the_models_cache_after_the_prefix(tap, t):
+def test_emitted_state_equals_the_models_cache_after_the_prefix(tap):
+    """States emitted after tokens 0, 4 and the last == the model's own cache after each prefix;
+    the kept state holds the model's own recurrent states, keys and values."""
     model = tap.model
-    tokens = ids()
-    result = tap.run(tokens, emit=[statetap.Emit("state", positions=[t, -1])], keep_state=True)
-    prefix = own_cache(model, tokens[:, : t + 1])
-    whole = own_cache(model, tokens)
+    tokens, times = ids(), [0, 4, LENGTH - 1]
+    result = tap.run(tokens, emit=[statetap.Emit("state", positions=times)], keep_state=True)
     assert tap.state_layers and set(tap.state_layers) <= set(range(tap.adapter.n_layers))
-    for site in tap.adapter.state_sites:
-        for layer in tap.state_layers:
-            emitted = result[site, layer]
-            assert emitted.dtype == torch.float32
-            close(model_state(prefix, site, layer).float(), emitted[:, 0], 1e-5)
-            close(model_state(whole, site, layer).float(), emitted[:, 1], 1e-5)
-            close(model_state(whole, site, layer).float(), result.state.get(site, layer), 1e-5)
-    for layer in attention_layers(tap):  # the kept keys and values are the model's own
+    for slot, t in enumerate(times):
+        prefix = own_cache(model, tokens[:, : t + 1])
+        for site in tap.adapter.state_sites:
+            for layer in tap.state_layers:
+                emitted = result[site, layer]
+                assert emitted.dtype == torch.float32
+                close(model_state(prefix, site, layer).float(), emitted[:, slot], 1e-5)
+                if t == LENGTH - 1:
+                    close(model_state(prefix, site, layer).float(), result.state.get(site, layer))
+    whole = own_cache(model, tokens)
+    for layer in attention_layers(tap):
         close(whole.layers[layer].keys, result.state.cache.layers[layer].keys, 1e-5)
         close(whole.layers[layer].values, result.state.cache.layers[layer].values, 1e-5)
 
@@ -292,3 +299,100 @@ def check_padding_refused(model, bias_name: str) -> None:
     with pytest.raises(ValueError, match=bias_name):
         tap.run(tokens, attention_mask=mask)
     tap.run(tokens, attention_mask=torch.ones_like(tokens))  # no padding: runs
+
+
+@torch.no_grad()
+def test_resuming_after_a_left_padded_prompt_equals_each_row_alone(tap):
+    """The snapshot of a left-padded prompt continues each row as the row alone would: the
+    pads' cached keys stay masked, the states never saw them."""
+    model = tap.model
+    tokens, mask = left_padded()
+    cut = 7
+    prompt = tap.run(tokens[:, :cut], attention_mask=mask[:, :cut], keep_state=True)
+    resumed = tap.run(tokens[:, cut:], state=prompt.state)
+    for row in range(tokens.shape[0]):
+        pads = int((mask[row] == 0).sum())
+        alone = model(tokens[row : row + 1, pads:]).logits[0]
+        close(alone[cut - pads :], resumed.logits[row], 1e-5)
+
+
+# ---------------------------------------------------------------- the layers above the adapters
+@torch.no_grad()
+def test_extract_stores_every_residual_and_the_state_layers_states(tap, tmp_path):
+    """``statetap extract`` at every token: residuals equal ``output_hidden_states``, states
+    (stored for the state layers only) the model's own cache after each prefix."""
+    model = tap.model
+    texts = random_texts([9, 2, 13], seed=5)
+    config = ExtractConfig(out=tmp_path, positions="0:64", batch_size=2, progress=False)
+    extract(model, BYTES, texts, config, "hybrid")
+    _, tensors = load_extraction(tmp_path)
+    expected = {f"residual.{layer}" for layer in range(tap.adapter.n_layers)}
+    expected |= {
+        f"{site}.{layer}" for site in tap.adapter.state_sites for layer in tap.state_layers
+    }
+    assert {name for name in tensors if "." in name} == expected
+    offsets = tensors["offsets"]
+    for row, text in enumerate(texts):
+        stored = slice(int(offsets[row]), int(offsets[row + 1]))
+        tokens = torch.tensor([BYTES(text, add_special_tokens=False)["input_ids"]])
+        hidden = model(tokens, output_hidden_states=True).hidden_states
+        for index, entry in enumerate(tap.adapter.hidden_states_layout):
+            if isinstance(entry, int):
+                close(hidden[index][0], tensors[f"residual.{entry}"][stored])
+        for t in (0, tokens.shape[1] - 1):
+            cache = own_cache(model, tokens[:, : t + 1])
+            for site in tap.adapter.state_sites:
+                for layer in tap.state_layers:
+                    own = model_state(cache, site, layer)[0].float()
+                    close(own, tensors[f"{site}.{layer}"][stored][t], 1e-5)
+
+
+@torch.no_grad()
+def test_state_steered_generation_equals_a_greedy_loop_over_the_edited_cache(tap):
+    """CAA state steering (vectors from ``mean_difference``, the ``state`` mode of
+    ``generate_steered``) == the paper's procedure on the model's own code: prefill all but the
+    last prompt token, add ``m`` times each state vector of the layer to its cache entries, feed
+    the last token and decode greedily."""
+    model = tap.model
+    positive, negative = Prompts(ids(4, 6).tolist()), Prompts(ids(4, 6).tolist())
+    vectors = mean_difference(tap, positive, negative, batch_size=4, progress=False)
+    assert {key for key in vectors.vectors if key[0] != "residual"} == {
+        (site, layer) for site in tap.adapter.state_sites for layer in tap.state_layers
+    }
+    layer, m, new = tap.state_layers[-1], 50.0, 3
+    prompt = ids(2, 7)
+    options = dict(max_new_tokens=new, do_sample=False, eos_token_id=[], pad_token_id=0)
+    steered = generate_steered(
+        tap,
+        Prompts(prompt.tolist()),
+        vectors,
+        layers=layer,
+        multiplier=m,
+        mode="state",
+        output_scores=True,
+        return_dict_in_generate=True,
+        **options,
+    )
+    cache = own_cache(model, prompt[:, :-1])
+    for site, value in vectors.state(layer).items():
+        model_state(cache, site, layer).add_(m * value)
+    fed, scores = prompt[:, -1:], []
+    for _ in range(new):
+        scores.append(model(fed, cache=cache, use_cache=True).logits[:, -1])
+        fed = scores[-1].argmax(-1, keepdim=True)
+    for mine, theirs in zip(steered.output.scores, scores):
+        close(theirs, mine, 1e-5)
+    assert torch.equal(steered.sequences[:, prompt.shape[1] :], torch.stack(scores, 1).argmax(-1))
+    plain = model(prompt).logits[:, -1]
+    assert rel_error(plain, scores[0]) > 1e-4
+
+
+@torch.no_grad()
+def test_the_logit_lens_at_the_last_layer_reads_the_models_logits(tap):
+    """The lens unembeds through the model's own final norm and output head (Falcon-H1: times
+    ``lm_head_multiplier``), so at the last layer it reads the model's logits."""
+    tokens = ids()
+    lens = LogitLens(tap.model)
+    hidden, logits = lens.residuals(tokens)
+    close(tap.model(tokens).logits, lens(hidden[-1], -1), 1e-5)
+    close(logits, lens(hidden[-1], -1), 1e-5)

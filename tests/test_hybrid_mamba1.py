@@ -2,7 +2,7 @@
 
 Tiny models from configs with fixed seeds: Jamba with attention layers between its Mamba layers
 and a mixture of experts on every other layer; Zamba with its shared attention block on two of
-its Mamba layers and two Mamba heads per layer (one scan call per head).  The identities of
+its three Mamba layers and two Mamba heads per layer (one scan call per head).  The identities of
 ``_hybrid_checks`` run on each (the model's logits, ``output_hidden_states``, its own cache after
 a prefix, an edit of that cache between two tokens, padded rows against each row alone, resumed
 and forked passes, steered generation against a greedy loop over the edited cache).
@@ -17,20 +17,24 @@ from _hybrid_checks import (  # noqa: F401  (tests run on this module's `tap`)
     check_padding_refused,
     ids,
     test_emitted_state_equals_the_models_cache_after_the_prefix,
+    test_extract_stores_every_residual_and_the_state_layers_states,
     test_fork_and_edit_equal_injections_in_one_pass,
     test_nothing_requested_reproduces_the_logits,
     test_padded_rows_equal_each_row_alone,
     test_residual_and_mixer_injection_equal_a_forward_hook,
     test_residual_equals_output_hidden_states,
+    test_resuming_after_a_left_padded_prompt_equals_each_row_alone,
     test_resuming_from_a_state_equals_one_pass,
     test_state_injection_equals_editing_the_cache_between_two_tokens,
+    test_state_steered_generation_equals_a_greedy_loop_over_the_edited_cache,
     test_steered_generation_equals_a_greedy_loop_on_the_edited_cache,
+    test_the_logit_lens_at_the_last_layer_reads_the_models_logits,
 )
 from transformers import JambaConfig, JambaForCausalLM, ZambaConfig, ZambaForCausalLM
 
 import statetap
 
-_LAYERS = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=4, num_attention_heads=4)
+_LAYERS = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4)
 _MAMBA1 = dict(mamba_d_state=8, mamba_d_conv=4, mamba_expand=2, mamba_dt_rank=4)
 # name -> (config class, model class, config arguments, the layers with a state)
 HYBRIDS = {
@@ -42,7 +46,7 @@ HYBRIDS = {
         | dict(
             num_key_value_heads=2,
             attn_layer_period=2,
-            attn_layer_offset=1,  # attention on layers 1 and 3
+            attn_layer_offset=1,  # attention on layer 1
             num_experts=4,
             num_experts_per_tok=2,
             expert_layer_period=2,
@@ -59,9 +63,9 @@ HYBRIDS = {
             num_key_value_heads=4,
             attention_head_dim=16,
             n_mamba_heads=2,
-            layers_block_type=["linear_attention", "hybrid", "linear_attention", "hybrid"],
+            layers_block_type=["linear_attention", "hybrid", "hybrid"],
         ),
-        (0, 1, 2, 3),
+        (0, 1, 2),
     ),
 }
 
@@ -80,7 +84,7 @@ def tap(request):
 def test_state_layers_are_the_mamba_layers(tap):
     expected = HYBRIDS[tap.model.config.model_type][3]
     assert tap.state_layers == expected
-    attention = [layer for layer in range(4) if layer not in expected]
+    attention = [layer for layer in range(3) if layer not in expected]
     for layer in attention:
         with pytest.raises(ValueError, match=rf"layer {layer} .*state_layers = \[0, 2\]"):
             tap.run(ids(), emit=[statetap.Emit("ssm", layers=layer)])
