@@ -176,6 +176,37 @@ def test_state_injection_equals_editing_the_cache_between_two_tokens(model, tap,
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("site", ["residual", "mixer"])
+def test_residual_and_mixer_sites_equal_forward_hooks(model, tap, site):
+    """At every layer, the attention layer included (its mixer returns a tuple): emitting the
+    site gives what a hook on the model reads, and injecting it equals a hook that adds."""
+    ids, t = _ids(), 6
+    value = torch.randn(tap.site_shape(site))
+    for layer in range(3):
+        module = tap.adapter.mixer(layer) if site == "mixer" else model.model.layers[layer]
+        seen = []
+
+        def add_at_t(module, args, out, seen=seen):
+            tensor = (out[0] if isinstance(out, tuple) else out).clone()
+            tensor[:, t] += 3.0 * value
+            seen.append(tensor)  # what the site holds after the injection
+            return (tensor, *out[1:]) if isinstance(out, tuple) else tensor
+
+        handle = module.register_forward_hook(add_at_t)
+        try:
+            hooked = model(ids).logits
+        finally:
+            handle.remove()
+        result = tap.run(
+            ids,
+            emit=[statetap.Emit(site, layer, positions="all")],
+            inject=[statetap.Inject(site, layer, value, positions=t, scale=3.0)],
+        )
+        _close(hooked, result.logits)
+        _close(seen[0], result[site, layer])
+
+
+@torch.no_grad()
 def test_steered_generation_equals_a_greedy_loop_on_the_edited_cache(model, tap):
     """tap.generate with the matrix state injected at the last prompt token and the
     convolution window at every fed-back token (the one-token decode path) == the model's own
