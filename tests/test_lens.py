@@ -32,6 +32,7 @@ from transformers import (
 from statetap.cli import main
 from statetap.interp.lens import (
     FINAL_LAYER_TOLERANCE,
+    PRESETS,
     ZOO_RECIPE,
     LensEvaluation,
     LogitLens,
@@ -181,12 +182,28 @@ def test_logit_lens_is_final_norm_and_unembedding_of_each_block_output(mamba):
             torch.testing.assert_close(predictions[layer], by_hand, rtol=1e-5, atol=1e-5)
 
 
+def _config_flags(config: TrainConfig) -> list[str]:
+    """The command-line flags that give every field of ``config`` (``--no-x`` for a false bool)."""
+    flags = []
+    for name, value in dataclasses.asdict(config).items():
+        flag = name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(f"--{flag}" if value else f"--no-{flag}")
+        else:
+            flags.append(f"--{flag}={value}")
+    return flags
+
+
 def _hand_written_steps(model, translators, stream, config: TrainConfig):
-    """The training of ``config`` on a stream of exactly one step's windows, by hand."""
+    """The training of ``config`` on a stream of exactly one step's windows, by hand; with
+    ``momentum_scaled_lr`` and ``max_grad_norm``, as tuned-lens's train loop steps (SGD at
+    ``lr * (1 - momentum)``, gradients clipped by ``clip_grad_norm_``). Returns the weights and
+    the gradient norm of each step before clipping."""
     weights = [w.clone().requires_grad_(True) for w in translators]
+    lr = config.lr * (1 - config.momentum) if config.momentum_scaled_lr else config.lr
     optimizer = torch.optim.SGD(
         weights,
-        lr=config.lr,
+        lr=lr,
         momentum=config.momentum,
         nesterov=config.nesterov,
         weight_decay=config.weight_decay,
@@ -195,8 +212,9 @@ def _hand_written_steps(model, translators, stream, config: TrainConfig):
     with torch.no_grad():
         out = model(ids, output_hidden_states=True)
     p_final = out.logits.softmax(-1)
+    norms = []
     for step in range(config.steps):
-        optimizer.param_groups[0]["lr"] = config.lr * (1 - step / config.steps)
+        optimizer.param_groups[0]["lr"] = lr * (1 - step / config.steps)
         optimizer.zero_grad()
         loss = 0.0
         for layer in range(LAYERS - 1):
@@ -207,26 +225,50 @@ def _hand_written_steps(model, translators, stream, config: TrainConfig):
             kl = (p_final * (p_final.log() - log_q)).sum(-1)  # [B, L]
             loss = loss + kl.mean()
         loss.backward()
+        norms.append(float(torch.cat([w.grad.flatten() for w in weights]).norm()))
+        if config.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(weights, config.max_grad_norm)
         optimizer.step()
-    return [w.detach() for w in weights]
+    return [w.detach() for w in weights], norms
 
 
-@pytest.mark.parametrize("nesterov", [True, False], ids=["nesterov", "plain-momentum"])
-def test_training_steps_equal_hand_written_sgd(mamba, nesterov):
+REFERENCE = dict(momentum_scaled_lr=True, max_grad_norm=0.05)  # clips (a test checks)
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    [dict(nesterov=True), dict(nesterov=False), dict(nesterov=True, **REFERENCE)],
+    ids=["nesterov", "plain-momentum", "tuned-lens-optimiser"],
+)
+def test_training_steps_equal_hand_written_sgd(mamba, recipe):
     # 3 windows per step in forward passes of 2: gradient accumulation across passes
-    config = dataclasses.replace(TINY, nesterov=nesterov, weight_decay=0.03)
+    config = dataclasses.replace(TINY, weight_decay=0.03, **recipe)
     stream = _stream(config.tokens_per_step)
     lens = _perturb(TunedLens(mamba))
     start = [p.detach().clone() for p in lens.translators.parameters()]
     losses = train(lens, stream, config, progress=False)
     assert all(p.grad is None for p in mamba.parameters())  # the model collected nothing
     assert all(p.requires_grad for p in mamba.parameters())  # and is as it was
-    expected = _hand_written_steps(mamba, start, stream, config)
+    expected, norms = _hand_written_steps(mamba, start, stream, config)
+    if config.max_grad_norm:
+        assert min(norms) > config.max_grad_norm  # every step was clipped
     mamba.zero_grad(set_to_none=True)
     for got, want in zip(lens.translators.parameters(), expected):
         torch.testing.assert_close(got.detach(), want, rtol=1e-4, atol=1e-5)
     assert len(losses) == config.steps and losses[-1] < losses[0]
     assert lens.meta["train"] == dataclasses.asdict(config)
+
+
+def test_reference_recipes_step_as_tuned_lens_does():
+    """tuned-lens's SGD: lr_scale 1.0 times (1 - momentum 0.9), gradients clipped at norm 1.0;
+    statetap's own recipes step at 1.0 unclipped."""
+    tuned_lens = dict(momentum_scaled_lr=True, max_grad_norm=1.0)
+    for own, reference in (("paper", "reference"), ("zoo", "zoo-reference")):
+        config = PRESETS[reference]
+        assert math.isclose(config.step_lr, 0.1) and config.max_grad_norm == 1.0
+        assert config == dataclasses.replace(PRESETS[own], **tuned_lens)  # the rest is the same
+    for name in ("paper", "zoo", "demo"):
+        assert PRESETS[name].step_lr == 1.0 and PRESETS[name].max_grad_norm == 0.0
 
 
 @pytest.mark.parametrize("name", ["mamba", "rwkv"])
@@ -378,6 +420,8 @@ def test_bad_arguments_raise_naming_the_argument(mamba):
         (lambda: TrainConfig(tokens_per_step=100, seq_len=64), ValueError, "tokens_per_step"),
         (lambda: TrainConfig(momentum=1.0), ValueError, "momentum"),
         (lambda: TrainConfig(momentum=0.0), ValueError, "nesterov"),
+        (lambda: TrainConfig(max_grad_norm=-1.0), ValueError, "max_grad_norm"),
+        (lambda: TrainConfig(momentum_scaled_lr=1), TypeError, "momentum_scaled_lr"),
         (lambda: train(LogitLens(mamba), _stream(50), TINY), TypeError, "TunedLens"),
         (lambda: train(lens, _stream(50), {"steps": 1}), TypeError, "TrainConfig"),
         (lambda: train(lens, torch.rand(50), TINY), TypeError, "stream"),
@@ -446,8 +490,7 @@ def test_torchrun_two_processes_train_the_lens_one_process_trains(tmp_path, caps
     (tmp_path / "text.txt").write_text(text)
     # 10 windows per step: ranks take 5 each, in passes of 2 (2 + 2 + 1)
     config = TrainConfig(steps=3, tokens_per_step=10 * 12, seq_len=12, batch_size=2, seed=3)
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in dataclasses.asdict(config).items()]
-    flags = [f for f in flags if not f.startswith("--nesterov")]
+    flags = _config_flags(config)
     command = [
         *(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2"),
         *("--standalone", "-m", "statetap.cli", "lens", "train"),
@@ -492,8 +535,7 @@ def test_cli_trains_on_a_dataset_column_and_refuses_a_wrong_corpus(tmp_path, cap
     rows = [dict(body=text, other=len(text)) for text in texts]
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = TrainConfig(steps=2, tokens_per_step=4 * 12, seq_len=12, batch_size=2, seed=1)
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in dataclasses.asdict(config).items()]
-    flags = [f for f in flags if not f.startswith("--nesterov")]
+    flags = _config_flags(config)
     train_line = ["lens", "train", "--model", str(folder), "--out", str(tmp_path / "lens")]
     dataset = ["--dataset", str(tmp_path / "rows.jsonl"), "--text-field", "body"]
     assert main([*train_line, *dataset, *flags]) == 0

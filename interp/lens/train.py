@@ -8,7 +8,8 @@ and accumulates the gradient of
     loss = sum over layers l < n_layers-1 of mean over the step's tokens of KL(p_final || p_l)
 
 where ``p_final`` is the model's next-token distribution and ``p_l`` the lens's at layer ``l``.
-Then one SGD step (Nesterov momentum, weight decay, learning rate decayed linearly to 0).
+Then one SGD step (Nesterov momentum, weight decay, learning rate decayed linearly to 0 from
+``config.step_lr``), after clipping the gradient to ``config.max_grad_norm`` when it is set.
 
 Data parallelism: when ``torch.distributed`` is initialised (``torchrun``), every rank draws
 the same windows, takes every ``world_size``-th of them from its rank on, and the gradients
@@ -60,7 +61,7 @@ def train(
     parameters = list(lens.translators.parameters())
     optimizer = torch.optim.SGD(
         parameters,
-        lr=config.lr,
+        lr=config.step_lr,
         momentum=config.momentum,
         nesterov=config.nesterov,
         weight_decay=config.weight_decay,
@@ -81,6 +82,8 @@ def train(
                 for parameter in parameters:
                     dist.all_reduce(parameter.grad)
                 dist.all_reduce(loss)
+            if config.max_grad_norm > 0:
+                nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
             optimizer.step()
             schedule.step()
             losses.append(loss.item())
