@@ -1,7 +1,7 @@
 """Exactness checks for the hybrid adapters (Mamba layers beside attention), shared by the test
-modules of each family: import the ``test_*`` functions below into a module that defines a
-``tap`` fixture (``statetap.attach`` of a tiny hybrid causal LM in eval mode, attached once per
-model) and pytest runs them on it.
+modules of each family: ``from _hybrid_checks import *`` (the ``test_*`` functions below) in a
+module that defines a ``tap`` fixture (``statetap.attach`` of a tiny hybrid causal LM in eval
+mode, attached once per model) and pytest runs them on it.
 
 Every reference is the model's own transformers code path, never statetap: logits and
 ``output_hidden_states`` of a plain forward, the model's own cache (read and edited through
@@ -396,3 +396,7 @@ def test_the_logit_lens_at_the_last_layer_reads_the_models_logits(tap):
     hidden, logits = lens.residuals(tokens)
     close(tap.model(tokens).logits, lens(hidden[-1], -1), 1e-5)
     close(logits, lens(hidden[-1], -1), 1e-5)
+
+
+#: what a test module's ``from _hybrid_checks import *`` takes: every test above
+__all__ = sorted(name for name in list(globals()) if name.startswith("test_"))

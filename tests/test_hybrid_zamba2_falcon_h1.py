@@ -13,24 +13,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _hybrid_checks import (  # noqa: F401  (tests run on this module's `tap`)
-    VOCAB,
-    check_padding_refused,
-    ids,
-    test_emitted_state_equals_the_models_cache_after_the_prefix,
-    test_extract_stores_every_residual_and_the_state_layers_states,
-    test_fork_and_edit_equal_injections_in_one_pass,
-    test_nothing_requested_reproduces_the_logits,
-    test_padded_rows_equal_each_row_alone,
-    test_residual_and_mixer_injection_equal_a_forward_hook,
-    test_residual_equals_output_hidden_states,
-    test_resuming_after_a_left_padded_prompt_equals_each_row_alone,
-    test_resuming_from_a_state_equals_one_pass,
-    test_state_injection_equals_editing_the_cache_between_two_tokens,
-    test_state_steered_generation_equals_a_greedy_loop_over_the_edited_cache,
-    test_steered_generation_equals_a_greedy_loop_on_the_edited_cache,
-    test_the_logit_lens_at_the_last_layer_reads_the_models_logits,
-)
+from _hybrid_checks import *  # noqa: F403  (the checks, run on this module's `tap`)
+from _hybrid_checks import VOCAB, check_padding_refused, ids
 from transformers import FalconH1Config, FalconH1ForCausalLM, Zamba2Config, Zamba2ForCausalLM
 
 import statetap
