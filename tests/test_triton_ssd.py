@@ -4,8 +4,8 @@ Runs the Triton kernels under the Triton interpreter on CPU tensors (or compiled
 ``TRITON_INTERPRET=0``), and the C++ kernels (``statetap._C``) with the widest ISA of this CPU and
 on their scalar path; outputs start as NaN, so every element must be written.  The Triton
 kernels' chunk is 16 here (``chunk_size=16``), so positions 15, 16, 17, 31, 32 are chunk edges,
-and one test runs 64-token chunks of four interpreter tiles (the cpu kernel is recurrent: every
-position is alike to it).
+and two tests run 64-token chunks of two 32-token interpreter tiles of two 16-token K-blocks
+each (the cpu kernel is recurrent: every position is alike to it).
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def test_fp16_emission_and_injection(scan):
 @pytest.mark.parametrize("mode", ["add", "set"])
 @pytest.mark.parametrize("seq_idx", [False, True], ids=["", "seq_idx"])
 def test_long_chunks_with_events_in_every_tile(mode, seq_idx, scan):
-    """``chunk_size=64``: a Triton chunk holds four 16-token tiles (the interpreter's), so
+    """``chunk_size=64``: a Triton chunk holds two 32-token tiles (the interpreter's), so
     emissions and injections fall in the first, a middle and the last tile of a chunk, on tile
     and chunk edges, at 0 and at L - 1 (L = 83, not a multiple of the chunk); per-row scales."""
     length, heads, head_dim, n = 83, 3, 5, 7
@@ -200,6 +200,26 @@ def test_long_chunks_with_events_in_every_tile(mode, seq_idx, scan):
     # y and the final state do not depend on the chunk size; emission leaves y as it is
     other = scan(**inputs, chunk_size=32, **instrumentation)
     assert_outputs_close(oracle, other, torch.float32)
+    plain = {k: v for k, v in instrumentation.items() if k != "emit_at"}
+    assert torch.equal(scan(**inputs, chunk_size=64, **plain).y, out.y)
+
+
+@pytest.mark.parametrize("initial", [False, True], ids=["", "initial_state"])
+@pytest.mark.parametrize("seq_idx", [False, True], ids=["", "seq_idx"])
+def test_emission_at_every_position(initial, seq_idx, scan):
+    """Every state of an odd-length row (L = 77, ``chunk_size=64``): each position of each
+    K-block, tile and chunk (0, block and tile edges, 63 | 64, L - 1) is emitted, with and
+    without an initial state and ``seq_idx`` resets (one inside a tile, one at a chunk edge)."""
+    length, heads, head_dim, n = 77, 2, 3, 5
+    inputs = make(2, length, H=heads, P=head_dim, G=1, N=n)
+    instrumentation = dict(output_final_state=True, emit_at=positions(list(range(length))))
+    if initial:
+        instrumentation["initial_state"] = torch.randn(2, heads, head_dim, n, device=DEVICE)
+    if seq_idx:
+        inputs["seq_idx"] = positions([[0] * 21 + [1] * 56, [0] * 64 + [1] * 13])
+    out = scan(**inputs, chunk_size=64, **instrumentation)
+    oracle = ssd_sequential(**as_double(inputs), **as_double(instrumentation))
+    assert_outputs_close(oracle, out, torch.float32)
     plain = {k: v for k, v in instrumentation.items() if k != "emit_at"}
     assert torch.equal(scan(**inputs, chunk_size=64, **plain).y, out.y)
 

@@ -54,20 +54,20 @@ def block_sizes(
 ) -> dict[str, int]:
     """Tile sizes of the three kernels: ``T`` the chunk (``chunk_size`` rounded down to a power of
     two in [16, 256]); ``BM`` the tokens of a stage-3 tile (128: one 64-row wgmma per warpgroup
-    of its 8 warps, none duplicated; 16 under the interpreter; at most ``T``); ``BK`` the tokens
-    of a K-block of stages 1 and 3 (32 on a GPU: with 64 stage 3's ``[BM, BK]`` pair tiles take
-    it over 128 registers; stage 1 uses ``BK1`` = 64); ``BP`` the head channels per program (at
+    of its 8 warps, none duplicated; 32 under the interpreter; at most ``T``); ``BK`` the tokens
+    of a stage-3 K-block (32 on a GPU: with 64 its ``[BM, BK]`` pair tiles take stage 3 over 128
+    registers; 16 under the interpreter, so a tile there has two K-blocks too) and ``BK1`` of a
+    stage-1 K-block (64, or 16); ``BP`` the head channels per program (at
     most 64); ``BN`` the state (all of it in stage 3, at most 128 per stage-1 program);
     ``BLOCK`` the state elements per state-pass program; ``warps`` of stages 1 and 3 (stage 2
     runs 4)."""
     chunk = min(256, max(16, 1 << (max(1, chunk_size).bit_length() - 1)))
-    small = min(chunk, 16)
     n = _triton.block_size(state_size)
     return dict(
         T=chunk,
-        BM=small if interpreter else min(chunk, 128),
-        BK=small if interpreter else min(chunk, 32),
-        BK1=small if interpreter else min(chunk, 64),
+        BM=min(chunk, 32 if interpreter else 128),
+        BK=min(chunk, 16 if interpreter else 32),
+        BK1=min(chunk, 16 if interpreter else 64),
         BP=min(64, _triton.block_size(head_dim)),
         BN=n,
         BN_STATE=min(n, 128),
