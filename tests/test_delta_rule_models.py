@@ -383,9 +383,10 @@ def test_resuming_after_a_left_padded_prompt_equals_each_row_alone(model, tap):
 TOKENIZER = ByT5Tokenizer(extra_ids=0)  # byte x -> token x + 3
 
 
-@pytest.fixture(scope="module")
-def byte_model(request):
-    """Qwen3-Next (grouped heads) over the byte tokenizer, transformers' torch path forced."""
+@pytest.fixture
+def byte_model():
+    """Qwen3-Next (grouped heads) over the byte tokenizer, transformers' torch path forced (per
+    test, so that the patch is undone before the module-scoped ``model``'s)."""
     with torch_path("qwen3_next"):
         yield build("qwen3_next", len(TOKENIZER))
 
