@@ -656,8 +656,39 @@ def test_layer_plot_ticks_are_whole_layers(mamba, monkeypatch, tmp_path):
     figures = []
     monkeypatch.setattr(plots, "save_figure", lambda figure, path: figures.append(figure))
     plot_layers(result, "residual", tmp_path / "layers.png")
-    ticks = figures[0].axes[0].get_xticks()
-    assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
+    for axes in figures[0].axes:  # p_match, nonsense
+        ticks = axes.get_xticks()
+        assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_layer_plot_shows_p_match_and_nonsense_per_multiplier(mamba, monkeypatch, tmp_path):
+    """The two panels' lines are the prompts' mean p_match and nonsense (%) of each multiplier
+    at each layer, and the unsteered model's."""
+    import statetap.interp.steering.plots as plots
+
+    tap = statetap.attach(mamba)
+    pairs = _pairs(3)
+    vectors = _random_vectors(tap)
+    result = sweep(tap, pairs, vectors, [-2.0, 3.0], modes=["residual", "state"], progress=False)
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda figure, path: figures.append(figure))
+    plot_layers(result, "state", tmp_path / "layers.png")
+    panels = figures[0].axes
+    assert [axes.get_ylabel() for axes in panels] == [
+        "p(answer matching behaviour) %",
+        "nonsense: p(neither answer) %",
+    ]
+    for axes, values, baseline in zip(
+        panels,
+        (result.p_match[1], result.nonsense[1]),
+        (result.baseline_p_match, result.baseline_nonsense),
+    ):
+        *steered, unsteered = axes.get_lines()
+        for j, line in enumerate(steered):
+            assert list(line.get_xdata()) == [0, 1, 2]
+            hand = [100 * sum(values[l, j].tolist()) / 3 for l in range(3)]
+            _close(torch.tensor(hand).double(), torch.tensor(line.get_ydata()).double(), 1e-4)
+        _close(100 * sum(baseline.tolist()) / 3, float(unsteered.get_ydata()[0]), 1e-4)
 
 
 @pytest.mark.parametrize("module", ["dataset", "vectors", "sweeps", "generate"])
