@@ -71,12 +71,6 @@ def default_sites(tap: Tap) -> list[str]:
     return [*ACTIVATIONS, *tap.adapter.state_sites]
 
 
-def state_layers(tap: Tap) -> list[int]:
-    """The layers that carry a recurrent state (``tap.state_layers`` on hybrids, else all)."""
-    layers = getattr(tap, "state_layers", None)
-    return list(range(tap.adapter.n_layers)) if layers is None else sorted(layers)
-
-
 def site_layers(tap: Tap, site: str, layers: Sequence[int] | str) -> list[int]:
     """``layers`` (``"all"`` or ints) of ``site``; a state site keeps its stateful layers.
 
@@ -89,7 +83,7 @@ def site_layers(tap: Tap, site: str, layers: Sequence[int] | str) -> list[int]:
     chosen = layer_indices(tap, layers)
     if site in ACTIVATIONS:
         return chosen
-    stateful = state_layers(tap)
+    stateful = tap.state_layers
     if layers == "all":
         return [layer for layer in chosen if layer in stateful]
     missing = [layer for layer in chosen if layer not in stateful]
@@ -162,6 +156,12 @@ def patch_sweep(
         ValueError: misaligned prompts, an unknown site, a bad layer, position or budget.
     """
     check_prompts(clean, corrupt)
+    if tap.adapter.takes_cache_mask:
+        raise ValueError(
+            f"{type(tap.model).__name__} is a hybrid: its attention layers cache every token's "
+            "keys and values, which the sweep's continuations (rebuilt from the recurrent state "
+            "alone) cannot restore; patching hybrids is not supported yet"
+        )
     n_pairs, length = corrupt.shape
     if not isinstance(batch_tokens, int) or isinstance(batch_tokens, bool) or batch_tokens < 1:
         raise ValueError(f"batch_tokens must be a positive int, got {batch_tokens!r}")
@@ -178,7 +178,7 @@ def patch_sweep(
     clean, corrupt = clean.to(device), corrupt.to(device)
     pairs = torch.arange(n_pairs, device=device)
     components = list(tap.adapter.state_sites)
-    stateful = state_layers(tap)
+    stateful = list(tap.state_layers)
 
     clean_run = tap.run(clean, emit=_clean_emissions(sites, layers_of, components, positions))
     with embedding_offset(tap, corrupt_offset):
