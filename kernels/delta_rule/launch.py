@@ -116,6 +116,7 @@ class DeltaLaunch:
     l2norm: bool
 
     def run(self) -> ScanOutput:
+        """Launch the recurrent kernel and return the contract's result."""
         launch_recurrent(self)
         return self.instr.output(self.y)
 
