@@ -14,7 +14,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_steering import VOCAB, _add_to_own_state, _build, _random_vectors
+from test_steering import (
+    VOCAB,
+    _add_to_own_state,
+    _build,
+    _random_vectors,
+    one_thread,  # noqa: F401 (its autouse fixture: one thread per test)
+)
 from transformers import (
     LogitsProcessorList,
     RwkvForCausalLM,
@@ -32,14 +38,6 @@ NEW = 5
 #: steered layers and their multipliers: the first and the last layer (read by the final norm)
 MULTIPLIERS = {0: 1.5, 2: -2.0}
 SAMPLING = dict(do_sample=True, temperature=0.7, top_k=12, top_p=0.9)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module", params=["mamba", "mamba2", "rwkv", "rwkv7"])
