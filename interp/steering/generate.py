@@ -6,7 +6,8 @@ with ``steer_new`` the residual modes also add them at every generated token as 
 (Rimsky et al. steer every position after the instruction, generated ones included).  A state
 edit happens once, in the prompt: the recurrence carries it into every later token.  The
 paper's story generation (rnngineering ``Steering/steer_story.py``) is the state mode at every
-layer with sampling: ``layers="all", mode="state", do_sample=True``.
+layer with sampling from the whole softmax: ``layers="all", mode="state", do_sample=True,
+top_k=0`` (transformers otherwise keeps the 50 likeliest tokens).
 
 Decoding is the model's own ``generate``: greedy, or sampling with ``do_sample=True`` and its
 ``temperature`` / ``top_k`` / ``top_p``; ``seed`` makes the draws reproducible without touching
