@@ -19,6 +19,8 @@ from _extract_models import random_texts
 
 import statetap
 from statetap.extract import ExtractConfig, extract, load_extraction
+from statetap.interp.elk.dataset import QuirkyPrompt
+from statetap.interp.elk.features import quirky_features
 from statetap.interp.lens import LogitLens
 from statetap.interp.steering import Prompts, generate_steered, mean_difference
 from statetap.kernels.examples import rel_error
@@ -396,6 +398,35 @@ def test_the_logit_lens_at_the_last_layer_reads_the_models_logits(tap):
     hidden, logits = lens.residuals(tokens)
     close(tap.model(tokens).logits, lens(hidden[-1], -1), 1e-5)
     close(logits, lens(hidden[-1], -1), 1e-5)
+
+
+@torch.no_grad()
+def test_elk_features_are_the_models_own_residuals_and_states(tap):
+    """Quirky-probe features at the prompt's last token: the residual stream after every block
+    (``output_hidden_states``) and, where every layer holds a state (Zamba, Zamba2, Falcon-H1),
+    each state component flattened (the model's own cache after the prompt); refused naming
+    ``tap.state_layers`` where some layer holds none (Jamba)."""
+    model = tap.model
+    texts = ["1 + 1 = 2. Alice:", "2 + 2 = 5. Bob:", "3 + 4 = 7. Alice:"]
+    examples = [
+        QuirkyPrompt(text, ("0", "1"), "Alice", bool(i % 2), bool(i % 2), False, 0.0)
+        for i, text in enumerate(texts)
+    ]
+    every_layer = len(tap.state_layers) == tap.adapter.n_layers
+    if not every_layer:
+        with pytest.raises(ValueError, match="tap.state_layers"):
+            quirky_features(tap, BYTES, examples, progress=False)
+    found = quirky_features(tap, BYTES, examples, state=every_layer, progress=False)
+    for n, example in enumerate(examples):
+        tokens = torch.tensor([BYTES(example.text, add_special_tokens=False)["input_ids"]])
+        out = model(tokens, output_hidden_states=True, use_cache=True)
+        for index, entry in enumerate(tap.adapter.hidden_states_layout):
+            if isinstance(entry, int):
+                close(out.hidden_states[index][0, -1], found.prompt["residual"][n, entry], 1e-5)
+        for site in tap.adapter.state_sites if every_layer else ():
+            for layer in tap.state_layers:
+                own = model_state(out.cache, site, layer)[0].flatten().float()
+                close(own, found.prompt[site][n, layer], 1e-5)
 
 
 #: what a test module's ``from _hybrid_checks import *`` takes: every test above
