@@ -29,7 +29,17 @@ if TYPE_CHECKING:
 FILE_SUFFIXES = {".json", ".jsonl", ".parquet", ".arrow", ".txt", ".csv", ".pth", ".safetensors"}
 # arguments that name an input path (``model`` and ``dataset`` may also name a hub id or a zoo
 # model: those are checked only when they look local)
-PATHS = ("text_file", "vectors", "lens", "results", "evaluation", "source", "vocab_file", "folder")
+PATHS = (
+    "text_file",
+    "vectors",
+    "lens",
+    "results",
+    "evaluation",
+    "source",
+    "vocab_file",
+    "folder",
+    "pairs",
+)
 NAMES = ("model", "dataset", "fit_dataset")
 # integer arguments that must be positive (and ``skip``, which may be 0), by their dest
 POSITIVE = (
@@ -444,6 +454,12 @@ def _add_elk(commands: argparse._SubParsersAction) -> None:
     add_elk_commands(commands)
 
 
+def _add_patch(commands: argparse._SubParsersAction) -> None:
+    from statetap.interp.patching.cli import add_patch_command
+
+    add_patch_command(commands)
+
+
 COMMANDS = {
     "check": _add_check,
     "extract": _add_extract,
@@ -452,6 +468,7 @@ COMMANDS = {
     "steer": _add_steer,
     "lens": _add_lens,
     "elk": _add_elk,
+    "patch": _add_patch,
 }
 
 
@@ -543,6 +560,13 @@ def _elk_preflight(args: argparse.Namespace) -> None:
             )
 
 
+def _patch_preflight(args: argparse.Namespace) -> None:
+    """``patch``: the pair file's rows, a model named for it, the counts and the noise."""
+    from statetap.interp.patching.cli import patch_preflight
+
+    patch_preflight(args)
+
+
 def _demo_preflight(args: argparse.Namespace) -> None:
     """``demo``: every model named is a zoo model."""
     from statetap import zoo
@@ -564,6 +588,7 @@ PREFLIGHT = {
     "extract": _extract_preflight,
     "steer": _steer_preflight,
     "elk": _elk_preflight,
+    "patch": _patch_preflight,
     "demo": _demo_preflight,
     "convert-rwkv": _convert_preflight,
 }
