@@ -13,12 +13,15 @@ For each zoo model (trained on first use, then loaded from the cache) the demo
 5. trains a tuned lens on each text model and compares it with the logit lens on held-out
    text (:mod:`statetap.interp.lens.demo_section`);
 6. fits ELK probes on the quirky models' Alice prompts, residual stream and recurrent state
-   side by side, and scores them on Bob's (:mod:`statetap.interp.elk.demo_section`).
+   side by side, and scores them on Bob's (:mod:`statetap.interp.elk.demo_section`);
+7. patches the quirky models' operand and traces where Bob's rule is decided, over layers and
+   positions (:mod:`statetap.interp.patching.demo_section`).
 
 It writes ``report.md``, ``quality.png``, ``cost.png``, ``steering-modes.png`` (with one
 ``steering-<model>.png`` per quirky model), ``lens-<model>.png`` and
 ``lens-trajectory-<model>.png`` per text model (the lens under ``lens/<model>/``),
-``elk/<model>/`` (``elk.json``, ``elk-auroc.png``) per quirky model and ``summary.json`` into
+``elk/<model>/`` (``elk.json``, ``elk-auroc.png``) and ``patching/<model>/<task>/``
+(``patching.json``, a heatmap per site) per quirky model and ``summary.json`` into
 the output folder (the shards under ``extraction/<model>/``) and returns a summary table for
 stdout.
 """
@@ -40,6 +43,7 @@ from statetap.extract import ExtractConfig, extract, write_atomically
 from statetap.interp.elk import demo_section as elk_demo
 from statetap.interp.lens import demo_section as lens_demo
 from statetap.interp.lens.data import zoo_corpus
+from statetap.interp.patching import demo_section as patching_demo
 from statetap.interp.steering import demo_section
 from statetap.zoo import corpus
 from statetap.zoo.prepare import as_trained
@@ -109,6 +113,7 @@ class ModelReport:
     steering: list[demo_section.SteeringRow] = field(default_factory=list)
     lens: lens_demo.LensReport | None = None
     elk: elk_demo.ElkReport | None = None
+    patching: list[patching_demo.PatchingReport] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # wall time of each section
 
 
@@ -174,6 +179,10 @@ def _sections(name: str, recipe: zoo.Recipe, config: DemoConfig, device: torch.d
             )
         with _timed(report, "elk"):
             report.elk = elk_demo.elk_quirky_model(name, model, tokenizer, recipe, config.out)
+        with _timed(report, "patching"):
+            report.patching = patching_demo.patch_quirky_model(
+                name, model, tokenizer, recipe, config.out
+            )
     else:
         with _timed(report, "lens"):
             train_stream, eval_stream, bytes_per_token = zoo_corpus(recipe)
@@ -283,6 +292,7 @@ def write_report(out: Path, reports: list[ModelReport], device: torch.device) ->
         "steering": demo_section.as_dicts(steering),
         "lens": lens_demo.as_dicts(lenses),
         "elk": elk_demo.as_dicts(elk),
+        "patching": patching_demo.as_dicts([p for r in reports for p in r.patching]),
     }
     write_atomically(
         out / "summary.json",
@@ -297,9 +307,10 @@ def write_report(out: Path, reports: list[ModelReport], device: torch.device) ->
 
 
 def _without_sections(items: list[tuple[str, object]]) -> dict:
-    """``asdict`` of a :class:`ModelReport` without the steering, lens and ELK sections, which
-    ``summary.json`` lists on their own."""
-    return {key: value for key, value in items if key not in ("steering", "lens", "elk")}
+    """``asdict`` of a :class:`ModelReport` without the steering, lens, ELK and patching
+    sections, which ``summary.json`` lists on their own."""
+    sections = ("steering", "lens", "elk", "patching")
+    return {key: value for key, value in items if key not in sections}
 
 
 def _device_name(device: torch.device) -> str:
@@ -361,6 +372,7 @@ def _markdown(
         lines += demo_section.markdown(steering)
     lines += lens_demo.markdown(lenses)
     lines += elk_demo.markdown(elk)
+    lines += patching_demo.markdown([p for r in reports for p in r.patching])
     return "\n".join(lines)
 
 
