@@ -215,6 +215,22 @@ USAGE_ERRORS = {
         "--text-file missing.txt: no such file or directory",
     ),
     "demo-models": (["demo", "--models", "no-such-model"], "no zoo recipe named 'no-such-model'"),
+    "patch-pairs-file": (
+        ["patch", "--pairs", "data/pairs.jsonl", "--model", "m", "--out", "o"],
+        "--pairs data/pairs.jsonl: no such file or directory",
+    ),
+    "patch-pairs-rows": (
+        ["patch", "--pairs", "data.jsonl", "--model", "m", "--out", "o"],
+        "data.jsonl line 1 lacks ['clean', 'corrupt', 'answer', 'wrong']",
+    ),
+    "patch-needs-model": (
+        ["patch", "--pairs", "data.jsonl", "--out", "o"],
+        "--pairs needs --model",
+    ),
+    "patch-noise": (
+        ["patch", "--task", "operand", "--method", "trace", "--noise", "nan", "--out", "o"],
+        "--noise must be a positive finite number, got nan",
+    ),
 }
 
 
