@@ -447,3 +447,48 @@ def test_result_round_trips_through_its_json_file(tap, tmp_path):
     assert loaded.sites == result.sites and loaded.tokens == result.tokens
     assert torch.equal(loaded.patched["residual"], result.patched["residual"])
     assert bool(loaded.effect["residual"].isnan().all())  # NaN survives JSON as null
+
+
+# ------------------------------------------------------------------ command line
+def test_patch_command_writes_the_sweep_of_the_library_and_a_heatmap_per_site(
+    tmp_path, monkeypatch, capsys
+):
+    from statetap import zoo
+    from statetap.cli import main
+    from statetap.interp.patching import load_result
+    from statetap.interp.patching.tasks import quirky_task_rows, tokenize_pairs
+
+    monkeypatch.setenv("STATETAP_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "operand"
+    argv = ["patch", "--task", "operand", "--model", "quirky-mamba-short", "--limit", "3"]
+    assert main([*argv, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    result = load_result(out)
+    recipe = zoo.resolve("quirky-mamba-short")
+    model, tokenizer = zoo.load(recipe)
+    rows, patterns = quirky_task_rows("operand", zoo.quirky_split(recipe)[1])
+    pairs = tokenize_pairs(rows, tokenizer, 3, groups=patterns)
+    direct = activation_patching(
+        statetap.attach(model.eval()), pairs.clean, pairs.corrupt, (pairs.answer, pairs.wrong)
+    )
+    assert result.sites == ["residual", "mixer", "ssm", "conv"] and result.tokens == pairs.tokens
+    for site in result.sites:
+        assert rel_error(direct.patched[site], result.patched[site]) <= 1e-6
+        png = out / f"activation-patching-{site}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"\n{site} " in printed
+    assert f"{pairs.kept} of {pairs.total} pairs" in printed
+
+    # causal tracing from a pair file: the tokens that differ are the subject
+    pair_file = tmp_path / "pairs.jsonl"
+    pair_file.write_text(
+        '{"clean": "12 + 3 = 15. Alice:", "corrupt": "12 + 4 = 15. Alice:", '
+        '"answer": " True", "wrong": " False"}\n'
+    )
+    traced = tmp_path / "traced"
+    argv = ["patch", "--pairs", str(pair_file), "--model", "quirky-mamba-short", "--method"]
+    assert main([*argv, "trace", "--samples", "2", "--out", str(traced)]) == 0
+    result = load_result(traced)
+    assert result.method == "causal tracing" and result.sites == ["residual", "state"]
+    assert result.meta["subject"] == [[i == 3 for i in range(10)]]
+    assert (traced / "causal-tracing-state.png").stat().st_size > 0
