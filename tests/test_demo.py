@@ -93,6 +93,36 @@ def test_short_demo_writes_every_report_file_and_a_table(tmp_path, monkeypatch, 
     assert json.loads((out / "summary.json").read_text())["models"][0]["name"] == "quirky-mamba"
 
 
+def test_short_demo_patching_section(tmp_path, monkeypatch):
+    """The patching section on one quirky model: operand patching and character tracing, each
+    site's peak as the saved sweep has it, the heatmaps; the last layer's residual at the last
+    token recovers the whole gap, whatever the model."""
+    from statetap.interp.patching import load_result
+
+    monkeypatch.setenv("STATETAP_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "report"
+    argv = ["demo", "--short", "--out", str(out), "--texts", "8", "--repeats", "1"]
+    assert main([*argv, "--models", "quirky-rwkv7"]) == 0
+    rows = json.loads((out / "summary.json").read_text())["patching"]
+    assert [(r["model"], r["task"], r["method"]) for r in rows] == [
+        ("quirky-rwkv7", "operand", "activation patching"),
+        ("quirky-rwkv7", "character", "causal tracing"),
+    ]
+    for row in rows:
+        result = load_result(out / "patching" / "quirky-rwkv7" / row["task"])
+        for peak in row["peaks"]:
+            layer, position, effect = result.peak(peak["site"])
+            assert (peak["layer"], peak["position"]) == (layer, position)
+            assert peak["effect"] == pytest.approx(effect)
+        assert all((out / figure).stat().st_size > 0 for figure in row["figures"])
+    operand = load_result(out / "patching" / "quirky-rwkv7" / "operand")
+    gap = (operand.clean - operand.corrupt).abs() > 1e-3
+    assert operand.effect["residual"][gap, -1, -1].tolist() == pytest.approx(
+        [1.0] * int(gap.sum()), abs=1e-4
+    )
+    assert "## Activation patching and causal tracing" in (out / "report.md").read_text()
+
+
 def test_demo_config_refuses_unknown_models_and_bad_counts(tmp_path):
     with pytest.raises(ValueError, match="models must name zoo models"):
         DemoConfig(out=tmp_path, models=("gpt2",))
