@@ -428,12 +428,14 @@ def _ssd_chunk_output(v, emit):
     are unrolled) and, when injecting, the injections before it; when emitting, the loop over
     the tile's emissions, each over the tile's K-blocks up to its time (and the injections so
     far); when injecting, the loop over the tile's injections."""
+    from statetap.kernels.ssd.chunk_output import EMIT_BK
+
     chunk, tile, block = v["T"], v["BM"], v["BK"]
     loops = [LoopSpec(trips=tile / block * (chunk // tile - 1) / 2)]
     if v["HAS_INJECT"]:
         loops.append(LoopSpec(trips=0))
     if v["HAS_EMIT"]:
-        blocks = sum((t % tile) // block + 1 for t in emit) / max(1, len(emit))
+        blocks = sum((t % tile) // EMIT_BK.value + 1 for t in emit) / max(1, len(emit))
         inner = (LoopSpec(trips=blocks),) + ((LoopSpec(trips=0),) if v["HAS_INJECT"] else ())
         loops.append(LoopSpec(trips=len(emit) / (v["LP"] // tile), children=inner))
     if v["HAS_INJECT"]:

@@ -38,6 +38,12 @@ import triton.language as tl
 from .._triton import injected_value
 from .chunk_state import dot
 
+#: tokens per K-block of an emission's partial product: the fewest tl.dot takes, which keeps the
+#: emitting stage 3 at 181 registers on sm_90 and 40 B of spills on sm_80 (32-token blocks: 200
+#: and 64 B; checked ahead of time); its loop is not software-pipelined (stage 3's K-blocks
+#: before the tile are)
+EMIT_BK = tl.constexpr(16)
+
 
 @triton.jit
 def add_tokens(
@@ -56,11 +62,12 @@ def add_tokens(
     IEEE: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     BK: tl.constexpr,
+    STAGES: tl.constexpr,  # software-pipelining stages of the K-block loop
 ):
     """``S + sum_j 2^(g_to - g_j) dt_j B_j x_j^T`` over the tokens ``j <= last`` of the blocks
     (those of the state's segment): an ``[N, BK] x [BK, P]`` tl.dot per block."""
     x_chunk, B_chunk, g_chunk, dt_chunk, token_seg_chunk, X_STEP, BC_STEP = tokens
-    for k in range(k_from, k_to, BK):
+    for k in tl.range(k_from, k_to, BK, num_stages=STAGES):
         offs_j = k + tl.arange(0, BK)
         mask_j = offs_j <= last
         c_j = tl.exp2(tl.where(mask_j, g_to - tl.load(g_chunk + offs_j), float("-inf")))
@@ -217,11 +224,25 @@ def ssd_chunk_output_kernel(
     token_seg_chunk = token_seg_ptr + row
     state_seg_chunk = state_seg_ptr + row
     if not HAS_SEGMENTS:
-        seg_prev = 0
+        seg_prev = 0  # (not read)
     tokens = (x_chunk, B_chunk, g_chunk, dt_chunk, token_seg_chunk, X_STEP, BC_STEP)
     S = add_tokens(
-        S, 0, ref, tl.minimum(ref, valid) - 1, g_prev, seg_prev, tokens, offs_n, offs_p,
-        mask_n, mask_p, HAS_SEGMENTS, IEEE, DOT_DTYPE, BK,
+        S,
+        0,
+        ref,
+        tl.minimum(ref, valid) - 1,
+        g_prev,
+        seg_prev,
+        tokens,
+        offs_n,
+        offs_p,
+        mask_n,
+        mask_p,
+        HAS_SEGMENTS,
+        IEEE,
+        DOT_DTYPE,
+        BK,
+        2,
     )
     if HAS_INJECT:  # injections inside this chunk before the tile
         inj_t_ptr += b * (Q + 1)
@@ -233,8 +254,20 @@ def ssd_chunk_output_kernel(
         q = tl.load(inj_first_ptr + b * chunks + c)
         t_q = tl.load(inj_t_ptr + q) - start  # in the chunk
         S, q, t_q = add_injections(
-            S, q, t_q, tl.minimum(ref, valid) - 1, g_prev, seg_prev, inject, start, g_chunk,
-            state_seg_chunk, v_at, mask_np, HAS_SEGMENTS, HAS_SCALE,
+            S,
+            q,
+            t_q,
+            tl.minimum(ref, valid) - 1,
+            g_prev,
+            seg_prev,
+            inject,
+            start,
+            g_chunk,
+            state_seg_chunk,
+            v_at,
+            mask_np,
+            HAS_SEGMENTS,
+            HAS_SCALE,
         )
 
     if HAS_EMIT:  # the states at this tile's emission times: S moved on over the tile's tokens
@@ -250,13 +283,39 @@ def ssd_chunk_output_kernel(
                 seg_e = tl.load(state_seg_chunk + t_e)
                 decay = tl.where(seg_e == seg_prev, decay, 0.0)
             S_e = add_tokens(
-                S * decay, ref, t_e + 1, t_e, g_e, seg_e, tokens, offs_n, offs_p, mask_n, mask_p,
-                HAS_SEGMENTS, IEEE, DOT_DTYPE, BK,
+                S * decay,
+                ref,
+                t_e + 1,
+                t_e,
+                g_e,
+                seg_e,
+                tokens,
+                offs_n,
+                offs_p,
+                mask_n,
+                mask_p,
+                HAS_SEGMENTS,
+                IEEE,
+                DOT_DTYPE,
+                EMIT_BK,
+                1,
             )
             if HAS_INJECT:
                 S_e, _, _ = add_injections(
-                    S_e, q, t_q, t_e, g_e, seg_e, inject, start, g_chunk, state_seg_chunk,
-                    v_at, mask_np, HAS_SEGMENTS, HAS_SCALE,
+                    S_e,
+                    q,
+                    t_q,
+                    t_e,
+                    g_e,
+                    seg_e,
+                    inject,
+                    start,
+                    g_chunk,
+                    state_seg_chunk,
+                    v_at,
+                    mask_np,
+                    HAS_SEGMENTS,
+                    HAS_SCALE,
                 )
             slot = tl.load(emit_s_ptr + e).to(tl.int64)
             emitted = states_ptr + ((b * E + slot) * H + h) * P * N
@@ -304,7 +363,12 @@ def ssd_chunk_output_kernel(
             if HAS_SEGMENTS:
                 w_q = tl.where(seg_i == tl.load(state_seg_chunk + t_q), w_q, 0.0)
             v_t = injected_value(
-                tl.load(inj_s_ptr + q).to(tl.int64), inj_v_ptr, v_q, inj_scale_ptr, v_at, mask_np,
+                tl.load(inj_s_ptr + q).to(tl.int64),
+                inj_v_ptr,
+                v_q,
+                inj_scale_ptr,
+                v_at,
+                mask_np,
                 HAS_SCALE,
             )  # [BN, BP]
             seen = dot(C_i, v_t.to(DOT_DTYPE), tl.zeros([BM, BP], dtype=tl.float32), IEEE)
@@ -322,4 +386,3 @@ def ssd_chunk_output_kernel(
         z = tl.load(z_ptr + io, mask=mask_ip, other=0.0).to(tl.float32)
         acc *= z * tl.sigmoid(z)
     tl.store(y_ptr + io, acc.to(y_ptr.dtype.element_ty), mask=mask_ip)
-
