@@ -492,3 +492,82 @@ def test_patch_command_writes_the_sweep_of_the_library_and_a_heatmap_per_site(
     assert result.method == "causal tracing" and result.sites == ["residual", "state"]
     assert result.meta["subject"] == [[i == 3 for i in range(10)]]
     assert (traced / "causal-tracing-state.png").stat().st_size > 0
+
+
+# ------------------------------------------------------------------ hybrids
+@torch.no_grad()
+def test_a_hybrid_sweep_equals_one_injection_per_patch():
+    """Bamba (Mamba-2 layers 0 and 2 beside attention layer 1): the continuations start from
+    re-run prefixes (attention keys and values cannot be rebuilt from the state). Each state
+    entry equals one un-batched pass setting the clean state by an ``Inject`` (the hybrid
+    tests check that against the model's own cache, edited: transformers' own one-token steps
+    drift from its forward by ~5e-4 here, as large as these effects), each residual entry the
+    forward hook."""
+    from transformers import BambaConfig, BambaForCausalLM
+
+    config = BambaConfig(
+        vocab_size=53,
+        hidden_size=32,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        mamba_n_heads=8,
+        mamba_d_head=8,
+        mamba_n_groups=2,
+        mamba_d_state=8,
+        mamba_chunk_size=4,
+        num_hidden_layers=3,
+        intermediate_size=48,
+        attn_layer_indices=[1],
+    )
+    tap = statetap.attach(BambaForCausalLM(config).eval())
+    clean, corrupt = _prompts(tap, pairs=2, length=6)
+    answer, wrong = _answers(tap)
+    sites = ["residual", "ssm", "conv", STATE]
+    result = activation_patching(tap, clean, corrupt, (answer, wrong), sites=sites)
+    metric = logit_difference(answer, wrong)
+    assert result.layers["ssm"] == [0, 2] and result.layers["residual"] == [0, 1, 2]
+    states = tap.run(clean, emit=[statetap.Emit(STATE, [0, 2], positions=list(range(6)))])
+    for site in sites:
+        expected = torch.empty_like(result.patched[site])
+        for pair in range(2):
+            one = torch.tensor([pair])
+            for i, layer in enumerate(result.layers[site]):
+                for t in range(6):
+                    if site == "residual":
+                        logits = _naive_activation_patch(
+                            tap, clean[one], corrupt[one], site, layer, t
+                        )
+                    else:
+                        inject = [
+                            statetap.Inject(
+                                component,
+                                layer,
+                                states[component, layer][one, t : t + 1],
+                                positions=t,
+                                mode="set",
+                            )
+                            for component in (("ssm", "conv") if site == STATE else (site,))
+                        ]
+                        logits = tap.run(corrupt[one], inject=inject).logits[0, -1]
+                    expected[pair, i, t] = metric(logits[None], one)
+        assert rel_error(expected, result.patched[site]) <= 1e-5, site
+    # and the patches change the metric by more than that tolerance
+    assert rel_error(result.corrupt.view(-1, 1, 1).expand_as(expected), expected) > 1e-4
+    # causal tracing: the re-run prefixes carry their share of the noise
+    prompts, subject = clean[:1], [1, 2]
+    traced = causal_trace(tap, prompts, subject, answer[:1], samples=2, seed=5, sites=[STATE])
+    noise = embedding_noise(tap, subject_mask(subject, 1, 6), 2, 3.0, 5)
+    probability = answer_probability(answer[:1])
+    for i, layer in enumerate(traced.layers[STATE]):
+        for t in range(6):
+            inject = [
+                statetap.Inject(c, layer, states[c, layer][:1, t : t + 1], positions=t, mode="set")
+                for c in ("ssm", "conv")
+            ]
+            restored = []
+            for sample in range(2):
+                with _noised(tap, noise[sample : sample + 1]):
+                    logits = tap.run(prompts, inject=inject).logits[:, -1]
+                restored.append(probability(logits, torch.tensor([0])))
+            effect = torch.stack(restored).mean() - traced.corrupt[0]
+            assert abs(float(effect) - float(traced.effect[STATE][0, i, t])) <= 1e-6

@@ -156,12 +156,6 @@ def patch_sweep(
         ValueError: misaligned prompts, an unknown site, a bad layer, position or budget.
     """
     check_prompts(clean, corrupt)
-    if tap.adapter.takes_cache_mask:
-        raise ValueError(
-            f"{type(tap.model).__name__} is a hybrid: its attention layers cache every token's "
-            "keys and values, which the sweep's continuations (rebuilt from the recurrent state "
-            "alone) cannot restore; patching hybrids is not supported yet"
-        )
     n_pairs, length = corrupt.shape
     if not isinstance(batch_tokens, int) or isinstance(batch_tokens, bool) or batch_tokens < 1:
         raise ValueError(f"batch_tokens must be a positive int, got {batch_tokens!r}")
@@ -181,11 +175,12 @@ def patch_sweep(
     stateful = list(tap.state_layers)
 
     clean_run = tap.run(clean, emit=_clean_emissions(sites, layers_of, components, positions))
+    hybrid = tap.adapter.takes_cache_mask  # continuations start from re-run prefixes
     with embedding_offset(tap, corrupt_offset):
         corrupt_run = tap.run(
             corrupt,
-            emit=[Emit(STATE, stateful, positions=list(range(length)))],
-            keep_state=length > 1,
+            emit=[] if hybrid else [Emit(STATE, stateful, positions=list(range(length)))],
+            keep_state=length > 1 and not hybrid,
         )
     clean_metric = metric(clean_run.logits[:, -1], pairs)
     corrupt_metric = metric(corrupt_run.logits[:, -1], pairs)
@@ -331,13 +326,42 @@ class _Context:
         component(s) set to the clean run's."""
         pairs = torch.tensor([row.pair for row in batch], device=self.corrupt.device)
         before = torch.tensor([row.start - 1 for row in batch], device=self.corrupt.device)
-        state = self.corrupt_run.state.select(pairs)
+        rebuilt = self.tap.adapter.takes_cache_mask
+        state = self._prefixes(batch) if rebuilt else self.corrupt_run.state.select(pairs)
         for component in self.components:
             for layer in self.stateful:
-                value = self.corrupt_run[component, layer][pairs, before]
-                for i, row in enumerate(batch):
-                    if row.layer == layer and row.site in (component, STATE):
-                        slot = self.positions.index(row.position)
-                        value[i] = self.clean_run[component, layer][row.pair, slot]
+                patched = [
+                    i
+                    for i, row in enumerate(batch)
+                    if row.layer == layer and row.site in (component, STATE)
+                ]
+                if rebuilt and not patched:
+                    continue
+                if rebuilt:
+                    value = state.get(component, layer)
+                else:
+                    value = self.corrupt_run[component, layer][pairs, before]
+                for i in patched:
+                    slot = self.positions.index(batch[i].position)
+                    value[i] = self.clean_run[component, layer][batch[i].pair, slot]
                 state.edit(component, layer, value, mode="set")
         return state
+
+    def _prefixes(self, batch: list[_Row]):
+        """A hybrid's state after each row's corrupted prefix (tokens before ``start``), by
+        running the prefixes, left-padded: its attention layers' cached keys and values cannot
+        be rebuilt from the recurrent state."""
+        width = max(row.start for row in batch)
+        ids = torch.zeros(len(batch), width, dtype=torch.long, device=self.corrupt.device)
+        mask = torch.zeros_like(ids)
+        offset = None
+        if self.corrupt_offset is not None:
+            offset = self.corrupt_offset.new_zeros(len(batch), width, self.corrupt_offset.shape[2])
+        for i, row in enumerate(batch):
+            ids[i, width - row.start :] = self.corrupt[row.pair, : row.start]
+            mask[i, width - row.start :] = 1
+            if offset is not None:
+                offset[i, width - row.start :] = self.corrupt_offset[row.pair, : row.start]
+        mask = None if bool(mask.all()) else mask
+        with embedding_offset(self.tap, offset):
+            return self.tap.run(ids, attention_mask=mask, keep_state=True).state
