@@ -39,6 +39,11 @@ _COMMON = dict(
     layer_types=LAYER_TYPES,
     num_attention_heads=2,
     linear_conv_kernel_dim=4,
+    # The gated norm after the delta rule divides y_t = S_t^T q_t by its RMS per head; early in
+    # a sequence y_t of a head whose query misses the few keys written is ~1e-3, and with the
+    # released 1e-6 a 1e-7 rounding difference (statetap's chunking against transformers')
+    # comes out as 1e-4.  1e-3 bounds that gain, so equality holds to rounding at every token.
+    rms_norm_eps=1e-3,
     pad_token_id=0,
     bos_token_id=1,
     eos_token_id=2,
