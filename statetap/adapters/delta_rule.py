@@ -129,6 +129,7 @@ class DeltaRuleHybrid(HybridMamba):
             value,
             g,
             beta,
+            *,  # the chunked and the recurrent form order the rest differently: by name only
             chunk_size=None,
             initial_state=None,
             output_final_state=False,
