@@ -7,7 +7,9 @@ The issue's size (hidden 1024, 8 layers, B 8, L 512) takes minutes per forward o
 2 shared cores; the rows use :data:`HIDDEN` x :data:`LAYERS`, B :data:`BATCH`, L :data:`LENGTH`
 (``STATETAP_BENCH_HYBRID_SIZE=1024,8,8,512`` runs the full size).  Each class is a row of
 :data:`HYBRIDS`: ``(transformers config class, model class, config arguments)``, the layer
-pattern with every third layer attention.
+pattern with every third layer attention (Zamba, Zamba2: their shared attention block runs on
+those layers, before the layer's Mamba mixer; Falcon-H1 runs attention beside Mamba in every
+layer).
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ POSITIONS = [LENGTH // 4 - 1, LENGTH // 2 - 1, 3 * LENGTH // 4 - 1, LENGTH - 1]
 PATTERN = ["full_attention" if layer % 3 == 1 else "linear_attention" for layer in range(LAYERS)]
 _HEADS = dict(num_attention_heads=max(1, HIDDEN // 64), num_key_value_heads=max(1, HIDDEN // 128))
 _MAMBA2 = dict(mamba_n_heads=HIDDEN // 32, mamba_d_head=64, mamba_d_state=64, mamba_chunk_size=64)
+
+_MAMBA1 = dict(mamba_d_state=16, mamba_d_conv=4, mamba_expand=2, mamba_dt_rank=HIDDEN // 16)
+# Zamba's and Zamba2's names for the layers: the shared attention block runs on "hybrid" layers
+ZAMBA_PATTERN = ["hybrid" if kind == "full_attention" else kind for kind in PATTERN]
 
 HYBRIDS = {
     "bamba": (
@@ -66,6 +72,66 @@ HYBRIDS = {
             mamba_head_dim=64,
             n_groups=1,
             chunk_size=64,
+        ),
+    ),
+    "jamba": (
+        "JambaConfig",
+        "JambaForCausalLM",
+        _HEADS
+        | _MAMBA1
+        | dict(
+            num_hidden_layers=LAYERS,
+            intermediate_size=2 * HIDDEN,
+            attn_layer_period=3,
+            attn_layer_offset=1,
+            num_experts=4,
+            num_experts_per_tok=2,
+            expert_layer_period=2,
+            expert_layer_offset=1,
+        ),
+    ),
+    "zamba": (
+        "ZambaConfig",
+        "ZambaForCausalLM",
+        _HEADS
+        | _MAMBA1
+        | dict(
+            num_hidden_layers=LAYERS,
+            intermediate_size=2 * HIDDEN,
+            attention_head_dim=128,
+            n_mamba_heads=2,
+            layers_block_type=ZAMBA_PATTERN,
+        ),
+    ),
+    "zamba2": (
+        "Zamba2Config",
+        "Zamba2ForCausalLM",
+        _HEADS
+        | dict(
+            num_hidden_layers=LAYERS,
+            intermediate_size=2 * HIDDEN,
+            layers_block_type=ZAMBA_PATTERN,
+            num_mem_blocks=2,
+            mamba_d_state=64,
+            mamba_headdim=64,
+            n_mamba_heads=2 * HIDDEN // 64,
+            mamba_ngroups=1,
+            chunk_size=64,
+        ),
+    ),
+    "falcon_h1": (
+        "FalconH1Config",
+        "FalconH1ForCausalLM",
+        _HEADS
+        | dict(
+            num_hidden_layers=LAYERS,
+            intermediate_size=2 * HIDDEN,
+            mamba_d_ssm=2 * HIDDEN,
+            mamba_n_heads=2 * HIDDEN // 64,
+            mamba_d_head=64,
+            mamba_n_groups=1,
+            mamba_d_state=64,
+            mamba_chunk_size=64,
         ),
     ),
 }
