@@ -34,6 +34,14 @@ from statetap.kernels.examples import rel_error
 LENGTH = 11
 #: transformers' cache-layer attribute holding each state component of a delta layer
 CACHE_FIELDS = {"recurrent": "recurrent_states", "conv": "conv_states"}
+#: greedy generation of every requested token (no end-of-sequence token), with its scores
+GREEDY = dict(
+    do_sample=False,
+    eos_token_id=[],
+    pad_token_id=0,
+    output_scores=True,
+    return_dict_in_generate=True,
+)
 
 
 @pytest.fixture(scope="module", params=MODELS)
@@ -214,15 +222,7 @@ def test_steered_generation_equals_a_greedy_loop_on_the_edited_cache(model, tap)
     prompt, new, layer = _ids(2, 6), 4, STATE_LAYERS[-1]
     recurrent = torch.randn(tap.site_shape("recurrent"))
     window = torch.randn(tap.site_shape("conv"))
-    options = dict(
-        max_new_tokens=new,
-        do_sample=False,
-        eos_token_id=[],
-        pad_token_id=0,
-        output_scores=True,
-        return_dict_in_generate=True,
-        attention_mask=torch.ones_like(prompt),
-    )
+    options = GREEDY | dict(max_new_tokens=new, attention_mask=torch.ones_like(prompt))
     generated = tap.generate(
         prompt,
         inject=[
@@ -259,14 +259,7 @@ def test_steered_generation_from_left_padded_prompts_equals_each_prompt_alone(mo
     mask[2, :1] = 0
     value = torch.randn(tap.site_shape("recurrent"))
     inject = [statetap.Inject("recurrent", STATE_LAYERS[0], value, positions=-1)]
-    options = dict(
-        max_new_tokens=new,
-        do_sample=False,
-        eos_token_id=[],
-        pad_token_id=0,
-        output_scores=True,
-        return_dict_in_generate=True,
-    )
+    options = GREEDY | dict(max_new_tokens=new)
     batch = tap.generate(prompt, attention_mask=mask, inject=inject, **options)
     for row in range(3):
         real = prompt[row : row + 1, mask[row] == 1]
