@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from statetap import Emit, Inject, Tap
+from statetap import Emit, Inject, Tap, TapResult
 from statetap.interp.batches import last_logits
 from statetap.interp.patching.metrics import Metric
 from statetap.interp.steering.vectors import layer_indices
@@ -205,7 +205,7 @@ def patch_sweep(
         positions,
         components,
         stateful,
-        same_length,
+        pad_one_token_rows=not same_length,
     )
     for batch in _batches(
         [row for row in rows if row.start < length], length, batch_tokens, same_length
@@ -266,50 +266,32 @@ def _batches(
             yield batch
 
 
+@dataclass
 class _Context:
-    """What every patch pass reads: the clean run's emissions, the corrupted run's states
-    after each token and its kept state (the template each pass's state is selected from)."""
+    """What every patch pass reads: the clean run's emissions at ``positions``, the corrupted
+    run's states after each token and its kept state (each pass's state is selected from it),
+    the corrupted prompts and their embedding offset."""
 
-    def __init__(
-        self,
-        tap,
-        clean_run,
-        corrupt_run,
-        corrupt,
-        corrupt_offset,
-        positions,
-        components,
-        stateful,
-        same_length,
-    ):
-        self.tap, self.clean_run, self.corrupt_run = tap, clean_run, corrupt_run
-        self.corrupt, self.corrupt_offset = corrupt, corrupt_offset
-        self.positions = positions  # the clean run's emitted positions
-        self.components, self.stateful = components, stateful
-        # transformers' RWKV-4 refuses one-token steps from a state when B > 1: such passes
-        # get a pad column (not with same_length: the models it serves take no mask)
-        self.pad_one_token_rows = not same_length
+    tap: Tap
+    clean_run: TapResult
+    corrupt_run: TapResult
+    corrupt: torch.Tensor
+    corrupt_offset: torch.Tensor | None
+    positions: list[int]
+    components: list[str]
+    stateful: list[int]
+    # transformers' RWKV-4 refuses one-token steps from a state when B > 1: such passes get a
+    # pad column (not with same_length: the models it serves take no mask)
+    pad_one_token_rows: bool
 
     def run(self, batch: list[_Row]) -> torch.Tensor:
         """The last-token logits ``[B, V]`` of one pass of patched continuations."""
-        device = self.corrupt.device
         length = self.corrupt.shape[1]
-        starts = [row.start for row in batch]
-        width = length - min(starts)
+        width = length - min(row.start for row in batch)
         if len(batch) > 1 and self.pad_one_token_rows:
             width = max(width, 2)
-        ids = torch.zeros(len(batch), width, dtype=torch.long, device=device)
-        mask = torch.zeros_like(ids)
-        offset = None
-        if self.corrupt_offset is not None:
-            offset = self.corrupt_offset.new_zeros(len(batch), width, self.corrupt_offset.shape[2])
-        for i, row in enumerate(batch):
-            n = length - row.start
-            ids[i, :n], mask[i, :n] = self.corrupt[row.pair, row.start :], 1
-            if offset is not None:
-                offset[i, :n] = self.corrupt_offset[row.pair, row.start :]
-        mask = None if bool(mask.all()) else mask
-        state = None if starts[0] == 0 else self._state(batch)
+        ids, mask, offset = self._padded(batch, [slice(row.start, length) for row in batch], width)
+        state = None if batch[0].start == 0 else self._state(batch)
         inject = []
         if batch[0].site in ACTIVATIONS:
             site, layer = batch[0].site, batch[0].layer
@@ -351,17 +333,27 @@ class _Context:
         """A hybrid's state after each row's corrupted prefix (tokens before ``start``), by
         running the prefixes, left-padded: its attention layers' cached keys and values cannot
         be rebuilt from the recurrent state."""
+        spans = [slice(0, row.start) for row in batch]
         width = max(row.start for row in batch)
+        ids, mask, offset = self._padded(batch, spans, width, left=True)
+        with embedding_offset(self.tap, offset):
+            return self.tap.run(ids, attention_mask=mask, keep_state=True).state
+
+    def _padded(
+        self, batch: list[_Row], spans: list[slice], width: int, left: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Each row's corrupted tokens ``spans[i]`` of its pair as ``ids`` ``[B, width]``, the
+        attention mask (None without padding) and their embedding offset (None without one),
+        padded on the right (``left``: on the left)."""
         ids = torch.zeros(len(batch), width, dtype=torch.long, device=self.corrupt.device)
         mask = torch.zeros_like(ids)
         offset = None
         if self.corrupt_offset is not None:
             offset = self.corrupt_offset.new_zeros(len(batch), width, self.corrupt_offset.shape[2])
-        for i, row in enumerate(batch):
-            ids[i, width - row.start :] = self.corrupt[row.pair, : row.start]
-            mask[i, width - row.start :] = 1
+        for i, (row, span) in enumerate(zip(batch, spans)):
+            n = span.stop - span.start
+            where = slice(width - n, width) if left else slice(0, n)
+            ids[i, where], mask[i, where] = self.corrupt[row.pair, span], 1
             if offset is not None:
-                offset[i, width - row.start :] = self.corrupt_offset[row.pair, : row.start]
-        mask = None if bool(mask.all()) else mask
-        with embedding_offset(self.tap, offset):
-            return self.tap.run(ids, attention_mask=mask, keep_state=True).state
+                offset[i, where] = self.corrupt_offset[row.pair, span]
+        return ids, (None if bool(mask.all()) else mask), offset
