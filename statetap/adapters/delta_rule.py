@@ -199,7 +199,6 @@ class KimiLinearAdapter(DeltaRuleHybrid):
     model_classes = ("KimiLinearForCausalLM",)
     modeling_module = "transformers.models.kimi_linear.modeling_kimi_linear"
     mamba_mixer_class = "KimiLinearDeltaAttention"
-    token_mixer_attributes = ("self_attn",)
     scan_name = "chunk_kimi_delta_attention"
     step_name = "recurrent_kimi_delta_attention"
 
