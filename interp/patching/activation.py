@@ -42,7 +42,7 @@ def activation_patching(
     sites: Sequence[str] | None = None,
     layers: Sequence[int] | str = "all",
     positions: Sequence[int] | None = None,
-    batch_tokens: int = 4096,
+    batch_tokens: int = 2048,
     same_length: bool = False,
 ) -> PatchingResult:
     """Patch every (site, layer, position) of the clean run into the corrupted one.

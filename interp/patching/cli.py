@@ -143,7 +143,7 @@ def add_patch_command(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="trace: noise seed (0)")
     parser.add_argument(
-        "--batch-tokens", type=int, default=4096, help="padded tokens per forward pass (4096)"
+        "--batch-tokens", type=int, default=2048, help="padded tokens per forward pass (2048)"
     )
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--out", required=True, help="output folder")

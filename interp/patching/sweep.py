@@ -132,7 +132,7 @@ def patch_sweep(
     layers: Sequence[int] | str = "all",
     positions: Sequence[int] | None = None,
     corrupt_offset: torch.Tensor | None = None,
-    batch_tokens: int = 4096,
+    batch_tokens: int = 2048,
     same_length: bool = False,
 ) -> SweepMetrics:
     """The metric of every patch of the clean run's sites into the corrupted run.

@@ -81,7 +81,7 @@ def causal_trace(
     sites: Sequence[str] = TRACE_SITES,
     layers: Sequence[int] | str = "all",
     positions: Sequence[int] | None = None,
-    batch_tokens: int = 4096,
+    batch_tokens: int = 2048,
     same_length: bool = False,
 ) -> PatchingResult:
     """Restore the clean run at every (site, layer, position) of the noised run.
