@@ -15,9 +15,9 @@ import json
 import pytest
 import torch
 from rwkv_blinkdl_cases import SIZES, random_checkpoint
+from test_model_tap import ARCHITECTURES as MODEL_TAP_ARCHITECTURES
 from transformers import (
     ByT5Tokenizer,
-    Mamba2Config,
     Mamba2ForCausalLM,
     MambaConfig,
     MambaForCausalLM,
@@ -67,19 +67,9 @@ def _build(name: str):
             vocab_size=VOCAB, hidden_size=32, state_size=8, num_hidden_layers=3, conv_kernel=4
         )
         return MambaForCausalLM(config).eval()
-    if name == "mamba2":
-        config = Mamba2Config(
-            vocab_size=VOCAB,
-            hidden_size=32,
-            state_size=8,
-            num_hidden_layers=3,
-            expand=2,
-            head_dim=8,
-            num_heads=8,
-            n_groups=2,
-            chunk_size=4,
-        )
-        return Mamba2ForCausalLM(config).eval()
+    if name == "mamba2":  # test_model_tap's three-layer Mamba-2
+        config_class, model_class, arguments = MODEL_TAP_ARCHITECTURES["mamba2"]
+        return model_class(config_class(vocab_size=VOCAB, **arguments)).eval()
     if name == "rwkv7":
         return from_blinkdl_state_dict(
             random_checkpoint("x070", 4321, SIZES["x070"] | {"vocab": VOCAB})
