@@ -25,10 +25,18 @@ from transformers import (
 )
 
 import statetap
+from statetap.adapters.upstream import UpstreamDrift
 from statetap.extract import ExtractConfig, extract, load_extraction
+from statetap.interp.lens import LogitLens, TunedLens
 from statetap.interp.provenance import model_identity
-from statetap.interp.steering import PromptTemplate, SteeringVectors, ab_pairs, load_ab_items
-from statetap.interp.steering import mean_difference, sweep
+from statetap.interp.steering import (
+    PromptTemplate,
+    SteeringVectors,
+    ab_pairs,
+    load_ab_items,
+    mean_difference,
+    sweep,
+)
 from statetap.kernels.examples import rel_error
 
 VOCAB, LENGTH = 97, 11
@@ -99,7 +107,11 @@ def _build(name: str, vocab: int = VOCAB, **changes):
 
 
 #: the config option that gives each class's Mamba input projection a bias
-BIAS_OPTIONS = {"bamba": "mamba_proj_bias", "granitemoehybrid": "mamba_proj_bias", "nemotron_h": "use_bias"}
+BIAS_OPTIONS = {
+    "bamba": "mamba_proj_bias",
+    "granitemoehybrid": "mamba_proj_bias",
+    "nemotron_h": "use_bias",
+}
 
 
 @pytest.fixture(scope="module", params=list(HYBRIDS))
@@ -153,6 +165,12 @@ def test_state_layers_are_the_mamba_layers(model):
         state.get("ssm", attention)
     with pytest.raises(ValueError, match="seq_idx .* attention layers would attend across"):
         tap.run(ids, seq_idx=torch.zeros_like(ids, dtype=torch.int32))
+    model.train()
+    try:
+        with pytest.raises(ValueError, match="is in training mode"):  # fused training paths
+            tap.run(ids)
+    finally:
+        model.eval()
     everything = tap.run(ids, emit=[statetap.Emit("state"), statetap.Emit("mixer")])
     expected = {(site, layer) for site in ("ssm", "conv") for layer in tap.state_layers}
     expected |= {("mixer", layer) for layer in range(tap.adapter.n_layers)}
@@ -475,3 +493,26 @@ def test_state_steering_sweep_equals_editing_the_hybrid_cache(model):
     attention = _attention_layers(tap)[0]
     with pytest.raises(ValueError, match=r"hold no recurrent state.*tap.state_layers"):
         sweep(tap, pairs, vectors, multipliers, [attention], modes=["both"], progress=False)
+
+
+@pytest.mark.parametrize("name", ["causal_conv1d_update", "mamba2_chunk_scan"])
+def test_a_function_the_modeling_file_no_longer_has_is_refused_at_attach(model, monkeypatch, name):
+    module = __import__(statetap.adapters.adapter_for(model).modeling_module, fromlist=["x"])
+    monkeypatch.delattr(module, name)
+    with pytest.raises(UpstreamDrift, match=f"{name} does not exist any more"):
+        statetap.attach(model)
+
+
+@torch.no_grad()
+def test_lenses_read_every_layer_through_the_attention_layers(model):
+    """The logit lens at each layer == the final norm and unembedding of the residual stream
+    after that block as the model's ``output_hidden_states`` holds it."""
+    tap = statetap.attach(model)
+    ids = _ids(2, 7)
+    predictions = LogitLens(model).predictions(ids)
+    hidden = model(ids, output_hidden_states=True).hidden_states
+    for layer in range(tap.adapter.n_layers - 1):
+        block = hidden[tap.adapter.hidden_states_index(layer)]
+        _close(model.lm_head(tap.adapter.final_norm(block)), predictions[layer])
+    _close(model(ids).logits, predictions[-1])
+    assert torch.equal(TunedLens(model).predictions(ids), predictions)

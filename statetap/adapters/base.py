@@ -248,6 +248,17 @@ class Adapter:
         statetap's for the length of ``pass_``."""
         raise NotImplementedError
 
+    def modeling_attribute(self, name: str) -> object:
+        """``name`` (a function or class) of :attr:`modeling_module`.
+
+        Raises:
+            UpstreamDrift: the modeling module has no ``name`` any more.
+        """
+        module = importlib.import_module(self.modeling_module)
+        if not hasattr(module, name):
+            raise drift(self.package, f"{self.modeling_module}.{name}", "does not exist any more")
+        return getattr(module, name)
+
     def instrument(self, pass_: Pass, called: set[str] | None = None) -> contextlib.ExitStack:
         """Hooks and patches that carry out ``pass_``; remove them by closing the stack.
 
@@ -261,10 +272,7 @@ class Adapter:
         module = importlib.import_module(self.modeling_module)
         replacements = self.substitutions(pass_)
         for name in replacements:
-            if not hasattr(module, name):
-                raise drift(
-                    self.package, f"{self.modeling_module}.{name}", "does not exist any more"
-                )
+            self.modeling_attribute(name)
         stack = contextlib.ExitStack()
         for name, replacement in replacements.items():
             if called is not None:

@@ -34,7 +34,6 @@ the attributes below.
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 
 import torch
@@ -79,14 +78,7 @@ class HybridMamba(_MambaFamily):
 
     @functools.cached_property
     def _mamba_class(self) -> type:
-        module = importlib.import_module(self.modeling_module)
-        if not hasattr(module, self.mamba_mixer_class):
-            raise drift(
-                self.package,
-                f"{self.modeling_module}.{self.mamba_mixer_class}",
-                "does not exist any more",
-            )
-        return getattr(module, self.mamba_mixer_class)
+        return self.modeling_attribute(self.mamba_mixer_class)
 
     @functools.cached_property
     def state_layers(self) -> tuple[int, ...]:

@@ -22,7 +22,6 @@ Every drop-in takes the arguments transformers passes by name and refuses any ot
 from __future__ import annotations
 
 import copy
-import importlib
 from collections.abc import Callable
 
 import torch
@@ -202,20 +201,18 @@ class _MambaFamily(Adapter):
         )
 
     def substitutions(self, pass_: Pass) -> dict:
-        module = importlib.import_module(self.modeling_module)
-
         def write_conv_cache(layer: int, window: torch.Tensor) -> None:
             if pass_.cache is not None:
                 self.write_state(pass_.cache, "conv", layer, window)
 
-        conv = getattr(module, self.conv_name)
+        conv = self.modeling_attribute(self.conv_name)
         return {
             self.conv_name: conv_with_window_ops(
                 pass_, conv, write_conv_cache, (self.package, self.conv_name)
             ),
             self.conv_step_name: conv_update_with_window_ops(
                 pass_,
-                getattr(module, self.conv_step_name),
+                self.modeling_attribute(self.conv_step_name),
                 conv,
                 (self.package, self.conv_step_name),
             ),
