@@ -543,10 +543,12 @@ def _check_counts(args: argparse.Namespace) -> None:
 
 
 def _steer_preflight(args: argparse.Namespace) -> None:
-    """``steer``: the A/B dataset read and checked (its rows, answers and letters)."""
+    """``steer vectors`` / ``sweep``: the A/B dataset read and checked (its rows, answers and
+    letters); ``steer generate`` takes prompts, no dataset."""
     from statetap.interp.steering.dataset import load_ab_items
 
-    load_ab_items(args.dataset)
+    if getattr(args, "dataset", None) is not None:
+        load_ab_items(args.dataset)
 
 
 def _elk_preflight(args: argparse.Namespace) -> None:

@@ -177,25 +177,21 @@ def test_layers_and_multipliers_are_checked(tap):
 
 
 def test_cli_generate_equals_the_api_and_vectors_record_the_whitening(tmp_path, capsys):
-    import argparse
     import json
 
     from test_steering import TOKENIZER, _rows
 
+    from statetap.cli import main
     from statetap.interp.steering import load_vectors
-    from statetap.interp.steering.cli import add_steer_commands
 
     model = _build("mamba")
     model.save_pretrained(tmp_path / "model")
     TOKENIZER.save_pretrained(tmp_path / "model")
     (tmp_path / "rows.json").write_text(json.dumps(_rows(6)))
-    parser = argparse.ArgumentParser(prog="statetap")
-    add_steer_commands(parser.add_subparsers(dest="command", required=True))
     common = f"--model {tmp_path}/model --template hermes"
 
-    def run(line: str) -> int:
-        args = parser.parse_args(line.split())
-        return args.run(args)
+    def run(line: str) -> int:  # the whole command line: its preflight included
+        return main(line.split())
 
     vectors_line = f"steer vectors {common} --dataset {tmp_path}/rows.json --whiten"
     assert run(f"{vectors_line} --pinv-dtype float32 --out {tmp_path}/v") == 0
