@@ -31,6 +31,15 @@ VOCAB, LENGTH = len(BYTES), 11  # the byte tokenizer's ids, for the extraction
 CACHE_FIELDS = {"ssm": "recurrent_states", "conv": "conv_states"}
 
 
+def build(hybrids: dict, name: str, **changes):
+    """The tiny eval-mode model of row ``name`` of a test module's table ``hybrids`` (``name ->
+    (config class, model class, config arguments, ...)``), seeded; ``changes`` override the
+    arguments."""
+    torch.manual_seed(1234)
+    config_class, model_class, arguments = hybrids[name][:3]
+    return model_class(config_class(vocab_size=VOCAB, **arguments | changes)).eval()
+
+
 def ids(batch: int = 3, length: int = LENGTH) -> torch.Tensor:
     return torch.randint(0, VOCAB, (batch, length))
 

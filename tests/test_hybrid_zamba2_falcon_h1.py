@@ -12,9 +12,8 @@ against a greedy loop over the edited cache).
 from __future__ import annotations
 
 import pytest
-import torch
 from _hybrid_checks import *  # noqa: F403  (the checks, run on this module's `tap`)
-from _hybrid_checks import VOCAB, check_padding_refused, ids
+from _hybrid_checks import build, check_padding_refused, ids
 from transformers import FalconH1Config, FalconH1ForCausalLM, Zamba2Config, Zamba2ForCausalLM
 
 import statetap
@@ -74,9 +73,7 @@ HYBRIDS = {
 
 
 def _build(name: str, **changes):
-    torch.manual_seed(1234)
-    config_class, model_class, arguments, _ = HYBRIDS[name]
-    return model_class(config_class(vocab_size=VOCAB, **arguments | changes)).eval()
+    return build(HYBRIDS, name, **changes)
 
 
 @pytest.fixture(scope="module", params=list(HYBRIDS))
