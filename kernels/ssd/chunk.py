@@ -50,14 +50,19 @@ from .state_passing import ssd_state_passing_kernel
 
 @functools.cache  # a pure function of ints, called on every launch
 def block_sizes(
-    head_dim: int, state_size: int, chunk_size: int, interpreter: bool = _triton.INTERPRETING
+    head_dim: int,
+    state_size: int,
+    chunk_size: int,
+    interpreter: bool = _triton.INTERPRETING,
+    exact: bool = False,
 ) -> dict[str, int]:
     """Tile sizes of the three kernels: ``T`` the chunk (``chunk_size`` rounded down to a power of
     two in [16, 256]); ``BM`` the tokens of a stage-3 tile (128: one 64-row wgmma per warpgroup
-    of its 8 warps, none duplicated; 32 under the interpreter; at most ``T``); ``BK`` the tokens
-    of a stage-3 K-block (32 on a GPU: with 64 its ``[BM, BK]`` pair tiles take stage 3 over 128
-    registers; 16 under the interpreter, so a tile there has two K-blocks too) and ``BK1`` of a
-    stage-1 K-block (64, or 16); ``BP`` the head channels per program (at
+    of its 8 warps, none duplicated; 64 when ``exact``, float32 inputs whose dots run on the
+    FMA units, where 128 spills three times more; 32 under the interpreter; at most ``T``);
+    ``BK`` the tokens of a stage-3 K-block (32 on a GPU: with 64 its ``[BM, BK]`` pair tiles
+    take stage 3 over 128 registers; 16 under the interpreter, so a tile there has two K-blocks
+    too) and ``BK1`` of a stage-1 K-block (64, or 16); ``BP`` the head channels per program (at
     most 64); ``BN`` the state (all of it in stage 3, at most 128 per stage-1 program);
     ``BLOCK`` the state elements per state-pass program; ``warps`` of stages 1 and 3 (stage 2
     runs 4)."""
@@ -65,7 +70,7 @@ def block_sizes(
     n = _triton.block_size(state_size)
     return dict(
         T=chunk,
-        BM=min(chunk, 32 if interpreter else 128),
+        BM=min(chunk, 32 if interpreter else 64 if exact else 128),
         BK=min(chunk, 16 if interpreter else 32),
         BK1=min(chunk, 16 if interpreter else 64),
         BP=min(64, _triton.block_size(head_dim)),
@@ -176,7 +181,8 @@ def ssd_triton(
     launch = KernelInstrumentation.build(instr)
     f32 = dict(dtype=torch.float32, device=device)
     spare = _triton.dummy(device)
-    tiles = block_sizes(head_dim, state_size, chunk_size)
+    ieee = _triton.INTERPRETING or x.dtype == torch.float32
+    tiles = block_sizes(head_dim, state_size, chunk_size, exact=ieee)
     chunk, tile = tiles["T"], tiles["BM"]
     chunks = _triton.cdiv(length, chunk)
     padded = chunks * chunk
@@ -192,7 +198,6 @@ def ssd_triton(
         token_seg, state_seg = segments(reset, launch, length)
     if D is not None:
         D = (D[:, None].expand(heads, head_dim) if D.dim() == 1 else D).to(torch.float32)
-    ieee = _triton.INTERPRETING or x.dtype == torch.float32
     dot_dtype = tl.float32 if ieee else DOT_DTYPES[x.dtype]
     x, B, C = x.contiguous(), B.contiguous(), C.contiguous()
     initial, final, emit_t, emit_s, emitted, inj_t, inj_s, inj_v, inj_scale = launch.pointers(spare)
