@@ -59,7 +59,10 @@ def test_selective_scan_shared_and_grouped_B_C():
     shared = torch.randn(dim, state)
     grouped = torch.randn(batch, groups, state, length)
     per_channel = grouped.repeat_interleave(dim // groups, dim=1)  # [B, D, N, L]
-    out = kernels.selective_scan(u, delta, A, shared, grouped, output_final_state=True)
+    # softplus makes every time step positive, as in the models: a negative step grows the
+    # state by exp(|delta * A|) per token and overflowed to nan at some seeds (564378001)
+    opts = dict(delta_softplus=True, output_final_state=True)
+    out = kernels.selective_scan(u, delta, A, shared, grouped, **opts)
     # One channel at a time: with G = 1 and B constant in time, channel d sees its own row.
     for d in range(dim):
         single = kernels.selective_scan(
@@ -68,7 +71,7 @@ def test_selective_scan_shared_and_grouped_B_C():
             A[d : d + 1],
             shared[d].view(1, 1, state, 1).expand(batch, 1, state, length),
             per_channel[:, d : d + 1],
-            output_final_state=True,
+            **opts,
         )
         assert_close(single.y[:, 0], out.y[:, d])
         assert_close(single.final_state[:, 0], out.final_state[:, d])
