@@ -88,39 +88,33 @@ def test_short_demo_writes_every_report_file_and_a_table(tmp_path, monkeypatch, 
     assert all(
         all(key not in entry for key in ("steering", "lens", "elk")) for entry in summary["models"]
     )
-    # A second run reuses the cache and replaces the report.
-    assert main([*argv, "--models", "quirky-mamba"]) == 0
-    assert json.loads((out / "summary.json").read_text())["models"][0]["name"] == "quirky-mamba"
-
-
-def test_short_demo_patching_section(tmp_path, monkeypatch):
-    """The patching section on one quirky model: operand patching and character tracing, each
-    site's peak as the saved sweep has it, the heatmaps; the last layer's residual at the last
-    token recovers the whole gap, whatever the model."""
+    # The patching section: operand patching and character tracing on each quirky model, each
+    # site's peak as the saved sweep has it, the heatmaps; the last layer's residual at the last
+    # token recovers the whole gap, whatever the model.
     from statetap.interp.patching import load_result
 
-    monkeypatch.setenv("STATETAP_CACHE", str(tmp_path / "cache"))
-    out = tmp_path / "report"
-    argv = ["demo", "--short", "--out", str(out), "--texts", "8", "--repeats", "1"]
-    assert main([*argv, "--models", "quirky-rwkv7"]) == 0
-    rows = json.loads((out / "summary.json").read_text())["patching"]
-    assert [(r["model"], r["task"], r["method"]) for r in rows] == [
-        ("quirky-rwkv7", "operand", "activation patching"),
-        ("quirky-rwkv7", "character", "causal tracing"),
+    patching = summary["patching"]
+    assert [(r["model"], r["task"], r["method"]) for r in patching] == [
+        (m, task, method)
+        for m in quirky
+        for task, method in (("operand", "activation patching"), ("character", "causal tracing"))
     ]
-    for row in rows:
-        result = load_result(out / "patching" / "quirky-rwkv7" / row["task"])
+    for row in patching:
+        result = load_result(out / "patching" / row["model"] / row["task"])
         for peak in row["peaks"]:
             layer, position, effect = result.peak(peak["site"])
             assert (peak["layer"], peak["position"]) == (layer, position)
             assert peak["effect"] == pytest.approx(effect)
         assert all((out / figure).stat().st_size > 0 for figure in row["figures"])
-    operand = load_result(out / "patching" / "quirky-rwkv7" / "operand")
-    gap = (operand.clean - operand.corrupt).abs() > 1e-3
-    assert operand.effect["residual"][gap, -1, -1].tolist() == pytest.approx(
-        [1.0] * int(gap.sum()), abs=1e-4
-    )
-    assert "## Activation patching and causal tracing" in (out / "report.md").read_text()
+        if row["task"] == "operand":
+            gap = (result.clean - result.corrupt).abs() > 1e-3
+            assert result.effect["residual"][gap, -1, -1].tolist() == pytest.approx(
+                [1.0] * int(gap.sum()), abs=1e-4
+            )
+    assert "## Activation patching and causal tracing" in report
+    # A second run reuses the cache and replaces the report.
+    assert main([*argv, "--models", "quirky-mamba"]) == 0
+    assert json.loads((out / "summary.json").read_text())["models"][0]["name"] == "quirky-mamba"
 
 
 def test_demo_config_refuses_unknown_models_and_bad_counts(tmp_path):
