@@ -285,20 +285,26 @@ def test_causal_trace_equals_restoring_each_site_by_hand(tap, fresh_seed):
     corrupt = torch.stack(corrupted).mean()
     assert rel_error(corrupt, result.corrupt[0]) <= 1e-5
     for site in result.sites:
-        for layer in result.layers[site]:
-            for t in result.positions:
-                restored = torch.stack(
-                    [
-                        probability(
-                            _naive(tap, prompts, prompts, site, layer, t, noise[s : s + 1])[None],
-                            pair,
-                        )
-                        for s in range(samples)
-                    ]
-                ).mean()
-                assert (
-                    abs(float(restored - corrupt) - float(result.effect[site][0, layer, t])) <= 1e-5
-                )
+        layers = result.layers[site]
+        # the naive loop at a fresh random sample of (layer, position), first and last included
+        entries = [(layers[0], result.positions[0]), (layers[-1], result.positions[-1])] + [
+            (layers[int(i)], result.positions[int(j)])
+            for i, j in zip(
+                torch.randint(len(layers), (SAMPLED,)),
+                torch.randint(len(result.positions), (SAMPLED,)),
+            )
+        ]
+        for layer, t in entries:
+            restored = torch.stack(
+                [
+                    probability(
+                        _naive(tap, prompts, prompts, site, layer, t, noise[s : s + 1])[None],
+                        pair,
+                    )
+                    for s in range(samples)
+                ]
+            ).mean()
+            assert abs(float(restored - corrupt) - float(result.effect[site][0, layer, t])) <= 1e-5
 
 
 def test_causal_trace_is_seeded_and_checks_its_input(tap):
