@@ -464,7 +464,7 @@ def load_foreign_folder(
     ]
     if disagree:
         raise ValueError(f"{path}: config.json disagrees with the weights: {'; '.join(disagree)}")
-    keep_special_ids(model, config)
+    keep_special_ids(model, PreTrainedConfig.get_config_dict(path, **hub)[0])
     return model.eval()
 
 
@@ -472,15 +472,16 @@ def load_foreign_folder(
 SPECIAL_IDS = ("pad_token_id", "bos_token_id", "eos_token_id")
 
 
-def keep_special_ids(model, config: PreTrainedConfig) -> None:
-    """Give ``model`` (its config and generation config) the pad, bos and eos ids of the port's
-    ``config`` (fla's RWKV-7: pad None, bos 1, eos 2): the model is rebuilt from the weights,
-    whose config would otherwise carry the World tokenizer's ids (0) instead of the port's."""
+def keep_special_ids(model, stated: dict) -> None:
+    """Give ``model`` (its config and generation config) the pad, bos and eos ids that the
+    port's ``config.json`` (``stated``, as read) states, None included (fla's RWKV-7: pad None,
+    bos 1, eos 2): the model is rebuilt from the weights, whose config would otherwise carry the
+    World tokenizer's ids (0) instead of the port's.  An id the file does not state stays 0."""
     for name in SPECIAL_IDS:
-        value = getattr(config, name, None)
-        setattr(model.config, name, value)
-        if model.generation_config is not None:
-            setattr(model.generation_config, name, value)
+        if name in stated:
+            setattr(model.config, name, stated[name])
+            if model.generation_config is not None:
+                setattr(model.generation_config, name, stated[name])
 
 
 def set_norm_epsilons(model, group_norm_epsilon: float, layer_norm_epsilon: float) -> None:
