@@ -73,6 +73,26 @@ def _state(cache, site: str, layer: int) -> torch.Tensor:
     return getattr(cache.layers[layer], CACHE_FIELDS[site])[0]
 
 
+@pytest.fixture
+def delta_rule_calls(monkeypatch):
+    """The token counts ``L`` of every call of ``statetap.kernels.delta_rule`` (the sequence op)
+    and ``delta_rule_step`` (``L = 1``, the decode step) during the test, by name."""
+    calls = {"delta_rule": [], "delta_rule_step": []}
+
+    def counted(name: str, length_of):
+        function = getattr(statetap.kernels, name)
+
+        def call(*args, **kwargs):
+            calls[name].append(length_of(args[0]))
+            return function(*args, **kwargs)
+
+        monkeypatch.setattr(statetap.kernels, name, call)
+
+    counted("delta_rule", lambda query: query.shape[1])
+    counted("delta_rule_step", lambda query: 1)
+    return calls
+
+
 def _greedy(model, cache, logits: torch.Tensor, steps: int, after_each=None):
     """Greedy tokens from ``logits`` ``[B, V]`` feeding each back after ``cache`` (in place)
     with the model's own forward; ``after_each(cache)`` edits the cache after each fed token.
@@ -215,29 +235,36 @@ def test_residual_and_mixer_sites_equal_forward_hooks(model, tap, site):
 
 
 @torch.no_grad()
-def test_steered_generation_equals_a_greedy_loop_on_the_edited_cache(model, tap):
-    """tap.generate with the matrix state injected at the last prompt token and the
-    convolution window at every fed-back token (the one-token decode path) == the model's own
-    greedy loop editing its cache at the same points; the emitted states are that cache's."""
-    prompt, new, layer = _ids(2, 6), 4, STATE_LAYERS[-1]
+def test_steered_generation_equals_a_greedy_loop_on_the_edited_cache(model, tap, delta_rule_calls):
+    """tap.generate with the last layer's matrix state injected at the last prompt token, and
+    the first layer's matrix state and convolution window at every fed-back token, each of
+    which runs the in-place decode step ``delta_rule_step``, == the model's own greedy loop
+    editing its cache at the same points; the states emitted by the steps are that cache's."""
+    prompt, new, layer, first = _ids(2, 6), 4, STATE_LAYERS[-1], STATE_LAYERS[0]
     recurrent = torch.randn(tap.site_shape("recurrent"))
+    decoded = torch.randn(tap.site_shape("recurrent"))
     window = torch.randn(tap.site_shape("conv"))
     options = GREEDY | dict(max_new_tokens=new, attention_mask=torch.ones_like(prompt))
     generated = tap.generate(
         prompt,
         inject=[
             statetap.Inject("recurrent", layer, recurrent, positions=-1, scale=1.5),
-            statetap.Inject("conv", STATE_LAYERS[0], window, positions="new", scale=0.5),
+            statetap.Inject("recurrent", first, decoded, positions="new", scale=0.25),
+            statetap.Inject("conv", first, window, positions="new", scale=0.5),
         ],
         emit=[statetap.Emit("recurrent", layer, positions="new")],
         **options,
     )
+    # the prompt through the sequence op, each fed-back token through the step, per delta layer
+    assert delta_rule_calls["delta_rule"] == [prompt.shape[1]] * len(STATE_LAYERS)
+    assert len(delta_rule_calls["delta_rule_step"]) == (new - 1) * len(STATE_LAYERS)
     out = model(prompt, use_cache=True)
     _state(out.cache, "recurrent", layer).add_(1.5 * recurrent)
     states = []
 
     def edit(cache):
-        _state(cache, "conv", STATE_LAYERS[0]).add_(0.5 * window)
+        _state(cache, "recurrent", first).add_(0.25 * decoded)
+        _state(cache, "conv", first).add_(0.5 * window)
         states.append(_state(cache, "recurrent", layer).clone())
 
     tokens, scores = _greedy(model, out.cache, out.logits[:, -1], new, edit)
@@ -316,11 +343,17 @@ def test_right_padding_keeps_the_outputs_and_what_padding_would_change_is_refuse
 
 @torch.no_grad()
 @pytest.mark.parametrize("rest", [1, 4], ids=["one-token", "several-tokens"])
-def test_resuming_from_a_state_equals_one_pass(model, tap, rest):
+def test_resuming_from_a_state_equals_one_pass(model, tap, rest, delta_rule_calls):
+    """A continuation of one token runs the decode step, emitting there; several tokens the
+    sequence op."""
     ids, cut = _ids(), LENGTH - rest
     whole = tap.run(ids, emit=[statetap.Emit("state", positions=[cut - 1, cut])])
     prompt = tap.run(ids[:, :cut], keep_state=True)
+    del delta_rule_calls["delta_rule"][:], delta_rule_calls["delta_rule_step"][:]
     resumed = tap.run(ids[:, cut:], state=prompt.state, emit=[statetap.Emit("state", positions=0)])
+    steps = len(STATE_LAYERS) if rest == 1 else 0
+    assert len(delta_rule_calls["delta_rule_step"]) == steps
+    assert len(delta_rule_calls["delta_rule"]) == len(STATE_LAYERS) - steps
     _close(model(ids).logits[:, cut:], resumed.logits)
     for site in CACHE_FIELDS:
         for layer in STATE_LAYERS:

@@ -9,7 +9,8 @@ through ``causal_conv1d_forward``) and a chunked / recurrent delta rule
 (``torch_chunk_gated_delta_rule`` / ``torch_recurrent_gated_delta_rule``; Kimi's
 ``chunk_kimi_delta_attention`` / ``recurrent_kimi_delta_attention``).  During a pass those names
 point at statetap's: the delta rule runs through :func:`statetap.kernels.delta_rule` with the
-layer's emission and injection, and the convolution window becomes the ``"conv"`` site
+layer's emission and injection (a decode token through the in-place step
+:func:`statetap.kernels.delta_rule_step`), and the convolution window becomes the ``"conv"`` site
 (:mod:`statetap.adapters.conv`), convolved by statetap's torch convolution.
 
 transformers 5.25 wraps each of those functions in ``use_kernel_func_from_hub_with_fallback``,
@@ -116,8 +117,11 @@ class DeltaRuleHybrid(HybridMamba):
         """A drop-in for the modeling module's chunked or recurrent delta rule ``upstream``
         (``query``/``key`` ``[B, L, HK, K]``, ``value`` ``[B, L, HV, V]``, ``g`` ``[B, L, HV]``
         or ``[B, L, HV, K]``, ``beta`` ``[B, L, HV]``, ``initial_state`` ``[B, HV, K, V]``)
-        computed by :func:`statetap.kernels.delta_rule` with the running layer's
-        ``"recurrent"`` work.  Returns ``(output [B, L, HV, V], final state or None)``.
+        computed with the running layer's ``"recurrent"`` work by
+        :func:`statetap.kernels.delta_rule_step` for a decode token (``L = 1`` continuing from
+        a state: the cache's float32 state is updated in place, as transformers' cache layer
+        expects), else :func:`statetap.kernels.delta_rule`.  Returns
+        ``(output [B, L, HV, V], final state or None)``.
 
         ``chunk_size`` is transformers' own choice of blocking, which statetap's kernels make
         for themselves; packed sequences (``cu_seqlens``) raise ValueError; other keyword
@@ -144,20 +148,36 @@ class DeltaRuleHybrid(HybridMamba):
                     f"{type(self.model).__name__}: pass one sequence per row (padded) instead"
                 )
             ops = pass_.at(RECURRENT)
-            out = kernels.delta_rule(
-                query,
-                key,
-                value,
-                g,
-                beta,
-                initial_state=None if initial_state is None else initial_state.float(),
-                output_final_state=output_final_state,
-                use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
-                **({} if ops is None else ops.kernel_arguments()),
-            )
+            instrumentation = {} if ops is None else ops.kernel_arguments()
+            if query.shape[1] == 1 and initial_state is not None and output_final_state:
+                state = initial_state.float().contiguous()  # the cache's own tensor if it can
+                out = kernels.delta_rule_step(
+                    query[:, 0],
+                    key[:, 0],
+                    value[:, 0],
+                    g[:, 0],
+                    beta[:, 0],
+                    state,
+                    use_qk_l2norm_in_kernel,
+                    **instrumentation,
+                )
+                y = out.y[:, None]
+            else:
+                out = kernels.delta_rule(
+                    query,
+                    key,
+                    value,
+                    g,
+                    beta,
+                    initial_state=None if initial_state is None else initial_state.float(),
+                    output_final_state=output_final_state,
+                    use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
+                    **instrumentation,
+                )
+                y = out.y
             if out.states is not None:
                 pass_.store(RECURRENT, pass_.layer, ops.expand_states(out.states))
-            return out.y, out.final_state
+            return y, out.final_state
 
         return run
 
