@@ -8,8 +8,9 @@ are named as in the paper: ``A`` / ``B`` (Alice's / Bob's prompts), with ``E`` (
 difficulty quantile <= 0.25) or ``H`` (hard: >= 0.75) appended.
 
 For every probe, feature site (``"residual"``, a state component, or ``"state"``: every
-component of the layer), layer (each one, and ``"all"``: the site of every layer side by side,
-for the state the model's whole recurrent memory) and training set
+component of the layer), layer (each one the site is read at, named by its index in the model:
+on a hybrid the state sites only at its recurrent layers; and ``"all"``: the site of every such
+layer side by side, for the state the model's whole recurrent memory) and training set
 (``A`` or ``AE``; trained on Alice's labels, which are the truth), each test set gets two
 AUROCs: against the truth (``alice_label``) and against Bob's labels. A probe that reports what
 the model *knows* keeps a high truth AUROC on ``B``, where the model's own output follows Bob.
@@ -210,9 +211,10 @@ def run_experiments(
     unknown = [s for s in sites if s not in features.sites]
     if unknown:
         raise ValueError(f"sites: {unknown} are not among the features' {features.sites}")
-    layers: list[int | str] = list(range(features.num_layers))
-    if config.all_layers and features.num_layers > 1:
-        layers.append(ALL_LAYERS)
+    layers: dict[str, list[int | str]] = {site: list(features.layers[site]) for site in sites}
+    for each in layers.values():
+        if config.all_layers and len(each) > 1:
+            each.append(ALL_LAYERS)
     truth = torch.tensor([e.alice_label for e in examples])
     bob = torch.tensor([e.bob_label for e in examples])
     train = {s: _rows(masks[s] & fits, f"training set {s}") for s in config.train_sets}
@@ -231,7 +233,7 @@ def run_experiments(
     jobs = [
         (probe, site, layer, trained)
         for site in sites
-        for layer in layers
+        for layer in layers[site]
         for probe in config.probes
         for trained in config.train_sets
     ]
@@ -331,7 +333,7 @@ def _fit(
     probe: str,
     features: QuirkyFeatures,
     site: str,
-    layer: int,
+    layer: int | str,
     rows: torch.Tensor,
     truth: torch.Tensor,
     config: ElkConfig,
@@ -345,11 +347,11 @@ def _fit(
         fitted = kind()
     if paired:
         return fitted.fit(
-            _at(features.statement, site, layer, rows),
+            _at(features, "statement", site, layer, rows),
             truth[rows],
-            negation=_at(features.negation, site, layer, rows),
+            negation=_at(features, "negation", site, layer, rows),
         )
-    return fitted.fit(_at(features.prompt, site, layer, rows), truth[rows])
+    return fitted.fit(_at(features, "prompt", site, layer, rows), truth[rows])
 
 
 def _score(
@@ -357,24 +359,24 @@ def _score(
     probe: str,
     features: QuirkyFeatures,
     site: str,
-    layer: int,
+    layer: int | str,
     rows: torch.Tensor,
 ) -> torch.Tensor:
     if PROBES[probe][1]:
         return fitted.score(
-            _at(features.statement, site, layer, rows),
-            negation=_at(features.negation, site, layer, rows),
+            _at(features, "statement", site, layer, rows),
+            negation=_at(features, "negation", site, layer, rows),
         )
-    return fitted.score(_at(features.prompt, site, layer, rows))
+    return fitted.score(_at(features, "prompt", site, layer, rows))
 
 
 def _at(
-    features: dict[str, torch.Tensor], site: str, layer: int | str, rows: torch.Tensor
+    features: QuirkyFeatures, side: str, site: str, layer: int | str, rows: torch.Tensor
 ) -> torch.Tensor:
-    """``[R, D]`` of one layer, or ``[R, layers * D]`` for :data:`ALL_LAYERS`."""
-    if layer == ALL_LAYERS:
-        return features[site][rows].flatten(1)
-    return features[site][rows, layer]
+    """``[R, D]`` of ``side`` (``"prompt"``, ``"statement"`` or ``"negation"``) at model layer
+    ``layer``, or ``[R, layers(site) * D]`` for :data:`ALL_LAYERS`."""
+    found = getattr(features, side)[site][rows]
+    return found.flatten(1) if layer == ALL_LAYERS else found[:, features.at(site, layer)]
 
 
 def _gap_recovered(probe_auroc: float | None, tested: str, model_auroc: dict) -> float | None:

@@ -3,8 +3,10 @@
 Rows are plain dicts so that the JSON file is the whole record:
 
 * ``probes``: ``probe, site, layer, train, test, auroc_truth, auroc_bob, n, gap_recovered``
-  (one per probe, feature site, layer, training set and test set; an AUROC is None where the
-  test set holds one class of those labels, ``gap_recovered`` is None off Bob's test sets);
+  (one per probe, feature site, layer, training set and test set; ``layer`` is the layer's
+  index in the model, a hybrid's state sites naming its recurrent layers, or ``"all"``; an
+  AUROC is None where the test set holds one class of those labels, ``gap_recovered`` is None
+  off Bob's test sets);
 * ``model``: ``test, auroc_truth, auroc_bob, n`` of the model's log-odds;
 * ``anomaly``: ``site, probe, auroc, n_fit, n_normal, n_anomalous``;
 * ``meta``: the model, its identity (``statetap.interp.provenance.model_identity``), the
