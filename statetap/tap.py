@@ -150,6 +150,9 @@ class Tap:
         offload: bool = False,
         requires_grad: bool = False,
         stop_after: int | None = None,
+        start_at: int | None = None,
+        start_residual: torch.Tensor | None = None,
+        logits_at: PositionSpec | None = None,
         **model_kwargs,
     ) -> TapResult:
         """One forward pass of ``input_ids`` ``[B, L]`` with the given emissions and injections.
@@ -172,6 +175,23 @@ class Tap:
                 start, so no later layer and no logits are computed; ``result.logits`` and
                 ``result.output`` are then None.  Every emission and injection must be at or
                 before it, and ``keep_state`` is refused (there is no cache).
+            start_at, start_residual: run the model only from block ``start_at`` (``0 ..
+                n_layers``; ``n_layers``: the final norm alone), with ``start_residual``
+                ``[B, L, H]`` (the model's dtype) as the residual stream entering it, i.e. what
+                the ``"residual"`` site of layer ``start_at - 1`` reads (the embeddings for 0).
+                The earlier blocks do not run (their cost is saved): the tokens still go through
+                the embedding, but nothing of it reaches the blocks that run except through
+                ``start_residual``.  Every emission and injection must be at ``start_at`` or
+                later; the states of the later layers are ``state``'s (or empty), so a pass
+                fed the full run's residual stream and states gives the full run's logits.
+                ``keep_state`` is refused (the earlier layers' states would not advance), and
+                so is a model whose blocks hand each other more than the residual stream
+                (RWKV-7's ``v_first``, mamba-ssm's split stream) for ``start_at > 0``.
+            logits_at: compute the logits only at these positions (see
+                :mod:`statetap.positions`; ``"last"``: each row's last real token): the final
+                norm's output is gathered there before the unembedding, so ``result.logits`` is
+                ``[B, P, V]`` and the unembedding costs ``P`` tokens a row, not ``L``.  Refused
+                with ``keep_state`` and ``stop_after``.
             model_kwargs: passed to the model.
 
         Raises:
@@ -201,6 +221,15 @@ class Tap:
         self.plan(pass_, emit, inject, positions_of)
         if stop_after is not None:
             stop_after = self._check_stop(pass_, stop_after, keep_state)
+        if start_at is not None or start_residual is not None:
+            start_at = self._check_start(
+                pass_, start_at, start_residual, keep_state, stop_after, input_ids
+            )
+        kept_logits = None
+        if logits_at is not None:
+            if keep_state or stop_after is not None:
+                raise ValueError("logits_at cannot go with keep_state or stop_after")
+            kept_logits = resolve_positions(logits_at, batch, length, attention_mask, "logits_at")
         cache = None
         mask = real_tokens(batch, length, attention_mask).to(input_ids.device)
         model_mask = attention_mask
@@ -221,8 +250,18 @@ class Tap:
             if stop_after is None
             else self.adapter.stopping_after(stop_after)
         )
+        starting = (
+            contextlib.nullcontext()
+            if start_at is None
+            else self.adapter.starting_at(start_at, start_residual)
+        )
+        gathering = (
+            contextlib.nullcontext()
+            if kept_logits is None
+            else self.adapter.final_norm_at(kept_logits.to(self.device))
+        )
         try:
-            with autograd, self.adapter.instrument(pass_), stopping:
+            with autograd, self.adapter.instrument(pass_), stopping, starting, gathering:
                 output, cache = self.adapter.forward(
                     input_ids, model_mask, cache, keep_state, **model_kwargs
                 )
@@ -267,6 +306,49 @@ class Tap:
                 "come later"
             )
         return layer
+
+    def _check_start(
+        self,
+        pass_: Pass,
+        start_at: object,
+        residual: object,
+        keep_state: bool,
+        stop_after: int | None,
+        input_ids: torch.Tensor,
+    ) -> int:
+        n = self.adapter.n_layers
+        if start_at is None or residual is None:
+            raise ValueError("start_at and start_residual go together: pass both or neither")
+        if not isinstance(start_at, int) or isinstance(start_at, bool) or not 0 <= start_at <= n:
+            raise ValueError(
+                f"start_at must be an int in 0 .. {n} (the model's layers), got {start_at!r}"
+            )
+        expected = [*input_ids.shape, self.adapter.hidden_size]
+        if not isinstance(residual, torch.Tensor) or list(residual.shape) != expected:
+            raise ValueError(
+                f"start_residual must be a [B, L, H] = {expected} tensor, got "
+                f"{getattr(residual, 'shape', type(residual).__name__)!r}"
+            )
+        dtype = next(self.model.parameters()).dtype
+        if residual.dtype != dtype or residual.device != self.device:
+            raise TypeError(
+                f"start_residual must be {dtype} on {self.device} (the model's), got "
+                f"{residual.dtype} on {residual.device}"
+            )
+        if keep_state:
+            raise ValueError(
+                "start_at skips the layers before it, whose states then do not advance: there "
+                "is no state to keep"
+            )
+        if stop_after is not None and stop_after < start_at:
+            raise ValueError(f"stop_after={stop_after} ends the pass before start_at={start_at}")
+        before = sorted(key for key in pass_.ops if key[1] < start_at)
+        if before:
+            raise ValueError(f"start_at={start_at} skips the layers of {before}")
+        refusal = self.adapter.start_refusal(start_at)
+        if refusal is not None:
+            raise ValueError(refusal)
+        return start_at
 
     # ------------------------------------------------------------------ planning
     def _check_site(self, site: str, allow_group: bool) -> None:

@@ -14,6 +14,7 @@ recurrence through :mod:`statetap.kernels` for the length of one instrumented pa
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 from collections.abc import Callable, Iterator
 
@@ -65,6 +66,27 @@ def evaluating(model: nn.Module) -> Iterator[None]:
     finally:
         for module, training in modes.items():
             module.training = training
+
+
+@contextlib.contextmanager
+def replaced_forward(module: nn.Module, forward: Callable) -> Iterator[None]:
+    """``module`` runs ``forward`` instead of its own forward within the block (its hooks still
+    run around it)."""
+    own = module.__dict__.get("forward")
+    module.forward = forward
+    try:
+        yield
+    finally:
+        if own is None:
+            del module.forward
+        else:
+            module.forward = own
+
+
+def block_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The hidden-states input of a block's forward call: its first positional argument, or
+    the keyword ``hidden_states``."""
+    return args[0] if args else kwargs["hidden_states"]
 
 
 def stop_forward(*args) -> None:
@@ -313,6 +335,76 @@ class Adapter:
         :meth:`instrument`, so that the hooks of ``layer`` run first."""
         with hooked([self.stop_hook(layer)]):
             yield
+
+    @contextlib.contextmanager
+    def final_norm_at(self, positions: torch.Tensor) -> Iterator[None]:
+        """Within the block, the final norm's output ``[B, L, H]`` is cut to ``positions``
+        ``[B, P]`` (:func:`gather_positions`), so the unembedding after it computes ``[B, P]``
+        logits only."""
+
+        def gather(module, args, output):
+            return gather_positions(output, positions)
+
+        with hooked([self.final_norm.register_forward_hook(gather)]):
+            yield
+
+    def start_module(self, layer: int) -> nn.Module:
+        """The module whose input is the residual stream entering block ``layer``: block 0 for
+        layer 0, else :meth:`following` ``(layer - 1)`` (the final norm for ``n_layers``)."""
+        return self.blocks[0] if layer == 0 else self.following(layer - 1)
+
+    def start_refusal(self, layer: int) -> str | None:
+        """Why a pass cannot start at block ``layer`` (:meth:`starting_at`), or None where it
+        can: the blocks before it hand later blocks more than the residual stream.  Here every
+        start is possible."""
+        return None
+
+    def skipped_block(self, layer: int, args: tuple, kwargs: dict) -> object:
+        """What block ``layer`` returns, without running, in a pass that starts after it
+        (:meth:`starting_at`): its hidden-states input passed through, in the form the model's
+        loop over blocks unpacks.  Here the tensor itself; adapters whose blocks return tuples
+        override it."""
+        return block_input(args, kwargs)
+
+    @contextlib.contextmanager
+    def starting_at(self, layer: int, residual: torch.Tensor) -> Iterator[None]:
+        """Within the block, a forward pass runs only blocks ``layer ..`` (``layer`` may be
+        :attr:`n_layers`: the final norm alone), from ``residual`` ``[B, L, H]``, the residual
+        stream entering block ``layer`` (what the ``"residual"`` site of ``layer - 1`` reads).
+
+        The blocks before it return their input without running (:meth:`skipped_block`), so
+        their mixers, caches and hooks are not touched; the input of :meth:`start_module` is
+        replaced by ``residual`` before any other hook there sees it.  The embeddings still run
+        (the model's forward takes the token ids, its masks and positions from them).
+
+        Raises:
+            ValueError: the adapter cannot start there (:meth:`start_refusal`).
+        """
+        refusal = self.start_refusal(layer)
+        if refusal is not None:
+            raise ValueError(refusal)
+
+        def swap(module, args, kwargs):
+            if args:
+                return (residual, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": residual}
+
+        with contextlib.ExitStack() as stack:
+            for skipped in range(layer):
+                stack.enter_context(
+                    replaced_forward(
+                        self.blocks[skipped],
+                        functools.partial(self._skip_block, skipped),
+                    )
+                )
+            handle = self.start_module(layer).register_forward_pre_hook(
+                swap, with_kwargs=True, prepend=True
+            )
+            stack.enter_context(hooked([handle]))
+            yield
+
+    def _skip_block(self, layer: int, *args, **kwargs) -> object:
+        return self.skipped_block(layer, args, kwargs)
 
     def instrument_state(self, pass_: Pass, stack: contextlib.ExitStack) -> None:
         """Whatever else, beyond :meth:`substitutions`, routes the side states through

@@ -38,6 +38,7 @@ import inspect
 
 import torch
 
+from statetap.adapters.base import block_input
 from statetap.adapters.hybrid_padding import BiasFreePadding
 from statetap.adapters.mamba import Mamba2Adapter, _MambaFamily
 from statetap.adapters.upstream import cache_argument, drift
@@ -146,6 +147,9 @@ class BambaAdapter(BiasFreePadding, HybridMamba, Mamba2Adapter):
     token_mixer_attributes = ("mamba", "self_attn")
     mamba_mixer_class = "BambaMixer"
     bias_option = "mamba_proj_bias"
+
+    def skipped_block(self, layer: int, args: tuple, kwargs: dict) -> object:
+        return block_input(args, kwargs), None  # BambaDecoderLayer -> (hidden, attn weights)
 
     def forward(self, input_ids, attention_mask, cache, keep_state, **kwargs):
         """As :meth:`HybridMamba.forward`, with ``position_ids`` after the cached tokens when the

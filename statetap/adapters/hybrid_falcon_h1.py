@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from statetap.adapters.base import block_input
 from statetap.adapters.hybrid import HybridMamba
 from statetap.adapters.hybrid_padding import BiasFreePadding
 from statetap.adapters.mamba import Mamba2Adapter
@@ -51,6 +52,9 @@ class FalconH1Adapter(BiasFreePadding, HybridMamba, Mamba2Adapter):
         """The output embedding followed by ``lm_head_multiplier``, as the model computes its
         logits from the final norm's output ``[..., H]``."""
         return _Scaled(self.model.get_output_embeddings(), self.model.model.lm_head_multiplier)
+
+    def skipped_block(self, layer: int, args: tuple, kwargs: dict) -> object:
+        return (block_input(args, kwargs),)  # FalconH1DecoderLayer -> (hidden,)
 
 
 class _Scaled(nn.Module):

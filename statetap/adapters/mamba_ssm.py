@@ -152,6 +152,15 @@ class MambaSsmAdapter(MambaAdapter):
 
         return self.blocks[layer].register_forward_hook(hook)
 
+    def start_refusal(self, layer: int) -> str | None:
+        if layer > 0:
+            return (
+                f"start_at={layer}: mamba-ssm's blocks hand each other the residual stream as two "
+                "tensors (hidden, residual) whose split the 'residual' site does not keep, so a "
+                "MambaLMHeadModel pass can only start at layer 0"
+            )
+        return None
+
     def stop_hook(self, layer: int):
         # the residual stream is read from the block's own output (:meth:`hook_residual`)
         return self.blocks[layer].register_forward_hook(stop_forward)

@@ -105,6 +105,10 @@ class RwkvAdapter(Adapter):
     def output_cache(self, output):
         return output.state
 
+    def skipped_block(self, layer: int, args: tuple, kwargs: dict) -> object:
+        # RwkvBlock(hidden, state=...) -> (hidden, state, attentions)
+        return args[0], kwargs.get("state"), None
+
     def check_run(self, batch: int, length: int, continues: bool) -> None:
         if continues and length == 1 and batch > 1:
             # RwkvSelfAttention reads the [B, C] token-shift state against [B, 1, C] inputs

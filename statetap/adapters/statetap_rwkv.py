@@ -106,6 +106,19 @@ class StatetapRwkvAdapter(Adapter):
         stack.enter_context(self.model.instrumented(source))
         return stack
 
+    def start_refusal(self, layer: int) -> str | None:
+        if layer > 0 and self.model.config.model_type == "statetap_rwkv7":
+            return (
+                f"start_at={layer}: every RWKV-7 layer after the first mixes in layer 0's value "
+                "(v_first), which the residual stream does not carry, so an RWKV-7 pass can only "
+                "start at layer 0"
+            )
+        return None
+
+    def skipped_block(self, layer: int, args: tuple, kwargs: dict) -> object:
+        # RwkvBlock(hidden, cache, mask, instrumentation, v_first) -> (hidden, v_first)
+        return args[0], args[4]
+
     def _state_site(self, site: str) -> str:
         if site not in STATE_SITES:
             raise ValueError(f"{type(self.model).__name__} has no state site {site!r}")
