@@ -56,8 +56,8 @@ def jamba():
 def test_hybrid_state_features_are_the_models_own_cache_at_its_recurrent_layers(jamba):
     tap = statetap.attach(jamba)
     assert list(tap.state_layers) == STATE_LAYERS and tap.adapter.n_layers == 3
-    examples = quirky_addition(3, 1, max_digits=2, seed=int(torch.randint(0, 10**6, ())))[0]
-    found = quirky_features(tap, TOKENIZER, examples, batch_size=5, progress=False)
+    examples = quirky_addition(2, 1, max_digits=2, seed=int(torch.randint(0, 10**6, ())))[0]
+    found = quirky_features(tap, TOKENIZER, examples, batch_size=3, progress=False)
     residual_only = quirky_features(tap, TOKENIZER, examples, state=False, progress=False)
     assert found.layers == {"residual": [0, 1, 2], **{s: STATE_LAYERS for s in ("ssm", "conv")}} | {
         "state": STATE_LAYERS
@@ -172,7 +172,7 @@ def test_cli_run_probes_a_hybrids_state_at_its_recurrent_layers(jamba, tmp_path,
     folder = tmp_path / "model"
     jamba.save_pretrained(folder)
     TOKENIZER.save_pretrained(folder)
-    fit, scored = quirky_addition(40, 40, max_digits=2, seed=11)
+    fit, scored = quirky_addition(16, 16, max_digits=2, seed=11)
     fit = [e for e in fit if e.character == "Alice"]
     write_quirky_rows(tmp_path / "fit.jsonl", fit)
     write_quirky_rows(tmp_path / "rows.jsonl", scored)
