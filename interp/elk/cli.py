@@ -18,10 +18,11 @@
 - ``--dataset arithmetic:OPERATION``: Mallen et al.'s v2 arithmetic generated here
   (``--fit-equations`` / ``--test-equations`` equations).
 
-``--model`` is a zoo name or any transformers folder / hub id. Each (probe, site, layer) is
-written to ``OUT/probes/`` as it finishes; the same command after a kill resumes. Beside every
-table the random-model control: the same probes on the same architecture with random weights
-(``OUT/control``; ``--no-control`` skips it).
+``--model`` is a zoo name or any transformers folder / hub id; on a hybrid (Jamba, Bamba, ...)
+the state sites are probed at its recurrent layers only, every row naming the model's layer
+index. Each (probe, site, layer) is written to ``OUT/probes/`` as it finishes; the same command
+after a kill resumes. Beside every table the random-model control: the same probes on the same
+architecture with random weights (``OUT/control``; ``--no-control`` skips it).
 
 ``lora`` makes a transformers model quirky on Mallen et al.'s v2 arithmetic (or ``--dataset``'s
 rows; :mod:`.quirky_lora`), saves the adapter (with ``lora.json``: the model, data and recipe
