@@ -78,16 +78,4 @@ def activation_patching(
         batch_tokens=batch_tokens,
         same_length=same_length,
     )
-    return PatchingResult(
-        method="activation patching",
-        sites=found.sites,
-        layers=found.layers,
-        positions=found.positions,
-        clean=found.clean.cpu(),
-        corrupt=found.corrupt.cpu(),
-        patched={site: value.cpu() for site, value in found.patched.items()},
-        effect={
-            site: fraction_recovered(value, found.clean, found.corrupt).cpu()
-            for site, value in found.patched.items()
-        },
-    )
+    return found.to_result("activation patching", fraction_recovered)

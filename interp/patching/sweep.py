@@ -1,36 +1,47 @@
 """The layer x position patching sweep, batched: one row per patch, many patches per pass.
 
 A patch puts the *clean* run's value of one site at one (layer, position) into the *corrupted*
-run and reads a metric at the last token.  Nothing before the patched token changes, so no
-patch re-runs the prefix: the corrupted run is run once, emitting every recurrent-state
-component of every layer after every token, and each patch continues from the corrupted
-state just before its first changed token (a :class:`statetap.RecurrentState` per row, built
-with ``select`` and ``edit``):
+run and reads a metric at the last token.  Nothing before the patched token changes, and no
+layer below the patched one: the corrupted run is run once, emitting every recurrent-state
+component of every layer after every token and the residual stream entering every layer, and
+each patch continues from there, running only the tokens after its first changed one and only
+the layers from the patched one up (``Tap.run``'s ``start_at``), with the corrupted state just
+before that token (a :class:`statetap.RecurrentState` per row, built with ``select`` and
+``edit``) and the corrupted residual stream entering that layer:
 
 * a state site at ``(layer, t)``: the state after ``t`` with that layer's component (or every
   component, site ``"state"``) set to the clean one (``set`` between ``t`` and ``t + 1``,
-  exactly editing the model's cache), continued over tokens ``t + 1 ..``;
-* ``residual`` / ``mixer`` at ``(layer, t)``: the state after ``t - 1``, continued over
-  tokens ``t ..`` with the clean activation ``set`` at the first of them (``Inject``).
+  exactly editing the model's cache), continued over tokens ``t + 1 ..`` from ``layer``;
+* ``mixer`` at ``(layer, t)``: the state after ``t - 1``, continued over tokens ``t ..`` from
+  ``layer`` with the clean activation ``set`` at the first of them (``Inject``);
+* ``residual`` at ``(layer, t)`` (the output of block ``layer``): the same from ``layer + 1``
+  (the final norm alone after the last layer), the clean value in place of the corrupted
+  residual stream at token ``t``.
 
-Rows of a pass are any mix of prompts, positions and state sites (the patch is in each row's
-own state); ``residual`` / ``mixer`` passes hold one (site, layer) each (its ``Inject``).
+The logits are computed at each row's last token only (``logits_at``).  Rows of a pass share
+their first layer; within that, any mix of prompts, positions and sites (the patch is in each
+row's own state or input), except that ``mixer`` passes hold one layer each (its ``Inject``).
 Rows are sorted by how many tokens they continue over and cut into passes of at most
 ``batch_tokens`` padded tokens (the memory budget), right-padded.  A state patch after the
 last token changes nothing the metric reads: it is the corrupted run's metric, with no pass.
+
+A hybrid (attention layers beside the recurrent ones) runs every layer of each patch: its
+rows start from the corrupted prefix re-run (the attention layers' cached keys and values
+cannot be rebuilt from the recurrent state), with ``residual`` and ``mixer`` patches as
+``Inject``.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from statetap import Emit, Inject, Tap, TapResult
-from statetap.interp.batches import last_logits
 from statetap.interp.patching.metrics import Metric
+from statetap.interp.patching.result import PatchingResult
 from statetap.interp.steering.vectors import layer_indices
 
 STATE = "state"  # every recurrent-state component of a layer at once
@@ -56,6 +67,34 @@ class SweepMetrics:
     corrupt: torch.Tensor
     patched: dict[str, torch.Tensor]
 
+    def to_result(
+        self,
+        method: str,
+        effect: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+        samples: int = 1,
+        meta: dict | None = None,
+    ) -> PatchingResult:
+        """The :class:`PatchingResult` of ``method``, on the CPU: each run of ``samples``
+        consecutive pairs averaged into one prompt (causal tracing's noise samples), and
+        ``effect(patched [N, layers, positions], clean [N], corrupt [N])`` per site."""
+
+        def per_prompt(value: torch.Tensor) -> torch.Tensor:
+            return value.view(-1, samples, *value.shape[1:]).mean(1).cpu()
+
+        clean, corrupt = per_prompt(self.clean), per_prompt(self.corrupt)
+        patched = {site: per_prompt(value) for site, value in self.patched.items()}
+        return PatchingResult(
+            method=method,
+            sites=self.sites,
+            layers=self.layers,
+            positions=self.positions,
+            clean=clean,
+            corrupt=corrupt,
+            patched=patched,
+            effect={site: effect(value, clean, corrupt) for site, value in patched.items()},
+            meta=meta or {},
+        )
+
 
 @dataclass(frozen=True)
 class _Row:
@@ -64,6 +103,13 @@ class _Row:
     pair: int
     position: int
     start: int  # tokens of the corrupted prompt consumed before the continuation
+    first_layer: int  # the first block the continuation runs (n_layers: the final norm alone)
+
+    @property
+    def injected(self) -> bool:
+        """The patch is an ``Inject`` of the clean activation (else it is in the row's state,
+        or, for ``residual`` from the next layer, in its input)."""
+        return self.site in ACTIVATIONS and self.first_layer <= self.layer
 
 
 def default_sites(tap: Tap) -> list[str]:
@@ -176,22 +222,33 @@ def patch_sweep(
 
     clean_run = tap.run(clean, emit=_clean_emissions(sites, layers_of, components, positions))
     hybrid = tap.adapter.takes_cache_mask  # continuations start from re-run prefixes
-    with embedding_offset(tap, corrupt_offset):
-        corrupt_run = tap.run(
-            corrupt,
-            emit=[] if hybrid else [Emit(STATE, stateful, positions=list(range(length)))],
-            keep_state=length > 1 and not hybrid,
-        )
-    clean_metric = metric(clean_run.logits[:, -1], pairs)
-    corrupt_metric = metric(corrupt_run.logits[:, -1], pairs)
+    n_layers = tap.adapter.n_layers
+    # RWKV-7 and mamba-ssm's blocks hand later ones more than the residual stream
+    from_layer_0 = hybrid or tap.adapter.start_refusal(n_layers) is not None
+
+    def first_layer(site: str, layer: int) -> int:
+        if from_layer_0:
+            return 0
+        return layer + 1 if site == "residual" else layer
 
     rows = [
-        _Row(site, layer, pair, t, t if site in ACTIVATIONS else t + 1)
+        _Row(site, layer, pair, t, t if site in ACTIVATIONS else t + 1, first_layer(site, layer))
         for site in sites
         for layer in layers_of[site]
         for pair in range(n_pairs)
         for t in positions
     ]
+    rows = [row for row in rows if row.start < length]
+    # the residual stream entering each first layer but 0, at every token
+    entering = sorted({row.first_layer - 1 for row in rows if row.first_layer > 0})
+    emit = [] if hybrid else [Emit(STATE, stateful, positions=list(range(length)))]
+    if entering:
+        emit.append(Emit("residual", entering, positions="all"))
+    with embedding_offset(tap, corrupt_offset):
+        corrupt_run = tap.run(corrupt, emit=emit, keep_state=length > 1 and not hybrid)
+    clean_metric = metric(clean_run.logits[:, -1], pairs)
+    corrupt_metric = metric(corrupt_run.logits[:, -1], pairs)
+
     patched = {
         site: corrupt_metric[:, None, None].repeat(1, len(layers_of[site]), len(positions))
         for site in sites
@@ -205,11 +262,10 @@ def patch_sweep(
         positions,
         components,
         stateful,
+        n_layers,
         pad_one_token_rows=not same_length,
     )
-    for batch in _batches(
-        [row for row in rows if row.start < length], length, batch_tokens, same_length
-    ):
+    for batch in _batches(rows, length, batch_tokens, same_length):
         values = metric(context.run(batch), torch.tensor([row.pair for row in batch]))
         for row, value in zip(batch, values.tolist()):
             index = layers_of[row.site].index(row.layer), positions.index(row.position)
@@ -246,12 +302,12 @@ def _clean_emissions(sites, layers_of, components, positions) -> list[Emit]:
 def _batches(
     rows: list[_Row], length: int, batch_tokens: int, same_length: bool
 ) -> Iterator[list[_Row]]:
-    """Rows cut into passes: activation patches by (site, layer, from the start or not), state
-    patches together; longest continuation first, at most ``batch_tokens`` padded tokens."""
+    """Rows cut into passes: by first layer, from the start or not, and the (site, layer) of an
+    ``Inject``; longest continuation first, at most ``batch_tokens`` padded tokens."""
     groups: dict[tuple, list[_Row]] = {}
     for row in rows:
-        key = (row.site, row.layer, row.start == 0) if row.site in ACTIVATIONS else (STATE,)
-        groups.setdefault(key, []).append(row)
+        injected = (row.site, row.layer) if row.injected else None
+        groups.setdefault((row.first_layer, row.start == 0, injected), []).append(row)
     for group in groups.values():
         group.sort(key=lambda row: row.start)
         batch: list[_Row] = []
@@ -280,6 +336,7 @@ class _Context:
     positions: list[int]
     components: list[str]
     stateful: list[int]
+    n_layers: int
     # transformers' RWKV-4 refuses one-token steps from a state when B > 1: such passes get a
     # pad column (not with same_length: the models it serves take no mask)
     pad_one_token_rows: bool
@@ -290,28 +347,54 @@ class _Context:
         width = length - min(row.start for row in batch)
         if len(batch) > 1 and self.pad_one_token_rows:
             width = max(width, 2)
-        ids, mask, offset = self._padded(batch, [slice(row.start, length) for row in batch], width)
-        state = None if batch[0].start == 0 else self._state(batch)
-        inject = []
-        if batch[0].site in ACTIVATIONS:
+        spans = [slice(row.start, length) for row in batch]
+        ids, mask, offset = self._padded(batch, spans, width)
+        first_layer = batch[0].first_layer
+        needs_state = batch[0].start > 0 and first_layer < self.n_layers
+        state = self._state(batch, first_layer) if needs_state else None
+        inject, start = [], {}
+        if batch[0].injected:
             site, layer = batch[0].site, batch[0].layer
-            emitted = self.clean_run[site, layer]  # [N, P, d] at the patched positions
-            slots = [self.positions.index(row.position) for row in batch]
-            value = emitted[[row.pair for row in batch], slots][:, None]
+            value = self._clean(batch, site, layer)[:, None]
             inject = [Inject(site, layer, value, positions=0, mode="set")]
-        with embedding_offset(self.tap, offset):
-            result = self.tap.run(ids, attention_mask=mask, inject=inject, state=state)
-        return last_logits(result.logits, mask)
+        if first_layer > 0:
+            residual = self._padded_residual(batch, spans, width)
+            patched = [i for i, row in enumerate(batch) if row.site == "residual"]
+            if patched:  # residual patches from the next layer: the clean value at token t
+                rows = [batch[i] for i in patched]
+                residual[patched, 0] = self._clean(rows, "residual", first_layer - 1)
+            start = dict(start_at=first_layer, start_residual=residual)
+        with embedding_offset(self.tap, offset if first_layer == 0 else None):
+            result = self.tap.run(
+                ids, attention_mask=mask, inject=inject, state=state, logits_at="last", **start
+            )
+        return result.logits[:, 0]
 
-    def _state(self, batch: list[_Row]):
+    def _clean(self, rows: list[_Row], site: str, layer: int) -> torch.Tensor:
+        """``[B, *shape]``: the clean run's ``site`` of ``layer`` at each row's pair and
+        position."""
+        slots = [self.positions.index(row.position) for row in rows]
+        return self.clean_run[site, layer][[row.pair for row in rows], slots]
+
+    def _padded_residual(self, batch: list[_Row], spans: list[slice], width: int):
+        """``[B, width, d]``: the corrupted run's residual stream entering the batch's first
+        layer over each row's ``spans[i]``, padded on the right with zeros."""
+        entering = self.corrupt_run["residual", batch[0].first_layer - 1]  # [N, L, d]
+        residual = entering.new_zeros(len(batch), width, entering.shape[2])
+        for i, (row, span) in enumerate(zip(batch, spans)):
+            residual[i, : span.stop - span.start] = entering[row.pair, span]
+        return residual
+
+    def _state(self, batch: list[_Row], first_layer: int):
         """Every row's corrupted state after its token ``start - 1``, with a state patch's
-        component(s) set to the clean run's."""
+        component(s) set to the clean run's (from ``first_layer`` up: the pass runs no
+        earlier layer)."""
         pairs = torch.tensor([row.pair for row in batch], device=self.corrupt.device)
         before = torch.tensor([row.start - 1 for row in batch], device=self.corrupt.device)
         rebuilt = self.tap.adapter.takes_cache_mask
         state = self._prefixes(batch) if rebuilt else self.corrupt_run.state.select(pairs)
         for component in self.components:
-            for layer in self.stateful:
+            for layer in [layer for layer in self.stateful if layer >= first_layer]:
                 patched = [
                     i
                     for i, row in enumerate(batch)
@@ -323,9 +406,8 @@ class _Context:
                     value = state.get(component, layer)
                 else:
                     value = self.corrupt_run[component, layer][pairs, before]
-                for i in patched:
-                    slot = self.positions.index(batch[i].position)
-                    value[i] = self.clean_run[component, layer][batch[i].pair, slot]
+                if patched:
+                    value[patched] = self._clean([batch[i] for i in patched], component, layer)
                 state.edit(component, layer, value, mode="set")
         return state
 

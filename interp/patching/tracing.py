@@ -127,20 +127,9 @@ def causal_trace(
         batch_tokens=batch_tokens,
         same_length=same_length,
     )
-
-    def per_prompt(value: torch.Tensor) -> torch.Tensor:
-        return value.view(n, samples, *value.shape[1:]).mean(1).cpu()
-
-    corrupt = per_prompt(found.corrupt)
-    patched = {site: per_prompt(value) for site, value in found.patched.items()}
-    return PatchingResult(
-        method="causal tracing",
-        sites=found.sites,
-        layers=found.layers,
-        positions=found.positions,
-        clean=per_prompt(found.clean),
-        corrupt=corrupt,
-        patched=patched,
-        effect={site: value - corrupt.view(-1, 1, 1) for site, value in patched.items()},
+    return found.to_result(
+        "causal tracing",
+        lambda patched, clean, corrupt: patched - corrupt.view(-1, 1, 1),
+        samples=samples,
         meta=dict(samples=samples, noise=float(noise), seed=seed, subject=mask.tolist()),
     )
