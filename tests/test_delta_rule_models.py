@@ -513,21 +513,23 @@ def test_extraction_stores_each_texts_own_cache(byte_model, tmp_path):
 
 
 @torch.no_grad()
-def test_elk_features_read_the_residual_stream_and_refuse_state_features(byte_model):
+def test_elk_features_read_the_residual_stream_and_the_delta_layers_states(byte_model):
     """Quirky-probe features of a hybrid: the residual stream after every block at the prompt's
-    last token (== the blocks' outputs in the model's own forward); state features, which the
-    probes index by the same layers as the residual, are refused naming the delta layers."""
+    last token (== the blocks' outputs in the model's own forward) and each state component at
+    the delta layers only (== the model's own cache after the prompt), numbered by layer."""
     examples = [
         QuirkyPrompt(text, ("0", "1"), "Alice", bool(i % 2), bool(i % 2), False, 0.0)
         for i, text in enumerate(["1 + 1 = 2. Alice:", "2 + 2 = 5. Alice:", "3 + 4 = 7. Bob:"])
     ]
     tap = statetap.attach(byte_model)
-    with pytest.raises(ValueError, match=r"tap.state_layers = \[0, 2\]"):
-        quirky_features(tap, TOKENIZER, examples, progress=False)
-    found = quirky_features(tap, TOKENIZER, examples, state=False, progress=False)
-    assert list(found.prompt) == ["residual"]
+    found = quirky_features(tap, TOKENIZER, examples, progress=False)
+    assert {site: found.layers[site] for site in CACHE_FIELDS} == {
+        site: list(STATE_LAYERS) for site in CACHE_FIELDS
+    }
     for n, example in enumerate(examples):
         ids = TOKENIZER(example.text, add_special_tokens=False)["input_ids"]
         outputs = _block_outputs(byte_model, torch.tensor([ids]))
         expected = torch.stack([output[0, -1] for output in outputs])
         _close(expected, found.prompt["residual"][n])
+        for (site, layer), value in _own_states(byte_model, ids).items():
+            _close(value.flatten().float(), found.prompt[site][n, found.at(site, layer)])
