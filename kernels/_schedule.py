@@ -157,6 +157,17 @@ class Schedule:
             return list(self.distinct)
         return [t for t in self.positions.unique().tolist() if t >= 0]
 
+    def first_at_or_after(self, span: int, count: int) -> torch.Tensor:
+        """``[B, count]`` int32 on the device: per row, the index in ``kernel_times`` of the first
+        time at or after ``k * span`` (the start of chunk or tile ``k``), that of the sentinel
+        where none is (chunks past ``L`` included).  A chunked kernel's program reads its
+        chunk's events from there on; computed once per pass, with no host read."""
+        starts = torch.arange(0, count * span, span, dtype=torch.int32, device=self.device)
+        found = torch.searchsorted(
+            self.kernel_times, starts.expand(self.batch, -1).contiguous(), out_int32=True
+        )
+        return found.clamp_(max=self.count)
+
     def matching(self, name: str, batch: int, length: int, device: torch.device) -> Schedule:
         """This schedule, after checking it was built for a call of ``batch`` rows, ``length``
         steps on ``device`` (ValueError naming ``name`` otherwise)."""

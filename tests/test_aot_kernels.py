@@ -73,10 +73,6 @@ KNOWN_OVER_BUDGET = """
     wkv5 | set | chunked bfloat16 L2048 | wkv6_chunk_states_kernel | sm_90a
     wkv5 | set | chunked bfloat16 L2048 | wkv6_chunk_output_kernel | sm_80
     wkv5 | set | chunked bfloat16 L2048 | wkv6_chunk_output_kernel | sm_90a
-    wkv5 | add | recurrent bfloat16 L2048 | wkv6_recurrent_kernel | sm_80
-    wkv5 | add | recurrent bfloat16 L2048 | wkv6_recurrent_kernel | sm_90a
-    wkv5 | set | recurrent bfloat16 L2048 | wkv6_recurrent_kernel | sm_80
-    wkv5 | set | recurrent bfloat16 L2048 | wkv6_recurrent_kernel | sm_90a
     wkv7 | plain | chunked bfloat16 L2048 | wkv7_chunk_pairs_kernel | sm_80
     wkv7 | plain | chunked bfloat16 L2048 | wkv7_chunk_pairs_kernel | sm_90a
     wkv7 | plain | chunked bfloat16 L2048 | wkv7_chunk_factors_kernel | sm_80
@@ -89,21 +85,9 @@ KNOWN_OVER_BUDGET = """
     wkv7 | add | chunked bfloat16 L2048 | wkv7_chunk_state_kernel | sm_90a
     wkv7 | set | chunked bfloat16 L2048 | wkv7_chunk_state_kernel | sm_80
     wkv7 | set | chunked bfloat16 L2048 | wkv7_chunk_state_kernel | sm_90a
-    wkv7 | add | recurrent bfloat16 L2048 | wkv7_recurrent_kernel | sm_80
-    wkv7 | add | recurrent bfloat16 L2048 | wkv7_recurrent_kernel | sm_90a
     wkv7 | set | recurrent bfloat16 L2048 | wkv7_recurrent_kernel | sm_80
-    wkv7 | set | recurrent bfloat16 L2048 | wkv7_recurrent_kernel | sm_90a
     selective_scan_step | instrumented | B64 | _state_update_kernel | sm_80
     selective_scan_step | instrumented | B64 | _state_update_kernel | sm_90a
-    wkv6_step | instrumented | B64 | wkv6_recurrent_kernel | sm_80
-    wkv6_step | instrumented | B64 | wkv6_recurrent_kernel | sm_90a
-    delta_rule | add | bfloat16 L2048 | delta_rule_recurrent_kernel | sm_80
-    delta_rule | set | bfloat16 L2048 | delta_rule_recurrent_kernel | sm_80
-    delta_rule | set | bfloat16 L2048 | delta_rule_recurrent_kernel | sm_90a
-    wkv7_step | instrumented | B64 | wkv7_recurrent_kernel | sm_80
-    wkv7_step | instrumented | B64 | wkv7_recurrent_kernel | sm_90a
-    delta_rule_step | instrumented | B64 | delta_rule_recurrent_kernel | sm_80
-    delta_rule_step | instrumented | B64 | delta_rule_recurrent_kernel | sm_90a
 """
 LOCKED_TRITON = "3.8.0"
 

@@ -57,8 +57,8 @@ def delta_rule_recurrent_kernel(
     iv_sb,
     iv_sq,
     iv_sh,
-    iv_sk,
-    iv_sv,
+    iv_sk,  # (unused: the state dims are dense, see _triton.dense_state_dims)
+    iv_sv,  # (unused)
     KD: tl.constexpr,  # K
     VD: tl.constexpr,  # V
     BK: tl.constexpr,
@@ -127,7 +127,7 @@ def delta_rule_recurrent_kernel(
             else:
                 g_ptr += H
         S, cursors = end_of_column_step(
-            S, end - 1, cursors, emit, inject, (iv_sk, iv_sv), H, KD, VD, BK, BV
+            S, end - 1, cursors, emit, inject, H, KD, VD, BK, BV
         )
         t0 = end
 

@@ -35,30 +35,18 @@ import triton.language as tl
 
 from .. import _triton
 from .._contract import ScanOutput, float64_runs
-from .._triton import KernelInstrumentation, emit_tile, inject_tile, open_schedules
+from .._triton import (
+    LOG2E,
+    KernelInstrumentation,
+    emit_tile,
+    inject_tile,
+    open_schedules,
+    softplus,
+)
 from .reference import selective_scan as selective_scan_reference
 from .reference import validate
 
-LOG2E = tl.constexpr(1.4426950408889634)
 INTERPRETING = tl.constexpr(_triton.INTERPRETING)
-
-
-@triton.jit
-def _softplus(x):
-    """``log(1 + e^x)`` to fp32 precision (mamba-ssm's ``log1pf(expf(x))``) in about 15
-    instructions, a third of ``tl.log``'s: ``max(x, 0) + log1p(e)`` with ``e = e^-|x| <= 1``,
-    and ``log1p(e) = 2 atanh(s)``, ``s = e / (2 + e) <= 1/3``, by its odd series to ``s^13``
-    (truncation below 2e-8 relative)."""
-    e = tl.exp2(-tl.abs(x) * LOG2E)
-    s = tl.fdiv(e, 2.0 + e)
-    s2 = s * s
-    series = 1.0 / 13.0
-    series = series * s2 + 1.0 / 11.0
-    series = series * s2 + 1.0 / 9.0
-    series = series * s2 + 1.0 / 7.0
-    series = series * s2 + 1.0 / 5.0
-    series = series * s2 + 1.0 / 3.0
-    return tl.maximum(x, 0.0) + (2.0 * s) * (series * s2 + 1.0)
 
 
 @triton.jit
@@ -161,7 +149,7 @@ def _tile_inputs(
     if HAS_BIAS:
         dt += bias[None, :]
     if SOFTPLUS:
-        dt = _softplus(dt)
+        dt = softplus(dt)
     if MASKED:
         dt = tl.where(tile_mask, dt, 0.0)
     return tile, tile_mask, u, dt

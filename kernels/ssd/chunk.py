@@ -24,7 +24,8 @@ Instrumentation maps onto this shape (the state contract of ``docs/semantics.md`
   segment of token ``t``'s update and of the state after step ``t``, are built on the device
   (:func:`segments`), and every term of every stage counts only within one segment;
 * the per-row schedules stay per row: each stage finds a chunk's or a tile's events from start
-  indices into the sorted schedule (``torch.searchsorted`` on the device, no host read).
+  indices into the sorted schedule (:meth:`~.._schedule.Schedule.first_at_or_after`, on the
+  device, no host read).
 
 Dots run in the input dtype (fp16/bf16 on tensor cores; the entering state enters ``C S`` rounded
 to it, as in mamba-ssm, while it is carried and emitted in float32); with float32 inputs, and
@@ -102,15 +103,6 @@ def segments(
         return token, token + sets
     token = starts.cumsum(1, dtype=torch.int32)
     return token, token
-
-
-def first_at_or_after(times: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
-    """``[B, K']`` int32: per row, the index in ``times`` ``[B, K + 1]`` (ascending, sentinel
-    ``L`` last) of the first time ``>= starts[k]``, or of the sentinel when none is (``starts``
-    ``[K']`` int32; tiles past ``L`` get the sentinel)."""
-    wanted = starts.expand(times.shape[0], -1).contiguous()
-    found = torch.searchsorted(times, wanted, out_int32=True)
-    return found.clamp_(max=times.shape[1] - 1)
 
 
 #: stage 1 is held to 128 registers a thread (two CTAs of 8 warps per SM), which ptxas meets
@@ -271,11 +263,9 @@ def ssd_triton(
     )
     emit_first = inj_first = _triton.dummy(device, torch.int32)
     if flags["HAS_EMIT"]:
-        tile_starts = torch.arange(0, padded, tile, dtype=torch.int32, device=device)
-        emit_first = first_at_or_after(launch.emit_times, tile_starts)
+        emit_first = launch.instr.emit_schedule.first_at_or_after(tile, padded // tile)
     if flags["HAS_INJECT"]:
-        chunk_starts = torch.arange(0, padded, chunk, dtype=torch.int32, device=device)
-        inj_first = first_at_or_after(launch.inject_times, chunk_starts)
+        inj_first = launch.instr.inject_schedule.first_at_or_after(chunk, padded // chunk)
     ssd_chunk_output_kernel[(chunk // tile * p_tiles, heads, batch * chunks)](
         x,
         y if z is None else z.contiguous(),

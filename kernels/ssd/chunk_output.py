@@ -91,6 +91,14 @@ def add_tokens(
 
 
 @triton.jit
+def value_offsets(v_at):
+    """The ``[BN, BP]`` offsets of a transposed state tile in one dense ``[P, N]`` slot, built
+    where a value is loaded (kept across the kernel they would hold a register per element)."""
+    offs_n, offs_p, N = v_at
+    return offs_p[None, :] * N + offs_n[:, None]
+
+
+@triton.jit
 def add_injections(
     S,  # [BN, BP] fp32: a state, transposed
     q,  # cursor into the row's sorted schedule
@@ -102,7 +110,7 @@ def add_injections(
     start,
     g_chunk,
     state_seg_chunk,
-    v_at,  # [BN, BP] offsets within one slot of inject_value
+    v_at,  # (offs_n [BN], offs_p [BP], N): the tile of one slot of inject_value (dense [P, N])
     mask_np,
     HAS_SEGMENTS: tl.constexpr,
     HAS_SCALE: tl.constexpr,
@@ -119,13 +127,51 @@ def add_injections(
             value_ptr,
             value_slot_stride,
             scale_ptr,
-            v_at,
+            value_offsets(v_at),
             mask_np,
             HAS_SCALE,
         )
         S += w_q * value
         q += 1
         t_q = tl.load(times_ptr + q) - start
+    return S, q, t_q
+
+
+@triton.jit
+def move_state(
+    S,  # [BN, BP] fp32: the state after the token before K-block k_from, decayed to g_to
+    k_from,
+    k_to,
+    last,  # the token (in the chunk) the state is moved to
+    g_to,
+    seg_to,
+    q,  # the injection cursor and its time (in the chunk)
+    t_q,
+    tokens,  # see add_tokens
+    tile,  # (offs_n, offs_p, mask_n, mask_p)
+    injections,  # (inject, start, g_chunk, state_seg_chunk, v_at, mask_np): see add_injections
+    HAS_SEGMENTS: tl.constexpr,
+    HAS_INJECT: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    IEEE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    BK: tl.constexpr,
+    STAGES: tl.constexpr,
+):
+    """The state after token ``last``: the tokens of K-blocks ``[k_from, k_to)`` up to ``last``
+    (:func:`add_tokens`), then the injections from the cursor up to ``last``
+    (:func:`add_injections`).  Returns ``(S, q, t_q)``, the cursor past those injections."""
+    offs_n, offs_p, mask_n, mask_p = tile
+    S = add_tokens(
+        S, k_from, k_to, last, g_to, seg_to, tokens, offs_n, offs_p, mask_n, mask_p,
+        HAS_SEGMENTS, IEEE, DOT_DTYPE, BK, STAGES,
+    )  # fmt: skip
+    if HAS_INJECT:
+        inject, start, g_chunk, state_seg_chunk, v_at, mask_np = injections
+        S, q, t_q = add_injections(
+            S, q, t_q, last, g_to, seg_to, inject, start, g_chunk, state_seg_chunk, v_at,
+            mask_np, HAS_SEGMENTS, HAS_SCALE,
+        )  # fmt: skip
     return S, q, t_q
 
 
@@ -151,13 +197,13 @@ def ssd_chunk_output_kernel(
     inj_t_ptr,  # [B, Q + 1] int32 ascending, sentinel L
     inj_s_ptr,  # [B, Q + 1] int32
     inj_first_ptr,  # [B, NC] int32: the row's first injection at or after each chunk
-    inj_v_ptr,  # [B, Q, H, P, N] fp32, strided
+    inj_v_ptr,  # [B, Q, H, P, N] fp32, strides (v_b, v_q, v_h, N, 1)
     inj_scale_ptr,  # [B, Q] fp32
     v_b,
     v_q,
     v_h,
-    v_p,
-    v_n,
+    v_p,  # (unused: the state dims are dense, see _triton.dense_state_dims)
+    v_n,  # (unused)
     L,
     H,
     P,
@@ -226,49 +272,23 @@ def ssd_chunk_output_kernel(
     if not HAS_SEGMENTS:
         seg_prev = 0  # (not read)
     tokens = (x_chunk, B_chunk, g_chunk, dt_chunk, token_seg_chunk, X_STEP, BC_STEP)
-    S = add_tokens(
-        S,
-        0,
-        ref,
-        tl.minimum(ref, valid) - 1,
-        g_prev,
-        seg_prev,
-        tokens,
-        offs_n,
-        offs_p,
-        mask_n,
-        mask_p,
-        HAS_SEGMENTS,
-        IEEE,
-        DOT_DTYPE,
-        BK,
-        2,
-    )
-    if HAS_INJECT:  # injections inside this chunk before the tile
+    tile = (offs_n, offs_p, mask_n, mask_p)
+    q = c * 0  # the row's injection cursor (HAS_INJECT) and its time in the chunk
+    t_q = valid
+    if HAS_INJECT:  # the chunk's injections, from its first one on
         inj_t_ptr += b * (Q + 1)
         inj_s_ptr += b * (Q + 1)
         inj_v_ptr += b * v_b + h * v_h
         inj_scale_ptr += b * Q
-        inject = (inj_t_ptr, inj_s_ptr, inj_v_ptr, v_q, inj_scale_ptr)
-        v_at = offs_n[:, None] * v_n + offs_p[None, :] * v_p
         q = tl.load(inj_first_ptr + b * chunks + c)
-        t_q = tl.load(inj_t_ptr + q) - start  # in the chunk
-        S, q, t_q = add_injections(
-            S,
-            q,
-            t_q,
-            tl.minimum(ref, valid) - 1,
-            g_prev,
-            seg_prev,
-            inject,
-            start,
-            g_chunk,
-            state_seg_chunk,
-            v_at,
-            mask_np,
-            HAS_SEGMENTS,
-            HAS_SCALE,
-        )
+        t_q = tl.load(inj_t_ptr + q) - start
+    inject = (inj_t_ptr, inj_s_ptr, inj_v_ptr, v_q, inj_scale_ptr)
+    v_at = (offs_n, offs_p, N)
+    injections = (inject, start, g_chunk, state_seg_chunk, v_at, mask_np)
+    S, q, t_q = move_state(
+        S, 0, ref, tl.minimum(ref, valid) - 1, g_prev, seg_prev, q, t_q, tokens, tile,
+        injections, HAS_SEGMENTS, HAS_INJECT, HAS_SCALE, IEEE, DOT_DTYPE, BK, 2,
+    )  # fmt: skip
 
     if HAS_EMIT:  # the states at this tile's emission times: S moved on over the tile's tokens
         emit_t_ptr += b * (E + 1)
@@ -282,41 +302,10 @@ def ssd_chunk_output_kernel(
             if HAS_SEGMENTS:
                 seg_e = tl.load(state_seg_chunk + t_e)
                 decay = tl.where(seg_e == seg_prev, decay, 0.0)
-            S_e = add_tokens(
-                S * decay,
-                ref,
-                t_e + 1,
-                t_e,
-                g_e,
-                seg_e,
-                tokens,
-                offs_n,
-                offs_p,
-                mask_n,
-                mask_p,
-                HAS_SEGMENTS,
-                IEEE,
-                DOT_DTYPE,
-                EMIT_BK,
-                1,
-            )
-            if HAS_INJECT:
-                S_e, _, _ = add_injections(
-                    S_e,
-                    q,
-                    t_q,
-                    t_e,
-                    g_e,
-                    seg_e,
-                    inject,
-                    start,
-                    g_chunk,
-                    state_seg_chunk,
-                    v_at,
-                    mask_np,
-                    HAS_SEGMENTS,
-                    HAS_SCALE,
-                )
+            S_e, _, _ = move_state(
+                S * decay, ref, t_e + 1, t_e, g_e, seg_e, q, t_q, tokens, tile, injections,
+                HAS_SEGMENTS, HAS_INJECT, HAS_SCALE, IEEE, DOT_DTYPE, EMIT_BK, 1,
+            )  # fmt: skip
             slot = tl.load(emit_s_ptr + e).to(tl.int64)
             emitted = states_ptr + ((b * E + slot) * H + h) * P * N
             tl.store(emitted + offs_p[None, :] * N + offs_n[:, None], S_e, mask=mask_np)
@@ -367,7 +356,7 @@ def ssd_chunk_output_kernel(
                 inj_v_ptr,
                 v_q,
                 inj_scale_ptr,
-                v_at,
+                value_offsets(v_at),
                 mask_np,
                 HAS_SCALE,
             )  # [BN, BP]

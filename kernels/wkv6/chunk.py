@@ -65,6 +65,9 @@ def launch_chunked(launch) -> None:
         launch.y
     )
     value_strides = instr.value_strides()
+    inj_first = _triton.dummy(launch.y.device, torch.int32)
+    if flags["HAS_INJECT"]:
+        inj_first = instr.instr.inject_schedule.first_at_or_after(CHUNK_SIZE, chunks)
     bv_state = min(bv, STATE_VALUE_TILE)
     wkv6_chunk_states_kernel[(_triton.cdiv(value_dim, bv_state), batch * heads)](
         launch.k,
@@ -106,6 +109,7 @@ def launch_chunked(launch) -> None:
         h,
         inj_t,
         inj_s,
+        inj_first,
         inj_v,
         inj_scale,
         launch.scale,

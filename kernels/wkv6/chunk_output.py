@@ -28,8 +28,9 @@ corrected here (the state pass already carried the injection into ``h`` of later
   and ``A_ij`` masked where a set lies in ``[j, i)``, like ``seq_idx``), plus
   ``(r_i e^{ge_i - g_t}) value`` from that set.
 
-The chunk's injections are found in the row's sorted schedule by a binary search on the device
-(no host sync).  Emissions never reach this kernel: ``y`` is the plain kernel's.
+The chunk's injections are read from the row's sorted schedule from the chunk's first one on,
+an index computed once per pass on the device (no host sync).  Emissions never reach this
+kernel: ``y`` is the plain kernel's.
 """
 
 from __future__ import annotations
@@ -40,21 +41,6 @@ import triton.language as tl
 from .._triton import injected_value, open_schedules
 
 LOG2E = tl.constexpr(1.4426950408889634)
-
-
-@triton.jit
-def _first_at_or_after(times_ptr, count, t):
-    """Index of the first of the row's sorted ``times`` (``[count + 1]``, sentinel ``L`` last)
-    that is ``>= t``, for ``t <= L``."""
-    lo = count * 0
-    hi = count
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if tl.load(times_ptr + mid) < t:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
 
 
 @triton.jit
@@ -82,7 +68,8 @@ def wkv6_chunk_output_kernel(
     h_ptr,  # [B, NT, H, K, V]: the state entering each chunk (dtype of the dots)
     inj_t_ptr,  # [B, Q + 1] int32
     inj_s_ptr,  # [B, Q + 1] int32
-    inj_v_ptr,  # [B, Q, H, K, V] strided
+    inj_first_ptr,  # [B, NT] int32: the row's first injection at or after each chunk
+    inj_v_ptr,  # [B, Q, H, K, V], strides (iv_sb, iv_sq, iv_sh, V, 1)
     inj_scale_ptr,  # [B, Q] fp32
     scale,
     L,
@@ -95,8 +82,8 @@ def wkv6_chunk_output_kernel(
     iv_sb,
     iv_sq,
     iv_sh,
-    iv_sk,
-    iv_sv,
+    iv_sk,  # (unused: the state dims are dense, see _triton.dense_state_dims)
+    iv_sv,  # (unused)
     BK: tl.constexpr,
     BV: tl.constexpr,
     BT: tl.constexpr,
@@ -146,8 +133,7 @@ def wkv6_chunk_output_kernel(
         _, inj, _ = open_schedules(emit, inj, i_b, L, 0, Q)
         times_ptr, slots_ptr, value_ptr, _, scale_ptr, _, _, _ = inj
         end = tl.minimum(c0 + BT, L)
-        first = _first_at_or_after(times_ptr, Q, c0)
-        o_val = o_k[:, None] * iv_sk + o_v[None, :] * iv_sv
+        first = tl.load(inj_first_ptr + i_b * NT + i_c)
 
     # the diagonal sub-blocks, exact, all NB at once as [NB, BC, BK]: one key column of every
     # sub-block per step; A_diag [NB, BC, BC] (log-decays in base 2, sub-block-local here)
@@ -235,6 +221,7 @@ def wkv6_chunk_output_kernel(
             t_ev = tl.load(times_ptr + cursor)
             while t_ev < end:
                 slot = tl.load(slots_ptr + cursor).to(tl.int64)
+                o_val = o_k[:, None] * V + o_v[None, :]  # the state dims are dense
                 value = injected_value(slot, value_ptr, iv_sq, scale_ptr, o_val, m_kv, HAS_SCALE)
                 cursor += 1
                 t_next = tl.load(times_ptr + cursor)

@@ -65,7 +65,7 @@ def wkv6_chunk_states_kernel(
     states_ptr,  # [B, P, H, K, V] fp32
     inj_t_ptr,  # [B, Q + 1] int32
     inj_s_ptr,  # [B, Q + 1] int32
-    inj_v_ptr,  # [B, Q, H, K, V] strided
+    inj_v_ptr,  # [B, Q, H, K, V], strides (iv_sb, iv_sq, iv_sh, V, 1)
     inj_scale_ptr,  # [B, Q] fp32
     L,
     H,
@@ -78,8 +78,8 @@ def wkv6_chunk_states_kernel(
     iv_sb,
     iv_sq,
     iv_sh,
-    iv_sk,
-    iv_sv,
+    iv_sk,  # (unused: the state dims are dense, see _triton.dense_state_dims)
+    iv_sv,  # (unused)
     BK: tl.constexpr,
     BV: tl.constexpr,
     BT: tl.constexpr,
@@ -94,7 +94,7 @@ def wkv6_chunk_states_kernel(
     emit = (emit_t_ptr, emit_s_ptr, states_ptr, HAS_EMIT)
     inj = (inj_t_ptr, inj_s_ptr, inj_v_ptr, iv_sq, inj_scale_ptr, HAS_INJECT, INJECT_SET, HAS_SCALE)
     S, at, tile, emit, inject, cursors = open_matrix_row(
-        s0_ptr, emit, inj, (iv_sb, iv_sh, iv_sk, iv_sv), L, H, K, V, P, Q, BK, BV, HAS_INITIAL
+        s0_ptr, emit, inj, (iv_sb, iv_sh), L, H, K, V, P, Q, BK, BV, HAS_INITIAL
     )
     i_b, i_h, o_k, o_v, m_k, m_v = at
     DOT_DTYPE = h_ptr.dtype.element_ty

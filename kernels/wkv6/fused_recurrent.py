@@ -115,7 +115,6 @@ def end_of_column_step(
     cursors,
     emit,
     inject,
-    value_strides,  # (iv_sk, iv_sv): inject_value's strides over K and V
     H,
     KD: tl.constexpr,
     VD: tl.constexpr,
@@ -124,16 +123,16 @@ def end_of_column_step(
 ):
     """Steps 4 and 5 of the contract at the end of step ``t`` on the program's tile: the row's
     injection at ``t`` (``S += scale * value`` or ``S = value``), then its emission.  The
-    offsets are built inside the taken branches, so the loop carries no offset registers.
-    Returns ``S, cursors``."""
+    offsets are built inside the taken branches, so the loop carries no offset registers; the
+    injected value's state dims are dense (:func:`~statetap.kernels._triton.dense_state_dims`),
+    so its tile has the state's compile-time offsets.  Returns ``S, cursors``."""
     e_cur, e_next, i_cur, i_next = cursors
     i_times, i_slots, inj_v_ptr, iv_sq, inj_scale_ptr, HAS_INJECT, INJECT_SET, HAS_SCALE = inject
     if HAS_INJECT:
         if t == i_next:
-            o_k, o_v, _, m_kv = column_tile(tl.program_id(0), KD, VD, BK, BV)
-            o_val = o_k[:, None] * value_strides[0] + o_v[None, :] * value_strides[1]
+            _, _, o_kv, m_kv = column_tile(tl.program_id(0), KD, VD, BK, BV)
             slot = tl.load(i_slots + i_cur).to(tl.int64)
-            value = injected_value(slot, inj_v_ptr, iv_sq, inj_scale_ptr, o_val, m_kv, HAS_SCALE)
+            value = injected_value(slot, inj_v_ptr, iv_sq, inj_scale_ptr, o_kv, m_kv, HAS_SCALE)
             if INJECT_SET:
                 S = value
             else:
@@ -173,7 +172,7 @@ def wkv6_recurrent_kernel(
     states_ptr,  # [B, P, H, K, V] fp32
     inj_t_ptr,  # [B, Q + 1] int32
     inj_s_ptr,  # [B, Q + 1] int32
-    inj_v_ptr,  # [B, Q, H, K, V] strided
+    inj_v_ptr,  # [B, Q, H, K, V], strides (iv_sb, iv_sq, iv_sh, V, 1)
     inj_scale_ptr,  # [B, Q] fp32
     scale,
     L,
@@ -187,8 +186,8 @@ def wkv6_recurrent_kernel(
     iv_sb,
     iv_sq,
     iv_sh,
-    iv_sk,
-    iv_sv,
+    iv_sk,  # (unused: the state dims are dense, see _triton.dense_state_dims)
+    iv_sv,  # (unused)
     KD: tl.constexpr,  # K
     VD: tl.constexpr,  # V
     BK: tl.constexpr,
@@ -235,7 +234,7 @@ def wkv6_recurrent_kernel(
             y_ptr += H * VD
             w_ptr += w_st
         S, cursors = end_of_column_step(
-            S, end - 1, cursors, emit, inject, (iv_sk, iv_sv), H, KD, VD, BK, BV
+            S, end - 1, cursors, emit, inject, H, KD, VD, BK, BV
         )
         t0 = end
 

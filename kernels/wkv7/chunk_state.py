@@ -144,8 +144,8 @@ def wkv7_chunk_state_kernel(
     iv_sb,
     iv_sq,
     iv_sh,
-    iv_sk,
-    iv_sv,
+    iv_sk,  # (unused: the state dims are dense, see _triton.dense_state_dims)
+    iv_sv,  # (unused)
     q_eff_ptr,  # [B, H, NT, BT, K] fp32
     y_local_ptr,  # [B, H, NT, BT, V] fp32
     trans_ptr,  # [B, H, NT, K, K] fp32
@@ -167,7 +167,7 @@ def wkv7_chunk_state_kernel(
     emit = (emit_t_ptr, emit_s_ptr, states_ptr, HAS_EMIT)
     inj = (inj_t_ptr, inj_s_ptr, inj_v_ptr, iv_sq, inj_scale_ptr, HAS_INJECT, INJECT_SET, HAS_SCALE)
     S, at, tile, emit, inject, cursors = open_matrix_row(
-        s0_ptr, emit, inj, (iv_sb, iv_sh, iv_sk, iv_sv), L, H, K, V, P, Q, BK, BV, HAS_INITIAL
+        s0_ptr, emit, inj, (iv_sb, iv_sh), L, H, K, V, P, Q, BK, BV, HAS_INITIAL
     )
     i_b, i_h, o_k, o_v, m_k, m_v = at
     row = i_b.to(tl.int64) * L * H + i_h

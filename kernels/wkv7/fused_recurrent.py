@@ -59,8 +59,8 @@ def wkv7_recurrent_kernel(
     iv_sb,
     iv_sq,
     iv_sh,
-    iv_sk,
-    iv_sv,
+    iv_sk,  # (unused: the state dims are dense, see _triton.dense_state_dims)
+    iv_sv,  # (unused)
     KD: tl.constexpr,  # K
     VD: tl.constexpr,  # V
     BK: tl.constexpr,
@@ -100,9 +100,7 @@ def wkv7_recurrent_kernel(
             tl.store(y_ptr + p_v + o_v, y.to(y_ptr.dtype.element_ty), mask=m_v)
             p_k += H * KD
             p_v += H * VD
-        S, cursors = end_of_column_step(
-            S, end - 1, cursors, emit, inject, (iv_sk, iv_sv), H, KD, VD, BK, BV
-        )
+        S, cursors = end_of_column_step(S, end - 1, cursors, emit, inject, H, KD, VD, BK, BV)
         t0 = end
 
     if STORE_FINAL:
