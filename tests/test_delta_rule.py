@@ -261,17 +261,33 @@ def test_matches_the_definition(size, mode, backend, poisoned, monkeypatch):  # 
     assert_matches(reference(x, **instr), out)
 
 
+CHUNKED_SIZES = [  # L, K, gate per channel, gate strength, mode, dtype
+    (CHUNK + 3, 16, True, 5.0, "add", torch.float32),
+    (77, 128, False, 1.0, "add", torch.float32),  # Qwen3-Next's / OLMo-hybrid's K
+    (77, 128, True, 30.0, "set", torch.float16),  # Kimi's; chunks too strongly gated to factorise
+]
+
+
 @needs_kernel_device
-def test_triton_chunked_form_matches_the_definition(poisoned):  # noqa: F811
-    """``form="chunked"``: ``wkv7``'s chunked kernels on the mapped inputs, over two chunks (the
-    other tests run the recurrent kernel, what ``"auto"`` picks for them)."""
-    B, L = 2, CHUNK + 3
-    x = make(B, L, 1, 1, 16, 16, True, device=DEVICE, strength=5.0)
-    instr = instrumentation(B, L, state_shape(x), "add", DEVICE)
+@pytest.mark.parametrize(
+    "size",
+    CHUNKED_SIZES,
+    ids=[
+        f"L{s[0]}-K{s[1]}-{'channel' if s[2] else 'head'}-x{s[3]:g}-{s[4]}" for s in CHUNKED_SIZES
+    ],
+)
+def test_triton_chunked_form_matches_the_definition(size, poisoned):  # noqa: F811
+    """``form="chunked"``: ``wkv7``'s chunked kernels on the mapped inputs (the other tests run
+    the recurrent kernel), two rows of one head of 16 value columns, with
+    emission at 0, mid-chunk, the chunk edges and L-1, an injection mid-chunk (even rows) and
+    just before the end (odd rows)."""
+    L, K, channel_gate, strength, mode, dtype = size
+    x = make(2, L, 1, 1, K, 16, channel_gate, dtype=dtype, device=DEVICE, strength=strength)
+    instr = instrumentation(2, L, state_shape(x), mode, DEVICE)
     out = kernels.delta_rule.implementations["triton"](
         **x, use_qk_l2norm_in_kernel=True, form="chunked", **instr
     )
-    assert_matches(reference(x, **instr), out)
+    assert_matches(reference(x, **instr), out, dtype)
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)

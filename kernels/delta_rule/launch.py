@@ -18,7 +18,7 @@ from .. import _triton
 from .._contract import Instrumentation, ScanOutput, float64_runs
 from .._triton import KernelInstrumentation
 from ..wkv6.launch import choose_form
-from ..wkv7.chunk import MAX_KEY_DIM
+from ..wkv7.chunk import AUTO_MAX_KEY_DIM
 from ..wkv7.cpu import wkv7_cpu
 from ..wkv7.launch import wkv7_triton
 from ..wkv7.reference import CHUNK_SIZE, wkv7_chunked
@@ -37,11 +37,18 @@ def through_wkv7(
     use_qk_l2norm_in_kernel: bool,
     scale: float | None,
     options: dict,
+    value_as_given: bool = False,
 ) -> ScanOutput:
     """Run the delta rule as ``wkv7_form(**wkv7_arguments(...), **options)`` (``options``: the
-    state contract and the form's own keywords); ``y`` back in ``value.dtype``."""
+    state contract and the form's own keywords); ``y`` back in ``value.dtype``.
+    ``value_as_given``: hand ``value`` over in its own dtype (not rounded: it is the caller's
+    tensor), so that ``wkv7``'s chunked Triton form runs its products on tensor cores for half
+    values as it does for RWKV-7's (the other mapped inputs are float32)."""
     x = delta_inputs(query, key, value, g, beta, scale, use_qk_l2norm_in_kernel)
-    out = wkv7_form(**wkv7_arguments(x), **options)
+    arguments = wkv7_arguments(x)
+    if value_as_given:
+        arguments["v"] = value.contiguous()
+    out = wkv7_form(**arguments, **options)
     return ScanOutput(out.y.to(value.dtype), out.final_state, out.states)
 
 
@@ -173,7 +180,7 @@ def delta_rule_triton(
 
     Arguments and result as :func:`delta_rule_chunked`; ``form``: ``"recurrent"`` (the kernel
     of :mod:`.fused_recurrent` on these inputs), ``"chunked"`` (``wkv7``'s chunked kernels on
-    the mapped inputs, ``K <= 64``) or ``"auto"`` (``wkv7``'s rule,
+    the mapped inputs, ``K <= 128``) or ``"auto"`` (``wkv7``'s rule,
     :func:`~..wkv6.launch.choose_form`: recurrent for short sequences and ``K > 64``).
 
     Example (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``):
@@ -188,7 +195,7 @@ def delta_rule_triton(
     options |= instrumentation
     validate(query, key, value, g, beta, scale, use_qk_l2norm_in_kernel)
     dims = (query.shape[0], query.shape[1], value.shape[2], query.shape[3], value.shape[3])
-    if choose_form(form, dims, MAX_KEY_DIM) == "chunked":
+    if choose_form(form, dims, AUTO_MAX_KEY_DIM) == "chunked":
         return through_wkv7(
             wkv7_triton,
             query,
@@ -199,6 +206,7 @@ def delta_rule_triton(
             use_qk_l2norm_in_kernel,
             scale,
             options | dict(form="chunked"),
+            value_as_given=True,
         )
     launch = prepare_delta(query, key, value, g, beta, scale, use_qk_l2norm_in_kernel, options)
     return launch.run()

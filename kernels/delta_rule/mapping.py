@@ -35,7 +35,7 @@ kernels add one rounding of ``beta k``, ``exp(g) k`` and ``-beta k`` to their ow
 ``tests/test_delta_rule.py`` holds every backend to the float64 definition.  The price of the
 mapping: four extra ``[B, L, HV, K]`` float32 tensors (``w``, ``k``, ``a``, ``b``) are
 materialised and read, and a query/key head is repeated for each of its value heads.  It serves
-the ``torch`` and ``cpu`` backends and Triton's chunked form (``wkv7``'s, ``K <= 64``); Triton's
+the ``torch`` and ``cpu`` backends and Triton's chunked form (``wkv7``'s, ``K <= 128``); Triton's
 recurrent form and decode step (:mod:`.fused_recurrent`, what runs at the models' ``K = 128``)
 read the models' inputs directly.
 """

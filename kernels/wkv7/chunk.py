@@ -10,8 +10,8 @@ Three kernels, one after the other, on chunks of :data:`CHUNK` tokens:
 2. :mod:`.chunk_state`, programs over (V tile, batch row and head): the light serial pass
    ``y = y_local + q_eff S``, ``S <- M S + D`` with emission and injection fused in.
 
-Dots: exact IEEE fp32 for float32 inputs and under the interpreter (and always in the
-triangular inverse); for fp16/bf16 inputs every other product runs on tensor cores in TF32 from
+Dots: exact IEEE fp32 for float32 values ``v`` and under the interpreter (and always in the
+triangular inverse); for fp16/bf16 values every other product runs on tensor cores in TF32 from
 fp32 operands (fp32's range: the factorised decays reach ``e^30``, past fp16's; TF32's 10-bit
 mantissa, finer than bf16's and as fine as fp16's, where fla rounds its operands to the input
 dtype), the state itself carried and emitted in fp32.
@@ -25,11 +25,17 @@ from .. import _triton
 from .chunk_factors import FACTOR_BOUND, wkv7_chunk_factors_kernel, wkv7_chunk_pairs_kernel
 from .chunk_state import wkv7_chunk_state_kernel
 
-__all__ = ["CHUNK", "MAX_KEY_DIM", "launch_chunked"]
+__all__ = ["AUTO_MAX_KEY_DIM", "CHUNK", "MAX_KEY_DIM", "launch_chunked"]
 
 CHUNK = 64  # BT: tokens per chunk (a multiple of 16, the inverse's diagonal blocks)
-#: K the chunked kernels hold in one program (the state pass keeps all of K for ``a^T S``)
-MAX_KEY_DIM = 64
+#: key channels stage 1 holds at once: its products run over blocks of this many
+KEY_BLOCK = 64
+#: K the chunked kernels take (the state pass keeps all of K for ``a^T S``; stage 1 parks the
+#: WY factor ``W``, two key blocks at most, in two ``[CHUNK, CHUNK]`` scratch slots)
+MAX_KEY_DIM = 2 * KEY_BLOCK
+#: the largest K ``form="auto"`` runs chunked (``wkv7`` and ``delta_rule``); past it the
+#: recurrent kernel runs (docs/semantics.md, "Which Triton kernel runs")
+AUTO_MAX_KEY_DIM = 64
 #: V columns per stage-1 program (its pair matrices are recomputed per V tile beyond this)
 FACTOR_MAX_BV = 64
 
@@ -46,7 +52,7 @@ def state_blocks(key_dim: int, value_dim: int) -> tuple[int, int, int]:
 
 
 def launch_chunked(launch) -> None:
-    """Run both stages on a prepared :class:`~.launch.Launch7` (``K <= 64``)."""
+    """Run both stages on a prepared :class:`~.launch.Launch7` (``K <= MAX_KEY_DIM``)."""
     batch, length, heads, key_dim, value_dim = launch.dims
     bk, bv, warps = state_blocks(key_dim, value_dim)
     chunks = _triton.cdiv(length, CHUNK)
@@ -67,7 +73,7 @@ def launch_chunked(launch) -> None:
         snap_q = torch.empty(batch, events, heads, key_dim, value_dim, dtype=f32, device=device)
     else:
         snap_p = snap_q = _triton.dummy(device)
-    exact = launch.inputs[0].dtype == torch.float32 or _triton.INTERPRETING
+    exact = launch.inputs[3].dtype == torch.float32 or _triton.INTERPRETING  # v's dtype
     precision = "ieee" if exact else "tf32"
     grid = (chunks, batch * heads, value_tiles)
     wkv7_chunk_pairs_kernel[grid](
@@ -84,6 +90,7 @@ def launch_chunked(launch) -> None:
         BK=bk,
         BV=factor_bv,
         PRECISION=precision,
+        KB=min(bk, KEY_BLOCK),
         FACTOR_BOUND=FACTOR_BOUND,
         num_warps=8,
     )
@@ -107,6 +114,7 @@ def launch_chunked(launch) -> None:
         BT=CHUNK,
         BK=bk,
         BV=factor_bv,
+        KB=min(bk, KEY_BLOCK),
         BP=_triton.next_power_of_2(events + 1),
         HAS_EMIT=instr.states is not None,
         PRECISION=precision,

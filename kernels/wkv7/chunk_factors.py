@@ -92,9 +92,18 @@ def _cumulative_decay(w_ptr, offsets, mask):
 
 
 @triton.jit
+def _key_block(w_ptr, p_k, m_tk, o_k, kb, K):
+    """Key channels ``kb .. kb + KB`` of a chunk: their ``[BT, KB]`` mask, cumulative log-decay
+    ``g`` and log-decay ``w`` (:func:`_cumulative_decay`)."""
+    m = m_tk & (o_k[None, :] + kb < K)
+    g, w = _cumulative_decay(w_ptr + kb, p_k, m)
+    return m, g, w
+
+
+@triton.jit
 def _pairs_exact(
-    x,
-    g_x,
+    x_ptr,
+    x_scale,
     k_ptr,
     b_ptr,
     w_ptr,
@@ -105,35 +114,45 @@ def _pairs_exact(
     V,
     o_k,
     o_v,
-    with_b_ptr,
+    p_k,
+    m_tk,
     STRICT: tl.constexpr,
     BT: tl.constexpr,
+    BK: tl.constexpr,
+    KB: tl.constexpr,
     BV: tl.constexpr,
 ):
-    """The pair matrices of ``x`` for a chunk whose decay is too strong to factorise, one column
-    ``j`` a step with per-element ``e^{g_x,ic - g_jc}`` (exponent clamped at 0, exact for every
-    pair kept): ``sum_c x_ic e^{..} b_jc`` stored column by column at ``with_b_ptr`` (row-major
-    ``[BT, BT]``), and ``(sum_c x_ic e^{..} k_jc) v`` ``[BT, BV]`` returned, accumulated a rank
-    one term a column (pairs ``j < i``, or ``j <= i`` unless ``STRICT``)."""
+    """The pair matrices of ``x = x_scale * x_ptr[...]`` for a chunk whose decay is too strong to
+    factorise, one column ``j`` a step with per-element ``e^{g_x,ic - g_jc}`` (exponent clamped
+    at 0, exact for every pair kept; ``g_x = g_{i-1}`` if ``STRICT`` else ``g_i``), a block of
+    ``KB`` key channels at a time: ``sum_c x_ic e^{..} b_jc`` ``[BT, BT]`` and
+    ``(sum_c x_ic e^{..} k_jc) v`` ``[BT, BV]``, pairs ``j < i`` (``j <= i`` unless
+    ``STRICT``)."""
     o_t = tl.arange(0, BT)
-    m_k = o_k < K
     m_v = o_v < V
+    with_b = tl.zeros([BT, BT], dtype=tl.float32)
     with_k_v = tl.zeros([BT, BV], dtype=tl.float32)
-    g_j = tl.sum(g_x, 0) * 0.0  # [BK] zeros in g's layout
-    for j in range(0, n):
-        k_j = tl.load(k_ptr + j * H * K + o_k, mask=m_k, other=0.0).to(tl.float32)
-        b_j = tl.load(b_ptr + j * H * K + o_k, mask=m_k, other=0.0).to(tl.float32)
-        v_j = tl.load(v_ptr + j * H * V + o_v, mask=m_v, other=0.0).to(tl.float32)
-        g_j += tl.load(w_ptr + j * H * K + o_k, mask=m_k, other=0.0).to(tl.float32)
-        decayed = x * tl.exp(tl.minimum(g_x - g_j[None, :], 0.0))
-        if STRICT:
-            kept = o_t > j
-        else:
-            kept = o_t >= j
-        with_k = tl.where(kept, tl.sum(decayed * k_j[None, :], 1), 0.0)
-        tl.store(with_b_ptr + o_t * BT + j, tl.where(kept, tl.sum(decayed * b_j[None, :], 1), 0.0))
-        with_k_v += with_k[:, None] * v_j[None, :]
-    return with_k_v
+    for kb in tl.static_range(0, BK, KB):
+        m, g, w = _key_block(w_ptr, p_k, m_tk, o_k, kb, K)
+        g_x = g - w if STRICT else g
+        x = tl.load(x_ptr + kb + p_k, mask=m, other=0.0).to(tl.float32) * x_scale
+        m_k = o_k + kb < K
+        g_j = tl.sum(g_x, 0) * 0.0  # [KB] zeros in g's layout
+        for j in range(0, n):
+            k_j = tl.load(k_ptr + kb + j * H * K + o_k, mask=m_k, other=0.0).to(tl.float32)
+            b_j = tl.load(b_ptr + kb + j * H * K + o_k, mask=m_k, other=0.0).to(tl.float32)
+            v_j = tl.load(v_ptr + j * H * V + o_v, mask=m_v, other=0.0).to(tl.float32)
+            g_j += tl.load(w_ptr + kb + j * H * K + o_k, mask=m_k, other=0.0).to(tl.float32)
+            decayed = x * tl.exp(tl.minimum(g_x - g_j[None, :], 0.0))
+            if STRICT:
+                kept = o_t > j
+            else:
+                kept = o_t >= j
+            with_k = tl.where(kept, tl.sum(decayed * k_j[None, :], 1), 0.0)
+            column = tl.where(kept, tl.sum(decayed * b_j[None, :], 1), 0.0)
+            with_b += tl.where(o_t[None, :] == j, column[:, None], 0.0)
+            with_k_v += with_k[:, None] * v_j[None, :]
+    return with_b, with_k_v
 
 
 @triton.jit
@@ -188,6 +207,72 @@ def _work_tile(work_ptr, chunk, BT: tl.constexpr):
 
 
 @triton.jit
+def _wy_w_block(work, kb, o_t, o_k, BT: tl.constexpr, KB: tl.constexpr):
+    """Key channels ``kb .. kb + KB`` of the WY factor ``W`` ``[BT, KB]``, from the scratch slots
+    stage 1b parks it in (the second and third ``[BT, BT]`` of ``work``)."""
+    return tl.load(work + BT * BT + (kb // KB) * BT * BT + o_t[:, None] * KB + o_k[None, :])
+
+
+@triton.jit
+def _cut_transition(
+    p_ptr,
+    q_ptr,
+    t,
+    w_ptr,
+    a_ptr,
+    b_ptr,
+    k_ptr,
+    p_k,
+    m_tk,
+    o_k,
+    K,
+    work,
+    v,
+    wy_u,
+    o_t,
+    o_v,
+    V,
+    WITH_P,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    KB: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """The chunk's state after its token ``t`` as ``P_t S0 + Q_t``: ``Q_t = B_t^T U + K_t^T v``
+    ``[K, BV]`` stored at ``q_ptr`` (row-major ``[K, V]``) and, if ``WITH_P``,
+    ``P_t = diag(e^{g_t}) + B_t^T W`` ``[K, K]`` at ``p_ptr``, with ``B_t = b e^{g_t - g}``,
+    ``K_t = k e^{g_t - g}`` over tokens ``<= t``; ``KB x KB`` blocks (``t = n - 1``: ``M, D``;
+    ``W`` read from ``work``, :func:`_wy_w_block`)."""
+    m_v = o_v < V
+    upto = o_t[:, None] <= t
+    for kb in tl.static_range(0, BK, KB):  # rows kb .. kb + KB of P_t and Q_t
+        m, g, w = _key_block(w_ptr, p_k, m_tk, o_k, kb, K)
+        g_t = tl.sum(tl.where(o_t[:, None] == t, g, 0.0), 0)
+        to_t = tl.where(upto, tl.exp(tl.minimum(g_t[None, :] - g, 0.0)), 0.0)
+        b_t = tl.trans(tl.load(b_ptr + kb + p_k, mask=m, other=0.0).to(tl.float32) * to_t)
+        k_t = tl.load(k_ptr + kb + p_k, mask=m, other=0.0).to(tl.float32) * to_t
+        q_t = tl.dot(b_t, wy_u, input_precision=PRECISION)
+        q_t = tl.dot(tl.trans(k_t), v, q_t, input_precision=PRECISION)
+        m_row = o_k + kb < K
+        tl.store(
+            q_ptr + (kb + o_k[:, None]) * V + o_v[None, :], q_t, mask=m_row[:, None] & m_v[None, :]
+        )
+        if WITH_P:
+            eye = o_k[:, None] == o_k[None, :]
+            for kc in tl.static_range(0, BK, KB):  # columns kc .. kc + KB
+                wy_w = _wy_w_block(work, kc, o_t, o_k, BT, KB)
+                p_t = tl.dot(b_t, wy_w, input_precision=PRECISION)
+                if kc == kb:
+                    p_t += tl.where(eye, tl.exp(g_t)[:, None], 0.0)
+                m_col = o_k + kc < K
+                tl.store(
+                    p_ptr + (kb + o_k[:, None]) * K + kc + o_k[None, :],
+                    p_t,
+                    mask=m_row[:, None] & m_col[None, :],
+                )
+
+
+@triton.jit
 def wkv7_chunk_pairs_kernel(
     r_ptr,  # [B, L, H, K]
     w_ptr,  # [B, L, H, K] log-decay
@@ -207,17 +292,21 @@ def wkv7_chunk_pairs_kernel(
     BK: tl.constexpr,
     BV: tl.constexpr,
     PRECISION: tl.constexpr,
+    KB: tl.constexpr,  # key channels per block (BK a multiple of it)
     FACTOR_BOUND: tl.constexpr,
 ):
     """Stage 1a: the chunk's pair matrices; ``A_ab`` and ``A_qb`` to the scratch, with
     ``A_ak v``, and ``A_qk v`` to ``y_local``."""
-    ptrs, at = _open_chunk((r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr), L, H, K, V, NT, BT, BK, BV)
+    ptrs, at = _open_chunk((r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr), L, H, K, V, NT, BT, KB, BV)
     r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr = ptrs
     c0, n, chunk, o_t, o_k, o_v, m_tk, m_tv, m_kk, m_kv, p_k, p_v = at
-    g, w = _cumulative_decay(w_ptr, p_k, m_tk)
-    g_last = tl.sum(w, 0)
-    g_mid = tl.sum(tl.where(o_t[:, None] <= (n - 1) // 2, w, 0.0), 0)
-    span = tl.max(tl.maximum(-g_mid, g_mid - g_last), 0)  # largest |g - g_mid| in the chunk
+    middle = o_t[:, None] <= (n - 1) // 2
+    span = 0.0  # largest |g - g_mid| in the chunk
+    for kb in tl.static_range(0, BK, KB):
+        w = tl.load(w_ptr + kb + p_k, mask=m_tk & (o_k[None, :] + kb < K), other=0.0)
+        w = w.to(tl.float32)
+        g_mid = tl.sum(tl.where(middle, w, 0.0), 0)
+        span = tl.maximum(span, tl.max(tl.maximum(-g_mid, g_mid - tl.sum(w, 0)), 0))
     work = _work_tile(work_ptr, chunk, BT)
     square_t = o_t[:, None] * BT + o_t[None, :]
     square_v = o_t[:, None] * BV + tl.arange(0, BV)[None, :]
@@ -226,38 +315,44 @@ def wkv7_chunk_pairs_kernel(
     p_y_local = y_local_ptr + chunk * BT * V + (o_t[:, None] * V + o_v[None, :])
     v = tl.load(v_ptr + p_v, mask=m_tv, other=0.0).to(tl.float32)
     if span <= FACTOR_BOUND:
-        to_mid = tl.exp(g_mid[None, :] - g)
-        k_side = tl.trans(tl.load(k_ptr + p_k, mask=m_tk, other=0.0).to(tl.float32) * to_mid)
-        b_side = tl.trans(tl.load(b_ptr + p_k, mask=m_tk, other=0.0).to(tl.float32) * to_mid)
-        a_side = tl.load(a_ptr + p_k, mask=m_tk, other=0.0).to(tl.float32)
-        a_side = a_side * tl.exp(g - w - g_mid[None, :])
-        a_ab = tl.dot(a_side, b_side, input_precision=PRECISION)
+        a_ab = tl.zeros([BT, BT], dtype=tl.float32)
+        a_ak = tl.zeros([BT, BT], dtype=tl.float32)
+        a_qb = tl.zeros([BT, BT], dtype=tl.float32)
+        a_qk = tl.zeros([BT, BT], dtype=tl.float32)
+        for kb in tl.static_range(0, BK, KB):  # the pair sums, a block of key channels a step
+            m, g, w = _key_block(w_ptr, p_k, m_tk, o_k, kb, K)
+            g_mid = tl.sum(tl.where(middle, w, 0.0), 0)
+            to_mid = tl.exp(g_mid[None, :] - g)
+            k_side = tl.load(k_ptr + kb + p_k, mask=m, other=0.0).to(tl.float32) * to_mid
+            k_side = tl.trans(k_side)
+            b_side = tl.load(b_ptr + kb + p_k, mask=m, other=0.0).to(tl.float32) * to_mid
+            b_side = tl.trans(b_side)
+            a_side = tl.load(a_ptr + kb + p_k, mask=m, other=0.0).to(tl.float32)
+            a_side = a_side * tl.exp(g - w - g_mid[None, :])
+            a_ab = tl.dot(a_side, b_side, a_ab, input_precision=PRECISION)
+            a_ak = tl.dot(a_side, k_side, a_ak, input_precision=PRECISION)
+            q_side = tl.load(r_ptr + kb + p_k, mask=m, other=0.0).to(tl.float32)
+            q_side = q_side * (scale * tl.exp(g - g_mid[None, :]))
+            a_qb = tl.dot(q_side, b_side, a_qb, input_precision=PRECISION)
+            a_qk = tl.dot(q_side, k_side, a_qk, input_precision=PRECISION)
         tl.store(work + square_t, tl.where(strict, a_ab, 0.0))
-        a_ak = tl.dot(a_side, k_side, input_precision=PRECISION)
         tl.store(
             work + 2 * BT * BT + square_v,
             tl.dot(tl.where(strict, a_ak, 0.0), v, input_precision=PRECISION),
         )
-        q_side = tl.load(r_ptr + p_k, mask=m_tk, other=0.0).to(tl.float32)
-        q_side = q_side * (scale * tl.exp(g - g_mid[None, :]))
-        a_qb = tl.dot(q_side, b_side, input_precision=PRECISION)
         tl.store(work + BT * BT + square_t, tl.where(inclusive, a_qb, 0.0))
-        a_qk = tl.dot(q_side, k_side, input_precision=PRECISION)
         tl.store(
             p_y_local,
             tl.dot(tl.where(inclusive, a_qk, 0.0), v, input_precision=PRECISION),
             mask=m_tv,
         )
-    else:  # columns past the chunk stay zero: the scratch starts zeroed there
-        tl.store(work + square_t, tl.zeros([BT, BT], dtype=tl.float32))
-        tl.store(work + BT * BT + square_t, tl.zeros([BT, BT], dtype=tl.float32))
-        tl.debug_barrier()
-        rows = (k_ptr, b_ptr, w_ptr, v_ptr, n, H, K, V, o_k, o_v)
-        a = tl.load(a_ptr + p_k, mask=m_tk, other=0.0).to(tl.float32)
-        ak_v = _pairs_exact(a, g - w, *rows, work, True, BT, BV)
+    else:
+        rows = (k_ptr, b_ptr, w_ptr, v_ptr, n, H, K, V, o_k, o_v, p_k, m_tk)
+        ab, ak_v = _pairs_exact(a_ptr, 1.0, *rows, True, BT, BK, KB, BV)
+        tl.store(work + square_t, ab)
         tl.store(work + 2 * BT * BT + square_v, ak_v)
-        r = tl.load(r_ptr + p_k, mask=m_tk, other=0.0).to(tl.float32) * scale
-        qk_v = _pairs_exact(r, g, *rows, work + BT * BT, False, BT, BV)
+        qb, qk_v = _pairs_exact(r_ptr, scale, *rows, False, BT, BK, KB, BV)
+        tl.store(work + BT * BT + square_t, qb)
         tl.store(p_y_local, qk_v, mask=m_tv)
 
 
@@ -273,7 +368,7 @@ def wkv7_chunk_factors_kernel(
     y_local_ptr,  # [B, H, NT, BT, V] fp32
     trans_ptr,  # [B, H, NT, K, K] fp32: M
     drive_ptr,  # [B, H, NT, K, V] fp32: D
-    work_ptr,  # [B, H, NT, VT, 3, BT, BT] fp32 scratch: A_ab (then T), A_qb, A_ak v
+    work_ptr,  # [B, H, NT, VT, 3, BT, BT] fp32 scratch: A_ab (then T), A_qb, A_ak v (then W)
     emit_t_ptr,  # [B, P + 1] int32, sorted, sentinel L
     snap_p_ptr,  # [B, P, H, K, K] fp32: P_t at the emission's sorted index
     snap_q_ptr,  # [B, P, H, K, V] fp32: Q_t
@@ -287,52 +382,59 @@ def wkv7_chunk_factors_kernel(
     BT: tl.constexpr,
     BK: tl.constexpr,
     BV: tl.constexpr,
+    KB: tl.constexpr,  # key channels per block (BK a multiple of it)
     BP: tl.constexpr,  # power of two > P
     HAS_EMIT: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """Stage 1b: T, the WY factors, and what the state pass reads."""
-    ptrs, at = _open_chunk((r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr), L, H, K, V, NT, BT, BK, BV)
+    """Stage 1b: T, the WY factors, and what the state pass reads, a block of ``KB`` key
+    channels at a time (``M``: ``KB x KB`` blocks)."""
+    ptrs, at = _open_chunk((r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr), L, H, K, V, NT, BT, KB, BV)
     r_ptr, w_ptr, k_ptr, v_ptr, a_ptr, b_ptr = ptrs
     c0, n, chunk, o_t, o_k, o_v, m_tk, m_tv, m_kk, m_kv, p_k, p_v = at
     i_b = tl.program_id(1) // H
     i_h = tl.program_id(1) % H
     work = _work_tile(work_ptr, chunk, BT)
-    square_t = o_t[:, None] * BT + o_t[None, :]
     square_v = o_t[:, None] * BV + tl.arange(0, BV)[None, :]
     p_y_local = y_local_ptr + chunk * BT * V + (o_t[:, None] * V + o_v[None, :])
 
-    # Phase 2: T = (I - A_ab)^{-1} (in place of A_ab), W = T (a e^{g_prev}), U = T A_ak v
+    # Phase 2: T = (I - A_ab)^{-1} (in place of A_ab), U = T A_ak v, W = T (a e^{g_prev})
     inv = _blocked_inverse(work, BT)
-    g, w = _cumulative_decay(w_ptr, p_k, m_tk)
-    g_last = tl.sum(w, 0)
-    a = tl.load(a_ptr + p_k, mask=m_tk, other=0.0).to(tl.float32)
-    wy_w = tl.dot(inv, a * tl.exp(g - w), input_precision=PRECISION)  # [BT, BK]
     wy_u = tl.dot(inv, tl.load(work + 2 * BT * BT + square_v), input_precision=PRECISION)
 
     # Phase 3: what the state pass reads
-    a_qb = tl.load(work + BT * BT + square_t)
+    a_qb = tl.load(work + BT * BT + o_t[:, None] * BT + o_t[None, :])
     y_local = tl.load(p_y_local, mask=m_tv, other=0.0)
     tl.store(p_y_local, tl.dot(a_qb, wy_u, y_local, input_precision=PRECISION), mask=m_tv)
-    square_kk = o_k[:, None] * K + o_k[None, :]
-    square_kv = o_k[:, None] * V + o_v[None, :]
-    eye = o_k[:, None] == o_k[None, :]
-    to_end = tl.exp(g_last[None, :] - g)
-    b = tl.load(b_ptr + p_k, mask=m_tk, other=0.0).to(tl.float32)
-    b_end = tl.trans(b * to_end)
-    if tl.program_id(2) == 0:
-        r = tl.load(r_ptr + p_k, mask=m_tk, other=0.0).to(tl.float32) * scale
-        q_eff = tl.dot(a_qb, wy_w, r * tl.exp(g), input_precision=PRECISION)
-        tl.store(q_eff_ptr + chunk * BT * K + (o_t[:, None] * K + o_k[None, :]), q_eff, mask=m_tk)
-        trans = tl.dot(
-            b_end, wy_w, tl.where(eye, tl.exp(g_last)[:, None], 0.0), input_precision=PRECISION
-        )
-        tl.store(trans_ptr + chunk * K * K + square_kk, trans, mask=m_kk)
-    k = tl.load(k_ptr + p_k, mask=m_tk, other=0.0).to(tl.float32)
     v = tl.load(v_ptr + p_v, mask=m_tv, other=0.0).to(tl.float32)
-    drive = tl.dot(b_end, wy_u, input_precision=PRECISION)
-    drive = tl.dot(tl.trans(k * to_end), v, drive, input_precision=PRECISION)
-    tl.store(drive_ptr + chunk * K * V + square_kv, drive, mask=m_kv)
+    blocks = (w_ptr, a_ptr, b_ptr, k_ptr, p_k, m_tk, o_k, K, work, v, wy_u)
+    factor_p = tl.program_id(2) == 0  # one V tile stores the V-independent factors
+    if factor_p:  # W, a key block at a time, into the slots of A_qb and A_ak v (read above)
+        tl.debug_barrier()
+        for kb in tl.static_range(0, BK, KB):
+            m, g, w = _key_block(w_ptr, p_k, m_tk, o_k, kb, K)
+            a = tl.load(a_ptr + kb + p_k, mask=m, other=0.0).to(tl.float32)
+            wy_w = tl.dot(inv, a * tl.exp(g - w), input_precision=PRECISION)
+            r = tl.load(r_ptr + kb + p_k, mask=m, other=0.0).to(tl.float32) * scale
+            q_eff = tl.dot(a_qb, wy_w, r * tl.exp(g), input_precision=PRECISION)
+            p_q_eff = q_eff_ptr + chunk * BT * K + kb + (o_t[:, None] * K + o_k[None, :])
+            tl.store(p_q_eff, q_eff, mask=m)
+            tl.store(work + BT * BT + (kb // KB) * BT * BT + o_t[:, None] * KB + o_k[None, :], wy_w)
+        tl.debug_barrier()
+    _cut_transition(
+        trans_ptr + chunk * K * K,
+        drive_ptr + chunk * K * V,
+        n - 1,
+        *blocks,
+        o_t,
+        o_v,
+        V,
+        factor_p,
+        BT,
+        BK,
+        KB,
+        PRECISION,
+    )
 
     if HAS_EMIT:  # S_t = P_t S0 + Q_t at the row's emissions inside the chunk, before its end
         o_p = tl.arange(0, BP)
@@ -341,15 +443,18 @@ def wkv7_chunk_factors_kernel(
         last = tl.sum((times < c0 + n - 1).to(tl.int32), 0)
         for e in range(first, last):
             t = tl.load(emit_t_ptr + i_b * (P + 1) + e) - c0
-            g_t = tl.sum(tl.where(o_t[:, None] == t, g, 0.0), 0)
-            upto = tl.where(o_t[:, None] <= t, tl.exp(tl.minimum(g_t[None, :] - g, 0.0)), 0.0)
-            b_t = tl.trans(b * upto)
             snap = (i_b.to(tl.int64) * P + e) * H + i_h
-            q_t = tl.dot(b_t, wy_u, input_precision=PRECISION)
-            q_t = tl.dot(tl.trans(k * upto), v, q_t, input_precision=PRECISION)
-            tl.store(snap_q_ptr + snap * K * V + square_kv, q_t, mask=m_kv)
-            if tl.program_id(2) == 0:
-                p_t = tl.dot(
-                    b_t, wy_w, tl.where(eye, tl.exp(g_t)[:, None], 0.0), input_precision=PRECISION
-                )
-                tl.store(snap_p_ptr + snap * K * K + square_kk, p_t, mask=m_kk)
+            _cut_transition(
+                snap_p_ptr + snap * K * K,
+                snap_q_ptr + snap * K * V,
+                t,
+                *blocks,
+                o_t,
+                o_v,
+                V,
+                factor_p,
+                BT,
+                BK,
+                KB,
+                PRECISION,
+            )

@@ -15,7 +15,7 @@ import torch
 from .._contract import ScanOutput, float64_runs
 from .._triton import KernelInstrumentation
 from ..wkv6.launch import choose_form
-from .chunk import MAX_KEY_DIM, launch_chunked
+from .chunk import AUTO_MAX_KEY_DIM, launch_chunked
 from .fused_recurrent import launch_recurrent
 from .reference import validate, wkv7_chunked
 
@@ -53,7 +53,7 @@ class Launch7:
     def run(self, form: str = "auto") -> ScanOutput:
         """Run the kernel ``form`` names (``"auto"``: :func:`~..wkv6.launch.choose_form`) and
         return the result."""
-        form = choose_form(form, self.dims, MAX_KEY_DIM)
+        form = choose_form(form, self.dims, AUTO_MAX_KEY_DIM)
         (launch_chunked if form == "chunked" else launch_recurrent)(self)
         return self.instr.output(self.y)
 
@@ -81,7 +81,7 @@ def wkv7_triton(r, w, k, v, a, b, scale=1.0, *, form="auto", **instrumentation) 
             ``diag(exp(w_t)) + b_t a_t^T``); v: ``[B, L, H, V]``.
         scale: multiplies ``r`` (default 1.0, as RWKV-7 models use).
         form: ``"auto"`` (as RWKV-6: :func:`~..wkv6.launch.choose_form`),
-            ``"recurrent"`` or ``"chunked"`` (``K <= 64``).
+            ``"recurrent"`` or ``"chunked"`` (``K <= 128``).
         initial_state, output_final_state, emit_at, inject_at, inject_value, inject_mode,
         inject_scale: the instrumentation arguments of ``docs/semantics.md``; the state ``S``
             is ``[H, K, V]``, carried and emitted in float32.
