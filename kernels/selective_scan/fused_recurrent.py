@@ -280,13 +280,18 @@ def _selective_scan_fwd_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_T: tl.constexpr,  # tokens per time tile: 16 bytes of u
     BLOCK_N: tl.constexpr,
+    EVEN_N: tl.constexpr,  # N == BLOCK_N
 ):
     pid_d = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
     mask_d = offs_d < dim
-    mask_n = offs_n < N
+    if EVEN_N:  # a constant-true mask over n: the [N, BLOCK_D] masks are mask_d alone, one
+        # predicate a thread rather than one per state element, live across the scan
+        mask_n = offs_n < BLOCK_N
+    else:
+        mask_n = offs_n < N
     mask = mask_n[:, None] & mask_d[None, :]
     # [BLOCK_N, BLOCK_D] addresses as a pointer per channel plus the constant n (the
     # per-element part folds into the instruction; addresses kept per element, live across the
@@ -510,6 +515,7 @@ def selective_scan_triton(
         BLOCK_D=block_d,
         BLOCK_T=time_tile(u.dtype),
         BLOCK_N=block_n,
+        EVEN_N=state_size == block_n,
         num_warps=warps,
         num_stages=NUM_STAGES,
     )

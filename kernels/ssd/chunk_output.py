@@ -91,11 +91,17 @@ def add_tokens(
 
 
 @triton.jit
-def value_offsets(v_at):
-    """The ``[BN, BP]`` offsets of a transposed state tile in one dense ``[P, N]`` slot, built
-    where a value is loaded (kept across the kernel they would hold a register per element)."""
+def slot_value(inject, q, v_at, mask_np, HAS_SCALE: tl.constexpr):
+    """The value (times its scale) of the row's injection ``q`` on the program's transposed
+    ``[BN, BP]`` tile, float32.  The tile's offsets in the dense ``[P, N]`` slot are built here,
+    where the value is loaded (kept across the kernel they would hold a register per element)."""
+    _, slots_ptr, value_ptr, value_slot_stride, scale_ptr = inject
     offs_n, offs_p, N = v_at
-    return offs_p[None, :] * N + offs_n[:, None]
+    offsets = offs_p[None, :] * N + offs_n[:, None]
+    slot = tl.load(slots_ptr + q).to(tl.int64)
+    return injected_value(
+        slot, value_ptr, value_slot_stride, scale_ptr, offsets, mask_np, HAS_SCALE
+    )
 
 
 @triton.jit
@@ -117,21 +123,12 @@ def add_injections(
 ):
     """``S + sum_q 2^(g_to - g_q) v_q`` over the injections from the cursor up to ``last``
     (those of the state's segment); returns ``(S, q, t_q)`` with the cursor past them."""
-    times_ptr, slots_ptr, value_ptr, value_slot_stride, scale_ptr = inject
+    times_ptr = inject[0]
     while t_q <= last:  # (the sentinel L stops it)
         w_q = tl.exp2(g_to - tl.load(g_chunk + t_q))
         if HAS_SEGMENTS:
             w_q = tl.where(tl.load(state_seg_chunk + t_q) == seg_to, w_q, 0.0)
-        value = injected_value(
-            tl.load(slots_ptr + q).to(tl.int64),
-            value_ptr,
-            value_slot_stride,
-            scale_ptr,
-            value_offsets(v_at),
-            mask_np,
-            HAS_SCALE,
-        )
-        S += w_q * value
+        S += w_q * slot_value(inject, q, v_at, mask_np, HAS_SCALE)
         q += 1
         t_q = tl.load(times_ptr + q) - start
     return S, q, t_q
@@ -351,15 +348,7 @@ def ssd_chunk_output_kernel(
             w_q = tl.exp2(tl.where(offs_i > t_q, g_i - tl.load(g_chunk + t_q), float("-inf")))
             if HAS_SEGMENTS:
                 w_q = tl.where(seg_i == tl.load(state_seg_chunk + t_q), w_q, 0.0)
-            v_t = injected_value(
-                tl.load(inj_s_ptr + q).to(tl.int64),
-                inj_v_ptr,
-                v_q,
-                inj_scale_ptr,
-                value_offsets(v_at),
-                mask_np,
-                HAS_SCALE,
-            )  # [BN, BP]
+            v_t = slot_value(inject, q, v_at, mask_np, HAS_SCALE)  # [BN, BP]
             seen = dot(C_i, v_t.to(DOT_DTYPE), tl.zeros([BM, BP], dtype=tl.float32), IEEE)
             acc += seen * w_q[:, None]
             q += 1
