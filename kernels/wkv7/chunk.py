@@ -41,14 +41,15 @@ FACTOR_MAX_BV = 64
 
 
 def state_blocks(key_dim: int, value_dim: int) -> tuple[int, int, int]:
-    """``(BK, BV, num_warps)`` of the state pass: all of K, ``BV <= 32``, 8 warps (<= 128
-    registers at K = 64)."""
+    """``(BK, BV, num_warps)`` of the state pass: all of K, ``BV <= 32`` and a state tile of at
+    most 2048 elements (``BV = 16`` at ``K = 128``), 8 warps (16 cap registers at 128 and spill
+    more)."""
     if key_dim > MAX_KEY_DIM:
         raise ValueError(
             f"the chunked kernel takes K <= {MAX_KEY_DIM}, got K={key_dim}; use the recurrent form"
         )
     bk = _triton.block_size(key_dim)
-    return bk, min(_triton.block_size(value_dim), 32), 8
+    return bk, min(_triton.block_size(value_dim), 32, 2048 // bk), 8
 
 
 def launch_chunked(launch) -> None:
@@ -92,7 +93,7 @@ def launch_chunked(launch) -> None:
         PRECISION=precision,
         KB=min(bk, KEY_BLOCK),
         FACTOR_BOUND=FACTOR_BOUND,
-        num_warps=8,
+        num_warps=warps,
     )
     wkv7_chunk_factors_kernel[grid](
         *launch.inputs,
@@ -118,7 +119,7 @@ def launch_chunked(launch) -> None:
         BP=_triton.next_power_of_2(events + 1),
         HAS_EMIT=instr.states is not None,
         PRECISION=precision,
-        num_warps=8,
+        num_warps=warps,
     )
     wkv7_chunk_state_kernel[(_triton.cdiv(value_dim, bv), batch * heads)](
         *launch.kernel_args(),

@@ -156,6 +156,47 @@ def _pairs_exact(
 
 
 @triton.jit
+def _factorised_pairs(
+    r_ptr,
+    w_ptr,
+    k_ptr,
+    a_ptr,
+    b_ptr,
+    p_k,
+    m_tk,
+    o_k,
+    K,
+    middle,
+    scale,
+    QUERY: tl.constexpr,
+    BT: tl.constexpr,
+    BK: tl.constexpr,
+    KB: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """``(A_xb, A_xk)`` ``[BT, BT]`` (unmasked) for ``x = scale r e^{g}`` if ``QUERY`` else
+    ``x = a e^{g_prev}``, from gated operands factorised around the chunk's middle token
+    (``middle``: the rows up to it), summed over blocks of ``KB`` key channels."""
+    with_b = tl.zeros([BT, BT], dtype=tl.float32)
+    with_k = tl.zeros([BT, BT], dtype=tl.float32)
+    for kb in tl.static_range(0, BK, KB):
+        m, g, w = _key_block(w_ptr, p_k, m_tk, o_k, kb, K)
+        g_mid = tl.sum(tl.where(middle, w, 0.0), 0)
+        to_mid = tl.exp(g_mid[None, :] - g)
+        k_side = tl.load(k_ptr + kb + p_k, mask=m, other=0.0).to(tl.float32) * to_mid
+        b_side = tl.load(b_ptr + kb + p_k, mask=m, other=0.0).to(tl.float32) * to_mid
+        if QUERY:
+            x = tl.load(r_ptr + kb + p_k, mask=m, other=0.0).to(tl.float32)
+            x = x * (scale * tl.exp(g - g_mid[None, :]))
+        else:
+            x = tl.load(a_ptr + kb + p_k, mask=m, other=0.0).to(tl.float32)
+            x = x * tl.exp(g - w - g_mid[None, :])
+        with_b = tl.dot(x, tl.trans(b_side), with_b, input_precision=PRECISION)
+        with_k = tl.dot(x, tl.trans(k_side), with_k, input_precision=PRECISION)
+    return with_b, with_k
+
+
+@triton.jit
 def _open_chunk(ptrs, L, H, K, V, NT, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
     """A program's chunk (grid ``(chunk, B * H, V tile)``): ``ptrs`` ``(r, w, k, v, a, b)`` moved
     to the chunk's first token, and ``(c0, n, chunk, o_t, o_k, o_v, m_tk, m_tv, m_kk, m_kv, p_k,
@@ -245,7 +286,7 @@ def _cut_transition(
     ``W`` read from ``work``, :func:`_wy_w_block`)."""
     m_v = o_v < V
     upto = o_t[:, None] <= t
-    for kb in tl.static_range(0, BK, KB):  # rows kb .. kb + KB of P_t and Q_t
+    for kb in range(0, BK, KB):  # rows kb .. kb + KB of P_t and Q_t (a loop: shared memory reused)
         m, g, w = _key_block(w_ptr, p_k, m_tk, o_k, kb, K)
         g_t = tl.sum(tl.where(o_t[:, None] == t, g, 0.0), 0)
         to_t = tl.where(upto, tl.exp(tl.minimum(g_t[None, :] - g, 0.0)), 0.0)
@@ -259,11 +300,10 @@ def _cut_transition(
         )
         if WITH_P:
             eye = o_k[:, None] == o_k[None, :]
-            for kc in tl.static_range(0, BK, KB):  # columns kc .. kc + KB
+            for kc in range(0, BK, KB):  # columns kc .. kc + KB
                 wy_w = _wy_w_block(work, kc, o_t, o_k, BT, KB)
                 p_t = tl.dot(b_t, wy_w, input_precision=PRECISION)
-                if kc == kb:
-                    p_t += tl.where(eye, tl.exp(g_t)[:, None], 0.0)
+                p_t += tl.where(eye & (kc == kb), tl.exp(g_t)[:, None], 0.0)
                 m_col = o_k + kc < K
                 tl.store(
                     p_ptr + (kb + o_k[:, None]) * K + kc + o_k[None, :],
@@ -313,33 +353,17 @@ def wkv7_chunk_pairs_kernel(
     strict = o_t[:, None] > o_t[None, :]
     inclusive = o_t[:, None] >= o_t[None, :]
     p_y_local = y_local_ptr + chunk * BT * V + (o_t[:, None] * V + o_v[None, :])
-    v = tl.load(v_ptr + p_v, mask=m_tv, other=0.0).to(tl.float32)
     if span <= FACTOR_BOUND:
-        a_ab = tl.zeros([BT, BT], dtype=tl.float32)
-        a_ak = tl.zeros([BT, BT], dtype=tl.float32)
-        a_qb = tl.zeros([BT, BT], dtype=tl.float32)
-        a_qk = tl.zeros([BT, BT], dtype=tl.float32)
-        for kb in tl.static_range(0, BK, KB):  # the pair sums, a block of key channels a step
-            m, g, w = _key_block(w_ptr, p_k, m_tk, o_k, kb, K)
-            g_mid = tl.sum(tl.where(middle, w, 0.0), 0)
-            to_mid = tl.exp(g_mid[None, :] - g)
-            k_side = tl.load(k_ptr + kb + p_k, mask=m, other=0.0).to(tl.float32) * to_mid
-            k_side = tl.trans(k_side)
-            b_side = tl.load(b_ptr + kb + p_k, mask=m, other=0.0).to(tl.float32) * to_mid
-            b_side = tl.trans(b_side)
-            a_side = tl.load(a_ptr + kb + p_k, mask=m, other=0.0).to(tl.float32)
-            a_side = a_side * tl.exp(g - w - g_mid[None, :])
-            a_ab = tl.dot(a_side, b_side, a_ab, input_precision=PRECISION)
-            a_ak = tl.dot(a_side, k_side, a_ak, input_precision=PRECISION)
-            q_side = tl.load(r_ptr + kb + p_k, mask=m, other=0.0).to(tl.float32)
-            q_side = q_side * (scale * tl.exp(g - g_mid[None, :]))
-            a_qb = tl.dot(q_side, b_side, a_qb, input_precision=PRECISION)
-            a_qk = tl.dot(q_side, k_side, a_qk, input_precision=PRECISION)
+        sides = (r_ptr, w_ptr, k_ptr, a_ptr, b_ptr, p_k, m_tk, o_k, K, middle, scale)
+        a_ab, a_ak = _factorised_pairs(*sides, False, BT, BK, KB, PRECISION)
+        v = tl.load(v_ptr + p_v, mask=m_tv, other=0.0).to(tl.float32)
         tl.store(work + square_t, tl.where(strict, a_ab, 0.0))
         tl.store(
             work + 2 * BT * BT + square_v,
             tl.dot(tl.where(strict, a_ak, 0.0), v, input_precision=PRECISION),
         )
+        a_qb, a_qk = _factorised_pairs(*sides, True, BT, BK, KB, PRECISION)
+        v = tl.load(v_ptr + p_v, mask=m_tv, other=0.0).to(tl.float32)
         tl.store(work + BT * BT + square_t, tl.where(inclusive, a_qb, 0.0))
         tl.store(
             p_y_local,
