@@ -86,8 +86,6 @@ KNOWN_OVER_BUDGET = """
     wkv7 | set | chunked bfloat16 L2048 | wkv7_chunk_state_kernel | sm_80
     wkv7 | set | chunked bfloat16 L2048 | wkv7_chunk_state_kernel | sm_90a
     wkv7 | set | recurrent bfloat16 L2048 | wkv7_recurrent_kernel | sm_80
-    selective_scan_step | instrumented | B64 | _state_update_kernel | sm_80
-    selective_scan_step | instrumented | B64 | _state_update_kernel | sm_90a
 """
 LOCKED_TRITON = "3.8.0"
 
