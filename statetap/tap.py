@@ -188,10 +188,10 @@ class Tap:
                 so is a model whose blocks hand each other more than the residual stream
                 (RWKV-7's ``v_first``, mamba-ssm's split stream) for ``start_at > 0``.
             logits_at: compute the logits only at these positions (see
-                :mod:`statetap.positions`; ``"last"``: each row's last real token): the final
-                norm's output is gathered there before the unembedding, so ``result.logits`` is
-                ``[B, P, V]`` and the unembedding costs ``P`` tokens a row, not ``L``.  Refused
-                with ``keep_state`` and ``stop_after``.
+                :mod:`statetap.positions`; ``"last"``: each row's last real token): the output
+                embedding's input is gathered there, so ``result.logits`` is ``[B, P, V]`` and
+                the unembedding costs ``P`` tokens a row, not ``L``.  Refused with
+                ``keep_state`` and ``stop_after``.
             model_kwargs: passed to the model.
 
         Raises:
@@ -255,10 +255,11 @@ class Tap:
             if start_at is None
             else self.adapter.starting_at(start_at, start_residual)
         )
+        cuts: list = []  # one per call of the output embedding that logits_at cut
         gathering = (
             contextlib.nullcontext()
             if kept_logits is None
-            else self.adapter.final_norm_at(kept_logits.to(self.device))
+            else self.adapter.unembedding_at(kept_logits.to(self.device), cuts)
         )
         try:
             with autograd, self.adapter.instrument(pass_), stopping, starting, gathering:
@@ -279,6 +280,12 @@ class Tap:
         if offload and torch.cuda.is_available():
             torch.cuda.synchronize()  # the asynchronous copies to pinned memory have landed
         logits = None if output is None else output.logits
+        if kept_logits is not None and len(cuts) != 1:
+            raise RuntimeError(
+                f"logits_at: {type(self.model).__name__} called its output embedding {len(cuts)} "
+                "times as the module statetap hooks, not once, so the logits were not cut to the "
+                "positions asked for exactly once"
+            )
         result = TapResult(logits=logits, activations=pass_.results, output=output)
         if keep_state:
             result.state = RecurrentState(self.adapter, cache, output.logits[:, -1], mask)

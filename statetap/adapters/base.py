@@ -142,9 +142,15 @@ class Adapter:
         raise NotImplementedError
 
     @property
-    def unembedding(self) -> nn.Module:
-        """The output embedding: maps the final norm's output ``[..., H]`` to logits."""
+    def output_embedding(self) -> nn.Module:
+        """The module the model calls on the final norm's output ``[..., H]`` for its logits."""
         return self.model.get_output_embeddings()
+
+    @property
+    def unembedding(self) -> nn.Module:
+        """The output embedding: maps the final norm's output ``[..., H]`` to logits (with any
+        factor the model applies after :attr:`output_embedding`)."""
+        return self.output_embedding
 
     def mixer(self, layer: int) -> nn.Module:
         raise NotImplementedError
@@ -337,15 +343,16 @@ class Adapter:
             yield
 
     @contextlib.contextmanager
-    def final_norm_at(self, positions: torch.Tensor) -> Iterator[None]:
-        """Within the block, the final norm's output ``[B, L, H]`` is cut to ``positions``
-        ``[B, P]`` (:func:`gather_positions`), so the unembedding after it computes ``[B, P]``
-        logits only."""
+    def unembedding_at(self, positions: torch.Tensor, calls: list) -> Iterator[None]:
+        """Within the block, the input ``[B, L, H]`` of :attr:`output_embedding` is cut to
+        ``positions`` ``[B, P]`` (:func:`gather_positions`), so it computes ``[B, P]`` logits
+        only; each cut appends to ``calls`` (so that a caller can check it happened)."""
 
-        def gather(module, args, output):
-            return gather_positions(output, positions)
+        def gather(module, args):
+            calls.append(positions.shape)
+            return (gather_positions(args[0], positions), *args[1:])
 
-        with hooked([self.final_norm.register_forward_hook(gather)]):
+        with hooked([self.output_embedding.register_forward_pre_hook(gather)]):
             yield
 
     def start_module(self, layer: int) -> nn.Module:

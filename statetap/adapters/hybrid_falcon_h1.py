@@ -51,7 +51,7 @@ class FalconH1Adapter(BiasFreePadding, HybridMamba, Mamba2Adapter):
     def unembedding(self) -> nn.Module:
         """The output embedding followed by ``lm_head_multiplier``, as the model computes its
         logits from the final norm's output ``[..., H]``."""
-        return _Scaled(self.model.get_output_embeddings(), self.model.model.lm_head_multiplier)
+        return _Scaled(self.output_embedding, self.model.model.lm_head_multiplier)
 
     def skipped_block(self, layer: int, args: tuple, kwargs: dict) -> object:
         return (block_input(args, kwargs),)  # FalconH1DecoderLayer -> (hidden,)

@@ -71,7 +71,7 @@ class MambaSsmAdapter(MambaAdapter):
         return self.model.config.d_model
 
     @property
-    def unembedding(self):
+    def output_embedding(self):
         return self.model.lm_head  # MambaLMHeadModel has no get_output_embeddings
 
     def ssm_shape(self, mixer) -> tuple[int, ...]:
