@@ -12,10 +12,12 @@ position sweep of every state component (``ssm`` and ``conv``, 512 patches) as
   Mamba-1 starts a several-token continuation from a zero state, so stepping is the only exact
   way; tests/test_patching.py's naive loop does the same).
 
-All three give the same numbers: each loop's timed run is checked against the batched sweep to
-1e-5.  A loop runs once, its warm-up call skipped: the transformers loop takes minutes a run
-on this machine, against which what a warm-up saves (first-call set-up) is nothing.  Each
-loop's rounds are interleaved with runs of the batched sweep (``paired``), so
+All three give the same numbers: each loop's timed runs are checked against the batched sweep,
+to 1e-5 (``tap.run``) and 5e-5 (transformers, whose per-token step path rounds its float32 scan
+in another order than statetap's fused one: 1.7e-5 measured at this size).  A loop's warm-up
+call is skipped (its first call does nothing): the transformers loop takes minutes a run on
+this machine, against which what a warm-up saves (first-call set-up) is nothing.  Each loop's
+rounds are interleaved with runs of the batched sweep (``paired``), so
 its ``paired_ratio`` compares runs seconds apart under the same machine load; ``ratio`` compares
 medians of separate rounds.
 """
@@ -107,6 +109,9 @@ def transformers_loop(tap, clean, corrupt, answers) -> torch.Tensor:
 
 
 LOOPS = {TAP_LOOP: tap_loop, TRANSFORMERS_LOOP: transformers_loop}
+#: per loop: timed rounds (each after a run of the batched sweep) and the tolerance of its check
+ROUNDS = {TAP_LOOP: 2, TRANSFORMERS_LOOP: 1}
+TOLERANCE = {TAP_LOOP: 1e-5, TRANSFORMERS_LOOP: 5e-5}
 
 
 def after_warm_up(run, results: list):
@@ -140,8 +145,11 @@ def test_patching_sweep(record, setting, impl):
         CASE,
         impl,
         lambda: after_warm_up(lambda: LOOPS[impl](tap, clean, corrupt, answers), timed),
-        1,
+        ROUNDS[impl],
         paired=lambda: sweep,
     )
-    with torch.no_grad():  # the timed loop gave the batched sweep's numbers
-        assert len(timed) == 1 and rel_error(timed[0], sweep()) <= 1e-5
+    with torch.no_grad():  # every timed run of the loop gave the batched sweep's numbers
+        reference = sweep()
+    assert len(timed) == ROUNDS[impl]
+    for result in timed:
+        assert rel_error(result, reference) <= TOLERANCE[impl]
