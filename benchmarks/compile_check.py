@@ -55,7 +55,8 @@ SIZES = {
     "delta_rule": dict(HK=16, HV=32, K=128, V=128),  # Qwen3-Next's linear attention
 }
 STEP_BATCH = 64
-FORMS = {op: ("chunked", "recurrent") for op in ("wkv5", "wkv6", "wkv7")}
+#: ops with a `form` argument: each form is compiled
+FORMS = {op: ("chunked", "recurrent") for op in ("wkv5", "wkv6", "wkv7", "delta_rule")}
 
 
 @dataclass

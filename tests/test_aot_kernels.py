@@ -85,6 +85,20 @@ KNOWN_OVER_BUDGET = """
     wkv7 | add | chunked bfloat16 L2048 | wkv7_chunk_state_kernel | sm_90a
     wkv7 | set | chunked bfloat16 L2048 | wkv7_chunk_state_kernel | sm_80
     wkv7 | set | chunked bfloat16 L2048 | wkv7_chunk_state_kernel | sm_90a
+    delta_rule | plain | chunked bfloat16 L2048 | wkv7_chunk_pairs_kernel | sm_80
+    delta_rule | plain | chunked bfloat16 L2048 | wkv7_chunk_pairs_kernel | sm_90a
+    delta_rule | plain | chunked bfloat16 L2048 | wkv7_chunk_factors_kernel | sm_80
+    delta_rule | plain | chunked bfloat16 L2048 | wkv7_chunk_factors_kernel | sm_90a
+    delta_rule | plain | chunked bfloat16 L2048 | wkv7_chunk_state_kernel | sm_80
+    delta_rule | plain | chunked bfloat16 L2048 | wkv7_chunk_state_kernel | sm_90a
+    delta_rule | emit | chunked bfloat16 L2048 | wkv7_chunk_factors_kernel | sm_80
+    delta_rule | emit | chunked bfloat16 L2048 | wkv7_chunk_factors_kernel | sm_90a
+    delta_rule | emit | chunked bfloat16 L2048 | wkv7_chunk_state_kernel | sm_80
+    delta_rule | emit | chunked bfloat16 L2048 | wkv7_chunk_state_kernel | sm_90a
+    delta_rule | add | chunked bfloat16 L2048 | wkv7_chunk_state_kernel | sm_80
+    delta_rule | add | chunked bfloat16 L2048 | wkv7_chunk_state_kernel | sm_90a
+    delta_rule | set | chunked bfloat16 L2048 | wkv7_chunk_state_kernel | sm_80
+    delta_rule | set | chunked bfloat16 L2048 | wkv7_chunk_state_kernel | sm_90a
     wkv7 | set | recurrent bfloat16 L2048 | wkv7_recurrent_kernel | sm_80
 """
 LOCKED_TRITON = "3.8.0"
