@@ -353,17 +353,16 @@ def wkv7_chunk_pairs_kernel(
     strict = o_t[:, None] > o_t[None, :]
     inclusive = o_t[:, None] >= o_t[None, :]
     p_y_local = y_local_ptr + chunk * BT * V + (o_t[:, None] * V + o_v[None, :])
+    v = tl.load(v_ptr + p_v, mask=m_tv, other=0.0).to(tl.float32)
     if span <= FACTOR_BOUND:
         sides = (r_ptr, w_ptr, k_ptr, a_ptr, b_ptr, p_k, m_tk, o_k, K, middle, scale)
         a_ab, a_ak = _factorised_pairs(*sides, False, BT, BK, KB, PRECISION)
-        v = tl.load(v_ptr + p_v, mask=m_tv, other=0.0).to(tl.float32)
         tl.store(work + square_t, tl.where(strict, a_ab, 0.0))
         tl.store(
             work + 2 * BT * BT + square_v,
             tl.dot(tl.where(strict, a_ak, 0.0), v, input_precision=PRECISION),
         )
         a_qb, a_qk = _factorised_pairs(*sides, True, BT, BK, KB, PRECISION)
-        v = tl.load(v_ptr + p_v, mask=m_tv, other=0.0).to(tl.float32)
         tl.store(work + BT * BT + square_t, tl.where(inclusive, a_qb, 0.0))
         tl.store(
             p_y_local,
@@ -431,8 +430,8 @@ def wkv7_chunk_factors_kernel(
     y_local = tl.load(p_y_local, mask=m_tv, other=0.0)
     tl.store(p_y_local, tl.dot(a_qb, wy_u, y_local, input_precision=PRECISION), mask=m_tv)
     v = tl.load(v_ptr + p_v, mask=m_tv, other=0.0).to(tl.float32)
-    blocks = (w_ptr, a_ptr, b_ptr, k_ptr, p_k, m_tk, o_k, K, work, v, wy_u)
     factor_p = tl.program_id(2) == 0  # one V tile stores the V-independent factors
+    blocks = (w_ptr, a_ptr, b_ptr, k_ptr, p_k, m_tk, o_k, K, work, v, wy_u, o_t, o_v, V, factor_p)
     if factor_p:  # W, a key block at a time, into the slots of A_qb and A_ak v (read above)
         tl.debug_barrier()
         for kb in tl.static_range(0, BK, KB):
@@ -445,20 +444,8 @@ def wkv7_chunk_factors_kernel(
             tl.store(p_q_eff, q_eff, mask=m)
             tl.store(work + BT * BT + (kb // KB) * BT * BT + o_t[:, None] * KB + o_k[None, :], wy_w)
         tl.debug_barrier()
-    _cut_transition(
-        trans_ptr + chunk * K * K,
-        drive_ptr + chunk * K * V,
-        n - 1,
-        *blocks,
-        o_t,
-        o_v,
-        V,
-        factor_p,
-        BT,
-        BK,
-        KB,
-        PRECISION,
-    )
+    cut = (trans_ptr + chunk * K * K, drive_ptr + chunk * K * V, n - 1)
+    _cut_transition(*cut, *blocks, BT, BK, KB, PRECISION)  # M and D
 
     if HAS_EMIT:  # S_t = P_t S0 + Q_t at the row's emissions inside the chunk, before its end
         o_p = tl.arange(0, BP)
@@ -468,17 +455,5 @@ def wkv7_chunk_factors_kernel(
         for e in range(first, last):
             t = tl.load(emit_t_ptr + i_b * (P + 1) + e) - c0
             snap = (i_b.to(tl.int64) * P + e) * H + i_h
-            _cut_transition(
-                snap_p_ptr + snap * K * K,
-                snap_q_ptr + snap * K * V,
-                t,
-                *blocks,
-                o_t,
-                o_v,
-                V,
-                factor_p,
-                BT,
-                BK,
-                KB,
-                PRECISION,
-            )
+            cut = (snap_p_ptr + snap * K * K, snap_q_ptr + snap * K * V, t)
+            _cut_transition(*cut, *blocks, BT, BK, KB, PRECISION)
