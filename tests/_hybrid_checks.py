@@ -16,6 +16,7 @@ import pytest
 import torch
 from _extract_models import TOKENIZER as BYTES
 from _extract_models import random_texts
+from _greedy import SCORED
 
 import statetap
 from statetap.extract import ExtractConfig, extract, load_extraction
@@ -64,10 +65,14 @@ def model_state(cache, site: str, layer: int) -> torch.Tensor:
 
 
 def step_by_step(model, cache, tokens: torch.Tensor) -> torch.Tensor:
-    """Logits of ``tokens`` ``[B, L']`` fed one at a time after ``cache`` (updated in place)."""
-    logits = []
+    """Logits of ``tokens`` ``[B, L']`` fed one at a time after ``cache`` (updated in place), at
+    the positions ``generate`` gives them (``BambaModel`` numbers every forward from 0 without
+    them: docs/models.md)."""
+    logits, start = [], int(cache.get_seq_length())  # a counter the cache updates in place
     for t in range(tokens.shape[1]):
-        logits.append(model(tokens[:, t : t + 1], cache=cache, use_cache=True).logits)
+        position = torch.full((tokens.shape[0], 1), start + t)
+        step = model(tokens[:, t : t + 1], cache=cache, use_cache=True, position_ids=position)
+        logits.append(step.logits)
     return torch.cat(logits, 1)
 
 
@@ -259,15 +264,7 @@ def test_steered_generation_equals_a_greedy_loop_on_the_edited_cache(tap):
     model = tap.model
     prompt, new, layer = ids(2, 6), 4, tap.state_layers[0]
     value = 2.0 * torch.randn(tap.site_shape("ssm"))
-    options = dict(
-        max_new_tokens=new,
-        do_sample=False,
-        eos_token_id=[],
-        pad_token_id=0,
-        output_scores=True,
-        return_dict_in_generate=True,
-        attention_mask=torch.ones_like(prompt),
-    )
+    options = SCORED | dict(max_new_tokens=new, attention_mask=torch.ones_like(prompt))
     generated = tap.generate(
         prompt,
         inject=[statetap.Inject("ssm", layer, value, positions=-1, scale=1.5)],
@@ -282,7 +279,7 @@ def test_steered_generation_equals_a_greedy_loop_on_the_edited_cache(tap):
         tokens.append(scores[-1].argmax(-1))
         if k == new - 1:
             break
-        scores.append(model(tokens[-1][:, None], cache=cache, use_cache=True).logits[:, -1])
+        scores.append(step_by_step(model, cache, tokens[-1][:, None])[:, -1])
         states.append(model_state(cache, "ssm", layer).float().clone())
     assert torch.equal(generated.sequences, torch.cat([prompt, torch.stack(tokens, 1)], 1))
     for mine, theirs in zip(generated.output.scores, scores):
@@ -372,7 +369,6 @@ def test_state_steered_generation_equals_a_greedy_loop_over_the_edited_cache(tap
     }
     layer, m, new = tap.state_layers[-1], 50.0, 3
     prompt = ids(2, 7)
-    options = dict(max_new_tokens=new, do_sample=False, eos_token_id=[], pad_token_id=0)
     steered = generate_steered(
         tap,
         Prompts(prompt.tolist()),
@@ -380,16 +376,15 @@ def test_state_steered_generation_equals_a_greedy_loop_over_the_edited_cache(tap
         layers=layer,
         multiplier=m,
         mode="state",
-        output_scores=True,
-        return_dict_in_generate=True,
-        **options,
+        max_new_tokens=new,
+        **SCORED,
     )
     cache = own_cache(model, prompt[:, :-1])
     for site, value in vectors.state(layer).items():
         model_state(cache, site, layer).add_(m * value)
     fed, scores = prompt[:, -1:], []
     for _ in range(new):
-        scores.append(model(fed, cache=cache, use_cache=True).logits[:, -1])
+        scores.append(step_by_step(model, cache, fed)[:, -1])
         fed = scores[-1].argmax(-1, keepdim=True)
     for mine, theirs in zip(steered.output.scores, scores):
         close(theirs, mine, 1e-5)
@@ -412,30 +407,28 @@ def test_the_logit_lens_at_the_last_layer_reads_the_models_logits(tap):
 @torch.no_grad()
 def test_elk_features_are_the_models_own_residuals_and_states(tap):
     """Quirky-probe features at the prompt's last token: the residual stream after every block
-    (``output_hidden_states``) and, where every layer holds a state (Zamba, Zamba2, Falcon-H1),
-    each state component flattened (the model's own cache after the prompt); refused naming
-    ``tap.state_layers`` where some layer holds none (Jamba)."""
+    (``output_hidden_states``) and each state component flattened at the state layers (the
+    model's own cache after the prompt), each column named by its model layer."""
     model = tap.model
     texts = ["1 + 1 = 2. Alice:", "2 + 2 = 5. Bob:", "3 + 4 = 7. Alice:"]
     examples = [
         QuirkyPrompt(text, ("0", "1"), "Alice", bool(i % 2), bool(i % 2), False, 0.0)
         for i, text in enumerate(texts)
     ]
-    every_layer = len(tap.state_layers) == tap.adapter.n_layers
-    if not every_layer:
-        with pytest.raises(ValueError, match="tap.state_layers"):
-            quirky_features(tap, BYTES, examples, progress=False)
-    found = quirky_features(tap, BYTES, examples, state=every_layer, progress=False)
+    found = quirky_features(tap, BYTES, examples, progress=False)
+    assert found.layers["residual"] == list(range(tap.adapter.n_layers))
+    for site in tap.adapter.state_sites:
+        assert found.layers[site] == list(tap.state_layers)
     for n, example in enumerate(examples):
         tokens = torch.tensor([BYTES(example.text, add_special_tokens=False)["input_ids"]])
         out = model(tokens, output_hidden_states=True, use_cache=True)
         for index, entry in enumerate(tap.adapter.hidden_states_layout):
             if isinstance(entry, int):
                 close(out.hidden_states[index][0, -1], found.prompt["residual"][n, entry], 1e-5)
-        for site in tap.adapter.state_sites if every_layer else ():
-            for layer in tap.state_layers:
+        for site in tap.adapter.state_sites:
+            for column, layer in enumerate(tap.state_layers):
                 own = model_state(out.cache, site, layer)[0].flatten().float()
-                close(own, found.prompt[site][n, layer], 1e-5)
+                close(own, found.prompt[site][n, column], 1e-5)
 
 
 #: what a test module's ``from _hybrid_checks import *`` takes: every test above

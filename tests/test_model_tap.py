@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
+from _greedy import SCORED
 from packaging.version import Version
 from transformers import (
     FalconMambaConfig,
@@ -374,16 +375,8 @@ def test_steered_generate_equals_a_manual_step_by_step_loop(model):
         statetap.Inject("residual", 0, residual_value, positions="new"),  # every fed-back token
     ]
     # No end-of-sequence token: every row generates all `new` tokens whatever it picks.
-    options = dict(
-        max_new_tokens=new,
-        do_sample=False,
-        eos_token_id=[],
-        pad_token_id=0,
-        output_scores=True,
-        return_dict_in_generate=True,
-    )
     # Every prompt token is real (generate would otherwise mask prompt tokens equal to the pad id).
-    options["attention_mask"] = torch.ones_like(prompt)
+    options = SCORED | dict(max_new_tokens=new, attention_mask=torch.ones_like(prompt))
     generated = tap.generate(
         prompt, inject=requests, emit=[statetap.Emit(site, 2, positions="new")], **options
     )
@@ -440,14 +433,7 @@ def test_generation_with_rows_reaching_a_position_at_different_steps(model):
     mask[0, 0] = 0  # row 0: five real tokens, row 1: six
     value = 0.1 * torch.randn(tap.site_shape("ssm"))
     request = statetap.Inject("ssm", 1, value, positions=6, mode="set")  # a generated token
-    options = dict(
-        max_new_tokens=4,
-        do_sample=False,
-        eos_token_id=[],
-        pad_token_id=0,
-        output_scores=True,
-        return_dict_in_generate=True,
-    )
+    options = SCORED | dict(max_new_tokens=4)
     both = tap.generate(ids, attention_mask=mask, inject=[request], **options)
     for row in range(2):
         alone = ids[row : row + 1, 1 - row :]  # the row without its padding

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _greedy import GREEDY
 from transformers import MambaConfig, MambaForCausalLM, RwkvConfig, RwkvForCausalLM
 
 import statetap
@@ -130,9 +131,6 @@ def test_rwkv_right_padding_gives_each_row_what_it_gets_alone():
 
 
 # ---------------------------------------------------------------------------- generation
-GREEDY = dict(do_sample=False, eos_token_id=[], pad_token_id=0)
-
-
 def test_a_generation_position_never_reached_raises():
     tap = statetap.attach(mamba())
     prompt = ids(2, 5)
