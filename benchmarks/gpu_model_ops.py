@@ -20,6 +20,7 @@ compiled code and raises when they differ.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -222,6 +223,19 @@ def _rwkv7(batch, length, heads, dim):
     return dict(r=_z(*s), w=_z(*s, fill=-0.5), k=_z(*s), v=_z(*s), a=_z(*s), b=_z(*s))
 
 
+def _form_cases(op: str, shape: str, length: int, run) -> list[Case]:
+    """statetap's rows of an op with two forms: ``run(form, instrumentation)`` for each form and
+    emission variant."""
+    cases = []
+    for form in ("chunked", "recurrent"):
+        for variant, emit in _emit_variants(length).items():
+            kw = {} if emit is None else dict(emit_at=emit)
+            emitted = () if emit is None else tuple(emit.tolist())
+            call = functools.partial(run, form, kw)
+            cases.append(Case(op, shape, f"statetap {form}", variant, call, emitted))
+    return cases
+
+
 def wkv_cases(op: str, batch=8, length=2048, heads=64, dim=64) -> list[Case]:
     from statetap.kernels.wkv6.launch import wkv6_triton
     from statetap.kernels.wkv7.launch import wkv7_triton
@@ -229,24 +243,11 @@ def wkv_cases(op: str, batch=8, length=2048, heads=64, dim=64) -> list[Case]:
     inputs = _rwkv6 if op == "wkv6" else _rwkv7
     fused = wkv6_triton if op == "wkv6" else wkv7_triton
     shape = f"B{batch} L{length} H{heads} K{dim} V{dim}"
-    cases = []
-    for form in ("chunked", "recurrent"):
-        for variant, emit in _emit_variants(length).items():
-            kw = {} if emit is None else dict(emit_at=emit)
 
-            def call(kw=kw, form=form):
-                return fused(**inputs(batch, length, heads, dim), scale=1.0, form=form, **kw)
+    def run(form, kw):
+        return fused(**inputs(batch, length, heads, dim), scale=1.0, form=form, **kw)
 
-            cases.append(
-                Case(
-                    op,
-                    shape,
-                    f"statetap {form}",
-                    variant,
-                    call,
-                    () if emit is None else tuple(emit.tolist()),
-                )
-            )
+    cases = _form_cases(op, shape, length, run)
     if op == "wkv6":
         from fla.ops.rwkv6 import chunk_rwkv6
 
@@ -263,6 +264,42 @@ def wkv_cases(op: str, batch=8, length=2048, heads=64, dim=64) -> list[Case]:
             )
 
         cases.append(Case(op, shape, "fla chunk_rwkv7 (lower_bound)", "plain", peer))
+    return cases
+
+
+def _gated_delta(batch, length, heads, dim):
+    s = (batch, length, heads, dim)
+    return dict(
+        q=_z(*s),
+        k=_z(*s),
+        v=_z(*s),
+        g=_z(batch, length, heads, dtype=F32, fill=-0.5),
+        beta=_z(batch, length, heads, fill=0.5),
+    )
+
+
+def delta_rule_cases(batch=8, length=2048, heads=16, dim=128) -> list[Case]:
+    """Qwen3-Next's gated delta rule (a gate per head, L2-normalised q/k, K = V = 128): both
+    statetap forms against fla's ``chunk_gated_delta_rule``. The chunked form's mapping onto
+    ``wkv7`` (four float32 ``[B, L, H, K]`` tensors built by torch ops) is not modelled."""
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+
+    from statetap.kernels.delta_rule.launch import delta_rule_triton
+
+    shape = f"B{batch} L{length} H{heads} K{dim} V{dim}"
+
+    def run(form, kw):
+        x = _gated_delta(batch, length, heads, dim)
+        q, k, v, g, beta = (x[n] for n in ("q", "k", "v", "g", "beta"))
+        return delta_rule_triton(q, k, v, g, beta, use_qk_l2norm_in_kernel=True, form=form, **kw)
+
+    cases = _form_cases("delta_rule", shape, length, run)
+
+    def peer():
+        x = _gated_delta(batch, length, heads, dim)
+        return chunk_gated_delta_rule(**x, use_qk_l2norm_in_kernel=True)
+
+    cases.append(Case("delta_rule", shape, "fla chunk_gated_delta_rule", "plain", peer))
     return cases
 
 
@@ -396,6 +433,7 @@ def all_cases() -> list[Case]:
         + ssd_cases(heads=80, variants=False)
         + wkv_cases("wkv6")
         + wkv_cases("wkv7")
+        + delta_rule_cases()
         + wkv4_cases()
         + step_cases()
     )
@@ -461,9 +499,15 @@ def _wkv6_chunk_output(v, emit):
 
 
 def _wkv7_chunk_factors(v, emit):
-    """One chunk per program: one snapshot per emission inside the chunk."""
+    """One chunk per program: past one key block, the loop over the transition's key-block rows
+    (in each, over its columns in the first V tile's programs only); one snapshot (the same
+    loops) per emission inside the chunk."""
     chunks = _pieces(v["L"], v["BT"])
-    return [LoopSpec(trips=_mid_piece(emit, v["BT"]) / chunks)] if v["HAS_EMIT"] else []
+    blocks = v["BK"] // v["KB"]
+    columns = LoopSpec(trips=blocks / _cdiv(v["V"], v["BV"]))
+    cut = (LoopSpec(trips=blocks, children=(columns,)),) if blocks > 1 else ()
+    snapshots = [LoopSpec(trips=_mid_piece(emit, v["BT"]) / chunks, children=cut)]
+    return [*cut, *(snapshots if v["HAS_EMIT"] else [])]
 
 
 def _wkv7_chunk_state(v, emit):
@@ -532,12 +576,13 @@ TRIPS: dict[str, Callable[[dict, tuple[int, ...]], list[LoopSpec]]] = {
     "wkv6_chunk_states_kernel": _wkv6_chunk_states,
     "wkv6_chunk_output_kernel": _wkv6_chunk_output,
     "wkv6_recurrent_kernel": _column_segments,
-    # the two column loops of chunks whose decay is too strong to factorise: never at
-    # RWKV-7's decay, the model's inputs
-    "wkv7_chunk_pairs_kernel": lambda v, e: [LoopSpec(trips=0), LoopSpec(trips=0)],
+    # the column loops (two pair kinds x key blocks) of chunks whose decay is too strong to
+    # factorise: never at RWKV-7's decay, the model's inputs
+    "wkv7_chunk_pairs_kernel": lambda v, e: [LoopSpec(trips=0)] * (2 * v["BK"] // v["KB"]),
     "wkv7_chunk_factors_kernel": _wkv7_chunk_factors,
     "wkv7_chunk_state_kernel": _wkv7_chunk_state,
     "wkv7_recurrent_kernel": _column_segments,
+    "delta_rule_recurrent_kernel": _column_segments,
     "wkv4_recurrent_kernel": _wkv4_segments,
     "_state_update_kernel": lambda v, e: [],
     # mamba-ssm
@@ -564,4 +609,21 @@ TRIPS: dict[str, Callable[[dict, tuple[int, ...]], list[LoopSpec]]] = {
         LoopSpec(trips=_cdiv(v["T"], v["BT"]), children=(LoopSpec(trips=_cdiv(v["BT"], v["BC"])),))
     ],
     "chunk_dplr_fwd_kernel_o": lambda v, e: [],
+    "l2norm_fwd_kernel": lambda v, e: [],
+    "l2norm_fwd_kernel_row": lambda v, e: [],
+    "chunk_local_cumsum_scalar_kernel": lambda v, e: [],
+    "chunk_gated_delta_rule_fwd_kkt_solve_kernel": lambda v, e: [
+        LoopSpec(trips=_cdiv(v["K"], v["BK"])),
+        *(LoopSpec(trips=v["BC"] - 2) for _ in range(4)),
+    ],
+    "recompute_w_u_fwd_kernel": lambda v, e: [
+        LoopSpec(trips=_cdiv(v["V"], v["BV"])),
+        LoopSpec(trips=_cdiv(v["K"], v["BK"])),
+    ],
+    "chunk_gated_delta_rule_fwd_kernel_h_blockdim64": lambda v, e: [
+        LoopSpec(trips=_cdiv(v["T"], v["BT"]))
+    ],
+    "chunk_fwd_kernel_o": lambda v, e: (
+        [LoopSpec(trips=_cdiv(v["K"], v["BK"]))] if v["K"] > v["BK"] else []
+    ),
 }
