@@ -10,6 +10,15 @@ import sys
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# pytest-xdist runs one worker process per core: each worker's torch takes its share of the cores
+# (one thread each on the 2-core CI machine). Left at its default, every worker starts a thread
+# per core, the OpenMP threads of the two workers oversubscribe the cores, and model-heavy test
+# files ran 4x slower. Set before torch is imported; an explicit OMP_NUM_THREADS wins.
+# tests/test_cpu_threads.py runs the cpu kernels' split over threads itself.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
+
 # `python -m pytest` from the repository root puts the root on sys.path, where our `kernels/` and
 # `interp/` folders would pass for top-level packages (transformers imports any `kernels` it
 # finds). The package is installed as `statetap`, so the root itself is never needed.
