@@ -5,7 +5,8 @@ residual emitted at 4 positions, each ``tap.run`` row timed in pairs with the pl
 
 The issue's size (hidden 1024, 8 layers, B 8, L 512) takes minutes per forward on the project's
 2 shared cores; the rows use :data:`HIDDEN` x :data:`LAYERS`, B :data:`BATCH`, L :data:`LENGTH`
-(``STATETAP_BENCH_HYBRID_SIZE=1024,8,8,512`` runs the full size).  Each class is a row of
+(``STATETAP_BENCH_HYBRID_SIZE=1024,8,8,512`` runs the full size; ``STATETAP_BENCH_HYBRID_ROUNDS``
+sets the timed rounds per row, default 3).  Each class is a row of
 :data:`HYBRIDS`: ``(transformers config class, model class, config arguments)``, the layer
 pattern with every third layer attention (Zamba, Zamba2: their shared attention block runs on
 those layers, before the layer's Mamba mixer; Falcon-H1 runs attention beside Mamba in every
@@ -23,6 +24,7 @@ from test_end_to_end import make_call
 HIDDEN, LAYERS, BATCH, LENGTH = (
     int(x) for x in os.environ.get("STATETAP_BENCH_HYBRID_SIZE", "256,6,8,256").split(",")
 )
+ROUNDS = int(os.environ.get("STATETAP_BENCH_HYBRID_ROUNDS", "3"))
 VOCAB = 1000
 POSITIONS = [LENGTH // 4 - 1, LENGTH // 2 - 1, 3 * LENGTH // 4 - 1, LENGTH - 1]
 PATTERN = ["full_attention" if layer % 3 == 1 else "linear_attention" for layer in range(LAYERS)]
@@ -158,6 +160,6 @@ def test_hybrid_model(record, hybrid, impl):
         f"transformers {name} d{HIDDEN} x{LAYERS}, B{BATCH} L{LENGTH}",
         impl,
         lambda: make_call(impl, model, ids, POSITIONS),
-        3,
+        ROUNDS,
         paired=plain,
     )
