@@ -102,6 +102,7 @@ def _key_block(w_ptr, p_k, m_tk, o_k, kb, K):
 
 @triton.jit
 def _pairs_exact(
+    with_b_ptr,
     x_ptr,
     x_scale,
     k_ptr,
@@ -125,8 +126,9 @@ def _pairs_exact(
     """The pair matrices of ``x = x_scale * x_ptr[...]`` for a chunk whose decay is too strong to
     factorise, one column ``j`` a step with per-element ``e^{g_x,ic - g_jc}`` (exponent clamped
     at 0, exact for every pair kept; ``g_x = g_{i-1}`` if ``STRICT`` else ``g_i``), a block of
-    ``KB`` key channels at a time: ``sum_c x_ic e^{..} b_jc`` ``[BT, BT]`` and
-    ``(sum_c x_ic e^{..} k_jc) v`` ``[BT, BV]``, pairs ``j < i`` (``j <= i`` unless
+    ``KB`` key channels at a time: ``sum_c x_ic e^{..} b_jc`` ``[BT, BT]`` stored at
+    ``with_b_ptr`` (row-major; a column at a time in one key block, over a zeroed tile) and
+    ``(sum_c x_ic e^{..} k_jc) v`` ``[BT, BV]`` returned, pairs ``j < i`` (``j <= i`` unless
     ``STRICT``)."""
     o_t = tl.arange(0, BT)
     m_v = o_v < V
@@ -150,50 +152,71 @@ def _pairs_exact(
                 kept = o_t >= j
             with_k = tl.where(kept, tl.sum(decayed * k_j[None, :], 1), 0.0)
             column = tl.where(kept, tl.sum(decayed * b_j[None, :], 1), 0.0)
-            with_b += tl.where(o_t[None, :] == j, column[:, None], 0.0)
+            if BK == KB:
+                tl.store(with_b_ptr + o_t * BT + j, column)
+            else:
+                with_b += tl.where(o_t[None, :] == j, column[:, None], 0.0)
             with_k_v += with_k[:, None] * v_j[None, :]
-    return with_b, with_k_v
+    if BK != KB:
+        tl.store(with_b_ptr + o_t[:, None] * BT + o_t[None, :], with_b)
+    return with_k_v
 
 
 @triton.jit
 def _factorised_pairs(
-    r_ptr,
-    w_ptr,
-    k_ptr,
-    a_ptr,
-    b_ptr,
-    p_k,
-    m_tk,
-    o_k,
-    K,
-    middle,
-    scale,
+    sides,
+    work,
+    p_y_local,
+    m_tv,
+    v,
+    REMOVAL: tl.constexpr,
     QUERY: tl.constexpr,
     BT: tl.constexpr,
     BK: tl.constexpr,
     KB: tl.constexpr,
+    BV: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """``(A_xb, A_xk)`` ``[BT, BT]`` (unmasked) for ``x = scale r e^{g}`` if ``QUERY`` else
-    ``x = a e^{g_prev}``, from gated operands factorised around the chunk's middle token
-    (``middle``: the rows up to it), summed over blocks of ``KB`` key channels."""
-    with_b = tl.zeros([BT, BT], dtype=tl.float32)
-    with_k = tl.zeros([BT, BT], dtype=tl.float32)
+    """The chunk's pair matrices from gated operands factorised around its middle token
+    (``sides``: the input pointers, offsets, ``middle`` the rows up to that token, ``scale``),
+    summed over blocks of ``KB`` key channels, causally masked and stored as soon as the last
+    block is in: the removal side's (``a e^{g_prev}``; ``A_ab`` and ``A_ak v`` to the scratch
+    ``work``) if ``REMOVAL``, the query side's (``scale r e^{g}``; ``A_qb`` to ``work``,
+    ``A_qk v`` to ``y_local``) if ``QUERY``."""
+    r_ptr, w_ptr, k_ptr, a_ptr, b_ptr, p_k, m_tk, o_k, K, middle, scale = sides
+    o_t = tl.arange(0, BT)
+    square_t = o_t[:, None] * BT + o_t[None, :]
+    square_v = o_t[:, None] * BV + tl.arange(0, BV)[None, :]
+    strict = o_t[:, None] > o_t[None, :]
+    inclusive = o_t[:, None] >= o_t[None, :]
+    a_ab = tl.zeros([BT, BT], dtype=tl.float32)
+    a_ak = tl.zeros([BT, BT], dtype=tl.float32)
+    a_qb = tl.zeros([BT, BT], dtype=tl.float32)
+    a_qk = tl.zeros([BT, BT], dtype=tl.float32)
     for kb in tl.static_range(0, BK, KB):
         m, g, w = _key_block(w_ptr, p_k, m_tk, o_k, kb, K)
         g_mid = tl.sum(tl.where(middle, w, 0.0), 0)
         to_mid = tl.exp(g_mid[None, :] - g)
-        k_side = tl.load(k_ptr + kb + p_k, mask=m, other=0.0).to(tl.float32) * to_mid
-        b_side = tl.load(b_ptr + kb + p_k, mask=m, other=0.0).to(tl.float32) * to_mid
+        k_side = tl.trans(tl.load(k_ptr + kb + p_k, mask=m, other=0.0).to(tl.float32) * to_mid)
+        b_side = tl.trans(tl.load(b_ptr + kb + p_k, mask=m, other=0.0).to(tl.float32) * to_mid)
+        if REMOVAL:
+            x = tl.load(a_ptr + kb + p_k, mask=m, other=0.0).to(tl.float32)
+            x = x * tl.exp(g - w - g_mid[None, :])
+            a_ab = tl.dot(x, b_side, a_ab, input_precision=PRECISION)
+            a_ak = tl.dot(x, k_side, a_ak, input_precision=PRECISION)
+            if kb + KB >= BK:
+                tl.store(work + square_t, tl.where(strict, a_ab, 0.0))
+                a_ak_v = tl.dot(tl.where(strict, a_ak, 0.0), v, input_precision=PRECISION)
+                tl.store(work + 2 * BT * BT + square_v, a_ak_v)
         if QUERY:
             x = tl.load(r_ptr + kb + p_k, mask=m, other=0.0).to(tl.float32)
             x = x * (scale * tl.exp(g - g_mid[None, :]))
-        else:
-            x = tl.load(a_ptr + kb + p_k, mask=m, other=0.0).to(tl.float32)
-            x = x * tl.exp(g - w - g_mid[None, :])
-        with_b = tl.dot(x, tl.trans(b_side), with_b, input_precision=PRECISION)
-        with_k = tl.dot(x, tl.trans(k_side), with_k, input_precision=PRECISION)
-    return with_b, with_k
+            a_qb = tl.dot(x, b_side, a_qb, input_precision=PRECISION)
+            a_qk = tl.dot(x, k_side, a_qk, input_precision=PRECISION)
+            if kb + KB >= BK:
+                tl.store(work + BT * BT + square_t, tl.where(inclusive, a_qb, 0.0))
+                a_qk_v = tl.dot(tl.where(inclusive, a_qk, 0.0), v, input_precision=PRECISION)
+                tl.store(p_y_local, a_qk_v, mask=m_tv)
 
 
 @triton.jit
@@ -350,32 +373,24 @@ def wkv7_chunk_pairs_kernel(
     work = _work_tile(work_ptr, chunk, BT)
     square_t = o_t[:, None] * BT + o_t[None, :]
     square_v = o_t[:, None] * BV + tl.arange(0, BV)[None, :]
-    strict = o_t[:, None] > o_t[None, :]
-    inclusive = o_t[:, None] >= o_t[None, :]
     p_y_local = y_local_ptr + chunk * BT * V + (o_t[:, None] * V + o_v[None, :])
     v = tl.load(v_ptr + p_v, mask=m_tv, other=0.0).to(tl.float32)
     if span <= FACTOR_BOUND:
         sides = (r_ptr, w_ptr, k_ptr, a_ptr, b_ptr, p_k, m_tk, o_k, K, middle, scale)
-        a_ab, a_ak = _factorised_pairs(*sides, False, BT, BK, KB, PRECISION)
-        tl.store(work + square_t, tl.where(strict, a_ab, 0.0))
-        tl.store(
-            work + 2 * BT * BT + square_v,
-            tl.dot(tl.where(strict, a_ak, 0.0), v, input_precision=PRECISION),
-        )
-        a_qb, a_qk = _factorised_pairs(*sides, True, BT, BK, KB, PRECISION)
-        tl.store(work + BT * BT + square_t, tl.where(inclusive, a_qb, 0.0))
-        tl.store(
-            p_y_local,
-            tl.dot(tl.where(inclusive, a_qk, 0.0), v, input_precision=PRECISION),
-            mask=m_tv,
-        )
+        out = (work, p_y_local, m_tv, v)
+        if BK == KB:  # one key block: both sides in one pass, sharing the key-side operands
+            _factorised_pairs(sides, *out, True, True, BT, BK, KB, BV, PRECISION)
+        else:  # one side a pass: half the accumulators live
+            _factorised_pairs(sides, *out, True, False, BT, BK, KB, BV, PRECISION)
+            _factorised_pairs(sides, *out, False, True, BT, BK, KB, BV, PRECISION)
     else:
+        tl.store(work + square_t, tl.zeros([BT, BT], dtype=tl.float32))  # columns past n
+        tl.store(work + BT * BT + square_t, tl.zeros([BT, BT], dtype=tl.float32))
+        tl.debug_barrier()
         rows = (k_ptr, b_ptr, w_ptr, v_ptr, n, H, K, V, o_k, o_v, p_k, m_tk)
-        ab, ak_v = _pairs_exact(a_ptr, 1.0, *rows, True, BT, BK, KB, BV)
-        tl.store(work + square_t, ab)
+        ak_v = _pairs_exact(work, a_ptr, 1.0, *rows, True, BT, BK, KB, BV)
         tl.store(work + 2 * BT * BT + square_v, ak_v)
-        qb, qk_v = _pairs_exact(r_ptr, scale, *rows, False, BT, BK, KB, BV)
-        tl.store(work + BT * BT + square_t, qb)
+        qk_v = _pairs_exact(work + BT * BT, r_ptr, scale, *rows, False, BT, BK, KB, BV)
         tl.store(p_y_local, qk_v, mask=m_tv)
 
 
