@@ -6,8 +6,10 @@ mode, attached once per model) and pytest runs them on it.
 Every reference is the model's own transformers code path, never statetap: logits and
 ``output_hidden_states`` of a plain forward, the model's own cache (read and edited through
 transformers' cache layers: ``recurrent_states`` / ``conv_states``, keys and values), and a
-greedy loop of plain one-token forwards.  The model's multi-token continuation from a cache is
-never the reference: transformers' Mamba-1 scans (Jamba, Zamba) start it from a zero state.
+greedy loop of plain one-token forwards.  A multi-token pass from an edited cache is compared
+with the model's own multi-token continuation on the Mamba-2 hybrids (its chunked scan clamps
+the time step as a prefill does, the one-token update does not) and with one-token forwards on
+the Mamba-1 hybrids (Jamba, Zamba), whose multi-token continuation starts from a zero state.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from _extract_models import random_texts
 from _greedy import SCORED
 
 import statetap
+from statetap.adapters.mamba import Mamba2Adapter
 from statetap.extract import ExtractConfig, extract, load_extraction
 from statetap.interp.elk.dataset import QuirkyPrompt
 from statetap.interp.elk.features import quirky_features
@@ -74,6 +77,19 @@ def step_by_step(model, cache, tokens: torch.Tensor) -> torch.Tensor:
         step = model(tokens[:, t : t + 1], cache=cache, use_cache=True, position_ids=position)
         logits.append(step.logits)
     return torch.cat(logits, 1)
+
+
+def continuation(tap, cache, tokens: torch.Tensor) -> torch.Tensor:
+    """The model's own logits of ``tokens`` ``[B, L']`` after ``cache`` (updated in place) as a
+    multi-token pass computes them: one forward for the Mamba-2 hybrids, whose chunked scan
+    continues the cached state and clamps the time step to ``dt_limit`` as a prefill does (their
+    one-token update does not clamp: Zamba2's ``time_step_min`` makes the two differ); token by
+    token for the Mamba-1 hybrids, whose multi-token forward restarts the scan from zero."""
+    if not isinstance(tap.adapter, Mamba2Adapter):
+        return step_by_step(tap.model, cache, tokens)
+    start = int(cache.get_seq_length())
+    positions = (torch.arange(tokens.shape[1]) + start).expand(tokens.shape[0], -1)
+    return tap.model(tokens, cache=cache, use_cache=True, position_ids=positions).logits
 
 
 def own_cache(model, tokens: torch.Tensor):
@@ -159,7 +175,7 @@ def test_state_injection_equals_editing_the_cache_between_two_tokens(tap, mode):
             state.copy_(value.expand_as(state))
         else:
             state.add_(scale.view(-1, *[1] * len(shape)) * value)
-        rest = step_by_step(model, prefix.cache, tokens[:, t + 1 :])
+        rest = continuation(tap, prefix.cache, tokens[:, t + 1 :])
         close(prefix.logits, injected.logits[:, : t + 1])
         close(rest, injected.logits[:, t + 1 :], 1e-5)
         assert rel_error(model(tokens).logits[:, t + 1 :], injected.logits[:, t + 1 :]) > 1e-4
