@@ -80,9 +80,7 @@ if has_cuda_torch "$VENV/bin/python"; then
     trap 'rm -f "$CONSTRAINTS"' EXIT
     grep -viE '^[[:space:]]*(torch|triton|nvidia[-_.][^=]*)[[:space:]]*==' "$LOCK" > "$CONSTRAINTS"
 fi
-# --no-compile: no byte-compiling of every installed module (torch, transformers: minutes on 2
-# cores); python compiles each module the first time it is imported.
-PIP=("$VENV/bin/python" -m pip install -q --no-compile -c "$CONSTRAINTS")
+PIP=("$VENV/bin/python" -m pip install -q -c "$CONSTRAINTS")
 
 # The build tools come first; python's bundled setuptools is too old for editable installs here,
 # and ninja must be there before statetap._C is built (pip builds the package before it installs
