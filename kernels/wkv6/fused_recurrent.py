@@ -247,9 +247,10 @@ def recurrent_blocks(key_dim: int, value_dim: int) -> tuple[int, int, int]:
     """``(BK, BV, num_warps)``: all of K in one program, 16 value columns on one warp (each
     column on two threads), fewer when ``V`` is smaller; for ``K > 64`` (the delta-rule models'
     ``K = 128``) 4 columns, which keeps the ``[K, BV]`` state tile within 128 registers a thread
-    without injection (``benchmarks/compile_check.py`` at ``K = V = 128``: 16 columns take
-    206-255 registers with spills in ``wkv7_recurrent_kernel``; 8 take 96-112 in
-    ``delta_rule_recurrent_kernel`` and 223-248 with injection, 4 take 72 and 127-154)."""
+    with or without injection (``benchmarks/compile_check.py --ops delta_rule,delta_rule_step``
+    at ``K = V = 128``: 16 columns take 206-255 registers with spills in
+    ``wkv7_recurrent_kernel``; in ``delta_rule_recurrent_kernel`` 8 take up to 149 with
+    injection on sm_80, 4 take 72 plain and instrumented)."""
     bk = _triton.next_power_of_2(key_dim)
     bv = min(_triton.next_power_of_2(value_dim), 16 if bk <= 64 else 4)
     return bk, bv, 1
