@@ -226,7 +226,10 @@ def test_chunked_events_inside_chunks_odd_dims(mode):
     scales, odd K and V (masked tiles), V over one value tile; emissions around every one."""
     B, L, H, K, V = 2, 2 * CHUNK + 9, 1, 24, 72
     inputs = make(B, L, H, K, V, decay=0.5)
-    inject = [[0, 5, 6, CHUNK - 1, CHUNK + 30, L - 1], [CHUNK, CHUNK + 1, 2 * CHUNK + 3, -1, -1, 40]]
+    inject = [
+        [0, 5, 6, CHUNK - 1, CHUNK + 30, L - 1],
+        [CHUNK, CHUNK + 1, 2 * CHUNK + 3, -1, -1, 40],
+    ]
     emit = [[0, 5, 6, 7, CHUNK - 1, CHUNK, L - 1], [1, CHUNK, CHUNK + 1, 41, L - 2, -1, 2 * CHUNK]]
     instrumentation = dict(
         initial_state=torch.randn(B, H, K, V),

@@ -126,9 +126,7 @@ def delta_rule_recurrent_kernel(
                 g_ptr += H * KD
             else:
                 g_ptr += H
-        S, cursors = end_of_column_step(
-            S, end - 1, cursors, emit, inject, H, KD, VD, BK, BV
-        )
+        S, cursors = end_of_column_step(S, end - 1, cursors, emit, inject, H, KD, VD, BK, BV)
         t0 = end
 
     if STORE_FINAL:

@@ -184,7 +184,8 @@ def _token(
 @triton.jit
 def _plain_tile(
     t0, state, A, channel, io, rows, mask_d, bc, L,
-    B_VARYING: tl.constexpr, C_VARYING: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_T: tl.constexpr,
+    B_VARYING: tl.constexpr, C_VARYING: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_T: tl.constexpr,
 ):  # fmt: skip
     """A whole tile with no event in it: its tokens unrolled, each one's ``dt`` and ``dt u``
     read out of the thread's registers at compile time.  Returns the state after it."""

@@ -58,9 +58,7 @@ def launch_chunked(launch) -> None:
     chunks = _triton.cdiv(length, CHUNK_SIZE)
     dtype = dot_dtype(launch.r, launch.k, launch.v)
     precision = "ieee" if dtype == torch.float32 else "tf32"
-    h = torch.empty(
-        (batch, chunks, heads, key_dim, value_dim), dtype=dtype, device=launch.v.device
-    )
+    h = torch.empty((batch, chunks, heads, key_dim, value_dim), dtype=dtype, device=launch.v.device)
     (initial, final, emit_t, emit_s, states, inj_t, inj_s, inj_v, inj_scale) = instr.pointers(
         launch.y
     )
@@ -131,4 +129,3 @@ def launch_chunked(launch) -> None:
         num_warps=OUTPUT_WARPS,
         num_stages=OUTPUT_STAGES,
     )
-

@@ -144,7 +144,9 @@ def wkv6_chunk_output_kernel(
     r3 = tl.load(r_ptr + p3, mask=m3, other=0.0).to(tl.float32) * scale
     k3 = tl.load(k_ptr + p3, mask=m3, other=0.0).to(tl.float32)
     bonus = tl.sum(r3 * u[None, None, :] * k3, 2)  # [NB, BC]
-    w3 = tl.load(w_ptr + t3[:, :, None].to(tl.int64) * w_st + o_k[None, None, :], mask=m3, other=0.0)
+    w3 = tl.load(
+        w_ptr + t3[:, :, None].to(tl.int64) * w_st + o_k[None, None, :], mask=m3, other=0.0
+    )
     w3 = w3.to(tl.float32) * LOG2E
     ge3 = tl.cumsum(w3, 1) - w3  # exclusive
     A3 = tl.zeros([NB, BC, BC], dtype=tl.float32)
@@ -237,7 +239,9 @@ def wkv6_chunk_output_kernel(
                     after = after & (t_i <= t_next)
                 rows = r_i * tl.exp2(tl.minimum(ge_i - g_t[None, :], 0.0))
                 rows = tl.where(after[:, None], rows, 0.0)
-                acc = tl.dot(rows.to(dot_dtype), value.to(dot_dtype), acc, input_precision=PRECISION)
+                acc = tl.dot(
+                    rows.to(dot_dtype), value.to(dot_dtype), acc, input_precision=PRECISION
+                )
                 t_ev = t_next
 
         p_y = t_i[:, None].to(tl.int64) * H * V + o_v[None, :]

@@ -47,7 +47,9 @@ def _state_at(
     o_t = tl.arange(0, kT.shape[1])
     g_t = tl.sum(tl.where(o_t[None, :] == t, g, 0.0), 1)
     inside = (o_t >= lo) & (o_t <= t)
-    k_t = tl.where(inside[None, :], kT.to(tl.float32) * tl.exp2(tl.minimum(g_t[:, None] - g, 0.0)), 0.0)
+    k_t = tl.where(
+        inside[None, :], kT.to(tl.float32) * tl.exp2(tl.minimum(g_t[:, None] - g, 0.0)), 0.0
+    )
     local = tl.dot(k_t.to(DOT_DTYPE), v.to(DOT_DTYPE), input_precision=PRECISION)
     return tl.exp2(g_t - g_base)[:, None] * S_base + local, g_t
 
@@ -130,9 +132,7 @@ def wkv6_chunk_states_kernel(
             while tl.minimum(cursors[1], cursors[3]) < end:
                 t_ev = tl.minimum(cursors[1], cursors[3])
                 injects = cursors[3] == t_ev
-                S_t, g_t = _state_at(
-                    S, g_base, kT, g, v, lo, t_ev - i_c * BT, DOT_DTYPE, PRECISION
-                )
+                S_t, g_t = _state_at(S, g_base, kT, g, v, lo, t_ev - i_c * BT, DOT_DTYPE, PRECISION)
                 S_t, cursors = end_of_step(S_t, t_ev, cursors, emit, inject, tile, H * K * V)
                 if HAS_INJECT:
                     if injects:

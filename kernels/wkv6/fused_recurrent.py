@@ -233,9 +233,7 @@ def wkv6_recurrent_kernel(
             v_ptr += H * VD
             y_ptr += H * VD
             w_ptr += w_st
-        S, cursors = end_of_column_step(
-            S, end - 1, cursors, emit, inject, H, KD, VD, BK, BV
-        )
+        S, cursors = end_of_column_step(S, end - 1, cursors, emit, inject, H, KD, VD, BK, BV)
         t0 = end
 
     if STORE_FINAL:
