@@ -380,10 +380,7 @@ class _Context:
         """``[B, width, d]``: the corrupted run's residual stream entering the batch's first
         layer over each row's ``spans[i]``, padded on the right with zeros."""
         entering = self.corrupt_run["residual", batch[0].first_layer - 1]  # [N, L, d]
-        residual = entering.new_zeros(len(batch), width, entering.shape[2])
-        for i, (row, span) in enumerate(zip(batch, spans)):
-            residual[i, : span.stop - span.start] = entering[row.pair, span]
-        return residual
+        return _spanned(entering, batch, spans, width)
 
     def _state(self, batch: list[_Row], first_layer: int):
         """Every row's corrupted state after its token ``start - 1``, with a state patch's
@@ -427,15 +424,22 @@ class _Context:
         """Each row's corrupted tokens ``spans[i]`` of its pair as ``ids`` ``[B, width]``, the
         attention mask (None without padding) and their embedding offset (None without one),
         padded on the right (``left``: on the left)."""
-        ids = torch.zeros(len(batch), width, dtype=torch.long, device=self.corrupt.device)
-        mask = torch.zeros_like(ids)
+        ids = _spanned(self.corrupt, batch, spans, width, left)
+        mask = _spanned(torch.ones_like(self.corrupt), batch, spans, width, left)
         offset = None
         if self.corrupt_offset is not None:
-            offset = self.corrupt_offset.new_zeros(len(batch), width, self.corrupt_offset.shape[2])
-        for i, (row, span) in enumerate(zip(batch, spans)):
-            n = span.stop - span.start
-            where = slice(width - n, width) if left else slice(0, n)
-            ids[i, where], mask[i, where] = self.corrupt[row.pair, span], 1
-            if offset is not None:
-                offset[i, where] = self.corrupt_offset[row.pair, span]
+            offset = _spanned(self.corrupt_offset, batch, spans, width, left)
         return ids, (None if bool(mask.all()) else mask), offset
+
+
+def _spanned(
+    source: torch.Tensor, batch: list[_Row], spans: list[slice], width: int, left: bool = False
+) -> torch.Tensor:
+    """``[B, width, ...]``: row ``i``'s ``source[pair, spans[i]]`` (``source`` ``[N, L, ...]``),
+    zero-padded on the right (``left``: on the left)."""
+    out = source.new_zeros(len(batch), width, *source.shape[2:])
+    for i, (row, span) in enumerate(zip(batch, spans)):
+        n = span.stop - span.start
+        where = slice(width - n, width) if left else slice(0, n)
+        out[i, where] = source[row.pair, span]
+    return out
